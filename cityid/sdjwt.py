@@ -1,0 +1,156 @@
+"""Selective Disclosure for JWTs (RFC 9901): disclosures, digests, the SD-JWT+KB serialization.
+
+Shared by the issuer (server), the card emulator's PRESENT (which builds the KB-JWT with
+:func:`kb_jwt_signing_input`) and the kiosk verifier (which parses with :func:`split`), so the three can never
+disagree on a byte. Only ``sha-256`` (the RFC 9901 §4.1.1 default) is supported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from cityid.jose import (
+    JoseError,
+    b64url_decode,
+    b64url_encode,
+    json_dumps,
+    json_loads,
+    signing_input,
+    split_compact,
+)
+
+SD_ALG = "sha-256"
+KB_JWT_TYP = "kb+jwt"
+KB_JWT_HEADER: dict[str, str] = {"alg": "ES256", "typ": KB_JWT_TYP}
+SALT_BYTES = 16  # 128 bits (RFC 9901 §4.2.1 recommends at least 128)
+#: Claim names a disclosure may not carry (RFC 9901 §4.2.1).
+RESERVED_NAMES = frozenset({"_sd", "...", "_sd_alg"})
+
+
+class SdJwtError(JoseError):
+    """Malformed SD-JWT, disclosure or KB-JWT structure (RFC 9901)."""
+
+
+# --- disclosures (RFC 9901 §4.2) ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Disclosure:
+    """One disclosure. ``name`` is ``None`` for an array-element disclosure (RFC 9901 §4.2.2)."""
+
+    salt: str
+    name: str | None
+    value: Any
+    encoded: str  # the base64url string exactly as it appears in the SD-JWT
+
+    @property
+    def digest(self) -> str:
+        return digest(self.encoded)
+
+
+def digest(encoded_disclosure: str) -> str:
+    """``base64url(SHA-256(ASCII(disclosure)))`` — RFC 9901 §4.2.3."""
+    return b64url_encode(hashlib.sha256(encoded_disclosure.encode("ascii")).digest())
+
+
+def new_salt() -> str:
+    """A fresh 128-bit base64url salt (RFC 9901 §4.2.1)."""
+    return b64url_encode(secrets.token_bytes(SALT_BYTES))
+
+
+def create_disclosure(name: str | None, value: Any, salt: str | None = None) -> Disclosure:
+    """Create an object-property disclosure ``[salt, name, value]`` (or ``[salt, value]`` if name is None)."""
+    salt = salt if salt is not None else new_salt()
+    if name is not None and (not isinstance(name, str) or name in RESERVED_NAMES):
+        raise SdJwtError(f"claim name {name!r} cannot be selectively disclosed")
+    array: list[Any] = [salt, value] if name is None else [salt, name, value]
+    encoded = b64url_encode(json_dumps(array))
+    return Disclosure(salt, name, value, encoded)
+
+
+def parse_disclosure(encoded: str) -> Disclosure:
+    """Decode one disclosure string; raise :class:`SdJwtError` unless it is a well-formed RFC 9901 array."""
+    try:
+        array = json_loads(b64url_decode(encoded))
+    except JoseError as exc:
+        raise SdJwtError(f"disclosure is not base64url JSON: {exc}") from exc
+    if not isinstance(array, list) or len(array) not in (2, 3):
+        raise SdJwtError("disclosure must be a JSON array of 2 or 3 elements")
+    salt = array[0]
+    if not isinstance(salt, str):
+        raise SdJwtError("disclosure salt must be a string")
+    if len(array) == 2:
+        return Disclosure(salt, None, array[1], encoded)
+    name = array[1]
+    if not isinstance(name, str):
+        raise SdJwtError("disclosure claim name must be a string")
+    if name in RESERVED_NAMES:
+        raise SdJwtError(f"disclosure uses the reserved claim name {name!r}")
+    return Disclosure(salt, name, array[2], encoded)
+
+
+# --- serialization (RFC 9901 §4) ------------------------------------------------------------------------
+
+
+def assemble(issuer_jwt: str, disclosures: list[str] | tuple[str, ...], kb_jwt: str = "") -> str:
+    """``<issuer JWT>~<disclosure>~…~<KB-JWT or empty>`` (RFC 9901 §4)."""
+    return "~".join([issuer_jwt, *disclosures, kb_jwt])
+
+
+def presentation_without_kb(issuer_jwt: str, disclosures: list[str] | tuple[str, ...]) -> str:
+    """The SD-JWT part a KB-JWT's ``sd_hash`` covers: everything up to and including the last ``~``."""
+    return assemble(issuer_jwt, disclosures, "")
+
+
+def sd_hash(presentation_without_kb_: str) -> str:
+    """``base64url(SHA-256(ASCII(<issuer JWT>~<disclosures>~)))`` — RFC 9901 §4.3.1."""
+    return b64url_encode(hashlib.sha256(presentation_without_kb_.encode("ascii")).digest())
+
+
+def kb_jwt_payload(aud: str, nonce: str, iat: int, sd_hash_: str) -> dict[str, Any]:
+    """The KB-JWT claims in their canonical order (RFC 9901 §4.3)."""
+    return {"iat": iat, "aud": aud, "nonce": nonce, "sd_hash": sd_hash_}
+
+
+def kb_jwt_signing_input(aud: str, nonce: str, iat: int, sd_hash_: str) -> bytes:
+    """ASCII ``header.payload`` of a KB-JWT: header ``{"alg":"ES256","typ":"kb+jwt"}`` (RFC 9901 §4.3)."""
+    return signing_input(KB_JWT_HEADER, kb_jwt_payload(aud, nonce, iat, sd_hash_))
+
+
+def split(presentation: str) -> tuple[str, tuple[str, ...], str]:
+    """Split an SD-JWT or SD-JWT+KB into (issuer JWT, disclosures, KB-JWT or ``""``).
+
+    Structural checks only (RFC 9901 §4 and §7.1 step 1): ASCII, at least one ``~``, a three-segment issuer
+    JWT, non-empty base64url disclosures without duplicates, a three-segment KB-JWT or nothing after the
+    last ``~``. Signatures and digests are the verifier's job. Raises :class:`SdJwtError`.
+    """
+    if not isinstance(presentation, str):
+        raise SdJwtError("presentation must be a string")
+    if not presentation.isascii():
+        raise SdJwtError("presentation contains non-ASCII characters")
+    parts = presentation.split("~")
+    if len(parts) < 2:
+        raise SdJwtError("not an SD-JWT: no '~' separator")
+    issuer_jwt, disclosures, kb_jwt = parts[0], tuple(parts[1:-1]), parts[-1]
+    try:
+        split_compact(issuer_jwt)
+    except JoseError as exc:
+        raise SdJwtError(f"issuer JWT: {exc}") from exc
+    for i, d in enumerate(disclosures):
+        if not d:
+            raise SdJwtError(f"disclosure {i + 1} is empty ('~~')")
+        try:
+            b64url_decode(d)
+        except JoseError as exc:
+            raise SdJwtError(f"disclosure {i + 1}: {exc}") from exc
+    if len(set(disclosures)) != len(disclosures):
+        raise SdJwtError("the same disclosure appears twice")
+    if kb_jwt:
+        try:
+            split_compact(kb_jwt)
+        except JoseError as exc:
+            raise SdJwtError(f"KB-JWT: {exc}") from exc
+    return issuer_jwt, disclosures, kb_jwt
