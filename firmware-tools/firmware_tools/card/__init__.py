@@ -1,0 +1,1 @@
+"""The card emulator: card OS, persistent state, transports and the PIV and citizen applets."""
