@@ -84,8 +84,15 @@ def test_compact_jws_sign_parse_verify() -> None:
 
 @pytest.mark.parametrize(
     "token",
-    ["a.b", "a.b.c.d", "..", "e30.e30.", jose.b64url_encode(b"[1]") + ".e30." + "A" * 86,
-     jose.b64url_encode(b'{"a":1,"a":2}') + ".e30." + "A" * 86, "e30.e30." + "A" * 10],
+    [
+        "a.b",
+        "a.b.c.d",
+        "..",
+        "e30.e30.",
+        jose.b64url_encode(b"[1]") + ".e30." + "A" * 86,
+        jose.b64url_encode(b'{"a":1,"a":2}') + ".e30." + "A" * 86,
+        "e30.e30." + "A" * 10,
+    ],
 )
 def test_compact_jws_malformed(token: str) -> None:
     with pytest.raises(DecodeError):
@@ -122,7 +129,11 @@ def test_assemble_split_and_kb_signing_input() -> None:
     head, pay = si.split(b".")
     assert jose.b64url_decode(head.decode()) == b'{"alg":"ES256","typ":"kb+jwt"}'
     assert json.loads(jose.b64url_decode(pay.decode())) == {
-        "iat": 1700000000, "aud": "kiosk-1", "nonce": "n" * 22, "sd_hash": h}
+        "iat": 1700000000,
+        "aud": "kiosk-1",
+        "nonce": "n" * 22,
+        "sd_hash": h,
+    }
     kb = jose.attach_signature(si, jose.es256_sign(KEY, si))
     full = sdjwt.assemble(ij, ds, kb)
     assert sdjwt.split(full) == (ij, tuple(ds), kb)
