@@ -154,3 +154,75 @@ def split(presentation: str) -> tuple[str, tuple[str, ...], str]:
         except JoseError as exc:
             raise SdJwtError(f"KB-JWT: {exc}") from exc
     return issuer_jwt, disclosures, kb_jwt
+
+
+# --- processing (RFC 9901 §7.1 step 3) --------------------------------------------------------------------
+
+
+def resolve(
+    payload: dict[str, Any], disclosures: list[Disclosure] | tuple[Disclosure, ...]
+) -> dict[str, Any]:
+    """Replace digests in ``payload`` by the disclosed claims (RFC 9901 §7.1, step 3).
+
+    Rejects (``SdJwtError``) a digest that appears twice, a disclosure no digest refers to, an object
+    disclosure in an array slot (or the reverse), a disclosed name that already exists, and malformed
+    ``_sd`` arrays. Unmatched digests are decoys and vanish; ``_sd`` and ``_sd_alg`` are removed.
+    """
+    alg = payload.get("_sd_alg", SD_ALG)
+    if alg != SD_ALG:
+        raise SdJwtError(f"unsupported _sd_alg {alg!r}")
+    by_digest: dict[str, Disclosure] = {}
+    for d in disclosures:
+        if by_digest.setdefault(d.digest, d) is not d:
+            raise SdJwtError("the same disclosure appears twice")
+    seen: set[str] = set()
+
+    def take(dig: object) -> Disclosure | None:
+        if not isinstance(dig, str):
+            raise SdJwtError("digest must be a string")
+        if dig in seen:
+            raise SdJwtError("a digest appears more than once")
+        seen.add(dig)
+        return by_digest.get(dig)
+
+    def walk(node: Any, depth: int) -> Any:
+        if depth > 32:
+            raise SdJwtError("claims nested too deeply")
+        if isinstance(node, dict):
+            out: dict[str, Any] = {}
+            for key, value in node.items():
+                if key not in ("_sd", "_sd_alg"):
+                    out[key] = walk(value, depth + 1)
+            digests = node.get("_sd", [])
+            if not isinstance(digests, list):
+                raise SdJwtError("_sd must be an array")
+            for dig in digests:
+                found = take(dig)
+                if found is None:
+                    continue  # decoy digest
+                if found.name is None:
+                    raise SdJwtError("array-element disclosure referenced from an object")
+                if found.name in out:
+                    raise SdJwtError(f"disclosed claim {found.name!r} already exists")
+                out[found.name] = walk(found.value, depth + 1)
+            return out
+        if isinstance(node, list):
+            items: list[Any] = []
+            for item in node:
+                if isinstance(item, dict) and len(item) == 1 and "..." in item:
+                    found = take(item["..."])
+                    if found is None:
+                        continue
+                    if found.name is not None:
+                        raise SdJwtError("object disclosure referenced from an array")
+                    items.append(walk(found.value, depth + 1))
+                else:
+                    items.append(walk(item, depth + 1))
+            return items
+        return node
+
+    result = walk(payload, 0)
+    unused = set(by_digest) - seen
+    if unused:
+        raise SdJwtError(f"{len(unused)} disclosure(s) not referenced by the issuer JWT")
+    return result
