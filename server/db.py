@@ -1,0 +1,133 @@
+"""Database access: engine set-up (SQLite default, PostgreSQL supported), schema creation, terminal admin."""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from sqlalchemy import Engine, create_engine, event, select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import StaticPool
+
+from cityid.errors import CityIdError
+from server.models import AuditEntry, Base, StatusAllocator, Terminal
+
+logger = logging.getLogger(__name__)
+
+_TERMINAL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class StorageError(CityIdError):
+    """The database is unreachable or refused an operation."""
+
+
+class TerminalAdminError(CityIdError, ValueError):
+    """A terminal registration request is invalid (bad name, bad key, duplicate, unknown)."""
+
+
+def make_engine(url: str) -> Engine:
+    """Create an engine; SQLite gets a busy timeout and foreign keys, PostgreSQL uses psycopg 3."""
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    kwargs: dict = {"future": True}
+    if url.startswith("sqlite"):
+        kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        if url in ("sqlite://", "sqlite:///:memory:"):
+            kwargs["poolclass"] = StaticPool  # one shared in-memory database
+    else:
+        kwargs["pool_pre_ping"] = True
+    try:
+        engine = create_engine(url, **kwargs)
+    except (SQLAlchemyError, ImportError) as exc:
+        raise StorageError(f"bad database URL: {exc}") from exc
+    if engine.dialect.name == "sqlite":
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn) -> None:  # type: ignore[no-untyped-def]
+            # Take the write lock at BEGIN so read-then-write transactions serialise (no lost updates).
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        # pysqlite's own transaction handling must be off for BEGIN IMMEDIATE to be ours.
+        @event.listens_for(engine, "connect", insert=True)
+        def _no_autobegin(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+            dbapi_conn.isolation_level = None
+
+    return engine
+
+
+@dataclass
+class Database:
+    """An engine plus a session factory; ``init()`` creates the schema."""
+
+    engine: Engine
+
+    @classmethod
+    def from_url(cls, url: str) -> Database:
+        return cls(make_engine(url))
+
+    def __post_init__(self) -> None:
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def init(self, status_list_id: int = 1, capacity: int = 1 << 20) -> None:
+        """Create tables (idempotent) and the allocator row of the status list."""
+        try:
+            Base.metadata.create_all(self.engine)
+            with self.sessions.begin() as s:
+                if s.get(StatusAllocator, status_list_id) is None:
+                    s.add(StatusAllocator(list_id=status_list_id, next_index=0, capacity=capacity))
+        except SQLAlchemyError as exc:
+            raise StorageError(f"cannot initialise the database: {exc.__class__.__name__}") from exc
+
+    def session(self) -> Session:
+        return self.sessions()
+
+    # --- terminal administration (city-server terminal add|list|disable) ---------------------------
+
+    def add_terminal(self, name: str, public_key_pem: str) -> Terminal:
+        if not _TERMINAL_NAME.match(name):
+            raise TerminalAdminError("terminal name: 1-64 letters, digits, '.', '_' or '-'")
+        pem = normalise_terminal_key(public_key_pem)
+        with self.sessions.begin() as s:
+            if s.get(Terminal, name) is not None:
+                raise TerminalAdminError(f"terminal {name!r} already exists")
+            t = Terminal(name=name, public_key_pem=pem, active=True)
+            s.add(t)
+            s.add(AuditEntry(actor="admin", action="terminal.add", outcome="ok", detail=name))
+        return t
+
+    def list_terminals(self) -> list[Terminal]:
+        with self.sessions() as s:
+            return list(s.scalars(select(Terminal).order_by(Terminal.name)))
+
+    def set_terminal_active(self, name: str, active: bool) -> None:
+        with self.sessions.begin() as s:
+            t = s.get(Terminal, name)
+            if t is None:
+                raise TerminalAdminError(f"no terminal named {name!r}")
+            t.active = active
+            action = "terminal.enable" if active else "terminal.disable"
+            s.add(AuditEntry(actor="admin", action=action, outcome="ok", detail=name))
+
+
+def normalise_terminal_key(public_key_pem: str) -> str:
+    """Parse a P-256 public key PEM and return it re-encoded; raise :class:`TerminalAdminError`."""
+    try:
+        key = serialization.load_pem_public_key(public_key_pem.encode())
+    except (ValueError, TypeError) as exc:
+        raise TerminalAdminError("public key is not a PEM SubjectPublicKeyInfo") from exc
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise TerminalAdminError("terminal keys must be P-256 (ES256)")
+    return key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()

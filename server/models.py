@@ -1,0 +1,142 @@
+"""SQLAlchemy 2.0 models: the minimum the issuer keeps (docs/server.md §Storage).
+
+No personal claim is ever stored: a credential row holds its id, the citizen DID, the status list position,
+the hash of the issuer JWT and issuance metadata. The audit log records who did what to which credential/DID.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from enum import StrEnum
+
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class CredentialState(StrEnum):
+    """Lifecycle of a credential (docs/server.md §States)."""
+
+    PENDING = "pending"  # status index allocated, not yet returned signed
+    ISSUED = "issued"
+    SUSPENDED = "suspended"
+    REVOKED = "revoked"
+    SUPERSEDED = "superseded"  # replaced by a re-issue or a re-enrollment of the same card
+
+    @property
+    def live(self) -> bool:
+        return self in (CredentialState.PENDING, CredentialState.ISSUED, CredentialState.SUSPENDED)
+
+
+class Terminal(Base):
+    """A counter terminal allowed to call the API; requests are signed with its P-256 key."""
+
+    __tablename__ = "terminals"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    public_key_pem: Mapped[str] = mapped_column(Text)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Citizen(Base):
+    """A citizen DID the registrar controls (identity address without a private key)."""
+
+    __tablename__ = "citizens"
+
+    did: Mapped[str] = mapped_column(String(128), primary_key=True)
+    identity: Mapped[str] = mapped_column(String(42), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Credential(Base):
+    """One issued (or being issued) credential: identifiers, status position, hash, metadata — no claims."""
+
+    __tablename__ = "credentials"
+    __table_args__ = (
+        UniqueConstraint("status_list_id", "status_index", name="uq_status_position"),
+        Index("ix_credentials_card", "card_serial_hash"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    idempotency_key: Mapped[str] = mapped_column(String(128), unique=True)
+    request_fingerprint: Mapped[str] = mapped_column(String(64))  # sha256(card key || serial), no claims
+    citizen_did: Mapped[str] = mapped_column(ForeignKey("citizens.did"), index=True)
+    card_key: Mapped[str] = mapped_column(String(130))  # hex SEC1 uncompressed P-256 point (public key)
+    card_serial_hash: Mapped[str] = mapped_column(String(64))
+    status_list_id: Mapped[int] = mapped_column(Integer)
+    status_index: Mapped[int] = mapped_column(Integer)
+    vct: Mapped[str] = mapped_column(String(200))
+    credential_hash: Mapped[str | None] = mapped_column(String(64), default=None)
+    state: Mapped[str] = mapped_column(String(16), default=CredentialState.PENDING.value)
+    key_on_chain: Mapped[bool] = mapped_column(Boolean, default=False)
+    supersedes: Mapped[str | None] = mapped_column(String(36), default=None)
+    terminal: Mapped[str] = mapped_column(String(64))
+    issued_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    issue_count: Mapped[int] = mapped_column(Integer, default=0)  # signatures made for this id (retries)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+class StatusAllocator(Base):
+    """Next free index per status list; advanced in the same transaction that creates the credential row."""
+
+    __tablename__ = "status_allocator"
+
+    list_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    next_index: Mapped[int] = mapped_column(Integer, default=0)
+    capacity: Mapped[int] = mapped_column(Integer)
+
+
+class FidoKey(Base):
+    """A FIDO2 credential public key registered on a citizen DID."""
+
+    __tablename__ = "fido_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    citizen_did: Mapped[str] = mapped_column(ForeignKey("citizens.did"), index=True)
+    point: Mapped[str] = mapped_column(String(130), unique=True)
+    fido_credential_id_hash: Mapped[str] = mapped_column(String(64))
+    registered_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AuditEntry(Base):
+    """Who did what, when, with which outcome. Never claims, never PINs."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(32))
+    credential_id: Mapped[str | None] = mapped_column(String(36), default=None)
+    citizen_did: Mapped[str | None] = mapped_column(String(128), default=None)
+    outcome: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[str] = mapped_column(String(200), default="")
+
+
+class UsedNonce(Base):
+    """Request nonces already seen, per terminal (single use within the auth window)."""
+
+    __tablename__ = "used_nonces"
+
+    terminal: Mapped[str] = mapped_column(String(64), primary_key=True)
+    nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seen_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
