@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from cityid.jose import (
     JoseError,
+    attach_signature,
     b64url_decode,
     b64url_encode,
     json_dumps,
@@ -226,3 +228,20 @@ def resolve(
     if unused:
         raise SdJwtError(f"{len(unused)} disclosure(s) not referenced by the issuer JWT")
     return result
+
+
+def present(
+    issuer_jwt: str,
+    disclosures: list[str] | tuple[str, ...],
+    aud: str,
+    nonce: str,
+    iat: int,
+    sign: Callable[[bytes], bytes],
+) -> str:
+    """Build an SD-JWT+KB (RFC 9901 §4.3) with a holder signing callback returning the ES256 ``R || S``.
+
+    What the card's PRESENT does on-card; used by software holders (tests, benchmarks, the demo).
+    """
+    sdh = sd_hash(presentation_without_kb(issuer_jwt, disclosures))
+    data = kb_jwt_signing_input(aud, nonce, iat, sdh)
+    return assemble(issuer_jwt, disclosures, attach_signature(data, sign(data)))
