@@ -118,3 +118,12 @@ class RegistrarGateway:
             int(time.time()) + KEY_VALIDITY_SECONDS,
         )
         return did
+
+
+def open_chain(config: Any) -> ChainGateway:
+    """The configured chain: ``embedded`` (in-process py-evm) or a NetworkConfig JSON file."""
+    try:
+        from cityid.chain import registrar as _registrar  # noqa: F401
+    except ImportError as exc:
+        raise ChainError("the chain layer (cityid.chain) is not available") from exc
+    raise ChainError("chain configuration not supported yet")

@@ -1,0 +1,1 @@
+"""HTTP API blueprints of ``city-server`` (docs/server.md §API)."""

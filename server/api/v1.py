@@ -1,0 +1,128 @@
+"""``/v1`` — the counter-terminal API (docs/server.md §API). Every route needs a signed request."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, current_app, g, jsonify, request
+from flask.typing import ResponseReturnValue
+
+from cityid.jose import b64url_encode
+from server.api import validate as v
+from server.auth import AuthError, RequestAuthenticator, SignedRequest
+from server.service import CredentialInfo, Enrollment, IssuerService, ValidationError
+
+bp = Blueprint("v1", __name__, url_prefix="/v1")
+
+
+def _service() -> IssuerService:
+    return current_app.extensions["cityid.service"]
+
+
+@bp.before_request
+def _authenticate() -> ResponseReturnValue | None:
+    auth: RequestAuthenticator = current_app.extensions["cityid.auth"]
+    path = request.path + (f"?{request.query_string.decode('latin-1')}" if request.query_string else "")
+    signed = SignedRequest(request.method, path, dict(request.headers), request.get_data(cache=True))
+    try:
+        g.terminal = auth.authenticate(signed)
+    except AuthError as exc:
+        return jsonify(error="unauthenticated", reason=exc.reason, message=str(exc)), 401
+    return None
+
+
+def _json() -> dict[str, Any]:
+    data = request.get_json(silent=True)
+    if data is None:
+        raise ValidationError("request body must be JSON (Content-Type: application/json)")
+    return v.body_object(data)
+
+
+def _enrollment_json(e: Enrollment) -> dict[str, Any]:
+    return {
+        "credential_id": e.credential_id,
+        "citizen_did": e.citizen_did,
+        "status": {"list_id": e.status_ref.list_id, "index": e.status_ref.index, "uri": e.status_ref.uri},
+        "credential_hash": e.credential_hash,
+        "expires_at": e.expires_at.isoformat(),
+        "vct": e.record.vct,
+        "card_record": b64url_encode(e.record.encode()),
+        "retried": e.retried,
+    }
+
+
+def _info_json(i: CredentialInfo) -> dict[str, Any]:
+    return {
+        "credential_id": i.credential_id,
+        "citizen_did": i.citizen_did,
+        "state": i.state.value,
+        "status": {"list_id": i.status_ref.list_id, "index": i.status_ref.index, "uri": i.status_ref.uri},
+        "vct": i.vct,
+        "issued_at": i.issued_at.isoformat() if i.issued_at else None,
+        "expires_at": i.expires_at.isoformat() if i.expires_at else None,
+    }
+
+
+@bp.post("/enrollments")
+def enroll() -> ResponseReturnValue:
+    body = _json()
+    v.only_keys(body, ("idempotency_key", "claims", "card_public_key", "card_serial"), ("citizen_did",))
+    did = v.did(body["citizen_did"]) if body.get("citizen_did") is not None else None
+    result = _service().enroll(
+        g.terminal,
+        v.idempotency_key(body["idempotency_key"]),
+        body["claims"],
+        v.p256_jwk(body["card_public_key"], "card_public_key"),
+        v.card_serial(body["card_serial"]),
+        did,
+    )
+    return jsonify(_enrollment_json(result)), 200 if result.retried else 201
+
+
+@bp.post("/credentials/<cid>/reissue")
+def reissue(cid: str) -> ResponseReturnValue:
+    body = _json()
+    v.only_keys(body, ("idempotency_key", "claims"))
+    result = _service().reissue(
+        g.terminal, v.credential_id(cid), v.idempotency_key(body["idempotency_key"]), body["claims"]
+    )
+    return jsonify(_enrollment_json(result)), 200 if result.retried else 201
+
+
+@bp.post("/revocations")
+def revoke() -> ResponseReturnValue:
+    body = _json()
+    v.only_keys(body, ("credential_ids", "reason"))
+    ids = body["credential_ids"]
+    if not isinstance(ids, list) or not 0 < len(ids) <= v.MAX_BATCH:
+        raise ValidationError(f"credential_ids must be a list of 1-{v.MAX_BATCH} ids")
+    ids = [v.credential_id(i) for i in ids]
+    if body["reason"] not in ("lost", "revoked"):
+        raise ValidationError("reason must be 'lost' or 'revoked'")
+    revoked = _service().revoke(g.terminal, ids, body["reason"])
+    return jsonify(revoked=revoked, requested=len(set(ids))), 200
+
+
+@bp.post("/credentials/<cid>/suspend")
+def suspend(cid: str) -> ResponseReturnValue:
+    return jsonify(_info_json(_service().suspend(g.terminal, v.credential_id(cid)))), 200
+
+
+@bp.post("/credentials/<cid>/resume")
+def resume(cid: str) -> ResponseReturnValue:
+    return jsonify(_info_json(_service().resume(g.terminal, v.credential_id(cid)))), 200
+
+
+@bp.get("/credentials/<cid>/status")
+def status(cid: str) -> ResponseReturnValue:
+    return jsonify(_info_json(_service().status(v.credential_id(cid)))), 200
+
+
+@bp.post("/citizens/<path:did>/fido-keys")
+def fido_key(did: str) -> ResponseReturnValue:
+    body = _json()
+    v.only_keys(body, ("public_key", "credential_id"))
+    point = v.p256_jwk(body["public_key"], "public_key")
+    fido_id = v.b64url_bytes(body["credential_id"], "credential_id")
+    created = _service().register_fido_key(g.terminal, v.did(did), point, fido_id)
+    return jsonify(citizen_did=did, registered=created), 201 if created else 200

@@ -1,0 +1,78 @@
+"""Flask application factory of ``city-server`` (docs/server.md)."""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Callable
+from datetime import datetime
+
+from flask import Flask, jsonify
+from flask.typing import ResponseReturnValue
+from werkzeug.exceptions import HTTPException
+
+from server.auth import RequestAuthenticator
+from server.chain import ChainGateway, open_chain
+from server.config import ServerConfig
+from server.db import Database
+from server.keys import IssuerSigner, load_signer
+from server.service import IssuerService, ServiceError
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(
+    config: ServerConfig,
+    *,
+    chain: ChainGateway | None = None,
+    signer: IssuerSigner | None = None,
+    db: Database | None = None,
+    clock: Callable[[], datetime] | None = None,
+    auth_clock: Callable[[], float] | None = None,
+) -> Flask:
+    """Build the app: open the database (creating the schema), the issuer key and the chain; publish the
+    issuer key and its accreditation on chain. Components can be injected (tests, embedded demo)."""
+    db = db or Database.from_url(config.database_url)
+    db.init(config.status_list_id, config.status_list_capacity)
+    signer = signer or load_signer(config.issuer_key)
+    chain = chain or open_chain(config)
+    kwargs = {"clock": clock} if clock else {}
+    service = IssuerService(db, chain, signer, config, **kwargs)
+    service.start()
+    auth = RequestAuthenticator(
+        db, config.auth_window_seconds, **({"clock": auth_clock} if auth_clock else {})
+    )
+
+    app = Flask("server")
+    app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["cityid.service"] = service
+    app.extensions["cityid.auth"] = auth
+    app.extensions["cityid.db"] = db
+
+    from server.api.v1 import bp
+
+    app.register_blueprint(bp)
+
+    @app.get("/health")
+    def health() -> ResponseReturnValue:
+        return jsonify(ok=True, issuer_did=service.issuer_did, vct=service.vct)
+
+    @app.errorhandler(ServiceError)
+    def _service_error(exc: ServiceError) -> ResponseReturnValue:
+        return jsonify(error=exc.code, message=str(exc)), exc.status
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> ResponseReturnValue:
+        code = (exc.name or "error").lower().replace(" ", "_")
+        return jsonify(error=code, message=exc.description or exc.name), exc.code or 500
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> ResponseReturnValue:
+        # Type and place only: an exception message could echo request data (claims are never logged).
+        where = traceback.extract_tb(exc.__traceback__)[-1:]
+        loc = f"{where[0].filename}:{where[0].lineno}" if where else "?"
+        logger.error("unexpected %s at %s", type(exc).__name__, loc)
+        return jsonify(error="internal", message="internal error; the request was not completed"), 500
+
+    return app

@@ -1,0 +1,143 @@
+"""Terminal request authentication (docs/server.md §Authentication; canonical form in cityid.requestsig).
+
+A request is accepted when its terminal is registered and active, its timestamp is within ±window seconds,
+its nonce was never seen from that terminal, and the ES256 signature over the canonical string verifies with
+the terminal's registered P-256 key. Anything else is refused with 401 and a JSON error.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from sqlalchemy import delete
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from cityid.errors import CityIdError
+from cityid.jose import JoseError, b64url_decode
+from cityid.requestsig import (
+    HEADER_NONCE,
+    HEADER_SIGNATURE,
+    HEADER_TERMINAL,
+    HEADER_TIMESTAMP,
+    NONCE_PATTERN,
+    canonical_request,
+)
+from server.db import Database
+from server.models import AuditEntry, Terminal, UsedNonce, utcnow
+
+logger = logging.getLogger(__name__)
+
+
+class AuthError(CityIdError):
+    """The request is not authenticated; ``reason`` is a stable code returned in the 401 body."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        self.reason = reason
+        super().__init__(message)
+
+
+@dataclass(frozen=True, slots=True)
+class SignedRequest:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+class RequestAuthenticator:
+    """Verifies signed terminal requests; nonces are stored single-use in the database."""
+
+    def __init__(
+        self, db: Database, window_seconds: int = 60, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.db = db
+        self.window = window_seconds
+        self.clock = clock
+        self._keys: dict[str, tuple[str, ec.EllipticCurvePublicKey]] = {}
+        self._last_prune = 0.0
+
+    def _public_key(self, pem: str) -> ec.EllipticCurvePublicKey:
+        key = serialization.load_pem_public_key(pem.encode())
+        assert isinstance(key, ec.EllipticCurvePublicKey)
+        return key
+
+    def authenticate(self, req: SignedRequest) -> str:
+        """Return the terminal name, or raise :class:`AuthError`."""
+        terminal = req.headers.get(HEADER_TERMINAL, "")
+        ts_text = req.headers.get(HEADER_TIMESTAMP, "")
+        nonce = req.headers.get(HEADER_NONCE, "")
+        sig_text = req.headers.get(HEADER_SIGNATURE, "")
+        if not (terminal and ts_text and nonce and sig_text):
+            raise AuthError("missing_signature", "request is not signed by a registered terminal")
+        if not ts_text.isdigit() or len(ts_text) > 12:
+            raise AuthError("bad_timestamp", "timestamp must be integer seconds")
+        ts = int(ts_text)
+        now = self.clock()
+        if abs(now - ts) > self.window:
+            raise AuthError(
+                "stale", f"timestamp outside the ±{self.window}s window (check the terminal clock)"
+            )
+        if not NONCE_PATTERN.match(nonce):
+            raise AuthError("bad_nonce", "nonce must be 16-64 base64url characters")
+        try:
+            raw = b64url_decode(sig_text)
+        except JoseError as exc:
+            raise AuthError("bad_signature", "signature is not base64url") from exc
+        if len(raw) != 64:
+            raise AuthError("bad_signature", "signature must be a 64-byte ES256 signature")
+        try:
+            with self.db.sessions() as s:
+                t = s.get(Terminal, terminal)
+        except SQLAlchemyError as exc:
+            raise AuthError("unavailable", "authentication store unavailable") from exc
+        if t is None or not t.active:
+            raise AuthError("unknown_terminal", "terminal unknown or disabled")
+        cached = self._keys.get(terminal)
+        if cached is None or cached[0] != t.public_key_pem:
+            cached = (t.public_key_pem, self._public_key(t.public_key_pem))
+            self._keys[terminal] = cached
+        der = encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"))
+        message = canonical_request(req.method, req.path, ts, nonce, req.body)
+        try:
+            cached[1].verify(der, message, ec.ECDSA(hashes.SHA256()))
+        except InvalidSignature as exc:
+            self._audit(terminal, "bad_signature")
+            raise AuthError("bad_signature", "signature does not verify") from exc
+        # Only after the signature: record the nonce (a forged request cannot burn a terminal's nonces).
+        try:
+            with self.db.sessions.begin() as s:
+                s.add(UsedNonce(terminal=terminal, nonce=nonce, seen_at=utcnow()))
+        except IntegrityError as exc:
+            self._audit(terminal, "replay")
+            raise AuthError("replayed", "request replayed (nonce already used)") from exc
+        except SQLAlchemyError as exc:
+            raise AuthError("unavailable", "authentication store unavailable") from exc
+        self._prune(now)
+        return terminal
+
+    def _audit(self, terminal: str, reason: str) -> None:
+        try:
+            with self.db.sessions.begin() as s:
+                s.add(AuditEntry(actor=terminal[:64], action="auth", outcome="refused", detail=reason))
+        except SQLAlchemyError:
+            logger.warning("could not audit refused request from %s", terminal[:64])
+
+    def _prune(self, now: float) -> None:
+        """Forget nonces older than twice the window: their timestamps can no longer be accepted."""
+        if now - self._last_prune < self.window:
+            return
+        self._last_prune = now
+        cutoff = dt.datetime.fromtimestamp(now - 2 * self.window, dt.UTC)
+        try:
+            with self.db.sessions.begin() as s:
+                s.execute(delete(UsedNonce).where(UsedNonce.seen_at < cutoff))
+        except SQLAlchemyError:
+            logger.warning("nonce pruning failed")

@@ -1,0 +1,192 @@
+"""The counter terminal's client for the city server: every request signed with the terminal's P-256 key.
+
+Signing follows :mod:`cityid.requestsig` (docs/server.md §Authentication). The transport is ``requests``;
+anything with ``request(method, url, data=, headers=, timeout=)`` returning a requests-like response works.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from cityid.citizen import CredentialRecord
+from cityid.errors import CityIdError, DecodeError
+from cityid.jose import b64url_decode, b64url_encode, der_to_raw_p256, jwk_from_point
+from cityid.requestsig import (
+    HEADER_NONCE,
+    HEADER_SIGNATURE,
+    HEADER_TERMINAL,
+    HEADER_TIMESTAMP,
+    canonical_request,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class ServerError(CityIdError):
+    """The city server refused the request or was unreachable; ``status``: HTTP status (0: none)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        self.status = status
+        self.code = code
+        super().__init__(
+            f"city server: {message} ({code})" if status else f"city server unreachable: {message}"
+        )
+
+    @property
+    def retryable(self) -> bool:
+        """Worth retrying with the same idempotency key (network, chain or storage trouble)."""
+        return self.status == 0 or self.status >= 500
+
+
+@dataclass(frozen=True, slots=True)
+class EnrollmentResult:
+    """The server's answer to an enrollment or re-issue."""
+
+    credential_id: str
+    citizen_did: str
+    status_list_id: int
+    status_index: int
+    credential_hash: str
+    record: CredentialRecord
+    retried: bool
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> EnrollmentResult:
+        try:
+            return cls(
+                credential_id=str(data["credential_id"]),
+                citizen_did=str(data["citizen_did"]),
+                status_list_id=int(data["status"]["list_id"]),
+                status_index=int(data["status"]["index"]),
+                credential_hash=str(data["credential_hash"]),
+                record=CredentialRecord.decode(b64url_decode(data["card_record"])),
+                retried=bool(data["retried"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DecodeError(f"malformed enrollment answer: {exc}") from exc
+
+
+def load_terminal_key(path: str, password: str | None = None) -> ec.EllipticCurvePrivateKey:
+    """Read the terminal's PEM private key (optionally encrypted)."""
+    with open(path, "rb") as f:
+        key = serialization.load_pem_private_key(f.read(), password.encode() if password else None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise ValueError("the terminal key must be a P-256 private key")
+    return key
+
+
+def sign_request(
+    key: ec.EllipticCurvePrivateKey,
+    terminal: str,
+    method: str,
+    path: str,
+    body: bytes,
+    now: float | None = None,
+) -> dict[str, str]:
+    """The four authentication headers for one request (fresh 128-bit nonce)."""
+    ts = int(time.time() if now is None else now)
+    nonce = b64url_encode(secrets.token_bytes(16))
+    der = key.sign(canonical_request(method, path, ts, nonce, body), ec.ECDSA(hashes.SHA256()))
+    return {
+        HEADER_TERMINAL: terminal,
+        HEADER_TIMESTAMP: str(ts),
+        HEADER_NONCE: nonce,
+        HEADER_SIGNATURE: b64url_encode(der_to_raw_p256(der)),
+    }
+
+
+class ServerClient:
+    """Signed JSON calls to ``city-server`` (one method per API route)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        terminal: str,
+        key: ec.EllipticCurvePrivateKey,
+        *,
+        timeout: float = 30.0,
+        session: Any | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._prefix = urlsplit(self.base_url).path
+        self.terminal = terminal
+        self._key = key
+        self.timeout = timeout
+        self._http = session or requests.Session()
+        self._clock = clock
+
+    def _call(self, method: str, route: str, payload: dict[str, Any] | None = None) -> tuple[int, dict]:
+        body = b"" if payload is None else json.dumps(payload, separators=(",", ":")).encode()
+        headers = sign_request(self._key, self.terminal, method, self._prefix + route, body, self._clock())
+        if payload is not None:
+            headers["Content-Type"] = "application/json"
+        try:
+            resp = self._http.request(
+                method, self.base_url + route, data=body, headers=headers, timeout=self.timeout
+            )
+        except requests.RequestException as exc:
+            raise ServerError(0, "unreachable", type(exc).__name__) from exc
+        try:
+            data = resp.json()
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            raise ServerError(resp.status_code, "bad_answer", f"non-JSON answer (HTTP {resp.status_code})")
+        if resp.status_code >= 400:
+            raise ServerError(
+                resp.status_code, str(data.get("error", "error")), str(data.get("message", "refused"))
+            )
+        return resp.status_code, data
+
+    def enroll(
+        self,
+        idempotency_key: str,
+        claims: dict[str, Any],
+        card_point: bytes,
+        card_serial: bytes,
+        citizen_did: str | None = None,
+    ) -> EnrollmentResult:
+        payload: dict[str, Any] = {
+            "idempotency_key": idempotency_key,
+            "claims": claims,
+            "card_public_key": jwk_from_point(card_point),
+            "card_serial": card_serial.hex(),
+        }
+        if citizen_did:
+            payload["citizen_did"] = citizen_did
+        return EnrollmentResult.from_json(self._call("POST", "/v1/enrollments", payload)[1])
+
+    def reissue(self, credential_id: str, idempotency_key: str, claims: dict[str, Any]) -> EnrollmentResult:
+        route = f"/v1/credentials/{credential_id}/reissue"
+        payload = {"idempotency_key": idempotency_key, "claims": claims}
+        return EnrollmentResult.from_json(self._call("POST", route, payload)[1])
+
+    def revoke(self, credential_ids: list[str], reason: str) -> list[str]:
+        data = self._call("POST", "/v1/revocations", {"credential_ids": credential_ids, "reason": reason})[1]
+        return list(data.get("revoked", []))
+
+    def suspend(self, credential_id: str) -> dict[str, Any]:
+        return self._call("POST", f"/v1/credentials/{credential_id}/suspend", {})[1]
+
+    def resume(self, credential_id: str) -> dict[str, Any]:
+        return self._call("POST", f"/v1/credentials/{credential_id}/resume", {})[1]
+
+    def status(self, credential_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/v1/credentials/{credential_id}/status")[1]
+
+    def register_fido_key(self, citizen_did: str, point: bytes, fido_credential_id: bytes) -> bool:
+        payload = {"public_key": jwk_from_point(point), "credential_id": b64url_encode(fido_credential_id)}
+        status, _ = self._call("POST", f"/v1/citizens/{citizen_did}/fido-keys", payload)
+        return status == 201

@@ -1,0 +1,149 @@
+"""Test support for the server unit tests: an in-memory chain gateway (records every chain write)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from cityid.chainview import ChainError, CredentialStatus
+
+
+@dataclass
+class MemoryChain:
+    """A :class:`server.chain.ChainGateway` in memory; ``fail_next`` makes the next write raise."""
+
+    chain_id: int = 31337
+    status_registry: str = "0x" + "11" * 20
+    keys: dict[str, set[bytes]] = field(default_factory=dict)
+    revoked_keys: dict[str, set[bytes]] = field(default_factory=dict)
+    status: dict[tuple[int, int], CredentialStatus] = field(default_factory=dict)
+    calls: list[tuple[str, int]] = field(default_factory=list)
+    issuers: dict[str, bytes] = field(default_factory=dict)
+    fail_next: int = 0
+    _counter: int = 0
+
+    def _write(self, what: str, n: int) -> None:
+        if self.fail_next:
+            self.fail_next -= 1
+            raise ChainError(f"injected failure in {what}")
+        self.calls.append((what, n))
+
+    def new_citizen_identity(self) -> str:
+        self._counter += 1
+        return "0x" + f"{self._counter:040x}"
+
+    def did_for(self, identity: str) -> str:
+        return f"did:ethr:{hex(self.chain_id)}:{identity}"
+
+    def register_keys(self, entries: Sequence[tuple[str, bytes]]) -> None:
+        self._write("register_keys", len(entries))
+        for identity, point in entries:
+            self.keys.setdefault(identity, set()).add(point)
+
+    def revoke_keys(self, entries: Sequence[tuple[str, bytes]]) -> None:
+        self._write("revoke_keys", len(entries))
+        for identity, point in entries:
+            self.keys.get(identity, set()).discard(point)
+            self.revoked_keys.setdefault(identity, set()).add(point)
+
+    def set_status(self, list_id: int, indexes: Sequence[int], status: CredentialStatus) -> None:
+        self._write("set_status", len(indexes))
+        for i in indexes:
+            self.status[(list_id, i)] = status
+
+    def publish_issuer(self, issuer_point: bytes, vct: str) -> str:
+        did = self.did_for("0x" + "22" * 20)
+        self.issuers[did] = issuer_point
+        return did
+
+
+class FlaskTransport:
+    """Lets :class:`terminal.server_client.ServerClient` talk to a Flask app's test client (no sockets)."""
+
+    def __init__(self, app) -> None:  # type: ignore[no-untyped-def]
+        self.client = app.test_client()
+        self.sent: list[dict] = []
+
+    def request(self, method, url, data=b"", headers=None, timeout=None):  # type: ignore[no-untyped-def]
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
+        self.sent.append({"method": method, "path": path, "data": data, "headers": dict(headers or {})})
+        resp = self.client.open(path, method=method, data=data, headers=headers)
+        return _Resp(resp)
+
+    def replay(self, i: int = -1):  # type: ignore[no-untyped-def]
+        """Send a previously sent request again, byte for byte."""
+        r = self.sent[i]
+        return self.client.open(r["path"], method=r["method"], data=r["data"], headers=r["headers"])
+
+
+class _Resp:
+    def __init__(self, resp) -> None:  # type: ignore[no-untyped-def]
+        self.status_code = resp.status_code
+        self._resp = resp
+
+    def json(self):  # type: ignore[no-untyped-def]
+        data = self._resp.get_json(silent=True)
+        if data is None:
+            raise ValueError("not JSON")
+        return data
+
+
+CLAIMS = {
+    "family_name": "Kim",
+    "given_name": "Minji",
+    "birthdate": "1950-03-14",
+    "district": "Haeundae-gu",
+    "busan_resident": True,
+    "card_number": "BS-2026-000123",
+}
+
+
+@dataclass
+class ServerRig:
+    """An app on a database with a MemoryChain, a registered terminal and a client for it."""
+
+    app: object
+    chain: MemoryChain
+    client: object
+    transport: FlaskTransport
+    signer: object
+    terminal_key: object
+    db: object
+
+    @property
+    def service(self):  # type: ignore[no-untyped-def]
+        return self.app.extensions["cityid.service"]  # type: ignore[attr-defined]
+
+
+def make_rig(db_url: str, signer=None, **config) -> ServerRig:  # type: ignore[no-untyped-def]
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from cityid.credential import LocalSigner
+    from server.app import create_app
+    from server.config import ServerConfig
+    from server.db import Database
+    from terminal.server_client import ServerClient
+
+    if signer is None:
+        key = ec.generate_private_key(ec.SECP256R1())
+        signer = LocalSigner(key)
+        signer.public_point = key.public_key().public_bytes(  # type: ignore[attr-defined]
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+        )
+    db = Database.from_url(db_url)
+    chain = MemoryChain()
+    app = create_app(ServerConfig(database_url=db_url, **config), chain=chain, signer=signer, db=db)
+    tkey = ec.generate_private_key(ec.SECP256R1())
+    pem = (
+        tkey.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    db.add_terminal("counter-1", pem)
+    transport = FlaskTransport(app)
+    client = ServerClient("http://city.test", "counter-1", tkey, session=transport)
+    return ServerRig(app, chain, client, transport, signer, tkey, db)
