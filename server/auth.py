@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
@@ -48,7 +48,7 @@ class AuthError(CityIdError):
 class SignedRequest:
     method: str
     path: str
-    headers: dict[str, str]
+    headers: Mapping[str, str]  # case-insensitive in Flask
     body: bytes
 
 

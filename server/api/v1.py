@@ -23,7 +23,7 @@ def _service() -> IssuerService:
 def _authenticate() -> ResponseReturnValue | None:
     auth: RequestAuthenticator = current_app.extensions["cityid.auth"]
     path = request.path + (f"?{request.query_string.decode('latin-1')}" if request.query_string else "")
-    signed = SignedRequest(request.method, path, dict(request.headers), request.get_data(cache=True))
+    signed = SignedRequest(request.method, path, request.headers, request.get_data(cache=True))
     try:
         g.terminal = auth.authenticate(signed)
     except AuthError as exc:
