@@ -1,0 +1,319 @@
+"""The terminal's configuration file (TOML), validated at start with clear errors.
+
+A kiosk or counter terminal reads one file (``kiosk serve --config FILE``)::
+
+    [terminal]
+    mode = "kiosk"                 # or "counter"
+    id = "busan-kiosk-001"         # shown on screens and in audit trails
+    audience = "https://kiosk.busan.go.kr/busan-kiosk-001"   # the KB-JWT "aud" this terminal accepts
+    language = "ko"                # default language: "ko" or "en"
+    idle_timeout = 30              # seconds without activity before a session is wiped
+    services = ["benefit-check", "residence"]
+    host = "127.0.0.1"             # bind address (localhost by default)
+    port = 8080
+    reader = ""                    # only use readers whose name contains this (empty: any)
+
+    [chain]
+    network = "embedded"           # or a network name with rpc/chain_id/addresses, or network_file
+    rpc = "http://127.0.0.1:8545"
+    chain_id = 31337
+    max_staleness = 300            # seconds of chain data age after which the kiosk fails closed
+    [chain.addresses]
+    did_registry = "0x…"
+    status_registry = "0x…"
+    trusted_issuers = "0x…"
+
+    [server]
+    url = "http://127.0.0.1:8700"  # the city server (counter terminals)
+    terminal_key = "counter-key.pem"
+
+    [counter.clerks]
+    kim = "scrypt$16384$8$1$<salt hex>$<hash hex>"   # from `kiosk clerk-password`
+
+Secrets (the Flask session key, the terminal key password) come from the environment, never the file:
+``CITYID_KIOSK_SECRET``, ``CITYID_TERMINAL_KEY_PASSWORD``. The full reference is docs/ui.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import os
+import re
+import secrets
+import tomllib
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from cityid.errors import CityIdError
+
+LANGUAGES = ("ko", "en")
+DEFAULT_SERVICES = ("benefit-check", "residence")
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
+_CONTRACTS = ("did_registry", "status_registry", "trusted_issuers")
+
+
+class ConfigError(CityIdError, ValueError):
+    """The configuration file is missing, unreadable or invalid; the message names the file and key."""
+
+
+class Mode(StrEnum):
+    """What the terminal's screen is for."""
+
+    KIOSK = "kiosk"  # unattended citizen kiosk
+    COUNTER = "counter"  # clerk's screen at a post-office counter
+
+
+@dataclass(frozen=True, slots=True)
+class ChainSettings:
+    """Where the chain is. ``network == "embedded"`` means an in-process chain (demo and tests)."""
+
+    network: str = "embedded"
+    rpc: str = ""
+    chain_id: int = 0
+    addresses: dict[str, str] = field(default_factory=dict)
+    network_file: str = ""
+    max_staleness: float = 300.0
+
+    @property
+    def embedded(self) -> bool:
+        return self.network == "embedded" and not self.network_file
+
+
+@dataclass(frozen=True, slots=True)
+class TerminalConfig:
+    """The validated configuration of one terminal."""
+
+    mode: Mode = Mode.KIOSK
+    terminal_id: str = "busan-kiosk-dev"
+    audience: str = "https://kiosk.busan.go.kr/busan-kiosk-dev"
+    language: str = "ko"
+    idle_timeout: float = 30.0
+    services: tuple[str, ...] = DEFAULT_SERVICES
+    host: str = "127.0.0.1"
+    port: int = 8080
+    reader: str = ""
+    chain: ChainSettings = field(default_factory=ChainSettings)
+    server_url: str = ""
+    terminal_key: str = ""
+    clerks: dict[str, str] = field(default_factory=dict)
+    secret_key: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
+    source: str = "<defaults>"
+
+
+def _fail(source: str, key: str, why: str) -> ConfigError:
+    return ConfigError(f"{source}: {key}: {why}")
+
+
+def _take(table: dict[str, Any], source: str, prefix: str, allowed: set[str]) -> None:
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise _fail(source, f"{prefix}{unknown[0]}", f"unknown setting (known: {', '.join(sorted(allowed))})")
+
+
+def _str(table: dict[str, Any], key: str, source: str, prefix: str, default: str) -> str:
+    value = table.get(key, default)
+    if not isinstance(value, str):
+        raise _fail(source, prefix + key, f"must be a string, not {type(value).__name__}")
+    return value
+
+
+def _number(
+    table: dict[str, Any], key: str, source: str, prefix: str, default: float, lo: float, hi: float
+) -> float:
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
+        raise _fail(source, prefix + key, f"must be a number from {lo:g} to {hi:g}, got {value!r}")
+    return float(value)
+
+
+def _check_url(value: str, source: str, key: str, schemes: tuple[str, ...]) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in schemes or not parts.netloc:
+        raise _fail(source, key, f"must be a {'/'.join(schemes)} URL, got {value!r}")
+    return value.rstrip("/")
+
+
+def _chain(table: object, source: str) -> ChainSettings:
+    if table is None:
+        return ChainSettings()
+    if not isinstance(table, dict):
+        raise _fail(source, "chain", "must be a table")
+    p = "chain."
+    _take(table, source, p, {"network", "rpc", "chain_id", "addresses", "network_file", "max_staleness"})
+    network = _str(table, "network", source, p, "embedded")
+    network_file = _str(table, "network_file", source, p, "")
+    staleness = _number(table, "max_staleness", source, p, 300, 1, 86400)
+    if network == "embedded" and not network_file:
+        return ChainSettings(max_staleness=staleness)
+    if network_file:
+        path = Path(network_file)
+        if not path.is_absolute() and source not in ("<defaults>", "<dict>"):
+            path = Path(source).parent / path
+        if not path.is_file():
+            raise _fail(source, p + "network_file", f"no such file: {path}")
+        return ChainSettings(network=network, network_file=str(path), max_staleness=staleness)
+    if not _ID.match(network):
+        raise _fail(source, p + "network", f"must be 'embedded' or a network name, got {network!r}")
+    rpc = _check_url(_str(table, "rpc", source, p, ""), source, p + "rpc", ("http", "https", "ws", "wss"))
+    chain_id = table.get("chain_id")
+    if isinstance(chain_id, bool) or not isinstance(chain_id, int) or chain_id <= 0:
+        raise _fail(source, p + "chain_id", f"must be a positive integer, got {chain_id!r}")
+    addresses = table.get("addresses")
+    if not isinstance(addresses, dict):
+        raise _fail(source, p + "addresses", f"a table with {', '.join(_CONTRACTS)} is required")
+    _take(addresses, source, p + "addresses.", set(_CONTRACTS) | {"multicall", "anchor_registry"})
+    for name in _CONTRACTS:
+        if name not in addresses:
+            raise _fail(source, f"{p}addresses.{name}", "missing")
+    for name, value in addresses.items():
+        if not isinstance(value, str) or not _ADDRESS.match(value):
+            raise _fail(
+                source, f"{p}addresses.{name}", f"must be a 0x-prefixed 20-byte address, got {value!r}"
+            )
+    return ChainSettings(network, rpc, chain_id, dict(addresses), "", staleness)
+
+
+def parse_config(data: dict[str, Any], source: str = "<dict>") -> TerminalConfig:
+    """Validate a parsed TOML document; raise :class:`ConfigError` naming the offending key."""
+    _take(data, source, "", {"terminal", "chain", "server", "counter"})
+    term = data.get("terminal", {})
+    if not isinstance(term, dict):
+        raise _fail(source, "terminal", "must be a table")
+    p = "terminal."
+    _take(
+        term,
+        source,
+        p,
+        {"mode", "id", "audience", "language", "idle_timeout", "services", "host", "port", "reader"},
+    )
+    mode_s = _str(term, "mode", source, p, "kiosk")
+    try:
+        mode = Mode(mode_s)
+    except ValueError:
+        raise _fail(source, p + "mode", f"must be 'kiosk' or 'counter', got {mode_s!r}") from None
+    terminal_id = _str(term, "id", source, p, "busan-kiosk-dev")
+    if not _ID.match(terminal_id):
+        raise _fail(source, p + "id", "1-64 letters, digits, '.', '_' or '-'")
+    audience = _str(term, "audience", source, p, f"https://kiosk.busan.go.kr/{terminal_id}")
+    if not 0 < len(audience) <= 128 or not audience.isascii() or not audience.isprintable():
+        raise _fail(source, p + "audience", "1-128 printable ASCII characters (the card's audience limit)")
+    language = _str(term, "language", source, p, "ko")
+    if language not in LANGUAGES:
+        raise _fail(source, p + "language", f"must be one of {', '.join(LANGUAGES)}, got {language!r}")
+    idle = _number(term, "idle_timeout", source, p, 30, 5, 3600)
+    services = term.get("services", list(DEFAULT_SERVICES))
+    if (
+        not isinstance(services, list)
+        or not services
+        or not all(isinstance(s, str) and _ID.match(s) for s in services)
+        or len(set(services)) != len(services)
+    ):
+        raise _fail(source, p + "services", "must be a non-empty list of distinct service ids")
+    host = _str(term, "host", source, p, "127.0.0.1")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if host != "localhost":
+            raise _fail(source, p + "host", f"must be an IP address or 'localhost', got {host!r}") from None
+    port = term.get("port", 8080)
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise _fail(source, p + "port", f"must be an integer from 0 to 65535, got {port!r}")
+    reader = _str(term, "reader", source, p, "")
+
+    chain = _chain(data.get("chain"), source)
+
+    server = data.get("server", {})
+    if not isinstance(server, dict):
+        raise _fail(source, "server", "must be a table")
+    _take(server, source, "server.", {"url", "terminal_key"})
+    server_url = _str(server, "url", source, "server.", "")
+    if server_url:
+        server_url = _check_url(server_url, source, "server.url", ("http", "https"))
+    terminal_key = _str(server, "terminal_key", source, "server.", "")
+
+    counter = data.get("counter", {})
+    if not isinstance(counter, dict):
+        raise _fail(source, "counter", "must be a table")
+    _take(counter, source, "counter.", {"clerks"})
+    clerks = counter.get("clerks", {})
+    if not isinstance(clerks, dict):
+        raise _fail(source, "counter.clerks", "must be a table of clerk id = password hash")
+    for clerk, hashed in clerks.items():
+        if not _ID.match(clerk):
+            raise _fail(source, f"counter.clerks.{clerk}", "bad clerk id")
+        if not isinstance(hashed, str) or not _parse_hash(hashed):
+            raise _fail(source, f"counter.clerks.{clerk}", "must be a hash from `kiosk clerk-password`")
+    if mode is Mode.COUNTER and not server_url:
+        raise _fail(source, "server.url", "a counter terminal needs the city server URL")
+
+    secret_hex = os.environ.get("CITYID_KIOSK_SECRET", "")
+    secret = bytes.fromhex(secret_hex) if re.fullmatch(r"([0-9a-fA-F]{2}){16,}", secret_hex) else None
+    return TerminalConfig(
+        mode=mode,
+        terminal_id=terminal_id,
+        audience=audience,
+        language=language,
+        idle_timeout=idle,
+        services=tuple(services),
+        host=host,
+        port=port,
+        reader=reader,
+        chain=chain,
+        server_url=server_url,
+        terminal_key=terminal_key,
+        clerks=dict(clerks),
+        secret_key=secret or secrets.token_bytes(32),
+        source=source,
+    )
+
+
+def load_config(path: str | os.PathLike[str]) -> TerminalConfig:
+    """Read and validate a TOML configuration file."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read: {exc.strerror or exc}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    return parse_config(data, str(p))
+
+
+# --- clerk passwords (scrypt, RFC 7914) -------------------------------------------------------------
+
+_SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
+
+
+def hash_password(password: str, salt: bytes | None = None) -> str:
+    """A salted scrypt hash for the ``[counter.clerks]`` table."""
+    salt = salt or secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P, dklen=32)
+    return f"scrypt${_SCRYPT_N}${_SCRYPT_R}${_SCRYPT_P}${salt.hex()}${digest.hex()}"
+
+
+def _parse_hash(hashed: str) -> tuple[int, int, int, bytes, bytes] | None:
+    m = re.fullmatch(r"scrypt\$(\d+)\$(\d+)\$(\d+)\$([0-9a-f]{16,})\$([0-9a-f]{64})", hashed)
+    if not m:
+        return None
+    n, r, p = int(m[1]), int(m[2]), int(m[3])
+    if n < 2**10 or n > 2**20 or n & (n - 1) or not 1 <= r <= 32 or not 1 <= p <= 16:
+        return None
+    return n, r, p, bytes.fromhex(m[4]), bytes.fromhex(m[5])
+
+
+def check_password(password: str, hashed: str) -> bool:
+    """Constant-time check of a password against a :func:`hash_password` string."""
+    parsed = _parse_hash(hashed)
+    if parsed is None:
+        return False
+    n, r, p, salt, expected = parsed
+    got = hashlib.scrypt(password.encode(), salt=salt, n=n, r=r, p=p, dklen=len(expected), maxmem=2**27)
+    return hmac.compare_digest(got, expected)

@@ -1,0 +1,125 @@
+"""Flask app factory for the kiosk and counter screens.
+
+``create_app(config, kiosk=..., counter=..., demo=...)`` builds the app around the backends (see
+:mod:`terminal.web.backend`); :func:`start` / :func:`shutdown` start and stop the card watching and the
+event streams. Kiosk mode serves the citizen screens at ``/``; counter mode the clerk screens at
+``/counter/``; the demo serves both plus the demo panel at ``/demo``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import urlsplit
+
+from flask import Flask, Response, abort, redirect, render_template, request, session, url_for
+
+from terminal.config import LANGUAGES, Mode, TerminalConfig
+from terminal.web import counter_views, demo_views, events, kiosk_views, security
+from terminal.web.backend import CounterBackend, KioskBackend
+from terminal.web.catalog import catalogue, translate
+from terminal.web.controller import KioskController
+from terminal.web.events import EventHub
+
+logger = logging.getLogger(__name__)
+
+
+def current_language(default: str) -> str:
+    lang = session.get("lang")
+    return lang if lang in LANGUAGES else default
+
+
+def safe_next(target: str | None, fallback: str = "/") -> str:
+    """A local path to go back to (never another origin)."""
+    if not target:
+        return fallback
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
+        return fallback
+    return target
+
+
+def create_app(
+    config: TerminalConfig,
+    *,
+    kiosk: KioskBackend | None = None,
+    counter: CounterBackend | None = None,
+    demo: demo_views.DemoPanel | None = None,
+) -> Flask:
+    """The terminal app. Needs ``kiosk`` in kiosk mode, ``counter`` in counter mode (both in the demo)."""
+    app = Flask(__name__, static_folder="static", template_folder="templates")
+    app.secret_key = config.secret_key
+    app.config["CITYID"] = config
+    security.install(app)
+    hub = EventHub()
+    app.extensions["cityid.hub"] = hub
+    app.register_blueprint(events.bp)
+
+    if kiosk is not None:
+        controller = KioskController(kiosk, hub, config.idle_timeout, services=config.services)
+        app.extensions["cityid.kiosk"] = controller
+        app.extensions["cityid.sse_first"] = controller.sse_hello
+        app.register_blueprint(kiosk_views.bp)
+    elif config.mode is Mode.KIOSK:
+        raise ValueError("kiosk mode needs a kiosk backend")
+    if counter is not None:
+        app.extensions["cityid.counter"] = counter
+        app.register_blueprint(counter_views.bp, url_prefix="/counter")
+        if kiosk is None:
+            app.add_url_rule("/", "root", lambda: redirect(url_for("counter.home")))
+    elif config.mode is Mode.COUNTER:
+        raise ValueError("counter mode needs a counter backend")
+    if demo is not None:
+        app.extensions["cityid.demo"] = demo
+        app.register_blueprint(demo_views.bp, url_prefix="/demo")
+
+    @app.context_processor
+    def _inject() -> dict[str, Any]:
+        lang = current_language(config.language)
+        return {
+            "lang": lang,
+            "languages": LANGUAGES,
+            "t": lambda key, **kw: translate(lang, key, **kw),
+            "known": lambda key: key in catalogue(lang),
+            "terminal_id": config.terminal_id,
+            "demo_enabled": demo is not None,
+        }
+
+    @app.post("/lang")
+    def set_language() -> Response:
+        lang = request.form.get("lang", "")
+        if lang not in LANGUAGES:
+            abort(400)
+        session["lang"] = lang
+        ctl = app.extensions.get("cityid.kiosk")
+        if ctl is not None:
+            ctl.touch()
+        return redirect(safe_next(request.form.get("next")), 303)
+
+    @app.errorhandler(400)
+    @app.errorhandler(403)
+    @app.errorhandler(404)
+    @app.errorhandler(405)
+    @app.errorhandler(413)
+    @app.errorhandler(500)
+    def _error(exc: Any) -> tuple[str, int]:
+        code = getattr(exc, "code", 500) or 500
+        key = f"error.{code}" if code in (400, 403, 404, 405, 413) else "error.500"
+        return render_template("error.html", message_key=key, code=code), code
+
+    return app
+
+
+def start(app: Flask) -> None:
+    """Start watching readers (kiosk mode)."""
+    controller: KioskController | None = app.extensions.get("cityid.kiosk")
+    if controller is not None:
+        controller.start()
+
+
+def shutdown(app: Flask) -> None:
+    """Close event streams, wipe the session and stop the card layer."""
+    app.extensions["cityid.hub"].close()
+    controller: KioskController | None = app.extensions.get("cityid.kiosk")
+    if controller is not None:
+        controller.stop()

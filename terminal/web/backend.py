@@ -1,0 +1,178 @@
+"""The small interface the web layer needs from the terminal below it.
+
+The web app (``terminal.web``) depends only on these protocols and value types. ``terminal.web.stack`` wires
+them to the real card layer, flows, verifier and city-server client; ``terminal.web.fake`` is an in-memory
+stand-in used for layout work and unit tests of the web layer.
+
+Errors are the shared typed errors (:mod:`cityid.errors`): ``InvalidPinError(attempts_remaining)``,
+``PinBlockedError``, ``CardRemovedError``; anything else deriving from ``CityIdError`` is shown as a
+technical problem without details.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol
+
+
+class TokenKind(StrEnum):
+    """What the citizen tapped."""
+
+    CARD = "card"  # the citizen smart card (PIV + citizen applet)
+    FIDO = "fido"  # a FIDO2 security key carrying the citizen credential
+
+
+@dataclass(frozen=True, slots=True)
+class TokenPresent:
+    """A card or key arrived in ``reader``."""
+
+    reader: str
+    kind: TokenKind
+    at: float = 0.0  # time.monotonic() when the card layer saw it (latency measurement)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRemoved:
+    """The card or key left ``reader``."""
+
+    reader: str
+    at: float = 0.0
+
+
+BackendEvent = TokenPresent | TokenRemoved
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceInfo:
+    """A kiosk service: what it asks for and why (catalogue keys ``service.<id>.*``, ``claim.<name>``)."""
+
+    id: str
+    claims: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """What the kiosk knows about the token at the start of a session (no personal data)."""
+
+    reader: str
+    kind: TokenKind
+    pin_tries: int | None  # None: unknown
+    blocked: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class VerdictView:
+    """A verdict ready for display.
+
+    ``outcome`` is a catalogue key (``verdict.*``); ``reason`` a catalogue key explaining a "no";
+    ``facts`` are (label key, value) pairs shown to the citizen — only the claims the service asked for,
+    held in memory for this session only.
+    """
+
+    ok: bool
+    outcome: str
+    reason: str | None = None
+    facts: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+
+
+class KioskBackend(Protocol):
+    """Card events and the presentation flow of an unattended kiosk."""
+
+    def services(self) -> Sequence[ServiceInfo]:
+        """The services this kiosk offers, in display order."""
+        ...
+
+    def start(self, on_event: Callable[[BackendEvent], None]) -> None:
+        """Start watching readers; call ``on_event`` from any thread for each arrival/removal."""
+        ...
+
+    def stop(self) -> None:
+        """Stop watching readers and release everything."""
+        ...
+
+    def start_session(self, reader: str) -> SessionInfo:
+        """Open a session with the token in ``reader`` (raises a ``CardError`` subclass)."""
+        ...
+
+    def present(self, service_id: str, pin: str) -> VerdictView:
+        """Verify the PIN on the token, get a presentation for the service and verify it.
+
+        The PIN goes straight to the card layer and is not kept. Raises ``InvalidPinError``,
+        ``PinBlockedError``, ``CardRemovedError`` or another ``CityIdError``.
+        """
+        ...
+
+    def end(self) -> None:
+        """End the session and wipe everything it held (claims, nonce, connection)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Enrollment:
+    """What the clerk typed after checking the citizen in person. Held in memory only."""
+
+    family_name: str
+    given_name: str
+    birthdate: str  # ISO 8601 date
+    district: str  # a key of ``district.*``
+    resident: bool
+    pin: str = field(repr=False)
+    puk: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class EnrollmentResult:
+    """Outcome of a counter enrollment (identifiers only)."""
+
+    credential_id: str
+    did: str
+    status_index: int
+    self_check_ok: bool
+
+
+@dataclass(frozen=True, slots=True)
+class FidoRegistration:
+    """A FIDO2 key registered on a citizen's DID."""
+
+    did: str
+    credential_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialState:
+    """A credential's status as the server and chain see it."""
+
+    credential_id: str
+    state: str  # "issued", "revoked", "suspended", "superseded", "pending" (catalogue ``state.*``)
+    did: str = ""
+    status_index: int | None = None
+
+
+class CounterBackend(Protocol):
+    """The clerk's operations at a post-office counter."""
+
+    def readers(self) -> Sequence[str]:
+        """Readers the counter can use (for the reader choice)."""
+        ...
+
+    def enroll(self, reader: str, enrollment: Enrollment) -> EnrollmentResult:
+        """Generate the key on the card, enroll with the server, write the credential, set PIN/PUK."""
+        ...
+
+    def register_fido(self, reader: str, credential_id: str, pin: str) -> FidoRegistration:
+        """Register the FIDO2 key in ``reader`` for the citizen holding ``credential_id``."""
+        ...
+
+    def unblock_pin(self, reader: str, puk: str, new_pin: str) -> None:
+        """Reset the card PIN with the PUK (``InvalidPinError`` carries PUK tries left)."""
+        ...
+
+    def revoke(self, credential_id: str, reason: str) -> CredentialState:
+        """Revoke a lost or stolen card's credential (status bit and card key on chain)."""
+        ...
+
+    def status(self, credential_id: str) -> CredentialState:
+        """Look up a credential's status."""
+        ...

@@ -1,0 +1,331 @@
+"""The kiosk's screen state machine: one citizen at a time, wiped on removal or idle timeout.
+
+Screens: idle → services → consent → pin → (working) → verdict, plus blocked. The controller lives in the
+server process (a kiosk has one screen); pages render its state and the page's event stream tells the browser
+where to go next (``go``), so a card pulled at any point brings every screen back to idle.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from cityid.errors import CardRemovedError, CityIdError, InvalidPinError, PinBlockedError
+from terminal.web.backend import (
+    BackendEvent,
+    KioskBackend,
+    ServiceInfo,
+    SessionInfo,
+    TokenPresent,
+    TokenRemoved,
+    VerdictView,
+)
+from terminal.web.events import EventHub, format_event
+
+logger = logging.getLogger(__name__)
+
+
+class Screen(StrEnum):
+    """Kiosk screens (also their URL paths, see :data:`SCREEN_PATHS`)."""
+
+    IDLE = "idle"
+    SERVICES = "services"
+    CONSENT = "consent"
+    PIN = "pin"
+    WORKING = "working"
+    VERDICT = "verdict"
+    BLOCKED = "blocked"
+
+
+SCREEN_PATHS = {
+    Screen.IDLE: "/",
+    Screen.SERVICES: "/services",
+    Screen.CONSENT: "/consent",
+    Screen.PIN: "/pin",
+    Screen.WORKING: "/pin",
+    Screen.VERDICT: "/verdict",
+    Screen.BLOCKED: "/blocked",
+}
+
+
+class Notice(StrEnum):
+    """Why the kiosk went back to idle (catalogue ``notice.<value>``)."""
+
+    REMOVED = "removed"  # the card left mid-flow
+    TIMEOUT = "timeout"  # idle timeout wiped the session
+    ERROR = "error"  # the card could not be read
+
+
+class FlowError(Exception):
+    """A request that does not fit the current screen (stale page, double submit)."""
+
+
+@dataclass(slots=True)
+class _Session:
+    info: SessionInfo
+    screen: Screen = Screen.SERVICES
+    service: ServiceInfo | None = None
+    verdict: VerdictView | None = None
+    pin_error: str | None = None  # catalogue key
+    tries_left: int | None = None
+    last_activity: float = 0.0
+    busy: bool = False
+    generation: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class KioskController:
+    """State of the one kiosk screen, driven by card events and the citizen's choices."""
+
+    def __init__(
+        self,
+        backend: KioskBackend,
+        hub: EventHub,
+        idle_timeout: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+        services: tuple[str, ...] | None = None,
+    ) -> None:
+        self.backend = backend
+        self.hub = hub
+        self.idle_timeout = idle_timeout
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._session: _Session | None = None
+        self._generation = 0
+        self._stop = threading.Event()
+        self._idle_thread: threading.Thread | None = None
+        offered = {s.id: s for s in backend.services()}
+        wanted = services if services is not None else tuple(offered)
+        missing = [s for s in wanted if s not in offered]
+        if missing:
+            raise CityIdError(f"service {missing[0]!r} is not offered by this terminal")
+        self.services = tuple(offered[s] for s in wanted)
+        self.last_event_latency: float | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.backend.start(self.on_event)
+        self._idle_thread = threading.Thread(target=self._idle_loop, name="kiosk-idle", daemon=True)
+        self._idle_thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._lock:
+            self._wipe()
+        self.backend.stop()
+        if self._idle_thread is not None:
+            self._idle_thread.join(timeout=2)
+
+    def _idle_loop(self) -> None:
+        while not self._stop.wait(0.5):
+            self.check_idle()
+
+    # --- reading state ---------------------------------------------------------------------------
+
+    @property
+    def screen(self) -> Screen:
+        with self._lock:
+            return self._session.screen if self._session else Screen.IDLE
+
+    def snapshot(self) -> dict[str, Any]:
+        """What the current page needs to render (no PIN; claims only on the verdict screen)."""
+        with self._lock:
+            s = self._session
+            if s is None:
+                return {"screen": Screen.IDLE}
+            return {
+                "screen": s.screen,
+                "kind": s.info.kind,
+                "service": s.service,
+                "verdict": s.verdict,
+                "pin_error": s.pin_error,
+                "tries_left": s.tries_left,
+            }
+
+    def go_path(self) -> str:
+        return SCREEN_PATHS[self.screen]
+
+    def sse_hello(self) -> str:
+        """The first message on a new stream: where the page should be now."""
+        return format_event("state", {"screen": self.screen.value, "go": self.go_path()})
+
+    # --- card events -----------------------------------------------------------------------------
+
+    def on_event(self, event: BackendEvent) -> None:
+        """Handle a card arrival or removal (called from the card layer's thread)."""
+        if isinstance(event, TokenPresent):
+            self._on_present(event)
+        elif isinstance(event, TokenRemoved):
+            self._on_removed(event)
+
+    def _on_present(self, event: TokenPresent) -> None:
+        with self._lock:
+            if self._session is not None:
+                return  # one citizen at a time: a second token is ignored until the first leaves
+            try:
+                info = self.backend.start_session(event.reader)
+            except CityIdError as exc:
+                logger.warning("could not open a session with the token in %s: %s", event.reader, exc)
+                self.backend.end()
+                self._publish("error", {"go": f"/?notice={Notice.ERROR}"}, event)
+                return
+            self._generation += 1
+            session = _Session(info=info, last_activity=self._clock(), generation=self._generation)
+            session.tries_left = info.pin_tries
+            if info.blocked:
+                session.screen = Screen.BLOCKED
+            self._session = session
+            logger.info("session started (%s in %s)", info.kind, event.reader)
+            self._publish("inserted", {"kind": info.kind.value, "go": SCREEN_PATHS[session.screen]}, event)
+
+    def _on_removed(self, event: TokenRemoved) -> None:
+        with self._lock:
+            s = self._session
+            if s is None or s.info.reader != event.reader:
+                return
+            mid_flow = s.screen not in (Screen.VERDICT, Screen.BLOCKED)
+            self._wipe()
+            logger.info("session ended: token removed%s", " mid-flow" if mid_flow else "")
+            go = f"/?notice={Notice.REMOVED}" if mid_flow else "/"
+            self._publish("removed", {"go": go}, event)
+
+    def _publish(self, kind: str, data: dict[str, Any], event: BackendEvent | None = None) -> None:
+        if event is not None and event.at:
+            self.last_event_latency = self._clock() - event.at
+        self.hub.publish(kind, data)
+
+    def check_idle(self) -> bool:
+        """Wipe the session after ``idle_timeout`` seconds without activity; True if it did."""
+        with self._lock:
+            s = self._session
+            if s is None or s.busy or self._clock() - s.last_activity < self.idle_timeout:
+                return False
+            self._wipe()
+            logger.info("session ended: idle timeout")
+        self.hub.publish("timeout", {"go": f"/?notice={Notice.TIMEOUT}"})
+        return True
+
+    def _wipe(self) -> None:
+        """Forget everything about the current citizen and tell the backend to do the same."""
+        s = self._session
+        self._session = None
+        if s is not None:
+            s.verdict = None
+            s.service = None
+            s.extra.clear()
+            try:
+                self.backend.end()
+            except CityIdError as exc:  # ending must never fail the wipe
+                logger.warning("backend end failed: %s", exc)
+
+    # --- the citizen's steps ---------------------------------------------------------------------
+
+    def _require(self, *screens: Screen) -> _Session:
+        s = self._session
+        if s is None or s.screen not in screens:
+            raise FlowError("not on this screen")
+        s.last_activity = self._clock()
+        return s
+
+    def touch(self) -> None:
+        """Any interaction on the page keeps the session alive."""
+        with self._lock:
+            if self._session is not None:
+                self._session.last_activity = self._clock()
+
+    def choose(self, service_id: str) -> None:
+        with self._lock:
+            s = self._require(Screen.SERVICES, Screen.VERDICT)
+            service = next((x for x in self.services if x.id == service_id), None)
+            if service is None:
+                raise FlowError("unknown service")
+            s.service = service
+            s.verdict = None
+            s.pin_error = None
+            s.screen = Screen.CONSENT
+
+    def consent(self, agree: bool) -> None:
+        with self._lock:
+            s = self._require(Screen.CONSENT)
+            s.screen = Screen.PIN if agree else Screen.SERVICES
+            if not agree:
+                s.service = None
+
+    def back_to_services(self) -> None:
+        with self._lock:
+            s = self._require(Screen.CONSENT, Screen.PIN, Screen.VERDICT)
+            s.service = None
+            s.verdict = None
+            s.pin_error = None
+            s.screen = Screen.SERVICES
+
+    def submit_pin(self, pin: str) -> Screen:
+        """Hand the PIN to the backend once; return the screen to show next.
+
+        The PIN is neither stored nor logged; only the outcome is kept.
+        """
+        with self._lock:
+            s = self._require(Screen.PIN)
+            if s.busy or s.service is None:
+                raise FlowError("already working")
+            if not (pin.isascii() and pin.isdigit() and 4 <= len(pin) <= 8):
+                s.pin_error = "pin.error.format"
+                return Screen.PIN
+            s.busy = True
+            s.screen = Screen.WORKING
+            generation = s.generation
+            service_id = s.service.id
+        verdict: VerdictView | None = None
+        outcome: tuple[str, Any] = ("error", None)
+        try:
+            verdict = self.backend.present(service_id, pin)
+            outcome = ("verdict", verdict)
+        except InvalidPinError as exc:
+            outcome = ("wrong-pin", exc.attempts_remaining)
+        except PinBlockedError:
+            outcome = ("blocked", None)
+        except CardRemovedError:
+            outcome = ("removed", None)
+        except CityIdError as exc:
+            logger.warning("presentation failed: %s", type(exc).__name__)
+            outcome = ("error", None)
+        finally:
+            del pin
+        with self._lock:
+            s2 = self._session
+            if s2 is None or s2.generation != generation:
+                return Screen.IDLE  # the card left while we were working: already wiped
+            s2.busy = False
+            s2.last_activity = self._clock()
+            kind, value = outcome
+            if kind == "verdict":
+                s2.verdict = value
+                s2.pin_error = None
+                s2.screen = Screen.VERDICT
+            elif kind == "wrong-pin":
+                s2.tries_left = value
+                s2.pin_error = "pin.error.wrong"
+                s2.screen = Screen.PIN
+            elif kind == "blocked":
+                s2.tries_left = 0
+                s2.screen = Screen.BLOCKED
+            elif kind == "removed":
+                self._wipe()
+                self.hub.publish("removed", {"go": f"/?notice={Notice.REMOVED}"})
+                return Screen.IDLE
+            else:
+                s2.pin_error = "pin.error.technical"
+                s2.screen = Screen.PIN
+            return s2.screen
+
+    def finish(self) -> None:
+        """The citizen pressed "done" on the verdict: wipe now, even before the card leaves."""
+        with self._lock:
+            if self._session is not None and self._session.screen in (Screen.VERDICT, Screen.BLOCKED):
+                self._wipe()

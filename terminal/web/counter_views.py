@@ -1,0 +1,388 @@
+"""Counter screens (clerk): sign-in, enroll a card, register a FIDO2 key, unblock a PIN, revoke, status.
+
+Forms are described once (:data:`FORMS`) and rendered by one accessible template. Clerk passwords are
+checked against salted scrypt hashes from the configuration; five failures lock the clerk id for a minute.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Blueprint, Response, current_app, redirect, render_template, request, session, url_for
+
+from cityid.errors import (
+    CardRemovedError,
+    CityIdError,
+    InvalidPinError,
+    NoCardError,
+    PinBlockedError,
+    ReaderError,
+)
+from terminal.config import TerminalConfig, check_password
+from terminal.web.backend import CounterBackend, Enrollment
+from terminal.web.verdicts import DISTRICT_KEYS
+
+logger = logging.getLogger(__name__)
+
+bp = Blueprint("counter", __name__)
+
+REVOKE_REASONS = ("lost", "stolen", "revoked")
+MAX_FAILURES = 5
+LOCKOUT_SECONDS = 60.0
+_NAME = re.compile(r"^[^\x00-\x1f<>]{1,64}$")
+_CRED_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    """One form field: name, label key, input type and options (all labels are catalogue keys)."""
+
+    name: str
+    label: str
+    kind: str = "text"  # text, date, select, checkbox, pin, readers
+    options: tuple[tuple[str, str], ...] = ()
+    autocomplete: str = "off"
+    hint: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Form:
+    title: str
+    fields: tuple[Field, ...]
+    submit: str
+    intro: str | None = None
+    danger: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _reader_field() -> Field:
+    return Field("reader", "counter.field.reader", "readers")
+
+
+FORMS: dict[str, Form] = {
+    "enroll": Form(
+        "counter.enroll.title",
+        (
+            _reader_field(),
+            Field("family_name", "claim.family_name", autocomplete="off"),
+            Field("given_name", "claim.given_name", autocomplete="off"),
+            Field("birthdate", "claim.birthdate", "date"),
+            Field("district", "claim.district", "select", tuple(DISTRICT_KEYS.items())),
+            Field("resident", "claim.busan_resident", "checkbox"),
+            Field("pin", "counter.field.new_pin", "pin", hint="counter.hint.pin"),
+            Field("pin2", "counter.field.repeat_pin", "pin"),
+            Field("puk", "counter.field.new_puk", "pin", hint="counter.hint.puk"),
+            Field("puk2", "counter.field.repeat_puk", "pin"),
+        ),
+        "counter.enroll.submit",
+        intro="counter.enroll.intro",
+    ),
+    "fido": Form(
+        "counter.fido.title",
+        (
+            _reader_field(),
+            Field("credential_id", "counter.field.credential_id"),
+            Field("pin", "counter.field.key_pin", "pin", hint="counter.hint.key_pin"),
+        ),
+        "counter.fido.submit",
+        intro="counter.fido.intro",
+    ),
+    "unblock": Form(
+        "counter.unblock.title",
+        (
+            _reader_field(),
+            Field("puk", "counter.field.puk", "pin"),
+            Field("pin", "counter.field.new_pin", "pin", hint="counter.hint.pin"),
+            Field("pin2", "counter.field.repeat_pin", "pin"),
+        ),
+        "counter.unblock.submit",
+        intro="counter.unblock.intro",
+    ),
+    "revoke": Form(
+        "counter.revoke.title",
+        (
+            Field("credential_id", "counter.field.credential_id"),
+            Field(
+                "reason",
+                "counter.field.reason",
+                "select",
+                tuple((r, f"revoke_reason.{r}") for r in REVOKE_REASONS),
+            ),
+            Field("confirm", "counter.field.confirm_revoke", "checkbox"),
+        ),
+        "counter.revoke.submit",
+        intro="counter.revoke.intro",
+        danger=True,
+    ),
+    "status": Form(
+        "counter.status.title",
+        (Field("credential_id", "counter.field.credential_id"),),
+        "counter.status.submit",
+    ),
+}
+
+
+class _Lockout:
+    """Failed sign-ins per clerk id (in memory)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._fails: dict[str, tuple[int, float]] = {}
+
+    def locked(self, clerk: str) -> bool:
+        with self._lock:
+            n, since = self._fails.get(clerk, (0, 0.0))
+            if n >= MAX_FAILURES and time.monotonic() - since < LOCKOUT_SECONDS:
+                return True
+            if n >= MAX_FAILURES:
+                self._fails.pop(clerk, None)
+            return False
+
+    def record(self, clerk: str, ok: bool) -> None:
+        with self._lock:
+            if ok:
+                self._fails.pop(clerk, None)
+            else:
+                n, _ = self._fails.get(clerk, (0, 0.0))
+                self._fails[clerk] = (n + 1, time.monotonic())
+
+
+_lockout = _Lockout()
+
+
+def _config() -> TerminalConfig:
+    return current_app.config["CITYID"]
+
+
+def _backend() -> CounterBackend:
+    return current_app.extensions["cityid.counter"]
+
+
+def _clerk() -> str | None:
+    clerk = session.get("clerk")
+    return clerk if isinstance(clerk, str) and clerk in _config().clerks else None
+
+
+@bp.before_request
+def _require_clerk() -> Response | None:
+    if request.endpoint in ("counter.login", "counter.login_post"):
+        return None
+    if _clerk() is None:
+        return redirect(url_for("counter.login"), 303)
+    return None
+
+
+@bp.get("/login")
+def login() -> str:
+    return render_template("counter_login.html", error_key=None, clerk="")
+
+
+@bp.post("/login")
+def login_post() -> Response | tuple[str, int]:
+    clerk = request.form.get("clerk", "").strip()
+    password = request.form.get("password", "")
+    hashed = _config().clerks.get(clerk)
+    if _lockout.locked(clerk):
+        return render_template("counter_login.html", error_key="counter.login.locked", clerk=clerk), 429
+    ok = hashed is not None and check_password(password, hashed)
+    _lockout.record(clerk, ok)
+    if not ok:
+        logger.info("clerk sign-in refused")
+        return render_template("counter_login.html", error_key="counter.login.failed", clerk=clerk), 401
+    lang = session.get("lang")
+    session.clear()  # new session id material: no fixation of a pre-login session
+    if lang:
+        session["lang"] = lang
+    session["clerk"] = clerk
+    logger.info("clerk %s signed in", clerk)
+    return redirect(url_for("counter.home"), 303)
+
+
+@bp.post("/logout")
+def logout() -> Response:
+    lang = session.get("lang")
+    session.clear()
+    if lang:
+        session["lang"] = lang
+    return redirect(url_for("counter.login"), 303)
+
+
+@bp.get("/")
+def home() -> str:
+    return render_template("counter_home.html", clerk=_clerk(), actions=tuple(FORMS))
+
+
+def _render_form(
+    name: str,
+    errors: dict[str, str] | None = None,
+    values: dict[str, str] | None = None,
+    message: str | None = None,
+    message_params: dict[str, Any] | None = None,
+    status: int = 200,
+) -> tuple[str, int]:
+    readers: list[str] = []
+    try:
+        readers = list(_backend().readers())
+    except CityIdError as exc:
+        logger.warning("cannot list readers: %s", exc)
+    html = render_template(
+        "counter_form.html",
+        clerk=_clerk(),
+        action=name,
+        form=FORMS[name],
+        readers=readers,
+        errors=errors or {},
+        values=values or {},
+        message_key=message,
+        message_params=message_params or {},
+    )
+    return html, status
+
+
+@bp.get("/<any(enroll, fido, unblock, revoke, status):action>")
+def form(action: str) -> tuple[str, int]:
+    return _render_form(action)
+
+
+def _digits(value: str, lo: int, hi: int) -> bool:
+    return value.isascii() and value.isdigit() and lo <= len(value) <= hi
+
+
+def _validate(action: str, f: dict[str, str]) -> dict[str, str]:
+    """Field errors (name → catalogue key)."""
+    errors: dict[str, str] = {}
+    if any(x.kind == "readers" for x in FORMS[action].fields) and not f.get("reader"):
+        errors["reader"] = "counter.error.reader"
+    if action == "enroll":
+        for name in ("family_name", "given_name"):
+            if not _NAME.match(f.get(name, "").strip()):
+                errors[name] = "counter.error.name"
+        try:
+            born = dt.date.fromisoformat(f.get("birthdate", ""))
+            if not dt.date(1900, 1, 1) <= born <= dt.date.today():
+                raise ValueError
+        except ValueError:
+            errors["birthdate"] = "counter.error.birthdate"
+        if f.get("district") not in DISTRICT_KEYS:
+            errors["district"] = "counter.error.district"
+    if action in ("enroll", "unblock"):
+        if not _digits(f.get("pin", ""), 6, 8):
+            errors["pin"] = "counter.error.pin"
+        elif f.get("pin") != f.get("pin2"):
+            errors["pin2"] = "counter.error.pin_mismatch"
+    if action == "enroll":
+        if not _digits(f.get("puk", ""), 8, 8):
+            errors["puk"] = "counter.error.puk"
+        elif f.get("puk") != f.get("puk2"):
+            errors["puk2"] = "counter.error.puk_mismatch"
+    if action == "unblock" and not _digits(f.get("puk", ""), 8, 8):
+        errors["puk"] = "counter.error.puk"
+    if action == "fido" and not (4 <= len(f.get("pin", "")) <= 63):
+        errors["pin"] = "counter.error.key_pin"
+    if action in ("fido", "revoke", "status") and not _CRED_ID.match(f.get("credential_id", "").strip()):
+        errors["credential_id"] = "counter.error.credential_id"
+    if action == "revoke":
+        if f.get("reason") not in REVOKE_REASONS:
+            errors["reason"] = "counter.error.reason"
+        if f.get("confirm") != "on":
+            errors["confirm"] = "counter.error.confirm"
+    return errors
+
+
+_SECRET_FIELDS = ("pin", "pin2", "puk", "puk2")
+
+
+@bp.post("/<any(enroll, fido, unblock, revoke, status):action>")
+def form_post(action: str) -> tuple[str, int]:
+    f = {k: v for k, v in request.form.items() if k != "csrf_token"}
+    keep = {k: v for k, v in f.items() if k not in _SECRET_FIELDS}  # secrets are never echoed back
+    errors = _validate(action, f)
+    if errors:
+        return _render_form(action, errors, keep, "counter.error.fix", status=400)
+    backend = _backend()
+    ops: dict[str, Callable[[], tuple[str, list[tuple[str, str]]]]] = {
+        "enroll": lambda: _enroll(backend, f),
+        "fido": lambda: _fido(backend, f),
+        "unblock": lambda: _unblock(backend, f),
+        "revoke": lambda: _state(
+            "counter.revoke.done", backend.revoke(f["credential_id"].strip(), f["reason"])
+        ),
+        "status": lambda: _state("counter.status.done", backend.status(f["credential_id"].strip())),
+    }
+    try:
+        done_key, rows = ops[action]()
+    except InvalidPinError as exc:
+        return _render_form(
+            action,
+            {},
+            keep,
+            f"counter.error.wrong_{_secret_kind(action)}",
+            {"n": exc.attempts_remaining},
+            400,
+        )
+    except PinBlockedError:
+        return _render_form(action, {}, keep, f"counter.error.blocked_{_secret_kind(action)}", status=409)
+    except CardRemovedError:
+        return _render_form(action, {}, keep, "counter.error.removed", status=409)
+    except (NoCardError, ReaderError):
+        return _render_form(action, {}, keep, "counter.error.no_card", status=409)
+    except KeyError:
+        return _render_form(action, {}, keep, "counter.error.not_found", status=404)
+    except CityIdError as exc:
+        logger.warning("counter %s failed: %s", action, type(exc).__name__)
+        return _render_form(action, {}, keep, "counter.error.technical", status=502)
+    finally:
+        f.clear()
+    logger.info("clerk %s: %s done", _clerk(), action)
+    html = render_template("counter_result.html", clerk=_clerk(), title_key=done_key, rows=rows)
+    return html, 200
+
+
+def _secret_kind(action: str) -> str:
+    return "puk" if action == "unblock" else "pin"
+
+
+def _enroll(backend: CounterBackend, f: dict[str, str]) -> tuple[str, list[tuple[str, str]]]:
+    enrollment = Enrollment(
+        family_name=f["family_name"].strip(),
+        given_name=f["given_name"].strip(),
+        birthdate=f["birthdate"],
+        district=f["district"],
+        resident=f.get("resident") == "on",
+        pin=f["pin"],
+        puk=f["puk"],
+    )
+    r = backend.enroll(f["reader"], enrollment)
+    rows = [
+        ("counter.field.credential_id", r.credential_id),
+        ("counter.field.did", r.did),
+        ("counter.field.status_index", str(r.status_index)),
+        ("counter.field.self_check", "value.ok" if r.self_check_ok else "value.failed"),
+    ]
+    return "counter.enroll.done", rows
+
+
+def _fido(backend: CounterBackend, f: dict[str, str]) -> tuple[str, list[tuple[str, str]]]:
+    r = backend.register_fido(f["reader"], f["credential_id"].strip(), f["pin"])
+    return "counter.fido.done", [("counter.field.did", r.did), ("counter.field.fido_id", r.credential_id)]
+
+
+def _unblock(backend: CounterBackend, f: dict[str, str]) -> tuple[str, list[tuple[str, str]]]:
+    backend.unblock_pin(f["reader"], f["puk"], f["pin"])
+    return "counter.unblock.done", []
+
+
+def _state(key: str, st: Any) -> tuple[str, list[tuple[str, str]]]:
+    rows = [("counter.field.credential_id", st.credential_id), ("counter.field.state", f"state.{st.state}")]
+    if st.did:
+        rows.append(("counter.field.did", st.did))
+    if st.status_index is not None:
+        rows.append(("counter.field.status_index", str(st.status_index)))
+    return key, rows

@@ -1,0 +1,159 @@
+"""In-memory stand-ins for the kiosk and counter backends (layout work and unit tests of the web layer).
+
+Not used on any integration path: the real stack is :mod:`terminal.web.stack`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cityid.errors import CardRemovedError, InvalidPinError, NoCardError, PinBlockedError
+from terminal.web.backend import (
+    BackendEvent,
+    CredentialState,
+    Enrollment,
+    EnrollmentResult,
+    FidoRegistration,
+    ServiceInfo,
+    SessionInfo,
+    TokenKind,
+    TokenPresent,
+    TokenRemoved,
+    VerdictView,
+)
+from terminal.web.verdicts import SERVICE_CLAIMS, view_for
+
+
+@dataclass
+class FakeToken:
+    """A pretend card: PIN, tries, claims and what the verifier would say about it."""
+
+    pin: str = "123456"
+    tries: int = 3
+    kind: TokenKind = TokenKind.CARD
+    claims: dict[str, Any] = field(default_factory=dict)
+    reject_reason: str | None = None  # a verifier reason key to fail with
+    delay: float = 0.0  # seconds "signing" takes
+    puk: str = "12345678"
+
+
+class FakeKioskBackend:
+    """A kiosk backend over :class:`FakeToken` objects put in and taken out by the test."""
+
+    def __init__(self) -> None:
+        self._on_event: Callable[[BackendEvent], None] | None = None
+        self.tokens: dict[str, FakeToken] = {}
+        self.session_reader: str | None = None
+        self.ended = 0
+        self.presented: list[str] = []
+
+    def services(self) -> Sequence[ServiceInfo]:
+        return [ServiceInfo(sid, claims) for sid, claims in SERVICE_CLAIMS.items()]
+
+    def start(self, on_event: Callable[[BackendEvent], None]) -> None:
+        self._on_event = on_event
+
+    def stop(self) -> None:
+        self._on_event = None
+
+    def insert(self, token: FakeToken, reader: str = "Fake Reader 0") -> None:
+        self.tokens[reader] = token
+        if self._on_event:
+            self._on_event(TokenPresent(reader, token.kind, time.monotonic()))
+
+    def remove(self, reader: str = "Fake Reader 0") -> None:
+        self.tokens.pop(reader, None)
+        if self._on_event:
+            self._on_event(TokenRemoved(reader, time.monotonic()))
+
+    def start_session(self, reader: str) -> SessionInfo:
+        token = self.tokens.get(reader)
+        if token is None:
+            raise NoCardError("no card")
+        self.session_reader = reader
+        return SessionInfo(reader, token.kind, token.tries, token.tries == 0)
+
+    def present(self, service_id: str, pin: str) -> VerdictView:
+        reader = self.session_reader
+        token = self.tokens.get(reader or "")
+        if token is None:
+            raise CardRemovedError("card removed")
+        if token.delay:
+            time.sleep(token.delay)
+            if self.tokens.get(reader or "") is not token:
+                raise CardRemovedError("card removed")
+        if token.tries == 0:
+            raise PinBlockedError()
+        if pin != token.pin:
+            token.tries -= 1
+            if token.tries == 0:
+                raise PinBlockedError()
+            raise InvalidPinError(token.tries)
+        token.tries = 3
+        self.presented.append(service_id)
+        needed = SERVICE_CLAIMS.get(service_id, ())
+        disclosed = {k: v for k, v in token.claims.items() if k in needed}
+        return view_for(service_id, token.reject_reason is None, token.reject_reason, disclosed)
+
+    def end(self) -> None:
+        self.session_reader = None
+        self.ended += 1
+
+
+class FakeCounterBackend:
+    """A counter backend that remembers enrollments in memory."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.cards: dict[str, FakeToken] = {"Fake Counter Reader": FakeToken()}
+        self.credentials: dict[str, CredentialState] = {}
+        self.fido: list[FidoRegistration] = []
+
+    def readers(self) -> Sequence[str]:
+        return list(self.cards)
+
+    def _card(self, reader: str) -> FakeToken:
+        card = self.cards.get(reader)
+        if card is None:
+            raise NoCardError("no card")
+        return card
+
+    def enroll(self, reader: str, enrollment: Enrollment) -> EnrollmentResult:
+        card = self._card(reader)
+        with self._lock:
+            n = len(self.credentials)
+            cred_id = f"cred-{n + 1:04d}"
+            did = f"did:ethr:0x539:0x{n + 1:040x}"
+            self.credentials[cred_id] = CredentialState(cred_id, "issued", did, n)
+        card.pin, card.puk, card.tries = enrollment.pin, enrollment.puk, 3
+        card.claims = {"busan_resident": enrollment.resident}
+        return EnrollmentResult(cred_id, did, n, True)
+
+    def register_fido(self, reader: str, credential_id: str, pin: str) -> FidoRegistration:
+        self._card(reader)
+        state = self.status(credential_id)
+        reg = FidoRegistration(state.did, f"fido-{len(self.fido) + 1}")
+        self.fido.append(reg)
+        return reg
+
+    def unblock_pin(self, reader: str, puk: str, new_pin: str) -> None:
+        card = self._card(reader)
+        if puk != card.puk:
+            raise InvalidPinError(2)
+        card.pin, card.tries = new_pin, 3
+
+    def revoke(self, credential_id: str, reason: str) -> CredentialState:
+        old = self.status(credential_id)
+        new = CredentialState(old.credential_id, "revoked", old.did, old.status_index)
+        self.credentials[credential_id] = new
+        return new
+
+    def status(self, credential_id: str) -> CredentialState:
+        try:
+            return self.credentials[credential_id]
+        except KeyError:
+            raise KeyError(credential_id) from None
