@@ -15,6 +15,7 @@ issuer (server), the card personalization flow and the kiosk verifier.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from datetime import date
 from typing import Any, Protocol
@@ -32,7 +33,15 @@ from cityid.jose import (
     jwk_from_point,
     signing_input,
 )
-from cityid.sdjwt import SD_ALG, Disclosure, create_disclosure, kb_jwt_payload, presentation_without_kb
+from cityid.sdjwt import (
+    SD_ALG,
+    Disclosure,
+    assemble,
+    create_disclosure,
+    kb_jwt_payload,
+    presentation_without_kb,
+    sd_hash,
+)
 
 #: The credential type (SD-JWT VC ``vct``), a URL under the city's domain (docs/credential-format.md §vct).
 VCT = "https://id.busan.go.kr/vct/citizen/v1"
@@ -261,3 +270,27 @@ def webauthn_kb_jwt(
         "clientDataJSON": b64url_encode(client_data_json),
     }
     return f"{b64url_json(header)}.{b64url_json(payload)}.{b64url_encode(raw)}"
+
+
+def fido_presentation(
+    record: CredentialRecord,
+    claims: tuple[str, ...] | list[str],
+    aud: str,
+    nonce: str,
+    iat: int,
+    get_assertion: Callable[[bytes], tuple[bytes, bytes, bytes]],
+) -> str:
+    """Build an assertion-bound presentation from the credential stored with a FIDO key.
+
+    ``get_assertion(challenge)`` runs WebAuthn/CTAP getAssertion with that challenge and returns
+    ``(authenticatorData, clientDataJSON, signature)``; raises :class:`CredentialError` for an unknown claim.
+    """
+    by_name = {d.claim: d.disclosure for d in record.disclosures}
+    missing = [c for c in claims if c not in by_name]
+    if missing:
+        raise CredentialError(f"claim(s) not in the stored credential: {', '.join(missing)}")
+    chosen = [by_name[c] for c in claims]
+    sdh = sd_hash(presentation_without_kb(record.issuer_jwt, chosen))
+    auth_data, client_data_json, signature = get_assertion(assertion_challenge(aud, nonce, iat, sdh))
+    kb = webauthn_kb_jwt(aud, nonce, iat, sdh, auth_data, client_data_json, signature)
+    return assemble(record.issuer_jwt, chosen, kb)

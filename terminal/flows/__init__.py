@@ -1,0 +1,1 @@
+"""Terminal flows: multi-step procedures over applet sessions (counter enrollment, kiosk verification)."""
