@@ -1,9 +1,105 @@
-"""Sub-commands (placeholder until the feature lands: registers nothing)."""
+"""``cardtool emulate citizen``: run the virtual Busan citizen card in pcscd's vpcd reader until Ctrl-C."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from cityid.cli_util import progress
+
+
+def default_state_path(name: str = "citizen-card.json") -> Path:
+    """``$XDG_STATE_HOME/cityid/<name>`` (``~/.local/state/cityid/<name>`` when unset)."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "cityid" / name
+
+
+def parse_hostport(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (or ``PORT``) → (host, port), with a clear error."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "127.0.0.1", text
+    try:
+        number = int(port)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad port in {text!r} (expected HOST:PORT)") from None
+    if not 0 < number < 65536:
+        raise argparse.ArgumentTypeError(f"port {number} out of range")
+    return host or "127.0.0.1", number
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add this module's sub-commands."""
+    """Add ``emulate`` with its ``citizen`` sub-command."""
+    emulate = sub.add_parser("emulate", help="run a virtual card in the vpcd reader of pcscd")
+    kinds = emulate.add_subparsers(dest="card_kind", metavar="CARD")
+    emulate.set_defaults(func=lambda args: (emulate.print_help(), 2)[1])
+    p = kinds.add_parser(
+        "citizen",
+        help="the Busan citizen card (PIV + citizen applet)",
+        description="Insert a virtual Busan citizen card into pcscd's vpcd reader; Ctrl-C removes it. "
+        "The card's state (keys, PIN counters, credential) is kept in the state file.",
+    )
+    p.add_argument(
+        "--vpcd",
+        type=parse_hostport,
+        default=("127.0.0.1", 35963),
+        metavar="HOST:PORT",
+        help="vpcd reader to connect to (default 127.0.0.1:35963 = 'Virtual PCD 00 00')",
+    )
+    p.add_argument(
+        "--state", type=Path, default=None, help=f"card state file (default {default_state_path()})"
+    )
+    p.add_argument("--with-fido", action="store_true", help="add the FIDO2 applet (CTAP over PC/SC)")
+    p.add_argument("--fido-state", type=Path, default=None, help="FIDO applet state file")
+    p.set_defaults(func=run_citizen)
+
+
+def run_citizen(args: argparse.Namespace) -> int:
+    from firmware_tools.card.citizen_card import make_citizen_card
+    from firmware_tools.card.transport import VpcdCard
+
+    state: Path = args.state or default_state_path()
+    fido_state: Path | None = args.fido_state
+    if args.with_fido and fido_state is None:
+        fido_state = state.with_name(f"{state.stem}-fido{state.suffix or '.json'}")
+    card = make_citizen_card(state, with_fido=args.with_fido, fido_state=fido_state)
+    host, port = args.vpcd
+    reader = f"Virtual PCD 00 {port - 35963:02d}" if 35963 <= port < 35963 + 100 else "(vpcd)"
+    vpcd = VpcdCard(card, host, port)
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    print(f"ATR:    {card.atr.hex(' ').upper()}")
+    print(f"reader: {reader} (vpcd {host}:{port})")
+    print(f"state:  {state}")
+    if args.with_fido:
+        print(f"fido:   {fido_state}")
+    sys.stdout.flush()
+    vpcd.start()
+    try:
+        if not vpcd.wait_connected(3.0):
+            progress(f"waiting for pcscd's vpcd on {host}:{port} (is pcscd running?)")
+        announced = False
+        while True:
+            if vpcd.connected.is_set() and not announced:
+                progress("card inserted; Ctrl-C removes it")
+                announced = True
+            elif not vpcd.connected.is_set() and announced:
+                progress("pcscd went away; waiting for it to come back")
+                announced = False
+            if stop.wait(0.2):
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        vpcd.stop()
+        progress("card removed")
+    return 0

@@ -24,7 +24,7 @@ import logging
 import threading
 from collections.abc import Sequence
 
-from cityid.apdu import SHORT_MAX_LE, CommandApdu, ResponseApdu
+from cityid.apdu import SHORT_MAX_LE, TRACE, CommandApdu, ResponseApdu
 from cityid.errors import ApduError, MalformedApduError
 from cityid.iso7816 import CLA, INS, SW
 from firmware_tools.card.store import CardStoreError
@@ -143,12 +143,22 @@ class VirtualCard:
         """Process one raw command APDU and return the raw response (data + SW1 SW2). Never raises."""
         with self._lock:
             try:
-                return self._transmit(bytes(raw))
+                out = self._transmit(bytes(raw))
             except Exception:
                 logger.exception("card OS failure")
                 self._chain = None
                 self._pending = b""
-                return _sw(SW.NO_PRECISE_DIAGNOSIS)
+                out = _sw(SW.NO_PRECISE_DIAGNOSIS)
+            if logger.isEnabledFor(TRACE):  # headers and lengths only: payloads may hold PINs or keys
+                logger.log(
+                    TRACE,
+                    "card: %s +%d bytes -> %d bytes %s",
+                    raw[:4].hex(),
+                    len(raw) - 4,
+                    len(out) - 2,
+                    out[-2:].hex(),
+                )
+            return out
 
     def _transmit(self, raw: bytes) -> bytes:
         if not self._powered:
@@ -228,8 +238,8 @@ class VirtualCard:
                 break
         else:
             raise ApduError(SW.FILE_NOT_FOUND)
-        if self._selected is not None:
-            self._deselect()
+        if self._selected is not None and self._selected is not applet:
+            self._deselect()  # re-selecting the current applet keeps its security status
         self._selected = applet
         fci = applet.select()
         logger.debug("selected %s", applet.name)

@@ -1,0 +1,210 @@
+"""The emulator's Busan citizen applet (profile: docs/card-profile.md, codecs: :mod:`cityid.citizen`).
+
+It holds the citizen DID and one issuer-signed SD-JWT credential with its disclosures, written at
+personalization behind the management key. PRESENT builds an SD-JWT+KB presentation (RFC 9901 §4.3) *on the
+card*: only the requested disclosures, and a KB-JWT signed with the PIV 9A key (ES256, raw r‖s). The card, not
+the terminal, decides what leaves it; the PIN must be verified right before every PRESENT ("PIN always").
+The card has no clock: ``iat`` comes from the terminal, the verifier checks it against its own clock.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from cityid.apdu import CommandApdu, ResponseApdu
+from cityid.citizen import (
+    CITIZEN_AID,
+    CLA_PROPRIETARY,
+    MAX_CREDENTIAL_BYTES,
+    MAX_DID,
+    CredentialRecord,
+    InfoTag,
+    Ins,
+    PresentRequest,
+    PresentTag,
+)
+from cityid.errors import ApduError, TlvError
+from cityid.iso7816 import SW
+from cityid.jose import attach_signature, der_to_raw_p256
+from cityid.piv import Algorithm, KeyRef, Slot
+from cityid.sdjwt import kb_jwt_signing_input, presentation_without_kb, sd_hash
+from cityid.tlv import encode_tlv
+from firmware_tools.card.os import Applet
+from firmware_tools.card.piv import PivApplet
+from firmware_tools.card.security import CardSecurity
+from firmware_tools.card.store import CardStore
+
+logger = logging.getLogger(__name__)
+
+SECTION = "citizen"
+VERSION = (1, 0)
+
+
+class CitizenApplet(Applet):
+    """Citizen DID + SD-JWT credential store with on-card selective disclosure (PRESENT)."""
+
+    aid = CITIZEN_AID
+    name = "citizen"
+
+    def __init__(self, store: CardStore, security: CardSecurity, piv: PivApplet) -> None:
+        self.store = store
+        self.security = security
+        self.piv = piv  # the holder key lives in PIV slot 9A
+        self._state: dict[str, Any] = store.section(SECTION)
+        self._credential: CredentialRecord | None = None
+        if self._state.get("credential"):
+            self._credential = CredentialRecord.decode(bytes.fromhex(self._state["credential"]))
+        self._handlers: dict[tuple[int, int], Callable[[CommandApdu], bytes]] = {
+            (CLA_PROPRIETARY, Ins.GET_INFO): self._get_info,
+            (CLA_PROPRIETARY, Ins.PRESENT): self._present,
+            (CLA_PROPRIETARY, Ins.PUT_CREDENTIAL): self._put_credential,
+            (CLA_PROPRIETARY, Ins.PUT_DID): self._put_did,
+            (CLA_PROPRIETARY, Ins.ERASE): self._erase,
+            (0x00, Ins.VERIFY): self._verify,
+            (0x00, Ins.GENERAL_AUTHENTICATE): self._general_authenticate,
+        }
+
+    # --- lifecycle -----------------------------------------------------------------------------------
+
+    def power_on(self) -> None:
+        self.security.clear_session()
+
+    def deselect(self) -> None:
+        self.security.clear_session()
+
+    def select(self) -> bytes:
+        return encode_tlv(InfoTag.VERSION, bytes(VERSION))
+
+    @property
+    def did(self) -> str | None:
+        return self._state.get("did")
+
+    @property
+    def credential(self) -> CredentialRecord | None:
+        return self._credential
+
+    def process(self, cmd: CommandApdu) -> ResponseApdu:
+        handler = self._handlers.get((cmd.cla, cmd.ins))
+        if handler is None:
+            if any(ins == cmd.ins for _, ins in self._handlers):
+                raise ApduError(SW.CLA_NOT_SUPPORTED)
+            raise ApduError(SW.INS_NOT_SUPPORTED)
+        return ResponseApdu(handler(cmd), SW.SUCCESS)
+
+    @staticmethod
+    def _p1p2(cmd: CommandApdu, p1: int = 0, p2: int = 0) -> None:
+        if (cmd.p1, cmd.p2) != (p1, p2):
+            raise ApduError(SW.INCORRECT_P1P2)
+
+    def _commit(self, state: dict[str, Any]) -> None:
+        self.store.commit(SECTION, state)
+        self._state = state
+
+    # --- commands ------------------------------------------------------------------------------------
+
+    def _get_info(self, cmd: CommandApdu) -> bytes:
+        self._p1p2(cmd)
+        if cmd.data:
+            raise ApduError(SW.WRONG_LENGTH)
+        out = encode_tlv(InfoTag.VERSION, bytes(VERSION)) + encode_tlv(InfoTag.SERIAL, self.security.serial)
+        if self.did:
+            out += encode_tlv(InfoTag.DID, self.did.encode())
+        cred = self._credential
+        if cred is not None:
+            if cred.vct:
+                out += encode_tlv(InfoTag.CREDENTIAL_VCT, cred.vct.encode())
+            out += encode_tlv(InfoTag.CLAIMS, b"\x00".join(d.claim.encode() for d in cred.disclosures))
+        out += encode_tlv(InfoTag.PIN_TRIES, bytes([self.security.pin_tries]))
+        out += encode_tlv(InfoTag.HOLDER_KEY_SLOT, bytes([Slot.AUTHENTICATION]))
+        return out
+
+    def _verify(self, cmd: CommandApdu) -> bytes:
+        """VERIFY of the card-wide PIN, same semantics as the PIV applet's (SP 800-73-4 Part 2 §3.2.1)."""
+        if cmd.p2 != KeyRef.PIN or cmd.p1 not in (0x00, 0xFF):
+            raise ApduError(SW.INCORRECT_P1P2)
+        if cmd.p1 == 0xFF:
+            if cmd.data:
+                raise ApduError(SW.WRONG_LENGTH)
+            self.security.pin_verified = False
+        elif not cmd.data:
+            self.security.pin_status()
+        else:
+            self.security.verify_pin(cmd.data)
+        return b""
+
+    def _general_authenticate(self, cmd: CommandApdu) -> bytes:
+        if cmd.p2 != Slot.CARD_MANAGEMENT:
+            raise ApduError(SW.INCORRECT_P1P2)
+        return self.security.management_authenticate(cmd.p1, cmd.data)
+
+    def _put_credential(self, cmd: CommandApdu) -> bytes:
+        self._p1p2(cmd)
+        self.security.require_admin()
+        if len(cmd.data) > MAX_CREDENTIAL_BYTES:
+            raise ApduError(SW.NOT_ENOUGH_MEMORY, "credential too large")
+        try:
+            record = CredentialRecord.decode(cmd.data)
+        except TlvError as exc:
+            raise ApduError(SW.INCORRECT_DATA, str(exc)) from exc
+        self._commit(dict(self._state, credential=record.encode().hex()))
+        self._credential = record
+        return b""
+
+    def _put_did(self, cmd: CommandApdu) -> bytes:
+        self._p1p2(cmd)
+        self.security.require_admin()
+        try:
+            did = cmd.data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ApduError(SW.INCORRECT_DATA, "DID must be UTF-8") from exc
+        if not 0 < len(cmd.data) <= MAX_DID or not did.startswith("did:") or not did.isprintable():
+            raise ApduError(SW.INCORRECT_DATA, "not a DID")
+        self._commit(dict(self._state, did=did))
+        return b""
+
+    def _erase(self, cmd: CommandApdu) -> bytes:
+        self._p1p2(cmd)
+        if cmd.data:
+            raise ApduError(SW.WRONG_LENGTH)
+        self.security.require_admin()
+        self._commit({})
+        self._credential = None
+        return b""
+
+    def _present(self, cmd: CommandApdu) -> bytes:
+        """PRESENT (docs/card-profile.md §PRESENT): SD-JWT+KB with only the requested disclosures."""
+        self._p1p2(cmd)
+        self.security.require_pin()
+        try:
+            return self._build_presentation(cmd.data)
+        finally:
+            self.security.pin_verified = False  # PIN always: one verification, one presentation
+
+    def _build_presentation(self, data: bytes) -> bytes:
+        try:
+            request = PresentRequest.decode(data)
+        except TlvError as exc:
+            raise ApduError(SW.INCORRECT_DATA, str(exc)) from exc
+        cred = self._credential
+        if cred is None:
+            raise ApduError(SW.CONDITIONS_NOT_SATISFIED, "no credential on the card")
+        if self.piv.key_algorithm(Slot.AUTHENTICATION) != Algorithm.ECC_P256:
+            raise ApduError(SW.CONDITIONS_NOT_SATISFIED, "no P-256 holder key in slot 9A")
+        available = {d.claim for d in cred.disclosures}
+        if any(claim not in available for claim in request.claims):
+            raise ApduError(SW.REFERENCE_DATA_NOT_FOUND, "claim not on the card")
+        wanted = set(request.claims)
+        disclosures = [d.disclosure for d in cred.disclosures if d.claim in wanted]
+        sd_part = presentation_without_kb(cred.issuer_jwt, disclosures)
+        signing_input = kb_jwt_signing_input(request.audience, request.nonce, request.iat, sd_hash(sd_part))
+        key = self.piv.private_key(Slot.AUTHENTICATION)
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        der = key.sign(signing_input, ec.ECDSA(hashes.SHA256()))
+        kb_jwt = attach_signature(signing_input, der_to_raw_p256(der))
+        logger.info("presented %d of %d disclosures", len(disclosures), len(cred.disclosures))
+        return encode_tlv(PresentTag.PRESENTATION, (sd_part + kb_jwt).encode("ascii"))

@@ -1,0 +1,70 @@
+"""The Busan citizen card: PIV + citizen applet (+ optionally FIDO) on one :class:`VirtualCard`.
+
+ATR (ISO/IEC 7816-3 §8, 7816-4 §8.1.1): ``3B 8C 01`` — direct convention, T=1 only, 12 historical bytes:
+category indicator ``80`` (compact-TLV follows), then ``7A`` (card issuer's data, 10 bytes) = ASCII
+``BUSANCID`` + profile version ``01 01``; then the TCK check byte (XOR of T0..last historical byte).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+
+from cityid.errors import CityIdError
+from firmware_tools.card.citizen import CitizenApplet
+from firmware_tools.card.os import Applet, VirtualCard
+from firmware_tools.card.piv import PivApplet
+from firmware_tools.card.security import CardSecurity
+from firmware_tools.card.store import CardStore
+
+CARD_ISSUER_DATA = b"BUSANCID" + bytes([1, 1])
+HISTORICAL_BYTES = bytes([0x80, 0x70 | len(CARD_ISSUER_DATA)]) + CARD_ISSUER_DATA
+
+
+def build_atr(historical: bytes = HISTORICAL_BYTES) -> bytes:
+    """``3B 8K 01 <historical> TCK``: TD1 = ``01`` offers T=1 only, so TCK is present."""
+    if len(historical) > 15:
+        raise ValueError("at most 15 historical bytes")
+    body = bytes([0x80 | len(historical), 0x01]) + historical
+    tck = 0
+    for b in body:
+        tck ^= b
+    return b"\x3b" + body + bytes([tck])
+
+
+CITIZEN_ATR = build_atr()
+
+
+def make_citizen_card(
+    state: str | os.PathLike[str] | None = None,
+    with_fido: bool = False,
+    fido_state: str | os.PathLike[str] | None = None,
+) -> VirtualCard:
+    """A citizen card whose state lives in ``state`` (None = in memory); FIDO applet optional."""
+    store = CardStore(state)
+    security = CardSecurity(store)
+    piv = PivApplet(store, security)
+    applets: list[Applet] = [piv, CitizenApplet(store, security, piv)]
+    if with_fido:
+        applets.append(load_fido_applet(fido_state if fido_state is not None else _sibling(state, "fido")))
+    return VirtualCard(applets, CITIZEN_ATR)
+
+
+def _sibling(state: str | os.PathLike[str] | None, what: str) -> Path | None:
+    if state is None:
+        return None
+    path = Path(state)
+    return path.with_name(f"{path.stem}-{what}{path.suffix or '.json'}")
+
+
+def load_fido_applet(state: str | os.PathLike[str] | None) -> Applet:
+    """Import the FIDO helper's applet lazily (``firmware_tools.fido.applet.FidoApplet(store)``)."""
+    try:
+        module = importlib.import_module("firmware_tools.fido.applet")
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("firmware_tools.fido", "firmware_tools.fido.applet"):
+            raise
+        raise CityIdError("the FIDO applet is not available (firmware_tools.fido.applet is missing)") from exc
+    applet: Applet = module.FidoApplet(CardStore(state))
+    return applet

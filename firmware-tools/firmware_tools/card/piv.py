@@ -1,0 +1,408 @@
+"""The emulator's PIV applet: the NIST SP 800-73-4 subset standard middleware (OpenSC, yubico-piv-tool,
+yubikit) uses.
+
+Commands (SP 800-73-4 Part 2 §3): SELECT (application property template), GET DATA / PUT DATA
+(``00 CB|DB 3F FF``), VERIFY, CHANGE REFERENCE DATA, RESET RETRY COUNTER, GENERAL AUTHENTICATE (management
+key 9B challenge/response; sign / ECDH with 9A 9C 9D 9E), GENERATE ASYMMETRIC KEY PAIR (P-256, P-384,
+RSA-2048). Yubico extensions some tools send first: GET VERSION (``FD``), GET SERIAL (``F8``) and SET
+MANAGEMENT KEY (``FF``). Access conditions: PIN for 9A/9D, PIN-always for 9C, none for 9E; management key for
+PUT DATA and key generation; PIN for the biometric and printed-information objects.
+
+Key material and data objects persist in section ``piv`` of the card store; every change is one atomic write.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+
+from cityid.apdu import CommandApdu, ResponseApdu
+from cityid.errors import ApduError, TlvError
+from cityid.iso7816 import INS, SW
+from cityid.piv import PIV_AID, Algorithm, KeyRef, ObjectId, Slot, Tag
+from cityid.tlv import Tlv, encode_tlv, parse_tlv_dict
+from firmware_tools.card.os import Applet
+from firmware_tools.card.security import MGMT_KEY_ALGORITHMS, CardSecurity
+from firmware_tools.card.store import CardStore
+
+logger = logging.getLogger(__name__)
+
+SECTION = "piv"
+VERSION = (1, 0, 0)
+MAX_OBJECT_BYTES = 8192
+INS_GET_VERSION = 0xFD  # Yubico extension
+INS_GET_SERIAL = 0xF8  # Yubico extension
+INS_SET_MGMKEY = 0xFF  # Yubico extension
+
+KEY_SLOTS = (Slot.AUTHENTICATION, Slot.SIGNATURE, Slot.KEY_MANAGEMENT, Slot.CARD_AUTH)
+_CURVES: dict[int, tuple[ec.EllipticCurve, hashes.HashAlgorithm, int]] = {
+    Algorithm.ECC_P256: (ec.SECP256R1(), hashes.SHA256(), 32),
+    Algorithm.ECC_P384: (ec.SECP384R1(), hashes.SHA384(), 48),
+}
+RSA_BITS = {Algorithm.RSA_2048: 2048}
+
+#: Objects that need the PIN to read (SP 800-73-4 Part 1 Table 2: "PIN" access rule).
+PIN_PROTECTED_OBJECTS = frozenset(
+    {ObjectId.FINGERPRINTS, ObjectId.FACIAL, ObjectId.PRINTED, ObjectId.IRIS, ObjectId.SECURITY}
+)
+
+#: Discovery object (Part 1 §3.3.2): PIV AID, PIN usage policy "PIV PIN only".
+DISCOVERY = encode_tlv(
+    ObjectId.DISCOVERY, encode_tlv(Tag.AID, PIV_AID) + encode_tlv(0x5F2F, bytes.fromhex("4000"))
+)
+
+
+def _writable_tag(tag: int) -> bool:
+    """PIV data objects (5FC1xx, 7F61) and the vendor range 5FFFxx may be written with PUT DATA."""
+    return 0x5FC101 <= tag <= 0x5FC1FF or tag == ObjectId.BITGT or 0x5FFF00 <= tag <= 0x5FFFFF
+
+
+def _default_chuid(rng: Callable[[int], bytes]) -> bytes:
+    """A CHUID (Part 1 §3.1.2) with a FASC-N of a test agency, a random GUID, expiry and no signature."""
+    fascn = bytes.fromhex("D4E739DA739CED39CE739D836858210842108421C84210C3EB")
+    body = (
+        encode_tlv(0x30, fascn)
+        + encode_tlv(0x34, rng(16))
+        + encode_tlv(0x35, b"20351231")
+        + encode_tlv(0x3E, b"")
+        + encode_tlv(Tag.ERROR_DETECTION, b"")
+    )
+    return body
+
+
+def _default_ccc(rng: Callable[[int], bytes]) -> bytes:
+    """A Card Capability Container (Part 1 §3.1.1) as issued by common PIV cards."""
+    card_id = bytes.fromhex("A000000116FF02") + rng(14)
+    parts = [
+        (0xF0, card_id),
+        (0xF1, b"\x21"),
+        (0xF2, b"\x21"),
+        (0xF3, b""),
+        (0xF4, b"\x00"),
+        (0xF5, b"\x10"),
+        (0xF6, b""),
+        (0xF7, b""),
+        (0xFA, b""),
+        (0xFB, b""),
+        (0xFC, b""),
+        (0xFD, b""),
+        (Tag.ERROR_DETECTION, b""),
+    ]
+    return b"".join(encode_tlv(t, v) for t, v in parts)
+
+
+class PivApplet(Applet):
+    """PIV card application (SP 800-73-4) backed by a :class:`CardStore` and the card-wide security object."""
+
+    aid = PIV_AID
+    name = "PIV"
+
+    def __init__(
+        self, store: CardStore, security: CardSecurity, rng: Callable[[int], bytes] = os.urandom
+    ) -> None:
+        self.store = store
+        self.security = security
+        self.rng = rng
+        state = store.section(SECTION)
+        if not state:
+            state = {
+                "objects": {
+                    f"{ObjectId.CHUID:X}": _default_chuid(rng).hex(),
+                    f"{ObjectId.CAPABILITY:X}": _default_ccc(rng).hex(),
+                },
+                "keys": {},
+            }
+            store.commit(SECTION, state)
+        self._state = state
+        self._keys: dict[int, Any] = {}  # slot -> private key object (parsed once)
+
+    # --- lifecycle -----------------------------------------------------------------------------------
+
+    def power_on(self) -> None:
+        self.security.clear_session()
+
+    def deselect(self) -> None:
+        self.security.clear_session()
+
+    def select(self) -> bytes:
+        """Application property template (Part 2 §3.1.1)."""
+        algs = b"".join(
+            encode_tlv(Tag.ALGORITHM, bytes([a]))
+            for a in (
+                Algorithm.TDEA_3KEY,
+                Algorithm.AES_128,
+                Algorithm.AES_192,
+                Algorithm.AES_256,
+                Algorithm.RSA_2048,
+                Algorithm.ECC_P256,
+                Algorithm.ECC_P384,
+            )
+        )
+        body = (
+            encode_tlv(Tag.AID, PIV_AID[5:])
+            + encode_tlv(Tag.AUTHORITY, encode_tlv(Tag.AID, PIV_AID[:5]))
+            + encode_tlv(Tag.APP_LABEL, b"Busan citizen card PIV")
+            + encode_tlv(Tag.ALGORITHMS, algs + encode_tlv(Tag.OBJECT_ID, b""))
+        )
+        return encode_tlv(Tag.APT, body)
+
+    # --- state ---------------------------------------------------------------------------------------
+
+    def _commit(self, state: dict[str, Any]) -> None:
+        self.store.commit(SECTION, state)
+        self._state = state
+
+    def get_object(self, tag: int) -> bytes | None:
+        value = self._state["objects"].get(f"{tag:X}")
+        return bytes.fromhex(value) if value is not None else None
+
+    def key_algorithm(self, slot: int) -> int | None:
+        entry = self._state["keys"].get(f"{slot:X}")
+        return int(entry["alg"]) if entry else None
+
+    def private_key(self, slot: int) -> Any:
+        """The private key object in ``slot`` (raise ``6A88`` when the slot is empty)."""
+        if slot in self._keys:
+            return self._keys[slot]
+        entry = self._state["keys"].get(f"{slot:X}")
+        if not entry:
+            raise ApduError(SW.REFERENCE_DATA_NOT_FOUND, f"no key in slot {slot:02X}")
+        key = serialization.load_der_private_key(bytes.fromhex(entry["der"]), password=None)
+        self._keys[slot] = key
+        return key
+
+    # --- dispatch ------------------------------------------------------------------------------------
+
+    def process(self, cmd: CommandApdu) -> ResponseApdu:
+        if cmd.cla != 0x00:
+            raise ApduError(SW.CLA_NOT_SUPPORTED)
+        handler = self._handlers().get(cmd.ins)
+        if handler is None:
+            raise ApduError(SW.INS_NOT_SUPPORTED)
+        return ResponseApdu(handler(cmd), SW.SUCCESS)
+
+    def _handlers(self) -> dict[int, Callable[[CommandApdu], bytes]]:
+        return {
+            INS.GET_DATA: self._get_data,
+            INS.PUT_DATA: self._put_data,
+            INS.VERIFY: self._verify,
+            INS.CHANGE_REFERENCE_DATA: self._change_reference,
+            INS.RESET_RETRY_COUNTER: self._reset_retry_counter,
+            INS.GENERAL_AUTHENTICATE: self._general_authenticate,
+            INS.GENERATE_ASYMMETRIC_KEY_PAIR: self._generate,
+            INS_GET_VERSION: self._get_version,
+            INS_GET_SERIAL: self._get_serial,
+            INS_SET_MGMKEY: self._set_management_key,
+        }
+
+    @staticmethod
+    def _p1p2(cmd: CommandApdu, p1: int, p2: int) -> None:
+        if (cmd.p1, cmd.p2) != (p1, p2):
+            raise ApduError(SW.INCORRECT_P1P2)
+
+    # --- data objects (Part 2 §3.1.2, §3.3.2) --------------------------------------------------------
+
+    def _get_data(self, cmd: CommandApdu) -> bytes:
+        self._p1p2(cmd, 0x3F, 0xFF)
+        try:
+            tag_bytes = Tlv.unpack(Tag.DATA_OBJECT_LIST, cmd.data)
+        except TlvError as exc:
+            raise ApduError(SW.INCORRECT_DATA, str(exc)) from exc
+        if not 1 <= len(tag_bytes) <= 3:
+            raise ApduError(SW.INCORRECT_DATA, "bad object tag")
+        tag = int.from_bytes(tag_bytes, "big")
+        if tag == ObjectId.DISCOVERY:
+            return DISCOVERY
+        if tag in PIN_PROTECTED_OBJECTS:
+            self.security.require_pin()
+        value = self.get_object(tag)
+        if value is None:
+            raise ApduError(SW.FILE_NOT_FOUND)
+        return encode_tlv(Tag.DATA, value)
+
+    def _put_data(self, cmd: CommandApdu) -> bytes:
+        self._p1p2(cmd, 0x3F, 0xFF)
+        self.security.require_admin()
+        try:
+            fields = parse_tlv_dict(cmd.data)
+        except TlvError as exc:
+            raise ApduError(SW.INCORRECT_DATA, str(exc)) from exc
+        if set(fields) != {Tag.DATA_OBJECT_LIST, Tag.DATA}:
+            raise ApduError(SW.INCORRECT_DATA, "PUT DATA needs 5C and 53")
+        tag_bytes = fields[Tag.DATA_OBJECT_LIST]
+        tag = int.from_bytes(tag_bytes, "big") if 1 <= len(tag_bytes) <= 3 else -1
+        if not _writable_tag(tag):
+            raise ApduError(SW.INCORRECT_DATA, "not a writable PIV data object")
+        value = fields[Tag.DATA]
+        if len(value) > MAX_OBJECT_BYTES:
+            raise ApduError(SW.NOT_ENOUGH_MEMORY)
+        objects = dict(self._state["objects"])
+        if value:
+            objects[f"{tag:X}"] = value.hex()
+        else:
+            objects.pop(f"{tag:X}", None)
+        self._commit(dict(self._state, objects=objects))
+        return b""
+
+    # --- PIN management (Part 2 §3.2.1–3.2.3) --------------------------------------------------------
+
+    def _verify(self, cmd: CommandApdu) -> bytes:
+        if cmd.p2 == KeyRef.GLOBAL_PIN:
+            raise ApduError(SW.REFERENCE_DATA_NOT_FOUND, "no global PIN")
+        if cmd.p2 != KeyRef.PIN:
+            raise ApduError(SW.INCORRECT_P1P2)
+        if cmd.p1 == 0xFF:  # reset the security status of the PIN
+            if cmd.data:
+                raise ApduError(SW.WRONG_LENGTH)
+            self.security.pin_verified = False
+            return b""
+        if cmd.p1 != 0x00:
+            raise ApduError(SW.INCORRECT_P1P2)
+        if not cmd.data:
+            self.security.pin_status()
+            return b""
+        self.security.verify_pin(cmd.data)
+        return b""
+
+    def _change_reference(self, cmd: CommandApdu) -> bytes:
+        if cmd.p1 != 0x00 or cmd.p2 not in (KeyRef.PIN, KeyRef.PUK):
+            raise ApduError(SW.INCORRECT_P1P2)
+        if len(cmd.data) != 16:
+            raise ApduError(SW.INCORRECT_DATA, "CHANGE REFERENCE DATA needs 16 bytes")
+        if cmd.p2 == KeyRef.PIN:
+            self.security.change_pin(cmd.data[:8], cmd.data[8:])
+        else:
+            self.security.change_puk(cmd.data[:8], cmd.data[8:])
+        return b""
+
+    def _reset_retry_counter(self, cmd: CommandApdu) -> bytes:
+        self._p1p2(cmd, 0x00, KeyRef.PIN)
+        if len(cmd.data) != 16:
+            raise ApduError(SW.INCORRECT_DATA, "RESET RETRY COUNTER needs 16 bytes")
+        self.security.unblock_pin(cmd.data[:8], cmd.data[8:])
+        return b""
+
+    # --- keys (Part 2 §3.2.4, §3.3.2) ----------------------------------------------------------------
+
+    def _generate(self, cmd: CommandApdu) -> bytes:
+        if cmd.p1 != 0x00 or cmd.p2 not in KEY_SLOTS:
+            raise ApduError(SW.INCORRECT_P1P2)
+        self.security.require_admin()
+        try:
+            template = Tlv.unpack(Tag.KEY_TEMPLATE, cmd.data)
+            params = parse_tlv_dict(template)
+        except TlvError as exc:
+            raise ApduError(SW.INCORRECT_DATA, str(exc)) from exc
+        alg_bytes = params.get(Tag.ALGORITHM, b"")
+        if len(alg_bytes) != 1:
+            raise ApduError(SW.INCORRECT_DATA, "algorithm missing")
+        alg = alg_bytes[0]
+        key: Any
+        if alg in _CURVES:
+            key = ec.generate_private_key(_CURVES[alg][0])
+            point = key.public_key().public_bytes(
+                serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+            )
+            public = encode_tlv(Tag.EC_POINT, point)
+        elif alg in RSA_BITS:
+            key = rsa.generate_private_key(65537, RSA_BITS[alg])
+            numbers = key.public_key().public_numbers()
+            n = numbers.n.to_bytes(RSA_BITS[alg] // 8, "big")
+            public = encode_tlv(0x81, n) + encode_tlv(0x82, numbers.e.to_bytes(3, "big"))
+        else:
+            raise ApduError(SW.INCORRECT_DATA, "unsupported algorithm")
+        der = key.private_bytes(
+            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        keys = dict(self._state["keys"])
+        keys[f"{cmd.p2:X}"] = {"alg": alg, "der": der.hex()}
+        self._commit(dict(self._state, keys=keys))
+        self._keys[cmd.p2] = key
+        logger.info("generated key alg %02X in slot %02X", alg, cmd.p2)
+        return encode_tlv(Tag.PUBLIC_KEY, public)
+
+    def _general_authenticate(self, cmd: CommandApdu) -> bytes:
+        if cmd.p2 == Slot.CARD_MANAGEMENT:
+            if cmd.p1 not in MGMT_KEY_ALGORITHMS:
+                raise ApduError(SW.INCORRECT_P1P2)
+            return self.security.management_authenticate(cmd.p1, cmd.data)
+        if cmd.p2 not in KEY_SLOTS:
+            raise ApduError(SW.INCORRECT_P1P2)
+        try:
+            inner = parse_tlv_dict(Tlv.unpack(Tag.DYN_AUTH, cmd.data))
+        except TlvError as exc:
+            raise ApduError(SW.INCORRECT_DATA, str(exc)) from exc
+        if inner.get(Tag.RESPONSE) != b"" or len(inner) != 2:
+            raise ApduError(SW.INCORRECT_DATA, "expected 82 00 and one of 81/85")
+        alg = self.key_algorithm(cmd.p2)
+        if alg is None:
+            raise ApduError(SW.REFERENCE_DATA_NOT_FOUND, f"no key in slot {cmd.p2:02X}")
+        if alg != cmd.p1:
+            raise ApduError(SW.INCORRECT_P1P2, "algorithm does not match the key")
+        self._check_key_access(cmd.p2)
+        try:
+            if Tag.CHALLENGE in inner:
+                result = self.sign(cmd.p2, inner[Tag.CHALLENGE])
+            elif Tag.EXPONENTIATION in inner:
+                result = self._ecdh(cmd.p2, alg, inner[Tag.EXPONENTIATION])
+            else:
+                raise ApduError(SW.INCORRECT_DATA, "expected 81 or 85")
+        finally:
+            if cmd.p2 == Slot.SIGNATURE:  # PIN always
+                self.security.pin_verified = False
+        return encode_tlv(Tag.DYN_AUTH, encode_tlv(Tag.RESPONSE, result))
+
+    def _check_key_access(self, slot: int) -> None:
+        if slot != Slot.CARD_AUTH:
+            self.security.require_pin()
+
+    def sign(self, slot: int, data: bytes) -> bytes:
+        """ECDSA over a hash (DER signature) or raw RSA over a padded block; no access checks here."""
+        alg = self.key_algorithm(slot)
+        key = self.private_key(slot)
+        if alg in _CURVES:
+            _, hash_alg, size = _CURVES[alg]
+            if not data or len(data) > 64:
+                raise ApduError(SW.INCORRECT_DATA, "digest length")
+            digest = data[:size].rjust(size, b"\x00")  # leftmost bits (ECDSA truncation) / left-pad
+            return key.sign(digest, ec.ECDSA(Prehashed(hash_alg)))
+        size = RSA_BITS[alg] // 8
+        if len(data) != size:
+            raise ApduError(SW.INCORRECT_DATA, "RSA input must be one modulus long")
+        numbers = key.private_numbers()
+        m = int.from_bytes(data, "big")
+        if m >= numbers.public_numbers.n:
+            raise ApduError(SW.INCORRECT_DATA, "RSA input out of range")
+        return pow(m, numbers.d, numbers.public_numbers.n).to_bytes(size, "big")
+
+    def _ecdh(self, slot: int, alg: int, point: bytes) -> bytes:
+        if alg not in _CURVES:
+            raise ApduError(SW.INCORRECT_DATA, "ECDH needs an EC key")
+        try:
+            peer = ec.EllipticCurvePublicKey.from_encoded_point(_CURVES[alg][0], point)
+        except ValueError as exc:
+            raise ApduError(SW.INCORRECT_DATA, "bad EC point") from exc
+        return self.private_key(slot).exchange(ec.ECDH(), peer)
+
+    # --- Yubico extensions ---------------------------------------------------------------------------
+
+    def _get_version(self, cmd: CommandApdu) -> bytes:
+        return bytes(VERSION)
+
+    def _get_serial(self, cmd: CommandApdu) -> bytes:
+        return self.security.serial[-4:]
+
+    def _set_management_key(self, cmd: CommandApdu) -> bytes:
+        """Yubico SET MANAGEMENT KEY: ``00 FF FF FF|FE <alg> 9B <len> <key>`` (admin only)."""
+        if cmd.p1 != 0xFF or cmd.p2 not in (0xFF, 0xFE):
+            raise ApduError(SW.INCORRECT_P1P2)
+        if len(cmd.data) < 3 or cmd.data[1] != Slot.CARD_MANAGEMENT or cmd.data[2] != len(cmd.data) - 3:
+            raise ApduError(SW.INCORRECT_DATA)
+        self.security.set_management_key(cmd.data[0], cmd.data[3:])
+        return b""
