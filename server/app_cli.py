@@ -1,9 +1,150 @@
-"""Sub-commands (placeholder until the feature lands: registers nothing)."""
+"""``city-server serve | terminal add|list|disable|enable | db init | issuer-key generate``."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from cityid.cli_util import progress
+from server.config import ServerConfig, load_config
+
+logger = logging.getLogger(__name__)
+
+
+def _config(args: argparse.Namespace) -> ServerConfig:
+    cfg = load_config(args.config)
+    if getattr(args, "db", None):
+        cfg = cfg.with_overrides(database_url=args.db)
+    return cfg
+
+
+def _db(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from server.db import Database
+
+    cfg = _config(args)
+    db = Database.from_url(cfg.database_url)
+    db.init(cfg.status_list_id, cfg.status_list_capacity)
+    return db
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from server.app import create_app
+
+    cfg = _config(args)
+    progress(f"opening database, issuer key ({cfg.issuer_key.source}) and chain ({cfg.chain})")
+    app = create_app(cfg)
+    did = app.extensions["cityid.service"].issuer_did
+    progress(f"issuer {did} published; serving on http://{args.host}:{args.port}")
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        progress("listening beyond localhost: put a TLS-terminating proxy in front (docs/server.md §Ops)")
+    app.run(host=args.host, port=args.port, threaded=True, use_reloader=False)
+    return 0
+
+
+def cmd_db_init(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    _db(args)
+    print(f"database ready ({cfg.database_url.split('://', 1)[0]}), status list {cfg.status_list_id}")
+    return 0
+
+
+def cmd_terminal_add(args: argparse.Namespace) -> int:
+    pem = Path(args.public_key).read_text() if args.public_key != "-" else sys.stdin.read()
+    t = _db(args).add_terminal(args.name, pem)
+    print(f"terminal {t.name} registered")
+    return 0
+
+
+def cmd_terminal_list(args: argparse.Namespace) -> int:
+    rows = _db(args).list_terminals()
+    if args.json:
+        out = [{"name": t.name, "active": t.active, "created_at": t.created_at.isoformat()} for t in rows]
+        print(json.dumps(out, indent=2))
+    else:
+        for t in rows:
+            print(f"{t.name}\t{'active' if t.active else 'disabled'}\t{t.created_at:%Y-%m-%d %H:%M}")
+        if not rows:
+            print("no terminals registered", file=sys.stderr)
+    return 0
+
+
+def cmd_terminal_disable(args: argparse.Namespace) -> int:
+    _db(args).set_terminal_active(args.name, False)
+    print(f"terminal {args.name} disabled")
+    return 0
+
+
+def cmd_terminal_enable(args: argparse.Namespace) -> int:
+    _db(args).set_terminal_active(args.name, True)
+    print(f"terminal {args.name} enabled")
+    return 0
+
+
+def cmd_key_generate(args: argparse.Namespace) -> int:
+    from server.keys import KeystoreSigner, Pkcs11Signer
+
+    cfg = _config(args).issuer_key
+    if cfg.source == "pkcs11":
+        if not cfg.pkcs11_pin:
+            raise ValueError("PKCS#11 user PIN missing (env CITY_PKCS11_PIN)")
+        Pkcs11Signer.generate(cfg.pkcs11_module, cfg.pkcs11_token, cfg.pkcs11_key_label, cfg.pkcs11_pin)
+        signer = Pkcs11Signer(cfg.pkcs11_module, cfg.pkcs11_token, cfg.pkcs11_key_label, cfg.pkcs11_pin)
+        print(f"generated P-256 key {cfg.pkcs11_key_label!r} on token {cfg.pkcs11_token!r}")
+    else:
+        if not cfg.keystore_password:
+            raise ValueError("keystore password missing (env CITY_ISSUER_KEY_PASSWORD)")
+        signer = KeystoreSigner.generate(cfg.keystore_path, cfg.keystore_password)  # type: ignore[assignment]
+        print(f"generated encrypted keystore {cfg.keystore_path}")
+    print(f"public point {signer.public_point.hex()}")
+    return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add this module's sub-commands."""
+    """Add ``serve``, ``terminal``, ``db`` and ``issuer-key``."""
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", metavar="FILE", help="TOML config (secrets come from the environment)")
+        p.add_argument("--db", metavar="URL", help="database URL (overrides the config)")
+
+    p = sub.add_parser("serve", help="run the issuer/registrar API for counter terminals")
+    common(p)
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8700, help="port (default 8700)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("db", help="database administration")
+    dsub = p.add_subparsers(dest="db_command", metavar="COMMAND", required=True)
+    q = dsub.add_parser("init", help="create the schema and the status-list allocator (idempotent)")
+    common(q)
+    q.set_defaults(func=cmd_db_init)
+
+    p = sub.add_parser("terminal", help="register, list and disable counter terminals")
+    tsub = p.add_subparsers(dest="terminal_command", metavar="COMMAND", required=True)
+    q = tsub.add_parser("add", help="register a terminal's P-256 public key")
+    common(q)
+    q.add_argument("--name", required=True, help="terminal id (letters, digits, . _ -)")
+    q.add_argument(
+        "--public-key", required=True, metavar="PEM_FILE", help="public key PEM file, or - for stdin"
+    )
+    q.set_defaults(func=cmd_terminal_add)
+    q = tsub.add_parser("list", help="list terminals")
+    common(q)
+    q.add_argument("--json", action="store_true", help="machine-readable output")
+    q.set_defaults(func=cmd_terminal_list)
+    for verb, fn in (("disable", cmd_terminal_disable), ("enable", cmd_terminal_enable)):
+        q = tsub.add_parser(
+            verb,
+            help=f"{verb} a terminal (its requests are {'refused' if verb == 'disable' else 'accepted'})",
+        )
+        common(q)
+        q.add_argument("--name", required=True, help="terminal id")
+        q.set_defaults(func=fn)
+
+    p = sub.add_parser("issuer-key", help="issuer key management")
+    ksub = p.add_subparsers(dest="key_command", metavar="COMMAND", required=True)
+    q = ksub.add_parser("generate", help="create the issuer P-256 key (keystore file or PKCS#11 token)")
+    common(q)
+    q.set_defaults(func=cmd_key_generate)
