@@ -154,7 +154,8 @@ class _Lockout:
                 self._fails[clerk] = (n + 1, time.monotonic())
 
 
-_lockout = _Lockout()
+def _lockout() -> _Lockout:
+    return current_app.extensions.setdefault("cityid.lockout", _Lockout())
 
 
 def _config() -> TerminalConfig:
@@ -189,10 +190,10 @@ def login_post() -> Response | tuple[str, int]:
     clerk = request.form.get("clerk", "").strip()
     password = request.form.get("password", "")
     hashed = _config().clerks.get(clerk)
-    if _lockout.locked(clerk):
+    if _lockout().locked(clerk):
         return render_template("counter_login.html", error_key="counter.login.locked", clerk=clerk), 429
     ok = hashed is not None and check_password(password, hashed)
-    _lockout.record(clerk, ok)
+    _lockout().record(clerk, ok)
     if not ok:
         logger.info("clerk sign-in refused")
         return render_template("counter_login.html", error_key="counter.login.failed", clerk=clerk), 401
