@@ -1,0 +1,182 @@
+"""Typed wrappers per contract: read methods (``eth_call``), transaction builders and multicall entries.
+
+Each binding holds an :class:`RpcClient` and an address. Writes return :class:`TxRequest` objects that a
+:class:`~cityid.chain.writer.TxSender` signs and sends, so batching and nonce handling stay in one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from eth_utils import keccak, to_checksum_address
+
+from cityid.chain.abi import Abi
+from cityid.chain.errors import RpcError
+from cityid.chain.rpc import RpcClient, as_bytes
+from cityid.chain.writer import TxRequest, _revert_from_rpc
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One read for :meth:`Multicall.aggregate`: target, calldata and how to decode the answer."""
+
+    target: str
+    data: bytes
+    decode: Callable[[bytes], Any]
+
+
+class _Binding:
+    contract_name = ""
+
+    def __init__(self, client: RpcClient, address: str) -> None:
+        self.client = client
+        self.address = to_checksum_address(address)
+        self.abi = Abi.of(self.contract_name)
+
+    def _call(self, fn: str, *args: Any) -> Call:
+        data = self.abi.encode_call(fn, *args)
+        return Call(self.address, data, lambda out, _fn=fn: self.abi.decode_output(_fn, out))
+
+    def read(self, fn: str, *args: Any, block: str = "latest") -> tuple:
+        """``eth_call`` one view function (one round trip); reverts become TransactionRevertedError."""
+        call = self._call(fn, *args)
+        try:
+            raw = self.client.request(
+                "eth_call", [{"to": self.address, "data": "0x" + call.data.hex()}, block]
+            )
+        except RpcError as exc:
+            revert = _revert_from_rpc(exc, self.abi)
+            if revert is not None:
+                raise revert from exc
+            raise
+        return call.decode(as_bytes(raw, f"{fn}() result"))
+
+    def tx(self, fn: str, *args: Any, gas: int | None = None) -> TxRequest:
+        return TxRequest(self.address, self.abi.encode_call(fn, *args), self.abi, gas=gas, label=fn)
+
+
+class DIDRegistry(_Binding):
+    """CityDIDRegistry (ERC-1056 compatible)."""
+
+    contract_name = "CityDIDRegistry"
+
+    def identity_owner(self, identity: str) -> str:
+        return to_checksum_address(self.read("identityOwner", identity)[0])
+
+    def changed(self, identity: str) -> int:
+        return int(self.read("changed", identity)[0])
+
+    def is_registrar(self, account: str) -> bool:
+        return bool(self.read("registrars", account)[0])
+
+    def changed_call(self, identity: str) -> Call:
+        return self._call("changed", identity)
+
+    def owner_call(self, identity: str) -> Call:
+        return self._call("identityOwner", identity)
+
+
+class StatusRegistry(_Binding):
+    """CityStatusRegistry: 2-bit status entries in issuer-owned lists."""
+
+    contract_name = "CityStatusRegistry"
+
+    def list_owner(self, list_id: int) -> str:
+        return to_checksum_address(self.read("listOwner", list_id)[0])
+
+    def list_count(self) -> int:
+        return int(self.read("listCount")[0])
+
+    def status_of(self, list_id: int, index: int) -> int:
+        return int(self.read("statusOf", list_id, index)[0])
+
+    def statuses_of(self, list_id: int, indexes: Sequence[int]) -> list[int]:
+        return [int(v) for v in self.read("statusesOf", list_id, list(indexes))[0]]
+
+    def status_call(self, list_id: int, index: int) -> Call:
+        return self._call("statusOf", list_id, index)
+
+
+class TrustedIssuers(_Binding):
+    """CityTrustedIssuers: accreditation of issuer identities per credential type (vct)."""
+
+    contract_name = "CityTrustedIssuers"
+
+    def root(self) -> str:
+        return to_checksum_address(self.read("root")[0])
+
+    def is_trusted(self, issuer: str, vct: str) -> bool:
+        return bool(self.read("isTrusted", issuer, vct_hash(vct))[0])
+
+    def accreditation(self, issuer: str, vct: str) -> tuple[int, int, bool]:
+        a, b, c = self.read("accreditation", issuer, vct_hash(vct))
+        return int(a), int(b), bool(c)
+
+    def accreditation_call(self, issuer: str, vct: str) -> Call:
+        return self._call("accreditation", issuer, vct_hash(vct))
+
+
+class AnchorRegistry(_Binding):
+    """CityAnchorRegistry: Merkle roots of document-hash batches."""
+
+    contract_name = "CityAnchorRegistry"
+
+    def anchor_of(self, root: bytes) -> tuple[int, int, str]:
+        ts, block, who = self.read("anchorOf", root)
+        return int(ts), int(block), to_checksum_address(who)
+
+    def verify_proof(self, root: bytes, document_hash: bytes, proof: Sequence[bytes]) -> bool:
+        return bool(self.read("verifyProof", root, document_hash, list(proof))[0])
+
+
+class Multicall(_Binding):
+    """CityMulticall (Multicall3 ``aggregate3`` ABI): many reads in one ``eth_call``."""
+
+    contract_name = "CityMulticall"
+
+    def aggregate_request(self, calls: Sequence[Call]) -> tuple[str, list]:
+        """The ``eth_call`` (method, params) that runs ``calls`` plus block number and timestamp."""
+        entries = [
+            (self.address, False, self.abi.encode_call("getBlockNumber")),
+            (self.address, False, self.abi.encode_call("getCurrentBlockTimestamp")),
+        ]
+        entries += [(c.target, True, c.data) for c in calls]
+        data = self.abi.encode_call("aggregate3", entries)
+        return "eth_call", [{"to": self.address, "data": "0x" + data.hex()}, "latest"]
+
+    def decode_aggregate(self, raw: Any, calls: Sequence[Call]) -> tuple[int, int, list[Any]]:
+        """(block number, block timestamp, decoded results); a failed inner call raises its revert."""
+        from cityid.chain.errors import MalformedReplyError, TransactionRevertedError
+
+        (results,) = self.abi.decode_output("aggregate3", as_bytes(raw, "aggregate3 result"))
+        if len(results) != len(calls) + 2:
+            raise MalformedReplyError("aggregate3 returned the wrong number of results")
+        block = int(self.abi.decode_output("getBlockNumber", results[0][1])[0])
+        ts = int(self.abi.decode_output("getCurrentBlockTimestamp", results[1][1])[0])
+        out: list[Any] = []
+        for call, (ok, data) in zip(calls, results[2:], strict=True):
+            if not ok:
+                raise TransactionRevertedError(
+                    f"read of {call.target} failed: 0x{bytes(data).hex()}", bytes(data)
+                )
+            out.append(call.decode(bytes(data)))
+        return block, ts, out
+
+    def aggregate(self, calls: Sequence[Call]) -> tuple[int, int, list[Any]]:
+        method, params = self.aggregate_request(calls)
+        return self.decode_aggregate(self.client.request(method, params), calls)
+
+
+def vct_hash(vct: str) -> bytes:
+    """keccak256 of the credential type string (the trusted-issuers key)."""
+    return keccak(text=vct)
+
+
+def name32(name: str) -> bytes:
+    """An ERC-1056 bytes32 name (UTF-8, right-padded; longer than 32 bytes is an error, not truncation)."""
+    raw = name.encode()
+    if len(raw) > 32:
+        raise ValueError(f"attribute name {name!r} is longer than 32 bytes")
+    return raw.ljust(32, b"\0")

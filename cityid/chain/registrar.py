@@ -1,0 +1,227 @@
+"""High-level chain API for the city server: deploy, enroll citizens, revoke keys and credentials,
+accredit issuers, anchor document batches. All writes go through one :class:`TxSender`.
+
+DID-control model (docs/chain.md): a citizen's identity address is derived from a public hash
+(:func:`~cityid.chain.resolver.identity_from_public_hash`) and has no private key; the city registrar account
+owns it (ERC-1056 owner = controller). The card/FIDO P-256 keys are attributes
+``did/pub/Multikey/sigAuth/hex``; a lost card's key is revoked with ``revokeAttribute`` and resolvers drop it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.asymmetric import ec
+from eth_account.signers.local import LocalAccount
+from eth_utils import to_checksum_address
+
+from cityid.chain.abi import Abi, load_artifact
+from cityid.chain.bindings import (
+    AnchorRegistry,
+    DIDRegistry,
+    StatusRegistry,
+    TrustedIssuers,
+    name32,
+    vct_hash,
+)
+from cityid.chain.errors import ChainError
+from cityid.chain.merkle import build_tree
+from cityid.chain.network import NetworkConfig
+from cityid.chain.resolver import address_of, did_for
+from cityid.chain.rpc import RpcClient, as_int
+from cityid.chain.writer import Receipt, TxRequest, TxSender
+from cityid.chainview import CredentialStatus, StatusRef
+
+logger = logging.getLogger(__name__)
+
+CITIZEN_KEY_ATTR = "did/pub/Multikey/sigAuth/hex"  # card / FIDO keys: authentication + assertion
+ISSUER_KEY_ATTR = "did/pub/Multikey/veriKey/hex"  # issuer signing keys: assertion
+DEFAULT_KEY_VALIDITY = 10 * 365 * 24 * 3600
+ENROLL_CHUNK = 200  # citizens per transaction (~6 M gas)
+STATUS_CHUNK = 1000  # indexes per transaction
+
+
+def check_p256_point(point: bytes) -> bytes:
+    """Validate an uncompressed SEC1 P-256 point (65 bytes, on the curve); return it."""
+    if not isinstance(point, bytes | bytearray) or len(point) != 65 or point[0] != 0x04:
+        raise ValueError("a P-256 key must be a 65-byte uncompressed point (04 || x || y)")
+    try:
+        ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), bytes(point))
+    except ValueError as exc:
+        raise ValueError("the P-256 point is not on the curve") from exc
+    return bytes(point)
+
+
+def deploy_all(
+    client: RpcClient, account: LocalAccount, *, name: str, rpc_url: str, multicall: str | None = None
+) -> NetworkConfig:
+    """Deploy the registries (and a multicall unless one is given) and make ``account`` a registrar."""
+    chain_id = as_int(client.request("eth_chainId"), "chain id")
+    sender = TxSender(client, account, chain_id)
+    names = ["CityDIDRegistry", "CityStatusRegistry", "CityTrustedIssuers", "CityAnchorRegistry"]
+    if multicall is None:
+        names.append("CityMulticall")
+    reqs = [TxRequest(None, load_artifact(n).bytecode, Abi.of(n), label=f"deploy {n}") for n in names]
+    receipts = sender.send_many(reqs)
+    addr = {n: to_checksum_address(r.contract_address or "") for n, r in zip(names, receipts, strict=True)}
+    network = NetworkConfig(
+        name=name,
+        chain_id=chain_id,
+        rpc_url=rpc_url,
+        deploy_block=min(r.block_number for r in receipts),
+        addresses={
+            "did_registry": addr["CityDIDRegistry"],
+            "status_registry": addr["CityStatusRegistry"],
+            "trusted_issuers": addr["CityTrustedIssuers"],
+            "anchor_registry": addr["CityAnchorRegistry"],
+            "multicall": multicall or addr["CityMulticall"],
+        },
+    )
+    DIDRegistry(client, network.address("did_registry"))
+    sender.send(DIDRegistry(client, addr["CityDIDRegistry"]).tx("setRegistrar", account.address, True))
+    return network
+
+
+@dataclass(frozen=True, slots=True)
+class AnchoredBatch:
+    """An anchored Merkle root and one proof per document hash (same order)."""
+
+    root: bytes
+    proofs: tuple[tuple[bytes, ...], ...]
+    receipt: Receipt
+
+
+class Registrar:
+    """The city's write side (and the reads it needs to confirm its own work)."""
+
+    def __init__(self, network: NetworkConfig, client: RpcClient, account: LocalAccount) -> None:
+        self.network = network.require_complete()
+        self.client = client
+        self.sender = TxSender(client, account, network.chain_id)
+        self.dids = DIDRegistry(client, network.address("did_registry"))
+        self.status = StatusRegistry(client, network.address("status_registry"))
+        self.issuers = TrustedIssuers(client, network.address("trusted_issuers"))
+        self.anchors = AnchorRegistry(client, network.address("anchor_registry"))
+
+    @property
+    def address(self) -> str:
+        return self.sender.address
+
+    @property
+    def did(self) -> str:
+        """This account's own DID (the issuer DID when the server issues credentials)."""
+        return did_for(self.network, self.address)
+
+    def did_of(self, identity: str) -> str:
+        return did_for(self.network, identity)
+
+    # ---- DIDs ----
+    def enroll_citizens(
+        self,
+        citizens: Sequence[tuple[str, Sequence[bytes]]],
+        validity: int = DEFAULT_KEY_VALIDITY,
+        chunk: int = ENROLL_CHUNK,
+    ) -> list[Receipt]:
+        """Enroll (identity address, P-256 points) pairs in batches (one tx per ``chunk`` citizens)."""
+        packed: list[bytes] = []
+        for identity, points in citizens:
+            if not 1 <= len(points) <= 255:
+                raise ValueError("each citizen needs 1 to 255 keys")
+            ident = bytes.fromhex(to_checksum_address(identity)[2:])
+            packed.append(ident + bytes([len(points)]) + b"".join(check_p256_point(p)[1:] for p in points))
+        name = name32(CITIZEN_KEY_ATTR)
+        reqs = [
+            self.dids.tx("enrollBatch", name, validity, b"".join(packed[i : i + chunk]))
+            for i in range(0, len(packed), chunk)
+        ]
+        return self.sender.send_many(reqs)
+
+    def add_key(
+        self,
+        identity: str,
+        point: bytes,
+        validity: int = DEFAULT_KEY_VALIDITY,
+        attribute: str = CITIZEN_KEY_ATTR,
+    ) -> Receipt:
+        """Publish one more P-256 key (e.g. a FIDO key) on an identity this account controls."""
+        return self.sender.send(
+            self.dids.tx("setAttribute", identity, name32(attribute), check_p256_point(point), validity)
+        )
+
+    def revoke_key(self, identity: str, point: bytes, attribute: str = CITIZEN_KEY_ATTR) -> Receipt:
+        """Revoke a key (lost card): ``revokeAttribute`` → resolvers drop it from the DID document."""
+        return self.sender.send(
+            self.dids.tx("revokeAttribute", identity, name32(attribute), check_p256_point(point))
+        )
+
+    def publish_issuer_key(
+        self, point: bytes, identity: str | None = None, validity: int = DEFAULT_KEY_VALIDITY
+    ) -> Receipt:
+        """Publish an issuer signing key (``did/pub/Multikey/veriKey/hex``) on the issuer identity."""
+        return self.add_key(identity or self.address, point, validity, ISSUER_KEY_ATTR)
+
+    def revoke_issuer_key(self, point: bytes, identity: str | None = None) -> Receipt:
+        return self.revoke_key(identity or self.address, point, ISSUER_KEY_ATTR)
+
+    def add_registrar(self, account: str, enabled: bool = True) -> Receipt:
+        return self.sender.send(self.dids.tx("setRegistrar", account, enabled))
+
+    # ---- status lists ----
+    def create_status_list(self) -> int:
+        """Create a list owned by this account; returns its id."""
+        receipt = self.sender.send(self.status.tx("createList"))
+        topic = self.status.abi.event_topics["ListCreated"]
+        for log in receipt.logs:
+            ev = self.status.abi.decode_log(log)
+            if ev and ev.name == "ListCreated" and bytes.fromhex(log["topics"][0][2:]) == topic:
+                return int(ev.args["listId"])
+        raise ChainError("createList receipt has no ListCreated event")
+
+    def status_ref(self, list_id: int, index: int) -> StatusRef:
+        return StatusRef(self.network.chain_id, self.status.address, list_id, index)
+
+    def set_status(
+        self, list_id: int, indexes: Sequence[int], status: CredentialStatus | int, chunk: int = STATUS_CHUNK
+    ) -> list[Receipt]:
+        """Set one status for many indexes (sorted, so each storage word is written once per batch)."""
+        status = CredentialStatus(status)
+        ordered = sorted(set(int(i) for i in indexes))
+        if any(i < 0 for i in ordered):
+            raise ValueError("status indexes are non-negative")
+        reqs = [
+            self.status.tx("setStatus", list_id, ordered[i : i + chunk], int(status))
+            for i in range(0, len(ordered), chunk)
+        ]
+        return self.sender.send_many(reqs)
+
+    def revoke(self, list_id: int, indexes: Sequence[int]) -> list[Receipt]:
+        return self.set_status(list_id, indexes, CredentialStatus.REVOKED)
+
+    # ---- trusted issuers ----
+    def accredit_issuer(
+        self, issuer_did: str, vct: str, valid_until: int, valid_from: int | None = None
+    ) -> Receipt:
+        """Accredit an issuer DID of this network for ``vct`` until ``valid_until`` (unix time)."""
+        start = int(time.time()) - 60 if valid_from is None else valid_from
+        return self.sender.send(
+            self.issuers.tx("accredit", address_of(self.network, issuer_did), vct, start, valid_until)
+        )
+
+    def revoke_accreditation(self, issuer_did: str, vct: str) -> Receipt:
+        return self.sender.send(
+            self.issuers.tx("revokeAccreditation", address_of(self.network, issuer_did), vct_hash(vct))
+        )
+
+    # ---- anchors ----
+    def anchor_batch(self, document_hashes: Sequence[bytes]) -> AnchoredBatch:
+        """Anchor the Merkle root of a batch; returns root and per-document proofs."""
+        root, proofs = build_tree(list(document_hashes))
+        receipt = self.sender.send(self.anchors.tx("anchor", root, len(document_hashes)))
+        return AnchoredBatch(root, tuple(tuple(p) for p in proofs), receipt)
+
+    def verify_anchor_proof(self, root: bytes, document_hash: bytes, proof: Sequence[bytes]) -> bool:
+        """On-chain check: ``root`` anchored and ``proof`` links ``document_hash`` to it."""
+        return self.anchors.verify_proof(root, document_hash, proof)
