@@ -147,3 +147,24 @@ def make_rig(db_url: str, signer=None, **config) -> ServerRig:  # type: ignore[n
     transport = FlaskTransport(app)
     client = ServerClient("http://city.test", "counter-1", tkey, session=transport)
     return ServerRig(app, chain, client, transport, signer, tkey, db)
+
+
+def memory_chain_view(chain: MemoryChain):  # type: ignore[no-untyped-def]
+    """A ChainView reading the MemoryChain (what a kiosk would see on that chain)."""
+    import time
+
+    from cityid.chainview import VerificationFacts
+
+    class _View:
+        def verification_facts(self, issuer_did, holder_did, vct, status):  # type: ignore[no-untyped-def]
+            identity = holder_did.rsplit(":", 1)[1]
+            return VerificationFacts(
+                issuer_keys=(chain.issuers[issuer_did],) if issuer_did in chain.issuers else (),
+                issuer_trusted=issuer_did in chain.issuers,
+                holder_keys=tuple(chain.keys.get(identity, ())),
+                status=chain.status.get((status.list_id, status.index), CredentialStatus.VALID),
+                block_number=len(chain.calls),
+                synced_at=time.time(),
+            )
+
+    return _View()

@@ -1,0 +1,292 @@
+"""The counter enrollment flow (docs/server.md §Counter enrollment).
+
+The clerk has checked the citizen in person. Steps, in order::
+
+    KEY      generate the holder key on the card (PIV 9A, management key)
+    ENROLL   the server registers DID + card key on chain, allocates a status index, signs the SD-JWT VC
+    WRITE    write the DID and the credential to the citizen applet (PUT CREDENTIAL is atomic on the card)
+    PIN      replace the initial PUK and PIN with the citizen's
+    CHECK    self-check: PIN → PRESENT of every claim → full verification against the chain
+
+Resumable: progress is journalled per card serial in memory (never the claims or PINs). A card pulled at
+any step raises :class:`EnrollmentInterrupted`; calling :meth:`CounterEnrollment.run` again with the card
+back finishes the work — each step re-checks the card and the server is idempotent under the key derived
+from the card serial, the clerk session and the card key. If the card's key is not the one enrolled (a pull
+during key generation), the self-check notices and the flow starts over with a fresh key; the server then
+supersedes (revokes) the earlier credential of that card. :meth:`CounterEnrollment.abandon` cleans up an
+enrollment the citizen does not finish: server-side revocation, and erasing the card when it is present.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+
+from cityid.apdu import SmartCardConnection
+from cityid.credential import CLAIM_NAMES
+from cityid.errors import CardRemovedError, CityIdError, InvalidPinError, PinBlockedError
+from cityid.piv import DEFAULT_MANAGEMENT_KEY, Slot
+from terminal.server_client import EnrollmentResult, ServerClient, ServerError
+from terminal.sessions.base import InvalidPukError
+from terminal.sessions.citizen import CitizenSession
+from terminal.sessions.piv import PivSession
+from terminal.verifier import CheckName, Verdict, Verifier
+
+logger = logging.getLogger(__name__)
+
+INITIAL_PIN = "123456"
+INITIAL_PUK = "12345678"
+SELF_CHECK_SERVICE = "counter-self-check"
+
+
+class Step(StrEnum):
+    KEY = "key"
+    ENROLL = "enroll"
+    WRITE = "write"
+    PIN = "pin"
+    CHECK = "check"
+    DONE = "done"
+
+
+class EnrollmentInterrupted(CityIdError):
+    """The card was pulled (or the server was unreachable) during ``step``; run again to finish."""
+
+    def __init__(self, step: Step, cause: Exception) -> None:
+        self.step = step
+        self.cause = cause
+        super().__init__(
+            f"enrollment interrupted at step '{step.value}': {cause}; put the card back and retry"
+        )
+
+
+class SelfCheckError(CityIdError):
+    """The card's presentation did not verify after enrollment (``verdict`` says which check failed)."""
+
+    def __init__(self, verdict: Verdict) -> None:
+        self.verdict = verdict
+        super().__init__(
+            f"self-check failed: {verdict.failed.value if verdict.failed else '?'} ({verdict.detail})"
+        )
+
+
+class PinStateError(CityIdError):
+    """The card's PIN/PUK is neither the initial nor the citizen's one: reset the card first."""
+
+
+class CardMismatchError(CityIdError):
+    """A different card is in the reader than the one this enrollment started with."""
+
+
+@dataclass(frozen=True, slots=True)
+class CitizenRequest:
+    """What the clerk entered after checking the citizen in person. In memory only; PINs never logged."""
+
+    family_name: str
+    given_name: str
+    birthdate: str  # YYYY-MM-DD
+    district: str
+    busan_resident: bool
+    new_pin: str = field(repr=False)
+    new_puk: str = field(repr=False)
+    card_number: str | None = None  # printed card number; default derived from the card serial
+    citizen_did: str | None = None  # re-enrollment of a known citizen (new card)
+
+    def claims(self, serial: bytes) -> dict[str, Any]:
+        return {
+            "family_name": self.family_name,
+            "given_name": self.given_name,
+            "birthdate": self.birthdate,
+            "district": self.district,
+            "busan_resident": self.busan_resident,
+            "card_number": self.card_number or f"BSN-{serial.hex().upper()}",
+        }
+
+
+@dataclass
+class _Journal:
+    """Progress for one card (identifiers only)."""
+
+    card_point: bytes | None = None
+    result: EnrollmentResult | None = None
+    written: bool = False
+    pin_set: bool = False
+    restarts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class EnrollmentOutcome:
+    credential_id: str
+    citizen_did: str
+    status_index: int
+    card_serial: str
+    verdict: Verdict = field(repr=False)
+    timings: Mapping[str, float] = field(default_factory=dict)
+
+
+class CounterEnrollment:
+    """One clerk session at a counter: enroll cards, resuming after interruptions."""
+
+    def __init__(
+        self,
+        server: ServerClient,
+        verifier: Verifier,
+        *,
+        clerk_session: str | None = None,
+        management_key: bytes = DEFAULT_MANAGEMENT_KEY,
+        initial_pin: str = INITIAL_PIN,
+        initial_puk: str = INITIAL_PUK,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.server = server
+        self.verifier = verifier
+        self.clerk_session = clerk_session or secrets.token_hex(16)
+        self._mgmt = management_key
+        self._initial_pin = initial_pin
+        self._initial_puk = initial_puk
+        self._clock = clock
+        self._journal: dict[bytes, _Journal] = {}
+        #: Test hook: called with each step name before it runs (raise CardRemovedError to simulate a pull).
+        self.before_step: Callable[[Step], None] = lambda step: None
+
+    def idempotency_key(self, serial: bytes, card_point: bytes) -> str:
+        h = hashlib.sha256(b"|".join([b"counter-enroll", serial, self.clerk_session.encode(), card_point]))
+        return "enr-" + h.hexdigest()[:40]
+
+    def progress(self, serial: bytes) -> Step:
+        """The next step for the card with ``serial``."""
+        j = self._journal.get(serial)
+        if j is None or j.card_point is None:
+            return Step.KEY
+        if j.result is None:
+            return Step.ENROLL
+        if not j.written:
+            return Step.WRITE
+        if not j.pin_set:
+            return Step.PIN
+        return Step.CHECK
+
+    # --- the flow ----------------------------------------------------------------------------------
+
+    def run(
+        self, connection: SmartCardConnection, request: CitizenRequest, expect_serial: bytes | None = None
+    ) -> EnrollmentOutcome:
+        """Enroll the card in ``connection`` (or finish its interrupted enrollment)."""
+        timings: dict[str, float] = {}
+        step = Step.KEY
+        try:
+            citizen = CitizenSession(connection)
+            serial = bytes.fromhex(citizen.info().serial)
+            if expect_serial is not None and serial != expect_serial:
+                raise CardMismatchError("another card was inserted; put back the card being enrolled")
+            j = self._journal.setdefault(serial, _Journal())
+            while True:
+                step = self.progress(serial)
+                self.before_step(step)
+                t0 = time.perf_counter()
+                if step is Step.KEY:
+                    j.card_point = self._generate_key(connection)
+                elif step is Step.ENROLL:
+                    assert j.card_point is not None
+                    key = self.idempotency_key(serial, j.card_point)
+                    j.result = self.server.enroll(
+                        key, request.claims(serial), j.card_point, serial, request.citizen_did
+                    )
+                elif step is Step.WRITE:
+                    assert j.result is not None
+                    self._write(connection, j.result)
+                    j.written = True
+                elif step is Step.PIN:
+                    self._set_pins(connection, request)
+                    j.pin_set = True
+                elif step is Step.CHECK:
+                    assert j.result is not None
+                    verdict = self._self_check(connection, request, serial)
+                    timings[step.value] = time.perf_counter() - t0
+                    if verdict.ok:
+                        self._journal.pop(serial, None)
+                        logger.info("enrolled card, credential %s", j.result.credential_id)
+                        r = j.result
+                        return EnrollmentOutcome(
+                            r.credential_id, r.citizen_did, r.status_index, serial.hex(), verdict, timings
+                        )
+                    if verdict.failed in (CheckName.KEY_BINDING, CheckName.HOLDER_KEY) and j.restarts == 0:
+                        # The card holds another key than the one enrolled: start over with a fresh key.
+                        logger.warning("self-check: card key differs from the enrolled key; re-enrolling")
+                        self._journal[serial] = j = _Journal(restarts=1, pin_set=True)
+                        continue
+                    raise SelfCheckError(verdict)
+                timings[step.value] = time.perf_counter() - t0
+        except CardRemovedError as exc:
+            raise EnrollmentInterrupted(step, exc) from exc
+        except ServerError as exc:
+            if exc.retryable:
+                raise EnrollmentInterrupted(step, exc) from exc
+            raise
+
+    def _generate_key(self, connection: SmartCardConnection) -> bytes:
+        piv = PivSession(connection)
+        piv.authenticate_management_key(self._mgmt)
+        key = piv.generate_key(Slot.AUTHENTICATION)
+        return key.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+
+    def _write(self, connection: SmartCardConnection, result: EnrollmentResult) -> None:
+        citizen = CitizenSession(connection)
+        citizen.authenticate(self._mgmt)
+        citizen.put_did(result.citizen_did)
+        citizen.put_credential(result.record)
+
+    def _set_pins(self, connection: SmartCardConnection, request: CitizenRequest) -> None:
+        """Initial → citizen's PUK and PIN; tolerant of a previous attempt that already changed them."""
+        piv = PivSession(connection)
+        try:
+            piv.change_puk(self._initial_puk, request.new_puk)
+        except InvalidPukError:
+            # Already changed by an interrupted attempt? Changing it to itself proves it.
+            try:
+                piv.change_puk(request.new_puk, request.new_puk)
+            except (InvalidPinError, PinBlockedError) as exc:
+                raise PinStateError("the card's PUK is not the initial one: reset the card first") from exc
+        try:
+            piv.change_pin(self._initial_pin, request.new_pin)
+        except InvalidPinError:
+            try:
+                piv.verify_pin(request.new_pin)
+            except (InvalidPinError, PinBlockedError) as exc:
+                raise PinStateError("the card's PIN is not the initial one: reset it with the PUK") from exc
+
+    def _self_check(self, connection: SmartCardConnection, request: CitizenRequest, serial: bytes) -> Verdict:
+        citizen = CitizenSession(connection)
+        nonce = self.verifier.nonce_store.issue(SELF_CHECK_SERVICE)
+        citizen.verify_pin(request.new_pin)
+        presentation = citizen.present(CLAIM_NAMES, nonce, self.verifier.audience, int(self._clock()))
+        verdict = self.verifier.verify(presentation, CLAIM_NAMES, SELF_CHECK_SERVICE)
+        if verdict.ok:
+            expected = request.claims(serial)
+            wrong = [k for k, v in expected.items() if verdict.claims.get(k) != v]
+            if wrong:
+                verdict.wipe()
+                raise SelfCheckError(Verdict(False, None, "verdict.reason.claims", f"claims differ: {wrong}"))
+        verdict.wipe()  # the counter shows identifiers only
+        return verdict
+
+    # --- cleaning up -------------------------------------------------------------------------------
+
+    def abandon(self, serial: bytes, connection: SmartCardConnection | None = None) -> list[str]:
+        """Give up an unfinished enrollment: revoke its credential; erase the card if present."""
+        j = self._journal.pop(serial, None)
+        revoked: list[str] = []
+        if j is not None and j.result is not None:
+            revoked = self.server.revoke([j.result.credential_id], "revoked")
+        if connection is not None:
+            citizen = CitizenSession(connection)
+            citizen.authenticate(self._mgmt)
+            citizen.erase()
+        return revoked

@@ -1,0 +1,170 @@
+"""Counter enrollment flow with the in-process emulated card and the server app (in-memory chain gateway):
+happy path, then a card pulled after every single APDU of the flow and a successful retry."""
+
+from __future__ import annotations
+
+import pytest
+from firmware_tools.card.citizen_card import make_citizen_card
+from firmware_tools.card.transport import InProcessConnection
+from sqlalchemy import select
+
+from cityid.chainview import CredentialStatus
+from cityid.errors import CardRemovedError
+from cityid.piv import Slot
+from server.models import Credential
+from terminal.flows.counter import CitizenRequest, CounterEnrollment, EnrollmentInterrupted, Step
+from terminal.flows.kiosk import KioskVerification, service
+from terminal.sessions.citizen import CitizenSession
+from terminal.sessions.piv import PivSession
+from terminal.verifier import NonceStore, Verifier
+from tests.unit.server_support import make_rig, memory_chain_view
+
+AUDIENCE = "https://counter.busan.go.kr/counter-1"
+REQUEST = CitizenRequest(
+    family_name="Park", given_name="Jiwoo", birthdate="1958-07-01", district="Saha-gu",
+    busan_resident=True, new_pin="246810", new_puk="97531864",
+)  # fmt: skip
+
+
+class TearingConnection:
+    """Forwards APDUs to the card; at APDU number ``tear_at`` the card processes it, then is pulled."""
+
+    def __init__(self, inner: InProcessConnection, tear_at: int | None = None) -> None:
+        self.inner = inner
+        self.tear_at = tear_at
+        self.count = 0
+
+    def send_and_receive(self, apdu: bytes) -> tuple[bytes, int]:
+        self.count += 1
+        result = self.inner.send_and_receive(apdu)
+        if self.tear_at is not None and self.count == self.tear_at:
+            self.inner.remove()
+            raise CardRemovedError("card pulled (answer lost)")
+        return result
+
+
+@pytest.fixture
+def desk(tmp_path):
+    rig = make_rig(f"sqlite:///{tmp_path}/server.db")
+    view = memory_chain_view(rig.chain)
+    counter = CounterEnrollment(rig.client, Verifier(view, AUDIENCE, NonceStore()))
+    return rig, view, counter
+
+
+def _live(rig, serial_hex: str) -> list[Credential]:
+    from server.service import serial_hash
+
+    with rig.db.sessions() as s:
+        rows = s.scalars(select(Credential).where(Credential.card_serial_hash == serial_hash(
+            bytes.fromhex(serial_hex)))).all()  # fmt: skip
+    return [r for r in rows if r.state in ("pending", "issued", "suspended")]
+
+
+def test_counter_enrollment_then_kiosk_discloses_only_requested(desk):
+    rig, view, counter = desk
+    conn = InProcessConnection(make_citizen_card(None))
+    out = counter.run(conn, REQUEST)
+    assert out.verdict.ok and out.verdict.claims == {}  # wiped: the counter keeps identifiers only
+    info = CitizenSession(conn).info()
+    assert info.did == out.citizen_did and info.serial == out.card_serial
+    kiosk = KioskVerification(
+        Verifier(view, "https://kiosk.busan.go.kr/k1", NonceStore()), service("benefit-check")
+    )
+    verdict = kiosk.run_card(CitizenSession(conn), REQUEST.new_pin)
+    assert verdict.ok, verdict
+    assert verdict.claims == {"busan_resident": True, "age_over_65": True}
+    assert verdict.subject == out.citizen_did
+    kiosk.end()
+    assert [r.id for r in _live(rig, out.card_serial)] == [out.credential_id]
+
+
+def _flow_apdu_count(desk_factory) -> int:
+    _rig, _view, counter = desk_factory()
+    conn = TearingConnection(InProcessConnection(make_citizen_card(None)))
+    counter.run(conn, REQUEST)
+    return conn.count
+
+
+def test_card_pulled_after_every_apdu_then_retry_succeeds(tmp_path):
+    def factory(i=[0]):  # noqa: B006
+        i[0] += 1
+        rig = make_rig(f"sqlite:///{tmp_path}/s{i[0]}.db")
+        view = memory_chain_view(rig.chain)
+        return rig, view, CounterEnrollment(rig.client, Verifier(view, AUDIENCE, NonceStore()))
+
+    total = _flow_apdu_count(factory)
+    assert 10 < total < 60
+    for tear_at in range(1, total + 1):
+        rig, _view, counter = factory()
+        inner = InProcessConnection(make_citizen_card(None))
+        conn = TearingConnection(inner, tear_at)
+        with pytest.raises(EnrollmentInterrupted):
+            counter.run(conn, REQUEST)
+        inner.insert()
+        conn.tear_at = None
+        out = counter.run(conn, REQUEST)
+        live = _live(rig, out.card_serial)
+        assert [r.id for r in live] == [out.credential_id], f"tear at APDU {tear_at}"
+        assert live[0].state == "issued"
+        # every other credential of this card is revoked on chain; the live one is valid
+        with rig.db.sessions() as s:
+            for r in s.scalars(select(Credential)).all():
+                expect = CredentialStatus.VALID if r.id == out.credential_id else CredentialStatus.REVOKED
+                assert rig.chain.status.get((1, r.status_index), CredentialStatus.VALID) == expect
+        # the citizen's PIN works at a kiosk and the PIN tries are full
+        piv = PivSession(inner)
+        piv.verify_pin(REQUEST.new_pin)
+        assert piv.pin_attempts() == 3
+
+
+@pytest.mark.parametrize("step", [Step.KEY, Step.ENROLL, Step.WRITE, Step.PIN, Step.CHECK])
+def test_card_pulled_before_each_step(desk, step):
+    rig, _view, counter = desk
+    conn = InProcessConnection(make_citizen_card(None))
+    pulled = []
+
+    def hook(s: Step) -> None:
+        if s is step and not pulled:
+            pulled.append(s)
+            conn.remove()
+
+    counter.before_step = hook
+    with pytest.raises(EnrollmentInterrupted) as exc:
+        counter.run(conn, REQUEST)
+    # ENROLL does not touch the card: the pull shows at the next card step
+    assert exc.value.step is (Step.WRITE if step is Step.ENROLL else step)
+    conn.insert()
+    out = counter.run(conn, REQUEST)
+    assert [r.id for r in _live(rig, out.card_serial)] == [out.credential_id]
+
+
+def test_key_changed_behind_our_back_is_detected_and_reenrolled(desk):
+    rig, _view, counter = desk
+    conn = InProcessConnection(make_citizen_card(None))
+    counter.before_step = lambda s: conn.remove() if s is Step.CHECK and not conn.removed else None
+    with pytest.raises(EnrollmentInterrupted):
+        counter.run(conn, REQUEST)
+    counter.before_step = lambda s: None
+    conn.insert()
+    piv = PivSession(conn)
+    piv.authenticate_management_key()
+    piv.generate_key(Slot.AUTHENTICATION)  # someone replaced the key
+    out = counter.run(conn, REQUEST)
+    assert out.verdict.ok
+    with rig.db.sessions() as s:
+        states = sorted(r.state for r in s.scalars(select(Credential)).all())
+    assert states == ["issued", "superseded"]
+
+
+def test_abandon_revokes_and_erases(desk):
+    rig, _view, counter = desk
+    conn = InProcessConnection(make_citizen_card(None))
+    counter.before_step = lambda s: conn.remove() if s is Step.PIN and not conn.removed else None
+    with pytest.raises(EnrollmentInterrupted):
+        counter.run(conn, REQUEST)
+    conn.insert()
+    serial = bytes.fromhex(CitizenSession(conn).info().serial)
+    revoked = counter.abandon(serial, conn)
+    assert len(revoked) == 1
+    assert CitizenSession(conn).info().did is None
+    assert rig.client.status(revoked[0])["state"] == "revoked"
