@@ -9,7 +9,8 @@ runtime does for its applets:
 * routes ``SELECT`` by DF name (``00 A4 04 xx``, §11.2.2) to the applet whose AID starts with the given
   bytes (``6A82`` when none does; the current selection stays);
 * reassembles command chains (CLA bit ``0x10``, §5.3.3; also CLA ``0x90`` for CTAP) before the applet sees
-  the command — a chain interrupted by a different command is dropped and answered ``6883``;
+  the command — a chain interrupted by a different command is dropped and answered ``6883`` (a SELECT
+  simply abandons it);
 * chains long responses (§5.3.4): a short APDU whose answer is longer than Le gets the first Le bytes and
   ``61xx``; the rest is served by ``GET RESPONSE`` (``00 C0 00 00 xx``); extended APDUs get up to 65536
   bytes at once.
@@ -182,6 +183,8 @@ class VirtualCard:
         self._pending = b""
 
         # --- command chaining (§5.3.3) ---
+        if not chained and cmd.ins == INS.SELECT and cla == CLA.ISO:
+            self._chain = None  # SELECT abandons an unfinished chain instead of failing with it
         if self._chain is not None and self._chain[0] != header:
             self._chain = None
             return _sw(SW.LAST_COMMAND_EXPECTED)
