@@ -57,6 +57,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fido-state", type=Path, default=None, help="FIDO applet state file")
     p.set_defaults(func=run_citizen)
 
+    from firmware_tools.fido_cli import add_fido_emulate  # cardtool emulate fido (the FIDO helper's)
+
+    add_fido_emulate(kinds)
+
 
 def run_citizen(args: argparse.Namespace) -> int:
     from firmware_tools.card.citizen_card import make_citizen_card

@@ -1,9 +1,266 @@
-"""Sub-commands (placeholder until the feature lands: registers nothing)."""
+"""``cardtool fido …`` (security-key administration) and ``cardtool emulate fido`` (the virtual key).
+
+* ``emulate fido``: a stand-alone virtual FIDO2 key in pcscd's vpcd reader (the emulator, no terminal code);
+* ``fido info|pin set|pin change|credentials list|credentials delete|reset``: clerk and admin tools using the
+  terminal FIDO flows over PC/SC (``--reader``) or USB HID (``--hid``), imported lazily;
+* ``fido attestation-root``: the test attestation root certificate of a virtual key's state file, for relying
+  parties to trust.
+
+PINs are read from the terminal without echo (or one per line from stdin with ``--pin-stdin``), never from the
+command line.
+"""
 
 from __future__ import annotations
 
 import argparse
+import getpass
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from cityid.cli_util import progress
+from cityid.errors import CityIdError
+
+
+def _default_state() -> Path:
+    from firmware_tools.emulate_cli import default_state_path
+
+    return default_state_path("fido-key.json")
+
+
+# --- cardtool emulate fido ---------------------------------------------------------------------------
+
+
+def add_fido_emulate(kinds: argparse._SubParsersAction) -> None:
+    """Add ``fido`` to the ``cardtool emulate`` sub-commands (called by emulate_cli.register)."""
+    from firmware_tools.emulate_cli import parse_hostport
+
+    p = kinds.add_parser(
+        "fido",
+        help="a stand-alone FIDO2 security key (CTAP 2.1 over PC/SC)",
+        description="Insert a virtual FIDO2 security key into pcscd's vpcd reader; Ctrl-C removes it. "
+        "Credentials, PIN and the test attestation CA are kept in the state file.",
+    )
+    p.add_argument(
+        "--vpcd",
+        type=parse_hostport,
+        default=("127.0.0.1", 35963),
+        metavar="HOST:PORT",
+        help="vpcd reader to connect to (default 127.0.0.1:35963 = 'Virtual PCD 00 00')",
+    )
+    p.add_argument("--state", type=Path, default=None, help=f"key state file (default {_default_state()})")
+    p.add_argument(
+        "--touch",
+        choices=("approve", "deny", "timeout"),
+        default="approve",
+        help="what the simulated user does when asked to touch the key (default approve)",
+    )
+    p.add_argument("--touch-delay", type=float, default=0.0, metavar="SECONDS", help="delay before the touch")
+    p.set_defaults(func=run_emulate_fido)
+
+
+def run_emulate_fido(args: argparse.Namespace) -> int:
+    from firmware_tools.card.transport import VpcdCard
+    from firmware_tools.fido.card import make_fido_card
+    from firmware_tools.fido.presence import UserPresence
+
+    if args.touch_delay < 0:
+        raise ValueError("--touch-delay must not be negative")
+    state: Path = args.state or _default_state()
+    card, applet = make_fido_card(state, UserPresence(args.touch, args.touch_delay))
+    host, port = args.vpcd
+    vpcd = VpcdCard(card, host, port)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda _s, _f: stop.set())
+    print(f"ATR:    {card.atr.hex(' ').upper()}")
+    print(f"AAGUID: {applet.authenticator.state.aaguid.hex()}")
+    print(f"vpcd:   {host}:{port}")
+    print(f"state:  {state}")
+    sys.stdout.flush()
+    vpcd.start()
+    try:
+        if not vpcd.wait_connected(3.0):
+            progress(f"waiting for pcscd's vpcd on {host}:{port} (is pcscd running?)")
+        announced = False
+        while not stop.wait(0.2):
+            if vpcd.connected.is_set() != announced:
+                announced = vpcd.connected.is_set()
+                progress("key inserted; Ctrl-C removes it" if announced else "pcscd went away; waiting")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        vpcd.stop()
+        progress("key removed")
+    return 0
+
+
+# --- cardtool fido … ---------------------------------------------------------------------------------
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add this module's sub-commands."""
+    """Add ``fido`` with its sub-commands."""
+    fido = sub.add_parser("fido", help="FIDO2 security keys: info, PIN, credentials, reset")
+    cmds = fido.add_subparsers(dest="fido_command", metavar="COMMAND")
+    fido.set_defaults(func=lambda _a: (fido.print_help(), 2)[1])
+
+    def device_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--reader", default=None, help="PC/SC reader (name or part of it); default: first key")
+        p.add_argument("--hid", action="store_true", help="use a USB HID key instead of PC/SC")
+        p.add_argument("--pin-stdin", action="store_true", help="read PINs from stdin, one per line")
+
+    p = cmds.add_parser("info", help="show the key's versions, options, PIN state and free slots")
+    device_args(p)
+    p.set_defaults(func=cmd_info)
+
+    pin = cmds.add_parser("pin", help="set or change the key's PIN")
+    pins = pin.add_subparsers(dest="pin_command", metavar="ACTION")
+    pin.set_defaults(func=lambda _a: (pin.print_help(), 2)[1])
+    p = pins.add_parser("set", help="give a new key its first PIN")
+    device_args(p)
+    p.set_defaults(func=cmd_pin_set)
+    p = pins.add_parser("change", help="change the PIN (a wrong old PIN costs a try)")
+    device_args(p)
+    p.set_defaults(func=cmd_pin_change)
+
+    creds = cmds.add_parser("credentials", help="list or delete discoverable credentials (needs the PIN)")
+    cs = creds.add_subparsers(dest="cred_command", metavar="ACTION")
+    creds.set_defaults(func=lambda _a: (creds.print_help(), 2)[1])
+    p = cs.add_parser("list", help="list discoverable credentials")
+    device_args(p)
+    p.set_defaults(func=cmd_creds_list)
+    p = cs.add_parser("delete", help="delete one credential")
+    device_args(p)
+    p.add_argument("credential_id", help="credential id (hex, as listed)")
+    p.set_defaults(func=cmd_creds_delete)
+
+    p = cmds.add_parser("reset", help="erase every credential and the PIN (within 10 s of inserting)")
+    device_args(p)
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.set_defaults(func=cmd_reset)
+
+    p = cmds.add_parser(
+        "attestation-root", help="print the test attestation root certificate (PEM) of a virtual key"
+    )
+    p.add_argument("--state", type=Path, default=None, help=f"key state file (default {_default_state()})")
+    p.add_argument("-o", "--output", type=Path, default=None, help="write to this file instead of stdout")
+    p.set_defaults(func=cmd_attestation_root)
+
+
+class _Pins:
+    def __init__(self, from_stdin: bool) -> None:
+        self.from_stdin = from_stdin
+
+    def ask(self, prompt: str) -> str:
+        if self.from_stdin:
+            line = sys.stdin.readline()
+            if not line:
+                raise CityIdError(f"no PIN on stdin for: {prompt}")
+            return line.rstrip("\r\n")
+        return getpass.getpass(f"{prompt}: ")
+
+    def new(self, prompt: str = "New PIN") -> str:
+        first = self.ask(prompt)
+        if not self.from_stdin and self.ask(f"{prompt} again") != first:
+            raise CityIdError("the two PINs differ")
+        return first
+
+
+def _open_session(args: argparse.Namespace) -> Any:
+    from terminal.fido.discovery import discover_hid, discover_pcsc
+    from terminal.fido.session import FidoSession
+
+    keys = discover_hid() if args.hid else discover_pcsc()
+    if args.reader:
+        keys = [k for k in keys if args.reader.lower() in k.name.lower()]
+    if not keys:
+        where = "USB HID" if args.hid else "a PC/SC reader"
+        raise CityIdError(f"no FIDO security key found on {where}")
+    key = keys[0]
+    progress(f"using {key.transport} key {key.name}")
+    return FidoSession(key.open())
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    with _open_session(args) as session:
+        info = session.info()
+    print(f"AAGUID:       {info.aaguid}")
+    print(f"versions:     {', '.join(info.versions)}")
+    print(f"extensions:   {', '.join(info.extensions)}")
+    print(f"transports:   {', '.join(info.transports)}")
+    print(f"PIN:          {info.pin.describe()}")
+    print(f"free slots:   {info.remaining_credentials if info.remaining_credentials is not None else '?'}")
+    print(f"large blobs:  {'yes' if info.large_blobs else 'no'}")
+    print(f"cred. mgmt:   {'yes' if info.credential_management else 'no'}")
+    return 0
+
+
+def cmd_pin_set(args: argparse.Namespace) -> int:
+    pins = _Pins(args.pin_stdin)
+    with _open_session(args) as session:
+        session.set_pin(pins.new())
+        print(session.pin_status().describe())
+    return 0
+
+
+def cmd_pin_change(args: argparse.Namespace) -> int:
+    pins = _Pins(args.pin_stdin)
+    with _open_session(args) as session:
+        session.change_pin(pins.ask("Current PIN"), pins.new())
+        print(session.pin_status().describe())
+    return 0
+
+
+def cmd_creds_list(args: argparse.Namespace) -> int:
+    pins = _Pins(args.pin_stdin)
+    with _open_session(args) as session:
+        creds = session.credentials(pins.ask("PIN"))
+    if not creds:
+        print("no discoverable credentials")
+    for c in creds:
+        name = c.user_name or "-"
+        print(f"{c.rp_id}\t{c.credential_id.hex()}\t{name}\tcredProtect={c.cred_protect}")
+    return 0
+
+
+def cmd_creds_delete(args: argparse.Namespace) -> int:
+    try:
+        cred_id = bytes.fromhex(args.credential_id)
+    except ValueError:
+        raise CityIdError("the credential id must be hex") from None
+    pins = _Pins(args.pin_stdin)
+    with _open_session(args) as session:
+        session.delete_credential(pins.ask("PIN"), cred_id)
+    print("credential deleted")
+    return 0
+
+
+def cmd_reset(args: argparse.Namespace) -> int:
+    if not args.yes:
+        answer = input("Erase every credential and the PIN of the key? Type 'reset': ")
+        if answer.strip() != "reset":
+            print("not reset")
+            return 1
+    with _open_session(args) as session:
+        session.reset()
+    print("key reset: no credentials, no PIN")
+    return 0
+
+
+def cmd_attestation_root(args: argparse.Namespace) -> int:
+    from firmware_tools.card.store import CardStore
+    from firmware_tools.fido.attestation import export_root
+
+    state: Path = args.state or _default_state()
+    if not state.exists():
+        raise CityIdError(f"no key state at {state} (run 'cardtool emulate fido' first)")
+    pem = export_root(CardStore(state))
+    if pem is None:
+        raise CityIdError(f"{state} has no FIDO attestation CA yet")
+    if args.output:
+        args.output.write_text(pem)
+        progress(f"written to {args.output}")
+    else:
+        print(pem, end="")
+    return 0
