@@ -50,80 +50,94 @@ class ChainGateway(Protocol):
         ...
 
 
-def identity_from_point(point: bytes) -> str:
-    """The issuer's identity address: derived from its public key (keccak-256, like an Ethereum address)."""
-    from eth_utils import keccak, to_checksum_address
-
-    return to_checksum_address(keccak(b"busan-issuer:" + point)[12:])
-
-
 class RegistrarGateway:
-    """:class:`ChainGateway` on top of ``cityid.chain.registrar`` (written by the chain helper)."""
+    """:class:`ChainGateway` on ``cityid.chain.registrar.Registrar``.
 
-    def __init__(
-        self, registrar: Any, chain_id: int, status_registry: str, network: str | None = None
-    ) -> None:
-        self._registrar = registrar
-        self._chain_id = chain_id
-        self._status_registry = status_registry
-        self._network = network
+    The issuer DID is the registrar account's own DID; citizen identities are derived from a public random
+    hash and owned by the registrar (docs/chain.md §DID control). ``status_list_id`` is created on first use.
+    """
+
+    def __init__(self, registrar: Any) -> None:
+        self.registrar = registrar
 
     @property
     def chain_id(self) -> int:
-        return self._chain_id
+        return int(self.registrar.network.chain_id)
 
     @property
     def status_registry(self) -> str:
-        return self._status_registry
+        return str(self.registrar.status.address)
 
     def new_citizen_identity(self) -> str:
-        from eth_utils import keccak, to_checksum_address
+        from cityid.chain.resolver import identity_from_public_hash
 
-        seed = hashlib.sha256(b"busan-citizen:" + secrets.token_bytes(32)).digest()
-        return to_checksum_address(keccak(seed)[12:])
+        return identity_from_public_hash(hashlib.sha256(secrets.token_bytes(32)).digest())
 
     def did_for(self, identity: str) -> str:
-        return f"did:ethr:{self._network or hex(self._chain_id)}:{identity}"
+        return str(self.registrar.did_of(identity))
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except ChainError:
             raise
-        except Exception as exc:  # a web3/py-evm failure below the registrar: surface as ChainError
+        except (OSError, ValueError, RuntimeError) as exc:  # below the chain layer: surface as ChainError
             logger.warning("chain %s failed: %s", what, type(exc).__name__)
-            raise ChainError(f"chain {what} failed: {type(exc).__name__}: {exc}") from exc
+            raise ChainError(f"chain {what} failed: {type(exc).__name__}") from exc
 
     def register_keys(self, entries: Sequence[tuple[str, bytes]]) -> None:
         if entries:
-            self._call("enroll", self._registrar.enroll_citizens, list(entries), KEY_VALIDITY_SECONDS)
+            batch = [(identity, [point]) for identity, point in entries]
+            self._call("enroll", self.registrar.enroll_citizens, batch, KEY_VALIDITY_SECONDS)
 
     def revoke_keys(self, entries: Sequence[tuple[str, bytes]]) -> None:
         for identity, point in entries:
-            self._call("revoke key", self._registrar.revoke_key, identity, point)
+            self._call("revoke key", self.registrar.revoke_key, identity, point)
 
     def set_status(self, list_id: int, indexes: Sequence[int], status: CredentialStatus) -> None:
         if indexes:
-            self._call("set status", self._registrar.set_status, list_id, list(indexes), int(status))
+            self._call("set status", self.registrar.set_status, list_id, list(indexes), status)
+
+    def ensure_status_list(self, list_id: int) -> None:
+        """Create status lists until ``list_id`` exists; refuse a list another account owns."""
+        status = self.registrar.status
+        while self._call("status list", status.list_count) < list_id:
+            self._call("create status list", self.registrar.create_status_list)
+        owner = self._call("status list", status.list_owner, list_id)
+        if owner.lower() != self.registrar.address.lower():
+            raise ChainError(f"status list {list_id} belongs to {owner}, not to this registrar")
 
     def publish_issuer(self, issuer_point: bytes, vct: str) -> str:
-        identity = identity_from_point(issuer_point)
-        did = self.did_for(identity)
-        self._call("publish issuer key", self._registrar.publish_issuer_key, identity, issuer_point)
-        self._call(
-            "accredit issuer",
-            self._registrar.accredit_issuer,
-            did,
-            vct,
-            int(time.time()) + KEY_VALIDITY_SECONDS,
-        )
+        did = str(self.registrar.did)
+        self._call("publish issuer key", self.registrar.publish_issuer_key, issuer_point)
+        until = int(time.time()) + KEY_VALIDITY_SECONDS
+        self._call("accredit issuer", self.registrar.accredit_issuer, did, vct, until)
         return did
 
 
-def open_chain(config: Any) -> ChainGateway:
-    """The configured chain: ``embedded`` (in-process py-evm) or a NetworkConfig JSON file."""
-    try:
-        from cityid.chain import registrar as _registrar  # noqa: F401
-    except ImportError as exc:
-        raise ChainError("the chain layer (cityid.chain) is not available") from exc
-    raise ChainError("chain configuration not supported yet")
+def open_chain(config: Any) -> RegistrarGateway:
+    """The configured chain: ``embedded`` (in-process py-evm, fresh contracts) or a NetworkConfig JSON file
+    whose registrar account key comes from env ``CITY_CHAIN_PRIVATE_KEY``."""
+    from eth_account import Account
+
+    from cityid.chain.network import NetworkConfig
+    from cityid.chain.registrar import Registrar
+    from cityid.chain.rpc import HttpTransport, RpcClient
+
+    if config.chain == "embedded":
+        from cityid.chain.embedded import EmbeddedChain
+
+        chain = EmbeddedChain.start()
+        gateway = RegistrarGateway(Registrar(chain.network, chain.client(), chain.accounts[0]))
+        gateway.embedded = chain  # type: ignore[attr-defined]  # the demo's kiosk reads the same chain
+    else:
+        network = NetworkConfig.load(config.chain)
+        if not config.chain_private_key:
+            raise ChainError("registrar key missing (env CITY_CHAIN_PRIVATE_KEY)")
+        try:
+            account = Account.from_key(config.chain_private_key)
+        except (ValueError, TypeError) as exc:
+            raise ChainError("CITY_CHAIN_PRIVATE_KEY is not a valid private key") from exc
+        gateway = RegistrarGateway(Registrar(network, RpcClient(HttpTransport(network.rpc_url)), account))
+    gateway.ensure_status_list(config.status_list_id)
+    return gateway

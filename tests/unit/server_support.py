@@ -106,7 +106,7 @@ class ServerRig:
     """An app on a database with a MemoryChain, a registered terminal and a client for it."""
 
     app: object
-    chain: MemoryChain
+    chain: object  # MemoryChain or server.chain.RegistrarGateway
     client: object
     transport: FlaskTransport
     signer: object
@@ -118,7 +118,7 @@ class ServerRig:
         return self.app.extensions["cityid.service"]  # type: ignore[attr-defined]
 
 
-def make_rig(db_url: str, signer=None, **config) -> ServerRig:  # type: ignore[no-untyped-def]
+def make_rig(db_url: str, signer=None, chain=None, **config) -> ServerRig:  # type: ignore[no-untyped-def]
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -135,7 +135,7 @@ def make_rig(db_url: str, signer=None, **config) -> ServerRig:  # type: ignore[n
             serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
         )
     db = Database.from_url(db_url)
-    chain = MemoryChain()
+    chain = chain if chain is not None else MemoryChain()
     app = create_app(ServerConfig(database_url=db_url, **config), chain=chain, signer=signer, db=db)
     tkey = ec.generate_private_key(ec.SECP256R1())
     pem = (
@@ -168,3 +168,13 @@ def memory_chain_view(chain: MemoryChain):  # type: ignore[no-untyped-def]
             )
 
     return _View()
+
+
+def registrar_gateway(network, client, account, list_id: int = 1):  # type: ignore[no-untyped-def]
+    """A real chain gateway (embedded or anvil) with its status list created."""
+    from cityid.chain.registrar import Registrar
+    from server.chain import RegistrarGateway
+
+    gateway = RegistrarGateway(Registrar(network, client, account))
+    gateway.ensure_status_list(list_id)
+    return gateway

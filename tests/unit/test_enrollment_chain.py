@@ -1,0 +1,91 @@
+"""Counter enrollment → kiosk verification on the embedded chain (in-process py-evm, real contracts), with
+the emulated card in-process; then revocation, suspension and a lost card as the kiosk sees them."""
+
+from __future__ import annotations
+
+import pytest
+from firmware_tools.card.citizen_card import make_citizen_card
+from firmware_tools.card.transport import InProcessConnection
+
+from cityid.chain.embedded import EmbeddedChain
+from cityid.chain.view import LiveChainView
+from terminal.flows.counter import CitizenRequest, CounterEnrollment
+from terminal.flows.kiosk import KioskVerification, service
+from terminal.sessions.citizen import CitizenSession
+from terminal.verifier import CheckName, NonceStore, Verifier
+from tests.unit.server_support import make_rig, registrar_gateway
+
+KIOSK = "https://kiosk.busan.go.kr/k1"
+
+
+def _request(n: int) -> CitizenRequest:
+    return CitizenRequest(
+        family_name="Choi", given_name=f"Seoyeon{n}", birthdate="1990-12-24", district="Dongnae-gu",
+        busan_resident=True, new_pin="135790", new_puk="24680135",
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    chain = EmbeddedChain.start()
+    gateway = registrar_gateway(chain.network, chain.client(), chain.accounts[0])
+    rig = make_rig(f"sqlite:///{tmp_path_factory.mktemp('srv')}/server.db", chain=gateway)
+    view = LiveChainView(chain.client(), chain.network)
+    counter = CounterEnrollment(rig.client, Verifier(view, "https://counter.busan.go.kr/c1", NonceStore()))
+    return rig, view, counter
+
+
+def _kiosk(view, conn, service_id: str, pin: str = "135790"):
+    flow = KioskVerification(Verifier(view, KIOSK, NonceStore()), service(service_id))
+    verdict = flow.run_card(CitizenSession(conn), pin)
+    claims = dict(verdict.claims)
+    flow.end()
+    return verdict, claims
+
+
+def test_enroll_then_verify_on_embedded_chain(world):
+    _rig, view, counter = world
+    conn = InProcessConnection(make_citizen_card(None))
+    out = counter.run(conn, _request(1))
+    assert out.citizen_did.startswith("did:ethr:embedded:0x")
+    verdict, claims = _kiosk(view, conn, "residence")
+    assert verdict.ok, verdict
+    assert claims == {"family_name": "Choi", "given_name": "Seoyeon1", "district": "Dongnae-gu",
+                      "busan_resident": True}  # fmt: skip
+    verdict, claims = _kiosk(view, conn, "benefit-check")
+    assert verdict.ok and claims == {"busan_resident": True, "age_over_65": False}
+
+
+def test_suspend_resume_and_lost_card_seen_by_kiosk(world):
+    rig, view, counter = world
+    conns = [InProcessConnection(make_citizen_card(None)) for _ in range(3)]
+    outs = [counter.run(c, _request(i)) for i, c in enumerate(conns, start=10)]
+    rig.client.suspend(outs[0].credential_id)
+    verdict, _ = _kiosk(view, conns[0], "residence")
+    assert not verdict.ok and verdict.failed is CheckName.STATUS
+    rig.client.resume(outs[0].credential_id)
+    assert _kiosk(view, conns[0], "residence")[0].ok
+    # two cards lost: one batch revokes both status bits and both card keys
+    rig.client.revoke([outs[1].credential_id, outs[2].credential_id], "lost")
+    for c in conns[1:]:
+        verdict, claims = _kiosk(view, c, "benefit-check")
+        assert not verdict.ok and verdict.failed in (CheckName.STATUS, CheckName.HOLDER_KEY)
+        assert claims == {}
+    assert _kiosk(view, conns[0], "benefit-check")[0].ok
+
+
+def test_reissue_on_chain_old_credential_refused(world):
+    rig, view, counter = world
+    conn = InProcessConnection(make_citizen_card(None))
+    out = counter.run(conn, _request(20))
+    old_record = CitizenSession(conn)  # keep the old credential to present it after the re-issue
+    new = rig.client.reissue(
+        out.credential_id,
+        "reissue-chain-1",
+        {**_request(20).claims(bytes.fromhex(out.card_serial)), "district": "Suyeong-gu"},
+    )
+    assert _kiosk(view, conn, "residence")[0].failed is CheckName.STATUS  # old one still on the card
+    old_record.authenticate()
+    old_record.put_credential(new.record)
+    verdict, claims = _kiosk(view, conn, "residence")
+    assert verdict.ok and claims["district"] == "Suyeong-gu"
