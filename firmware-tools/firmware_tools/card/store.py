@@ -42,8 +42,21 @@ class CardStore:
         #: Test hook: called with a stage name ("written", "synced", "replaced") during each commit; raising
         #: from it simulates a tear at that point.
         self.fault_hook: Callable[[str], None] | None = None
-        if self.path is not None and self.path.exists():
-            self._sections = self._load(self.path)
+        if self.path is not None:
+            self._remove_stale_temp_files(self.path)
+            if self.path.exists():
+                self._sections = self._load(self.path)
+
+    @staticmethod
+    def _remove_stale_temp_files(path: Path) -> None:
+        """Delete temp files a killed writer left (they never hold the current state)."""
+        try:
+            stale = list(path.parent.glob(f".{path.name}.*.tmp"))
+        except OSError:
+            return
+        for tmp in stale:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
 
     @staticmethod
     def _load(path: Path) -> dict[str, dict[str, Any]]:
