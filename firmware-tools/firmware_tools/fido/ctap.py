@@ -134,13 +134,13 @@ class LargeBlobsParam(IntEnum):
     PIN_UV_AUTH_PROTOCOL = 6
 
 
-def _depth(value: Any, level: int = 1) -> int:
+def _depth(value: Any) -> int:
+    """Nesting depth in containers (maps/arrays); scalars are depth 0."""
     if isinstance(value, Mapping):
-        inner = [_depth(v, level + 1) for kv in value.items() for v in kv]
-        return max(inner, default=level)
+        return 1 + max((_depth(v) for kv in value.items() for v in kv), default=0)
     if isinstance(value, list):
-        return max((_depth(v, level + 1) for v in value), default=level)
-    return level
+        return 1 + max((_depth(v) for v in value), default=0)
+    return 0
 
 
 def decode_cbor(data: bytes) -> Any:
