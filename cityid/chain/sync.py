@@ -1,0 +1,353 @@
+"""Kiosk sync cache: follows registry events into SQLite and answers verification reads with 0 round trips.
+
+Semantics (docs/chain.md):
+- Follows DID-registry, status-registry and trusted-issuers events from a checkpoint block (default: the
+  deployment block) up to ``head - confirmations``; a block is applied only once it is that deep.
+- Reorgs: the hash of every synced range end is stored; each sync first re-checks the last one. On a mismatch
+  it walks back to the newest stored block whose hash still matches, deletes everything applied after it and
+  re-syncs from there (a revocation dropped by a reorg disappears from the cache, exactly as from the chain).
+- Staleness: :meth:`SyncCache.staleness` is the time since the last successful sync; once it exceeds
+  ``max_staleness`` :meth:`SyncCache.verification_facts` raises :class:`StaleChainDataError` (fail closed: the
+  kiosk must not say "valid"). A cache that never synced is infinitely stale.
+- State is stored as append-only rows keyed by (block, log index) and read "latest wins", so rolling back a
+  reorg is a DELETE of rows above the common ancestor.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from eth_utils import to_checksum_address
+
+from cityid.chain.abi import Abi, DecodedEvent
+from cityid.chain.bindings import vct_hash
+from cityid.chain.errors import ChainError, MalformedReplyError, StaleChainDataError
+from cityid.chain.network import NetworkConfig
+from cityid.chain.resolver import BuiltDocument, DidEvent, address_of, build_document, did_event, p256_keys
+from cityid.chain.rpc import RpcClient, as_bytes, as_dict, as_int, as_list
+from cityid.chain.view import check_status_ref, trusted_now
+from cityid.chainview import CredentialStatus, StatusRef, VerificationFacts
+
+logger = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS checkpoints (number INTEGER PRIMARY KEY, hash TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS did_events (
+    block INTEGER NOT NULL, log_index INTEGER NOT NULL, identity TEXT NOT NULL, event TEXT NOT NULL,
+    PRIMARY KEY (block, log_index));
+CREATE INDEX IF NOT EXISTS did_events_identity ON did_events (identity, block, log_index);
+CREATE TABLE IF NOT EXISTS status_words (
+    block INTEGER NOT NULL, log_index INTEGER NOT NULL, list_id INTEGER NOT NULL, word INTEGER NOT NULL,
+    value TEXT NOT NULL, PRIMARY KEY (list_id, word, block, log_index));
+CREATE TABLE IF NOT EXISTS accreditations (
+    block INTEGER NOT NULL, log_index INTEGER NOT NULL, issuer TEXT NOT NULL, vct_hash TEXT NOT NULL,
+    valid_from INTEGER NOT NULL, valid_until INTEGER NOT NULL, revoked INTEGER NOT NULL,
+    PRIMARY KEY (issuer, vct_hash, block, log_index));
+"""
+_STATE_TABLES = ("did_events", "status_words", "accreditations")
+KEEP_CHECKPOINTS = 256
+
+
+class SyncCache:
+    """A :class:`cityid.chainview.ChainView` backed by a local SQLite replica of the registries."""
+
+    def __init__(
+        self,
+        client: RpcClient,
+        network: NetworkConfig,
+        path: str | Path,
+        *,
+        confirmations: int = 2,
+        max_staleness: float = 300.0,
+        start_block: int | None = None,
+        max_range: int = 5000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.client = client
+        self.network = network.require_complete()
+        self.confirmations = confirmations
+        self.max_staleness = max_staleness
+        self.start_block = network.deploy_block if start_block is None else start_block
+        self.max_range = max_range
+        self.clock = clock
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(_SCHEMA)
+        self._contracts = {
+            network.address("did_registry"): Abi.of("CityDIDRegistry"),
+            network.address("status_registry"): Abi.of("CityStatusRegistry"),
+            network.address("trusted_issuers"): Abi.of("CityTrustedIssuers"),
+        }
+        self._check_identity()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    # ---- bookkeeping ----
+    def _meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def _set_meta(self, key: str, value: object) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, str(value)))
+
+    def _check_identity(self) -> None:
+        ident = json.dumps([self.network.chain_id, self.network.addresses, self.start_block], sort_keys=True)
+        with self._lock:
+            stored = self._meta("network")
+            if stored != ident:
+                if stored is not None:
+                    logger.warning("sync cache belongs to another network or checkpoint; starting over")
+                self._db.execute("BEGIN")
+                for table in (*_STATE_TABLES, "checkpoints", "meta"):
+                    self._db.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed table names
+                self._set_meta("network", ident)
+                self._db.execute("COMMIT")
+
+    @property
+    def synced_block(self) -> int:
+        """Last block applied (``start_block - 1`` before the first sync)."""
+        value = self._meta("synced_block")
+        return int(value) if value is not None else self.start_block - 1
+
+    @property
+    def synced_at(self) -> float | None:
+        value = self._meta("synced_at")
+        return float(value) if value is not None else None
+
+    def staleness(self) -> float:
+        """Seconds since the cache was last confirmed current (``inf`` if it never synced)."""
+        at = self.synced_at
+        return math.inf if at is None else max(0.0, self.clock() - at)
+
+    def close(self) -> None:
+        self.stop()
+        self._db.close()
+
+    # ---- syncing ----
+    def sync(self) -> int:
+        """Catch up to ``head - confirmations``; returns the synced block. Raises :class:`ChainError`."""
+        with self._lock:
+            started = self.clock()
+            synced = self.synced_block
+            calls: list[tuple[str, list]] = [("eth_blockNumber", [])]
+            if synced >= self.start_block:
+                calls.append(("eth_getBlockByNumber", [hex(synced), False]))
+            replies = self.client.batch(calls)
+            head = as_int(replies[0], "block number")
+            if len(replies) > 1 and self._block_hash(replies[1], synced) != self._checkpoint(synced):
+                synced = self._rollback()
+            target = head - self.confirmations
+            while synced < target:
+                end = min(target, synced + self.max_range)
+                self._apply_range(synced + 1, end)
+                synced = end
+            self._set_meta("synced_at", started)
+            return synced
+
+    def _checkpoint(self, number: int) -> str | None:
+        row = self._db.execute("SELECT hash FROM checkpoints WHERE number = ?", (number,)).fetchone()
+        return row[0] if row else None
+
+    @staticmethod
+    def _block_hash(raw: object, number: int) -> str | None:
+        if raw is None:
+            return None  # the chain is now shorter than our checkpoint: treat as reorged
+        block = as_dict(raw, "block")
+        if as_int(block.get("number"), "block number") != number:
+            raise MalformedReplyError(f"asked for block {number}, got another")
+        return "0x" + as_bytes(block.get("hash"), "block hash", 32).hex()
+
+    def _rollback(self) -> int:
+        """Find the newest checkpoint still on the chain, drop everything after it; return it."""
+        rows = self._db.execute(
+            "SELECT number, hash FROM checkpoints ORDER BY number DESC LIMIT ?", (KEEP_CHECKPOINTS,)
+        ).fetchall()
+        replies = self.client.batch([("eth_getBlockByNumber", [hex(n), False]) for n, _ in rows])
+        ancestor = self.start_block - 1
+        for (number, stored), raw in zip(rows, replies, strict=True):
+            if self._block_hash(raw, number) == stored:
+                ancestor = number
+                break
+        logger.warning(
+            "chain reorganised below block %d: rolling the cache back to %d", self.synced_block, ancestor
+        )
+        self._db.execute("BEGIN")
+        for table in _STATE_TABLES:
+            self._db.execute(f"DELETE FROM {table} WHERE block > ?", (ancestor,))  # noqa: S608
+        self._db.execute("DELETE FROM checkpoints WHERE number > ?", (ancestor,))
+        self._set_meta("synced_block", ancestor)
+        self._db.execute("COMMIT")
+        return ancestor
+
+    def _apply_range(self, start: int, end: int) -> None:
+        logs_raw, block_raw = self.client.batch(
+            [
+                (
+                    "eth_getLogs",
+                    [{"address": list(self._contracts), "fromBlock": hex(start), "toBlock": hex(end)}],
+                ),
+                ("eth_getBlockByNumber", [hex(end), False]),
+            ]
+        )
+        end_hash = self._block_hash(block_raw, end)
+        if end_hash is None:
+            raise ChainError(f"block {end} vanished while syncing (reorg in progress)")
+        decoded = []
+        for raw in as_list(logs_raw, "eth_getLogs result"):
+            log = as_dict(raw, "log")
+            abi = self._contracts.get(to_checksum_address(str(log.get("address"))))
+            if abi is None:
+                raise MalformedReplyError("eth_getLogs returned a log of another contract")
+            ev = abi.decode_log(log)
+            if ev is None:
+                continue
+            if not start <= ev.block_number <= end:
+                raise MalformedReplyError("eth_getLogs returned a log outside the asked range")
+            if ev.block_number == end and "0x" + ev.block_hash.hex() != end_hash:
+                raise ChainError(f"block {end} changed while syncing (reorg in progress)")
+            decoded.append((log, ev))
+        self._db.execute("BEGIN")
+        try:
+            for log, ev in decoded:
+                self._apply(log, ev)
+            self._db.execute(
+                "INSERT OR REPLACE INTO checkpoints (number, hash) VALUES (?, ?)", (end, end_hash)
+            )
+            self._db.execute(
+                "DELETE FROM checkpoints WHERE number NOT IN "
+                "(SELECT number FROM checkpoints ORDER BY number DESC LIMIT ?)",
+                (KEEP_CHECKPOINTS,),
+            )
+            self._set_meta("synced_block", end)
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def _apply(self, log: dict, ev: DecodedEvent) -> None:
+        key = (ev.block_number, ev.log_index)
+        if ev.name in ("DIDOwnerChanged", "DIDDelegateChanged", "DIDAttributeChanged"):
+            did_ev = did_event(ev)
+            if did_ev is not None:
+                identity = to_checksum_address(ev.args["identity"])
+                self._db.execute(
+                    "INSERT OR REPLACE INTO did_events VALUES (?, ?, ?, ?)",
+                    (*key, identity, did_ev.to_json()),
+                )
+        elif ev.name == "StatusWordsChanged":
+            for word, value in zip(ev.args["wordIndexes"], ev.args["words"], strict=True):
+                self._db.execute(
+                    "INSERT OR REPLACE INTO status_words VALUES (?, ?, ?, ?, ?)",
+                    (*key, int(ev.args["listId"]), int(word), hex(value)),
+                )
+        elif ev.name == "IssuerAccredited":
+            self._db.execute(
+                "INSERT OR REPLACE INTO accreditations VALUES (?, ?, ?, ?, ?, ?, 0)",
+                (
+                    *key,
+                    to_checksum_address(ev.args["issuer"]),
+                    "0x" + ev.args["vctHash"].hex(),
+                    int(ev.args["validFrom"]),
+                    int(ev.args["validUntil"]),
+                ),
+            )
+        elif ev.name == "AccreditationRevoked":
+            issuer, vh = to_checksum_address(ev.args["issuer"]), "0x" + ev.args["vctHash"].hex()
+            prev = self._accreditation(issuer, vh)
+            self._db.execute(
+                "INSERT OR REPLACE INTO accreditations VALUES (?, ?, ?, ?, ?, ?, 1)",
+                (*key, issuer, vh, prev[0], prev[1]),
+            )
+
+    # ---- background following ----
+    def start(self, interval: float = 2.0) -> None:
+        """Sync every ``interval`` seconds in a daemon thread (errors are logged; staleness grows)."""
+        if self._thread is not None:
+            return
+        self._stop.clear()
+
+        def loop() -> None:
+            while not self._stop.is_set():
+                try:
+                    self.sync()
+                except ChainError as exc:
+                    logger.warning("chain sync failed: %s", exc)
+                self._stop.wait(interval)
+
+        self._thread = threading.Thread(target=loop, name="chain-sync", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    # ---- reads (0 round trips) ----
+    def _accreditation(self, issuer: str, vh: str) -> tuple[int, int, bool]:
+        row = self._db.execute(
+            "SELECT valid_from, valid_until, revoked FROM accreditations WHERE issuer = ? AND vct_hash = ? "
+            "ORDER BY block DESC, log_index DESC LIMIT 1",
+            (issuer, vh),
+        ).fetchone()
+        return (int(row[0]), int(row[1]), bool(row[2])) if row else (0, 0, False)
+
+    def status_of(self, list_id: int, index: int) -> CredentialStatus:
+        row = self._db.execute(
+            "SELECT value FROM status_words WHERE list_id = ? AND word = ? "
+            "ORDER BY block DESC, log_index DESC LIMIT 1",
+            (list_id, index >> 7),
+        ).fetchone()
+        word = int(row[0], 16) if row else 0
+        value = (word >> ((index & 127) * 2)) & 3
+        if value > CredentialStatus.SUSPENDED:
+            raise ChainError(f"status entry has the reserved value {value}")
+        return CredentialStatus(value)
+
+    def did_document(self, did: str) -> dict:
+        """The DID document from cached events (same rules as the resolver)."""
+        address = address_of(self.network, did)
+        return self._build(did, address).document
+
+    def _build(self, did: str, address: str) -> BuiltDocument:
+        rows = self._db.execute(
+            "SELECT event FROM did_events WHERE identity = ? ORDER BY block, log_index", (address,)
+        ).fetchall()
+        history = [DidEvent.from_json(r[0]) for r in rows]
+        return build_document(did, address, history, self.network.chain_id, int(self.clock()))
+
+    def verification_facts(
+        self, issuer_did: str, holder_did: str, vct: str, status: StatusRef
+    ) -> VerificationFacts:
+        """Facts from the replica; :class:`StaleChainDataError` past ``max_staleness`` (fail closed)."""
+        with self._lock:
+            age = self.staleness()
+            if age > self.max_staleness:
+                raise StaleChainDataError(age, self.max_staleness)
+            check_status_ref(self.network, status)
+            issuer = address_of(self.network, issuer_did)
+            holder = address_of(self.network, holder_did)
+            keys = {}
+            for did, address in ((issuer_did, issuer), (holder_did, holder)):
+                built = self._build(did, address)
+                keys[did] = () if built.deactivated else p256_keys(built.document)
+            valid_from, valid_until, revoked = self._accreditation(issuer, "0x" + vct_hash(vct).hex())
+            now = self.clock()
+            return VerificationFacts(
+                issuer_keys=keys[issuer_did],
+                issuer_trusted=trusted_now(valid_from, valid_until, revoked, now),
+                holder_keys=keys[holder_did],
+                status=self.status_of(status.list_id, status.index),
+                block_number=self.synced_block,
+                synced_at=self.synced_at or 0.0,
+                round_trips=0,
+            )
