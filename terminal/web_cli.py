@@ -1,9 +1,182 @@
-"""Sub-commands (placeholder until the feature lands: registers nothing)."""
+"""``kiosk serve`` and ``kiosk demo``: the kiosk / counter terminal app (docs/ui.md)."""
 
 from __future__ import annotations
 
 import argparse
+import getpass
+import logging
+import os
+import signal
+import sys
+import threading
+from dataclasses import replace
+
+from cityid.cli_util import progress
+from cityid.errors import CityIdError
+from terminal.config import LANGUAGES, Mode, TerminalConfig, hash_password, load_config, parse_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add this module's sub-commands."""
+    """Add ``serve``, ``demo`` and ``clerk-password``."""
+    p = sub.add_parser("serve", help="serve the kiosk or counter screens", description=_serve.__doc__)
+    p.add_argument("--mode", choices=[m.value for m in Mode], help="kiosk (unattended) or counter (clerk)")
+    p.add_argument("--config", metavar="FILE", help="TOML configuration file (docs/ui.md)")
+    p.add_argument("--host", help="bind address (default from the config: 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default from the config: 8080)")
+    p.set_defaults(func=_serve)
+
+    d = sub.add_parser(
+        "demo", help="run the whole system locally with demo citizens", description=_demo.__doc__
+    )
+    d.add_argument(
+        "--port", type=int, default=8080, help="port of the kiosk app (default 8080; 0 = any free)"
+    )
+    d.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    d.add_argument(
+        "--no-pcsc", action="store_true", help="use the in-process card transport, not pcscd + vpcd"
+    )
+    d.add_argument("--language", choices=LANGUAGES, default="ko", help="initial screen language (default ko)")
+    d.add_argument("--idle-timeout", type=float, default=30.0, help="seconds before an idle session is wiped")
+    d.set_defaults(func=_demo)
+
+    c = sub.add_parser(
+        "clerk-password",
+        help="print a password hash for the [counter.clerks] table",
+        description="Reads the password from env KIOSK_CLERK_PASSWORD or a prompt; prints the scrypt hash.",
+    )
+    c.set_defaults(func=_clerk_password)
+
+
+def _wait_for_interrupt() -> None:
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """Serve the kiosk (citizen, unattended) or counter (clerk) screens with the configured chain, server
+    and card readers. Binds to 127.0.0.1 unless the configuration or --host says otherwise."""
+    from terminal.web import create_app
+    from terminal.web.server import ServerThread
+
+    config: TerminalConfig = load_config(args.config) if args.config else parse_config({})
+    overrides: dict[str, object] = {}
+    if args.mode:
+        overrides["mode"] = Mode(args.mode)
+    if args.host:
+        overrides["host"] = args.host
+    if args.port is not None:
+        overrides["port"] = args.port
+    config = replace(config, **overrides)  # type: ignore[arg-type]
+    if config.mode is Mode.COUNTER and not config.server_url:
+        raise CityIdError("a counter terminal needs [server] url in its configuration")
+    kiosk, counter = _backends(config)
+    app = create_app(config, kiosk=kiosk, counter=counter)
+    with ServerThread(app, config.host, config.port) as server:
+        print(f"{config.mode.value} screens on {server.url}/{'' if kiosk else 'counter/'}", flush=True)
+        _wait_for_interrupt()
+    return 0
+
+
+def _backends(config: TerminalConfig) -> tuple[object | None, object | None]:
+    """The real backends for ``config`` (chain view, verifier, readers, server client)."""
+    from terminal.flows.kiosk import SERVICES
+    from terminal.verifier import NonceStore, Verifier
+    from terminal.web.stack import CardCounterBackend, PcscKioskBackend
+
+    view = _chain_view(config)
+    verifier = Verifier(view, config.audience, NonceStore())
+    if config.mode is Mode.KIOSK:
+        unknown = [s for s in config.services if s not in SERVICES]
+        if unknown:
+            raise CityIdError(f"{config.source}: terminal.services: unknown service {unknown[0]!r}")
+        services = [SERVICES[s] for s in config.services]
+        return PcscKioskBackend(verifier, services, config.reader), None
+    from terminal.server_client import ServerClient, load_terminal_key
+
+    if not config.terminal_key:
+        raise CityIdError(f"{config.source}: server.terminal_key: a counter terminal needs its signing key")
+    key = load_terminal_key(config.terminal_key, os.environ.get("CITYID_TERMINAL_KEY_PASSWORD"))
+    client = ServerClient(config.server_url, config.terminal_id, key)
+    return None, CardCounterBackend(client, verifier, reader_filter=config.reader)
+
+
+def _chain_view(config: TerminalConfig) -> object:
+    from cityid.chain.network import NetworkConfig
+    from cityid.chain.rpc import HttpTransport, RpcClient
+    from cityid.chain.view import LiveChainView
+
+    chain = config.chain
+    if chain.embedded:
+        raise CityIdError(
+            "an embedded chain only exists inside `kiosk demo`; configure [chain] rpc/chain_id/addresses "
+            "or network_file for `kiosk serve`"
+        )
+    if chain.network_file:
+        network = NetworkConfig.load(chain.network_file)
+    else:
+        network = NetworkConfig.from_json(
+            {
+                "name": chain.network,
+                "chain_id": chain.chain_id,
+                "rpc_url": chain.rpc,
+                "addresses": chain.addresses,
+            }
+        )
+    return LiveChainView(RpcClient(HttpTransport(network.rpc_url)), network)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    """Start everything on this machine with no set-up: an embedded chain with the contracts, the city
+    server, demo citizens enrolled on virtual cards (through pcscd + vpcd when available) and the kiosk and
+    counter screens on 127.0.0.1. Prints the URL and how to tap and remove the virtual cards."""
+    from firmware_tools import demo  # composition root: emulators + server + terminal (docs/ui.md §Demo)
+
+    use_pcsc = False if args.no_pcsc else None
+    if args.verbose < 2:
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # request lines only with -vv
+    with demo.running(args.host, args.port, use_pcsc, args.language, args.idle_timeout) as (env, server):
+        url = server.url
+        clerk = f"clerk {demo.DEMO_CLERK!r}, password {demo.DEMO_CLERK_PASSWORD!r}"
+        transport = f"pcscd + vpcd (kiosk reader {demo.KIOSK_READER!r})" if env.pcsc else "in-process"
+        lines = [
+            "",
+            f"Busan citizen-ID demo is running on {url}/",
+            f"  kiosk screen:    {url}/",
+            f"  demo panel:      {url}/demo/   (tap / remove each citizen's virtual card)",
+            f"  counter screen:  {url}/counter/   ({clerk})",
+            f"  city server:     {env.server_url}",
+            f"  card transport:  {transport}",
+            "",
+            "Demo citizens (fictional) and their PINs:",
+        ]
+        for c in demo.CITIZENS:
+            lines.append(f"  {c.id:<5} {c.label:<52} PIN {c.pin}")
+        lines += [
+            "",
+            "Open the kiosk screen, then press 'Tap card' for a citizen on the demo panel.",
+            "Ctrl-C stops everything.",
+        ]
+        print("\n".join(lines), flush=True)
+        _wait_for_interrupt()
+        progress("stopping")
+    return 0
+
+
+def _clerk_password(args: argparse.Namespace) -> int:
+    """Print the scrypt hash of a clerk password."""
+    password = os.environ.get("KIOSK_CLERK_PASSWORD")
+    if password is None:
+        if not sys.stdin.isatty():
+            raise CityIdError("set KIOSK_CLERK_PASSWORD or run in a terminal to be prompted")
+        password = getpass.getpass("clerk password: ")
+        if password != getpass.getpass("again: "):
+            raise CityIdError("the two passwords differ")
+    if len(password) < 8:
+        raise CityIdError("use at least 8 characters")
+    print(hash_password(password))
+    return 0

@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 bp = Blueprint("counter", __name__)
 
-REVOKE_REASONS = ("lost", "stolen", "revoked")
+REVOKE_REASONS = ("lost", "revoked")  # server API values (docs/server.md)
 MAX_FAILURES = 5
 LOCKOUT_SECONDS = 60.0
 _NAME = re.compile(r"^[^\x00-\x1f<>]{1,64}$")

@@ -32,6 +32,10 @@ class DemoPanel(Protocol):
 
     def remove(self) -> None: ...
 
+    def new_blank_card(self) -> None:
+        """Put a fresh blank card in the counter's reader (for enrollment at the counter screen)."""
+        ...
+
 
 def _panel() -> DemoPanel:
     return current_app.extensions["cityid.demo"]
@@ -53,4 +57,10 @@ def tap() -> Response:
 @bp.post("/remove")
 def remove() -> Response:
     _panel().remove()
+    return redirect("/demo/", 303)
+
+
+@bp.post("/blank")
+def blank() -> Response:
+    _panel().new_blank_card()
     return redirect("/demo/", 303)

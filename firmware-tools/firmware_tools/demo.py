@@ -1,0 +1,454 @@
+"""``kiosk demo``: the whole system on one machine, with nothing to set up.
+
+This is a composition root (a host tool, like ``cardtool``): it is the one place that puts the emulated
+cards (``firmware_tools.card``), the city server (``server``) and the terminal app (``terminal.web``)
+together. Library code keeps its one-way dependencies: ``terminal`` never imports the emulators and the
+emulators never import ``terminal``.
+
+What runs:
+
+* an embedded chain (in-process py-evm) with the contracts deployed;
+* the city server app on a local port (SQLite in a temporary folder, issuer key in memory, one counter
+  terminal registered with a fresh key);
+* demo citizens (fictional) enrolled through the real counter flow on virtual cards, one of them with a
+  lost (revoked) card;
+* the terminal app on 127.0.0.1 — kiosk screens at ``/``, counter screens at ``/counter/``, and the demo
+  panel at ``/demo/`` with a button to tap or remove each citizen's card.
+
+Cards reach the kiosk through pcscd + vpcd when available (the kiosk reader is ``Virtual PCD 00 00``, the
+counter's ``Virtual PCD 00 01``; a pcscd is started when the vpcd driver is installed and none runs), else
+through the in-process transport (``--no-pcsc``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from werkzeug.serving import BaseWSGIServer, make_server
+
+from cityid.apdu import SmartCardConnection
+from cityid.cli_util import progress
+from cityid.errors import CityIdError, NoCardError
+from firmware_tools.card.citizen_card import make_citizen_card
+from firmware_tools.card.os import VirtualCard
+from firmware_tools.card.transport import DEFAULT_VPCD_PORT, InProcessConnection, VpcdCard
+from terminal.config import TerminalConfig, hash_password
+from terminal.flows.counter import CitizenRequest, CounterEnrollment
+from terminal.flows.kiosk import SERVICES
+from terminal.web.backend import TokenKind, TokenPresent, TokenRemoved
+from terminal.web.demo_views import DemoCitizen
+
+logger = logging.getLogger(__name__)
+
+KIOSK_READER = "Virtual PCD 00 00"
+COUNTER_READER = "Virtual PCD 00 01"
+KIOSK_AUDIENCE = "https://kiosk.busan.go.kr/demo-kiosk"
+COUNTER_AUDIENCE = "https://counter.busan.go.kr/demo-counter"
+DEMO_CLERK = "demo"
+DEMO_CLERK_PASSWORD = "demo-clerk"  # noqa: S105 - printed for the demo; never a production setting
+DEMO_PUK = "24681357"
+LOCK_DIR = Path(tempfile.gettempdir())  # the same lock files as tests/fixtures/pcsc.py
+VPCD_DRIVER = Path("/usr/lib/pcsc/drivers/serial/libifdvpcd.so")
+
+
+@dataclass(frozen=True, slots=True)
+class Citizen:
+    """A fictional demo citizen and what the counter enrolls for them."""
+
+    id: str
+    family_name: str
+    given_name: str
+    birthdate: str
+    district: str
+    resident: bool
+    pin: str
+    lost: bool = False  # the card is reported lost after enrollment: the kiosk must refuse it
+
+    @property
+    def label(self) -> str:
+        age = time.gmtime().tm_year - int(self.birthdate[:4])
+        notes = [] if self.resident else ["moved out of Busan"]
+        if self.lost:
+            notes.append("card reported lost")
+        extra = f" ({', '.join(notes)})" if notes else ""
+        return f"{self.family_name} {self.given_name}, ~{age}, {self.district}{extra}"
+
+
+CITIZENS: tuple[Citizen, ...] = (
+    Citizen("kim", "Kim", "Minsu", "1952-05-14", "Haeundae-gu", True, "135790"),
+    Citizen("lee", "Lee", "Seoyeon", "1991-09-02", "Suyeong-gu", True, "246802"),
+    Citizen("park", "Park", "Jiho", "1948-01-20", "Jung-gu", False, "112358"),
+    Citizen("choi", "Choi", "Yuna", "1955-11-30", "Dongnae-gu", True, "314159", lost=True),
+)
+
+
+# --- pcscd + vpcd ---------------------------------------------------------------------------------
+
+
+def _vpcd_readers() -> list[str]:
+    from terminal.pcsc.connection import list_readers
+
+    try:
+        return [r for r in list_readers() if r.startswith("Virtual PCD")]
+    except CityIdError:
+        return []
+
+
+def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise CityIdError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def _card_present(reader: str) -> bool:
+    from terminal.pcsc.connection import card_present, establish_context, release_context
+
+    try:
+        ctx = establish_context()
+    except CityIdError:
+        return False
+    try:
+        return bool(card_present(ctx, reader)[0])
+    except CityIdError:
+        return False
+    finally:
+        release_context(ctx)
+
+
+class Pcsc:
+    """pcscd with the vpcd readers for the demo: the running one, or one started (and stopped) here.
+
+    Holds the vpcd port locks the test fixtures use, so a demo and a test run never share a reader.
+    """
+
+    def __init__(self) -> None:
+        self.process: subprocess.Popen[bytes] | None = None
+        self._fds: list[int] = []
+
+    @staticmethod
+    def available() -> bool:
+        if KIOSK_READER in _vpcd_readers():
+            return True
+        return shutil.which("pcscd") is not None and VPCD_DRIVER.exists() and os.geteuid() == 0
+
+    def start(self) -> None:
+        for port in (DEFAULT_VPCD_PORT, DEFAULT_VPCD_PORT + 1):
+            fd = os.open(LOCK_DIR / f"cityid-vpcd-{port}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise CityIdError("the virtual readers are in use (a test run or another demo)") from None
+            self._fds.append(fd)
+        if KIOSK_READER not in _vpcd_readers():
+            exe = shutil.which("pcscd") or "/usr/sbin/pcscd"
+            self.process = subprocess.Popen(  # noqa: S603 - fixed arguments
+                [exe, "--foreground"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            _wait(lambda: KIOSK_READER in _vpcd_readers(), 15, "pcscd with the vpcd readers")
+        for reader in (KIOSK_READER, COUNTER_READER):
+            _wait(lambda r=reader: not _card_present(r), 10, f"{reader} to be empty")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        for fd in self._fds:
+            os.close(fd)
+        self._fds.clear()
+
+
+# --- the cards ------------------------------------------------------------------------------------
+
+
+class CardSlot:
+    """One reader of the demo: a virtual card can be put in and taken out (vpcd or in-process)."""
+
+    def __init__(self, reader: str, port: int | None) -> None:
+        self.reader = reader
+        self.port = port  # None: in-process
+        self.card: VirtualCard | None = None
+        self.owner: str | None = None
+        self._vpcd: VpcdCard | None = None
+        self._conn: InProcessConnection | None = None
+        self._lock = threading.Lock()
+
+    def insert(self, card: VirtualCard, owner: str) -> None:
+        with self._lock:
+            self._remove_locked()
+            self.card, self.owner = card, owner
+            if self.port is not None:
+                self._vpcd = VpcdCard(card, port=self.port)
+                self._vpcd.start()
+            else:
+                self._conn = InProcessConnection(card)
+        if self.port is not None:
+            _wait(lambda: _card_present(self.reader), 10, f"a card in {self.reader}")
+
+    def remove(self) -> None:
+        with self._lock:
+            was_vpcd = self._remove_locked()
+        if was_vpcd:
+            _wait(lambda: not _card_present(self.reader), 10, f"{self.reader} to be empty")
+
+    def _remove_locked(self) -> bool:
+        was_vpcd = self._vpcd is not None
+        if self._vpcd is not None:
+            self._vpcd.stop()
+            self._vpcd = None
+        if self._conn is not None:
+            self._conn.remove()
+            self._conn = None
+        self.card = self.owner = None
+        return was_vpcd
+
+    def connect(self, reader: str) -> AbstractContextManager[SmartCardConnection]:
+        """In-process mode: the connection to the card in this slot."""
+        with self._lock:
+            conn = self._conn
+        if reader != self.reader or conn is None:
+            raise NoCardError(f"no card in {reader}")
+        return contextlib.nullcontext(conn)
+
+
+# --- the environment ------------------------------------------------------------------------------
+
+
+def _serve(app: Any, host: str = "127.0.0.1", port: int = 0) -> tuple[BaseWSGIServer, threading.Thread]:
+    server = make_server(host, port, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name="city-server", daemon=True)
+    thread.start()
+    return server, thread
+
+
+@dataclass
+class DemoEnvironment:
+    """Everything ``kiosk demo`` starts; :meth:`close` stops it all."""
+
+    workdir: Path
+    chain: Any
+    server_url: str
+    kiosk_slot: CardSlot
+    counter_slot: CardSlot
+    cards: dict[str, Path]
+    enrolled: dict[str, str]  # citizen id → credential id
+    kiosk_backend: Any
+    counter_backend: Any
+    config: TerminalConfig
+    pcsc: Pcsc | None = None
+    _closers: list[Callable[[], None]] = field(default_factory=list)
+
+    def card(self, citizen_id: str) -> VirtualCard:
+        """A fresh card object for the citizen's state file (as a freshly powered card)."""
+        return make_citizen_card(self.cards[citizen_id])
+
+    def close(self) -> None:
+        for slot in (self.kiosk_slot, self.counter_slot):
+            with contextlib.suppress(CityIdError):
+                slot.remove()
+        for closer in reversed(self._closers):
+            with contextlib.suppress(Exception):
+                closer()
+        if self.pcsc is not None:
+            self.pcsc.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+class DemoPanel:
+    """The demo panel's actions (terminal.web.demo_views.DemoPanel)."""
+
+    def __init__(self, env: DemoEnvironment, citizens: Sequence[Citizen] = CITIZENS) -> None:
+        self.env = env
+        self._citizens = {c.id: c for c in citizens}
+
+    def citizens(self) -> Sequence[DemoCitizen]:
+        return [DemoCitizen(c.id, c.label, c.pin) for c in self._citizens.values() if c.id in self.env.cards]
+
+    def tapped(self) -> str | None:
+        return self.env.kiosk_slot.owner
+
+    def tap(self, citizen_id: str) -> None:
+        slot = self.env.kiosk_slot
+        slot.insert(self.env.card(citizen_id), citizen_id)
+        if slot.port is None:
+            self.env.kiosk_backend.feed(TokenPresent(slot.reader, TokenKind.CARD, time.monotonic()))
+
+    def remove(self) -> None:
+        slot = self.env.kiosk_slot
+        slot.remove()
+        if slot.port is None:
+            self.env.kiosk_backend.feed(TokenRemoved(slot.reader, time.monotonic()))
+
+    def new_blank_card(self) -> None:
+        """Put a fresh, blank card in the counter reader (for enrollment at the counter screen)."""
+        path = self.env.workdir / "cards" / f"blank-{time.time_ns()}.json"
+        self.env.counter_slot.insert(make_citizen_card(path), "blank")
+
+
+def build(
+    use_pcsc: bool | None = None,
+    citizens: Sequence[Citizen] = CITIZENS,
+    workdir: Path | None = None,
+) -> DemoEnvironment:
+    """Start the chain and the server, enroll the demo citizens; return the environment (not yet serving)."""
+    from cityid.chain.embedded import EmbeddedChain
+    from cityid.chain.view import LiveChainView
+    from server.app import create_app as create_server_app
+    from server.config import ServerConfig
+    from server.db import Database
+    from server.keys import KeystoreSigner
+    from terminal.server_client import ServerClient
+    from terminal.verifier import NonceStore, Verifier
+    from terminal.web.stack import CardCounterBackend, CardKioskBackend, PcscKioskBackend, pcsc_connect
+
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="cityid-demo-"))
+    (workdir / "cards").mkdir(parents=True, exist_ok=True)
+    closers: list[Callable[[], None]] = []
+    pcsc: Pcsc | None = None
+    try:
+        if use_pcsc is None:
+            use_pcsc = Pcsc.available()
+        if use_pcsc:
+            progress(
+                "using pcscd + vpcd (readers 'Virtual PCD 00 00' for the kiosk, '00 01' for the counter)"
+            )
+            pcsc = Pcsc()
+            pcsc.start()
+        else:
+            progress("using the in-process card transport (no pcscd)")
+
+        progress("starting the embedded chain and deploying the contracts")
+        chain = EmbeddedChain.start(name="busan-demo")
+        from cityid.chain.registrar import Registrar
+        from server.chain import RegistrarGateway
+
+        gateway = RegistrarGateway(Registrar(chain.network, chain.client(), chain.accounts[0]))
+        gateway.ensure_status_list(1)
+
+        progress("starting the city server")
+        db_url = f"sqlite:///{workdir / 'city-server.db'}"
+        db = Database.from_url(db_url)
+        signer = KeystoreSigner(ec.generate_private_key(ec.SECP256R1()))
+        server_app = create_server_app(ServerConfig(database_url=db_url), chain=gateway, signer=signer, db=db)
+        terminal_key = ec.generate_private_key(ec.SECP256R1())
+        pem = terminal_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        db.add_terminal("demo-counter", pem.decode())
+        http, http_thread = _serve(server_app)
+        closers.append(lambda: (http.shutdown(), http.server_close(), http_thread.join(5)))
+        server_url = f"http://127.0.0.1:{http.server_port}"
+        client = ServerClient(server_url, "demo-counter", terminal_key, timeout=60)
+
+        kiosk_view = LiveChainView(chain.client(), chain.network)
+        counter_view = LiveChainView(chain.client(), chain.network)
+        counter_verifier = Verifier(counter_view, COUNTER_AUDIENCE, NonceStore())
+
+        progress(f"enrolling {len(citizens)} demo citizens on virtual cards through the counter flow")
+        enrollment = CounterEnrollment(client, counter_verifier)
+        cards: dict[str, Path] = {}
+        enrolled: dict[str, str] = {}
+        for c in citizens:
+            path = workdir / "cards" / f"{c.id}.json"
+            conn = InProcessConnection(make_citizen_card(path))
+            request = CitizenRequest(
+                family_name=c.family_name,
+                given_name=c.given_name,
+                birthdate=c.birthdate,
+                district=c.district,
+                busan_resident=c.resident,
+                new_pin=c.pin,
+                new_puk=DEMO_PUK,
+            )
+            outcome = enrollment.run(conn, request)
+            cards[c.id] = path
+            enrolled[c.id] = outcome.credential_id
+            if c.lost:
+                client.revoke([outcome.credential_id], "lost")
+
+        kiosk_slot = CardSlot(
+            KIOSK_READER if use_pcsc else "Demo kiosk reader", DEFAULT_VPCD_PORT if use_pcsc else None
+        )
+        counter_slot = CardSlot(
+            COUNTER_READER if use_pcsc else "Demo counter reader", DEFAULT_VPCD_PORT + 1 if use_pcsc else None
+        )
+        kiosk_verifier = Verifier(kiosk_view, KIOSK_AUDIENCE, NonceStore())
+        services = list(SERVICES.values())
+        if use_pcsc:
+            kiosk_backend: Any = PcscKioskBackend(kiosk_verifier, services, reader_filter=KIOSK_READER)
+            counter_backend = CardCounterBackend(
+                client, counter_verifier, connect=pcsc_connect, reader_filter=COUNTER_READER
+            )
+        else:
+            kiosk_backend = CardKioskBackend(kiosk_verifier, services, kiosk_slot.connect)
+            counter_backend = CardCounterBackend(
+                client,
+                counter_verifier,
+                connect=counter_slot.connect,
+                readers=lambda: [counter_slot.reader] if counter_slot.card is not None else [],
+            )
+        config = TerminalConfig(
+            terminal_id="demo-kiosk",
+            audience=KIOSK_AUDIENCE,
+            language="ko",
+            server_url=server_url,
+            clerks={DEMO_CLERK: hash_password(DEMO_CLERK_PASSWORD)},
+        )
+        env = DemoEnvironment(
+            workdir, chain, server_url, kiosk_slot, counter_slot, cards, enrolled, kiosk_backend,
+            counter_backend, config, pcsc, closers,
+        )  # fmt: skip
+        pcsc = None  # owned by env now
+        return env
+    except BaseException:
+        for closer in reversed(closers):
+            with contextlib.suppress(Exception):
+                closer()
+        if pcsc is not None:
+            pcsc.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+
+
+@contextlib.contextmanager
+def running(
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    use_pcsc: bool | None = None,
+    language: str = "ko",
+    idle_timeout: float = 30.0,
+) -> Iterator[tuple[DemoEnvironment, Any]]:
+    """The demo serving on ``host:port``: yields (environment, ServerThread)."""
+    from terminal.web import create_app
+    from terminal.web.server import ServerThread
+
+    env = build(use_pcsc)
+    try:
+        config = replace(env.config, language=language, idle_timeout=idle_timeout, host=host, port=port)
+        panel = DemoPanel(env)
+        app = create_app(config, kiosk=env.kiosk_backend, counter=env.counter_backend, demo=panel)
+        panel.new_blank_card()
+        with ServerThread(app, host, port) as server:
+            yield env, server
+    finally:
+        env.close()

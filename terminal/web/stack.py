@@ -1,0 +1,259 @@
+"""The real backends of the web app: card layer, flows, verifier and the city-server client.
+
+* :class:`CardKioskBackend` — a citizen card in a reader: GET INFO for the tries left, then per service
+  a :class:`terminal.flows.kiosk.KioskVerification` (nonce → VERIFY PIN → PRESENT → verifier). Each step
+  opens its own connection (PC/SC handles are not shared between threads) and closes it with a card reset,
+  so a verified PIN never outlives the request. Events come from :meth:`feed`.
+* :class:`PcscKioskBackend` — the same, fed by :class:`terminal.pcsc.monitor.ReaderMonitor`.
+* :class:`CardCounterBackend` — the clerk's operations: enrollment through
+  :class:`terminal.flows.counter.CounterEnrollment` (resumable), PIN unblock with the PUK on the PIV applet,
+  revocation and status through :class:`terminal.server_client.ServerClient`.
+
+Connections are obtained through a ``connect(reader)`` callable returning a context manager, so the same
+backends run over PC/SC (``PcscConnection``) or any other ``SmartCardConnection``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+from cityid.apdu import SmartCardConnection
+from cityid.errors import ApplicationNotFoundError, CardRemovedError, CityIdError, NoCardError
+from terminal.flows.counter import CitizenRequest, CounterEnrollment, EnrollmentInterrupted
+from terminal.flows.kiosk import KioskVerification, Service, service
+from terminal.server_client import ServerClient, ServerError
+from terminal.sessions.citizen import CitizenSession
+from terminal.sessions.piv import PivSession
+from terminal.verifier import Verifier
+from terminal.web.backend import (
+    BackendEvent,
+    CredentialState,
+    Enrollment,
+    EnrollmentResult,
+    FidoRegistration,
+    ServiceInfo,
+    SessionInfo,
+    TokenKind,
+    TokenPresent,
+    TokenRemoved,
+    VerdictView,
+)
+from terminal.web.verdicts import view_for
+
+logger = logging.getLogger(__name__)
+
+Connect = Callable[[str], AbstractContextManager[SmartCardConnection]]
+
+
+def pcsc_connect(reader: str) -> AbstractContextManager[SmartCardConnection]:
+    """A PC/SC connection to the card in ``reader`` (transaction held; card reset on close)."""
+    from terminal.pcsc.connection import PcscConnection
+
+    return PcscConnection(reader)
+
+
+class CardKioskBackend:
+    """Kiosk backend over citizen cards reached through ``connect``; events pushed with :meth:`feed`."""
+
+    def __init__(
+        self,
+        verifier: Verifier,
+        services: Sequence[Service],
+        connect: Connect,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.verifier = verifier
+        self._services = tuple(services)
+        self._connect = connect
+        self._clock = clock
+        self._on_event: Callable[[BackendEvent], None] | None = None
+        self._lock = threading.Lock()
+        self._reader: str | None = None
+        self._verification: KioskVerification | None = None
+        self.last_timings: dict[str, float] = {}
+
+    def services(self) -> Sequence[ServiceInfo]:
+        return [ServiceInfo(s.id, s.claims) for s in self._services]
+
+    def start(self, on_event: Callable[[BackendEvent], None]) -> None:
+        self._on_event = on_event
+
+    def stop(self) -> None:
+        self._on_event = None
+        self.end()
+
+    def feed(self, event: BackendEvent) -> None:
+        """Deliver a card event to the web layer (from any thread)."""
+        callback = self._on_event
+        if callback is not None:
+            callback(event)
+
+    def start_session(self, reader: str) -> SessionInfo:
+        with self._connect(reader) as conn:
+            try:
+                info = CitizenSession(conn).info()
+            except ApplicationNotFoundError:
+                raise NoCardError("not a Busan citizen card") from None
+        with self._lock:
+            self._reader = reader
+        return SessionInfo(reader, TokenKind.CARD, info.pin_tries, info.pin_tries == 0)
+
+    def present(self, service_id: str, pin: str) -> VerdictView:
+        with self._lock:
+            reader = self._reader
+        if reader is None:
+            raise CardRemovedError("the session has ended")
+        svc = next((s for s in self._services if s.id == service_id), None) or service(service_id)
+        verification = KioskVerification(self.verifier, svc, self._clock)
+        with self._lock:
+            self._verification = verification
+        t0 = time.perf_counter()
+        try:
+            with self._connect(reader) as conn:
+                verdict = verification.run_card(CitizenSession(conn), pin)
+            del pin
+            view = view_for(service_id, verdict.ok, None if verdict.ok else verdict.reason, verdict.claims)
+        finally:
+            verification.end()  # the view holds what the screen shows; the verdict's claims are wiped
+            with self._lock:
+                self._verification = None
+        self.last_timings = dict(verification.timings, total_s=time.perf_counter() - t0)
+        return view
+
+    def end(self) -> None:
+        with self._lock:
+            verification, self._verification, self._reader = self._verification, None, None
+        if verification is not None:
+            verification.end()
+
+
+class PcscKioskBackend(CardKioskBackend):
+    """:class:`CardKioskBackend` on PC/SC readers, watched by a ``ReaderMonitor``.
+
+    ``reader_filter`` limits the kiosk to readers whose name contains it (empty: every reader).
+    """
+
+    def __init__(
+        self,
+        verifier: Verifier,
+        services: Sequence[Service],
+        reader_filter: str = "",
+        connect: Connect = pcsc_connect,
+    ) -> None:
+        super().__init__(verifier, services, connect)
+        self.reader_filter = reader_filter
+        self._monitor: Any = None
+
+    def start(self, on_event: Callable[[BackendEvent], None]) -> None:
+        from terminal.pcsc.monitor import ReaderMonitor
+
+        super().start(on_event)
+        self._monitor = ReaderMonitor(self._on_reader_event, timeout_ms=1000).start()
+
+    def stop(self) -> None:
+        if self._monitor is not None:
+            self._monitor.stop()
+            self._monitor = None
+        super().stop()
+
+    def _on_reader_event(self, event: Any) -> None:
+        from terminal.pcsc.monitor import CardInserted, CardRemoved, CardSwapped
+
+        now = time.monotonic()
+        reader = getattr(event, "reader", "")
+        if self.reader_filter and self.reader_filter not in reader:
+            return
+        if isinstance(event, CardInserted):
+            self.feed(TokenPresent(reader, TokenKind.CARD, now))
+        elif isinstance(event, CardRemoved):
+            self.feed(TokenRemoved(reader, now))
+        elif isinstance(event, CardSwapped):
+            self.feed(TokenRemoved(reader, now))
+            self.feed(TokenPresent(reader, TokenKind.CARD, now))
+
+
+def _pcsc_readers() -> list[str]:
+    from terminal.pcsc.connection import list_readers
+
+    return list_readers()
+
+
+class CardCounterBackend:
+    """Counter backend: enrollment (resumable across card pulls), unblock, revoke, status."""
+
+    def __init__(
+        self,
+        server: ServerClient,
+        verifier: Verifier,
+        connect: Connect = pcsc_connect,
+        readers: Callable[[], Sequence[str]] = _pcsc_readers,
+        reader_filter: str = "",
+    ) -> None:
+        self.server = server
+        self.enrollment = CounterEnrollment(server, verifier)
+        self._connect = connect
+        self._readers = readers
+        self.reader_filter = reader_filter
+        self._lock = threading.Lock()  # one card operation at a time per counter
+
+    def readers(self) -> Sequence[str]:
+        return [r for r in self._readers() if self.reader_filter in r]
+
+    def enroll(self, reader: str, enrollment: Enrollment) -> EnrollmentResult:
+        request = CitizenRequest(
+            family_name=enrollment.family_name,
+            given_name=enrollment.given_name,
+            birthdate=enrollment.birthdate,
+            district=enrollment.district,
+            busan_resident=enrollment.resident,
+            new_pin=enrollment.pin,
+            new_puk=enrollment.puk,
+        )
+        with self._lock:
+            try:
+                with self._connect(reader) as conn:
+                    outcome = self.enrollment.run(conn, request)
+            except EnrollmentInterrupted as exc:
+                # The journal keeps the progress: the same request with the card back resumes.
+                logger.warning("enrollment interrupted at step %s", exc.step)
+                if isinstance(exc.__cause__, ServerError):
+                    raise exc.__cause__ from None
+                raise CardRemovedError(f"card removed during {exc.step}") from exc
+        return EnrollmentResult(
+            outcome.credential_id, outcome.citizen_did, outcome.status_index, outcome.verdict.ok
+        )
+
+    def register_fido(self, reader: str, credential_id: str, pin: str) -> FidoRegistration:
+        raise CityIdError("FIDO2 key registration is not available at this counter yet")
+
+    def unblock_pin(self, reader: str, puk: str, new_pin: str) -> None:
+        with self._lock, self._connect(reader) as conn:
+            PivSession(conn).unblock_pin(puk, new_pin)
+
+    def _state(self, data: dict[str, Any]) -> CredentialState:
+        status = data.get("status") if isinstance(data.get("status"), dict) else {}
+        index = status.get("index") if isinstance(status, dict) else None
+        return CredentialState(
+            str(data.get("credential_id", "")),
+            str(data.get("state", "unknown")),
+            str(data.get("citizen_did", "")),
+            index if isinstance(index, int) else None,
+        )
+
+    def revoke(self, credential_id: str, reason: str) -> CredentialState:
+        self.status(credential_id)  # 404 → KeyError before anything is written
+        self.server.revoke([credential_id], reason)
+        return self.status(credential_id)
+
+    def status(self, credential_id: str) -> CredentialState:
+        try:
+            return self._state(self.server.status(credential_id))
+        except ServerError as exc:
+            if exc.status == 404:
+                raise KeyError(credential_id) from None
+            raise
