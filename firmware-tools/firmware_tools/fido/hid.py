@@ -24,7 +24,7 @@ import queue
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from fido2.ctap import STATUS
@@ -61,7 +61,7 @@ class _Assembly:
     connection: VirtualHidConnection
     data: bytearray = field(default_factory=bytearray)
     seq: int = 0
-    started: float = field(default_factory=time.monotonic)
+    started: float = 0.0
 
 
 class VirtualHidDevice:
@@ -70,9 +70,13 @@ class VirtualHidDevice:
     _serials = itertools.count(1)
 
     def __init__(
-        self, authenticator: Authenticator, product: str = "Busan City ID Virtual FIDO2 (HID)"
+        self,
+        authenticator: Authenticator,
+        product: str = "Busan City ID Virtual FIDO2 (HID)",
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.authenticator = authenticator
+        self.clock = clock
         self.serial = f"VFIDO{next(self._serials):04d}"
         self.descriptor = HidDescriptor(
             f"virtual-hid:{self.serial}", VENDOR_ID, PRODUCT_ID, REPORT_SIZE, REPORT_SIZE, product,
@@ -131,7 +135,7 @@ class VirtualHidDevice:
 
     def _expire(self) -> None:
         asm = self._assembly
-        if asm is not None and time.monotonic() - asm.started > TRANSACTION_TIMEOUT:
+        if asm is not None and self.clock() - asm.started > TRANSACTION_TIMEOUT:
             self._assembly = None
             self._error(asm.connection, asm.cid, ERR.TIMEOUT)
 
@@ -173,7 +177,7 @@ class VirtualHidDevice:
         elif length > MAX_MESSAGE:
             self._error(conn, cid, ERR.INVALID_LENGTH)
         else:
-            asm = _Assembly(cid, cmd, length, conn, bytearray(data))
+            asm = _Assembly(cid, cmd, length, conn, bytearray(data), started=self.clock())
             self._assembly = asm
             if len(asm.data) >= length:
                 self._complete(asm)
