@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import logging
+import re
 import threading
 import warnings
 from dataclasses import dataclass, field
@@ -191,7 +192,11 @@ class EmbeddedNode:
             except TransactionFailed as exc:
                 data = _revert_data(exc)
                 raise _RpcFailure(3, "execution reverted", "0x" + data.hex()) from exc
-            except ValidationError as exc:
+            except Exception as exc:  # py-evm/eth-utils validation errors: answer like geth does
+                m = re.search(r"Expected (\d+), but got (\d+)", str(exc))
+                if m:
+                    low = int(m[2]) < int(m[1])
+                    raise _RpcFailure(-32000, f"nonce too {'low' if low else 'high'}: {exc}") from exc
                 raise _RpcFailure(-32000, str(exc)) from exc
         if method == "eth_getTransactionReceipt":
             try:

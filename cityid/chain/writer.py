@@ -241,13 +241,22 @@ class TxSender:
         fees = self._fees()
         sent: list[tuple[str, TxRequest]] = []
         for req, gas in zip(reqs, gases, strict=True):
-            nonce = self._take_nonce()
-            raw, tx_hash = self._sign(req, nonce, gas, fees)
-            try:
-                self._broadcast(raw, tx_hash)
-            except ChainError:
-                self.resync_nonce()
-                raise
+            for conflict in (False, True):
+                nonce = self._take_nonce()
+                raw, tx_hash = self._sign(req, nonce, gas, fees)
+                try:
+                    self._broadcast(raw, tx_hash)
+                    break
+                except RpcError as exc:
+                    self.resync_nonce()
+                    # Another process used our nonce: this signed tx can never be mined, so re-signing it
+                    # with a fresh nonce cannot apply the change twice. Only once, then give up.
+                    if conflict or "nonce too low" not in exc.message.lower():
+                        raise
+                    logger.warning("nonce %d already used by someone else; re-signing", nonce)
+                except ChainError:
+                    self.resync_nonce()
+                    raise
             logger.info("sent %s %s (nonce %d, gas %d)", req.label or "tx", tx_hash, nonce, gas)
             sent.append((tx_hash, req))
         return [self._receipt(h, r) for h, r in sent]
