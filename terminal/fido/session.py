@@ -389,7 +389,7 @@ class FidoVerifier:
     ) -> None:
         self.rp_id = rp_id
         self.origin = origin or f"https://{rp_id}"
-        self.nonces = nonces or NonceStore(ttl=120.0)
+        self.nonces = nonces if nonces is not None else NonceStore(ttl=120.0)
         self.trusted = bool(trusted_roots)
         self.server = Fido2Server(
             {"id": rp_id, "name": rp_name},
