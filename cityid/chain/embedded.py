@@ -9,11 +9,13 @@ anvil and on a production node. :class:`EmbeddedChain` adds funded accounts and 
 from __future__ import annotations
 
 import ast
+import json
 import logging
 import re
 import threading
 import warnings
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from eth_account import Account
@@ -175,7 +177,9 @@ class EmbeddedNode:
                     block = t.get_block_by_hash(params[0], bool(params[1]) if len(params) > 1 else False)
             except BlockNotFound:
                 return None
-            return _hexify(dict(block))
+            out = _hexify(dict(block))
+            out["miner"] = out.get("coinbase")
+            return out
         if method in ("eth_call", "eth_estimateGas"):
             tx = self._tx(params[0])
             block = _block_id(params[1] if len(params) > 1 else "latest")
@@ -298,3 +302,31 @@ class EmbeddedChain:
         from cityid.chain.rpc import RpcClient
 
         return RpcClient(self.node)
+
+
+def serve_http(node: EmbeddedNode, host: str = "127.0.0.1", port: int = 0) -> tuple[ThreadingHTTPServer, str]:
+    """Expose an embedded node as an HTTP JSON-RPC endpoint (for standard tools); returns (server, url).
+
+    Call ``server.shutdown()`` to stop it. Bind to loopback only: the node has funded test accounts.
+    """
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            logger.debug("embedded http: %s", format % args)
+
+        def do_POST(self) -> None:
+            try:
+                payload = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
+                reply: Any = node.send(payload)
+            except ValueError:
+                reply = {"jsonrpc": "2.0", "id": None, "error": {"code": -32700, "message": "parse error"}}
+            data = json.dumps(reply).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    threading.Thread(target=server.serve_forever, name="embedded-rpc", daemon=True).start()
+    return server, f"http://{host}:{server.server_address[1]}"

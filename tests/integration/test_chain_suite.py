@@ -1,0 +1,237 @@
+"""The chain layer end to end — THE SAME tests on the embedded chain and on a real anvil node.
+
+Also: a DID written by our code resolves to the same document through our resolver as through the standard
+ethr-did-resolver (node, pinned in package.json) pointed at our registry; a reorg that drops a revocation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from cityid.chain.bindings import name32
+from cityid.chain.errors import StaleChainDataError, TransactionRevertedError
+from cityid.chain.registrar import Registrar
+from cityid.chain.resolver import NULL_ADDRESS, DIDResolver, address_of, identity_from_public_hash, p256_keys
+from cityid.chain.sync import SyncCache
+from cityid.chain.view import LiveChainView
+from cityid.chainview import CredentialStatus
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+VCT = "urn:busan:citizen:1"
+
+
+def p256() -> bytes:
+    return (
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    )
+
+
+@pytest.fixture
+def city(chain_env):
+    return Registrar(chain_env.network, chain_env.client(), chain_env.accounts[0])
+
+
+def _credential(city):
+    holder = identity_from_public_hash(os.urandom(32))
+    card, fido, issuer_key = p256(), p256(), p256()
+    city.enroll_citizens([(holder, [card])])
+    city.add_key(holder, fido)
+    city.publish_issuer_key(issuer_key)
+    city.accredit_issuer(city.did, VCT, int(time.time()) + 3600)
+    ref = city.status_ref(city.create_status_list(), 42)
+    return city.did_of(holder), (card, fido), issuer_key, ref
+
+
+def test_verification_reads_cold_and_warm(chain_env, city, tmp_path):
+    holder_did, (card, fido), issuer_key, ref = _credential(city)
+    view = LiveChainView(chain_env.client(), city.network)
+    cache = SyncCache(chain_env.client(), city.network, tmp_path / "kiosk.sqlite", confirmations=0)
+    cache.sync()
+    for _round in range(2):
+        cold = view.verification_facts(city.did, holder_did, VCT, ref)
+        warm_before = cache.client.round_trips
+        warm = cache.verification_facts(city.did, holder_did, VCT, ref)
+        assert cold.round_trips == 1 and warm.round_trips == 0 and cache.client.round_trips == warm_before
+        assert (cold.holder_keys, cold.issuer_keys, cold.issuer_trusted, cold.status) == (
+            warm.holder_keys,
+            warm.issuer_keys,
+            warm.issuer_trusted,
+            warm.status,
+        )
+        if _round == 0:
+            assert cold.holder_keys == (card, fido) and cold.issuer_keys == (issuer_key,)
+            assert cold.issuer_trusted and cold.status is CredentialStatus.VALID
+            # lost card, revoked credential, suspended accreditation
+            city.revoke_key(address_of(city.network, holder_did), card)
+            city.revoke(ref.list_id, [ref.index])
+            city.revoke_accreditation(city.did, VCT)
+            cache.sync()
+    assert cold.holder_keys == (fido,) and cold.status is CredentialStatus.REVOKED and not cold.issuer_trusted
+
+
+def test_batch_enroll_and_status_batch(chain_env, city):
+    citizens = [(identity_from_public_hash(os.urandom(32)), [p256()]) for _ in range(50)]
+    (receipt,) = city.enroll_citizens(citizens)
+    assert receipt.gas_used / 50 < 31_000
+    resolver = DIDResolver(chain_env.client(), city.network)
+    for identity, keys in citizens[::10]:
+        assert p256_keys(resolver.document(city.did_of(identity))) == tuple(keys)
+    list_id = city.create_status_list()
+    city.revoke(list_id, range(0, 300, 3))
+    got = city.status.statuses_of(list_id, range(0, 12))
+    assert got == [1, 0, 0] * 4
+
+
+def test_access_control(chain_env, city):
+    other = Registrar(chain_env.network, chain_env.client(), chain_env.accounts[2])
+    identity = identity_from_public_hash(os.urandom(32))
+    key = p256()
+    city.enroll_citizens([(identity, [key])])
+    list_id = city.create_status_list()
+    for action, error in [
+        (
+            lambda: other.enroll_citizens([(identity_from_public_hash(os.urandom(32)), [p256()])]),
+            "NotRegistrar",
+        ),
+        (lambda: other.revoke_key(identity, key), "NotOwner"),
+        (lambda: other.revoke(list_id, [1]), "NotListOwner"),
+        (lambda: other.accredit_issuer(other.did, VCT, int(time.time()) + 60), "NotRoot"),
+        (lambda: other.anchor_batch([os.urandom(32)]), "NotAnchorer"),
+        (lambda: other.add_registrar(other.address), "NotAdmin"),
+    ]:
+        with pytest.raises(TransactionRevertedError, match=error):
+            action()
+
+
+def test_anchor_proofs(chain_env, city):
+    docs = [os.urandom(32) for _ in range(10)]
+    batch = city.anchor_batch(docs)
+    assert all(city.verify_anchor_proof(batch.root, d, p) for d, p in zip(docs, batch.proofs, strict=True))
+    assert not city.verify_anchor_proof(batch.root, docs[0], batch.proofs[1])
+
+
+def test_reorg_drops_a_revocation(chain_env, city, tmp_path):
+    holder_did, _keys, _k, ref = _credential(city)
+    cache = SyncCache(chain_env.client(), city.network, tmp_path / "kiosk.sqlite", confirmations=0)
+    cache.sync()
+    snap = chain_env.snapshot()
+    city.revoke(ref.list_id, [ref.index])
+    cache.sync()
+    assert cache.verification_facts(city.did, holder_did, VCT, ref).status is CredentialStatus.REVOKED
+    chain_env.revert(snap)  # the revocation's block is replaced by a longer branch without it
+    chain_env.mine(4)
+    cache.sync()
+    assert cache.verification_facts(city.did, holder_did, VCT, ref).status is CredentialStatus.VALID
+    live = LiveChainView(chain_env.client(), city.network).verification_facts(city.did, holder_did, VCT, ref)
+    assert live.status is CredentialStatus.VALID and live.block_number == cache.synced_block
+
+
+def test_reorg_within_confirmation_depth_never_reaches_cache(chain_env, city, tmp_path):
+    _holder_did, _keys, _k, ref = _credential(city)
+    cache = SyncCache(chain_env.client(), city.network, tmp_path / "kiosk.sqlite", confirmations=3)
+    chain_env.mine(3)
+    cache.sync()
+    snap = chain_env.snapshot()
+    city.revoke(ref.list_id, [ref.index])
+    chain_env.mine(1)
+    cache.sync()  # revocation is 1 block deep: not applied
+    assert cache.status_of(ref.list_id, ref.index) is CredentialStatus.VALID
+    rolled_back_from = cache.synced_block
+    chain_env.revert(snap)
+    chain_env.mine(5)
+    cache.sync()
+    assert cache.status_of(ref.list_id, ref.index) is CredentialStatus.VALID
+    assert cache.synced_block >= rolled_back_from
+
+
+def test_stale_cache_fails_closed(chain_env, city, tmp_path):
+    holder_did, _keys, _k, ref = _credential(city)
+    cache = SyncCache(
+        chain_env.client(), city.network, tmp_path / "kiosk.sqlite", confirmations=0, max_staleness=0.2
+    )
+    cache.sync()
+    cache.verification_facts(city.did, holder_did, VCT, ref)
+    time.sleep(0.3)
+    with pytest.raises(StaleChainDataError):
+        cache.verification_facts(city.did, holder_did, VCT, ref)
+
+
+@pytest.fixture
+def rpc_url(chain_env):
+    """An HTTP URL for the chain (the embedded node is served over loopback HTTP for the node tool)."""
+    if chain_env.kind == "anvil":
+        yield chain_env.network.rpc_url
+        return
+    from cityid.chain.embedded import serve_http
+
+    server, url = serve_http(chain_env.client().transport)
+    yield url
+    server.shutdown()
+    server.server_close()
+
+
+def test_standard_resolver_gives_the_same_documents(chain_env, city, rpc_url):
+    """ethr-did-resolver (the reference did:ethr resolver) and ours agree on DIDs our code wrote."""
+    net = chain_env.network
+    citizen = identity_from_public_hash(os.urandom(32))
+    k1, k2, k3 = p256(), p256(), p256()
+    city.enroll_citizens([(citizen, [k1, k2])])
+    city.add_key(citizen, k3)
+    city.revoke_key(citizen, k1)  # lost card
+    city.publish_issuer_key(p256())
+    city.sender.send(
+        city.dids.tx(
+            "setAttribute",
+            city.address,
+            name32("did/svc/StatusService"),
+            b'{"uri":"https://status.busan.example"}',
+            86400,
+        )
+    )
+    city.sender.send(
+        city.dids.tx("addDelegate", city.address, name32("sigAuth"), chain_env.accounts[5].address, 86400)
+    )
+    gone = identity_from_public_hash(os.urandom(32))
+    city.enroll_citizens([(gone, [p256()])])
+    city.sender.send(city.dids.tx("changeOwner", gone, NULL_ADDRESS))  # deactivated
+    dids = [
+        city.did_of(citizen),
+        city.did,
+        city.did_of(gone),
+        f"did:ethr:{hex(net.chain_id)}:{citizen}",  # chain-id form
+        f"did:ethr:{net.name}:{chain_env.accounts[7].address}",  # never touched
+    ]
+    proc = subprocess.run(
+        [
+            "node",
+            str(ROOT / "tests/integration/ethr_resolve.cjs"),
+            rpc_url,
+            net.address("did_registry"),
+            net.name,
+            str(net.chain_id),
+            *dids,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    standard = json.loads(proc.stdout)
+    ours = DIDResolver(chain_env.client(), net)
+    for did in dids:
+        assert ours.resolve(did) == standard[did], did
+    assert p256_keys(standard[dids[0]]["didDocument"]) == (k2, k3)
+    assert standard[dids[2]]["didDocumentMetadata"]["deactivated"] is True
