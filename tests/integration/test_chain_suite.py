@@ -235,3 +235,38 @@ def test_standard_resolver_gives_the_same_documents(chain_env, city, rpc_url):
         assert ours.resolve(did) == standard[did], did
     assert p256_keys(standard[dids[0]]["didDocument"]) == (k2, k3)
     assert standard[dids[2]]["didDocumentMetadata"]["deactivated"] is True
+
+
+@pytest.mark.anvil
+def test_cli_deploy_to_a_real_node(anvil_url, tmp_path, monkeypatch, capsys):
+    """``city-server chain deploy --rpc URL`` with the key from the environment writes a usable config."""
+    from cityid.chain.devnode import anvil_accounts
+    from cityid.chain.network import NetworkConfig
+    from cityid.chain.rpc import HttpTransport, RpcClient
+    from server.cli import main as city_server
+
+    deployer = anvil_accounts(10)[9]
+    monkeypatch.setenv("CITY_CHAIN_PRIVATE_KEY", "0x" + deployer.key.hex().removeprefix("0x"))
+    out = tmp_path / "busan.json"
+    argv = [
+        "chain",
+        "deploy",
+        "--rpc",
+        anvil_url,
+        "--network",
+        "busan",
+        "--out",
+        str(out),
+        "--chain-id",
+        "31337",
+    ]
+    assert city_server(argv) == 0
+    assert json.loads(capsys.readouterr().out)["name"] == "busan"
+    network = NetworkConfig.load(out).require_complete()
+    city = Registrar(network, RpcClient(HttpTransport(network.rpc_url)), deployer)
+    identity = identity_from_public_hash(os.urandom(32))
+    key = p256()
+    city.enroll_citizens([(identity, [key])])
+    assert p256_keys(DIDResolver(city.client, network).document(city.did_of(identity))) == (key,)
+    assert city_server([*argv[:-2], "--chain-id", "1"]) == 1
+    assert "not the expected 1" in capsys.readouterr().err
