@@ -121,6 +121,17 @@ class EmbeddedNode:
         self.tester = tester or EthereumTester(PyEVMBackend())
         self.chain_id: int = self.tester.backend.chain.chain_id
         self._lock = threading.RLock()
+        self._logs: dict[
+            int, list[dict]
+        ] = {}  # mined block -> its logs (cleared when a snapshot is reverted)
+
+    def _block_logs(self, number: int) -> list[dict]:
+        """Logs of one mined block, formatted once (eth-tester's own get_logs re-reads every receipt)."""
+        cached = self._logs.get(number)
+        if cached is None:
+            logs = self.tester.get_logs(from_block=number, to_block=number, address=None, topics=None)
+            cached = self._logs[number] = [_hexify(dict(log)) for log in logs]
+        return cached
 
     # Transport protocol
     def send(self, payload: Any) -> Any:
@@ -241,12 +252,25 @@ class EmbeddedNode:
                 end = latest if end in ("latest", "pending") else end
             if isinstance(end, int) and start > end:
                 return []
-            logs = t.get_logs(from_block=start, to_block=end, address=f.get("address"), topics=None)
-            return [_hexify(dict(log)) for log in logs if _topics_match(log["topics"], f.get("topics"))]
+            wanted = f.get("address")
+            addresses = (
+                None
+                if wanted is None
+                else {a.lower() for a in ([wanted] if isinstance(wanted, str) else wanted)}
+            )
+            out = []
+            for number in range(start, end + 1):
+                for log in self._block_logs(number):
+                    if addresses is not None and log["address"].lower() not in addresses:
+                        continue
+                    if _topics_match(log["topics"], f.get("topics")):
+                        out.append(log)
+            return out
         if method == "evm_snapshot":
             return hex(t.take_snapshot())
         if method == "evm_revert":
             t.revert_to_snapshot(int(params[0], 16) if isinstance(params[0], str) else int(params[0]))
+            self._logs.clear()
             return True
         if method == "evm_mine":
             t.mine_blocks(1)

@@ -1,0 +1,138 @@
+"""Chain figures: gas per operation, and round trips + time per verification read (cold and warm).
+
+Gas is measured on the embedded chain (py-evm; the same gas schedule as anvil for these operations) and
+cross-checked on anvil; timings: LiveChainView over HTTP JSON-RPC on a real anvil node (cold), the SyncCache
+replica (warm), and LiveChainView on the in-process embedded node.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from cityid.chain.devnode import AnvilNode
+from cityid.chain.embedded import EmbeddedChain
+from cityid.chain.registrar import Registrar, deploy_all
+from cityid.chain.resolver import identity_from_public_hash
+from cityid.chain.rpc import HttpTransport, RpcClient
+from cityid.chain.sync import SyncCache
+from cityid.chain.view import LiveChainView
+
+VCT = "urn:busan:citizen:1"
+
+
+def _p256() -> bytes:
+    return (
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    )
+
+
+def _citizens(n: int) -> list[tuple[str, list[bytes]]]:
+    return [(identity_from_public_hash(os.urandom(32)), [_p256()]) for _ in range(n)]
+
+
+def _gas(city: Registrar, label: str) -> None:
+    def row(name: str, gas: int, per: int = 1, unit: str = "") -> None:
+        per_txt = f"   {gas / per:>9,.0f} per {unit}" if per > 1 else ""
+        print(f"   {label:<8} {name:<44} {gas:>10,} gas{per_txt}")
+
+    (r,) = city.enroll_citizens(_citizens(1))
+    row("enroll 1 citizen (1 P-256 key)", r.gas_used)
+    (r,) = city.enroll_citizens(_citizens(100))
+    row("enroll 100 citizens in one batch", r.gas_used, 100, "citizen")
+    identity, keys = _citizens(1)[0]
+    city.enroll_citizens([(identity, keys)])
+    row("add a FIDO key (setAttribute)", city.add_key(identity, _p256()).gas_used)
+    row("revoke a lost card key (revokeAttribute)", city.revoke_key(identity, keys[0]).gas_used)
+    list_id = city.create_status_list()
+    (r,) = city.revoke(list_id, [7])
+    row("revoke 1 credential", r.gas_used)
+    (r,) = city.revoke(list_id, range(1000, 1100))
+    row("revoke 100 credentials (consecutive indexes)", r.gas_used, 100, "credential")
+    (r,) = city.revoke(list_id, random.sample(range(2000, 1_000_000), 100))
+    row("revoke 100 credentials (random in 1M list)", r.gas_used, 100, "credential")
+    (r,) = city.revoke(list_id, random.sample(range(2000, 14_800), 100))
+    row("revoke 100 credentials (random in 12.8k window)", r.gas_used, 100, "credential")
+    row(
+        "accredit an issuer for a vct", city.accredit_issuer(city.did, VCT, int(time.time()) + 86400).gas_used
+    )
+    row("publish an issuer P-256 key", city.publish_issuer_key(_p256()).gas_used)
+    row(
+        "anchor a batch (root of 1000 doc hashes)",
+        city.anchor_batch([os.urandom(32) for _ in range(1000)]).receipt.gas_used,
+    )
+
+
+def _timed(fn: Callable[[], object], runs: int) -> tuple[float, float]:
+    samples = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t)
+    samples.sort()
+    return statistics.median(samples), samples[min(len(samples) - 1, int(len(samples) * 0.95))]
+
+
+def _reads(
+    city: Registrar, client_factory: Callable[[], RpcClient], label: str, runs: int, tmp: Path
+) -> None:
+    holder = identity_from_public_hash(os.urandom(32))
+    city.enroll_citizens([(holder, [_p256()])])
+    city.enroll_citizens(_citizens(100))  # some unrelated registry history
+    city.publish_issuer_key(_p256())
+    city.accredit_issuer(city.did, VCT, int(time.time()) + 86400)
+    ref = city.status_ref(city.create_status_list(), 5)
+    holder_did = city.did_of(holder)
+    view = LiveChainView(client_factory(), city.network)
+    before = view.client.round_trips
+    med, p95 = _timed(lambda: view.verification_facts(city.did, holder_did, VCT, ref), runs)
+    rt = (view.client.round_trips - before) / runs
+    print(
+        f"   {label:<8} cold read (LiveChainView)      {rt:.0f} round trip   median {med * 1e3:7.2f} ms"
+        f"   p95 {p95 * 1e3:7.2f} ms   ({runs} runs)"
+    )
+    cache = SyncCache(client_factory(), city.network, tmp / f"{label}.sqlite", confirmations=0)
+    t = time.perf_counter()
+    cache.sync()
+    sync_s = time.perf_counter() - t
+    before = cache.client.round_trips
+    med, p95 = _timed(lambda: cache.verification_facts(city.did, holder_did, VCT, ref), runs * 5)
+    rt = (cache.client.round_trips - before) / (runs * 5)
+    print(
+        f"   {label:<8} warm read (SyncCache)         {rt:.0f} round trips  median {med * 1e3:7.3f} ms"
+        f"   p95 {p95 * 1e3:7.3f} ms   ({runs * 5} runs; first sync {sync_s * 1e3:.0f} ms)"
+    )
+    cache.close()
+
+
+def run(args: argparse.Namespace) -> None:
+    runs = 30 if args.quick else 300
+    print("   gas per operation (whole transaction incl. 21,000 base; goals: <=30k/citizen, <=3k/credential)")
+    embedded = EmbeddedChain.start()
+    _gas(Registrar(embedded.network, embedded.client(), embedded.accounts[0]), "embedded")
+    with tempfile.TemporaryDirectory() as tmp, AnvilNode() as node:
+        account = node.accounts(1)[0]
+        network = deploy_all(RpcClient(HttpTransport(node.url)), account, name="anvil", rpc_url=node.url)
+        anvil_city = Registrar(network, RpcClient(HttpTransport(node.url)), account)
+        if not args.quick:
+            _gas(anvil_city, "anvil")
+        print("   verification read: issuer keys + trust + holder keys + status")
+        _reads(anvil_city, lambda: RpcClient(HttpTransport(node.url)), "anvil", runs, Path(tmp))
+        _reads(
+            Registrar(embedded.network, embedded.client(), embedded.accounts[0]),
+            embedded.client,
+            "embedded",
+            runs,
+            Path(tmp),
+        )
