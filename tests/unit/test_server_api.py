@@ -329,3 +329,12 @@ def test_no_claims_in_database_or_audit(rig, tmp_path, caplog):
 def test_health(rig):
     resp = rig.transport.client.get("/health")
     assert resp.status_code == 200 and resp.get_json()["issuer_did"].startswith("did:ethr:")
+
+
+def test_oversized_body_refused_with_json(rig):
+    body = b"{" + b" " * 70_000 + b"}"
+    h = sign_request(rig.terminal_key, "counter-1", "POST", "/v1/enrollments", body)
+    status, resp = _raw(rig, "/v1/enrollments", h, "POST", body)
+    assert status == 413 and resp["error"]
+    status, resp = _raw(rig, "/v1/enrollments", {}, "DELETE")
+    assert status in (401, 405) and resp["error"]
