@@ -163,3 +163,14 @@ def as_list(value: Any, what: str) -> list:
     if not isinstance(value, list):
         raise MalformedReplyError(f"{what}: expected an array, got {type(value).__name__}")
     return value
+
+
+def connect(rpc_url: str, timeout: float = 5.0) -> RpcClient:
+    """A client for an HTTP(S) JSON-RPC URL (the embedded chain hands out its own clients)."""
+    from cityid.chain.errors import ChainConfigError
+
+    if not rpc_url.startswith(("http://", "https://")):
+        raise ChainConfigError(
+            f"rpc_url must be http(s)://…, not {rpc_url!r} (embedded: use EmbeddedChain.client())"
+        )
+    return RpcClient(HttpTransport(rpc_url, timeout=timeout))

@@ -249,9 +249,9 @@ class TxSender:
                     break
                 except RpcError as exc:
                     self.resync_nonce()
-                    # Another process used our nonce: this signed tx can never be mined, so re-signing it
-                    # with a fresh nonce cannot apply the change twice. Only once, then give up.
-                    if conflict or "nonce too low" not in exc.message.lower():
+                    # Another process used our nonce (or a reorg rewound the account): this signed tx was
+                    # refused, so re-signing it with a fresh nonce cannot apply the change twice. Once only.
+                    if conflict or "nonce too" not in exc.message.lower():
                         raise
                     logger.warning("nonce %d already used by someone else; re-signing", nonce)
                 except ChainError:
@@ -260,6 +260,19 @@ class TxSender:
             logger.info("sent %s %s (nonce %d, gas %d)", req.label or "tx", tx_hash, nonce, gas)
             sent.append((tx_hash, req))
         return [self._receipt(h, r) for h, r in sent]
+
+    def still_canonical(self, receipt: Receipt) -> bool:
+        """True while the receipt's block is still on the chain.
+
+        False after a reorg dropped it: the local nonce is resynchronised so the change can be sent again.
+        """
+        block = self.client.request("eth_getBlockByNumber", [hex(receipt.block_number), False])
+        ok = block is not None and (
+            "0x" + as_bytes(as_dict(block, "block").get("hash"), "block hash", 32).hex() == receipt.block_hash
+        )
+        if not ok:
+            self.resync_nonce()
+        return ok
 
     def deploy(self, bytecode: bytes, abi: Abi | None = None, label: str = "deploy") -> Receipt:
         receipt = self.send(TxRequest(None, bytecode, abi, label=label))

@@ -127,11 +127,14 @@ def test_reorg_drops_a_revocation(chain_env, city, tmp_path):
     cache = SyncCache(chain_env.client(), city.network, tmp_path / "kiosk.sqlite", confirmations=0)
     cache.sync()
     snap = chain_env.snapshot()
-    city.revoke(ref.list_id, [ref.index])
+    (receipt,) = city.revoke(ref.list_id, [ref.index])
     cache.sync()
     assert cache.verification_facts(city.did, holder_did, VCT, ref).status is CredentialStatus.REVOKED
+    assert city.sender.still_canonical(receipt)
     chain_env.revert(snap)  # the revocation's block is replaced by a longer branch without it
     chain_env.mine(4)
+    assert not city.sender.still_canonical(receipt)
+    city.revoke(ref.list_id, [ref.index + 1])  # the writer carries on after the reorg (nonce resynced)
     cache.sync()
     assert cache.verification_facts(city.did, holder_did, VCT, ref).status is CredentialStatus.VALID
     live = LiveChainView(chain_env.client(), city.network).verification_facts(city.did, holder_did, VCT, ref)

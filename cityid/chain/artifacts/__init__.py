@@ -1,0 +1,1 @@
+"""Compiled contract artifacts (package data; regenerate with ``city-server chain compile``)."""
