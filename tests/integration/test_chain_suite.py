@@ -273,3 +273,27 @@ def test_cli_deploy_to_a_real_node(anvil_url, tmp_path, monkeypatch, capsys):
     assert p256_keys(DIDResolver(city.client, network).document(city.did_of(identity))) == (key,)
     assert city_server([*argv[:-2], "--chain-id", "1"]) == 1
     assert "not the expected 1" in capsys.readouterr().err
+
+
+@pytest.mark.anvil
+def test_anvil_reorg_drops_a_revocation(anvil_chain, tmp_path):
+    """A real node reorganisation (anvil_reorg replaces the last blocks) drops a revocation the cache saw."""
+    city = Registrar(anvil_chain.network, anvil_chain.client(), anvil_chain.accounts[0])
+    holder_did, _keys, _k, ref = _credential(city)
+    cache = SyncCache(anvil_chain.client(), city.network, tmp_path / "kiosk.sqlite", confirmations=0)
+    cache.sync()
+    (receipt,) = city.revoke(ref.list_id, [ref.index])
+    anvil_chain.mine(1)
+    cache.sync()
+    assert cache.verification_facts(city.did, holder_did, VCT, ref).status is CredentialStatus.REVOKED
+    depth = anvil_chain.block_number() - receipt.block_number + 1
+    anvil_chain.rpc("anvil_reorg", depth, [])  # same height, new hashes, the revocation is gone
+    assert not city.sender.still_canonical(receipt)
+    cache.sync()
+    assert cache.verification_facts(city.did, holder_did, VCT, ref).status is CredentialStatus.VALID
+    assert (
+        LiveChainView(anvil_chain.client(), city.network)
+        .verification_facts(city.did, holder_did, VCT, ref)
+        .status
+        is CredentialStatus.VALID
+    )
