@@ -14,6 +14,7 @@ from eth_utils import keccak
 from eth_utils.abi import collapse_if_tuple
 
 from cityid.chain.errors import MalformedReplyError
+from cityid.chain.rpc import as_bytes, as_int, as_list
 
 CONTRACT_NAMES = (
     "CityDIDRegistry",
@@ -108,8 +109,6 @@ class Abi:
 
     def decode_log(self, log: dict) -> DecodedEvent | None:
         """Decode a JSON-RPC log object; None for events not in this ABI (or malformed for it)."""
-        from cityid.chain.rpc import as_bytes, as_int, as_list
-
         topics = [as_bytes(t, "log topic", 32) for t in as_list(log.get("topics"), "log topics")]
         if not topics or topics[0] not in self.events:
             return None

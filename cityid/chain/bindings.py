@@ -15,7 +15,7 @@ from eth_utils import keccak, to_checksum_address
 from cityid.chain.abi import Abi
 from cityid.chain.errors import RpcError
 from cityid.chain.rpc import RpcClient, as_bytes
-from cityid.chain.writer import TxRequest, _revert_from_rpc
+from cityid.chain.writer import TxRequest, revert_from_rpc
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +47,7 @@ class _Binding:
                 "eth_call", [{"to": self.address, "data": "0x" + call.data.hex()}, block]
             )
         except RpcError as exc:
-            revert = _revert_from_rpc(exc, self.abi)
+            revert = revert_from_rpc(exc, self.abi)
             if revert is not None:
                 raise revert from exc
             raise

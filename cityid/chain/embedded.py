@@ -14,7 +14,7 @@ import logging
 import re
 import threading
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -304,7 +304,6 @@ class EmbeddedChain:
     node: EmbeddedNode
     accounts: list[LocalAccount]
     network: NetworkConfig
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def start(cls, name: str = "embedded", deploy: bool = True) -> EmbeddedChain:

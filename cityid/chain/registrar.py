@@ -80,7 +80,6 @@ def deploy_all(
             "multicall": multicall or addr["CityMulticall"],
         },
     )
-    DIDRegistry(client, network.address("did_registry"))
     sender.send(DIDRegistry(client, addr["CityDIDRegistry"]).tx("setRegistrar", account.address, True))
     return network
 

@@ -204,7 +204,10 @@ class SyncCache:
         decoded = []
         for raw in as_list(logs_raw, "eth_getLogs result"):
             log = as_dict(raw, "log")
-            abi = self._contracts.get(to_checksum_address(str(log.get("address"))))
+            try:
+                abi = self._contracts.get(to_checksum_address(str(log.get("address"))))
+            except ValueError:
+                abi = None
             if abi is None:
                 raise MalformedReplyError("eth_getLogs returned a log of another contract")
             ev = abi.decode_log(log)
@@ -214,11 +217,11 @@ class SyncCache:
                 raise MalformedReplyError("eth_getLogs returned a log outside the asked range")
             if ev.block_number == end and "0x" + ev.block_hash.hex() != end_hash:
                 raise ChainError(f"block {end} changed while syncing (reorg in progress)")
-            decoded.append((log, ev))
+            decoded.append(ev)
         self._db.execute("BEGIN")
         try:
-            for log, ev in decoded:
-                self._apply(log, ev)
+            for ev in decoded:
+                self._apply(ev)
             self._db.execute(
                 "INSERT OR REPLACE INTO checkpoints (number, hash) VALUES (?, ?)", (end, end_hash)
             )
@@ -233,7 +236,7 @@ class SyncCache:
             self._db.execute("ROLLBACK")
             raise
 
-    def _apply(self, log: dict, ev: DecodedEvent) -> None:
+    def _apply(self, ev: DecodedEvent) -> None:
         key = (ev.block_number, ev.log_index)
         if ev.name in ("DIDOwnerChanged", "DIDDelegateChanged", "DIDAttributeChanged"):
             did_ev = did_event(ev)

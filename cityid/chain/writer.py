@@ -56,7 +56,7 @@ class Receipt:
     logs: tuple[dict, ...]
 
 
-def _revert_from_rpc(exc: RpcError, abi: Abi | None) -> TransactionRevertedError | None:
+def revert_from_rpc(exc: RpcError, abi: Abi | None) -> TransactionRevertedError | None:
     data = exc.data
     if isinstance(data, dict):  # some nodes nest it: {"data": "0x..."}
         data = data.get("data")
@@ -141,7 +141,7 @@ class TxSender:
         try:
             return pad_gas(as_int(self.client.request("eth_estimateGas", [call]), "gas estimate"))
         except RpcError as exc:
-            revert = _revert_from_rpc(exc, req.abi)
+            revert = revert_from_rpc(exc, req.abi)
             if revert is not None:
                 raise revert from exc
             raise
@@ -217,7 +217,7 @@ class TxSender:
         try:
             self.client.request("eth_call", [call, hex(block_number - 1)])
         except RpcError as exc:
-            revert = _revert_from_rpc(exc, req.abi)
+            revert = revert_from_rpc(exc, req.abi)
             if revert is not None:
                 return TransactionRevertedError(revert.reason, revert.data, tx_hash)
         except ChainError:
