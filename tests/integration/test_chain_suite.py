@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import time
 from pathlib import Path
@@ -297,3 +298,85 @@ def test_anvil_reorg_drops_a_revocation(anvil_chain, tmp_path):
         .status
         is CredentialStatus.VALID
     )
+
+
+_NAMES = [
+    "did/pub/Multikey/sigAuth/hex",
+    "did/pub/Multikey/veriKey/hex",
+    "did/pub/Secp256k1/veriKey/hex",
+    "did/pub/Ed25519/veriKey/base58",
+    "did/pub/X25519/enc/base64",
+    "did/pub/RSA/veriKey/pem",
+    "did/pub/Multikey",
+    "did/svc/HubService",
+    "did/svc/Linked",
+    "not/a/did/attribute",
+]
+
+
+def test_random_histories_resolve_like_the_standard_resolver(chain_env, city, rpc_url):
+    """Random ERC-1056 histories (attributes of every kind, delegates, revocations, owner changes) written by
+    our code: our resolver and ethr-did-resolver must return identical resolution results for every DID."""
+    rng = random.Random(1056)
+    net = chain_env.network
+    identities = [identity_from_public_hash(rng.randbytes(32)) for _ in range(8)]
+    city.enroll_citizens([(i, [p256()]) for i in identities])
+    written: dict[str, list[tuple[bytes, bytes]]] = {i: [] for i in identities}
+    reqs = []
+    for identity in identities:
+        for _ in range(rng.randint(1, 7)):
+            op = rng.random()
+            if op < 0.55:
+                name = rng.choice(_NAMES)
+                value = (
+                    p256()
+                    if "Multikey" in name
+                    else json.dumps({"uri": f"https://svc{rng.randint(0, 9)}.example"}).encode()
+                    if name.startswith("did/svc") and rng.random() < 0.5
+                    else rng.choice(
+                        [b"https://hub.example/x", rng.randbytes(rng.randint(1, 40)), b"\xff\xfe"]
+                    )
+                )
+                written[identity].append((name32(name), value))
+                reqs.append(city.dids.tx("setAttribute", identity, name32(name), value, 10**8))
+            elif op < 0.75 and written[identity]:
+                name, value = rng.choice(written[identity])
+                reqs.append(city.dids.tx("revokeAttribute", identity, name, value))
+            elif op < 0.9:
+                kind = name32(rng.choice(["sigAuth", "veriKey", "other"]))
+                reqs.append(
+                    city.dids.tx("addDelegate", identity, kind, rng.choice(chain_env.accounts).address, 10**8)
+                )
+            else:
+                kind = name32(rng.choice(["sigAuth", "veriKey"]))
+                reqs.append(
+                    city.dids.tx("revokeDelegate", identity, kind, rng.choice(chain_env.accounts).address)
+                )
+    reqs.append(
+        city.dids.tx("setAttribute", identities[0], bytes.fromhex("ff" * 32), b"non-utf8 name", 10**8)
+    )
+    city.sender.send_many(reqs)
+    city.sender.send(city.dids.tx("changeOwner", identities[1], chain_env.accounts[4].address))
+    city.sender.send(city.dids.tx("changeOwner", identities[2], NULL_ADDRESS))
+    dids = [city.did_of(i) for i in identities]
+    proc = subprocess.run(
+        [
+            "node",
+            str(ROOT / "tests/integration/ethr_resolve.cjs"),
+            rpc_url,
+            net.address("did_registry"),
+            net.name,
+            str(net.chain_id),
+            *dids,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    standard = json.loads(proc.stdout)
+    ours = DIDResolver(chain_env.client(), net)
+    for did in dids:
+        assert ours.resolve(did) == standard[did], did
+    assert standard[dids[2]]["didDocumentMetadata"]["deactivated"] is True
