@@ -1,9 +1,277 @@
-"""Sub-commands (placeholder until the feature lands: registers nothing)."""
+"""``cardtool readers|info|personalize|pin``: inspect and personalize cards through PC/SC.
+
+A host tool: it uses the terminal's PC/SC layer and applet sessions (never the emulator). Secrets come from
+the environment (``CARDTOOL_PIN``, ``CARDTOOL_NEW_PIN``, ``CARDTOOL_PUK``, ``CARDTOOL_NEW_PUK``,
+``CARDTOOL_MANAGEMENT_KEY``) or an interactive prompt — never from the command line.
+"""
 
 from __future__ import annotations
 
 import argparse
+import getpass
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from cityid.apdu import SmartCardProtocol
+from cityid.citizen import CITIZEN_AID
+from cityid.cli_util import progress
+from cityid.errors import ApduError, ApplicationNotFoundError, CityIdError
+from cityid.iso7816 import SW
+from cityid.piv import DEFAULT_MANAGEMENT_KEY, PIV_AID, Slot
+from terminal.pcsc.connection import (
+    PcscConnection,
+    card_present,
+    establish_context,
+    list_readers,
+    open_connection,
+    release_context,
+)
+from terminal.personalize import load_credential, personalize
+from terminal.sessions.citizen import CitizenSession
+from terminal.sessions.piv import PivSession
+
+FIDO_AID = bytes.fromhex("A0000006472F0001")
+
+
+class SecretMissingError(CityIdError):
+    """A PIN/PUK/key is neither in the environment nor typeable (no terminal)."""
+
+
+def _secret(env: str, prompt: str, confirm: bool = False) -> str:
+    value = os.environ.get(env)
+    if value:
+        return value
+    if not sys.stdin.isatty():
+        raise SecretMissingError(f"{prompt.rstrip(': ')}: set {env} or run on a terminal")
+    value = getpass.getpass(prompt)
+    if confirm and getpass.getpass("again: ") != value:
+        raise SecretMissingError("the two entries differ")
+    return value
+
+
+def _management_key(args: argparse.Namespace) -> bytes:
+    text = args.management_key or os.environ.get("CARDTOOL_MANAGEMENT_KEY")
+    if not text:
+        return DEFAULT_MANAGEMENT_KEY
+    try:
+        return bytes.fromhex(text)
+    except ValueError as exc:
+        raise ValueError("management key must be hex") from exc
+
+
+def _open(args: argparse.Namespace) -> PcscConnection:
+    return open_connection(args.reader)
+
+
+# --- readers / info --------------------------------------------------------------------------------
+
+
+def cmd_readers(args: argparse.Namespace) -> int:
+    context = establish_context()
+    try:
+        readers = list_readers(context)
+        rows = []
+        for r in readers:
+            present, atr = card_present(context, r)
+            rows.append({"reader": r, "card": present, "atr": atr.hex().upper() if present else None})
+    finally:
+        release_context(context)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no readers")
+    for row in rows:
+        print(f"{row['reader']}: {'card ' + row['atr'] if row['card'] else 'empty'}")
+    return 0
+
+
+def _has_applet(conn: PcscConnection, aid: bytes) -> bool:
+    try:
+        SmartCardProtocol(conn).select(aid)
+    except ApplicationNotFoundError:
+        return False
+    return True
+
+
+def gather_info(conn: PcscConnection) -> dict[str, Any]:
+    """Everything ``cardtool info`` shows, as a dict (no secrets, no personal claims' values)."""
+    out: dict[str, Any] = {"reader": conn.reader, "atr": conn.atr.hex().upper(), "applets": []}
+    if _has_applet(conn, PIV_AID):
+        out["applets"].append("PIV")
+        piv = PivSession(conn)
+        out["pin_tries"] = piv.pin_attempts()
+        try:
+            cert = piv.get_certificate(Slot.AUTHENTICATION)
+            out["piv_9a_certificate"] = cert.subject.rfc4514_string()
+            out["piv_9a_public_key"] = (
+                cert.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint).hex()
+            )
+        except ApduError as exc:
+            if exc.sw != SW.FILE_NOT_FOUND:
+                raise
+            out["piv_9a_certificate"] = None
+    if _has_applet(conn, CITIZEN_AID):
+        out["applets"].append("citizen")
+        info = CitizenSession(conn).info()
+        out.update(
+            citizen_version=f"{info.version[0]}.{info.version[1]}",
+            serial=info.serial,
+            did=info.did,
+            credential_vct=info.vct,
+            claims=list(info.claims),
+            pin_tries=info.pin_tries,
+        )
+    if _has_applet(conn, FIDO_AID):
+        out["applets"].append("FIDO")
+    return out
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    readers = list_readers()
+    with _open(args) as conn:
+        info = gather_info(conn)
+    if args.json:
+        print(json.dumps({"readers": readers, **info}, indent=2))
+        return 0
+    print(f"readers:     {', '.join(readers)}")
+    print(f"reader:      {info['reader']}")
+    print(f"ATR:         {info['atr']}")
+    print(f"applets:     {', '.join(info['applets']) or 'none found'}")
+    if "pin_tries" in info:
+        tries = info["pin_tries"]
+        print(f"PIN tries:   {tries}{' (BLOCKED — unblock with the PUK)' if tries == 0 else ''}")
+    if "serial" in info:
+        print(f"serial:      {info['serial']}")
+        print(f"DID:         {info['did'] or '(not personalized)'}")
+        print(f"credential:  {info['credential_vct'] or '(none)'}")
+        if info["claims"]:
+            print(f"claims:      {', '.join(info['claims'])}")
+    if "piv_9a_certificate" in info:
+        print(f"PIV 9A cert: {info['piv_9a_certificate'] or '(none)'}")
+    return 0
+
+
+# --- personalize -----------------------------------------------------------------------------------
+
+
+def cmd_personalize(args: argparse.Namespace) -> int:
+    credential = None
+    if args.credential:
+        credential = load_credential(Path(args.credential).read_text(encoding="ascii"))
+    key = _management_key(args)
+    pin = _secret("CARDTOOL_PIN", "current PIN: ")
+    new_pin = new_puk = puk = None
+    if not args.keep_pin:
+        new_pin = _secret("CARDTOOL_NEW_PIN", "new PIN: ", confirm=True)
+        puk = _secret("CARDTOOL_PUK", "current PUK: ")
+        new_puk = _secret("CARDTOOL_NEW_PUK", "new PUK: ", confirm=True)
+    with _open(args) as conn:
+        progress(f"personalizing the card in {conn.reader}")
+        result = personalize(
+            conn,
+            pin=pin,
+            management_key=key,
+            new_pin=new_pin,
+            puk=puk,
+            new_puk=new_puk,
+            did=args.did,
+            credential=credential,
+            progress=progress,
+        )
+    point = result.public_key.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+    print(f"card {result.serial} personalized")
+    print(f"holder key (9A, P-256): {point.hex()}")
+    print(f"certificate: {result.certificate.subject.rfc4514_string()}")
+    if result.did:
+        print(f"DID: {result.did}")
+    if result.credential_vct:
+        print(f"credential: {result.credential_vct}")
+    return 0
+
+
+# --- pin -------------------------------------------------------------------------------------------
+
+
+def cmd_pin_change(args: argparse.Namespace) -> int:
+    old = _secret("CARDTOOL_PIN", "current PIN: ")
+    new = _secret("CARDTOOL_NEW_PIN", "new PIN: ", confirm=True)
+    with _open(args) as conn:
+        PivSession(conn).change_pin(old, new)
+    print("PIN changed")
+    return 0
+
+
+def cmd_pin_unblock(args: argparse.Namespace) -> int:
+    puk = _secret("CARDTOOL_PUK", "PUK: ")
+    new = _secret("CARDTOOL_NEW_PIN", "new PIN: ", confirm=True)
+    with _open(args) as conn:
+        PivSession(conn).unblock_pin(puk, new)
+    print("PIN unblocked and set")
+    return 0
+
+
+def cmd_pin_change_puk(args: argparse.Namespace) -> int:
+    old = _secret("CARDTOOL_PUK", "current PUK: ")
+    new = _secret("CARDTOOL_NEW_PUK", "new PUK: ", confirm=True)
+    with _open(args) as conn:
+        PivSession(conn).change_puk(old, new)
+    print("PUK changed")
+    return 0
+
+
+def cmd_pin_status(args: argparse.Namespace) -> int:
+    with _open(args) as conn:
+        tries = PivSession(conn).pin_attempts()
+    print(f"PIN tries left: {tries}")
+    return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add this module's sub-commands."""
+    """Add ``readers``, ``info``, ``personalize`` and ``pin``."""
+
+    def reader_opt(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--reader", metavar="NAME", help="reader name or a unique part of it (default: first card)"
+        )
+
+    p = sub.add_parser("readers", help="list PC/SC readers and their cards")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_readers)
+
+    p = sub.add_parser("info", help="show the card: ATR, applets, PIN tries, DID, credential")
+    reader_opt(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser(
+        "personalize",
+        help="generate the holder key, write its card-signed certificate, set PIN/PUK, DID, credential",
+        description="Secrets come from CARDTOOL_PIN / CARDTOOL_NEW_PIN / CARDTOOL_PUK / CARDTOOL_NEW_PUK / "
+        "CARDTOOL_MANAGEMENT_KEY or a prompt.",
+    )
+    reader_opt(p)
+    p.add_argument(
+        "--management-key", metavar="HEX", help="management key (default: env or the PIV default key)"
+    )
+    p.add_argument("--keep-pin", action="store_true", help="do not change the PIN and PUK")
+    p.add_argument("--did", help="citizen DID to store on the card")
+    p.add_argument("--credential", metavar="FILE", help="SD-JWT credential file (<jwt>~<disclosure>~…~)")
+    p.set_defaults(func=cmd_personalize)
+
+    pin = sub.add_parser("pin", help="PIN management (change, unblock, change-puk, status)")
+    pin_sub = pin.add_subparsers(dest="pin_command", metavar="ACTION", required=True)
+    for name, func, help_ in (
+        ("change", cmd_pin_change, "change the PIN (CARDTOOL_PIN, CARDTOOL_NEW_PIN)"),
+        ("unblock", cmd_pin_unblock, "reset the PIN with the PUK (CARDTOOL_PUK, CARDTOOL_NEW_PIN)"),
+        ("change-puk", cmd_pin_change_puk, "change the PUK (CARDTOOL_PUK, CARDTOOL_NEW_PUK)"),
+        ("status", cmd_pin_status, "PIN tries left"),
+    ):
+        q = pin_sub.add_parser(name, help=help_)
+        reader_opt(q)
+        q.set_defaults(func=func)

@@ -224,7 +224,9 @@ class PcscConnection:
         if hresult != scard.SCARD_S_SUCCESS:
             raise self._transmit_failed(hresult)
         if len(response) < 2:
-            raise ReaderError(f"reader returned a {len(response)}-byte response")
+            # vpcd (and some readers) report a card that vanished mid-command as success with no bytes
+            self._disconnect_quietly()
+            raise CardRemovedError(f"the card in {self.reader!r} stopped answering (removed?)")
         return bytes(response[:-2]), (response[-2] << 8) | response[-1]
 
     def control(self, code: int, data: bytes = b"") -> bytes:
