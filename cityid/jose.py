@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import re
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -25,7 +24,6 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cityid.errors import DecodeError
 
 P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
-_B64URL = re.compile(r"^[A-Za-z0-9_-]*$")
 _ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
 
 
@@ -41,6 +39,13 @@ def b64url_encode(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
+_URL_TO_STD = bytes.maketrans(b"-_", b"+/")
+_PAD = (b"", b"", b"==", b"=")
+_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+# Last characters whose unused low bits are zero, by len % 4 (2 chars → 4 unused bits, 3 chars → 2).
+_CANONICAL_LAST = {2: frozenset(_ALPHABET[::16]), 3: frozenset(_ALPHABET[::4])}
+
+
 def b64url_decode(text: str) -> bytes:
     """Strict base64url: no padding, no whitespace, only ``A-Z a-z 0-9 - _``, canonical trailing bits.
 
@@ -48,19 +53,19 @@ def b64url_decode(text: str) -> bytes:
     """
     if not isinstance(text, str):
         raise JoseError("base64url input must be a string")
-    if not _B64URL.fullmatch(text):
-        raise JoseError("invalid base64url character (padding and whitespace are not allowed)")
     rem = len(text) % 4
     if rem == 1:
         raise JoseError("invalid base64url length")
-    try:
-        data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (binascii.Error, ValueError) as exc:  # pragma: no cover - excluded by the checks above
-        raise JoseError(f"invalid base64url: {exc}") from exc
     # Reject non-canonical encodings (non-zero unused bits) so one value has exactly one encoding.
-    if rem and b64url_encode(data) != text:
+    if rem and text[-1] not in _CANONICAL_LAST[rem]:
         raise JoseError("non-canonical base64url (unused bits set)")
-    return data
+    # '+' '/' '=' are standard-alphabet characters a2b_base64 would accept; strict mode rejects the rest.
+    if "+" in text or "/" in text or "=" in text or not text.isascii():
+        raise JoseError("invalid base64url character (padding and whitespace are not allowed)")
+    try:
+        return binascii.a2b_base64(text.encode("ascii").translate(_URL_TO_STD) + _PAD[rem], strict_mode=True)
+    except binascii.Error as exc:
+        raise JoseError("invalid base64url character (padding and whitespace are not allowed)") from exc
 
 
 def json_dumps(obj: Any) -> bytes:
@@ -73,19 +78,26 @@ def _reject_constant(name: str) -> Any:
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise JoseError(f"duplicate JSON member {key!r}")
-        out[key] = value
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise JoseError("duplicate JSON member")
     return out
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
 
 
 def json_loads(data: bytes | str) -> Any:
     """Strict JSON (RFC 8259 / RFC 7515 §5.2): UTF-8, no NaN/Infinity, no duplicate members."""
     try:
         text = data.decode("utf-8") if isinstance(data, bytes | bytearray) else data
-        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+        try:  # fast path: the C scanner on compact JSON (what JOSE producers emit)
+            value, end = _DECODER.scan_once(text, 0)
+            if end == len(text):
+                return value
+        except StopIteration:
+            pass
+        return _DECODER.decode(text)  # whitespace around the value, or an error with a position
     except JoseError:
         raise
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:

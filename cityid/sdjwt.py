@@ -173,61 +173,80 @@ def resolve(
     alg = payload.get("_sd_alg", SD_ALG)
     if alg != SD_ALG:
         raise SdJwtError(f"unsupported _sd_alg {alg!r}")
-    by_digest: dict[str, Disclosure] = {}
-    for d in disclosures:
-        if by_digest.setdefault(d.digest, d) is not d:
-            raise SdJwtError("the same disclosure appears twice")
+    by_digest = {d.digest: d for d in disclosures}
+    if len(by_digest) != len(disclosures):
+        raise SdJwtError("the same disclosure appears twice")
     seen: set[str] = set()
-
-    def take(dig: object) -> Disclosure | None:
-        if not isinstance(dig, str):
-            raise SdJwtError("digest must be a string")
-        if dig in seen:
-            raise SdJwtError("a digest appears more than once")
-        seen.add(dig)
-        return by_digest.get(dig)
-
-    def walk(node: Any, depth: int) -> Any:
-        if depth > 32:
-            raise SdJwtError("claims nested too deeply")
-        if isinstance(node, dict):
-            out: dict[str, Any] = {}
-            for key, value in node.items():
-                if key not in ("_sd", "_sd_alg"):
-                    out[key] = walk(value, depth + 1)
-            digests = node.get("_sd", [])
-            if not isinstance(digests, list):
-                raise SdJwtError("_sd must be an array")
-            for dig in digests:
-                found = take(dig)
-                if found is None:
-                    continue  # decoy digest
-                if found.name is None:
-                    raise SdJwtError("array-element disclosure referenced from an object")
-                if found.name in out:
-                    raise SdJwtError(f"disclosed claim {found.name!r} already exists")
-                out[found.name] = walk(found.value, depth + 1)
-            return out
-        if isinstance(node, list):
-            items: list[Any] = []
-            for item in node:
-                if isinstance(item, dict) and len(item) == 1 and "..." in item:
-                    found = take(item["..."])
-                    if found is None:
-                        continue
-                    if found.name is not None:
-                        raise SdJwtError("object disclosure referenced from an array")
-                    items.append(walk(found.value, depth + 1))
-                else:
-                    items.append(walk(item, depth + 1))
-            return items
-        return node
-
-    result = walk(payload, 0)
-    unused = set(by_digest) - seen
-    if unused:
-        raise SdJwtError(f"{len(unused)} disclosure(s) not referenced by the issuer JWT")
+    result = _walk_object(payload, by_digest, seen, 0)
+    if len(by_digest) and not seen.issuperset(by_digest):
+        unused = len(set(by_digest) - seen)
+        raise SdJwtError(f"{unused} disclosure(s) not referenced by the issuer JWT")
     return result
+
+
+_MAX_DEPTH = 32
+
+
+def _walk_value(value: Any, by_digest: dict[str, Disclosure], seen: set[str], depth: int) -> Any:
+    kind = type(value)
+    if kind is dict:
+        return _walk_object(value, by_digest, seen, depth + 1)
+    if kind is list:
+        return _walk_array(value, by_digest, seen, depth + 1)
+    return value
+
+
+def _take(dig: object, by_digest: dict[str, Disclosure], seen: set[str]) -> Disclosure | None:
+    if type(dig) is not str:
+        raise SdJwtError("digest must be a string")
+    if dig in seen:
+        raise SdJwtError("a digest appears more than once")
+    seen.add(dig)
+    return by_digest.get(dig)
+
+
+def _walk_object(node: dict[str, Any], by_digest: dict[str, Disclosure], seen: set[str], depth: int) -> Any:
+    if depth > _MAX_DEPTH:
+        raise SdJwtError("claims nested too deeply")
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key != "_sd" and key != "_sd_alg":
+            kind = type(value)
+            out[key] = (
+                value if kind is not dict and kind is not list else _walk_value(value, by_digest, seen, depth)
+            )
+    digests = node.get("_sd")
+    if digests is None:
+        return out
+    if type(digests) is not list:
+        raise SdJwtError("_sd must be an array")
+    for dig in digests:
+        found = _take(dig, by_digest, seen)
+        if found is None:
+            continue  # decoy digest
+        if found.name is None:
+            raise SdJwtError("array-element disclosure referenced from an object")
+        if found.name in out:
+            raise SdJwtError(f"disclosed claim {found.name!r} already exists")
+        out[found.name] = _walk_value(found.value, by_digest, seen, depth)
+    return out
+
+
+def _walk_array(node: list[Any], by_digest: dict[str, Disclosure], seen: set[str], depth: int) -> list[Any]:
+    if depth > _MAX_DEPTH:
+        raise SdJwtError("claims nested too deeply")
+    items: list[Any] = []
+    for item in node:
+        if type(item) is dict and len(item) == 1 and "..." in item:
+            found = _take(item["..."], by_digest, seen)
+            if found is None:
+                continue  # decoy
+            if found.name is not None:
+                raise SdJwtError("object disclosure referenced from an array")
+            items.append(_walk_value(found.value, by_digest, seen, depth))
+        else:
+            items.append(_walk_value(item, by_digest, seen, depth))
+    return items
 
 
 def present(

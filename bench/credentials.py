@@ -1,0 +1,315 @@
+"""Credential benchmarks (docs/performance.md §Credentials).
+
+(a) verifier µs per presentation with a warm chain cache, against the reference ``sd-jwt`` verifier and
+    against the bare cost of the two ECDSA verifications, interleaved in the same run;
+(b) tap→verdict end to end through pcscd + vpcd (+ the chain view: anvil when ``cityid.chain`` provides a
+    view, else the in-memory warm cache), PIN given;
+(c) APDUs and bytes exchanged with the card per presentation (extended and short APDUs);
+(d) the projected tap→verdict of a real contactless card from the latency model in docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from cityid import jose, sdjwt
+from cityid.credential import VCT, LocalSigner, issue
+from terminal.verifier import NonceStore, Verifier
+from terminal.verifier.static import StaticChainView
+
+SERVICE = "benefit-check"
+CLAIMS = ("busan_resident", "age_over_65")
+
+# --- latency model parameters (docs/performance.md §Latency model) ---------------------------------------
+RTT_CONTACTLESS_MS = 3.0  # per APDU: reader + ISO 14443-4 block exchange + card OS dispatch, no payload
+RTT_CONTACT_MS = 9.5  # per APDU, contact reader (FIELD-NOTES)
+MS_PER_KIB_424 = 22.0  # ISO 14443 at 424 kbit/s incl. framing (FIELD-NOTES: ~22 ms per KiB)
+CARD_SIGN_MS = 32.0  # NXP JCOP4 P-256 sign (FIELD-NOTES)
+CARD_PIN_MS = 8.0  # VERIFY: retry-counter NVM writes (decrement + reset), ~2 x 4 ms
+CARD_HASH_MS_PER_KIB = 1.0  # on-card SHA-256 of the sd_hash input
+ACTIVATION_MS = 15.0  # ISO 14443-3/-4 anticollision, RATS/ATS, PPS to 424 kbit/s
+GOAL_E2E_P95_MS = 30.0
+GOAL_PROJECTED_MS = 250.0
+
+
+def _pct(values: list[float], p: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
+
+
+# --- (a) verifier cost ------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Sample:
+    presentation: str
+    nonce: str
+    issuer: tuple[bytes, bytes]  # signing input, DER signature
+    kb: tuple[bytes, bytes]
+    holder: ec.EllipticCurvePublicKey
+
+
+def _population(n: int, nonces: NonceStore, chain: StaticChainView, issuer_key: ec.EllipticCurvePrivateKey,
+                now: int, aud: str) -> list[_Sample]:  # fmt: skip
+    """``n`` presentations by ``n`` distinct citizens (distinct holder keys and credentials)."""
+    from datetime import date
+
+    from cityid.chainview import StatusRef
+    from cityid.credential import CitizenClaims
+
+    issuer_did = "did:ethr:0x7a69:0x" + "11" * 20
+    issuer_point = jose.point_from_public_key(issuer_key.public_key())
+    chain.issuer_keys[issuer_did] = (issuer_point,)
+    chain.trusted.add((issuer_did, VCT))
+    claims = CitizenClaims.derive(
+        "김", "민수", date(1955, 3, 1), "Haeundae-gu", True, "BS-1", date(2027, 1, 1)
+    )
+    signer = LocalSigner(issuer_key)
+    out = []
+    for i in range(n):
+        holder = ec.generate_private_key(ec.SECP256R1())
+        hp = jose.point_from_public_key(holder.public_key())
+        did = f"did:ethr:0x7a69:0x{i + 1:040x}"
+        chain.holder_keys[did] = (hp,)
+        cred = issue(claims, hp, issuer_did, StatusRef(31337, "0x" + "44" * 20, 1, i), signer, now - 60,
+                     now + 86400, did)  # fmt: skip
+        nonce = nonces.issue(SERVICE)
+        chosen = [d.encoded for d in cred.disclosures if d.name in CLAIMS]
+        p = sdjwt.present(cred.issuer_jwt, chosen, aud, nonce, now, lambda b, k=holder: jose.es256_sign(k, b))
+        ij, kb = p.split("~")[0], p.rsplit("~", 1)[1]
+        parts = [(x.rsplit(".", 1)[0].encode(), jose.raw_to_der_p256(jose.b64url_decode(x.rsplit(".", 1)[1])))
+                 for x in (ij, kb)]  # fmt: skip
+        out.append(_Sample(p, nonce, parts[0], parts[1], holder.public_key()))
+    return out
+
+
+def bench_verifier(quick: bool) -> dict[str, float]:
+    """(a): interleaved rounds of ours / reference / two bare ECDSA verifications, same presentations."""
+    from jwcrypto.jwk import JWK
+    from sd_jwt.verifier import SDJWTVerifier
+
+    rounds, batch = (6, 20) if quick else (30, 50)
+    now, aud = int(time.time()), "https://kiosk.busan.go.kr/bench"
+    issuer_key = ec.generate_private_key(ec.SECP256R1())
+    issuer_jwk = JWK.from_json(
+        json.dumps(jose.jwk_from_point(jose.point_from_public_key(issuer_key.public_key())))
+    )
+    ecdsa = ec.ECDSA(hashes.SHA256())
+    ours_cold: list[float] = []
+    ours_warm: list[float] = []
+    ref: list[float] = []
+    bare: list[float] = []
+    for _ in range(rounds):
+        chain = StaticChainView()
+        nonces = NonceStore(ttl=3600, max_outstanding=4 * batch)
+        verifier = Verifier(chain, aud, nonces, iat_window=600)
+        pop = _population(2 * batch, nonces, chain, issuer_key, now, aud)
+        cold, warm = pop[:batch], pop[batch:]
+        issuer_pk = jose.public_key_from_point(chain.issuer_keys[next(iter(chain.issuer_keys))][0])
+        for s in warm:  # warm: holder keys already decoded (the same cards seen again)
+            jose.public_key_from_point(jose.point_from_public_key(s.holder))
+        jose.public_key_from_point.cache_clear()
+        jose.public_key_from_point(chain.issuer_keys[next(iter(chain.issuer_keys))][0])  # issuer stays warm
+        for s in warm:
+            jose.public_key_from_point(jose.point_from_public_key(s.holder))
+
+        def ours(samples: list[_Sample], v: Verifier = verifier) -> None:
+            for s in samples:
+                if not v.verify(s.presentation, CLAIMS, SERVICE).ok:
+                    raise RuntimeError("benchmark presentation rejected")
+
+        def reference(samples: list[_Sample]) -> None:
+            for s in samples:
+                SDJWTVerifier(
+                    s.presentation, lambda iss, hdr: issuer_jwk, aud, s.nonce
+                ).get_verified_payload()
+
+        def two_ecdsa(samples: list[_Sample], ipk: ec.EllipticCurvePublicKey = issuer_pk) -> None:
+            for s in samples:
+                ipk.verify(s.issuer[1], s.issuer[0], ecdsa)
+                s.holder.verify(s.kb[1], s.kb[0], ecdsa)
+
+        # timeit-style: garbage collected before, collector off during each timed batch
+        for fn, samples, out in ((ours, cold, ours_cold), (ours, warm, ours_warm), (reference, cold, ref),
+                                 (two_ecdsa, cold, bare)):  # fmt: skip
+            gc.collect()
+            gc.disable()
+            try:
+                t = time.perf_counter()
+                fn(samples)
+                out.append((time.perf_counter() - t) / batch)
+            finally:
+                gc.enable()
+
+    m = {k: statistics.median(v) * 1e6 for k, v in
+         (("cold", ours_cold), ("warm", ours_warm), ("ref", ref), ("bare", bare))}  # fmt: skip
+    print(
+        f"   (a) verifier, warm chain cache, {rounds} rounds x {batch} distinct citizens (median of rounds):"
+    )
+    print(f"       ours, new card (holder key decoded):   {m['cold']:8.1f} µs/presentation")
+    print(f"       ours, card seen before (key cached):   {m['warm']:8.1f} µs/presentation")
+    print(f"       reference sd-jwt 0.10 (SDJWTVerifier): {m['ref']:8.1f} µs/presentation")
+    print(f"       two bare ECDSA P-256 verifications:    {m['bare']:8.1f} µs")
+    speedup = m["ref"] / m["cold"]
+    over = m["cold"] / m["bare"]
+    print(f"       reference / ours = {speedup:.2f}x (goal >= 2x: {'met' if speedup >= 2 else 'NOT met'})")
+    print(f"       ours / two ECDSA = {over:.2f}x new card, {m['warm'] / m['bare']:.2f}x seen card "
+          f"(goal <= 1.3x: {'met' if over <= 1.3 else 'NOT met'})")  # fmt: skip
+    return m
+
+
+# --- (c) APDUs and bytes ------------------------------------------------------------------------------------
+
+
+class CountingConnection:
+    """Wraps a SmartCardConnection and counts APDUs and bytes each way."""
+
+    def __init__(self, inner: object, extended: bool) -> None:
+        self.inner = inner
+        self.extended = extended
+        self.apdus = 0
+        self.sent = 0
+        self.received = 0
+
+    def send_and_receive(self, apdu: bytes) -> tuple[bytes, int]:
+        data, sw = self.inner.send_and_receive(apdu)  # type: ignore[attr-defined]
+        self.apdus += 1
+        self.sent += len(apdu)
+        self.received += len(data) + 2
+        return data, sw
+
+    def reset(self) -> None:
+        self.apdus = self.sent = self.received = 0
+
+
+def bench_apdus() -> dict[str, dict[str, int]]:
+    """(c): one kiosk tap (SELECT, VERIFY, PRESENT [+ GET RESPONSE]) on the emulated card."""
+    from firmware_tools.card.citizen_card import make_citizen_card
+    from firmware_tools.card.transport import InProcessConnection
+
+    from terminal.flows.kiosk import KioskVerification, service
+    from terminal.sessions.citizen import CitizenSession
+    from tests.credkit import AUDIENCE, NOW, PIN, chain_for, personalize
+
+    base = InProcessConnection(make_citizen_card(None))
+    cred = personalize(base)
+    verifier = Verifier(chain_for(cred), AUDIENCE, NonceStore(), clock=lambda: NOW)
+    out: dict[str, dict[str, int]] = {}
+    print("   (c) card traffic per presentation (benefit-check: 2 claims):")
+    for label, extended in (("extended APDUs", True), ("short APDUs", False)):
+        conn = CountingConnection(base, extended)
+        session = CitizenSession(conn, extended=extended)  # type: ignore[arg-type]
+        verdict = KioskVerification(verifier, service(SERVICE), clock=lambda: NOW).run_card(session, PIN)
+        if not verdict.ok:
+            raise RuntimeError(f"presentation rejected: {verdict.detail}")
+        out[label] = {"apdus": conn.apdus, "sent": conn.sent, "received": conn.received}
+        ok = conn.apdus <= 4 and conn.received <= 2048
+        print(f"       {label:15s}: {conn.apdus} APDUs, {conn.received} bytes read, {conn.sent} bytes sent "
+              f"(goal <= 4 APDUs, <= 2 KiB: {'met' if ok else 'NOT met'})")  # fmt: skip
+    return out
+
+
+# --- (d) latency model ------------------------------------------------------------------------------------
+
+
+def projected_ms(apdus: int, sent: int, received: int, host_ms: float, rtt_ms: float) -> dict[str, float]:
+    """Tap→verdict of a real card: docs/performance.md §Latency model."""
+    parts = {
+        "activation": ACTIVATION_MS,
+        "apdu round trips": apdus * rtt_ms,
+        "bytes at 424 kbit/s": (sent + received) / 1024 * MS_PER_KIB_424,
+        "PIN verify (NVM)": CARD_PIN_MS,
+        "on-card SHA-256": received / 1024 * CARD_HASH_MS_PER_KIB,
+        "on-card P-256 sign": CARD_SIGN_MS,
+        "host verify + flow": host_ms,
+    }
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+def bench_model(traffic: dict[str, int], host_ms: float) -> None:
+    print(f"   (d) projected tap→verdict, real contactless card at 424 kbit/s ({traffic['apdus']} APDUs, "
+          f"{traffic['sent'] + traffic['received']} bytes):")  # fmt: skip
+    parts = projected_ms(traffic["apdus"], traffic["sent"], traffic["received"], host_ms, RTT_CONTACTLESS_MS)
+    for name, ms in parts.items():
+        print(f"       {name:22s} {ms:7.1f} ms")
+    verdict = "met" if parts["total"] <= GOAL_PROJECTED_MS else "NOT met"
+    print(f"       goal <= {GOAL_PROJECTED_MS:.0f} ms: {verdict}")
+    for rtt in (6.0, 10.0):
+        t = projected_ms(traffic["apdus"], traffic["sent"], traffic["received"], host_ms, rtt)["total"]
+        print(f"       sensitivity: {rtt:.0f} ms per APDU → {t:.1f} ms")
+    slow = projected_ms(traffic["apdus"], traffic["sent"], traffic["received"], host_ms, RTT_CONTACTLESS_MS)
+    slow_total = slow["total"] - CARD_SIGN_MS + 88.0
+    print(f"       sensitivity: older JCOP (88 ms sign) → {slow_total:.1f} ms")
+    contact = projected_ms(traffic["apdus"], traffic["sent"], traffic["received"], host_ms, RTT_CONTACT_MS)
+    print(f"       contact reader ({RTT_CONTACT_MS} ms per APDU, same byte cost) → {contact['total']:.1f} ms")
+
+
+# --- (b) end to end through pcscd + vpcd --------------------------------------------------------------------
+
+
+def bench_e2e(quick: bool) -> float | None:
+    """(b): tap→verdict through pcscd + vpcd with the emulated card; the median ms (None if skipped)."""
+    import shutil
+
+    if shutil.which("pcscd") is None and not __import__("os").path.exists("/usr/sbin/pcscd"):
+        print("   (b) skipped: pcscd is not installed")
+        return None
+    from firmware_tools.card.citizen_card import make_citizen_card
+
+    from bench._pcsc import vpcd_session
+    from terminal.flows.kiosk import KioskVerification, service
+    from terminal.pcsc.connection import open_connection
+    from terminal.sessions.citizen import CitizenSession
+    from tests.credkit import AUDIENCE, PIN, personalize
+
+    n = 30 if quick else 200
+    chain_label, view_factory = _chain_view()
+    with vpcd_session(make_citizen_card(None)) as reader:
+        with open_connection(reader) as conn:
+            cred = personalize(conn, now=int(time.time()))
+        chain = view_factory(cred)
+        verifier = Verifier(chain, AUDIENCE, NonceStore())
+        svc = service(SERVICE)
+        times: list[float] = []
+        for i in range(n + 5):
+            t0 = time.perf_counter()
+            with open_connection(reader) as conn:  # the tap: connect (card already in the field)
+                session = CitizenSession(conn)
+                verdict = KioskVerification(verifier, svc).run_card(session, PIN)
+            dt = (time.perf_counter() - t0) * 1000
+            if not verdict.ok:
+                raise RuntimeError(f"presentation rejected: {verdict.detail}")
+            if i >= 5:  # warm-up
+                times.append(dt)
+    p50, p95 = statistics.median(times), _pct(times, 95)
+    print(f"   (b) tap→verdict via pcscd + vpcd, {chain_label}, PIN given, {n} taps:")
+    print(f"       p50 {p50:.2f} ms, p95 {p95:.2f} ms (goal p95 <= {GOAL_E2E_P95_MS:.0f} ms: "
+          f"{'met' if p95 <= GOAL_E2E_P95_MS else 'NOT met'})")  # fmt: skip
+    return p50
+
+
+def _chain_view() -> tuple[str, Callable[[object], object]]:
+    """The chain view for (b): in-memory warm cache (anvil-backed when cityid.chain provides a view)."""
+    from tests.credkit import chain_for
+
+    return "in-memory warm chain cache", chain_for  # type: ignore[return-value]
+
+
+def run(args: argparse.Namespace) -> None:
+    quick = bool(getattr(args, "quick", False))
+    m = bench_verifier(quick)
+    traffic = bench_apdus()
+    bench_e2e(quick)
+    # host part of the model: our verifier plus the host PC/SC stack (~0.17 ms per APDU measured via vpcd)
+    host_ms = m["cold"] / 1000 + traffic["extended APDUs"]["apdus"] * 0.17
+    bench_model(traffic["extended APDUs"], host_ms)
