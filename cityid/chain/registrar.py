@@ -156,6 +156,20 @@ class Registrar:
             self.dids.tx("revokeAttribute", identity, name32(attribute), check_p256_point(point))
         )
 
+    def revoke_keys(
+        self,
+        entries: Sequence[tuple[str, bytes]],
+        attribute: str = CITIZEN_KEY_ATTR,
+        chunk: int = ENROLL_CHUNK,
+    ) -> list[Receipt]:
+        """Revoke many (identity, point) keys in batches (``revokeKeysBatch``; standard events)."""
+        packed = [bytes.fromhex(to_checksum_address(i)[2:]) + check_p256_point(p)[1:] for i, p in entries]
+        reqs = [
+            self.dids.tx("revokeKeysBatch", name32(attribute), b"".join(packed[k : k + chunk]))
+            for k in range(0, len(packed), chunk)
+        ]
+        return self.sender.send_many(reqs)
+
     def publish_issuer_key(
         self, point: bytes, identity: str | None = None, validity: int = DEFAULT_KEY_VALIDITY
     ) -> Receipt:

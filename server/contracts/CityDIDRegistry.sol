@@ -268,6 +268,31 @@ contract CityDIDRegistry {
         }
     }
 
+    /// @notice Revoke many P-256 key attributes in one transaction (e.g. lost cards); caller must own each
+    /// identity. `packed` is, per key: identity (20 bytes) || x || y (64 bytes); each emits the standard
+    /// DIDAttributeChanged(identity, name, 0x04 || x || y, 0, previousChange) like revokeAttribute.
+    function revokeKeysBatch(bytes32 name, bytes calldata packed) external {
+        if (packed.length % 84 != 0) revert MalformedBatch(packed.length);
+        bytes32 topic = DIDAttributeChanged.selector;
+        for (uint256 offset = 0; offset < packed.length; offset += 84) {
+            address identity = address(bytes20(packed[offset:offset + 20]));
+            if (identityOwner(identity) != msg.sender) revert NotOwner(identity, msg.sender);
+            uint256 previous = _touch(identity);
+            assembly {
+                let p := mload(0x40)
+                mstore(p, name)
+                mstore(add(p, 32), 0x80)
+                mstore(add(p, 64), 0)
+                mstore(add(p, 96), previous)
+                mstore(add(p, 128), 65)
+                mstore(add(p, 224), 0)
+                mstore(add(p, 160), 0x0400000000000000000000000000000000000000000000000000000000000000)
+                calldatacopy(add(p, 161), add(add(packed.offset, offset), 20), 64)
+                log2(p, 256, topic, identity)
+            }
+        }
+    }
+
     /// @dev Take ownership of a never-touched identity (emitting DIDOwnerChanged) or accept one the caller
     /// already owns; returns the previous `changed` block and records this block. Equivalent Solidity:
     /// Entry e = entries[identity]; if (e.owner == 0) { require(e.changed == 0); entries[identity] =

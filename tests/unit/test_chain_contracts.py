@@ -237,3 +237,22 @@ def test_merkle_proofs_roundtrip(docs):
     root, proofs = build_tree(docs)
     for doc, proof in zip(docs, proofs, strict=True):
         assert compute_root(doc, proof) == root
+
+
+def test_revoke_keys_batch(city, stranger, embedded_chain):
+    from cityid.chain.resolver import DIDResolver, p256_keys
+
+    ids = [new_identity() for _ in range(3)]
+    keys = [[p256(), p256()] for _ in ids]
+    city.enroll_citizens(list(zip(ids, keys, strict=True)))
+    (receipt,) = city.revoke_keys([(ids[0], keys[0][0]), (ids[1], keys[1][1]), (ids[1], keys[1][0])])
+    events = [city.dids.abi.decode_log(log) for log in receipt.logs]
+    assert [e.args["validTo"] for e in events] == [0, 0, 0]
+    resolver = DIDResolver(embedded_chain.client(), city.network)
+    assert p256_keys(resolver.document(city.did_of(ids[0]))) == (keys[0][1],)
+    assert p256_keys(resolver.document(city.did_of(ids[1]))) == ()
+    assert p256_keys(resolver.document(city.did_of(ids[2]))) == tuple(keys[2])
+    with pytest.raises(TransactionRevertedError, match="NotOwner"):
+        stranger.revoke_keys([(ids[2], keys[2][0])])
+    with pytest.raises(TransactionRevertedError, match="MalformedBatch"):
+        city.sender.send(city.dids.tx("revokeKeysBatch", name32(CITIZEN_KEY_ATTR), bytes(83)))
