@@ -193,7 +193,7 @@ def test_standard_resolver_gives_the_same_documents(chain_env, city, rpc_url):
     k1, k2, k3 = p256(), p256(), p256()
     city.enroll_citizens([(citizen, [k1, k2])])
     city.add_key(citizen, k3)
-    city.revoke_key(citizen, k1)  # lost card
+    city.revoke_keys([(citizen, k1)])  # lost card, through the batch entry point
     city.publish_issuer_key(p256())
     city.sender.send(
         city.dids.tx(
