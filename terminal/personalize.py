@@ -117,8 +117,9 @@ class PersonalizationResult:
 def personalize(
     connection: SmartCardConnection,
     *,
-    pin: str,
+    pin: str | None,
     management_key: bytes = DEFAULT_MANAGEMENT_KEY,
+    generate_key: bool = True,
     new_pin: str | None = None,
     puk: str | None = None,
     new_puk: str | None = None,
@@ -126,20 +127,33 @@ def personalize(
     credential: CredentialRecord | None = None,
     progress: Callable[[str], None] = lambda _msg: None,
 ) -> PersonalizationResult:
-    """Run the personalization steps (module docstring) on one connected card."""
+    """Run the personalization steps (module docstring) on one connected card.
+
+    ``generate_key=False`` keeps the existing 9A key and certificate (e.g. to write the credential the
+    issuer made for that key in a second pass).
+    """
     citizen = CitizenSession(connection)
     serial = citizen.info().serial
     piv = PivSession(connection)
-    progress("authenticating with the management key")
-    piv.authenticate_management_key(management_key)
-    progress("generating the P-256 holder key in slot 9A")
-    public_key = piv.generate_key(Slot.AUTHENTICATION, Algorithm.ECC_P256)
-    progress("verifying the PIN")
-    piv.verify_pin(pin)
-    progress("card signs its certificate")
-    cert = card_signed_certificate(piv, Slot.AUTHENTICATION, public_key, f"Busan citizen card {serial}")
-    progress("writing the certificate")
-    piv.put_certificate(Slot.AUTHENTICATION, cert)
+    if generate_key:
+        if pin is None:
+            raise ValueError("generating the key needs the PIN (the card signs its certificate)")
+        progress("authenticating with the management key")
+        piv.authenticate_management_key(management_key)
+        progress("generating the P-256 holder key in slot 9A")
+        public_key = piv.generate_key(Slot.AUTHENTICATION, Algorithm.ECC_P256)
+        progress("verifying the PIN")
+        piv.verify_pin(pin)
+        progress("card signs its certificate")
+        cert = card_signed_certificate(piv, Slot.AUTHENTICATION, public_key, f"Busan citizen card {serial}")
+        progress("writing the certificate")
+        piv.put_certificate(Slot.AUTHENTICATION, cert)
+    else:
+        cert = piv.get_certificate(Slot.AUTHENTICATION)
+        key = cert.public_key()
+        if not isinstance(key, ec.EllipticCurvePublicKey):
+            raise DecodeError("the 9A certificate does not hold an EC key")
+        public_key = key
     if did is not None or credential is not None:
         citizen = CitizenSession(connection)
         progress("authenticating the citizen applet")
@@ -158,6 +172,8 @@ def personalize(
         progress("setting the PUK")
         piv.change_puk(puk, new_puk)
     if new_pin is not None:
+        if pin is None:
+            raise ValueError("changing the PIN needs the current PIN")
         progress("setting the PIN")
         piv.change_pin(pin, new_pin)
     info = CitizenSession(connection).info()

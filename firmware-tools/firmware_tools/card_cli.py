@@ -165,7 +165,7 @@ def cmd_personalize(args: argparse.Namespace) -> int:
     if args.credential:
         credential = load_credential(Path(args.credential).read_text(encoding="ascii"))
     key = _management_key(args)
-    pin = _secret("CARDTOOL_PIN", "current PIN: ")
+    pin = _secret("CARDTOOL_PIN", "current PIN: ") if not (args.keep_key and args.keep_pin) else None
     new_pin = new_puk = puk = None
     if not args.keep_pin:
         new_pin = _secret("CARDTOOL_NEW_PIN", "new PIN: ", confirm=True)
@@ -177,6 +177,7 @@ def cmd_personalize(args: argparse.Namespace) -> int:
             conn,
             pin=pin,
             management_key=key,
+            generate_key=not args.keep_key,
             new_pin=new_pin,
             puk=puk,
             new_puk=new_puk,
@@ -260,6 +261,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--management-key", metavar="HEX", help="management key (default: env or the PIV default key)"
     )
     p.add_argument("--keep-pin", action="store_true", help="do not change the PIN and PUK")
+    p.add_argument(
+        "--keep-key", action="store_true", help="keep the existing 9A key and certificate (second pass)"
+    )
     p.add_argument("--did", help="citizen DID to store on the card")
     p.add_argument("--credential", metavar="FILE", help="SD-JWT credential file (<jwt>~<disclosure>~…~)")
     p.set_defaults(func=cmd_personalize)

@@ -45,6 +45,8 @@ _CARD_GONE = {
     scard.SCARD_E_PROTO_MISMATCH,
 }
 _NO_READER = {scard.SCARD_E_NO_READERS_AVAILABLE, scard.SCARD_E_UNKNOWN_READER}
+#: (reader, ATR) -> whether extended APDUs worked, learned by the sessions' first SELECT.
+_EXTENDED_SEEN: dict[tuple[str, bytes], bool] = {}
 
 
 class CardResetError(CardRemovedError):
@@ -207,14 +209,22 @@ class PcscConnection:
     # --- SmartCardConnection -------------------------------------------------------------------------
 
     @property
-    def extended(self) -> bool:
-        """Whether to send extended APDUs: explicit choice, else what the ATR's card capabilities say."""
+    def extended(self) -> bool | None:
+        """Whether extended APDUs work: the explicit choice, else what an earlier session with this reader
+        and ATR found, else the ATR's card capabilities; None when unknown (sessions then probe)."""
         if self._extended_override is not None:
             return self._extended_override
+        known = _EXTENDED_SEEN.get((self.reader, self.atr))
+        if known is not None:
+            return known
         try:
-            return bool(parse_atr(self.atr).extended_length)
+            return parse_atr(self.atr).extended_length
         except DecodeError:
-            return False
+            return None
+
+    @extended.setter
+    def extended(self, value: bool) -> None:
+        _EXTENDED_SEEN[(self.reader, self.atr)] = bool(value)
 
     def send_and_receive(self, apdu: bytes) -> tuple[bytes, int]:
         """SCardTransmit one APDU; on SCARD_W_RESET_CARD reconnect once and raise :class:`CardResetError`."""

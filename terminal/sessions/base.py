@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from cityid.apdu import ApduFormat, CommandApdu, SmartCardConnection, SmartCardProtocol
-from cityid.errors import ApduError, InvalidPinError, PinBlockedError, error_for_sw
+from cityid.errors import (
+    ApduError,
+    ApplicationNotFoundError,
+    InvalidPinError,
+    PinBlockedError,
+    ReaderError,
+    error_for_sw,
+)
 from cityid.iso7816 import CLA, INS, SW
 from cityid.piv import KeyRef, pad_pin
 from terminal.pcsc.pinpad import PinPad
@@ -21,12 +29,45 @@ class InvalidPukError(InvalidPinError):
         self.args = (f"wrong PUK, {attempts_remaining} tries left",)
 
 
-def protocol_for(connection: SmartCardConnection, extended: bool | None = None) -> SmartCardProtocol:
-    """A pipeline using one extended APDU per command when the connection (reader + card) supports it,
-    else chained short APDUs (ISO 7816-4 §5.1, §5.3.3)."""
-    if extended is None:
-        extended = bool(getattr(connection, "extended", False))
-    return SmartCardProtocol(connection, ApduFormat.EXTENDED if extended else ApduFormat.SHORT)
+#: Status words meaning "this card or reader does not take extended length fields".
+_NO_EXTENDED = {SW.WRONG_LENGTH, SW.INS_NOT_SUPPORTED, SW.CLA_NOT_SUPPORTED, SW.NO_PRECISE_DIAGNOSIS}
+
+
+def open_applet(
+    connection: SmartCardConnection, aid: bytes, extended: bool | None = None
+) -> tuple[SmartCardProtocol, bytes]:
+    """SELECT ``aid`` and return (pipeline, SELECT response).
+
+    The pipeline sends one extended APDU per command when the reader and card take them (ISO 7816-4 §5.1),
+    else chained short APDUs (§5.3.3). When nobody knows yet (``connection.extended`` is None), the SELECT
+    itself is the probe: sent as an extended APDU, re-sent short if the card or reader refuses it; the
+    answer is remembered on the connection, so the probe costs no extra APDU.
+    """
+    choice = extended if extended is not None else getattr(connection, "extended", None)
+    if choice is None:
+        proto = SmartCardProtocol(connection, ApduFormat.EXTENDED)
+        try:
+            resp = proto.select(aid)
+        except ApplicationNotFoundError:
+            raise
+        except ApduError as exc:
+            if exc.sw not in _NO_EXTENDED:
+                raise
+            logger.debug("extended SELECT refused (%04X): using short APDUs", exc.sw)
+        except ReaderError as exc:
+            logger.debug("extended SELECT failed in the reader (%s): using short APDUs", exc)
+        else:
+            _remember(connection, True)
+            return proto, resp
+        _remember(connection, False)
+        choice = False
+    proto = SmartCardProtocol(connection, ApduFormat.EXTENDED if choice else ApduFormat.SHORT)
+    return proto, proto.select(aid)
+
+
+def _remember(connection: SmartCardConnection, extended: bool) -> None:
+    with contextlib.suppress(AttributeError):
+        connection.extended = extended  # type: ignore[attr-defined]
 
 
 def encode_pin(pin: str | bytes) -> bytes:

@@ -25,7 +25,7 @@ from cityid.errors import DecodeError, TlvError
 from cityid.piv import DEFAULT_MANAGEMENT_KEY, Algorithm
 from cityid.tlv import Tlv, parse_tlv_list
 from terminal.sessions import mgmt
-from terminal.sessions.base import PinMixin, protocol_for
+from terminal.sessions.base import PinMixin, open_applet
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +79,7 @@ class CitizenSession(PinMixin):
 
     def __init__(self, connection: SmartCardConnection, extended: bool | None = None) -> None:
         self.connection = connection
-        self.protocol = protocol_for(connection, extended)
-        self.select_response = self.protocol.select(CITIZEN_AID)
+        self.protocol, self.select_response = open_applet(connection, CITIZEN_AID, extended)
         logger.debug("citizen applet selected")
 
     def info(self) -> CardInfo:

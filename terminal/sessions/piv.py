@@ -27,7 +27,7 @@ from cityid.piv import (
 )
 from cityid.tlv import Tlv, encode_tag, encode_tlv, encode_tlvs, parse_tlv_dict
 from terminal.sessions import mgmt
-from terminal.sessions.base import PinMixin, protocol_for
+from terminal.sessions.base import PinMixin, open_applet
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +42,7 @@ class PivSession(PinMixin):
 
     def __init__(self, connection: SmartCardConnection, extended: bool | None = None) -> None:
         self.connection = connection
-        self.protocol = protocol_for(connection, extended)
-        self.select_response = self.protocol.select(PIV_AID)
+        self.protocol, self.select_response = open_applet(connection, PIV_AID, extended)
         logger.debug("PIV selected")
 
     # --- management key --------------------------------------------------------------------------
