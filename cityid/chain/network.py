@@ -6,11 +6,14 @@ import json
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from eth_utils import is_checksum_address, to_checksum_address
 
 from cityid.chain.errors import ChainConfigError
+
+if TYPE_CHECKING:
+    from cityid.chain.rpc import RpcClient
 
 CONTRACT_KEYS = ("did_registry", "status_registry", "trusted_issuers", "anchor_registry", "multicall")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
@@ -111,3 +114,27 @@ class NetworkConfig:
         if missing:
             raise ChainConfigError(f"network {self.name!r} lacks addresses for {', '.join(missing)}")
         return self
+
+
+def check_network(client: RpcClient, network: NetworkConfig) -> int:
+    """Confirm the node serves ``network``: same chain id and code at every configured address.
+
+    One round trip; returns the node's latest block number. Raises :class:`ChainConfigError` on a mismatch
+    (a kiosk pointed at the wrong node must not read "no revocation" from an empty address).
+    """
+    from cityid.chain.rpc import as_int
+
+    keys = [k for k in CONTRACT_KEYS if k in network.addresses]
+    replies = client.batch(
+        [("eth_chainId", []), ("eth_blockNumber", [])]
+        + [("eth_getCode", [network.address(k), "latest"]) for k in keys]
+    )
+    chain_id = as_int(replies[0], "chain id")
+    if chain_id != network.chain_id:
+        raise ChainConfigError(
+            f"{client.url} serves chain {chain_id}, but network {network.name} is {network.chain_id}"
+        )
+    for key, code in zip(keys, replies[2:], strict=True):
+        if not isinstance(code, str) or code in ("0x", "0x0", ""):
+            raise ChainConfigError(f"no contract code at {key} {network.address(key)} on {network.name}")
+    return as_int(replies[1], "block number")

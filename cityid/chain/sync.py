@@ -29,7 +29,7 @@ from eth_utils import to_checksum_address
 from cityid.chain.abi import Abi, DecodedEvent
 from cityid.chain.bindings import vct_hash
 from cityid.chain.errors import ChainError, MalformedReplyError, StaleChainDataError
-from cityid.chain.network import NetworkConfig
+from cityid.chain.network import NetworkConfig, check_network
 from cityid.chain.resolver import BuiltDocument, DidEvent, address_of, build_document, did_event, p256_keys
 from cityid.chain.rpc import RpcClient, as_bytes, as_dict, as_int, as_list
 from cityid.chain.view import check_status_ref, trusted_now
@@ -89,6 +89,7 @@ class SyncCache:
         }
         self._check_identity()
         self._thread: threading.Thread | None = None
+        self._checked = False  # check_network() once per process before the first sync
         self._stop = threading.Event()
 
     # ---- bookkeeping ----
@@ -137,6 +138,9 @@ class SyncCache:
         """Catch up to ``head - confirmations``; returns the synced block. Raises :class:`ChainError`."""
         with self._lock:
             started = self.clock()
+            if not self._checked:
+                check_network(self.client, self.network)
+                self._checked = True
             synced = self.synced_block
             calls: list[tuple[str, list]] = [("eth_blockNumber", [])]
             if synced >= self.start_block:

@@ -16,7 +16,7 @@ from eth_utils import to_checksum_address
 
 from cityid.chain.bindings import Multicall, StatusRegistry, TrustedIssuers
 from cityid.chain.errors import ChainError
-from cityid.chain.network import NetworkConfig
+from cityid.chain.network import NetworkConfig, check_network
 from cityid.chain.resolver import address_of, build_document, did_logs_filter, history_from_logs, p256_keys
 from cityid.chain.rpc import RpcClient
 from cityid.chainview import CredentialStatus, StatusRef, VerificationFacts
@@ -52,6 +52,10 @@ class LiveChainView:
         self.multicall = Multicall(client, network.address("multicall"))
         self.status = StatusRegistry(client, network.address("status_registry"))
         self.issuers = TrustedIssuers(client, network.address("trusted_issuers"))
+
+    def check(self) -> int:
+        """Confirm the node serves this network (chain id, contract code); call once at start-up."""
+        return check_network(self.client, self.network)
 
     def verification_facts(
         self, issuer_did: str, holder_did: str, vct: str, status: StatusRef

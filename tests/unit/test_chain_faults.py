@@ -244,3 +244,21 @@ def test_revert_reasons_decoded_before_and_after_mining(embedded_chain):
     with pytest.raises(TransactionRevertedError, match="NotListOwner") as err:
         stranger.sender.send(stranger.status.tx("setStatus", list_id, [1], 1, gas=100_000))
     assert err.value.tx_hash is not None
+
+
+def test_wrong_node_or_addresses_are_refused(embedded_chain, tmp_path):
+    from dataclasses import replace
+
+    from cityid.chain.errors import ChainConfigError
+    from cityid.chain.network import check_network
+
+    net = embedded_chain.network
+    assert check_network(embedded_chain.client(), net) >= net.deploy_block
+    view = LiveChainView(embedded_chain.client(), replace(net, chain_id=net.chain_id + 1))
+    with pytest.raises(ChainConfigError, match="serves chain"):
+        view.check()
+    empty = replace(net, addresses={**net.addresses, "status_registry": embedded_chain.accounts[5].address})
+    cache = SyncCache(embedded_chain.client(), empty, tmp_path / "c.sqlite")
+    with pytest.raises(ChainConfigError, match="no contract code at status_registry"):
+        cache.sync()
+    assert cache.synced_at is None
