@@ -83,8 +83,18 @@ def _accounts(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check(args: argparse.Namespace) -> int:
+    from cityid.chain.network import NetworkConfig, check_network
+
+    network = NetworkConfig.load(args.network_file)
+    url = args.rpc or network.rpc_url
+    block = check_network(_client(url, args.timeout), network.with_rpc(url))
+    print(f"{network.name}: chain {network.chain_id} at block {block}; all contracts present")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``chain compile|deploy|accounts``."""
+    """Add ``chain compile|deploy|check|accounts``."""
     chain = sub.add_parser("chain", help="chain contracts and account", description=__doc__)
     cmds = chain.add_subparsers(dest="chain_command", metavar="CHAIN_COMMAND")
     chain.set_defaults(func=lambda _args: chain.print_help() or 2)
@@ -105,6 +115,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--multicall", help="use an existing Multicall3 at this address instead of deploying one")
     p.add_argument("--timeout", type=float, default=10.0, help="JSON-RPC timeout in seconds")
     p.set_defaults(func=_deploy)
+
+    p = cmds.add_parser("check", help="confirm a node serves a network config (chain id, contract code)")
+    p.add_argument("network_file", help="network config JSON written by deploy")
+    p.add_argument("--rpc", help="node URL (default: the config's rpc_url)")
+    p.add_argument("--timeout", type=float, default=10.0, help="JSON-RPC timeout in seconds")
+    p.set_defaults(func=_check)
 
     p = cmds.add_parser("accounts", help="show the configured chain account (or create a keystore)")
     p.add_argument("--keystore", help=key_help)

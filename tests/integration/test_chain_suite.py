@@ -274,6 +274,8 @@ def test_cli_deploy_to_a_real_node(anvil_url, tmp_path, monkeypatch, capsys):
     assert p256_keys(DIDResolver(city.client, network).document(city.did_of(identity))) == (key,)
     assert city_server([*argv[:-2], "--chain-id", "1"]) == 1
     assert "not the expected 1" in capsys.readouterr().err
+    assert city_server(["chain", "check", str(out)]) == 0
+    assert "all contracts present" in capsys.readouterr().out
 
 
 @pytest.mark.anvil
