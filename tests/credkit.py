@@ -6,7 +6,11 @@ counter flow with the city server lives in terminal/flows (enrollment) and serve
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import date
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -31,18 +35,67 @@ CITIZEN = CitizenClaims.derive(
 PIN = "123456"
 
 
-def personalize(connection: object, claims: CitizenClaims = CITIZEN, now: int = NOW) -> IssuedCredential:
-    """Generate the card's holder key, issue a credential bound to it and write DID + credential."""
+def personalize(
+    connection: object,
+    claims: CitizenClaims = CITIZEN,
+    now: int = NOW,
+    *,
+    issuer_did: str = ISSUER_DID,
+    issuer_key: ec.EllipticCurvePrivateKey = ISSUER_KEY,
+    status: StatusRef = STATUS,
+    enroll: Callable[[bytes], str] | None = None,
+) -> IssuedCredential:
+    """Generate the card's holder key, ``enroll`` it (→ citizen DID; default: the fixed test DID), issue a
+    credential bound to it and write DID + credential to the card."""
     piv = PivSession(connection)  # type: ignore[arg-type]
     piv.authenticate_management_key()
     holder = jose.point_from_public_key(piv.generate_key(Slot.AUTHENTICATION))
-    cred = issue(claims, holder, ISSUER_DID, STATUS, LocalSigner(ISSUER_KEY), now - 86400, now + 86400 * 365,
-                 CITIZEN_DID)  # fmt: skip
+    citizen_did = enroll(holder) if enroll else CITIZEN_DID
+    cred = issue(claims, holder, issuer_did, status, LocalSigner(issuer_key), now - 86400, now + 86400 * 365,
+                 citizen_did)  # fmt: skip
     citizen = CitizenSession(connection)  # type: ignore[arg-type]
     citizen.authenticate()
-    citizen.put_did(CITIZEN_DID)
+    citizen.put_did(citizen_did)
     citizen.put_credential(cred.record)
     return cred
+
+
+@dataclass
+class ChainIssuer:
+    """The city on a real chain (embedded or anvil): issuer key published and accredited, one status list."""
+
+    registrar: Any
+    issuer_key: ec.EllipticCurvePrivateKey
+    list_id: int
+    next_index: int = 0
+
+    @classmethod
+    def setup(cls, network: Any, client: Any, account: Any) -> ChainIssuer:
+        from cityid.chain.registrar import Registrar
+
+        registrar = Registrar(network, client, account)
+        key = ec.generate_private_key(ec.SECP256R1())
+        registrar.publish_issuer_key(jose.point_from_public_key(key.public_key()))
+        registrar.accredit_issuer(registrar.did, VCT, valid_until=int(time.time()) + 10 * 365 * 86400)
+        return cls(registrar, key, registrar.create_status_list())
+
+    def personalize(
+        self, connection: object, claims: CitizenClaims = CITIZEN
+    ) -> tuple[IssuedCredential, str]:
+        """Enroll a new citizen identity with the card's key and write its credential; returns (cred, did)."""
+        from eth_account import Account
+
+        identity = Account.create().address
+        index, self.next_index = self.next_index, self.next_index + 1
+
+        def enroll(point: bytes) -> str:
+            self.registrar.enroll_citizens([(identity, [point])])
+            return str(self.registrar.did_of(identity))
+
+        cred = personalize(connection, claims, int(time.time()), issuer_did=self.registrar.did,
+                           issuer_key=self.issuer_key, status=self.registrar.status_ref(self.list_id, index),
+                           enroll=enroll)  # fmt: skip
+        return cred, identity
 
 
 def holder_point(cred: IssuedCredential) -> bytes:
