@@ -21,14 +21,15 @@ import math
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from eth_utils import to_checksum_address
 
 from cityid.chain.abi import Abi, DecodedEvent
 from cityid.chain.bindings import vct_hash
-from cityid.chain.errors import ChainError, MalformedReplyError, StaleChainDataError
+from cityid.chain.errors import ChainConfigError, ChainError, MalformedReplyError, StaleChainDataError
 from cityid.chain.network import NetworkConfig, check_network
 from cityid.chain.resolver import BuiltDocument, DidEvent, address_of, build_document, did_event, p256_keys
 from cityid.chain.rpc import RpcClient, as_bytes, as_dict, as_int, as_list
@@ -78,10 +79,14 @@ class SyncCache:
         self.start_block = network.deploy_block if start_block is None else start_block
         self.max_range = max_range
         self.clock = clock
-        self._lock = threading.RLock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(_SCHEMA)
+        self._lock = threading.RLock()  # SQLite access
+        self._sync_lock = threading.Lock()  # one sync at a time
+        try:
+            self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise ChainConfigError(f"cannot open the chain cache {path}: {exc}") from exc
         self._contracts = {
             network.address("did_registry"): Abi.of("CityDIDRegistry"),
             network.address("status_registry"): Abi.of("CityStatusRegistry"),
@@ -102,7 +107,7 @@ class SyncCache:
 
     def _check_identity(self) -> None:
         ident = json.dumps([self.network.chain_id, self.network.addresses, self.start_block], sort_keys=True)
-        with self._lock:
+        with self._guard():
             stored = self._meta("network")
             if stored != ident:
                 if stored is not None:
@@ -126,7 +131,8 @@ class SyncCache:
 
     def staleness(self) -> float:
         """Seconds since the cache was last confirmed current (``inf`` if it never synced)."""
-        at = self.synced_at
+        with self._guard():
+            at = self.synced_at
         return math.inf if at is None else max(0.0, self.clock() - at)
 
     def close(self) -> None:
@@ -134,27 +140,44 @@ class SyncCache:
         self._db.close()
 
     # ---- syncing ----
-    def sync(self) -> int:
-        """Catch up to ``head - confirmations``; returns the synced block. Raises :class:`ChainError`."""
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        """Serialise SQLite access; a local storage failure is a ChainError (the verifier fails closed)."""
         with self._lock:
+            try:
+                yield
+            except sqlite3.Error as exc:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise ChainError(f"kiosk chain cache failed: {exc}") from exc
+
+    def sync(self) -> int:
+        """Catch up to ``head - confirmations``; returns the synced block. Raises :class:`ChainError`.
+
+        Network I/O happens outside the database lock, so reads keep answering while a sync waits on the node.
+        """
+        with self._sync_lock:
             started = self.clock()
             if not self._checked:
                 check_network(self.client, self.network)
                 self._checked = True
-            synced = self.synced_block
+            with self._guard():
+                synced = self.synced_block
+                stored = self._checkpoint(synced)
             calls: list[tuple[str, list]] = [("eth_blockNumber", [])]
             if synced >= self.start_block:
                 calls.append(("eth_getBlockByNumber", [hex(synced), False]))
             replies = self.client.batch(calls)
             head = as_int(replies[0], "block number")
-            if len(replies) > 1 and self._block_hash(replies[1], synced) != self._checkpoint(synced):
+            if len(replies) > 1 and self._block_hash(replies[1], synced) != stored:
                 synced = self._rollback()
             target = head - self.confirmations
             while synced < target:
                 end = min(target, synced + self.max_range)
                 self._apply_range(synced + 1, end)
                 synced = end
-            self._set_meta("synced_at", started)
+            with self._guard():
+                self._set_meta("synced_at", started)
             return synced
 
     def _checkpoint(self, number: int) -> str | None:
@@ -172,9 +195,10 @@ class SyncCache:
 
     def _rollback(self) -> int:
         """Find the newest checkpoint still on the chain, drop everything after it; return it."""
-        rows = self._db.execute(
-            "SELECT number, hash FROM checkpoints ORDER BY number DESC LIMIT ?", (KEEP_CHECKPOINTS,)
-        ).fetchall()
+        with self._guard():
+            rows = self._db.execute(
+                "SELECT number, hash FROM checkpoints ORDER BY number DESC LIMIT ?", (KEEP_CHECKPOINTS,)
+            ).fetchall()
         replies = self.client.batch([("eth_getBlockByNumber", [hex(n), False]) for n, _ in rows])
         ancestor = self.start_block - 1
         for (number, stored), raw in zip(rows, replies, strict=True):
@@ -184,12 +208,13 @@ class SyncCache:
         logger.warning(
             "chain reorganised below block %d: rolling the cache back to %d", self.synced_block, ancestor
         )
-        self._db.execute("BEGIN")
-        for table in _STATE_TABLES:
-            self._db.execute(f"DELETE FROM {table} WHERE block > ?", (ancestor,))  # noqa: S608
-        self._db.execute("DELETE FROM checkpoints WHERE number > ?", (ancestor,))
-        self._set_meta("synced_block", ancestor)
-        self._db.execute("COMMIT")
+        with self._guard():
+            self._db.execute("BEGIN")
+            for table in _STATE_TABLES:
+                self._db.execute(f"DELETE FROM {table} WHERE block > ?", (ancestor,))  # noqa: S608
+            self._db.execute("DELETE FROM checkpoints WHERE number > ?", (ancestor,))
+            self._set_meta("synced_block", ancestor)
+            self._db.execute("COMMIT")
         return ancestor
 
     def _apply_range(self, start: int, end: int) -> None:
@@ -222,23 +247,25 @@ class SyncCache:
             if ev.block_number == end and "0x" + ev.block_hash.hex() != end_hash:
                 raise ChainError(f"block {end} changed while syncing (reorg in progress)")
             decoded.append(ev)
-        self._db.execute("BEGIN")
-        try:
-            for ev in decoded:
-                self._apply(ev)
-            self._db.execute(
-                "INSERT OR REPLACE INTO checkpoints (number, hash) VALUES (?, ?)", (end, end_hash)
-            )
-            self._db.execute(
-                "DELETE FROM checkpoints WHERE number NOT IN "
-                "(SELECT number FROM checkpoints ORDER BY number DESC LIMIT ?)",
-                (KEEP_CHECKPOINTS,),
-            )
-            self._set_meta("synced_block", end)
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
+        with self._guard():
+            self._db.execute("BEGIN")
+            try:
+                for ev in decoded:
+                    self._apply(ev)
+                self._db.execute(
+                    "INSERT OR REPLACE INTO checkpoints (number, hash) VALUES (?, ?)", (end, end_hash)
+                )
+                self._db.execute(
+                    "DELETE FROM checkpoints WHERE number NOT IN "
+                    "(SELECT number FROM checkpoints ORDER BY number DESC LIMIT ?)",
+                    (KEEP_CHECKPOINTS,),
+                )
+                self._set_meta("synced_block", end)
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
 
     def _apply(self, ev: DecodedEvent) -> None:
         key = (ev.block_number, ev.log_index)
@@ -288,6 +315,8 @@ class SyncCache:
                     self.sync()
                 except ChainError as exc:
                     logger.warning("chain sync failed: %s", exc)
+                except Exception:  # keep following; staleness grows until the verifier fails closed
+                    logger.exception("chain sync crashed")
                 self._stop.wait(interval)
 
         self._thread = threading.Thread(target=loop, name="chain-sync", daemon=True)
@@ -309,11 +338,12 @@ class SyncCache:
         return (int(row[0]), int(row[1]), bool(row[2])) if row else (0, 0, False)
 
     def status_of(self, list_id: int, index: int) -> CredentialStatus:
-        row = self._db.execute(
-            "SELECT value FROM status_words WHERE list_id = ? AND word = ? "
-            "ORDER BY block DESC, log_index DESC LIMIT 1",
-            (list_id, index >> 7),
-        ).fetchone()
+        with self._guard():
+            row = self._db.execute(
+                "SELECT value FROM status_words WHERE list_id = ? AND word = ? "
+                "ORDER BY block DESC, log_index DESC LIMIT 1",
+                (list_id, index >> 7),
+            ).fetchone()
         word = int(row[0], 16) if row else 0
         value = (word >> ((index & 127) * 2)) & 3
         if value > CredentialStatus.SUSPENDED:
@@ -323,7 +353,8 @@ class SyncCache:
     def did_document(self, did: str) -> dict:
         """The DID document from cached events (same rules as the resolver)."""
         address = address_of(self.network, did)
-        return self._build(did, address).document
+        with self._guard():
+            return self._build(did, address).document
 
     def _build(self, did: str, address: str) -> BuiltDocument:
         rows = self._db.execute(
@@ -336,7 +367,7 @@ class SyncCache:
         self, issuer_did: str, holder_did: str, vct: str, status: StatusRef
     ) -> VerificationFacts:
         """Facts from the replica; :class:`StaleChainDataError` past ``max_staleness`` (fail closed)."""
-        with self._lock:
+        with self._guard():
             age = self.staleness()
             if age > self.max_staleness:
                 raise StaleChainDataError(age, self.max_staleness)

@@ -262,3 +262,26 @@ def test_wrong_node_or_addresses_are_refused(embedded_chain, tmp_path):
     with pytest.raises(ChainConfigError, match="no contract code at status_registry"):
         cache.sync()
     assert cache.synced_at is None
+
+
+def test_reads_answer_while_a_sync_waits_on_a_slow_node(setup, tmp_path):
+    fake, city, holder_did, ref = setup
+    cache = SyncCache(fake.client(timeout=5), city.network, tmp_path / "c.sqlite", confirmations=0)
+    cache.sync()
+    fake.mode = "slow"  # the node takes 1 s per request
+    syncing = threading.Thread(target=cache.sync)
+    syncing.start()
+    time.sleep(0.1)
+    t = time.perf_counter()
+    assert cache.verification_facts(city.did, holder_did, VCT, ref).status is CredentialStatus.VALID
+    assert time.perf_counter() - t < 0.5  # not blocked behind the network I/O
+    syncing.join()
+
+
+def test_unreadable_cache_file_is_a_clear_error(embedded_chain, tmp_path):
+    from cityid.chain.errors import ChainConfigError
+
+    bad = tmp_path / "c.sqlite"
+    bad.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(ChainConfigError, match="cannot open the chain cache"):
+        SyncCache(embedded_chain.client(), embedded_chain.network, bad)
