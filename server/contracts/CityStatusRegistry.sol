@@ -20,7 +20,6 @@ contract CityStatusRegistry {
     event StatusWordsChanged(uint256 indexed listId, uint256[] wordIndexes, uint256[] words);
 
     error NotListOwner(uint256 listId, address caller);
-    error UnknownList(uint256 listId);
     error BadStatus(uint8 status);
     error RevokedIsFinal(uint256 listId, uint256 index);
 

@@ -304,3 +304,25 @@ def test_cache_for_another_network_starts_over(city, embedded_chain, tmp_path):
 def test_name32_rejects_long_names():
     with pytest.raises(ValueError, match="longer than 32"):
         name32("did/pub/Multikey/veriKey/hex/and-more")
+
+
+def test_sync_in_small_ranges_gives_the_same_replica(city, embedded_chain, tmp_path):
+    holder_did, card, issuer_key, ref = _setup_credential(city)
+    city.revoke(ref.list_id, [ref.index])
+    small = SyncCache(
+        embedded_chain.client(), city.network, tmp_path / "a.sqlite", confirmations=0, max_range=1
+    )
+    big = SyncCache(embedded_chain.client(), city.network, tmp_path / "b.sqlite", confirmations=0)
+    assert small.sync() == big.sync()
+    a = small.verification_facts(city.did, holder_did, VCT, ref)
+    b = big.verification_facts(city.did, holder_did, VCT, ref)
+    assert (a.holder_keys, a.issuer_keys, a.issuer_trusted, a.status, a.block_number) == (
+        b.holder_keys,
+        b.issuer_keys,
+        b.issuer_trusted,
+        b.status,
+        b.block_number,
+    )
+    assert (
+        a.holder_keys == (card,) and a.issuer_keys == (issuer_key,) and a.status is CredentialStatus.REVOKED
+    )
