@@ -285,3 +285,33 @@ def test_unreadable_cache_file_is_a_clear_error(embedded_chain, tmp_path):
     bad.write_bytes(b"this is not a database" * 100)
     with pytest.raises(ChainConfigError, match="cannot open the chain cache"):
         SyncCache(embedded_chain.client(), embedded_chain.network, bad)
+
+
+class PreLondonView:
+    """Presents the node as a pre-London chain (no baseFeePerGas in blocks), like some geth forks."""
+
+    def __init__(self, node: Any) -> None:
+        self.node = node
+        self.url = node.url
+        self.raw: list[str] = []
+
+    def send(self, payload: Any) -> Any:
+        reply = self.node.send(payload)
+        for req, rep in zip(
+            payload if isinstance(payload, list) else [payload],
+            reply if isinstance(reply, list) else [reply],
+            strict=True,
+        ):
+            if req["method"] == "eth_getBlockByNumber" and isinstance(rep.get("result"), dict):
+                rep["result"].pop("baseFeePerGas", None)
+            if req["method"] == "eth_sendRawTransaction":
+                self.raw.append(req["params"][0])
+        return reply
+
+
+def test_legacy_gas_pricing_without_base_fee(embedded_chain):
+    transport = PreLondonView(embedded_chain.client().transport)
+    city = Registrar(embedded_chain.network, RpcClient(transport), embedded_chain.accounts[0])
+    list_id = city.create_status_list()
+    assert city.status.list_owner(list_id) == city.address
+    assert transport.raw and all(raw[:4] in ("0xf8", "0xf9") for raw in transport.raw)  # legacy RLP list
