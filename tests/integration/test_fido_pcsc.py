@@ -1,0 +1,305 @@
+"""FIDO2 through the real pcscd + vpcd (and python-fido2's own clients), plus the in-process HID device.
+
+python-fido2's Fido2Client registers and authenticates against the virtual authenticator; its Fido2Server
+verifies the attestation against the key's test attestation root and the assertions against the credential
+keys. PIN lockout with power cycles by re-inserting the card, a tear in the middle of a chained
+MakeCredential, the combined citizen + FIDO card and discovery events.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+
+import pytest
+from fido2.client import Fido2Client, UserInteraction
+from fido2.ctap2 import Ctap2
+from fido2.hid import CtapHidDevice
+from fido2.server import Fido2Server
+from fido2.webauthn import AttestedCredentialData
+from firmware_tools.card.store import CardStore
+from firmware_tools.card.transport import TearPoint
+from firmware_tools.fido.attestation import export_root
+from firmware_tools.fido.card import make_fido_card
+from firmware_tools.fido.hid import VirtualHidDevice
+
+from cityid.apdu import ApduFormat
+from cityid.errors import CardError
+from terminal.fido.device import CtapSmartCardDevice, pcsc_device
+from terminal.fido.discovery import (
+    FidoKeyInserted,
+    FidoKeyRemoved,
+    FidoKeyWatcher,
+    classify_reader,
+    discover_pcsc,
+)
+from terminal.fido.errors import (
+    FidoInvalidPinError,
+    FidoPinBlockedError,
+    FidoPinPowerCycleError,
+)
+from terminal.fido.session import FidoSession, FidoVerifier, PinState, TrustedRootVerifier
+from terminal.pcsc.connection import PcscConnection
+from tests.unit.fido_support import ES256, RP, cdh, make_auth, user
+
+pytestmark = [
+    pytest.mark.integration,
+    # python-fido2 1.x warns about its own deprecated internals (Fido2Client extensions, dict mapping)
+    pytest.mark.filterwarnings("ignore::DeprecationWarning:fido2"),
+    pytest.mark.filterwarnings("ignore:Deprecated use of webauthn_json_mapping"),
+]
+
+ORIGIN = "https://busan.go.kr"
+
+
+class Pin(UserInteraction):
+    def __init__(self, pin: str | None) -> None:
+        self.pin = pin
+
+    def request_pin(self, permissions, rp_id):
+        return self.pin
+
+
+@pytest.fixture
+def fido_key(vpcd_card_factory, tmp_path):
+    state = tmp_path / "fido-key.json"
+    handle = vpcd_card_factory(lambda: make_fido_card(state)[0], state)
+    return handle, state
+
+
+def _root(state) -> bytes:
+    return export_root(CardStore(state)).encode()
+
+
+def _client_round_trip(device, root: bytes, pin: str | None) -> None:
+    """Fido2Client register + authenticate, verified with Fido2Server (WebAuthn §7.1, §7.2)."""
+    server = Fido2Server(
+        {"id": "busan.go.kr", "name": "Busan"},
+        attestation="direct",
+        verify_attestation=TrustedRootVerifier([root]),
+    )
+    client = Fido2Client(device, ORIGIN, user_interaction=Pin(pin))
+    uv = "required" if pin else "discouraged"
+    options, state = server.register_begin(
+        {"id": b"citizen-42", "name": "kim", "displayName": "Kim"},
+        resident_key_requirement="required",
+        user_verification=uv,
+    )
+    result = client.make_credential(options["publicKey"])
+    auth_data = server.register_complete(state, result.client_data, result.attestation_object)
+    assert auth_data.is_user_verified() == bool(pin)
+    creds = [auth_data.credential_data]
+    counters = [auth_data.counter]
+    for _ in range(2):
+        options, state = server.authenticate_begin(creds, user_verification=uv)
+        response = client.get_assertion(options["publicKey"]).get_response(0)
+        server.authenticate_complete(
+            state,
+            creds,
+            response.credential_id,
+            response.client_data,
+            response.authenticator_data,
+            response.signature,
+        )
+        counters.append(response.authenticator_data.counter)
+    assert counters == sorted(set(counters))
+    # discoverable: no allow list
+    options, state = server.authenticate_begin(user_verification=uv)
+    response = client.get_assertion(options["publicKey"]).get_response(0)
+    assert response.user_handle == b"citizen-42"
+    server.authenticate_complete(
+        state,
+        creds,
+        response.credential_id,
+        response.client_data,
+        response.authenticator_data,
+        response.signature,
+    )
+
+
+def test_fido2_client_through_pcscd(fido_key) -> None:
+    handle, state = fido_key
+    device = pcsc_device(handle.reader_name)  # python-fido2's own CtapPcscDevice
+    try:
+        _client_round_trip(device, _root(state), None)
+        from fido2.ctap2.pin import ClientPin
+
+        ClientPin(Ctap2(device)).set_pin("24680")
+        _client_round_trip(device, _root(state), "24680")
+    finally:
+        device.close()
+
+
+def test_fido2_client_through_the_hid_device() -> None:
+    auth = make_auth()
+    device = VirtualHidDevice(auth)
+    hid = CtapHidDevice(device.descriptor, device.open())
+    _client_round_trip(hid, export_root(auth.store).encode(), None)
+
+
+@pytest.mark.parametrize("fmt", [ApduFormat.SHORT, ApduFormat.EXTENDED])
+def test_terminal_flows_through_pcscd(fido_key, fmt) -> None:
+    handle, state = fido_key
+    with PcscConnection(handle.reader_name) as conn:
+        session = FidoSession(CtapSmartCardDevice(conn, handle.reader_name, fmt))
+        verifier = FidoVerifier("busan.go.kr", trusted_roots=[_root(state)])
+        reg = verifier.register(session, b"citizen-7", "park", large_blob=True)
+        result = verifier.authenticate(session, [reg.credential], last_sign_count=reg.sign_count)
+        assert result.credential_id == reg.credential_id
+        session.write_blob(reg.large_blob_key, b"x" * 2500)  # several largeBlobs fragments, chained APDUs
+        assert session.read_blob(reg.large_blob_key) == b"x" * 2500
+
+
+def test_pin_lockout_with_reinsertion(fido_key) -> None:
+    handle, _ = fido_key
+
+    def session() -> FidoSession:
+        conn = PcscConnection(handle.reader_name, reset_on_close=False).open()
+        return FidoSession(CtapSmartCardDevice(conn, handle.reader_name))
+
+    s = session()
+    s.set_pin("2468")
+    shown = [s.pin_status().describe()]
+    left = 8
+    for cycle in range(3):
+        for attempt in range(3):
+            with pytest.raises((FidoInvalidPinError, FidoPinPowerCycleError, FidoPinBlockedError)) as info:
+                s.change_pin("0000", "13579")
+            left -= 1
+            if left == 0:
+                assert isinstance(info.value, FidoPinBlockedError)
+                break
+            if attempt < 2:
+                assert isinstance(info.value, FidoInvalidPinError)
+                assert info.value.attempts_remaining == left
+            else:
+                assert isinstance(info.value, FidoPinPowerCycleError)
+        status = s.pin_status()
+        shown.append(status.describe())
+        s.close()
+        if left == 0:
+            break
+        assert status.state is PinState.POWER_CYCLE_REQUIRED and status.retries == left
+        # re-insert the card (a new emulator process on the same state in the second cycle)
+        if cycle == 0:
+            handle.stop()
+            handle.insert()
+        else:
+            handle.restart()
+        s = session()
+        assert s.pin_status().state is PinState.OK
+    assert shown == [
+        "PIN set, 8 tries left",
+        "PIN blocked until the key is re-inserted (5 tries left)",
+        "PIN blocked until the key is re-inserted (2 tries left)",
+        "PIN blocked until reset",
+    ]
+    handle.restart()
+    s = session()
+    assert s.pin_status().state is PinState.BLOCKED  # survives re-insertion; only reset helps
+    s.reset()
+    assert s.pin_status().state is PinState.NOT_SET
+    s.close()
+
+
+@pytest.mark.parametrize(
+    ("chunk", "point", "created"),
+    [
+        (1, TearPoint.BEFORE_PROCESSING, False),
+        (1, TearPoint.AFTER_PROCESSING, False),
+        (-1, TearPoint.BEFORE_PROCESSING, False),
+        (-1, TearPoint.AFTER_PROCESSING, True),
+    ],
+    ids=["first-before", "first-after", "last-before", "last-after"],
+)
+def test_tear_in_a_chained_make_credential(fido_key, chunk, point, created) -> None:
+    handle, state = fido_key
+    reader = handle.reader_name
+    with PcscConnection(reader, reset_on_close=False) as conn:
+        ctap = Ctap2(CtapSmartCardDevice(conn, reader))
+        ctap.make_credential(cdh(), RP, user(1), ES256, options={"rk": True})
+        seen_counter = max(ctap.get_assertion("busan.go.kr", cdh()).auth_data.counter for _ in range(3))
+    n_parts = 3  # 600+ bytes of request in 250-byte chained APDUs
+    target = n_parts if chunk == -1 else chunk
+    count = {"n": 0}
+
+    def hook(raw: bytes):
+        if raw[1] == 0x10 and raw[0] in (0x80, 0x90):
+            count["n"] += 1
+            if count["n"] == target:
+                return point
+        return None
+
+    big_user = {"id": b"citizen-2", "name": "n" * 64, "displayName": "d" * 64}
+    exclude = [{"type": "public-key", "id": bytes([i]) * 34} for i in range(8)]
+    with PcscConnection(reader, reset_on_close=False) as conn:
+        ctap = Ctap2(CtapSmartCardDevice(conn, reader))
+        handle.on_apdu = hook
+        with pytest.raises((CardError, Exception)):
+            ctap.make_credential(cdh(), RP, big_user, ES256, exclude_list=exclude, options={"rk": True})
+    handle.on_apdu = None
+    handle.wait_torn()
+    assert count["n"] == target
+    json.loads(state.read_text())  # the state file is whole
+    handle.restart()  # a new emulator process on the torn card's state
+    with PcscConnection(reader, reset_on_close=False) as conn:
+        ctap = Ctap2(CtapSmartCardDevice(conn, reader))
+        users = [a.user["id"] for a in ctap.get_assertions("busan.go.kr", cdh())]
+        assert (b"citizen-2" in users) is created
+        assert b"citizen-1" in users
+        assert ctap.get_assertion("busan.go.kr", cdh()).auth_data.counter > seen_counter
+
+
+def test_citizen_card_with_fido_applet(vpcd_card_factory, tmp_path) -> None:
+    from firmware_tools.card.citizen_card import make_citizen_card
+
+    state = tmp_path / "citizen.json"
+    handle = vpcd_card_factory(lambda: make_citizen_card(state, with_fido=True), state)
+    key = classify_reader(handle.reader_name)
+    assert key is not None and key.version == "FIDO_2_0"
+    device = pcsc_device(handle.reader_name)
+    try:
+        fido_state = state.with_name("citizen-fido.json")
+        _client_round_trip(device, _root(fido_state), None)
+    finally:
+        device.close()
+    # the PIV applet is still there next to FIDO
+    with PcscConnection(handle.reader_name) as conn:
+        from cityid.apdu import SmartCardProtocol
+        from cityid.piv import PIV_AID
+
+        assert SmartCardProtocol(conn).select(PIV_AID)
+
+
+def test_discovery_and_key_events(vpcd_card_factory, tmp_path) -> None:
+    from terminal.pcsc.monitor import ReaderMonitor
+
+    state = tmp_path / "k.json"
+    with ReaderMonitor() as monitor:
+        assert monitor.ready.wait(10)
+        watcher = FidoKeyWatcher(monitor).start()
+        events = watcher.events()
+        handle = vpcd_card_factory(lambda: make_fido_card(state)[0], state)
+        event = events.get(timeout=10)
+        assert isinstance(event, FidoKeyInserted) and event.key.name == handle.reader_name
+        assert any(k.name == handle.reader_name for k in discover_pcsc())
+        session = FidoSession(event.key.open())
+        assert session.info().pin.state is PinState.NOT_SET
+        session.close()
+        handle.stop()
+        event = events.get(timeout=10)
+        assert isinstance(event, FidoKeyRemoved) and event.name == handle.reader_name
+        watcher.stop()
+        with pytest.raises(queue.Empty):
+            events.get(timeout=0.2)
+
+
+def test_assertions_verify_against_stored_credential_data(fido_key) -> None:
+    handle, _ = fido_key
+    with PcscConnection(handle.reader_name) as conn:
+        ctap = Ctap2(CtapSmartCardDevice(conn))
+        att = ctap.make_credential(cdh(), RP, user(), [{"type": "public-key", "alg": -8}])
+        cred = AttestedCredentialData(bytes(att.auth_data.credential_data))
+        h = cdh()
+        allow = [{"type": "public-key", "id": cred.credential_id}]
+        ctap.get_assertion("busan.go.kr", h, allow_list=allow).verify(h, cred.public_key)  # EdDSA
