@@ -57,6 +57,9 @@ class Receipt:
 
 
 def revert_from_rpc(exc: RpcError, abi: Abi | None) -> TransactionRevertedError | None:
+    """The decoded revert behind a JSON-RPC error (geth/anvil: code 3 + data), or None if it is not one."""
+    if exc.code != 3 and "revert" not in exc.message.lower():
+        return None
     data = exc.data
     if isinstance(data, dict):  # some nodes nest it: {"data": "0x..."}
         data = data.get("data")
@@ -67,9 +70,7 @@ def revert_from_rpc(exc: RpcError, abi: Abi | None) -> TransactionRevertedError 
             raw = b""
         reason = abi.decode_revert(raw) if abi else decode_revert_any(raw)
         return TransactionRevertedError(reason, raw)
-    if exc.code == 3 or "revert" in exc.message.lower():
-        return TransactionRevertedError(exc.message)
-    return None
+    return TransactionRevertedError(exc.message)
 
 
 def pad_gas(estimate: int) -> int:
