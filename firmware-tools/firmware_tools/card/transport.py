@@ -15,6 +15,7 @@ import contextlib
 import enum
 import logging
 import socket
+import struct
 import threading
 from collections.abc import Callable
 
@@ -101,6 +102,7 @@ class VpcdCard:
         self.host = host
         self.port = port
         self.reconnect = reconnect
+        self.polls = 0  # ATR requests seen: pcscd polls a present card about every 400 ms
         #: Test hook: called with every raw command APDU; return a :class:`TearPoint` to remove the card
         #: there.
         self.on_apdu: Callable[[bytes], TearPoint | None] | None = None
@@ -149,9 +151,17 @@ class VpcdCard:
             self._tear_at = (self.apdu_count + n_apdus, point)
 
     def tear(self) -> None:
-        """Remove the card now, as if pulled out (the thread ends; ``start()`` re-inserts it)."""
+        """Remove the card now, as if pulled out (the thread ends; ``start()`` re-inserts it).
+
+        The socket is reset (SO_LINGER 0) rather than closed gracefully: vpcd, waiting for the answer to an
+        APDU, then sees an error and drops the connection, so it accepts the card again later.
+        """
         self.torn.set()
         self._stop.set()
+        sock = self._sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self._close_socket()
 
     # --- the reader conversation --------------------------------------------------------------------
@@ -235,6 +245,7 @@ class VpcdCard:
         elif byte == VpcdControl.RESET:
             self.card.reset()
         elif byte == VpcdControl.GET_ATR:
+            self.polls += 1
             self._send(sock, self.card.atr)
         else:
             logger.warning("unknown vpcd control byte %02X", byte)

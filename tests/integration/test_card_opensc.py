@@ -1,0 +1,113 @@
+"""Standard PIV middleware against the virtual card through the real pcscd + vpcd: yubico-piv-tool provisions
+(generate a P-256 key in 9A, import a certificate, read it back), OpenSC's PKCS#11 module lists the key and
+signs with it after the PIN, and the signature verifies with the certificate's public key."""
+
+from __future__ import annotations
+
+import datetime
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from cryptography.x509.oid import NameOID
+
+pytestmark = pytest.mark.integration
+
+OPENSC_PKCS11 = Path("/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so")
+
+
+def _run(*cmd: str, input_: bytes | None = None) -> str:
+    proc = subprocess.run(cmd, capture_output=True, input=input_, timeout=60, check=False)
+    out = (proc.stdout + proc.stderr).decode(errors="replace")
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{out}"
+    return out
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} is not installed (./dev setup installs it)")
+    return path
+
+
+def _certificate_for(public_pem: bytes) -> x509.Certificate:
+    """A certificate for the card's key, issued by a throw-away test CA."""
+    public = serialization.load_pem_public_key(public_pem)
+    ca = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Busan citizen test")]))
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Busan test CA")]))
+        .public_key(public)  # type: ignore[arg-type]
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .sign(ca, hashes.SHA256())
+    )
+
+
+def test_yubico_piv_tool_provisioning_then_opensc_pkcs11_signs(virtual_card, tmp_path: Path) -> None:
+    ypt = _tool("yubico-piv-tool")
+    p11 = _tool("pkcs11-tool")
+    if not OPENSC_PKCS11.exists():
+        pytest.fail(f"{OPENSC_PKCS11} missing (apt-get install opensc)")
+    reader = virtual_card.reader_name
+    pub = tmp_path / "pub.pem"
+    cert_pem = tmp_path / "cert.pem"
+
+    # --- provisioning, yubico-piv-tool style (default management key) ---
+    out = _run(ypt, "-r", reader, "-a", "generate", "-s", "9a", "-A", "ECCP256", "-o", str(pub))
+    assert "Successfully generated" in out
+    cert = _certificate_for(pub.read_bytes())
+    cert_pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _run(ypt, "-r", reader, "-a", "import-certificate", "-s", "9a", "-i", str(cert_pem))
+    read_back = _run(ypt, "-r", reader, "-a", "read-certificate", "-s", "9a")
+    assert x509.load_pem_x509_certificate(read_back.encode()) == cert
+    status = _run(ypt, "-r", reader, "-a", "status")
+    assert "PIN tries left:\t3" in status
+
+    # --- OpenSC PKCS#11: list, then sign with 9A after the PIN ---
+    listing = _run(p11, "--module", str(OPENSC_PKCS11), "--list-objects")
+    assert "Busan citizen test" in listing and "PIV AUTH" in listing
+    message = tmp_path / "msg"
+    message.write_bytes(b"Busan citizen card test message")
+    signature = tmp_path / "sig"
+    _run(
+        p11, "--module", str(OPENSC_PKCS11), "--login", "--pin", "123456", "--sign", "--mechanism",
+        "ECDSA-SHA256", "--id", "01", "--input-file", str(message), "--output-file", str(signature),
+    )  # fmt: skip
+    raw = signature.read_bytes()
+    assert len(raw) == 64  # PKCS#11 gives r || s
+    der = encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"))
+    public = cert.public_key()
+    assert isinstance(public, ec.EllipticCurvePublicKey)
+    public.verify(der, message.read_bytes(), ec.ECDSA(hashes.SHA256()))  # raises if invalid
+
+    # --- a wrong PIN is refused and counted ---
+    proc = subprocess.run(
+        [p11, "--module", str(OPENSC_PKCS11), "--login", "--pin", "000000", "--sign", "--mechanism",
+         "ECDSA-SHA256", "--id", "01", "--input-file", str(message), "--output-file", str(signature)],
+        capture_output=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "PIN tries left:\t2" in _run(ypt, "-r", reader, "-a", "status")
+
+
+def test_yubico_piv_tool_pin_management(virtual_card) -> None:
+    ypt = _tool("yubico-piv-tool")
+    reader = virtual_card.reader_name
+    _run(ypt, "-r", reader, "-a", "change-pin", "-P", "123456", "-N", "24682468")
+    _run(ypt, "-r", reader, "-a", "verify-pin", "-P", "24682468")
+    for _ in range(3):
+        subprocess.run(
+            [ypt, "-r", reader, "-a", "verify-pin", "-P", "000000"], capture_output=True, check=False
+        )
+    assert "PIN tries left:\t0" in _run(ypt, "-r", reader, "-a", "status")
+    _run(ypt, "-r", reader, "-a", "unblock-pin", "-P", "12345678", "-N", "135790")
+    _run(ypt, "-r", reader, "-a", "verify-pin", "-P", "135790")

@@ -1,0 +1,168 @@
+"""The vpcd transport through the real pcscd: insertion, chaining, removal, tear hooks."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from firmware_tools.card.citizen_card import CITIZEN_ATR
+from firmware_tools.card.os import Applet, VirtualCard
+from firmware_tools.card.transport import TearPoint
+from smartcard.System import readers
+
+from cityid.apdu import CommandApdu, ResponseApdu, SmartCardProtocol
+from cityid.piv import PIV_AID, pad_pin
+from cityid.tlv import encode_tlv
+from tests.emukit import Card
+from tests.fixtures.pcsc import card_present, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+class Echo(Applet):
+    aid = bytes.fromhex("F0000000EC0101")
+    name = "echo"
+
+    def select(self) -> bytes:
+        return b"echo"
+
+    def process(self, cmd: CommandApdu) -> ResponseApdu:
+        return ResponseApdu(cmd.data * cmd.p1 if cmd.p1 else cmd.data, 0x9000)
+
+
+ATR = bytes.fromhex("3B8A80018045434820544553540100")
+
+
+def _connect(name: str):
+    reader = next(r for r in readers() if str(r) == name)
+    conn = reader.createConnection()
+    conn.connect()
+    return conn
+
+
+def test_echo_through_pcscd(vpcd_card_factory) -> None:
+    handle = vpcd_card_factory(lambda: VirtualCard([Echo()], ATR))
+    conn = _connect(handle.reader_name)
+    assert bytes(conn.getATR()) == ATR
+    data, sw1, sw2 = conn.transmit(list(bytes.fromhex("00A4040005F0000000EC")))
+    assert bytes(data) == b"echo" and (sw1, sw2) == (0x90, 0x00)
+    t0 = time.perf_counter()
+    for _ in range(20):
+        data, sw1, sw2 = conn.transmit([0x80, 0x01, 0x00, 0x00, 0x02, 0xAB, 0xCD, 0x00])
+    per_apdu = (time.perf_counter() - t0) / 20
+    assert bytes(data) == b"\xab\xcd" and (sw1, sw2) == (0x90, 0x00)
+    print(f"round trip {per_apdu * 1000:.2f} ms")
+    conn.disconnect()
+
+
+class PyscardConnection:
+    """Minimal SmartCardConnection over pyscard (kept here so these tests do not depend on terminal/)."""
+
+    def __init__(self, reader: str) -> None:
+        self.conn = _connect(reader)
+
+    def send_and_receive(self, apdu: bytes) -> tuple[bytes, int]:
+        data, sw1, sw2 = self.conn.transmit(list(apdu))
+        return bytes(data), (sw1 << 8) | sw2
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.conn.disconnect()
+
+
+def _admin_protocol(reader: str) -> tuple[PyscardConnection, SmartCardProtocol]:
+    conn = PyscardConnection(reader)
+    p = SmartCardProtocol(conn)
+    p.select(PIV_AID)
+    card = Card.__new__(Card)  # reuse the host-side admin steps of the emukit over this protocol
+    card.p = p
+    assert card.authenticate() == 0x9000
+    return conn, p
+
+
+PUT = encode_tlv(0x5C, bytes.fromhex("5FC109")) + encode_tlv(0x53, b"printed information")
+
+
+@pytest.mark.parametrize("point", [TearPoint.BEFORE_PROCESSING, TearPoint.AFTER_PROCESSING])
+def test_card_pulled_during_put_data_leaves_old_or_new_state(virtual_card, point: TearPoint) -> None:
+    conn, p = _admin_protocol(virtual_card.reader_name)
+    before = virtual_card.state_path.read_bytes()
+    virtual_card.tear_after(1, point)
+    with pytest.raises(Exception):  # noqa: B017 - pyscard raises its own exception types for a pulled card
+        p.send_apdu(0, 0xDB, 0x3F, 0xFF, PUT)
+    virtual_card.wait_torn()
+    conn.close()
+    after = virtual_card.state_path.read_bytes()
+    assert json.loads(after)
+    if point is TearPoint.BEFORE_PROCESSING:
+        assert after == before
+    else:
+        assert after != before
+    # A new emulator process on the same file: the object is there exactly when the card processed it.
+    virtual_card.restart()
+    conn = PyscardConnection(virtual_card.reader_name)
+    p = SmartCardProtocol(conn)
+    p.select(PIV_AID)
+    p.send_apdu(0, 0x20, 0, 0x80, pad_pin(b"123456"))
+    data, sw = p.send_apdu_sw(0, 0xCB, 0x3F, 0xFF, bytes.fromhex("5C035FC109"))
+    if point is TearPoint.BEFORE_PROCESSING:
+        assert sw == 0x6A82
+    else:
+        assert (data, sw) == (encode_tlv(0x53, b"printed information"), 0x9000)
+    conn.close()
+
+
+def test_removal_and_reinsertion_keep_the_state(virtual_card) -> None:
+    conn = PyscardConnection(virtual_card.reader_name)
+    p = SmartCardProtocol(conn)
+    p.select(PIV_AID)
+    assert p.send_apdu_sw(0, 0x20, 0, 0x80, pad_pin(b"000000"))[1] == 0x63C2
+    conn.close()
+    virtual_card.stop()
+    assert not card_present(virtual_card.reader_name)
+    virtual_card.insert()
+    conn = PyscardConnection(virtual_card.reader_name)
+    p = SmartCardProtocol(conn)
+    p.select(PIV_AID)
+    assert p.send_apdu_sw(0, 0x20, 0, 0x80)[1] == 0x63C2
+    conn.close()
+
+
+def test_cardtool_emulate_citizen_shows_the_card(vpcd_slot, tmp_path: Path) -> None:
+    """``cardtool emulate citizen`` in one process; the card is visible to PC/SC and OpenSC in another."""
+    port, reader = vpcd_slot
+    state = tmp_path / "card.json"
+    exe = Path(sys.executable).with_name("cardtool")
+    proc = subprocess.Popen(
+        [str(exe), "emulate", "citizen", "--vpcd", f"127.0.0.1:{port}", "--state", str(state)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for(lambda: card_present(reader), 15, f"the emulated card in {reader}")
+        conn = _connect(reader)
+        assert bytes(conn.getATR()) == CITIZEN_ATR
+        conn.disconnect()
+        out = subprocess.run(
+            ["opensc-tool", "--reader", reader, "--name"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert "Personal Identity Verification Card" in out.stdout, out.stdout + out.stderr
+        assert state.exists()
+    finally:
+        proc.send_signal(signal.SIGINT)  # Ctrl-C removes the card cleanly
+        output, _ = proc.communicate(timeout=15)
+    text = output.decode()
+    assert proc.returncode == 0, text
+    assert "ATR:    3B 8C 01" in text and f"state:  {state}" in text and "card removed" in text
+    assert "Traceback" not in text
+    wait_for(lambda: not card_present(reader), 10, f"{reader} to be empty")
