@@ -90,7 +90,7 @@ _DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_re
 def json_loads(data: bytes | str) -> Any:
     """Strict JSON (RFC 8259 / RFC 7515 §5.2): UTF-8, no NaN/Infinity, no duplicate members."""
     try:
-        text = data.decode("utf-8") if isinstance(data, bytes | bytearray) else data
+        text = data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data
         try:  # fast path: the C scanner on compact JSON (what JOSE producers emit)
             value, end = _DECODER.scan_once(text, 0)
             if end == len(text):
