@@ -120,7 +120,9 @@ class VpcdCard:
     def start(self) -> None:
         """Insert the card: connect to vpcd in a background thread (returns at once)."""
         if self._thread is not None and self._thread.is_alive():
-            return
+            if not self._stop.is_set():
+                return  # already inserted
+            self._thread.join(5.0)  # a removal (tear/stop) is still winding down
         self._stop.clear()
         self.torn.clear()
         self._thread = threading.Thread(target=self._run, name=f"vpcd-card-{self.port}", daemon=True)
