@@ -121,6 +121,18 @@ class PivApplet(Applet):
             store.commit(SECTION, state)
         self._state = state
         self._keys: dict[int, Any] = {}  # slot -> private key object (parsed once)
+        self._handlers: dict[int, Callable[[CommandApdu], bytes]] = {
+            INS.GET_DATA: self._get_data,
+            INS.PUT_DATA: self._put_data,
+            INS.VERIFY: self._verify,
+            INS.CHANGE_REFERENCE_DATA: self._change_reference,
+            INS.RESET_RETRY_COUNTER: self._reset_retry_counter,
+            INS.GENERAL_AUTHENTICATE: self._general_authenticate,
+            INS.GENERATE_ASYMMETRIC_KEY_PAIR: self._generate,
+            INS_GET_VERSION: self._get_version,
+            INS_GET_SERIAL: self._get_serial,
+            INS_SET_MGMKEY: self._set_management_key,
+        }
 
     # --- lifecycle -----------------------------------------------------------------------------------
 
@@ -182,24 +194,10 @@ class PivApplet(Applet):
     def process(self, cmd: CommandApdu) -> ResponseApdu:
         if cmd.cla != 0x00:
             raise ApduError(SW.CLA_NOT_SUPPORTED)
-        handler = self._handlers().get(cmd.ins)
+        handler = self._handlers.get(cmd.ins)
         if handler is None:
             raise ApduError(SW.INS_NOT_SUPPORTED)
         return ResponseApdu(handler(cmd), SW.SUCCESS)
-
-    def _handlers(self) -> dict[int, Callable[[CommandApdu], bytes]]:
-        return {
-            INS.GET_DATA: self._get_data,
-            INS.PUT_DATA: self._put_data,
-            INS.VERIFY: self._verify,
-            INS.CHANGE_REFERENCE_DATA: self._change_reference,
-            INS.RESET_RETRY_COUNTER: self._reset_retry_counter,
-            INS.GENERAL_AUTHENTICATE: self._general_authenticate,
-            INS.GENERATE_ASYMMETRIC_KEY_PAIR: self._generate,
-            INS_GET_VERSION: self._get_version,
-            INS_GET_SERIAL: self._get_serial,
-            INS_SET_MGMKEY: self._set_management_key,
-        }
 
     @staticmethod
     def _p1p2(cmd: CommandApdu, p1: int, p2: int) -> None:
