@@ -172,6 +172,35 @@ def test_stale_cache_fails_closed(chain_env, city, tmp_path):
         cache.verification_facts(city.did, holder_did, VCT, ref)
 
 
+def standard_resolve(chain_env, rpc_url: str, dids: list[str]) -> tuple[dict, int]:
+    """Resolve with ethr-did-resolver (node) at a fixed clock; returns (results, the unix time used).
+
+    The clock is set past the newest block, so validity windows (a revocation's validTo is its block time,
+    and nodes may run block time ahead of the wall clock) are judged the same way by both resolvers.
+    """
+    net = chain_env.network
+    latest = chain_env.rpc("eth_getBlockByNumber", "latest", False)
+    now = max(int(time.time()), int(latest["timestamp"], 16)) + 5
+    proc = subprocess.run(
+        [
+            "node",
+            str(ROOT / "tests/integration/ethr_resolve.cjs"),
+            rpc_url,
+            net.address("did_registry"),
+            net.name,
+            str(net.chain_id),
+            *dids,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "ETHR_NOW": str(now)},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout), now
+
+
 @pytest.fixture
 def rpc_url(chain_env):
     """An HTTP URL for the chain (the embedded node is served over loopback HTTP for the node tool)."""
@@ -207,6 +236,7 @@ def test_standard_resolver_gives_the_same_documents(chain_env, city, rpc_url):
     city.sender.send(
         city.dids.tx("addDelegate", city.address, name32("sigAuth"), chain_env.accounts[5].address, 86400)
     )
+    city.sender.send(city.dids.tx("setAttribute", city.address, name32("did/svc/Expired"), b"x", 1))
     gone = identity_from_public_hash(os.urandom(32))
     city.enroll_citizens([(gone, [p256()])])
     city.sender.send(city.dids.tx("changeOwner", gone, NULL_ADDRESS))  # deactivated
@@ -217,28 +247,14 @@ def test_standard_resolver_gives_the_same_documents(chain_env, city, rpc_url):
         f"did:ethr:{hex(net.chain_id)}:{citizen}",  # chain-id form
         f"did:ethr:{net.name}:{chain_env.accounts[7].address}",  # never touched
     ]
-    proc = subprocess.run(
-        [
-            "node",
-            str(ROOT / "tests/integration/ethr_resolve.cjs"),
-            rpc_url,
-            net.address("did_registry"),
-            net.name,
-            str(net.chain_id),
-            *dids,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    standard = json.loads(proc.stdout)
+    standard, now = standard_resolve(chain_env, rpc_url, dids)
     ours = DIDResolver(chain_env.client(), net)
     for did in dids:
-        assert ours.resolve(did) == standard[did], did
+        assert ours.resolve(did, now=now) == standard[did], did
     assert p256_keys(standard[dids[0]]["didDocument"]) == (k2, k3)
     assert standard[dids[2]]["didDocumentMetadata"]["deactivated"] is True
+    # the 1-second "Expired" service is gone for both resolvers (same fixed clock)
+    assert [svc["type"] for svc in standard[dids[1]]["didDocument"]["service"]] == ["StatusService"]
 
 
 @pytest.mark.anvil
@@ -361,24 +377,8 @@ def test_random_histories_resolve_like_the_standard_resolver(chain_env, city, rp
     city.sender.send(city.dids.tx("changeOwner", identities[1], chain_env.accounts[4].address))
     city.sender.send(city.dids.tx("changeOwner", identities[2], NULL_ADDRESS))
     dids = [city.did_of(i) for i in identities]
-    proc = subprocess.run(
-        [
-            "node",
-            str(ROOT / "tests/integration/ethr_resolve.cjs"),
-            rpc_url,
-            net.address("did_registry"),
-            net.name,
-            str(net.chain_id),
-            *dids,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    standard = json.loads(proc.stdout)
+    standard, now = standard_resolve(chain_env, rpc_url, dids)
     ours = DIDResolver(chain_env.client(), net)
     for did in dids:
-        assert ours.resolve(did) == standard[did], did
+        assert ours.resolve(did, now=now) == standard[did], did
     assert standard[dids[2]]["didDocumentMetadata"]["deactivated"] is True
