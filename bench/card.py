@@ -1,0 +1,164 @@
+"""Citizen card (emulator) latency, host side (median / p95), and what a real card would add.
+
+Paths: the card OS in process (InProcessConnection, state file with fsync'ed atomic writes, as
+``cardtool emulate citizen`` keeps it) and the same card in pcscd's vpcd reader through pyscard. Operations:
+a trivial APDU (GET INFO), VERIFY (PBKDF2 check + two atomic writes: counter first, anti-tearing), PRESENT
+(build SD-JWT+KB with 2 of 6 disclosures, ES256 with the 9A key), GENERATE P-256. The model line adds the
+card-side costs of real hardware (FIELD-NOTES timing references) to the measured response sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.ciphers import Cipher, modes
+from firmware_tools.card.citizen_card import make_citizen_card
+from firmware_tools.card.os import VirtualCard
+
+from cityid import jose, sdjwt
+from cityid.apdu import ApduFormat, SmartCardProtocol
+from cityid.citizen import CITIZEN_AID, CredentialRecord, Ins, PresentRequest, StoredDisclosure
+from cityid.piv import DEFAULT_MANAGEMENT_KEY, PIV_AID, Algorithm, Slot, pad_pin
+from cityid.tlv import Tlv, encode_tlv, parse_tlv_dict
+
+CLAIMS = {
+    "family_name": "김",
+    "given_name": "민수",
+    "birthdate": "1955-03-01",
+    "district": "Haeundae-gu",
+    "busan_resident": True,
+    "age_over_65": True,
+}
+REQUEST = ("age_over_65", "busan_resident")
+
+
+def _stats(samples: list[float]) -> str:
+    ms = sorted(s * 1000 for s in samples)
+    p95 = ms[min(len(ms) - 1, round(0.95 * (len(ms) - 1)))]
+    return f"median {statistics.median(ms):7.3f} ms   p95 {p95:7.3f} ms   (n={len(ms)})"
+
+
+def _time(fn: Callable[[], object], n: int) -> list[float]:
+    fn()  # warm up
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+class _Host:
+    """Host-side steps written from the specs (SP 800-73-4 Part 2 §3.2.4; docs/card-profile.md)."""
+
+    def __init__(self, p: SmartCardProtocol) -> None:
+        self.p = p
+
+    def authenticate(self) -> None:
+        resp = self.p.send_apdu(0, 0x87, Algorithm.TDEA_3KEY, 0x9B, encode_tlv(0x7C, encode_tlv(0x80, b"")))
+        witness = Tlv.unpack(0x80, Tlv.unpack(0x7C, resp))
+        dec = Cipher(TripleDES(DEFAULT_MANAGEMENT_KEY), modes.ECB()).decryptor()
+        plain = dec.update(witness) + dec.finalize()
+        body = encode_tlv(0x80, plain) + encode_tlv(0x81, bytes(8))
+        self.p.send_apdu(0, 0x87, Algorithm.TDEA_3KEY, 0x9B, encode_tlv(0x7C, body))
+
+    def personalize(self) -> None:
+        self.p.select(PIV_AID)
+        self.authenticate()
+        resp = self.p.send_apdu(0, 0x47, 0, Slot.AUTHENTICATION, encode_tlv(0xAC, encode_tlv(0x80, b"\x11")))
+        point = parse_tlv_dict(Tlv.unpack(0x7F49, resp))[0x86]
+        discs = [sdjwt.create_disclosure(k, v) for k, v in CLAIMS.items()]
+        payload = {
+            "iss": "did:example:issuer",
+            "vct": "urn:busan:citizen:1",
+            "_sd_alg": "sha-256",
+            "_sd": sorted(d.digest for d in discs),
+            "cnf": {"jwk": jose.jwk_from_point(point)},
+        }
+        issuer_jwt = jose.sign_compact({"alg": "ES256"}, payload, ec.generate_private_key(ec.SECP256R1()))
+        record = CredentialRecord(issuer_jwt, tuple(StoredDisclosure(d.name or "", d.encoded) for d in discs))
+        self.p.select(CITIZEN_AID)
+        self.authenticate()
+        self.p.send_apdu(0x80, Ins.PUT_CREDENTIAL, 0, 0, record.encode())
+
+    def verify(self) -> None:
+        self.p.send_apdu(0, 0x20, 0, 0x80, pad_pin(b"123456"), sensitive=True)
+
+    def present(self) -> bytes:
+        self.verify()
+        req = PresentRequest(REQUEST, "bench-nonce-0001", "https://kiosk.busan.go.kr/k1", 1_800_000_000)
+        return self.p.send_apdu(0x80, Ins.PRESENT, 0, 0, req.encode())
+
+
+class _Raw:
+    def __init__(self, card: VirtualCard) -> None:
+        self.card = card
+        card.power_on()
+
+    def send_and_receive(self, apdu: bytes) -> tuple[bytes, int]:
+        raw = self.card.transmit(apdu)
+        return raw[:-2], int.from_bytes(raw[-2:], "big")
+
+
+def _bench_path(label: str, host: _Host, n: int) -> int:
+    host.p.select(CITIZEN_AID)
+    info = _time(lambda: host.p.send_apdu(0x80, Ins.GET_INFO, 0, 0), n * 5)
+    verify = _time(host.verify, n)
+    present_len = len(host.present())
+    present = _time(host.present, n)
+    print(f"   {label:<22} GET INFO (1 APDU)     {_stats(info)}")
+    print(f"   {'':<22} VERIFY                {_stats(verify)}")
+    print(f"   {'':<22} VERIFY + PRESENT      {_stats(present)}   ({present_len} bytes out)")
+    return present_len
+
+
+def run(args: argparse.Namespace) -> None:
+    n = 10 if getattr(args, "quick", False) else 60
+    with tempfile.TemporaryDirectory() as tmp:
+        card = make_citizen_card(Path(tmp) / "card.json")
+        host = _Host(SmartCardProtocol(_Raw(card), ApduFormat.EXTENDED))
+        host.personalize()
+        host.p.select(PIV_AID)
+        host.authenticate()
+        gen = _time(
+            lambda: host.p.send_apdu(0, 0x47, 0, Slot.CARD_AUTH, encode_tlv(0xAC, encode_tlv(0x80, b"\x11"))),
+            n,
+        )
+        print(f"   {'in process':<22} GENERATE P-256        {_stats(gen)}")
+        size = _bench_path("in process", host, n)
+
+        try:
+            from smartcard.System import readers
+
+            from bench._pcsc import vpcd_session
+        except ImportError as exc:  # pragma: no cover - pyscard is a project dependency
+            print(f"   pcscd path skipped: {exc}")
+            return
+        card2 = make_citizen_card(Path(tmp) / "card2.json")
+        with vpcd_session(card2) as reader_name:
+            conn = next(r for r in readers() if str(r) == reader_name).createConnection()
+            conn.connect()
+
+            class _Pyscard:
+                def send_and_receive(self, apdu: bytes) -> tuple[bytes, int]:
+                    data, sw1, sw2 = conn.transmit(list(apdu))
+                    return bytes(data), (sw1 << 8) | sw2
+
+            host2 = _Host(SmartCardProtocol(_Pyscard(), ApduFormat.EXTENDED))
+            host2.personalize()
+            _bench_path("pcscd + vpcd", host2, n)
+            conn.disconnect()
+
+    # Model of a real card for PRESENT: 2 APDUs (VERIFY, PRESENT), P-256 sign on card, response bytes over
+    # ISO 14443 at 106 / 424 kbit/s (FIELD-NOTES: ~87 / ~22 ms per KiB), contact round trip ~9.5 ms each.
+    for rate, per_kib in (("106 kbit/s", 87.0), ("424 kbit/s", 22.0)):
+        for chip, sign_ms in (("SECORA ID 24 ms", 24.0), ("JCOP4 32 ms", 32.0), ("old JCOP 88 ms", 88.0)):
+            total = 2 * 9.5 + sign_ms + size / 1024 * per_kib
+            print(f"   model PRESENT {rate:<11} {chip:<16} ≈ {total:6.1f} ms card side")
