@@ -161,15 +161,24 @@ def test_reorg_within_confirmation_depth_never_reaches_cache(chain_env, city, tm
 
 
 def test_stale_cache_fails_closed(chain_env, city, tmp_path):
+    """Past max_staleness the cache refuses to answer; a node that stops answering keeps it refusing."""
     holder_did, _keys, _k, ref = _credential(city)
+    now = [time.time()]
     cache = SyncCache(
-        chain_env.client(), city.network, tmp_path / "kiosk.sqlite", confirmations=0, max_staleness=0.2
+        chain_env.client(),
+        city.network,
+        tmp_path / "kiosk.sqlite",
+        confirmations=0,
+        max_staleness=30,
+        clock=lambda: now[0],
     )
     cache.sync()
     cache.verification_facts(city.did, holder_did, VCT, ref)
-    time.sleep(0.3)
+    now[0] += 31
     with pytest.raises(StaleChainDataError):
         cache.verification_facts(city.did, holder_did, VCT, ref)
+    cache.sync()  # a successful sync makes it current again
+    assert cache.verification_facts(city.did, holder_did, VCT, ref).status is CredentialStatus.VALID
 
 
 def standard_resolve(chain_env, rpc_url: str, dids: list[str]) -> tuple[dict, int]:
