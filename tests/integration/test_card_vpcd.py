@@ -158,6 +158,18 @@ def test_cardtool_emulate_citizen_shows_the_card(vpcd_slot, tmp_path: Path) -> N
         )
         assert "Personal Identity Verification Card" in out.stdout, out.stdout + out.stderr
         assert state.exists()
+        # ... and ``cardtool info`` (the host tool) in another shell shows the card.
+        info = subprocess.run(
+            [str(exe), "info", "--reader", reader, "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert info.returncode == 0, info.stdout + info.stderr
+        shown = json.loads(info.stdout)
+        assert shown["atr"] == CITIZEN_ATR.hex().upper()
+        assert {"PIV", "citizen"} <= set(shown["applets"]) and shown["pin_tries"] == 3
     finally:
         proc.send_signal(signal.SIGINT)  # Ctrl-C removes the card cleanly
         output, _ = proc.communicate(timeout=15)
