@@ -104,7 +104,9 @@ class KioskVerification:
         t1 = time.perf_counter()
         verdict = self.verifier.verify(presentation, self.service.claims, self.service.id)
         t2 = time.perf_counter()
-        self._nonce = None  # consumed (or rejected) by the verifier
+        # consumed by an accepted presentation; after a rejection it was still exposed: never reuse it
+        self.verifier.nonce_store.discard(self._nonce)
+        self._nonce = None
         self.timings = {"present_s": t1 - t0, "verify_s": t2 - t1}
         self.verdict = verdict
         logger.info(

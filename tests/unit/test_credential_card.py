@@ -117,3 +117,18 @@ def test_card_presentation_replayed_is_rejected(kiosk: tuple) -> None:
     assert verifier.verify(p, claims, "benefit-check").ok
     v = verifier.verify(p, claims, "benefit-check")
     assert not v.ok and v.failed == CheckName.NONCE
+
+
+def test_rejected_presentation_leaves_no_usable_nonce(kiosk: tuple) -> None:
+    verifier, session, _ = kiosk
+    wrong_aud = Verifier(verifier.chain_view, "https://kiosk.busan.go.kr/other", verifier.nonce_store,
+                         clock=lambda: NOW)  # fmt: skip
+    flow = KioskVerification(wrong_aud, service("benefit-check"), clock=lambda: NOW)
+
+    def present_for_first_kiosk(claims: tuple, nonce: str, aud: str, iat: int) -> str:
+        session.verify_pin(PIN)
+        return session.present(claims, nonce, AUDIENCE, iat)
+
+    verdict = flow.run(present_for_first_kiosk)
+    assert verdict.failed == CheckName.AUDIENCE
+    assert len(verifier.nonce_store) == 0  # the exposed nonce cannot be replayed at the first kiosk
