@@ -46,6 +46,7 @@ class FakeNode:
     def __init__(self, backend: Any) -> None:
         self.backend = backend
         self.mode = "ok"
+        self.waiting = threading.Event()  # set while a "slow" request is being held
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -56,6 +57,7 @@ class FakeNode:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 mode = fake.mode
                 if mode == "slow":
+                    fake.waiting.set()
                     time.sleep(1.0)
                 if mode == "error":
                     reply: Any = {
@@ -270,8 +272,9 @@ def test_reads_answer_while_a_sync_waits_on_a_slow_node(setup, tmp_path):
     cache.sync()
     fake.mode = "slow"  # the node takes 1 s per request
     syncing = threading.Thread(target=cache.sync)
+    fake.waiting.clear()
     syncing.start()
-    time.sleep(0.1)
+    assert fake.waiting.wait(5)  # the sync is now blocked on the node
     t = time.perf_counter()
     assert cache.verification_facts(city.did, holder_did, VCT, ref).status is CredentialStatus.VALID
     assert time.perf_counter() - t < 0.5  # not blocked behind the network I/O
