@@ -161,6 +161,7 @@ class CredentialList:
     def __init__(self, state: FidoState, vault: KeyVault) -> None:
         self.state = state
         self.vault = vault
+        self._cache: tuple[int, list[Credential]] | None = None
 
     def _load(self, entry: dict[str, Any]) -> Credential | None:
         rp_id = entry.get("rp_id") or ""
@@ -181,8 +182,14 @@ class CredentialList:
         )
 
     def all(self) -> list[Credential]:
-        creds = [self._load(e) for e in self.state.credentials()]
-        return [c for c in creds if c is not None]
+        """Every stored discoverable credential (parsed once per change of the stored list)."""
+        cache = self._cache
+        if cache is not None and cache[0] == self.state.generation:
+            return list(cache[1])
+        generation = self.state.generation
+        creds = [c for c in (self._load(e) for e in self.state.credentials()) if c is not None]
+        self._cache = (generation, creds)
+        return list(creds)
 
     def for_rp(self, rp_id_hash: bytes) -> list[Credential]:
         """This RP's discoverable credentials, most recent first (CTAP 2.1 §6.2.2 step 7)."""
@@ -196,7 +203,7 @@ class CredentialList:
         return None
 
     def remaining(self) -> int:
-        return max(0, self.MAX - len(self.state.credentials()))
+        return max(0, self.MAX - len(self.all()))
 
     def store(self, cred: Credential) -> None:
         """Add ``cred``, replacing one for the same RP and user id (CTAP 2.1 §6.1.2 step 17)."""

@@ -230,6 +230,10 @@ class VirtualHidDevice:
                 self._error(conn, cid, ERR.INVALID_LENGTH)
                 return
             cancel = threading.Event()
+            if self.authenticator.up.delay <= 0:
+                # Nothing will wait for a touch: answer on the caller's thread (no thread hand-over).
+                self._send(conn, cid, CTAPHID.CBOR, self.authenticator.process(data, cancel=cancel))
+                return
             self._busy = (cid, cancel)
             self._worker = threading.Thread(
                 target=self._run_cbor, args=(conn, cid, data, cancel), name="ctaphid-cbor", daemon=True

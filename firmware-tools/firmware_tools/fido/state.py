@@ -50,6 +50,8 @@ class FidoState:
         self._meta = meta
         self._counter = int(meta.get("counter", 0))  # next value handed out
         self._reserved = self._counter  # values below this are covered by the stored reservation
+        #: Bumped whenever the stored credential list changes (lets readers cache it).
+        self.generation = 0
 
     @staticmethod
     def _fresh_meta(old: dict[str, Any]) -> dict[str, Any]:
@@ -129,7 +131,10 @@ class FidoState:
         return list(self.store.section(CREDS).get("creds", []))
 
     def save_credentials(self, creds: list[dict[str, Any]]) -> None:
-        self.store.commit(CREDS, {"creds": creds})
+        try:
+            self.store.commit(CREDS, {"creds": creds})
+        finally:
+            self.generation += 1
 
     def large_blob_array(self) -> bytes:
         raw = self.store.section(BLOBS).get("array")
@@ -146,5 +151,8 @@ class FidoState:
         counter survive (the counter must never go backwards)."""
         with self._lock:
             meta = self._fresh_meta({"aaguid": self._meta["aaguid"], "counter": self._reserved})
-            self.store.commit_many({META: meta, CREDS: {"creds": []}, BLOBS: {}})
+            try:
+                self.store.commit_many({META: meta, CREDS: {"creds": []}, BLOBS: {}})
+            finally:
+                self.generation += 1
             self._meta = meta
