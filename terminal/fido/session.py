@@ -20,9 +20,10 @@ from typing import Any, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from fido2.attestation import AttestationVerifier
 from fido2.attestation.base import InvalidAttestation
-from fido2.cose import CoseKey
+from fido2.cose import ES256, CoseKey
 from fido2.ctap import CtapDevice, CtapError
 from fido2.ctap2 import AssertionResponse, AttestationResponse, Ctap2, Info
 from fido2.ctap2.blob import LargeBlobs
@@ -120,6 +121,24 @@ class Registration:
     user_verified: bool
     attestation_trusted: bool
     large_blob_key: bytes | None
+
+    @property
+    def holder_key(self) -> bytes:
+        """The credential key as an uncompressed SEC1 P-256 point (what the citizen's DID lists on chain)."""
+        return sec1_point(self.public_key)
+
+
+def sec1_point(key: CoseKey) -> bytes:
+    """``04 || x || y`` of an ES256 COSE key (ValueError for other algorithms: the chain holds P-256 keys)."""
+    if key.ALGORITHM != ES256.ALGORITHM:
+        raise ValueError("only ES256 (P-256) credential keys can be published as DID keys")
+    return b"\x04" + bytes(key[-2]) + bytes(key[-3])
+
+
+def credential_for_holder_key(credential_id: bytes, point: bytes) -> AttestedCredentialData:
+    """A credential record for ``credential_id`` whose key was resolved from the chain (SEC1 point)."""
+    public = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), point)
+    return AttestedCredentialData.create(b"\0" * 16, credential_id, ES256.from_cryptography_key(public))
 
 
 @dataclass(frozen=True, slots=True)
@@ -453,6 +472,25 @@ class FidoVerifier:
             large_blob_key=response.large_blob_key,
         )
 
+    def authenticate_holder(
+        self,
+        session: FidoSession,
+        credential_ids: Sequence[bytes],
+        holder_keys: Sequence[bytes],
+        *,
+        pin: str | None = None,
+        last_sign_count: int | None = None,
+    ) -> Authentication:
+        """Authenticate a citizen whose keys come from the chain (``VerificationFacts.holder_keys``).
+
+        The assertion must verify under one of the DID's active P-256 keys; the credential ids come from
+        the citizen's enrolment record (or the key's discoverable credential when empty).
+        """
+        creds = [credential_for_holder_key(i, k) for i in credential_ids for k in holder_keys]
+        if not credential_ids:
+            raise FidoVerificationError("no credential id for this citizen")
+        return self.authenticate(session, creds, pin=pin, last_sign_count=last_sign_count)
+
     def authenticate(
         self,
         session: FidoSession,
@@ -488,12 +526,18 @@ class FidoVerifier:
             raise
         self._consume(challenge, self.SERVICE_AUTHENTICATE)
         cred_id = response.credential["id"]
-        try:
-            self.server.authenticate_complete(
-                state, list(credentials), cred_id, client_data, response.auth_data, response.signature
-            )
-        except ValueError as exc:
-            raise FidoVerificationError(f"assertion rejected: {exc}") from None
+        candidates = [c for c in credentials if c.credential_id == cred_id] or list(credentials)
+        error: Exception | None = None
+        for candidate in candidates:  # several keys for one id: keys resolved from a DID document
+            try:
+                self.server.authenticate_complete(
+                    state, [candidate], cred_id, client_data, response.auth_data, response.signature
+                )
+                break
+            except ValueError as exc:
+                error = exc
+        else:
+            raise FidoVerificationError(f"assertion rejected: {error}") from None
         counter = response.auth_data.counter
         if last_sign_count is not None and counter != 0 and counter <= last_sign_count:
             raise FidoVerificationError(

@@ -247,3 +247,21 @@ def test_user_refusal_is_a_typed_error() -> None:
     with pytest.raises(FidoUserActionError):
         _verifier(applet).register(session, b"c", "c")
     assert AuthenticatorData.FLAG.UP == 1
+
+
+def test_authentication_against_keys_resolved_from_the_chain(key) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    session, applet, _ = key
+    verifier = _verifier(applet)
+    reg = verifier.register(session, b"citizen-9", "choi")
+    point = reg.holder_key
+    assert len(point) == 65 and point[0] == 4
+    other = ec.generate_private_key(ec.SECP256R1()).public_key()
+    other_point = other.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+    # the DID lists a rotated-in key and the FIDO key: either may be the right one
+    result = verifier.authenticate_holder(session, [reg.credential_id], [other_point, point])
+    assert result.credential_id == reg.credential_id
+    with pytest.raises(FidoVerificationError, match="assertion rejected"):
+        verifier.authenticate_holder(session, [reg.credential_id], [other_point])  # key revoked on chain
