@@ -168,3 +168,29 @@ def test_abandon_revokes_and_erases(desk):
     assert len(revoked) == 1
     assert CitizenSession(conn).info().did is None
     assert rig.client.status(revoked[0])["state"] == "revoked"
+
+
+def test_server_answer_lost_to_a_timeout_then_retry(desk):
+    import requests
+
+    rig, _view, counter = desk
+    transport = rig.transport
+    original = transport.request
+    dropped = []
+
+    def lossy(method, url, **kw):
+        resp = original(method, url, **kw)  # the server did the work...
+        if url.endswith("/v1/enrollments") and not dropped:
+            dropped.append(resp.status_code)
+            raise requests.ReadTimeout("answer lost")  # ...but the answer never arrived
+        return resp
+
+    transport.request = lossy
+    conn = InProcessConnection(make_citizen_card(None))
+    with pytest.raises(EnrollmentInterrupted) as exc:
+        counter.run(conn, REQUEST)
+    assert exc.value.step is Step.ENROLL and dropped == [201]
+    out = counter.run(conn, REQUEST)
+    assert [r.id for r in _live(rig, out.card_serial)] == [out.credential_id]
+    with rig.db.sessions() as s:
+        assert len(s.scalars(select(Credential)).all()) == 1
