@@ -1,4 +1,4 @@
-"""``city-server serve | terminal add|list|disable|enable | db init | issuer-key generate``."""
+"""``city-server serve | terminal add|list|disable|enable | db init | audit | issuer-key generate``."""
 
 from __future__ import annotations
 
@@ -83,6 +83,27 @@ def cmd_terminal_enable(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
+    from server.models import AuditEntry
+
+    db = _db(args)
+    with db.sessions() as s:
+        q = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(args.limit)
+        if args.credential:
+            q = q.where(AuditEntry.credential_id == args.credential)
+        rows = list(reversed(s.scalars(q).all()))
+    fields = ("at", "actor", "action", "outcome", "credential_id", "citizen_did", "detail")
+    if args.json:
+        out = [{f: (getattr(r, f).isoformat() if f == "at" else getattr(r, f)) for f in fields} for r in rows]
+        print(json.dumps(out, indent=2))
+    else:
+        for r in rows:
+            print("\t".join(str(getattr(r, f) or "-") for f in fields))
+    return 0
+
+
 def cmd_key_generate(args: argparse.Namespace) -> int:
     from server.keys import KeystoreSigner, Pkcs11Signer
 
@@ -142,6 +163,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         common(q)
         q.add_argument("--name", required=True, help="terminal id")
         q.set_defaults(func=fn)
+
+    p = sub.add_parser("audit", help="show the audit log (actions, never claims)")
+    common(p)
+    p.add_argument("--limit", type=int, default=50, help="most recent N entries (default 50)")
+    p.add_argument("--credential", metavar="ID", help="only entries of this credential")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("issuer-key", help="issuer key management")
     ksub = p.add_subparsers(dest="key_command", metavar="COMMAND", required=True)

@@ -416,6 +416,10 @@ class IssuerService:
     ) -> Enrollment:
         self._supersede_others(terminal, row)
         self.fault("superseded")
+        with self.db.sessions() as s:
+            state = s.scalar(select(Credential.state).where(Credential.id == row.id))
+        if state not in (CredentialState.PENDING, CredentialState.ISSUED):
+            raise ConflictError(f"credential {row.id} is {state}; start a new enrollment")
         if not row.key_on_chain:
             with self.db.sessions() as s:
                 citizen = s.get(Citizen, row.citizen_did)

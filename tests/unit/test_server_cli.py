@@ -31,6 +31,10 @@ def test_terminal_admin(tmp_path, capsys):
     assert main(["terminal", "disable", "--db", db, "--name", "counter-7"]) == 0
     assert main(["terminal", "list", "--db", db]) == 0
     assert "disabled" in capsys.readouterr().out
+    assert main(["audit", "--db", db, "--json"]) == 0
+    out = capsys.readouterr().out
+    actions = [e["action"] for e in json.loads(out[out.index("[") :])]
+    assert actions == ["terminal.add", "terminal.disable"]
 
 
 def test_terminal_admin_errors_are_one_line(tmp_path, capsys):
