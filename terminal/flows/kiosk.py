@@ -9,12 +9,27 @@ removal, on "done", or on idle timeout — wipes them.
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from cityid.credential import AGE_OVER_65, BUSAN_RESIDENT, DISTRICT, FAMILY_NAME, GIVEN_NAME
+from fido2.ctap import CtapError
+from fido2.ctap2.pin import ClientPin
+from fido2.webauthn import CollectedClientData
+
+from cityid.citizen import CredentialRecord
+from cityid.credential import (
+    AGE_OVER_65,
+    BUSAN_RESIDENT,
+    DISTRICT,
+    FAMILY_NAME,
+    GIVEN_NAME,
+    fido_presentation,
+)
 from cityid.errors import CityIdError
+from terminal.fido.errors import FidoError, from_ctap
 from terminal.verifier import Verdict, Verifier
 
 logger = logging.getLogger(__name__)
@@ -75,6 +90,54 @@ class CardPresenter:
             raise CityIdError("the PIN was already used for a presentation")
         self._session.verify_pin(pin)  # type: ignore[attr-defined]
         return self._session.present(claims, nonce, audience, iat)  # type: ignore[attr-defined]
+
+
+class FidoPresenter:
+    """A :data:`Presenter` over a FIDO2 key holding the credential in its largeBlob (docs: §FIDO).
+
+    1. a silent getAssertion (``up: false``, PIN token) finds the city credential and its ``largeBlobKey``;
+    2. the credential record is read from the large-blob array and decrypted with that key;
+    3. a second getAssertion (user presence + PIN token) signs the challenge committing to the presentation.
+    """
+
+    def __init__(self, session: object, pin: str, rp_id: str, origin: str | None = None) -> None:
+        self._session = session
+        self._pin: str | None = pin
+        self.rp_id = rp_id
+        self.origin = origin or f"https://{rp_id}"
+
+    def __call__(self, claims: tuple[str, ...], nonce: str, audience: str, iat: int) -> str:
+        pin, self._pin = self._pin, None
+        if pin is None:
+            raise CityIdError("the PIN was already used for a presentation")
+        session: Any = self._session
+        protocol, token = session.token(pin, ClientPin.PERMISSION.GET_ASSERTION, self.rp_id)
+
+        def assertion(cdh: bytes, up: bool, allow: list[dict[str, Any]] | None, lbk: bool) -> Any:
+            try:
+                return session.ctap.get_assertion(
+                    self.rp_id, cdh, allow_list=allow, extensions={"largeBlobKey": True} if lbk else None,
+                    options=None if up else {"up": False}, pin_uv_param=protocol.authenticate(token, cdh),
+                    pin_uv_protocol=protocol.VERSION,
+                )  # fmt: skip
+            except CtapError as exc:
+                raise from_ctap(exc) from None
+
+        probe = assertion(secrets.token_bytes(32), False, None, True)
+        if not probe.large_blob_key:
+            raise FidoError("the key's city credential has no large blob")
+        blob = session.read_blob(probe.large_blob_key)
+        if blob is None:
+            raise FidoError("no citizen credential is stored on this key")
+        record = CredentialRecord.decode(blob)
+        allow = [{"type": "public-key", "id": probe.credential["id"]}]
+
+        def get_assertion(challenge: bytes) -> tuple[bytes, bytes, bytes]:
+            client_data = CollectedClientData.create(CollectedClientData.TYPE.GET, challenge, self.origin)
+            resp = assertion(client_data.hash, True, allow, False)
+            return bytes(resp.auth_data), bytes(client_data), resp.signature
+
+        return fido_presentation(record, claims, audience, nonce, iat, get_assertion)
 
 
 class KioskVerification:

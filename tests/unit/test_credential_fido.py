@@ -13,7 +13,9 @@ from firmware_tools.fido.card import make_fido_card
 from cityid.citizen import CredentialRecord
 from cityid.credential import VCT, CredentialError, LocalSigner, fido_presentation, issue
 from terminal.fido.device import CtapSmartCardDevice
+from terminal.fido.errors import FidoInvalidPinError
 from terminal.fido.session import FidoSession, FidoVerifier, Registration
+from terminal.flows.kiosk import FidoPresenter, KioskVerification, service
 from terminal.verifier import CheckName, NonceStore, Verifier
 from terminal.verifier.static import StaticChainView
 from tests.credkit import (
@@ -108,3 +110,22 @@ def test_unknown_claim_is_a_clear_error(key) -> None:
     record = CredentialRecord.decode(session.read_blob(reg.large_blob_key))
     with pytest.raises(CredentialError, match="not in the stored credential"):
         fido_presentation(record, ("tax_id",), AUDIENCE, "n" * 22, NOW, lambda c: (b"", b"", b""))
+
+
+def test_kiosk_flow_with_fido_presenter(key) -> None:
+    session, _, point = key
+    flow = KioskVerification(_verifier(point), service("benefit-check"), clock=lambda: NOW)
+    verdict = flow.run(FidoPresenter(session, PIN, RP_ID))
+    assert verdict.ok, verdict
+    assert verdict.kind == "fido" and flow.claims == {"busan_resident": True, "age_over_65": True}
+    flow.end()
+    assert flow.claims == {} and len(flow.verifier.nonce_store) == 0
+
+
+def test_fido_presenter_wrong_pin(key) -> None:
+    session, _, point = key
+    flow = KioskVerification(_verifier(point), service("benefit-check"), clock=lambda: NOW)
+    with pytest.raises(FidoInvalidPinError):
+        flow.run(FidoPresenter(session, "000000", RP_ID))
+    assert flow.claims == {} and len(flow.verifier.nonce_store) == 0
+    session.token(PIN, 0x02, RP_ID)  # the right PIN restores the retries for the other tests
