@@ -303,3 +303,40 @@ def test_assertions_verify_against_stored_credential_data(fido_key) -> None:
         h = cdh()
         allow = [{"type": "public-key", "id": cred.credential_id}]
         ctap.get_assertion("busan.go.kr", h, allow_list=allow).verify(h, cred.public_key)  # EdDSA
+
+
+def test_cardtool_fido_commands(fido_key, monkeypatch, capsys, tmp_path) -> None:
+    import io
+
+    from firmware_tools.cli import main
+
+    handle, state = fido_key
+    reader = ["--reader", handle.reader_name]
+    assert main(["fido", "info", *reader]) == 0
+    out = capsys.readouterr().out
+    assert "AAGUID:" in out and "PIN:          PIN not set" in out
+    monkeypatch.setattr("sys.stdin", io.StringIO("24680\n"))
+    assert main(["fido", "pin", "set", *reader, "--pin-stdin"]) == 0
+    assert "PIN set, 8 tries left" in capsys.readouterr().out
+    with PcscConnection(handle.reader_name) as conn:
+        verifier = FidoVerifier("busan.go.kr", trusted_roots=[_root(state)])
+        reg = verifier.register(FidoSession(CtapSmartCardDevice(conn)), b"citizen-5", "jung", pin="24680")
+    monkeypatch.setattr("sys.stdin", io.StringIO("24680\n"))
+    assert main(["fido", "credentials", "list", *reader, "--pin-stdin"]) == 0
+    assert reg.credential_id.hex() in capsys.readouterr().out
+    monkeypatch.setattr("sys.stdin", io.StringIO("0000\n13579\n"))
+    assert main(["fido", "pin", "change", *reader, "--pin-stdin"]) == 1
+    assert "wrong PIN, 7 tries left" in capsys.readouterr().err
+    monkeypatch.setattr("sys.stdin", io.StringIO("24680\n"))
+    assert main(["fido", "credentials", "delete", *reader, "--pin-stdin", reg.credential_id.hex()]) == 0
+    assert main(["fido", "credentials", "delete", *reader, "--pin-stdin", "zz"]) == 1
+    assert "must be hex" in capsys.readouterr().err
+    handle.stop()
+    handle.insert()  # the reset window opens at insertion
+    assert main(["fido", "reset", *reader, "--yes"]) == 0
+    assert "key reset" in capsys.readouterr().out
+    out_file = tmp_path / "root.pem"
+    assert main(["fido", "attestation-root", "--state", str(state), "-o", str(out_file)]) == 0
+    assert out_file.read_text().startswith("-----BEGIN CERTIFICATE-----")
+    assert main(["fido", "info", "--reader", "no such reader"]) == 1
+    assert "no FIDO security key" in capsys.readouterr().err
