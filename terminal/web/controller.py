@@ -96,6 +96,8 @@ class KioskController:
         self._clock = clock
         self._lock = threading.RLock()
         self._session: _Session | None = None
+        self._opening: str | None = None  # reader whose session is being opened
+        self._opening_removed = False
         self._generation = 0
         self._stop = threading.Event()
         self._idle_thread: threading.Thread | None = None
@@ -166,14 +168,22 @@ class KioskController:
 
     def _on_present(self, event: TokenPresent) -> None:
         with self._lock:
-            if self._session is not None:
+            if self._session is not None or self._opening is not None:
                 return  # one citizen at a time: a second token is ignored until the first leaves
-            try:
-                info = self.backend.start_session(event.reader)
-            except CityIdError as exc:
-                logger.warning("could not open a session with the token in %s: %s", event.reader, exc)
+            self._opening = event.reader
+            self._opening_removed = False
+        # Card I/O outside the lock: pages keep rendering while the card answers.
+        info: SessionInfo | None = None
+        try:
+            info = self.backend.start_session(event.reader)
+        except CityIdError as exc:
+            logger.warning("could not open a session with the token in %s: %s", event.reader, exc)
+        with self._lock:
+            self._opening = None
+            if info is None or self._opening_removed:
                 self.backend.end()
-                self._publish("error", {"go": f"/?notice={Notice.ERROR}"}, event)
+                if info is None:
+                    self._publish("error", {"go": f"/?notice={Notice.ERROR}"}, event)
                 return
             self._generation += 1
             session = _Session(info=info, last_activity=self._clock(), generation=self._generation)
@@ -186,6 +196,8 @@ class KioskController:
 
     def _on_removed(self, event: TokenRemoved) -> None:
         with self._lock:
+            if self._opening == event.reader:
+                self._opening_removed = True
             s = self._session
             if s is None or s.info.reader != event.reader:
                 return

@@ -1,0 +1,199 @@
+"""The kiosk in headless Chromium on the real stack: virtual cards through pcscd + vpcd, the embedded chain
+with the contracts, the city server's credentials. Screenshots of every screen in tests/artifacts/."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from firmware_tools import demo
+
+from tests.integration.ui_support import Slot, World, citizen, serving, type_pin, visible_text
+
+pytestmark = [pytest.mark.integration, pytest.mark.browser]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    env = demo.build(use_pcsc=False, workdir=tmp_path_factory.mktemp("demo"))
+    try:
+        yield World(env)
+    finally:
+        env.close()
+
+
+@pytest.fixture
+def slot(vpcd_slot: tuple[int, str]) -> Iterator[Slot]:
+    s = Slot(*vpcd_slot)
+    try:
+        yield s
+    finally:
+        s.clear()
+
+
+@pytest.fixture
+def kiosk(world: World, slot: Slot, page: Any) -> Iterator[str]:
+    """The kiosk app serving on the test's own vpcd reader, its idle screen open in the browser.
+
+    Torn down first: the page leaves, then the server stops, before the reader is released.
+    """
+    with serving(world.kiosk_app(slot.reader, language="en"), page) as url:
+        page.goto(url + "/")
+        page.wait_for_selector("#idle-title")
+        page.wait_for_function("() => document.readyState === 'complete'")
+        yield url
+
+
+def tap(world: World, slot: Slot, tmp_path: Path, who: str) -> Any:
+    return slot.insert(world.card_copy(who, tmp_path))
+
+
+def to_pin(page: Any, service: str) -> None:
+    page.wait_for_url("**/services")
+    page.click(f"#service-{service}")
+    page.wait_for_url("**/consent")
+    page.click("#agree")
+    page.wait_for_url("**/pin")
+
+
+def test_full_kiosk_flow_tap_service_consent_pin_verdict_removal_idle(
+    world: World, kiosk: str, page: Any, slot: Slot, tmp_path: Path, screenshot: Any
+) -> None:
+    screenshot(page, "idle")
+    assert "Tap your card or security key" in visible_text(page)
+    card = tap(world, slot, tmp_path, "kim")
+    page.wait_for_url("**/services")  # pushed by the event stream, no reload
+    screenshot(page, "services")
+    page.click("#service-benefit-check")
+    page.wait_for_url("**/consent")
+    screenshot(page, "consent")
+    claims = page.eval_on_selector_all("#claims li", "els => els.map(e => e.dataset.claim)")
+    assert claims == ["busan_resident", "age_over_65"]  # exactly what the service receives
+    page.click("#agree")
+    page.wait_for_url("**/pin")
+    assert "Tries left: 3" in visible_text(page)
+    type_pin(page, citizen("kim").pin)
+    assert page.input_value("#pin") == citizen("kim").pin and page.get_attribute("#pin", "type") == "password"
+    screenshot(page, "pin")
+    page.click("#pin-ok")
+    page.wait_for_url("**/verdict")
+    screenshot(page, "verdict")
+    text = visible_text(page)
+    assert "You are eligible" in text and "Kim" not in text and "Minsu" not in text
+    assert page.get_attribute("#verdict", "data-ok") == "true"
+    card.stop()  # the citizen takes the card
+    page.wait_for_url(kiosk + "/")
+    page.wait_for_selector("#idle-title")
+    assert page.query_selector("#notice") is None
+    screenshot(page, "idle-after-removal")
+
+
+def test_residence_confirmation_shows_name_and_district(
+    world: World, kiosk: str, page: Any, slot: Slot, tmp_path: Path, screenshot: Any
+) -> None:
+    tap(world, slot, tmp_path, "kim")
+    to_pin(page, "residence")
+    type_pin(page, citizen("kim").pin)
+    page.click("#pin-ok")
+    page.wait_for_url("**/verdict")
+    screenshot(page, "verdict-residence")
+    text = visible_text(page)
+    assert "Residence confirmed" in text and "Kim" in text and "Minsu" in text and "Haeundae-gu" in text
+
+
+def test_wrong_pin_shows_tries_left_then_blocked(
+    world: World, kiosk: str, page: Any, slot: Slot, tmp_path: Path, screenshot: Any
+) -> None:
+    tap(world, slot, tmp_path, "lee")
+    to_pin(page, "benefit-check")
+    for left in (2, 1):
+        type_pin(page, "000000")
+        page.click("#pin-ok")
+        page.wait_for_selector("#pin-error")
+        assert f"Wrong PIN. Tries left: {left}" in visible_text(page)
+        screenshot(page, f"wrong-pin-{left}-left")
+    type_pin(page, "000000")
+    page.click("#pin-ok")
+    page.wait_for_url("**/blocked")
+    screenshot(page, "blocked")
+    assert "PIN is blocked" in visible_text(page) and "PUK" in visible_text(page)
+
+
+def test_wrong_pin_then_right_pin_gives_a_verdict(
+    world: World, kiosk: str, page: Any, slot: Slot, tmp_path: Path, screenshot: Any
+) -> None:
+    tap(world, slot, tmp_path, "lee")
+    to_pin(page, "benefit-check")
+    type_pin(page, "999999")
+    page.click("#pin-ok")
+    page.wait_for_selector("#pin-error")
+    type_pin(page, citizen("lee").pin)
+    page.click("#pin-ok")
+    page.wait_for_url("**/verdict")
+    screenshot(page, "verdict-not-eligible")
+    assert "You are not eligible" in visible_text(page) and "not over 65" in visible_text(page)
+
+
+def test_card_pulled_mid_flow_returns_to_idle_with_message(
+    world: World, kiosk: str, page: Any, slot: Slot, tmp_path: Path, screenshot: Any
+) -> None:
+    card = tap(world, slot, tmp_path, "kim")
+    page.wait_for_url("**/services")
+    page.click("#service-benefit-check")
+    page.wait_for_url("**/consent")
+    card.stop()
+    page.wait_for_url("**/?notice=removed")
+    page.wait_for_selector("#notice")
+    screenshot(page, "idle-card-removed")
+    assert "Your card was removed" in visible_text(page)
+    assert page.goto(kiosk + "/consent").url == kiosk + "/?notice=removed" or page.url.endswith("/")
+
+
+def test_revoked_card_is_refused_in_plain_words(
+    world: World, kiosk: str, page: Any, slot: Slot, tmp_path: Path, screenshot: Any
+) -> None:
+    tap(world, slot, tmp_path, "choi")
+    to_pin(page, "benefit-check")
+    type_pin(page, citizen("choi").pin)
+    page.click("#pin-ok")
+    page.wait_for_url("**/verdict")
+    screenshot(page, "verdict-revoked")
+    text = visible_text(page)
+    assert "We could not verify your card" in text and "revoked" in text
+
+
+def test_language_switch(
+    world: World, kiosk: str, page: Any, slot: Slot, tmp_path: Path, screenshot: Any
+) -> None:
+    page.click("#lang-ko")
+    page.wait_for_selector("html[lang=ko]")
+    assert "카드 또는 보안키를 대 주세요" in visible_text(page)
+    assert page.get_attribute("#lang-ko", "aria-pressed") == "true"
+    screenshot(page, "idle-ko")
+    tap(world, slot, tmp_path, "kim")
+    page.wait_for_url("**/services")
+    assert "시민 혜택 자격 확인" in visible_text(page)
+    screenshot(page, "services-ko")
+    page.click("#lang-en")
+    page.wait_for_url("**/services")
+    page.wait_for_selector("html[lang=en]")
+    assert "Citizen benefit check" in visible_text(page)
+    screenshot(page, "services-en")
+
+
+def test_keyboard_only_flow(world: World, kiosk: str, page: Any, slot: Slot, tmp_path: Path) -> None:
+    tap(world, slot, tmp_path, "kim")
+    page.wait_for_url("**/services")
+    page.focus("#service-residence")
+    page.keyboard.press("Enter")
+    page.wait_for_url("**/consent")
+    page.focus("#agree")
+    page.keyboard.press("Enter")
+    page.wait_for_url("**/pin")
+    assert page.evaluate("document.activeElement.id") == "pin"  # the PIN field takes the focus
+    page.keyboard.type(citizen("kim").pin)
+    page.keyboard.press("Enter")
+    page.wait_for_url("**/verdict")
+    assert "Residence confirmed" in visible_text(page)
