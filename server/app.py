@@ -9,6 +9,7 @@ from datetime import datetime
 
 from flask import Flask, jsonify
 from flask.typing import ResponseReturnValue
+from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
 from server.auth import RequestAuthenticator
@@ -61,6 +62,11 @@ def create_app(
     @app.errorhandler(ServiceError)
     def _service_error(exc: ServiceError) -> ResponseReturnValue:
         return jsonify(error=exc.code, message=str(exc)), exc.status
+
+    @app.errorhandler(SQLAlchemyError)
+    def _storage_error(exc: SQLAlchemyError) -> ResponseReturnValue:
+        logger.error("database error: %s", type(exc).__name__)
+        return jsonify(error="storage_unavailable", message="database unavailable; retry later"), 503
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> ResponseReturnValue:

@@ -27,6 +27,8 @@ def _authenticate() -> ResponseReturnValue | None:
     try:
         g.terminal = auth.authenticate(signed)
     except AuthError as exc:
+        if exc.reason == "unavailable":
+            return jsonify(error="storage_unavailable", message=str(exc)), 503
         return jsonify(error="unauthenticated", reason=exc.reason, message=str(exc)), 401
     return None
 

@@ -338,3 +338,14 @@ def test_oversized_body_refused_with_json(rig):
     assert status == 413 and resp["error"]
     status, resp = _raw(rig, "/v1/enrollments", {}, "DELETE")
     assert status in (401, 405) and resp["error"]
+
+
+def test_database_down_is_a_clean_503(rig):
+    from sqlalchemy import text
+
+    c = rig.client.enroll("key-00000001", CLAIMS, _point(), SERIAL)
+    with rig.db.engine.begin() as conn:
+        conn.execute(text("DROP TABLE credentials"))
+    with pytest.raises(ServerError) as exc:
+        rig.client.status(c.credential_id)
+    assert exc.value.status == 503 and exc.value.retryable
