@@ -385,3 +385,50 @@ def test_fido_rejections(env: Env) -> None:
     assert_rejected(env.verify(fido_present(env, challenge_aud="other-kiosk")), CheckName.KEY_BINDING)
     env.chain.holder_keys[CITIZEN_DID] = ()
     assert_rejected(env.verify(fido_present(env)), CheckName.HOLDER_KEY)
+
+
+# --- structurally valid JOSE with arbitrary JSON inside: always a verdict, never an exception --------------
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.text(max_size=8) | st.sampled_from(
+        ["ES256", "dc+sd-jwt", "kb+jwt", "webauthn-kb+jwt", VCT, ISSUER_DID, CITIZEN_DID, AUD, "sha-256"]
+    ),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+        st.sampled_from(["alg", "typ", "iss", "sub", "exp", "iat", "nbf", "vct", "cnf", "jwk", "status",
+                         "status_list", "idx", "uri", "_sd", "_sd_alg", "aud", "nonce", "sd_hash", "webauthn",
+                         "authenticatorData", "clientDataJSON", "...", "x", "y", "kty", "crv"]),
+        inner, max_size=6),
+    max_leaves=8,
+)  # fmt: skip
+
+
+def _seg(obj: object) -> str:
+    return jose.b64url_encode(json.dumps(obj).encode())
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.data())
+def test_arbitrary_json_in_valid_structure_gives_a_verdict(data: st.DataObject) -> None:
+    env = Env()
+    real = jose.parse_compact(CRED.issuer_jwt)
+    header = data.draw(st.sampled_from([real.header, {"alg": "ES256", "typ": "dc+sd-jwt"}]) | _json)
+    payload = data.draw(st.just(dict(real.payload)) | _json)
+    if isinstance(payload, dict) and data.draw(st.booleans()):
+        payload.update(data.draw(st.dictionaries(st.sampled_from(list(real.payload)), _json, max_size=3)))
+    kb_header = data.draw(st.sampled_from([{"alg": "ES256", "typ": "kb+jwt"},
+                                           {"alg": "ES256", "typ": "webauthn-kb+jwt"}]) | _json)  # fmt: skip
+    kb_payload = data.draw(
+        st.fixed_dictionaries({"iat": st.just(NOW) | _json, "aud": st.just(AUD) | _json,
+                               "nonce": st.just("n" * 22) | _json, "sd_hash": _json,
+                               "webauthn": st.fixed_dictionaries({"authenticatorData": _json,
+                                                                  "clientDataJSON": _json}) | _json})
+        | _json
+    )  # fmt: skip
+    disclosures = data.draw(st.lists(_json.map(_seg) | st.sampled_from([d.encoded for d in CRED.disclosures]),
+                                     max_size=3))  # fmt: skip
+    sig = jose.b64url_encode(bytes(64))
+    p = sdjwt.assemble(
+        f"{_seg(header)}.{_seg(payload)}.{sig}", disclosures, f"{_seg(kb_header)}.{_seg(kb_payload)}.{sig}"
+    )
+    v = env.verify(p)
+    assert isinstance(v, Verdict) and not v.ok
