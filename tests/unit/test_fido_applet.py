@@ -10,6 +10,8 @@ from fido2.ctap2 import Ctap2
 from firmware_tools.card.transport import InProcessConnection
 from firmware_tools.fido.card import FIDO_ATR, make_fido_card
 from firmware_tools.fido.presence import UserPresence
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cityid.apdu import ApduFormat
 from cityid.fido import FIDO_AID
@@ -128,3 +130,31 @@ def test_state_file_survives_a_new_emulator_process(tmp_path) -> None:
     a = ctap2.get_assertion("busan.go.kr", h)
     a.verify(h, att.auth_data.credential_data.public_key)
     assert ctap2.info.aaguid == ctap.info.aaguid
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.binary(max_size=300),
+            st.tuples(
+                st.sampled_from([0x00, 0x80, 0x90, 0x10]),
+                st.sampled_from([0x10, 0x11, 0x12, 0xA4, 0xC0, 0x01]),
+                st.integers(0, 255),
+                st.integers(0, 255),
+                st.binary(max_size=260),
+            ).map(lambda t: bytes(t[:4]) + (bytes([len(t[4]) % 256]) + t[4][:255] if t[4] else b"")),
+        ),
+        max_size=6,
+    )
+)
+def test_random_apdus_never_break_the_key(apdus: list[bytes]) -> None:
+    card, _ = make_fido_card(None)
+    conn = InProcessConnection(card)
+    apdu(conn, "00A4040008" + FIDO_AID.hex())
+    for raw in apdus:
+        _data, sw = conn.send_and_receive(raw)
+        assert sw != 0x6F00  # no internal failure
+        assert 0x6100 <= sw <= 0x9FFF
+    ctap = Ctap2(CtapSmartCardDevice(conn))  # still a working key afterwards
+    assert ctap.get_info().versions
