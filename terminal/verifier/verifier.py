@@ -157,13 +157,19 @@ class Verifier:
         facts: dict[str, str] = {}
         try:
             claims = self._verify(presentation, tuple(required_claims), service, facts)
-        except _Reject as rej:
-            logger.info("presentation rejected: %s (%s)", rej.check.value, rej.detail)
-            return Verdict(
-                False, rej.check, rej.reason, rej.detail, {}, facts.get("sub", ""), facts.get("iss", ""),
-                facts.get("kind", ""),
-            )  # fmt: skip
-        return Verdict(True, None, "verdict.ok", "", claims, facts["sub"], facts["iss"], facts["kind"])
+        except (TypeError, AttributeError, KeyError, ValueError, RecursionError) as exc:
+            # a shape no check anticipated: fail closed with a verdict, never a traceback at the kiosk
+            logger.warning("presentation rejected: unexpected %s", type(exc).__name__)
+            rej = _Reject(CheckName.FORMAT, f"unexpected structure ({type(exc).__name__})")
+        except _Reject as caught:
+            rej = caught
+        else:
+            return Verdict(True, None, "verdict.ok", "", claims, facts["sub"], facts["iss"], facts["kind"])
+        logger.info("presentation rejected: %s (%s)", rej.check.value, rej.detail)
+        return Verdict(
+            False, rej.check, rej.reason, rej.detail, {}, facts.get("sub", ""), facts.get("iss", ""),
+            facts.get("kind", ""),
+        )  # fmt: skip
 
     # --- the pipeline -------------------------------------------------------------------------------------
 
