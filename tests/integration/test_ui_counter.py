@@ -1,0 +1,109 @@
+"""The counter screens in headless Chromium on the real stack: a clerk enrolls a blank virtual card through
+pcscd + vpcd (key on card → city server over HTTP → chain → credential written → PINs set → self-check),
+looks the credential up, and the new card then passes a benefit check at a kiosk."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from firmware_tools import demo
+from firmware_tools.card.citizen_card import make_citizen_card
+
+from tests.integration.ui_support import Slot, World, serving, type_pin, visible_text
+
+pytestmark = [pytest.mark.integration, pytest.mark.browser]
+
+NEW_PIN = "802468"
+NEW_PUK = "13572468"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    env = demo.build(use_pcsc=False, citizens=demo.CITIZENS[:1], workdir=tmp_path_factory.mktemp("demo"))
+    try:
+        yield World(env)
+    finally:
+        env.close()
+
+
+@pytest.fixture
+def slot(vpcd_slot: tuple[int, str]) -> Iterator[Slot]:
+    s = Slot(*vpcd_slot)
+    try:
+        yield s
+    finally:
+        s.clear()
+
+
+def test_counter_enrollment_end_to_end(
+    world: World, slot: Slot, page: Any, tmp_path: Path, screenshot: Any
+) -> None:
+    state = tmp_path / "new-card.json"
+    card = slot.insert(lambda: make_citizen_card(state))
+    with serving(world.counter_app(slot.reader), page) as url:
+        page.goto(url + "/counter/")
+        page.wait_for_url("**/counter/login")
+        screenshot(page, "login")
+        page.fill("#clerk", demo.DEMO_CLERK)
+        page.fill("#password", "wrong password")
+        page.click("#login")
+        assert "Wrong clerk ID or password" in visible_text(page)
+        page.fill("#clerk", demo.DEMO_CLERK)
+        page.fill("#password", demo.DEMO_CLERK_PASSWORD)
+        page.click("#login")
+        page.wait_for_url("**/counter/")
+        screenshot(page, "home")
+        page.click("#menu-enroll")
+        page.wait_for_url("**/counter/enroll")
+        page.select_option("#f-reader", slot.reader)
+        page.fill("#f-family_name", "Jung")
+        page.fill("#f-given_name", "Haeun")
+        page.fill("#f-birthdate", "1950-03-01")
+        page.select_option("#f-district", "Saha-gu")
+        page.check("#f-resident")
+        page.fill("#f-pin", NEW_PIN)
+        page.fill("#f-pin2", "000000")  # the citizen mistypes the repetition
+        page.fill("#f-puk", NEW_PUK)
+        page.fill("#f-puk2", NEW_PUK)
+        screenshot(page, "enroll-form")
+        page.click("#submit")
+        page.wait_for_selector("#err-pin2")
+        screenshot(page, "enroll-form-error")
+        assert page.input_value("#f-family_name") == "Jung" and page.input_value("#f-pin") == ""
+        page.fill("#f-pin", NEW_PIN)
+        page.fill("#f-pin2", NEW_PIN)
+        page.fill("#f-puk", NEW_PUK)
+        page.fill("#f-puk2", NEW_PUK)
+        page.click("#submit")
+        page.wait_for_selector("#result", timeout=60_000)
+        screenshot(page, "enrolled")
+        text = visible_text(page)
+        assert "Card enrolled" in text and "did:ethr:" in text and "OK" in text
+        assert NEW_PIN not in page.content() and NEW_PUK not in page.content()
+        credential_id = page.inner_text('dd[data-field="counter.field.credential_id"]').strip()
+        page.click("#back-home")
+        page.click("#menu-status")
+        page.fill("#f-credential_id", credential_id)
+        page.click("#submit")
+        page.wait_for_selector("#result")
+        screenshot(page, "status")
+        assert "Valid" in visible_text(page)
+    card.stop()
+
+    # The citizen walks to a kiosk with the new card.
+    with serving(world.kiosk_app(slot.reader), page) as url:
+        page.goto(url + "/")
+        page.wait_for_selector("#idle-title")
+        slot.insert(lambda: make_citizen_card(state))
+        page.wait_for_url("**/services")
+        page.click("#service-benefit-check")
+        page.click("#agree")
+        page.wait_for_url("**/pin")
+        type_pin(page, NEW_PIN)
+        page.click("#pin-ok")
+        page.wait_for_url("**/verdict")
+        screenshot(page, "kiosk-verdict-new-card")
+        assert "You are eligible" in visible_text(page)
