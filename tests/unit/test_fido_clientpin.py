@@ -241,3 +241,22 @@ def test_permissions_checks() -> None:
     assert _err(call, 2, ClientPin.CMD.GET_TOKEN_USING_UV, key_agreement=key_agreement) == (
         ERR.INVALID_SUBCOMMAND
     )
+
+
+def test_a_malformed_pin_hash_costs_no_try() -> None:
+    auth = make_auth()
+    ClientPin(ctap_for(auth)).set_pin("2468")
+    ctap = ctap_for(auth)
+    cp = ClientPin(ctap)
+    key_agreement, _shared = cp._get_shared_secret()
+    assert (
+        _err(
+            ctap.client_pin,
+            2,
+            ClientPin.CMD.GET_TOKEN_USING_PIN_LEGACY,
+            key_agreement=key_agreement,
+            pin_hash_enc=b"\0" * 20,
+        )
+        == ERR.INVALID_PARAMETER
+    )
+    assert cp.get_pin_retries() == (MAX_PIN_RETRIES, False)

@@ -232,6 +232,8 @@ class ClientPinHandler:
 
     def _verify_pin_hash(self, protocol: PinProtocol, shared: bytes, pin_hash_enc: bytes) -> None:
         """Decrement retries first (tear-safe), compare, then restore or report (§6.5.5.5 changePIN)."""
+        if len(pin_hash_enc) != 16 + (16 if protocol.VERSION == 2 else 0):
+            raise fail(ERR.INVALID_PARAMETER)  # malformed, not a guess: costs no try
         retries = self.state.pin_retries - 1
         self.state.set_pin_retries(retries)
         pin_hash = self._decrypt(protocol, shared, pin_hash_enc)
