@@ -63,13 +63,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_citizen(args: argparse.Namespace) -> int:
-    from firmware_tools.card.citizen_card import make_citizen_card
+    from firmware_tools.card.citizen_card import fido_state_for, make_citizen_card
     from firmware_tools.card.transport import VpcdCard
 
     state: Path = args.state or default_state_path()
     fido_state: Path | None = args.fido_state
     if args.with_fido and fido_state is None:
-        fido_state = state.with_name(f"{state.stem}-fido{state.suffix or '.json'}")
+        fido_state = fido_state_for(state)
     card = make_citizen_card(state, with_fido=args.with_fido, fido_state=fido_state)
     host, port = args.vpcd
     reader = f"Virtual PCD 00 {port - 35963:02d}" if 35963 <= port < 35963 + 100 else "(vpcd)"

@@ -47,15 +47,16 @@ def make_citizen_card(
     piv = PivApplet(store, security)
     applets: list[Applet] = [piv, CitizenApplet(store, security, piv)]
     if with_fido:
-        applets.append(load_fido_applet(fido_state if fido_state is not None else _sibling(state, "fido")))
+        applets.append(load_fido_applet(fido_state if fido_state is not None else fido_state_for(state)))
     return VirtualCard(applets, CITIZEN_ATR)
 
 
-def _sibling(state: str | os.PathLike[str] | None, what: str) -> Path | None:
+def fido_state_for(state: str | os.PathLike[str] | None) -> Path | None:
+    """Default FIDO state file next to the card's: ``card.json`` → ``card-fido.json`` (None in memory)."""
     if state is None:
         return None
     path = Path(state)
-    return path.with_name(f"{path.stem}-{what}{path.suffix or '.json'}")
+    return path.with_name(f"{path.stem}-fido{path.suffix or '.json'}")
 
 
 def load_fido_applet(state: str | os.PathLike[str] | None) -> Applet:
