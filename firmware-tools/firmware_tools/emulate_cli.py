@@ -29,6 +29,8 @@ def parse_hostport(text: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(f"bad port in {text!r} (expected HOST:PORT)") from None
     if not 0 < number < 65536:
         raise argparse.ArgumentTypeError(f"port {number} out of range")
+    if host.startswith("[") and host.endswith("]"):  # [IPv6]:port
+        host = host[1:-1]
     return host or "127.0.0.1", number
 
 

@@ -1,0 +1,59 @@
+"""``cardtool emulate citizen`` helpers without daemons: argument parsing, default paths, the FIDO option."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pytest
+from firmware_tools.card.citizen_card import fido_state_for, load_fido_applet, make_citizen_card
+from firmware_tools.card.transport import InProcessConnection
+from firmware_tools.cli import main
+from firmware_tools.emulate_cli import default_state_path, parse_hostport
+
+from cityid.errors import CityIdError
+
+
+def test_parse_hostport() -> None:
+    assert parse_hostport("127.0.0.1:35964") == ("127.0.0.1", 35964)
+    assert parse_hostport("35963") == ("127.0.0.1", 35963)
+    assert parse_hostport("[::1]:1") == ("::1", 1)
+    for bad in ("host:port", "x:0", "x:70000"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_hostport(bad)
+
+
+def test_default_state_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    assert default_state_path() == tmp_path / "cityid" / "citizen-card.json"
+    monkeypatch.delenv("XDG_STATE_HOME")
+    assert default_state_path() == Path.home() / ".local" / "state" / "cityid" / "citizen-card.json"
+    assert fido_state_for(tmp_path / "card.json") == tmp_path / "card-fido.json"
+    assert fido_state_for(None) is None
+
+
+def test_with_fido_adds_the_ctap_applet(tmp_path: Path) -> None:
+    card = make_citizen_card(tmp_path / "card.json", with_fido=True)
+    conn = InProcessConnection(card)
+    assert conn.send_and_receive(bytes.fromhex("00A4040008A0000006472F000100")) == (b"FIDO_2_0", 0x9000)
+    assert [a.name for a in card.applets] == ["PIV", "citizen", "fido"]
+
+
+def test_missing_fido_applet_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "firmware_tools.fido.applet", None)
+    with pytest.raises(CityIdError, match="FIDO applet is not available"):
+        load_fido_applet(None)
+
+
+def test_bad_state_file_is_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    assert main(["emulate", "citizen", "--state", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "cannot read card state" in err and "Traceback" not in err
+
+
+def test_emulate_without_card_kind_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["emulate"]) == 2
+    assert "citizen" in capsys.readouterr().out
