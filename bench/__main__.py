@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-AREAS = ("card", "fido", "chain", "credentials", "ui", "server")
+AREAS = ("card", "card_terminal", "fido", "chain", "credentials", "ui", "server")
 
 
 def main() -> int:
