@@ -61,7 +61,15 @@ def test_atr_is_t1_with_busan_historical_bytes_and_valid_tck() -> None:
     atr = CITIZEN_ATR
     assert atr[0] == 0x3B and atr[2] == 0x01  # direct convention; TD1 offers T=1 only
     historical = atr[3 : 3 + (atr[1] & 0x0F)]
-    assert b"BUSANCID" in historical
+    assert historical[0] == 0x80  # compact-TLV objects follow
+    objects, i = {}, 1
+    while i < len(historical):
+        tag, length = historical[i] >> 4, historical[i] & 0x0F
+        objects[tag] = historical[i + 1 : i + 1 + length]
+        i += 1 + length
+    assert i == len(historical)
+    assert objects[0x5].startswith(b"BUSANCID")  # card issuer's data
+    assert objects[0x7][2] & 0xC0 == 0xC0  # card capabilities: command chaining, extended Lc/Le
     tck = 0
     for b in atr[1:]:
         tck ^= b

@@ -1,8 +1,9 @@
 """The Busan citizen card: PIV + citizen applet (+ optionally FIDO) on one :class:`VirtualCard`.
 
-ATR (ISO/IEC 7816-3 §8, 7816-4 §8.1.1): ``3B 8C 01`` — direct convention, T=1 only, 12 historical bytes:
-category indicator ``80`` (compact-TLV follows), then ``7A`` (card issuer's data, 10 bytes) = ASCII
-``BUSANCID`` + profile version ``01 01``; then the TCK check byte (XOR of T0..last historical byte).
+ATR (ISO/IEC 7816-3 §8.2): ``3B 8F 01`` — direct convention, T=1 only, 15 historical bytes in compact-TLV
+format (ISO/IEC 7816-4 §12.1.1): category indicator ``80``; ``59`` card issuer's data (tag 5, 9 bytes) =
+ASCII ``BUSANCID`` + profile version ``01``; ``73`` card capabilities (tag 7, 3 bytes) ``C0 00 C0``: selection
+by full and partial DF name, command chaining and extended Lc/Le supported; then the TCK check byte.
 """
 
 from __future__ import annotations
@@ -18,8 +19,15 @@ from firmware_tools.card.piv import PivApplet
 from firmware_tools.card.security import CardSecurity
 from firmware_tools.card.store import CardStore
 
-CARD_ISSUER_DATA = b"BUSANCID" + bytes([1, 1])
-HISTORICAL_BYTES = bytes([0x80, 0x70 | len(CARD_ISSUER_DATA)]) + CARD_ISSUER_DATA
+CARD_ISSUER_DATA = b"BUSANCID" + bytes([1])
+#: Card capabilities (7816-4 §12.1.1.9): DF selection by full/partial name; chaining + extended Lc/Le.
+CARD_CAPABILITIES = bytes([0xC0, 0x00, 0xC0])
+HISTORICAL_BYTES = (
+    bytes([0x80, 0x50 | len(CARD_ISSUER_DATA)])
+    + CARD_ISSUER_DATA
+    + bytes([0x70 | len(CARD_CAPABILITIES)])
+    + CARD_CAPABILITIES
+)
 
 
 def build_atr(historical: bytes = HISTORICAL_BYTES) -> bytes:
