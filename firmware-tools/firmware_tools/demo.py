@@ -326,14 +326,21 @@ def build(
     closers: list[Callable[[], None]] = []
     pcsc: Pcsc | None = None
     try:
+        auto = use_pcsc is None
         if use_pcsc is None:
             use_pcsc = Pcsc.available()
         if use_pcsc:
-            progress(
-                "using pcscd + vpcd (readers 'Virtual PCD 00 00' for the kiosk, '00 01' for the counter)"
-            )
             pcsc = Pcsc()
-            pcsc.start()
+            try:
+                pcsc.start()
+                progress("using pcscd + vpcd ('Virtual PCD 00 00' for the kiosk, '00 01' for the counter)")
+            except CityIdError as exc:
+                pcsc.stop()
+                pcsc = None
+                if not auto:
+                    raise
+                use_pcsc = False
+                progress(f"pcscd + vpcd not usable ({exc}): using the in-process card transport")
         else:
             progress("using the in-process card transport (no pcscd)")
 
