@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import signal
 import sys
@@ -10,6 +11,7 @@ import threading
 from pathlib import Path
 
 from cityid.cli_util import progress
+from cityid.errors import CityIdError
 
 
 def default_state_path(name: str = "citizen-card.json") -> Path:
@@ -64,6 +66,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_fido_emulate(kinds)
 
 
+def _lock_state(state: Path) -> int:
+    """Refuse to run two emulators on one state file (each would overwrite the other's changes)."""
+    state.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(state.with_name(f".{state.name}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise CityIdError(f"{state} is in use by another running emulator") from None
+    return fd
+
+
 def run_citizen(args: argparse.Namespace) -> int:
     from firmware_tools.card.citizen_card import fido_state_for, make_citizen_card
     from firmware_tools.card.transport import VpcdCard
@@ -72,6 +86,7 @@ def run_citizen(args: argparse.Namespace) -> int:
     fido_state: Path | None = args.fido_state
     if args.with_fido and fido_state is None:
         fido_state = fido_state_for(state)
+    lock = _lock_state(state)  # held until the process exits
     card = make_citizen_card(state, with_fido=args.with_fido, fido_state=fido_state)
     host, port = args.vpcd
     reader = f"Virtual PCD 00 {port - 35963:02d}" if 35963 <= port < 35963 + 100 else "(vpcd)"
@@ -107,5 +122,6 @@ def run_citizen(args: argparse.Namespace) -> int:
         pass
     finally:
         vpcd.stop()
+        os.close(lock)
         progress("card removed")
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 from firmware_tools.card.citizen_card import fido_state_for, load_fido_applet, make_citizen_card
 from firmware_tools.card.transport import InProcessConnection
 from firmware_tools.cli import main
-from firmware_tools.emulate_cli import default_state_path, parse_hostport
+from firmware_tools.emulate_cli import _lock_state, default_state_path, parse_hostport
 
 from cityid.errors import CityIdError
 
@@ -57,3 +58,15 @@ def test_bad_state_file_is_one_clear_line(tmp_path: Path, capsys: pytest.Capture
 def test_emulate_without_card_kind_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["emulate"]) == 2
     assert "citizen" in capsys.readouterr().out
+
+
+def test_second_emulator_on_the_same_state_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "card.json"
+    fd = _lock_state(state)
+    try:
+        assert main(["emulate", "citizen", "--state", str(state), "--vpcd", "127.0.0.1:1"]) == 1
+        assert "in use by another running emulator" in capsys.readouterr().err
+    finally:
+        os.close(fd)
