@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cityid import jose, sdjwt
 from cityid.citizen import (
@@ -190,3 +192,36 @@ def test_long_credential_through_chaining(card: Card) -> None:
     assert sw == 0x9000 and len(data) > 4000  # answered through 61xx / GET RESPONSE
     _, disclosures, _ = sdjwt.split(Tlv.unpack(0x53, data).decode())
     assert len(disclosures) == 10
+
+
+@pytest.fixture(scope="module")
+def personalized() -> tuple[Card, CredentialRecord, bytes]:
+    card = Card(None)
+    record, point = personalize(card)
+    return card, record, point
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    claims=st.lists(st.sampled_from([*CLAIMS, "passport_number"]), min_size=1, max_size=5, unique=True),
+    nonce=st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=8, max_size=64),
+    iat=st.integers(0, 2**40),
+)
+def test_present_any_subset_discloses_exactly_it(
+    personalized: tuple[Card, CredentialRecord, bytes], claims: list[str], nonce: str, iat: int
+) -> None:
+    card, record, holder = personalized
+    card.select_citizen()
+    assert card.verify() == 0x9000
+    data, sw = _present(card, tuple(claims), nonce=nonce, iat=iat)
+    if "passport_number" in claims:
+        assert (data, sw) == (b"", 0x6A88)  # an unknown claim: nothing leaves the card
+        return
+    assert sw == 0x9000
+    issuer_jwt, disclosures, kb_jwt = sdjwt.split(Tlv.unpack(0x53, data).decode("ascii"))
+    assert issuer_jwt == record.issuer_jwt
+    assert sorted(sdjwt.parse_disclosure(d).name or "" for d in disclosures) == sorted(claims)
+    kb = jose.parse_compact(kb_jwt)
+    assert kb.payload["nonce"] == nonce and kb.payload["iat"] == iat
+    assert kb.payload["sd_hash"] == sdjwt.sd_hash(sdjwt.presentation_without_kb(issuer_jwt, disclosures))
+    assert jose.es256_verify(holder, kb.signing_input, kb.signature)
