@@ -51,18 +51,18 @@ def b64url_decode(text: str) -> bytes:
 
     Raises :class:`JoseError` (a :class:`~cityid.errors.DecodeError`) on anything else.
     """
-    if not isinstance(text, str):
+    if type(text) is not str:
         raise JoseError("base64url input must be a string")
-    rem = len(text) % 4
-    if rem == 1:
-        raise JoseError("invalid base64url length")
+    rem = len(text) & 3
+    if rem == 1 or "+" in text or "/" in text or "=" in text or not text.isascii():
+        raise JoseError(
+            "invalid base64url length" if rem == 1 else
+            "invalid base64url character (padding and whitespace are not allowed)"
+        )  # fmt: skip
     # Reject non-canonical encodings (non-zero unused bits) so one value has exactly one encoding.
     if rem and text[-1] not in _CANONICAL_LAST[rem]:
         raise JoseError("non-canonical base64url (unused bits set)")
-    # '+' '/' '=' are standard-alphabet characters a2b_base64 would accept; strict mode rejects the rest.
-    if "+" in text or "/" in text or "=" in text or not text.isascii():
-        raise JoseError("invalid base64url character (padding and whitespace are not allowed)")
-    try:
+    try:  # strict mode rejects every remaining non-alphabet character
         return binascii.a2b_base64(text.encode("ascii").translate(_URL_TO_STD) + _PAD[rem], strict_mode=True)
     except binascii.Error as exc:
         raise JoseError("invalid base64url character (padding and whitespace are not allowed)") from exc

@@ -11,6 +11,7 @@ import hashlib
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
+from hashlib import sha256
 from typing import Any
 
 from cityid.jose import (
@@ -173,7 +174,7 @@ def resolve(
     alg = payload.get("_sd_alg", SD_ALG)
     if alg != SD_ALG:
         raise SdJwtError(f"unsupported _sd_alg {alg!r}")
-    by_digest = {d.digest: d for d in disclosures}
+    by_digest = {b64url_encode(sha256(d.encoded.encode("ascii")).digest()): d for d in disclosures}
     if len(by_digest) != len(disclosures):
         raise SdJwtError("the same disclosure appears twice")
     seen: set[str] = set()

@@ -305,12 +305,13 @@ class Verifier:
         if not self.nonce_store.consume(nonce, service):
             raise _Reject(CheckName.NONCE, "nonce unknown, expired, for another service or already used")
 
-        # the claims the service asked for
-        personal = {k: v for k, v in resolved.items() if k not in _ALWAYS_VISIBLE}
-        missing = [c for c in required if c not in personal]
+        # the claims the service asked for (only those are returned)
+        if not required:
+            return {k: v for k, v in resolved.items() if k not in _ALWAYS_VISIBLE}
+        missing = [c for c in required if c not in resolved or c in _ALWAYS_VISIBLE]
         if missing:
             raise _Reject(CheckName.CLAIMS, f"{len(missing)} requested claim(s) not disclosed")
-        return {c: personal[c] for c in required} if required else personal
+        return {c: resolved[c] for c in required}
 
     @staticmethod
     def _es256(point: bytes, data: bytes, signature: bytes) -> bool:
