@@ -319,8 +319,8 @@ class IssuerService:
             with self.db.sessions.begin() as s:
                 row = s.scalar(select(Credential).where(Credential.idempotency_key == key))
                 if row is not None:
-                    if row.request_fingerprint != fingerprint:
-                        raise ConflictError("idempotency key already used for another card or card key")
+                    if row.request_fingerprint != fingerprint or row.terminal != terminal:
+                        raise ConflictError("idempotency key already used for another card, key or terminal")
                     if row.state not in (CredentialState.PENDING, CredentialState.ISSUED):
                         raise ConflictError(f"credential {row.id} is {row.state}; start a new enrollment")
                     self._audit(s, terminal, "enroll.retry", cred=row.id, did=row.citizen_did)

@@ -105,9 +105,22 @@ def test_chain_failure_is_retryable_and_burns_nothing(rig):
 
 
 def test_idempotency_key_reused_for_other_card_is_refused(rig):
-    rig.client.enroll("key-00000001", CLAIMS, _point(), SERIAL)
+    card = _point()
+    rig.client.enroll("key-00000001", CLAIMS, card, SERIAL)
     with pytest.raises(ServerError) as exc:
         rig.client.enroll("key-00000001", CLAIMS, _point(), SERIAL)
+    assert exc.value.status == 409
+    # another registered terminal cannot take over the retry either
+    other = ec.generate_private_key(ec.SECP256R1())
+    from cryptography.hazmat.primitives import serialization
+
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    rig.db.add_terminal(
+        "counter-2", other.public_key().public_bytes(serialization.Encoding.PEM, spki).decode()
+    )
+    client2 = ServerClient("http://city.test", "counter-2", other, session=rig.transport)
+    with pytest.raises(ServerError) as exc:
+        client2.enroll("key-00000001", CLAIMS, card, SERIAL)
     assert exc.value.status == 409
 
 
