@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+import re
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -255,7 +256,10 @@ class IssuerService:
             )
             out.validate()
         except (vc.CredentialError, TypeError, AttributeError) as exc:
-            raise ValidationError(f"invalid claims: {exc}") from exc
+            # Never echo a claim value (errors end up in terminal logs): drop quoted parts.
+            raise ValidationError(
+                "invalid claims: " + re.sub(r"'[^']*'|\"[^\"]*\"", "(value)", str(exc))
+            ) from exc
         return out
 
     def _sign(

@@ -305,6 +305,7 @@ def test_bad_input_gets_a_clear_400(rig, payload):
     status, resp = _raw(rig, "/v1/enrollments", h, "POST", body)
     assert status == 400, resp
     assert resp["error"] == "invalid_request" and resp["message"]
+    assert "Gangnam" not in resp["message"]  # claim values are not echoed
     with rig.db.sessions() as s:
         assert s.get(StatusAllocator, 1).next_index == 0
 
