@@ -1,0 +1,14 @@
+"""WSGI entry point for a production server (``gunicorn 'server.wsgi:app' --workers 1 --threads 8``).
+
+Configuration from ``CITY_SERVER_CONFIG`` (a TOML file) plus the environment, as ``city-server serve``.
+Run ONE process per registrar account (threads are fine): chain transactions are nonce-managed per process.
+"""
+
+from __future__ import annotations
+
+import os
+
+from server.app import create_app
+from server.config import load_config
+
+app = create_app(load_config(os.environ.get("CITY_SERVER_CONFIG")))
