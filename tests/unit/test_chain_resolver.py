@@ -326,3 +326,19 @@ def test_sync_in_small_ranges_gives_the_same_replica(city, embedded_chain, tmp_p
     assert (
         a.holder_keys == (card,) and a.issuer_keys == (issuer_key,) and a.status is CredentialStatus.REVOKED
     )
+
+
+def test_background_following(city, embedded_chain, tmp_path):
+    _holder_did, _card, _k, ref = _setup_credential(city)
+    cache = SyncCache(embedded_chain.client(), city.network, tmp_path / "c.sqlite", confirmations=0)
+    cache.start(interval=0.05)
+    try:
+        city.revoke(ref.list_id, [ref.index])
+        deadline = time.monotonic() + 10
+        while cache.status_of(ref.list_id, ref.index) is not CredentialStatus.REVOKED:
+            assert time.monotonic() < deadline, "the background sync never applied the revocation"
+            time.sleep(0.02)
+        assert cache.staleness() < 5
+    finally:
+        cache.close()
+    assert cache._thread is None
