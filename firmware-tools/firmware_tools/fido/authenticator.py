@@ -18,7 +18,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from fido2.ctap import CtapError
@@ -81,12 +81,9 @@ class _PendingAssertions:
     client_data_hash: bytes
     flags: FLAG
     uv: bool
-    extensions: dict[str, Any]
     started: float
     hmac_input: tuple[Any, bytes, bytes] | None = None
     large_blob_key: bool = False
-    user_ids_only: bool = True
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 class Authenticator:
@@ -374,9 +371,7 @@ class Authenticator:
         if up:
             self._user_presence()
         flags = (FLAG.UP if up else FLAG(0)) | (FLAG.UV if uv else FLAG(0))
-        pending = _PendingAssertions(
-            creds[1:], cdh, flags, uv, {}, self.clock(), hmac_input, bool(want_lbk), not uv
-        )
+        pending = _PendingAssertions(creds[1:], cdh, flags, uv, self.clock(), hmac_input, bool(want_lbk))
         result = self._assertion(creds[0], pending)
         if len(creds) > 1:
             result[GetAssertionResult.NUMBER_OF_CREDENTIALS] = len(creds)
