@@ -6,6 +6,8 @@ with CTAPHID_INIT on the broadcast channel; PING, MSG (answered "INS not support
 CBOR, CANCEL, KEEPALIVE (every 100 ms while the authenticator waits) and ERROR. Errors use the CTAPHID
 codes (they share values with :class:`fido2.ctap.CtapError.ERR`): INVALID_CMD, INVALID_LEN, INVALID_SEQ,
 MSG_TIMEOUT, CHANNEL_BUSY, INVALID_CHANNEL. One transaction at a time: a second channel gets CHANNEL_BUSY.
+When the simulated user has a touch delay, CBOR requests run on a worker thread (KEEPALIVE, CANCEL,
+CHANNEL_BUSY observable); without one they are answered on the caller's thread.
 
 Usage::
 
@@ -19,7 +21,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import queue
 import struct
 import threading
@@ -316,7 +317,3 @@ def list_devices() -> Iterator[CtapHidDevice]:
     """Every plugged-in virtual device, opened (like :meth:`CtapHidDevice.list_devices`)."""
     for descriptor in list_descriptors():
         yield open_device(str(descriptor.path))
-
-
-def new_nonce() -> bytes:
-    return os.urandom(8)
