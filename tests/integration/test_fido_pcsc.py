@@ -340,3 +340,29 @@ def test_cardtool_fido_commands(fido_key, monkeypatch, capsys, tmp_path) -> None
     assert out_file.read_text().startswith("-----BEGIN CERTIFICATE-----")
     assert main(["fido", "info", "--reader", "no such reader"]) == 1
     assert "no FIDO security key" in capsys.readouterr().err
+
+
+def test_status_updates_and_cancel_through_pcscd(vpcd_card_factory, tmp_path) -> None:
+    from fido2.ctap import CtapError
+    from firmware_tools.fido.presence import UserPresence
+
+    state = tmp_path / "slow-key.json"
+    up = UserPresence(delay=0.3)
+    handle = vpcd_card_factory(lambda: make_fido_card(state, up)[0], state)
+    device = pcsc_device(handle.reader_name)  # python-fido2 polls 9100 answers with NFCCTAP_GETRESPONSE
+    try:
+        seen: list[int] = []
+        att = Ctap2(device).make_credential(cdh(), RP, user(), ES256, on_keepalive=seen.append)
+        assert att.fmt == "packed" and seen == [2]  # UPNEEDED
+    finally:
+        device.close()
+    up.delay = 10.0
+    with PcscConnection(handle.reader_name, reset_on_close=False) as conn:
+        import threading
+
+        ctap = Ctap2(CtapSmartCardDevice(conn, handle.reader_name))
+        event = threading.Event()
+        threading.Timer(0.3, event.set).start()
+        with pytest.raises(CtapError) as info:
+            ctap.make_credential(cdh(), RP, user(2), ES256, event=event)  # 80 11 11 00 cancels
+        assert info.value.code == CtapError.ERR.KEEPALIVE_CANCEL
