@@ -1,7 +1,9 @@
 """The card-wide security object shared by the PIV and citizen applets.
 
-Persistent (section ``security`` of the :class:`CardStore`): a salted PBKDF2 hash of the PIN and of the PUK
-(never the values), their retry counters, the management key (9B) and its algorithm, the card serial.
+Persistent (section ``security`` of the :class:`CardStore`): a salted HMAC-SHA-256 of the PIN and of the PUK
+(never the values; a slow KDF would buy nothing for a 6–8 digit secret stored beside the plain-text keys of
+this test card — the retry counter is the protection, as on a real card — and cost ~10 ms per VERIFY),
+their retry counters, the management key (9B) and its algorithm, the card serial.
 Volatile (cleared on power-up and when another applet is selected): "PIN verified", "management key
 authenticated" and a pending management-key challenge.
 
@@ -49,7 +51,9 @@ except ImportError:  # pragma: no cover
 logger = logging.getLogger(__name__)
 
 SECTION = "security"
-PBKDF2_ITERATIONS = 20_000
+#: Older state files (no "kdf" field) hashed with PBKDF2-SHA-256 at this many iterations.
+LEGACY_PBKDF2_ITERATIONS = 20_000
+KDF = "hmac-sha256"
 SALT_BYTES = 16
 
 #: Management key algorithms: key length and cipher block size.
@@ -71,8 +75,10 @@ def unpad_pin(padded: bytes) -> bytes:
     return pin
 
 
-def _hash(secret: bytes, salt: bytes) -> bytes:
-    return hashlib.pbkdf2_hmac("sha256", secret, salt, PBKDF2_ITERATIONS)
+def _hash(secret: bytes, salt: bytes, kdf: str = KDF) -> bytes:
+    if kdf == KDF:
+        return hmac.new(salt, secret, hashlib.sha256).digest()
+    return hashlib.pbkdf2_hmac("sha256", secret, salt, LEGACY_PBKDF2_ITERATIONS)
 
 
 def _cipher(algorithm: int, key: bytes) -> Cipher[Any]:
@@ -92,6 +98,7 @@ class CardSecurity:
             state = self._fresh_state()
             store.commit(SECTION, state)
         self._state = state
+        self._kdf = str(state.get("kdf", "pbkdf2-sha256"))
         self.pin_verified = False
         self.mgmt_authenticated = False
         self._challenge: tuple[str, bytes] | None = None  # ("witness"|"challenge", expected plain value)
@@ -100,6 +107,7 @@ class CardSecurity:
         pin_salt, puk_salt = self.rng(SALT_BYTES), self.rng(SALT_BYTES)
         return {
             "serial": self.rng(8).hex(),
+            "kdf": KDF,
             "pin_salt": pin_salt.hex(),
             "pin_hash": _hash(DEFAULT_PIN, pin_salt).hex(),
             "pin_tries": PIN_TRIES,
@@ -151,7 +159,8 @@ class CardSecurity:
             raise ApduError(SW.AUTH_METHOD_BLOCKED, f"{which.upper()} blocked")
         self._commit(**{tries_key: tries - 1})
         expected = bytes.fromhex(self._state[f"{which}_hash"])
-        if not hmac.compare_digest(_hash(secret, bytes.fromhex(self._state[f"{which}_salt"])), expected):
+        salt = bytes.fromhex(self._state[f"{which}_salt"])
+        if not hmac.compare_digest(_hash(secret, salt, self._kdf), expected):
             if which == "pin":
                 self.pin_verified = False
             left = tries - 1
@@ -175,21 +184,22 @@ class CardSecurity:
         old, new = unpad_pin(padded_old), unpad_pin(padded_new)
         self._check("pin", old)
         salt = self.rng(SALT_BYTES)
-        self._commit(pin_salt=salt.hex(), pin_hash=_hash(new, salt).hex())
+        self._commit(pin_salt=salt.hex(), pin_hash=_hash(new, salt, self._kdf).hex())
         self.pin_verified = True
 
     def change_puk(self, padded_old: bytes, padded_new: bytes) -> None:
         old, new = unpad_pin(padded_old), unpad_pin(padded_new)
         self._check("puk", old)
         salt = self.rng(SALT_BYTES)
-        self._commit(puk_salt=salt.hex(), puk_hash=_hash(new, salt).hex())
+        self._commit(puk_salt=salt.hex(), puk_hash=_hash(new, salt, self._kdf).hex())
 
     def unblock_pin(self, padded_puk: bytes, padded_new_pin: bytes) -> None:
         """RESET RETRY COUNTER: the PUK sets a new PIN and restores its tries."""
         puk, new = unpad_pin(padded_puk), unpad_pin(padded_new_pin)
         self._check("puk", puk)
         salt = self.rng(SALT_BYTES)
-        self._commit(pin_salt=salt.hex(), pin_hash=_hash(new, salt).hex(), pin_tries=self._state["pin_max"])
+        pin_hash = _hash(new, salt, self._kdf).hex()
+        self._commit(pin_salt=salt.hex(), pin_hash=pin_hash, pin_tries=self._state["pin_max"])
 
     def require_pin(self) -> None:
         if not self.pin_verified:
