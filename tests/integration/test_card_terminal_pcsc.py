@@ -135,7 +135,7 @@ def _expect(q: queue.Queue[ReaderEvent], kind: type, reader: str, timeout: float
             return ev
 
 
-def test_monitor_insert_remove_swap(vpcd_card_factory: Callable) -> None:
+def test_monitor_insert_remove_and_another_card(vpcd_card_factory: Callable) -> None:
     cards = iter([_atr_a(), ATR_B, ATR_B])
     handle = vpcd_card_factory(lambda: echo_card(next(cards)))
     with ReaderMonitor(timeout_ms=500) as monitor:

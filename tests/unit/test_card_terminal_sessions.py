@@ -211,3 +211,38 @@ def test_load_credential_file(conn: CountingConnection) -> None:
         load_credential("not-an-sd-jwt")
     with pytest.raises(ValueError):
         load_credential(make_sd_jwt(point) + "a.b.c")
+
+
+class PinPadReader(CountingConnection):
+    """The emulated card behind a fake PIN-pad reader (PC/SC part 10): the "user" types ``typed``."""
+
+    VERIFY_DIRECT = 0x42330006
+
+    def __init__(self, card: object, typed: bytes) -> None:
+        super().__init__(card)
+        self.typed = typed
+
+    def control(self, code: int, data: bytes = b"") -> bytes:
+        from terminal.pcsc.pinpad import CM_IOCTL_GET_FEATURE_REQUEST
+
+        if code == CM_IOCTL_GET_FEATURE_REQUEST:
+            return bytes([0x06, 4]) + self.VERIFY_DIRECT.to_bytes(4, "big")
+        assert code == self.VERIFY_DIRECT
+        template = data[19:]
+        assert template[5:] == b"\xff" * 8  # the host sent no PIN
+        resp, sw = self.send_and_receive(template[:5] + self.typed.ljust(8, b"\xff"))
+        return resp + sw.to_bytes(2, "big")
+
+
+def test_citizen_present_with_the_pin_typed_on_the_reader(tmp_path: Path) -> None:
+    state = tmp_path / "card.json"
+    point = _personalized(CountingConnection(make_citizen_card(state)))
+    reader = PinPadReader(make_citizen_card(state), NEW_PIN.encode())
+    citizen = CitizenSession(reader)
+    citizen.verify_pin(None)
+    text = citizen.present(["age_over_19"], NONCE, AUD, 5)
+    check_presentation(text, point, ["age_over_19"], NONCE, AUD, 5)
+    reader.typed = b"000000"
+    with pytest.raises(InvalidPinError) as exc:
+        CitizenSession(reader).verify_pin(None)
+    assert exc.value.attempts_remaining == 2
