@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +15,12 @@ from cityid.chain.errors import ChainConfigError
 
 if TYPE_CHECKING:
     from cityid.chain.rpc import RpcClient
+
+@lru_cache(maxsize=65536)
+def checksum(address: str) -> str:
+    """EIP-55 form of an address (memoised: the kiosk's hot path checks the same few addresses)."""
+    return to_checksum_address(address)
+
 
 CONTRACT_KEYS = ("did_registry", "status_registry", "trusted_issuers", "anchor_registry", "multicall")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
@@ -55,7 +62,7 @@ class NetworkConfig:
     def address(self, key: str) -> str:
         """Checksummed address of a contract; a clear error when the config lacks it."""
         try:
-            return to_checksum_address(self.addresses[key])
+            return checksum(self.addresses[key])
         except KeyError:
             raise ChainConfigError(f"network {self.name!r} has no {key} address (deploy first)") from None
 

@@ -23,11 +23,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from eth_keys import keys
-from eth_utils import keccak, to_checksum_address
+from eth_utils import keccak
 
 from cityid.chain.abi import Abi, DecodedEvent
 from cityid.chain.errors import ChainError
-from cityid.chain.network import NetworkConfig
+from cityid.chain.network import NetworkConfig, checksum
 from cityid.chain.rpc import RpcClient, as_dict, as_int, as_list
 
 NULL_ADDRESS = "0x0000000000000000000000000000000000000000"
@@ -83,12 +83,12 @@ def parse_did(did: str) -> ParsedDid:
         except Exception as exc:  # eth_keys raises several types for bad points
             raise InvalidDidError(f"bad public key in {did[:80]!r}") from exc
         return ParsedDid(network, pub.to_checksum_address(), ident)
-    return ParsedDid(network, to_checksum_address(ident), None)
+    return ParsedDid(network, checksum(ident), None)
 
 
 def did_for(network: NetworkConfig, address: str) -> str:
     """The DID string of an identity address on ``network`` (by network name)."""
-    return f"did:ethr:{network.name}:{to_checksum_address(address)}"
+    return f"did:ethr:{network.name}:{checksum(address)}"
 
 
 def address_of(network: NetworkConfig, did: str) -> str:
@@ -150,7 +150,7 @@ def did_event(ev: DecodedEvent) -> DidEvent | None:
             ev.name,
             ev.block_number,
             ev.log_index,
-            owner=to_checksum_address(a["owner"]),
+            owner=checksum(a["owner"]),
             previous_change=int(a["previousChange"]),
         )
     if ev.name == "DIDDelegateChanged":
@@ -162,7 +162,7 @@ def did_event(ev: DecodedEvent) -> DidEvent | None:
             ev.block_number,
             ev.log_index,
             type_or_name=t,
-            delegate_or_value=to_checksum_address(a["delegate"]),
+            delegate_or_value=checksum(a["delegate"]),
             valid_to=int(a["validTo"]),
             previous_change=int(a["previousChange"]),
         )
@@ -458,4 +458,4 @@ class DIDResolver:
 
 def identity_from_public_hash(public_hash: bytes, domain: str = "busan-citizen-id/v1") -> str:
     """A citizen identity address derived from a public hash: nobody holds its private key (docs/chain.md)."""
-    return to_checksum_address(keccak(domain.encode() + b"\0" + public_hash)[12:])
+    return checksum("0x" + keccak(domain.encode() + b"\0" + public_hash)[12:].hex())

@@ -25,12 +25,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from eth_utils import to_checksum_address
-
 from cityid.chain.abi import Abi, DecodedEvent
 from cityid.chain.bindings import vct_hash
 from cityid.chain.errors import ChainConfigError, ChainError, MalformedReplyError, StaleChainDataError
-from cityid.chain.network import NetworkConfig, check_network
+from cityid.chain.network import NetworkConfig, check_network, checksum
 from cityid.chain.resolver import BuiltDocument, DidEvent, address_of, build_document, did_event, p256_keys
 from cityid.chain.rpc import RpcClient, as_bytes, as_dict, as_int, as_list
 from cityid.chain.view import check_status_ref, trusted_now
@@ -234,7 +232,7 @@ class SyncCache:
         for raw in as_list(logs_raw, "eth_getLogs result"):
             log = as_dict(raw, "log")
             try:
-                abi = self._contracts.get(to_checksum_address(str(log.get("address"))))
+                abi = self._contracts.get(checksum(str(log.get("address"))))
             except ValueError:
                 abi = None
             if abi is None:
@@ -272,7 +270,7 @@ class SyncCache:
         if ev.name in ("DIDOwnerChanged", "DIDDelegateChanged", "DIDAttributeChanged"):
             did_ev = did_event(ev)
             if did_ev is not None:
-                identity = to_checksum_address(ev.args["identity"])
+                identity = checksum(ev.args["identity"])
                 self._db.execute(
                     "INSERT OR REPLACE INTO did_events VALUES (?, ?, ?, ?)",
                     (*key, identity, did_ev.to_json()),
@@ -288,14 +286,14 @@ class SyncCache:
                 "INSERT OR REPLACE INTO accreditations VALUES (?, ?, ?, ?, ?, ?, 0)",
                 (
                     *key,
-                    to_checksum_address(ev.args["issuer"]),
+                    checksum(ev.args["issuer"]),
                     "0x" + ev.args["vctHash"].hex(),
                     int(ev.args["validFrom"]),
                     int(ev.args["validUntil"]),
                 ),
             )
         elif ev.name == "AccreditationRevoked":
-            issuer, vh = to_checksum_address(ev.args["issuer"]), "0x" + ev.args["vctHash"].hex()
+            issuer, vh = checksum(ev.args["issuer"]), "0x" + ev.args["vctHash"].hex()
             prev = self._accreditation(issuer, vh)
             self._db.execute(
                 "INSERT OR REPLACE INTO accreditations VALUES (?, ?, ?, ?, ?, ?, 1)",

@@ -12,11 +12,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from eth_utils import to_checksum_address
-
 from cityid.chain.bindings import Multicall, StatusRegistry, TrustedIssuers
 from cityid.chain.errors import ChainError
-from cityid.chain.network import NetworkConfig, check_network
+from cityid.chain.network import NetworkConfig, check_network, checksum
 from cityid.chain.resolver import address_of, build_document, did_logs_filter, history_from_logs, p256_keys
 from cityid.chain.rpc import RpcClient
 from cityid.chainview import CredentialStatus, StatusRef, VerificationFacts
@@ -29,7 +27,7 @@ class StatusListMismatchError(ChainError):
 def check_status_ref(network: NetworkConfig, ref: StatusRef) -> None:
     """The status uri must name this network's chain id and status registry."""
     registry = network.address("status_registry")
-    if ref.chain_id != network.chain_id or to_checksum_address(ref.registry) != registry:
+    if ref.chain_id != network.chain_id or checksum(ref.registry) != registry:
         raise StatusListMismatchError(
             f"status list {ref.uri} is not the status registry eip155:{network.chain_id}:{registry}"
         )
