@@ -14,6 +14,7 @@ import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from cityid.chainview import ChainError, StatusRef
 from terminal.server_client import ServerClient
 from tests.unit.server_support import CLAIMS
 
@@ -42,13 +43,21 @@ def test_serve_end_to_end(tmp_path):
     cli = [sys.executable, "-m", "server.cli"]
     subprocess.run([*cli, "issuer-key", "generate"], env=env, check=True, capture_output=True)
     tkey = ec.generate_private_key(ec.SECP256R1())
-    (tmp_path / "t.pem").write_bytes(tkey.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))  # fmt: skip
-    subprocess.run([*cli, "terminal", "add", "--name", "counter-9", "--public-key", str(tmp_path / "t.pem")],
-                   env=env, check=True, capture_output=True)  # fmt: skip
+    (tmp_path / "t.pem").write_bytes(
+        tkey.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    subprocess.run(
+        [*cli, "terminal", "add", "--name", "counter-9", "--public-key", str(tmp_path / "t.pem")],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     port = _free_port()
-    proc = subprocess.Popen([*cli, "serve", "--port", str(port)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    proc = subprocess.Popen(
+        [*cli, "serve", "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -77,3 +86,47 @@ def test_serve_end_to_end(tmp_path):
     assert "Traceback" not in logs
     for value in ("Minji", "1950-03-14", "BS-2026-000123", "s3cret-test-password"):
         assert value not in logs
+
+
+@pytest.mark.anvil
+def test_network_config_path_on_anvil(anvil_chain, tmp_path):
+    """The production path: chain = a NetworkConfig file, registrar key from the environment."""
+    from cryptography.hazmat.primitives import serialization as ser
+
+    from cityid.chain.view import LiveChainView
+    from server.app import create_app
+    from server.config import load_config
+    from tests.unit.server_support import FlaskTransport
+
+    anvil_chain.network.save(tmp_path / "network.json")
+    env = {
+        "CITY_SERVER_DB_URL": f"sqlite:///{tmp_path}/s.db",
+        "CITY_SERVER_CHAIN": str(tmp_path / "network.json"),
+        "CITY_CHAIN_PRIVATE_KEY": "0x" + bytes(anvil_chain.accounts[0].key).hex(),
+        "CITY_ISSUER_KEYSTORE": str(tmp_path / "issuer.p8"),
+        "CITY_ISSUER_KEY_PASSWORD": "pw",
+    }
+    from server.keys import KeystoreSigner
+
+    KeystoreSigner.generate(tmp_path / "issuer.p8", "pw")
+    app = create_app(load_config(None, env=env))
+    db = app.extensions["cityid.db"]
+    tkey = ec.generate_private_key(ec.SECP256R1())
+    db.add_terminal(
+        "c1", tkey.public_key().public_bytes(ser.Encoding.PEM, ser.PublicFormat.SubjectPublicKeyInfo).decode()
+    )
+    client = ServerClient("http://x", "c1", tkey, session=FlaskTransport(app))
+    card = _point()
+    res = client.enroll("anvil-net-00001", CLAIMS, card, b"\x07" * 8)
+    issuer = app.extensions["cityid.service"].issuer_did
+    facts = LiveChainView(anvil_chain.client(), anvil_chain.network).verification_facts(
+        issuer,
+        res.citizen_did,
+        "https://id.busan.go.kr/vct/citizen/v1",
+        StatusRef(
+            anvil_chain.network.chain_id, anvil_chain.network.address("status_registry"), 1, res.status_index
+        ),
+    )
+    assert facts.issuer_trusted and card in facts.holder_keys
+    with pytest.raises(ChainError, match="CITY_CHAIN_PRIVATE_KEY"):
+        create_app(load_config(None, env={**env, "CITY_CHAIN_PRIVATE_KEY": ""}))
