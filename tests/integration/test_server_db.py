@@ -93,3 +93,21 @@ def test_concurrent_enrollments_get_distinct_gap_free_indexes(db_url):
     assert sorted(indexes) == list(range(12))
     with rig.db.sessions() as s:
         assert s.get(StatusAllocator, 1).next_index == 12
+
+
+def test_lifecycle_reissue_suspend_fido_supersede(db_url):
+    rig = make_rig(db_url)
+    card = _point()
+    a = rig.client.enroll("key-life-00001", CLAIMS, card, b"\x03" * 8)
+    b = rig.client.reissue(a.credential_id, "key-life-00002", CLAIMS)
+    assert rig.client.status(a.credential_id)["state"] == "superseded"
+    assert rig.client.suspend(b.credential_id)["state"] == "suspended"
+    assert rig.client.resume(b.credential_id)["state"] == "issued"
+    assert rig.client.register_fido_key(b.citizen_did, _point(), b"fido-1") is True
+    c = rig.client.enroll("key-life-00003", CLAIMS, _point(), b"\x03" * 8)  # same card, new key
+    assert rig.client.status(b.credential_id)["state"] == "superseded"
+    assert rig.client.status(c.credential_id)["state"] == "issued"
+    with rig.db.sessions() as s:
+        assert s.get(StatusAllocator, 1).next_index == 3
+        states = sorted(r.state for r in s.scalars(select(Credential)))
+    assert states == ["issued", "superseded", "superseded"]
