@@ -87,7 +87,8 @@ class Database:
                 if s.get(StatusAllocator, status_list_id) is None:
                     s.add(StatusAllocator(list_id=status_list_id, next_index=0, capacity=capacity))
         except SQLAlchemyError as exc:
-            raise StorageError(f"cannot initialise the database: {exc.__class__.__name__}") from exc
+            reason = str(getattr(exc, "orig", None) or exc.__class__.__name__).strip().splitlines()[0][:200]
+            raise StorageError(f"cannot initialise the database: {reason}") from exc
 
     def session(self) -> Session:
         return self.sessions()
