@@ -107,7 +107,8 @@ class KioskController:
         if missing:
             raise CityIdError(f"service {missing[0]!r} is not offered by this terminal")
         self.services = tuple(offered[s] for s in wanted)
-        self.last_event_latency: float | None = None
+        self.last_event_latency: float | None = None  # card layer saw it -> event published (s)
+        self.last_event_at: float | None = None  # time.monotonic() the card layer saw the last event
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -209,7 +210,8 @@ class KioskController:
 
     def _publish(self, kind: str, data: dict[str, Any], event: BackendEvent | None = None) -> None:
         if event is not None and event.at:
-            self.last_event_latency = self._clock() - event.at
+            self.last_event_at = event.at
+            self.last_event_latency = time.monotonic() - event.at
         self.hub.publish(kind, data)
 
     def check_idle(self) -> bool:
