@@ -240,7 +240,7 @@ class FidoSession:
     def _check_pin_format(pin: str) -> None:
         from terminal.fido.errors import FidoPinPolicyError
 
-        if not len(pin) >= 4 or len(pin.encode()) > 63:
+        if len(pin) < 4 or len(pin.encode()) > 63:
             raise FidoPinPolicyError()
 
     def token(
