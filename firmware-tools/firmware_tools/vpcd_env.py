@@ -12,7 +12,6 @@ import fcntl
 import os
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,7 +24,8 @@ from firmware_tools.card.transport import DEFAULT_VPCD_PORT, VpcdCard
 
 VPCD_DRIVER = Path("/usr/lib/pcsc/drivers/serial/libifdvpcd.so")
 VPCD_SLOTS = {DEFAULT_VPCD_PORT: "Virtual PCD 00 00", DEFAULT_VPCD_PORT + 1: "Virtual PCD 00 01"}
-LOCK_DIR = Path(tempfile.gettempdir())
+#: Same machine-wide lock directory as tests/fixtures/pcsc.py (not $TMPDIR, which differs between sessions).
+LOCK_DIR = Path(os.environ.get("CITYID_PCSC_LOCK_DIR", "/tmp"))  # noqa: S108
 POLL = 0.02
 
 

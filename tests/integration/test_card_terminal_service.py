@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from firmware_tools.card.citizen_card import make_citizen_card
@@ -39,14 +40,26 @@ def _other_users() -> set[int]:
     """PIDs other than ours holding a lock on the pcscd users lock file (/proc/locks)."""
     if not USERS_LOCK.exists():
         return set()
-    inode = os.stat(USERS_LOCK).st_ino
+    st = os.stat(USERS_LOCK)
+    ident = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
     pids = set()
     with open("/proc/locks") as f:
         for line in f:
             parts = line.split()
-            if len(parts) > 5 and parts[5].endswith(f":{inode}"):
+            if len(parts) > 5 and parts[5] == ident:
                 pids.add(int(parts[4]))
     return pids - {os.getpid()}
+
+
+def _describe(pids: set[int]) -> str:
+    out = []
+    for pid in sorted(pids):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            cmd = "?"
+        out.append(f"{pid} ({cmd.strip()[:80]})")
+    return ", ".join(out)
 
 
 def _wait_event(q: queue.Queue[ReaderEvent], want: Callable[[ReaderEvent], bool], timeout: float) -> None:
@@ -67,7 +80,7 @@ def test_pcscd_stops_and_comes_back(pcscd, vpcd_card_factory, tmp_path, request)
     if pcscd.process is None:
         pytest.skip("pcscd was not started by this test session; stopping it would disturb its owner")
     if _other_users():
-        pytest.skip("another test session uses this pcscd right now")
+        pytest.skip(f"another test session uses this pcscd right now: {_describe(_other_users())}")
     state = tmp_path / "card.json"
     handle = vpcd_card_factory(lambda: make_citizen_card(state), state)
     reader = handle.reader_name
