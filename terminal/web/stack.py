@@ -23,13 +23,30 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from cityid.apdu import SmartCardConnection
-from cityid.errors import ApplicationNotFoundError, CardRemovedError, CityIdError, NoCardError
+from cityid.errors import (
+    ApplicationNotFoundError,
+    CardRemovedError,
+    CityIdError,
+    InvalidPinError,
+    NoCardError,
+    PinBlockedError,
+)
+from terminal.fido.device import CtapSmartCardDevice, NotFidoError
+from terminal.fido.errors import (
+    FidoError,
+    FidoInvalidPinError,
+    FidoPinBlockedError,
+    FidoPinNotSetError,
+    FidoPinPowerCycleError,
+)
+from terminal.fido.session import FidoSession, PinState
 from terminal.flows.counter import CitizenRequest, CounterEnrollment, EnrollmentInterrupted
-from terminal.flows.kiosk import KioskVerification, Service, service
+from terminal.flows.kiosk import FidoPresenter, KioskVerification, Service, service
 from terminal.server_client import ServerClient, ServerError
 from terminal.sessions.citizen import CitizenSession
 from terminal.sessions.piv import PivSession
 from terminal.verifier import Verifier
+from terminal.verifier.verifier import DEFAULT_RP_ID
 from terminal.web.backend import (
     BackendEvent,
     CredentialState,
@@ -66,14 +83,17 @@ class CardKioskBackend:
         services: Sequence[Service],
         connect: Connect,
         clock: Callable[[], float] = time.time,
+        rp_id: str = DEFAULT_RP_ID,
     ) -> None:
         self.verifier = verifier
         self._services = tuple(services)
         self._connect = connect
         self._clock = clock
+        self.rp_id = rp_id  # the city's WebAuthn relying party (the key's credential is scoped to it)
         self._on_event: Callable[[BackendEvent], None] | None = None
         self._lock = threading.Lock()
         self._reader: str | None = None
+        self._kind = TokenKind.CARD
         self._verification: KioskVerification | None = None
         self.last_timings: dict[str, float] = {}
 
@@ -94,18 +114,31 @@ class CardKioskBackend:
             callback(event)
 
     def start_session(self, reader: str) -> SessionInfo:
+        """A citizen card (citizen applet: GET INFO) or else a FIDO2 key (CTAP GetInfo + PIN retries)."""
         with self._connect(reader) as conn:
             try:
                 info = CitizenSession(conn).info()
+                kind, tries, blocked = TokenKind.CARD, info.pin_tries, info.pin_tries == 0
             except ApplicationNotFoundError:
-                raise NoCardError("not a Busan citizen card") from None
+                kind, tries, blocked = TokenKind.FIDO, *self._fido_status(conn)
         with self._lock:
-            self._reader = reader
-        return SessionInfo(reader, TokenKind.CARD, info.pin_tries, info.pin_tries == 0)
+            self._reader, self._kind = reader, kind
+        return SessionInfo(reader, kind, tries, blocked)
+
+    @staticmethod
+    def _fido_status(conn: SmartCardConnection) -> tuple[int | None, bool]:
+        try:
+            status = FidoSession(CtapSmartCardDevice(conn)).pin_status()
+        except (NotFidoError, ApplicationNotFoundError):
+            raise NoCardError("neither a Busan citizen card nor a FIDO2 security key") from None
+        if status.state is PinState.NOT_SET:
+            raise NoCardError("this security key has no PIN: it was not registered at a counter")
+        blocked = status.state in (PinState.BLOCKED, PinState.POWER_CYCLE_REQUIRED)
+        return status.retries, blocked
 
     def present(self, service_id: str, pin: str) -> VerdictView:
         with self._lock:
-            reader = self._reader
+            reader, kind = self._reader, self._kind
         if reader is None:
             raise CardRemovedError("the session has ended")
         svc = next((s for s in self._services if s.id == service_id), None) or service(service_id)
@@ -115,7 +148,10 @@ class CardKioskBackend:
         t0 = time.perf_counter()
         try:
             with self._connect(reader) as conn:
-                verdict = verification.run_card(CitizenSession(conn), pin)
+                if kind is TokenKind.FIDO:
+                    verdict = self._run_fido(verification, conn, pin)
+                else:
+                    verdict = verification.run_card(CitizenSession(conn), pin)
             del pin
             view = view_for(service_id, verdict.ok, None if verdict.ok else verdict.reason, verdict.claims)
         finally:
@@ -124,6 +160,17 @@ class CardKioskBackend:
                 self._verification = None
         self.last_timings = dict(verification.timings, total_s=time.perf_counter() - t0)
         return view
+
+    def _run_fido(self, verification: KioskVerification, conn: SmartCardConnection, pin: str) -> Any:
+        """The key's own PIN → PIN token → assertion-bound presentation; FIDO PIN states as card ones."""
+        try:
+            return verification.run(FidoPresenter(FidoSession(CtapSmartCardDevice(conn)), pin, self.rp_id))
+        except FidoInvalidPinError as exc:
+            raise InvalidPinError(exc.attempts_remaining) from None
+        except (FidoPinBlockedError, FidoPinPowerCycleError, FidoPinNotSetError):
+            raise PinBlockedError(what="key PIN") from None
+        except FidoError as exc:
+            raise CityIdError(f"security key: {exc}") from None
 
     def end(self) -> None:
         with self._lock:
