@@ -9,6 +9,7 @@ CtapSmartCardDevice on a PcscConnection. The key keeps its state in a file (atom
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import statistics
 import tempfile
@@ -107,6 +108,8 @@ def run(args: argparse.Namespace) -> None:
                 _ctap_round("pcscd+vpcd, python-fido2 CtapPcscDevice", Ctap2(device), n)
             finally:
                 device.close()
+                del device
+                gc.collect()  # pyscard releases its PC/SC context in __del__: do it while pcscd still runs
             with PcscConnection(reader, reset_on_close=False) as conn:
                 _ctap_round(
                     "pcscd+vpcd, terminal CtapSmartCardDevice", Ctap2(CtapSmartCardDevice(conn, reader)), n
