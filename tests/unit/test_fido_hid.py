@@ -229,3 +229,33 @@ def test_random_packets_never_break_the_device(packets: list[bytes]) -> None:
         assert len(pkt) == REPORT_SIZE
     hid = CtapHidDevice(device.descriptor, device.open())
     assert hid.ping(b"alive") == b"alive"
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_webauthn_prf_over_hmac_secret_with_python_fido2_client(device) -> None:
+    from fido2.client import Fido2Client
+
+    client = Fido2Client(CtapHidDevice(device.descriptor, device.open()), "https://busan.go.kr")
+    created = client.make_credential(
+        {
+            "rp": {"id": "busan.go.kr", "name": "Busan"},
+            "user": {"id": b"citizen-1", "name": "kim"},
+            "challenge": os.urandom(16),
+            "pubKeyCredParams": [{"type": "public-key", "alg": -7}],
+            "extensions": {"prf": {}},
+            "authenticatorSelection": {"userVerification": "discouraged", "residentKey": "required"},
+        }
+    )
+    assert created.extension_results == {"prf": {"enabled": True}}
+
+    def prf(salt: bytes) -> str:
+        request = {
+            "rpId": "busan.go.kr",
+            "challenge": os.urandom(16),
+            "userVerification": "discouraged",
+            "extensions": {"prf": {"eval": {"first": salt}}},
+        }
+        return client.get_assertion(request).get_response(0).extension_results["prf"]["results"]["first"]
+
+    one, two = os.urandom(32), os.urandom(32)
+    assert prf(one) == prf(one) != prf(two)
