@@ -62,6 +62,8 @@ COUNTER_AUDIENCE = "https://counter.busan.go.kr/demo-counter"
 DEMO_CLERK = "demo"
 DEMO_CLERK_PASSWORD = "demo-clerk"  # noqa: S105 - printed for the demo; never a production setting
 DEMO_PUK = "24681357"
+KEY_PIN = "2468"  # the demo security key's own PIN
+KEY_ID = "kim-key"
 LOCK_DIR = Path(tempfile.gettempdir())  # the same lock files as tests/fixtures/pcsc.py
 VPCD_DRIVER = Path("/usr/lib/pcsc/drivers/serial/libifdvpcd.so")
 
@@ -252,6 +254,7 @@ class DemoEnvironment:
     counter_slot: CardSlot
     cards: dict[str, Path]
     enrolled: dict[str, str]  # citizen id → credential id
+    keys: dict[str, Path]  # demo security keys (FIDO2) → state file
     kiosk_backend: Any
     counter_backend: Any
     config: TerminalConfig
@@ -259,7 +262,11 @@ class DemoEnvironment:
     _closers: list[Callable[[], None]] = field(default_factory=list)
 
     def card(self, citizen_id: str) -> VirtualCard:
-        """A fresh card object for the citizen's state file (as a freshly powered card)."""
+        """A fresh card (or key) object for the state file (as a freshly powered card)."""
+        if citizen_id in self.keys:
+            from firmware_tools.fido.card import make_fido_card
+
+            return make_fido_card(self.keys[citizen_id])[0]
         return make_citizen_card(self.cards[citizen_id])
 
     def close(self) -> None:
@@ -282,7 +289,15 @@ class DemoPanel:
         self._citizens = {c.id: c for c in citizens}
 
     def citizens(self) -> Sequence[DemoCitizen]:
-        return [DemoCitizen(c.id, c.label, c.pin) for c in self._citizens.values() if c.id in self.env.cards]
+        out = [DemoCitizen(c.id, c.label, c.pin) for c in self._citizens.values() if c.id in self.env.cards]
+        if KEY_ID in self.env.keys:
+            kim = self._citizens["kim"]
+            out.append(
+                DemoCitizen(
+                    KEY_ID, f"{kim.family_name} {kim.given_name}: FIDO2 security key", KEY_PIN, "fido"
+                )
+            )
+        return out
 
     def tapped(self) -> str | None:
         return self.env.kiosk_slot.owner
@@ -291,7 +306,8 @@ class DemoPanel:
         slot = self.env.kiosk_slot
         slot.insert(self.env.card(citizen_id), citizen_id)
         if slot.port is None:
-            self.env.kiosk_backend.feed(TokenPresent(slot.reader, TokenKind.CARD, time.monotonic()))
+            kind = TokenKind.FIDO if citizen_id in self.env.keys else TokenKind.CARD
+            self.env.kiosk_backend.feed(TokenPresent(slot.reader, kind, time.monotonic()))
 
     def remove(self) -> None:
         slot = self.env.kiosk_slot
@@ -375,6 +391,7 @@ def build(
         enrollment = CounterEnrollment(client, counter_verifier)
         cards: dict[str, Path] = {}
         enrolled: dict[str, str] = {}
+        dids: dict[str, str] = {}
         for c in citizens:
             path = workdir / "cards" / f"{c.id}.json"
             conn = InProcessConnection(make_citizen_card(path))
@@ -390,8 +407,13 @@ def build(
             outcome = enrollment.run(conn, request)
             cards[c.id] = path
             enrolled[c.id] = outcome.credential_id
+            dids[c.id] = outcome.citizen_did
             if c.lost:
                 client.revoke([outcome.credential_id], "lost")
+        keys: dict[str, Path] = {}
+        if "kim" in dids:
+            progress("registering a FIDO2 security key for Kim, with a credential in its largeBlob")
+            keys[KEY_ID] = _make_key(workdir, client, next(c for c in citizens if c.id == "kim"), dids["kim"])
 
         kiosk_slot = CardSlot(
             KIOSK_READER if use_pcsc else "Demo kiosk reader", DEFAULT_VPCD_PORT if use_pcsc else None
@@ -422,7 +444,7 @@ def build(
             clerks={DEMO_CLERK: hash_password(DEMO_CLERK_PASSWORD)},
         )
         env = DemoEnvironment(
-            workdir, chain, server_url, kiosk_slot, counter_slot, cards, enrolled, kiosk_backend,
+            workdir, chain, server_url, kiosk_slot, counter_slot, cards, enrolled, keys, kiosk_backend,
             counter_backend, config, pcsc, closers,
         )  # fmt: skip
         pcsc = None  # owned by env now
@@ -435,6 +457,41 @@ def build(
             pcsc.stop()
         shutil.rmtree(workdir, ignore_errors=True)
         raise
+
+
+def _make_key(workdir: Path, client: Any, citizen: Citizen, did: str) -> Path:
+    """A virtual FIDO2 key for ``citizen``: PIN set, discoverable credential for the city RP, the citizen
+    credential issued to the key's public key (cnf) and kept in its largeBlob (docs/credential-format.md)."""
+    import hashlib
+
+    from firmware_tools.fido.attestation import export_root
+    from firmware_tools.fido.card import make_fido_card
+    from terminal.fido.device import CtapSmartCardDevice
+    from terminal.fido.session import FidoSession, FidoVerifier
+    from terminal.verifier.verifier import DEFAULT_RP_ID
+    from terminal.web.stack import cose_point
+
+    path = workdir / "cards" / f"{KEY_ID}.json"
+    card, applet = make_fido_card(path)
+    session = FidoSession(CtapSmartCardDevice(InProcessConnection(card)))
+    session.set_pin(KEY_PIN)
+    root = export_root(applet.authenticator.store)
+    rp = FidoVerifier(DEFAULT_RP_ID, trusted_roots=[root.encode()] if root else [])
+    reg = rp.register(session, hashlib.sha256(did.encode()).digest()[:16], did, pin=KEY_PIN, large_blob=True)
+    point = cose_point(reg.public_key)
+    serial = hashlib.sha256(reg.credential_id).digest()[:8]
+    request = CitizenRequest(
+        family_name=citizen.family_name,
+        given_name=citizen.given_name,
+        birthdate=citizen.birthdate,
+        district=citizen.district,
+        busan_resident=citizen.resident,
+        new_pin=KEY_PIN,
+        new_puk=DEMO_PUK,
+    )
+    result = client.enroll(f"demo-key-{serial.hex()}", request.claims(serial), point, serial, did)
+    session.write_blob(reg.large_blob_key, result.record.encode(), pin=KEY_PIN)
+    return path
 
 
 @contextlib.contextmanager

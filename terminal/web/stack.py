@@ -15,6 +15,7 @@ backends run over PC/SC (``PcscConnection``) or any other ``SmartCardConnection`
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -31,6 +32,7 @@ from cityid.errors import (
     NoCardError,
     PinBlockedError,
 )
+from cityid.jose import b64url_encode
 from terminal.fido.device import CtapSmartCardDevice, NotFidoError
 from terminal.fido.errors import (
     FidoError,
@@ -39,7 +41,7 @@ from terminal.fido.errors import (
     FidoPinNotSetError,
     FidoPinPowerCycleError,
 )
-from terminal.fido.session import FidoSession, PinState
+from terminal.fido.session import FidoSession, FidoVerifier, PinState
 from terminal.flows.counter import CitizenRequest, CounterEnrollment, EnrollmentInterrupted
 from terminal.flows.kiosk import FidoPresenter, KioskVerification, Service, service
 from terminal.server_client import ServerClient, ServerError
@@ -224,6 +226,11 @@ class PcscKioskBackend(CardKioskBackend):
             self.feed(TokenPresent(reader, TokenKind.CARD, now))
 
 
+def cose_point(cose_key: Any) -> bytes:
+    """The uncompressed P-256 point of an ES256 COSE key (RFC 9053 §7.1.1: -2 x, -3 y)."""
+    return b"\x04" + bytes(cose_key[-2]) + bytes(cose_key[-3])
+
+
 def _pcsc_readers() -> list[str]:
     from terminal.pcsc.connection import list_readers
 
@@ -240,8 +247,13 @@ class CardCounterBackend:
         connect: Connect = pcsc_connect,
         readers: Callable[[], Sequence[str]] = _pcsc_readers,
         reader_filter: str = "",
+        *,
+        rp_id: str = DEFAULT_RP_ID,
+        fido_roots: Sequence[bytes] = (),
     ) -> None:
         self.server = server
+        self.rp_id = rp_id
+        self.fido_roots = tuple(fido_roots)  # trusted attestation roots (PEM/DER); empty: attestation "none"
         self.enrollment = CounterEnrollment(server, verifier)
         self._connect = connect
         self._readers = readers
@@ -276,7 +288,31 @@ class CardCounterBackend:
         )
 
     def register_fido(self, reader: str, credential_id: str, pin: str) -> FidoRegistration:
-        raise CityIdError("FIDO2 key registration is not available at this counter yet")
+        """Register the key in ``reader`` for the citizen of ``credential_id``: set the key's PIN if it has
+        none, make a discoverable credential for the city's RP (UV by PIN, largeBlobKey), verify the
+        attestation, and publish its public key on the citizen's DID through the server."""
+        state = self.status(credential_id)
+        if state.state != "issued" or not state.did:
+            raise CityIdError(f"credential {credential_id} is {state.state}: register keys for a valid one")
+        with self._lock, self._connect(reader) as conn:
+            try:
+                session = FidoSession(CtapSmartCardDevice(conn))
+                if not session.pin_set:
+                    session.set_pin(pin)
+                rp = FidoVerifier(self.rp_id, trusted_roots=self.fido_roots)
+                user_id = hashlib.sha256(state.did.encode()).digest()[:16]
+                reg = rp.register(session, user_id, state.did, pin=pin, large_blob=True)
+            except (NotFidoError, ApplicationNotFoundError):
+                raise NoCardError("the card in the reader is not a FIDO2 security key") from None
+            except FidoInvalidPinError as exc:
+                raise InvalidPinError(exc.attempts_remaining) from None
+            except (FidoPinBlockedError, FidoPinPowerCycleError):
+                raise PinBlockedError(what="key PIN") from None
+            except FidoError as exc:
+                raise CityIdError(f"security key: {exc}") from None
+        point = cose_point(reg.public_key)
+        self.server.register_fido_key(state.did, point, reg.credential_id)
+        return FidoRegistration(state.did, b64url_encode(reg.credential_id))
 
     def unblock_pin(self, reader: str, puk: str, new_pin: str) -> None:
         with self._lock, self._connect(reader) as conn:

@@ -197,3 +197,25 @@ def test_keyboard_only_flow(world: World, kiosk: str, page: Any, slot: Slot, tmp
     page.keyboard.press("Enter")
     page.wait_for_url("**/verdict")
     assert "Residence confirmed" in visible_text(page)
+
+
+def test_security_key_follows_the_same_path_with_its_own_pin(
+    world: World, kiosk: str, page: Any, slot: Slot, tmp_path: Path, screenshot: Any
+) -> None:
+    tap(world, slot, tmp_path, demo.KEY_ID)
+    page.wait_for_url("**/services")
+    assert "Your security key is ready." in visible_text(page)
+    page.click("#service-benefit-check")
+    page.click("#agree")
+    page.wait_for_url("**/pin")
+    assert "Enter your security key PIN" in visible_text(page) and "Tries left: 8" in visible_text(page)
+    type_pin(page, "1111")
+    page.click("#pin-ok")
+    page.wait_for_selector("#pin-error")
+    assert "Tries left: 7" in visible_text(page)
+    screenshot(page, "key-wrong-pin")
+    type_pin(page, demo.KEY_PIN)
+    page.click("#pin-ok")
+    page.wait_for_url("**/verdict")
+    screenshot(page, "key-verdict")
+    assert "You are eligible" in visible_text(page)
