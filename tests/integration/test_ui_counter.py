@@ -4,6 +4,7 @@ looks the credential up, and the new card then passes a benefit check at a kiosk
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,9 +13,14 @@ import pytest
 from firmware_tools import demo
 from firmware_tools.card.citizen_card import make_citizen_card
 
+from cityid.errors import CityIdError
 from tests.integration.ui_support import Slot, World, serving, type_pin, visible_text
 
-pytestmark = [pytest.mark.integration, pytest.mark.browser]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.browser,
+    pytest.mark.filterwarnings("ignore:Deprecated use of webauthn_json_mapping"),
+]
 
 NEW_PIN = "802468"
 NEW_PUK = "13572468"
@@ -107,3 +113,70 @@ def test_counter_enrollment_end_to_end(
         page.wait_for_url("**/verdict")
         screenshot(page, "kiosk-verdict-new-card")
         assert "You are eligible" in visible_text(page)
+
+
+def _login(page: Any, url: str) -> None:
+    page.goto(url + "/counter/login")
+    page.fill("#clerk", demo.DEMO_CLERK)
+    page.fill("#password", demo.DEMO_CLERK_PASSWORD)
+    page.click("#login")
+    page.wait_for_url("**/counter/")
+
+
+def test_counter_unblock_register_key_and_revoke(
+    world: World, slot: Slot, page: Any, tmp_path: Path, screenshot: Any
+) -> None:
+    from firmware_tools.fido.card import make_fido_card
+
+    from terminal.pcsc.connection import PcscConnection
+    from terminal.sessions.piv import PivSession
+
+    credential_id = world.env.enrolled["kim"]
+    card = slot.insert(world.card_copy("kim", tmp_path))
+    with PcscConnection(slot.reader) as conn:  # the citizen blocked the PIN somewhere
+        piv = PivSession(conn)
+        for _ in range(3):
+            with contextlib.suppress(CityIdError):
+                piv.verify_pin("000000")
+        assert piv.pin_attempts() == 0
+    with serving(world.counter_app(slot.reader), page) as url:
+        _login(page, url)
+        page.click("#menu-unblock")
+        page.select_option("#f-reader", slot.reader)
+        page.fill("#f-puk", "11112222")
+        page.fill("#f-pin", "975310")
+        page.fill("#f-pin2", "975310")
+        page.click("#submit")
+        page.wait_for_selector("#form-message")
+        assert "Wrong PUK. Tries left:" in visible_text(page)
+        screenshot(page, "unblock-wrong-puk")
+        page.fill("#f-puk", demo.DEMO_PUK)
+        page.fill("#f-pin", "975310")
+        page.fill("#f-pin2", "975310")
+        page.click("#submit")
+        page.wait_for_selector("text=PIN reset")
+        screenshot(page, "unblocked")
+        card.stop()
+
+        key_state = tmp_path / "new-key.json"
+        key = slot.insert(lambda: make_fido_card(key_state)[0])
+        page.click("#back-home")
+        page.click("#menu-fido")
+        page.select_option("#f-reader", slot.reader)
+        page.fill("#f-credential_id", credential_id)
+        page.fill("#f-pin", "8642")
+        page.click("#submit")
+        page.wait_for_selector("#result", timeout=30_000)
+        screenshot(page, "key-registered")
+        assert "Security key registered" in visible_text(page) and "did:ethr:" in visible_text(page)
+        key.stop()
+
+        page.click("#back-home")
+        page.click("#menu-revoke")
+        page.fill("#f-credential_id", credential_id)
+        page.select_option("#f-reason", "lost")
+        page.check("#f-confirm")
+        page.click("#submit")
+        page.wait_for_selector("#result", timeout=30_000)
+        screenshot(page, "revoked")
+        assert "Card revoked" in visible_text(page) and "Revoked" in visible_text(page)

@@ -12,7 +12,11 @@ from firmware_tools import demo
 
 from tests.integration.ui_support import Slot, World, citizen, serving, type_pin, visible_text
 
-pytestmark = [pytest.mark.integration, pytest.mark.browser]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.browser,
+    pytest.mark.filterwarnings("ignore:Deprecated use of webauthn_json_mapping"),
+]
 
 
 @pytest.fixture(scope="module")
