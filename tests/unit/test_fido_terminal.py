@@ -265,3 +265,23 @@ def test_authentication_against_keys_resolved_from_the_chain(key) -> None:
     assert result.credential_id == reg.credential_id
     with pytest.raises(FidoVerificationError, match="assertion rejected"):
         verifier.authenticate_holder(session, [reg.credential_id], [other_point])  # key revoked on chain
+
+
+def test_hid_watcher_thread_reports_plug_and_unplug() -> None:
+    from fido2.hid import CtapHidDevice
+
+    device = VirtualHidDevice(make_auth())
+    plugged: list[VirtualHidDevice] = []
+    watcher = FidoKeyWatcher(
+        hid_lister=lambda: [CtapHidDevice(d.descriptor, d.open()) for d in list(plugged)], poll=0.02
+    )
+    events = watcher.events()
+    watcher.start()
+    try:
+        plugged.append(device)
+        assert isinstance(events.get(timeout=5), FidoKeyInserted)
+        plugged.clear()
+        removed = events.get(timeout=5)
+        assert isinstance(removed, FidoKeyRemoved) and removed.transport == "hid"
+    finally:
+        watcher.stop()
