@@ -68,7 +68,7 @@ def pcsc_error(hresult: int, what: str) -> CardError:
     if hresult == scard.SCARD_W_RESET_CARD:
         return CardResetError(msg)
     if hresult in _CARD_GONE:
-        return CardRemovedError(msg)
+        return CardRemovedError(f"the card was removed ({msg})")
     return ReaderError(msg)
 
 

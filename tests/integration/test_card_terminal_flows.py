@@ -185,6 +185,7 @@ def test_cardtool_emulate_and_info_personalize_pin(vpcd_slot, tmp_path: Path) ->
     finally:
         emu.terminate()
         emu.wait(10)
+    wait_for(lambda: not card_present(reader), 10, f"{reader} to be empty")
     out = _cardtool("info", "--reader", reader)
     assert out.returncode == 1 and "no card" in out.stderr.lower()
 
