@@ -143,6 +143,11 @@ class ReaderMonitor:
         with self._lock:
             return list(self._seen)
 
+    @property
+    def pnp(self) -> bool | None:
+        """Whether pcscd supports reader hot-plug notification (None before the first scan)."""
+        return self._pnp
+
     # --- life cycle ----------------------------------------------------------------------------------
 
     def start(self) -> ReaderMonitor:

@@ -170,5 +170,6 @@ def test_monitor_reports_initial_state_to_callbacks(vpcd_card_factory: Callable)
     got: list[ReaderEvent] = []
     with ReaderMonitor(got.append, timeout_ms=200) as monitor:
         assert monitor.ready.wait(5)
+        assert monitor.pnp is True  # pcsc-lite supports the \\?PnP?\Notification pseudo-reader
     assert ReaderAdded(handle.reader_name) in got
     assert any(isinstance(e, CardInserted) and e.reader == handle.reader_name for e in got)
