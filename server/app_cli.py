@@ -1,4 +1,4 @@
-"""``city-server serve | terminal add|list|disable|enable | db init | audit | issuer-key generate``."""
+"""``city-server serve | terminal add|list|disable|enable | db init | audit | sweep-pending | issuer-key``."""
 
 from __future__ import annotations
 
@@ -104,6 +104,18 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from server.service import sweep_pending
+
+    closed = sweep_pending(_db(args), dt.timedelta(minutes=args.older_than))
+    print(f"closed {len(closed)} enrollment(s) left pending for more than {args.older_than} min")
+    for cid in closed:
+        print(cid)
+    return 0
+
+
 def cmd_key_generate(args: argparse.Namespace) -> int:
     from server.keys import KeystoreSigner, Pkcs11Signer
 
@@ -170,6 +182,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--credential", metavar="ID", help="only entries of this credential")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("sweep-pending", help="close enrollments whose terminal never came back")
+    common(p)
+    p.add_argument("--older-than", type=int, default=60, metavar="MINUTES", help="age (default 60)")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("issuer-key", help="issuer key management")
     ksub = p.add_subparsers(dest="key_command", metavar="COMMAND", required=True)

@@ -661,6 +661,37 @@ class IssuerService:
         return True
 
 
+def sweep_pending(db: Database, older_than: dt.timedelta, now: dt.datetime | None = None) -> list[str]:
+    """Close enrollments left ``pending`` longer than ``older_than`` (the client never came back).
+
+    A pending credential was never delivered (the answer is sent only after the row is marked issued), so
+    it is closed in the database only: state ``revoked``, audited; its status index stays accounted for.
+    A late retry with its idempotency key gets 409 and starts a new enrollment.
+    """
+    cutoff = (now or utcnow()) - older_than
+    with db.sessions.begin() as s:
+        rows = list(
+            s.scalars(
+                select(Credential).where(
+                    Credential.state == CredentialState.PENDING.value, Credential.created_at < cutoff
+                )
+            )
+        )
+        for r in rows:
+            r.state = CredentialState.REVOKED.value
+            s.add(
+                AuditEntry(
+                    actor="admin",
+                    action="sweep.pending",
+                    credential_id=r.id,
+                    citizen_did=r.citizen_did,
+                    outcome="ok",
+                    detail="never completed",
+                )
+            )
+    return [r.id for r in rows]
+
+
 __all__ = [
     "ChainUnavailableError",
     "ConflictError",

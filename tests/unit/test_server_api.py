@@ -363,3 +363,28 @@ def test_database_down_is_a_clean_503(rig):
     with pytest.raises(ServerError) as exc:
         rig.client.status(c.credential_id)
     assert exc.value.status == 503 and exc.value.retryable
+
+
+def test_sweep_closes_abandoned_pending_enrollments(rig):
+    import datetime as dt
+
+    from server.service import sweep_pending
+
+    def crash(step: str) -> None:
+        if step == "reserved":
+            raise RuntimeError("crash")
+
+    rig.service.fault = crash
+    card = _point()
+    with pytest.raises(ServerError):
+        rig.client.enroll("key-abandon-01", CLAIMS, card, SERIAL)
+    rig.service.fault = lambda step: None
+    assert sweep_pending(rig.db, dt.timedelta(minutes=60)) == []  # too young
+    future = dt.datetime.now(dt.UTC) + dt.timedelta(hours=2)
+    (cid,) = sweep_pending(rig.db, dt.timedelta(minutes=60), now=future)
+    assert rig.client.status(cid)["state"] == "revoked"
+    with pytest.raises(ServerError) as exc:
+        rig.client.enroll("key-abandon-01", CLAIMS, card, SERIAL)
+    assert exc.value.status == 409 and "revoked" in str(exc.value)
+    with rig.db.sessions() as s:
+        assert s.get(StatusAllocator, 1).next_index == 1  # the index stays accounted for
