@@ -94,7 +94,8 @@ class CitizenSession(PinMixin):
         """
         request = PresentRequest(tuple(claims), nonce, audience, int(iat))
         PresentRequest.decode(request.encode())  # the profile's limits, checked before the card sees it
-        resp = self.protocol.send_apdu(CLA_PROPRIETARY, Ins.PRESENT, 0, 0, request.encode())
+        # sensitive: the answer carries the disclosed personal claims, which never go to the logs
+        resp = self.protocol.send_apdu(CLA_PROPRIETARY, Ins.PRESENT, 0, 0, request.encode(), sensitive=True)
         try:
             text = Tlv.unpack(PresentTag.PRESENTATION, resp).decode("ascii")
         except UnicodeDecodeError as exc:
@@ -120,7 +121,9 @@ class CitizenSession(PinMixin):
 
     def put_credential(self, record: CredentialRecord) -> None:
         """PUT CREDENTIAL: store the issuer JWT and its disclosures (atomic on the last chained part)."""
-        self.protocol.send_apdu(CLA_PROPRIETARY, Ins.PUT_CREDENTIAL, 0, 0, record.encode(), le=None)
+        self.protocol.send_apdu(
+            CLA_PROPRIETARY, Ins.PUT_CREDENTIAL, 0, 0, record.encode(), le=None, sensitive=True
+        )
 
     def erase(self) -> None:
         """ERASE: remove the DID and the credential."""

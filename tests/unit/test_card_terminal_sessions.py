@@ -246,3 +246,26 @@ def test_citizen_present_with_the_pin_typed_on_the_reader(tmp_path: Path) -> Non
     with pytest.raises(InvalidPinError) as exc:
         CitizenSession(reader).verify_pin(None)
     assert exc.value.attempts_remaining == 2
+
+
+def test_trace_log_has_no_pin_and_no_personal_claims(
+    conn: CountingConnection, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from cityid.apdu import TRACE
+
+    with caplog.at_level(TRACE, logger="cityid.apdu"):
+        point = _personalized(conn)
+        citizen = CitizenSession(conn)
+        citizen.verify_pin(NEW_PIN)
+        text = citizen.present(["given_name", "birthdate"], NONCE, AUD, 9)
+    check_presentation(text, point, ["given_name", "birthdate"], NONCE, AUD, 9)
+    log = caplog.text
+    assert "TRACE" in log or caplog.records  # tracing was on
+    disclosures = text.split("~")[1:-1]
+    for secret in (PIN, NEW_PIN, PUK, NEW_PUK):
+        assert secret.encode().hex() not in log
+    for d in disclosures:  # neither the presented nor the written disclosures appear, in any encoding
+        assert d not in log and d.encode().hex() not in log
+    assert not logging.getLogger("cityid.apdu").handlers
