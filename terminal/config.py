@@ -18,10 +18,12 @@ A kiosk or counter terminal reads one file (``kiosk serve --config FILE``)::
     rpc = "http://127.0.0.1:8545"
     chain_id = 31337
     max_staleness = 300            # seconds of chain data age after which the kiosk fails closed
-    [chain.addresses]
+    [chain.addresses]              # every contract of cityid.chain.network.CONTRACT_KEYS
     did_registry = "0x…"
     status_registry = "0x…"
     trusted_issuers = "0x…"
+    anchor_registry = "0x…"
+    multicall = "0x…"
 
     [server]
     url = "http://127.0.0.1:8700"  # the city server (counter terminals)
@@ -49,13 +51,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from cityid.chain.network import CONTRACT_KEYS as _CONTRACTS
+from cityid.chain.network import NetworkConfig
 from cityid.errors import CityIdError
 
 LANGUAGES = ("ko", "en")
 DEFAULT_SERVICES = ("benefit-check", "residence")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
-_CONTRACTS = ("did_registry", "status_registry", "trusted_issuers")
 
 
 class ConfigError(CityIdError, ValueError):
@@ -167,15 +170,21 @@ def _chain(table: object, source: str) -> ChainSettings:
     addresses = table.get("addresses")
     if not isinstance(addresses, dict):
         raise _fail(source, p + "addresses", f"a table with {', '.join(_CONTRACTS)} is required")
-    _take(addresses, source, p + "addresses.", set(_CONTRACTS) | {"multicall", "anchor_registry"})
-    for name in _CONTRACTS:
-        if name not in addresses:
-            raise _fail(source, f"{p}addresses.{name}", "missing")
+    _take(addresses, source, p + "addresses.", set(_CONTRACTS))
     for name, value in addresses.items():
         if not isinstance(value, str) or not _ADDRESS.match(value):
             raise _fail(
                 source, f"{p}addresses.{name}", f"must be a 0x-prefixed 20-byte address, got {value!r}"
             )
+    for name in _CONTRACTS:
+        if name not in addresses:
+            raise _fail(source, f"{p}addresses.{name}", "missing")
+    try:  # the chain layer's own rules (network name, checksums) — written once, in cityid.chain.network
+        NetworkConfig.from_json(
+            {"name": network, "chain_id": chain_id, "rpc_url": rpc, "addresses": addresses}
+        )
+    except CityIdError as exc:
+        raise _fail(source, "chain", str(exc)) from None
     return ChainSettings(network, rpc, chain_id, dict(addresses), "", staleness)
 
 

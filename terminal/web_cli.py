@@ -72,6 +72,8 @@ def _serve(args: argparse.Namespace) -> int:
     if args.port is not None:
         overrides["port"] = args.port
     config = replace(config, **overrides)  # type: ignore[arg-type]
+    if args.verbose < 2:
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # request lines only with -vv
     if config.mode is Mode.COUNTER and not config.server_url:
         raise CityIdError("a counter terminal needs [server] url in its configuration")
     kiosk, counter = _backends(config)

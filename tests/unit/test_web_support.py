@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from cityid.chain.network import CONTRACT_KEYS
 from terminal.config import ConfigError, Mode, check_password, hash_password, load_config, parse_config
 from terminal.flows.kiosk import SERVICES
 from terminal.verifier.messages import MESSAGES
@@ -125,6 +126,17 @@ def test_defaults_bind_to_localhost() -> None:
             "chain.addresses.did_registry: must be a 0x-prefixed 20-byte address",
         ),
         ({"chain": {"network_file": "/nonexistent/network.json"}}, "chain.network_file: no such file"),
+        (
+            {
+                "chain": {
+                    "network": "Metadium_X",
+                    "rpc": "http://n",
+                    "chain_id": 11,
+                    "addresses": {k: "0x" + "1" * 40 for k in CONTRACT_KEYS},
+                }
+            },
+            "chain: network name 'Metadium_X'",
+        ),
         ({"terminal": {"mode": "counter"}}, "server.url: a counter terminal needs"),
         ({"server": {"url": "ftp://x"}}, "server.url"),
         ({"counter": {"clerks": {"kim": "plaintext"}}}, "counter.clerks.kim"),

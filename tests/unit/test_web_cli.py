@@ -1,0 +1,73 @@
+"""`kiosk serve|clerk-password` argument and configuration errors: one clear line, exit 1 (no daemons)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from terminal.cli import main
+from terminal.config import check_password, parse_config
+from terminal.web_cli import _chain_view
+
+
+def test_serve_reports_config_errors_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "kiosk.toml"
+    bad.write_text('[terminal]\nmode = "kiosk"\nidle_timeout = -1\n', "utf-8")
+    assert main(["serve", "--config", str(bad)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "terminal.idle_timeout" in err and "Traceback" not in err
+    assert main(["serve", "--config", str(tmp_path / "none.toml")]) == 1
+    assert "cannot read" in capsys.readouterr().err
+
+
+def test_serve_refuses_the_embedded_chain_outside_the_demo(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--mode", "kiosk", "--port", "0"]) == 1
+    assert "kiosk demo" in capsys.readouterr().err
+
+
+def test_counter_needs_a_server(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--mode", "counter", "--port", "0"]) == 1
+    assert "server" in capsys.readouterr().err
+
+
+def test_clerk_password(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("KIOSK_CLERK_PASSWORD", "a good long password")
+    assert main(["clerk-password"]) == 0
+    hashed = capsys.readouterr().out.strip()
+    assert check_password("a good long password", hashed)
+    parse_config({"counter": {"clerks": {"kim": hashed}}})  # accepted by the config validation
+    monkeypatch.setenv("KIOSK_CLERK_PASSWORD", "short")
+    assert main(["clerk-password"]) == 1
+
+
+def test_chain_view_from_inline_network_settings() -> None:
+    addresses = {
+        k: "0x" + c * 40
+        for k, c in (
+            ("did_registry", "1"),
+            ("status_registry", "2"),
+            ("trusted_issuers", "3"),
+            ("multicall", "4"),
+            ("anchor_registry", "5"),
+        )
+    }
+    config = parse_config(
+        {
+            "chain": {
+                "network": "metadium",
+                "rpc": "http://127.0.0.1:9",
+                "chain_id": 11,
+                "addresses": addresses,
+            }
+        }
+    )
+    view = _chain_view(config)
+    assert view.network.chain_id == 11 and view.network.name == "metadium"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("command", ["serve", "demo", "clerk-password"])
+def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0 and "usage: kiosk" in capsys.readouterr().out
