@@ -223,3 +223,55 @@ def test_security_key_follows_the_same_path_with_its_own_pin(
     page.wait_for_url("**/verdict")
     screenshot(page, "key-verdict")
     assert "You are eligible" in visible_text(page)
+
+
+def test_idle_timeout_wipes_and_returns_to_idle(
+    world: World, slot: Slot, page: Any, tmp_path: Path, screenshot: Any
+) -> None:
+    with serving(world.kiosk_app(slot.reader, language="en", idle_timeout=5), page) as url:
+        page.goto(url + "/")
+        page.wait_for_selector("#idle-title")
+        tap(world, slot, tmp_path, "kim")
+        to_pin(page, "residence")
+        type_pin(page, citizen("kim").pin)
+        page.click("#pin-ok")
+        page.wait_for_url("**/verdict")
+        assert "Minsu" in visible_text(page)
+        page.wait_for_url("**/?notice=timeout", timeout=15_000)  # the card stays; nobody touches the screen
+        screenshot(page, "idle-after-timeout")
+        assert "No activity for a while" in visible_text(page) and "Minsu" not in page.content()
+        page.goto(url + "/verdict")
+        assert page.url.startswith(url + "/") and "Minsu" not in page.content()
+
+
+TARGETS = """() => [...document.querySelectorAll('button, a.button, input:not([type=hidden]), select')]
+    .filter(e => e.offsetParent !== null)
+    .map(e => { const r = (e.type === 'checkbox' ? e.closest('label') || e : e).getBoundingClientRect();
+                return {id: e.id || e.textContent.trim(), w: r.width, h: r.height}; })"""
+UNLABELLED = """() => [...document.querySelectorAll('input:not([type=hidden]), select')]
+    .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label')).map(e => e.id)"""
+
+
+def test_touch_targets_and_labels_on_every_kiosk_screen(
+    world: World, kiosk: str, page: Any, slot: Slot, tmp_path: Path
+) -> None:
+    def check() -> None:
+        small = [t for t in page.evaluate(TARGETS) if t["w"] < 48 or t["h"] < 48]
+        assert small == [], f"targets under 48 px on {page.url}: {small}"
+        assert page.evaluate(UNLABELLED) == [], page.url
+        assert page.evaluate("document.querySelectorAll('main h1').length") == 1, page.url
+
+    check()
+    tap(world, slot, tmp_path, "kim")
+    page.wait_for_url("**/services")
+    check()
+    page.click("#service-benefit-check")
+    page.wait_for_url("**/consent")
+    check()
+    page.click("#agree")
+    page.wait_for_url("**/pin")
+    check()
+    type_pin(page, citizen("kim").pin)
+    page.click("#pin-ok")
+    page.wait_for_url("**/verdict")
+    check()
