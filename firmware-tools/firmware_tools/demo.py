@@ -52,6 +52,7 @@ from terminal.flows.counter import CitizenRequest, CounterEnrollment
 from terminal.flows.kiosk import SERVICES
 from terminal.web.backend import TokenKind, TokenPresent, TokenRemoved
 from terminal.web.demo_views import DemoCitizen
+from terminal.web.verdicts import DISTRICT_KEYS
 
 logger = logging.getLogger(__name__)
 
@@ -82,8 +83,13 @@ class Citizen:
     lost: bool = False  # the card is reported lost after enrollment: the kiosk must refuse it
 
     @property
+    def age(self) -> int:
+        return time.gmtime().tm_year - int(self.birthdate[:4])
+
+    @property
     def label(self) -> str:
-        age = time.gmtime().tm_year - int(self.birthdate[:4])
+        """For the console: name, age, district and notes."""
+        age = self.age
         notes = [] if self.resident else ["moved out of Busan"]
         if self.lost:
             notes.append("card reported lost")
@@ -289,15 +295,16 @@ class DemoPanel:
         self._citizens = {c.id: c for c in citizens}
 
     def citizens(self) -> Sequence[DemoCitizen]:
-        out = [DemoCitizen(c.id, c.label, c.pin) for c in self._citizens.values() if c.id in self.env.cards]
+        out = [self._entry(c, c.id, c.pin) for c in self._citizens.values() if c.id in self.env.cards]
         if KEY_ID in self.env.keys:
-            kim = self._citizens["kim"]
-            out.append(
-                DemoCitizen(
-                    KEY_ID, f"{kim.family_name} {kim.given_name}: FIDO2 security key", KEY_PIN, "fido"
-                )
-            )
+            out.append(self._entry(self._citizens["kim"], KEY_ID, KEY_PIN, "fido"))
         return out
+
+    @staticmethod
+    def _entry(c: Citizen, entry_id: str, pin: str, kind: str = "card") -> DemoCitizen:
+        notes = ([] if c.resident else ["demo.note.moved"]) + (["demo.note.lost"] if c.lost else [])
+        name = f"{c.family_name} {c.given_name}"
+        return DemoCitizen(entry_id, name, pin, kind, c.age, DISTRICT_KEYS.get(c.district, ""), tuple(notes))
 
     def tapped(self) -> str | None:
         return self.env.kiosk_slot.owner

@@ -16,9 +16,12 @@ class DemoCitizen:
     """A demo citizen (fictional data) and the PIN printed for the demo."""
 
     id: str
-    label: str  # e.g. "Kim Minsu, 72, Haeundae-gu"
+    name: str  # fictional, e.g. "Kim Minsu"
     pin: str
-    kind: str = "card"
+    kind: str = "card"  # "card" or "fido"
+    age: int | None = None
+    district: str = ""  # catalogue key (district.*)
+    notes: tuple[str, ...] = ()  # catalogue keys (demo.note.*)
 
 
 class DemoPanel(Protocol):
