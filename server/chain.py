@@ -91,18 +91,9 @@ class RegistrarGateway:
             self._call("enroll", self.registrar.enroll_citizens, batch, KEY_VALIDITY_SECONDS)
 
     def revoke_keys(self, entries: Sequence[tuple[str, bytes]]) -> None:
-        """One ``revokeAttribute`` per key (the registry has no batch revoke), all sent pipelined."""
-        if not entries:
-            return
-        from cityid.chain.bindings import name32
-        from cityid.chain.registrar import CITIZEN_KEY_ATTR, check_p256_point
-
-        name = name32(CITIZEN_KEY_ATTR)
-        reqs = [
-            self.registrar.dids.tx("revokeAttribute", identity, name, check_p256_point(point))
-            for identity, point in entries
-        ]
-        self._call("revoke keys", self.registrar.sender.send_many, reqs)
+        """Revoke lost cards' keys in batched ``revokeKeysBatch`` transactions (standard events)."""
+        if entries:
+            self._call("revoke keys", self.registrar.revoke_keys, list(entries))
 
     def set_status(self, list_id: int, indexes: Sequence[int], status: CredentialStatus) -> None:
         if indexes:
