@@ -134,10 +134,11 @@ class EnrollmentResult:
 
 @dataclass(frozen=True, slots=True)
 class FidoRegistration:
-    """A FIDO2 key registered on a citizen's DID."""
+    """A FIDO2 key registered on a citizen's DID, with the credential issued to it."""
 
     did: str
-    credential_id: str
+    credential_id: str  # the key's WebAuthn credential id (base64url)
+    citizen_credential_id: str = ""  # the city credential issued to the key
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,8 +162,11 @@ class CounterBackend(Protocol):
         """Generate the key on the card, enroll with the server, write the credential, set PIN/PUK."""
         ...
 
-    def register_fido(self, reader: str, credential_id: str, pin: str) -> FidoRegistration:
-        """Register the FIDO2 key in ``reader`` for the citizen holding ``credential_id``."""
+    def register_fido(
+        self, card_reader: str, key_reader: str, card_pin: str, key_pin: str
+    ) -> FidoRegistration:
+        """Register the FIDO2 key in ``key_reader`` for the citizen whose card is in ``card_reader``: the
+        card presents (card PIN), the key gets a credential of its own (key PIN) in its largeBlob."""
         ...
 
     def unblock_pin(self, reader: str, puk: str, new_pin: str) -> None:

@@ -87,8 +87,9 @@ FORMS: dict[str, Form] = {
     "fido": Form(
         "counter.fido.title",
         (
-            _reader_field(),
-            Field("credential_id", "counter.field.credential_id"),
+            Field("reader", "counter.field.card_reader", "readers"),
+            Field("card_pin", "counter.field.card_pin", "pin", hint="counter.hint.card_pin"),
+            Field("key_reader", "counter.field.key_reader", "readers"),
             Field("pin", "counter.field.key_pin", "pin", hint="counter.hint.key_pin"),
         ),
         "counter.fido.submit",
@@ -285,9 +286,14 @@ def _validate(action: str, f: dict[str, str]) -> dict[str, str]:
             errors["puk2"] = "counter.error.puk_mismatch"
     if action == "unblock" and not _digits(f.get("puk", ""), 8, 8):
         errors["puk"] = "counter.error.puk"
-    if action == "fido" and not (4 <= len(f.get("pin", "")) <= 63):
-        errors["pin"] = "counter.error.key_pin"
-    if action in ("fido", "revoke", "status") and not _CRED_ID.match(f.get("credential_id", "").strip()):
+    if action == "fido":
+        if not (4 <= len(f.get("pin", "")) <= 63):
+            errors["pin"] = "counter.error.key_pin"
+        if not _digits(f.get("card_pin", ""), 6, 8):
+            errors["card_pin"] = "counter.error.pin"
+        if not f.get("key_reader"):
+            errors["key_reader"] = "counter.error.reader"
+    if action in ("revoke", "status") and not _CRED_ID.match(f.get("credential_id", "").strip()):
         errors["credential_id"] = "counter.error.credential_id"
     if action == "revoke":
         if f.get("reason") not in REVOKE_REASONS:
@@ -297,7 +303,7 @@ def _validate(action: str, f: dict[str, str]) -> dict[str, str]:
     return errors
 
 
-_SECRET_FIELDS = ("pin", "pin2", "puk", "puk2")
+_SECRET_FIELDS = ("pin", "pin2", "puk", "puk2", "card_pin")
 
 
 @bp.post("/<any(enroll, fido, unblock, revoke, status):action>")
@@ -371,8 +377,11 @@ def _enroll(backend: CounterBackend, f: dict[str, str]) -> tuple[str, list[tuple
 
 
 def _fido(backend: CounterBackend, f: dict[str, str]) -> tuple[str, list[tuple[str, str]]]:
-    r = backend.register_fido(f["reader"], f["credential_id"].strip(), f["pin"])
-    return "counter.fido.done", [("counter.field.did", r.did), ("counter.field.fido_id", r.credential_id)]
+    r = backend.register_fido(f["reader"], f["key_reader"], f["card_pin"], f["pin"])
+    rows = [("counter.field.did", r.did), ("counter.field.fido_id", r.credential_id)]
+    if r.citizen_credential_id:
+        rows.append(("counter.field.credential_id", r.citizen_credential_id))
+    return "counter.fido.done", rows
 
 
 def _unblock(backend: CounterBackend, f: dict[str, str]) -> tuple[str, list[tuple[str, str]]]:

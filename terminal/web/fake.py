@@ -133,10 +133,13 @@ class FakeCounterBackend:
         card.claims = {"busan_resident": enrollment.resident}
         return EnrollmentResult(cred_id, did, n, True)
 
-    def register_fido(self, reader: str, credential_id: str, pin: str) -> FidoRegistration:
-        self._card(reader)
-        state = self.status(credential_id)
-        reg = FidoRegistration(state.did, f"fido-{len(self.fido) + 1}")
+    def register_fido(
+        self, card_reader: str, key_reader: str, card_pin: str, key_pin: str
+    ) -> FidoRegistration:
+        card = self._card(card_reader)
+        if card_pin != card.pin:
+            raise InvalidPinError(2)
+        reg = FidoRegistration("did:ethr:0x539:0x" + "1" * 40, f"fido-{len(self.fido) + 1}", "cred-key")
         self.fido.append(reg)
         return reg
 

@@ -24,6 +24,7 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from cityid.apdu import SmartCardConnection
+from cityid.credential import CLAIM_NAMES
 from cityid.errors import (
     ApplicationNotFoundError,
     CardRemovedError,
@@ -65,6 +66,10 @@ from terminal.web.backend import (
 from terminal.web.verdicts import view_for
 
 logger = logging.getLogger(__name__)
+
+FIDO_SERVICE = "counter-fido-registration"
+#: The claims the clerk enters (the server derives the age flags); what a key's credential is issued with.
+ISSUED_CLAIMS = ("family_name", "given_name", "birthdate", "district", "busan_resident", "card_number")
 
 Connect = Callable[[str], AbstractContextManager[SmartCardConnection]]
 
@@ -287,32 +292,65 @@ class CardCounterBackend:
             outcome.credential_id, outcome.citizen_did, outcome.status_index, outcome.verdict.ok
         )
 
-    def register_fido(self, reader: str, credential_id: str, pin: str) -> FidoRegistration:
-        """Register the key in ``reader`` for the citizen of ``credential_id``: set the key's PIN if it has
-        none, make a discoverable credential for the city's RP (UV by PIN, largeBlobKey), verify the
-        attestation, and publish its public key on the citizen's DID through the server."""
-        state = self.status(credential_id)
-        if state.state != "issued" or not state.did:
-            raise CityIdError(f"credential {credential_id} is {state.state}: register keys for a valid one")
-        with self._lock, self._connect(reader) as conn:
+    def register_fido(
+        self, card_reader: str, key_reader: str, card_pin: str, key_pin: str
+    ) -> FidoRegistration:
+        """Register the key in ``key_reader`` for the citizen whose card is in ``card_reader``.
+
+        1. the card presents every claim to this counter (card PIN) and the presentation is verified —
+           genuine, not revoked, the card key still on the citizen's DID;
+        2. the key gets the city's discoverable credential (its PIN is set if it has none; UV by PIN,
+           largeBlobKey; attestation checked against ``fido_roots`` when given);
+        3. the server issues the citizen a credential bound to the key (cnf = the key's public key; the key
+           is published on the citizen's DID) and it is written to the key's largeBlob.
+        The claims exist only in memory during the call.
+        """
+        with self._lock:
+            claims, did = self._claims_from_card(card_reader, card_pin)
             try:
-                session = FidoSession(CtapSmartCardDevice(conn))
-                if not session.pin_set:
-                    session.set_pin(pin)
-                rp = FidoVerifier(self.rp_id, trusted_roots=self.fido_roots)
-                user_id = hashlib.sha256(state.did.encode()).digest()[:16]
-                reg = rp.register(session, user_id, state.did, pin=pin, large_blob=True)
-            except (NotFidoError, ApplicationNotFoundError):
-                raise NoCardError("the card in the reader is not a FIDO2 security key") from None
-            except FidoInvalidPinError as exc:
-                raise InvalidPinError(exc.attempts_remaining) from None
-            except (FidoPinBlockedError, FidoPinPowerCycleError):
-                raise PinBlockedError(what="key PIN") from None
-            except FidoError as exc:
-                raise CityIdError(f"security key: {exc}") from None
-        point = cose_point(reg.public_key)
-        self.server.register_fido_key(state.did, point, reg.credential_id)
-        return FidoRegistration(state.did, b64url_encode(reg.credential_id))
+                with self._connect(key_reader) as conn:
+                    try:
+                        session = FidoSession(CtapSmartCardDevice(conn))
+                        if not session.pin_set:
+                            session.set_pin(key_pin)
+                        rp = FidoVerifier(self.rp_id, trusted_roots=self.fido_roots)
+                        user_id = hashlib.sha256(did.encode()).digest()[:16]
+                        reg = rp.register(session, user_id, did, pin=key_pin, large_blob=True)
+                        serial = hashlib.sha256(reg.credential_id).digest()[:8]
+                        key = (
+                            "fido-" + hashlib.sha256(did.encode() + b"|" + reg.credential_id).hexdigest()[:40]
+                        )
+                        result = self.server.enroll(key, claims, cose_point(reg.public_key), serial, did)
+                        session.write_blob(reg.large_blob_key, result.record.encode(), pin=key_pin)
+                    except (NotFidoError, ApplicationNotFoundError):
+                        raise NoCardError("the card in the key reader is not a FIDO2 security key") from None
+                    except FidoInvalidPinError as exc:
+                        raise InvalidPinError(exc.attempts_remaining) from None
+                    except (FidoPinBlockedError, FidoPinPowerCycleError):
+                        raise PinBlockedError(what="key PIN") from None
+                    except FidoError as exc:
+                        raise CityIdError(f"security key: {exc}") from None
+            finally:
+                claims.clear()
+        logger.info("FIDO2 key registered, credential %s", result.credential_id)
+        return FidoRegistration(did, b64url_encode(reg.credential_id), result.credential_id)
+
+    def _claims_from_card(self, reader: str, pin: str) -> tuple[dict[str, Any], str]:
+        """The citizen's verified claims (as issued) and DID: PRESENT of every claim to this counter."""
+        verifier = self.enrollment.verifier
+        with self._connect(reader) as conn:
+            citizen = CitizenSession(conn)
+            nonce = verifier.nonce_store.issue(FIDO_SERVICE)
+            citizen.verify_pin(pin)
+            presentation = citizen.present(CLAIM_NAMES, nonce, verifier.audience, int(time.time()))
+        verdict = verifier.verify(presentation, CLAIM_NAMES, FIDO_SERVICE)
+        try:
+            if not verdict.ok:
+                raise CityIdError(f"the citizen card did not verify ({verdict.failed})")
+            claims = {k: verdict.claims[k] for k in ISSUED_CLAIMS if k in verdict.claims}
+            return claims, verdict.subject
+        finally:
+            verdict.wipe()
 
     def unblock_pin(self, reader: str, puk: str, new_pin: str) -> None:
         with self._lock, self._connect(reader) as conn:

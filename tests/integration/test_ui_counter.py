@@ -124,7 +124,7 @@ def _login(page: Any, url: str) -> None:
 
 
 def test_counter_unblock_register_key_and_revoke(
-    world: World, slot: Slot, page: Any, tmp_path: Path, screenshot: Any
+    world: World, slot: Slot, page: Any, tmp_path: Path, screenshot: Any, vpcd_card_factory: Any
 ) -> None:
     from firmware_tools.fido.card import make_fido_card
 
@@ -132,14 +132,17 @@ def test_counter_unblock_register_key_and_revoke(
     from terminal.sessions.piv import PivSession
 
     credential_id = world.env.enrolled["kim"]
-    card = slot.insert(world.card_copy("kim", tmp_path))
+    kim_card = world.card_copy("kim", tmp_path)
+    card = slot.insert(kim_card)
     with PcscConnection(slot.reader) as conn:  # the citizen blocked the PIN somewhere
         piv = PivSession(conn)
         for _ in range(3):
             with contextlib.suppress(CityIdError):
                 piv.verify_pin("000000")
         assert piv.pin_attempts() == 0
-    with serving(world.counter_app(slot.reader), page) as url:
+    key_state = tmp_path / "new-key.json"
+    key = vpcd_card_factory(lambda: make_fido_card(key_state)[0])  # a new key, in the other reader
+    with serving(world.counter_app(), page) as url:
         _login(page, url)
         page.click("#menu-unblock")
         page.select_option("#f-reader", slot.reader)
@@ -156,22 +159,41 @@ def test_counter_unblock_register_key_and_revoke(
         page.click("#submit")
         page.wait_for_selector("text=PIN reset")
         screenshot(page, "unblocked")
-        card.stop()
 
-        key_state = tmp_path / "new-key.json"
-        key = slot.insert(lambda: make_fido_card(key_state)[0])
         page.click("#back-home")
         page.click("#menu-fido")
         page.select_option("#f-reader", slot.reader)
-        page.fill("#f-credential_id", credential_id)
+        page.fill("#f-card_pin", "975310")
+        page.select_option("#f-key_reader", key.reader_name)
         page.fill("#f-pin", "8642")
+        screenshot(page, "key-form")
         page.click("#submit")
         page.wait_for_selector("#result", timeout=30_000)
         screenshot(page, "key-registered")
         assert "Security key registered" in visible_text(page) and "did:ethr:" in visible_text(page)
-        key.stop()
+        assert "975310" not in page.content() and "8642" not in page.content()
+    card.stop()
+    key.stop()
 
-        page.click("#back-home")
+    # the key alone at a kiosk: its own PIN, its own credential, the citizen's verdict
+    with serving(world.kiosk_app(key.reader_name), page) as url:
+        page.goto(url + "/")
+        page.wait_for_selector("#idle-title")
+        key.insert()
+        page.wait_for_url("**/services")
+        page.click("#service-residence")
+        page.click("#agree")
+        page.wait_for_url("**/pin")
+        assert "security key PIN" in visible_text(page)
+        type_pin(page, "8642")
+        page.click("#pin-ok")
+        page.wait_for_url("**/verdict")
+        screenshot(page, "kiosk-verdict-with-key")
+        assert "Residence confirmed" in visible_text(page) and "Minsu" in visible_text(page)
+    key.stop()
+
+    with serving(world.counter_app(), page) as url:
+        _login(page, url)
         page.click("#menu-revoke")
         page.fill("#f-credential_id", credential_id)
         page.select_option("#f-reason", "lost")

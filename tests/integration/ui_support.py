@@ -32,7 +32,7 @@ class World:
         config = replace(self.env.config, language=language, idle_timeout=idle_timeout)
         return create_app(config, kiosk=backend)
 
-    def counter_app(self, reader: str, language: str = "en") -> Any:
+    def counter_app(self, reader: str = "Virtual PCD", language: str = "en") -> Any:
         counter = self.env.counter_backend
         backend = CardCounterBackend(counter.server, counter.enrollment.verifier, reader_filter=reader)
         config = replace(self.env.config, mode=Mode.COUNTER, language=language, terminal_id="demo-counter")
