@@ -322,3 +322,26 @@ def test_counter_unblock_reports_puk_tries(client: FlaskClient) -> None:
     assert resp.status_code == 400 and "Wrong PUK. Tries left: 2" in resp.get_data(as_text=True)
     resp = client.post("/counter/unblock", data=dict(data, puk="12345678"))
     assert resp.status_code == 200 and "PIN reset" in resp.get_data(as_text=True)
+
+
+def test_counter_fido_form_validates_and_reports(client: FlaskClient) -> None:
+    login(client)
+    tok = csrf(client)
+    data = {
+        "reader": "Fake Counter Reader",
+        "key_reader": "",
+        "card_pin": "12",
+        "pin": "1",
+        "csrf_token": tok,
+    }
+    resp = client.post("/counter/fido", data=data)
+    html = resp.get_data(as_text=True)
+    assert resp.status_code == 400
+    assert 'id="err-card_pin"' in html and 'id="err-key_reader"' in html and 'id="err-pin"' in html
+    data = dict(data, key_reader="Fake Counter Reader", card_pin="654321", pin="8642")
+    resp = client.post("/counter/fido", data=data)
+    assert resp.status_code == 400 and "Wrong PIN. Tries left: 2" in resp.get_data(as_text=True)
+    resp = client.post("/counter/fido", data=dict(data, card_pin="123456"))
+    html = resp.get_data(as_text=True)
+    assert resp.status_code == 200 and "Security key registered" in html
+    assert "123456" not in html and "8642" not in html
