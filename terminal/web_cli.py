@@ -97,7 +97,9 @@ def _backends(config: TerminalConfig) -> tuple[object | None, object | None]:
         if unknown:
             raise CityIdError(f"{config.source}: terminal.services: unknown service {unknown[0]!r}")
         services = [SERVICES[s] for s in config.services]
-        return PcscKioskBackend(verifier, services, config.reader), None
+        from terminal.fido.discovery import system_hid_devices
+
+        return PcscKioskBackend(verifier, services, config.reader, hid_lister=system_hid_devices), None
     from terminal.server_client import ServerClient, load_terminal_key
 
     if not config.terminal_key:

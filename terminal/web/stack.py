@@ -101,6 +101,7 @@ class CardKioskBackend:
         self._lock = threading.Lock()
         self._reader: str | None = None
         self._kind = TokenKind.CARD
+        self._hid: dict[str, Any] = {}  # "HID <name>" → terminal.fido.discovery.FidoKey (USB keys)
         self._verification: KioskVerification | None = None
         self.last_timings: dict[str, float] = {}
 
@@ -122,22 +123,44 @@ class CardKioskBackend:
 
     def start_session(self, reader: str) -> SessionInfo:
         """A citizen card (citizen applet: GET INFO) or else a FIDO2 key (CTAP GetInfo + PIN retries)."""
-        with self._connect(reader) as conn:
-            try:
-                info = CitizenSession(conn).info()
-                kind, tries, blocked = TokenKind.CARD, info.pin_tries, info.pin_tries == 0
-            except ApplicationNotFoundError:
-                kind, tries, blocked = TokenKind.FIDO, *self._fido_status(conn)
+        hid_key = self._hid.get(reader)
+        if hid_key is not None:
+            kind, (tries, blocked) = TokenKind.FIDO, self._key_status(FidoSession(hid_key.open()))
+        else:
+            with self._connect(reader) as conn:
+                try:
+                    info = CitizenSession(conn).info()
+                    kind, tries, blocked = TokenKind.CARD, info.pin_tries, info.pin_tries == 0
+                except ApplicationNotFoundError:
+                    kind, tries, blocked = TokenKind.FIDO, *self._fido_status(conn)
         with self._lock:
             self._reader, self._kind = reader, kind
         return SessionInfo(reader, kind, tries, blocked)
 
-    @staticmethod
-    def _fido_status(conn: SmartCardConnection) -> tuple[int | None, bool]:
+    def on_fido_key_event(self, event: Any) -> None:
+        """Feed a :mod:`terminal.fido.discovery` event: USB-HID keys become tokens like cards in readers."""
+        from terminal.fido.discovery import FidoKeyInserted, FidoKeyRemoved
+
+        if isinstance(event, FidoKeyInserted) and event.key.transport == "hid":
+            name = f"HID {event.key.name}"
+            self._hid[name] = event.key
+            self.feed(TokenPresent(name, TokenKind.FIDO, time.monotonic()))
+        elif isinstance(event, FidoKeyRemoved) and event.transport == "hid":
+            name = f"HID {event.name}"
+            self._hid.pop(name, None)
+            self.feed(TokenRemoved(name, time.monotonic()))
+
+    @classmethod
+    def _fido_status(cls, conn: SmartCardConnection) -> tuple[int | None, bool]:
         try:
-            status = FidoSession(CtapSmartCardDevice(conn)).pin_status()
+            session = FidoSession(CtapSmartCardDevice(conn))
         except (NotFidoError, ApplicationNotFoundError):
             raise NoCardError("neither a Busan citizen card nor a FIDO2 security key") from None
+        return cls._key_status(session)
+
+    @staticmethod
+    def _key_status(session: FidoSession) -> tuple[int | None, bool]:
+        status = session.pin_status()
         if status.state is PinState.NOT_SET:
             raise NoCardError("this security key has no PIN: it was not registered at a counter")
         blocked = status.state in (PinState.BLOCKED, PinState.POWER_CYCLE_REQUIRED)
@@ -154,11 +177,15 @@ class CardKioskBackend:
             self._verification = verification
         t0 = time.perf_counter()
         try:
-            with self._connect(reader) as conn:
-                if kind is TokenKind.FIDO:
-                    verdict = self._run_fido(verification, conn, pin)
-                else:
-                    verdict = verification.run_card(CitizenSession(conn), pin)
+            hid_key = self._hid.get(reader)
+            if hid_key is not None:
+                verdict = self._run_fido(verification, FidoSession(hid_key.open()), pin)
+            else:
+                with self._connect(reader) as conn:
+                    if kind is TokenKind.FIDO:
+                        verdict = self._run_fido(verification, FidoSession(CtapSmartCardDevice(conn)), pin)
+                    else:
+                        verdict = verification.run_card(CitizenSession(conn), pin)
             del pin
             view = view_for(service_id, verdict.ok, None if verdict.ok else verdict.reason, verdict.claims)
         finally:
@@ -168,10 +195,10 @@ class CardKioskBackend:
         self.last_timings = dict(verification.timings, total_s=time.perf_counter() - t0)
         return view
 
-    def _run_fido(self, verification: KioskVerification, conn: SmartCardConnection, pin: str) -> Any:
+    def _run_fido(self, verification: KioskVerification, session: FidoSession, pin: str) -> Any:
         """The key's own PIN → PIN token → assertion-bound presentation; FIDO PIN states as card ones."""
         try:
-            return verification.run(FidoPresenter(FidoSession(CtapSmartCardDevice(conn)), pin, self.rp_id))
+            return verification.run(FidoPresenter(session, pin, self.rp_id))
         except FidoInvalidPinError as exc:
             raise InvalidPinError(exc.attempts_remaining) from None
         except (FidoPinBlockedError, FidoPinPowerCycleError, FidoPinNotSetError):
@@ -198,18 +225,30 @@ class PcscKioskBackend(CardKioskBackend):
         services: Sequence[Service],
         reader_filter: str = "",
         connect: Connect = pcsc_connect,
+        hid_lister: Callable[[], Any] | None = None,
     ) -> None:
         super().__init__(verifier, services, connect)
         self.reader_filter = reader_filter
+        self.hid_lister = hid_lister  # USB-HID security keys (terminal.fido.discovery); None: PC/SC only
         self._monitor: Any = None
+        self._hid_watcher: Any = None
 
     def start(self, on_event: Callable[[BackendEvent], None]) -> None:
         from terminal.pcsc.monitor import ReaderMonitor
 
         super().start(on_event)
         self._monitor = ReaderMonitor(self._on_reader_event, timeout_ms=1000).start()
+        if self.hid_lister is not None:
+            from terminal.fido.discovery import FidoKeyWatcher
+
+            self._hid_watcher = FidoKeyWatcher(None, self.hid_lister)
+            self._hid_watcher.subscribe(self.on_fido_key_event)
+            self._hid_watcher.start()
 
     def stop(self) -> None:
+        if self._hid_watcher is not None:
+            self._hid_watcher.stop()
+            self._hid_watcher = None
         if self._monitor is not None:
             self._monitor.stop()
             self._monitor = None

@@ -57,7 +57,7 @@ def _backend(card: Any, point: bytes) -> CardKioskBackend:
         holder_keys={CITIZEN_DID: (point,)},
     )
     verifier = Verifier(view, AUDIENCE, NonceStore(), clock=lambda: NOW, rp_id=RP_ID)
-    conn = InProcessConnection(card)
+    conn = InProcessConnection(card) if card is not None else None
     return CardKioskBackend(
         verifier, list(SERVICES.values()), lambda reader: contextlib.nullcontext(conn), clock=lambda: NOW
     )
@@ -124,3 +124,38 @@ def test_fido_key_through_the_kiosk_screens() -> None:
         assert "You are eligible" in client.get("/verdict").get_data(as_text=True)
     finally:
         shutdown(app)
+
+
+def test_usb_hid_key_becomes_a_token_like_a_card() -> None:
+    from fido2.hid import CtapHidDevice
+    from firmware_tools.fido.hid import VirtualHidDevice
+
+    from terminal.fido.discovery import FidoKeyWatcher
+
+    _, applet = make_fido_card(None)
+    device = VirtualHidDevice(applet.authenticator)
+    session = FidoSession(CtapHidDevice(device.descriptor, device.open()))
+    session.set_pin(KEY_PIN)
+    rp = FidoVerifier(RP_ID)
+    reg = rp.register(session, b"citizen-9", "citizen-9", pin=KEY_PIN, large_blob=True)
+    point = b"\x04" + reg.public_key[-2] + reg.public_key[-3]
+    cred = issue(
+        CITIZEN, point, ISSUER_DID, STATUS, LocalSigner(ISSUER_KEY), NOW - 60, NOW + 86400, CITIZEN_DID
+    )
+    session.write_blob(reg.large_blob_key, cred.record.encode(), pin=KEY_PIN)
+
+    backend = _backend(None, point)
+    events: list[Any] = []
+    backend.start(events.append)
+    plugged = [device]
+    watcher = FidoKeyWatcher(None, lambda: [CtapHidDevice(d.descriptor, d.open()) for d in plugged])
+    watcher.subscribe(backend.on_fido_key_event)
+    watcher.scan_hid()
+    assert len(events) == 1 and isinstance(events[0], TokenPresent) and events[0].kind is TokenKind.FIDO
+    info = backend.start_session(events[0].reader)
+    assert info.kind is TokenKind.FIDO and info.pin_tries == 8
+    view = backend.present("residence", KEY_PIN)
+    assert view.ok and view.outcome == "verdict.confirmed"
+    plugged.clear()
+    watcher.scan_hid()
+    assert type(events[-1]).__name__ == "TokenRemoved" and events[-1].reader == events[0].reader
