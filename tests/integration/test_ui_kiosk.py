@@ -95,8 +95,10 @@ def test_full_kiosk_flow_tap_service_consent_pin_verdict_removal_idle(
 
 
 def test_residence_confirmation_shows_name_and_district(
-    world: World, kiosk: str, page: Any, slot: Slot, tmp_path: Path, screenshot: Any
-) -> None:
+    world: World, kiosk: str, page: Any, slot: Slot, tmp_path: Path, screenshot: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    caplog.set_level(1)  # everything, APDU traces included
     tap(world, slot, tmp_path, "kim")
     to_pin(page, "residence")
     type_pin(page, citizen("kim").pin)
@@ -105,6 +107,10 @@ def test_residence_confirmation_shows_name_and_district(
     screenshot(page, "verdict-residence")
     text = visible_text(page)
     assert "Residence confirmed" in text and "Kim" in text and "Minsu" in text and "Haeundae-gu" in text
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "session started" in logged and any(r.name == "cityid.apdu" for r in caplog.records)
+    for secret in ("Minsu", "Haeundae", citizen("kim").pin, citizen("kim").pin.encode().hex()):
+        assert secret.lower() not in logged.lower(), secret
 
 
 def test_wrong_pin_shows_tries_left_then_blocked(
