@@ -71,3 +71,33 @@ def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]
     with pytest.raises(SystemExit) as exit_:
         main([command, "--help"])
     assert exit_.value.code == 0 and "usage: kiosk" in capsys.readouterr().out
+
+
+def test_counter_backends_from_config(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from cityid.chain.network import CONTRACT_KEYS
+    from terminal.web.stack import CardCounterBackend
+    from terminal.web_cli import _backends
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    (tmp_path / "counter-key.pem").write_bytes(pem)
+    config = parse_config(
+        {
+            "terminal": {"mode": "counter", "id": "counter-7"},
+            "server": {"url": "http://127.0.0.1:9", "terminal_key": str(tmp_path / "counter-key.pem")},
+            "chain": {
+                "network": "metadium",
+                "rpc": "http://127.0.0.1:9",
+                "chain_id": 11,
+                "addresses": {k: "0x" + "7" * 40 for k in CONTRACT_KEYS},
+            },
+        }
+    )
+    kiosk, counter = _backends(config)
+    assert kiosk is None and isinstance(counter, CardCounterBackend)
+    assert counter.server.terminal == "counter-7" and counter.server.base_url == "http://127.0.0.1:9"
