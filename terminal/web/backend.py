@@ -177,6 +177,11 @@ class CounterBackend(Protocol):
         """Revoke a lost or stolen card's credential (status bit and card key on chain)."""
         ...
 
+    def abandon(self, reader: str) -> Sequence[str]:
+        """Give up the unfinished enrollment of the card in ``reader``: revoke what the server issued for
+        it (credential ids returned) and erase the card's DID and credential."""
+        ...
+
     def status(self, credential_id: str) -> CredentialState:
         """Look up a credential's status."""
         ...

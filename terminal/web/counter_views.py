@@ -122,6 +122,13 @@ FORMS: dict[str, Form] = {
         intro="counter.revoke.intro",
         danger=True,
     ),
+    "abandon": Form(
+        "counter.abandon.title",
+        (_reader_field(), Field("confirm", "counter.field.confirm_abandon", "checkbox")),
+        "counter.abandon.submit",
+        intro="counter.abandon.intro",
+        danger=True,
+    ),
     "status": Form(
         "counter.status.title",
         (Field("credential_id", "counter.field.credential_id"),),
@@ -248,7 +255,7 @@ def _render_form(
     return html, status
 
 
-@bp.get("/<any(enroll, fido, unblock, revoke, status):action>")
+@bp.get("/<any(enroll, fido, unblock, revoke, abandon, status):action>")
 def form(action: str) -> tuple[str, int]:
     return _render_form(action)
 
@@ -295,18 +302,17 @@ def _validate(action: str, f: dict[str, str]) -> dict[str, str]:
             errors["key_reader"] = "counter.error.reader"
     if action in ("revoke", "status") and not _CRED_ID.match(f.get("credential_id", "").strip()):
         errors["credential_id"] = "counter.error.credential_id"
-    if action == "revoke":
-        if f.get("reason") not in REVOKE_REASONS:
-            errors["reason"] = "counter.error.reason"
-        if f.get("confirm") != "on":
-            errors["confirm"] = "counter.error.confirm"
+    if action == "revoke" and f.get("reason") not in REVOKE_REASONS:
+        errors["reason"] = "counter.error.reason"
+    if action in ("revoke", "abandon") and f.get("confirm") != "on":
+        errors["confirm"] = "counter.error.confirm"
     return errors
 
 
 _SECRET_FIELDS = ("pin", "pin2", "puk", "puk2", "card_pin")
 
 
-@bp.post("/<any(enroll, fido, unblock, revoke, status):action>")
+@bp.post("/<any(enroll, fido, unblock, revoke, abandon, status):action>")
 def form_post(action: str) -> tuple[str, int]:
     f = {k: v for k, v in request.form.items() if k != "csrf_token"}
     keep = {k: v for k, v in f.items() if k not in _SECRET_FIELDS}  # secrets are never echoed back
@@ -322,6 +328,10 @@ def form_post(action: str) -> tuple[str, int]:
             "counter.revoke.done", backend.revoke(f["credential_id"].strip(), f["reason"])
         ),
         "status": lambda: _state("counter.status.done", backend.status(f["credential_id"].strip())),
+        "abandon": lambda: (
+            "counter.abandon.done",
+            [("counter.field.revoked", cid) for cid in backend.abandon(f["reader"])],
+        ),
     }
     try:
         done_key, rows = ops[action]()

@@ -155,6 +155,11 @@ class FakeCounterBackend:
         self.credentials[credential_id] = new
         return new
 
+    def abandon(self, reader: str) -> Sequence[str]:
+        card = self._card(reader)
+        card.claims = {}
+        return []
+
     def status(self, credential_id: str) -> CredentialState:
         try:
             return self.credentials[credential_id]

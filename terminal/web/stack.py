@@ -391,6 +391,11 @@ class CardCounterBackend:
         finally:
             verdict.wipe()
 
+    def abandon(self, reader: str) -> Sequence[str]:
+        with self._lock, self._connect(reader) as conn:
+            serial = bytes.fromhex(CitizenSession(conn).info().serial)
+            return self.enrollment.abandon(serial, conn)
+
     def unblock_pin(self, reader: str, puk: str, new_pin: str) -> None:
         with self._lock, self._connect(reader) as conn:
             PivSession(conn).unblock_pin(puk, new_pin)

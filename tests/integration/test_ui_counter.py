@@ -202,3 +202,52 @@ def test_counter_unblock_register_key_and_revoke(
         page.wait_for_selector("#result", timeout=30_000)
         screenshot(page, "revoked")
         assert "Card revoked" in visible_text(page) and "Revoked" in visible_text(page)
+
+
+def test_interrupted_enrollment_then_abandon(
+    world: World, slot: Slot, page: Any, tmp_path: Path, screenshot: Any
+) -> None:
+    from cityid.errors import CardRemovedError
+    from terminal.flows.counter import Step
+
+    state = tmp_path / "half-card.json"
+    slot.insert(lambda: make_citizen_card(state))
+    app = world.counter_app(slot.reader)
+    enrollment = app.extensions["cityid.counter"].enrollment
+
+    def pull_before_write(step: Step) -> None:
+        if step is Step.WRITE:
+            raise CardRemovedError("pulled (test hook)")
+
+    enrollment.before_step = pull_before_write
+    with serving(app, page) as url:
+        _login(page, url)
+        page.click("#menu-enroll")
+        page.select_option("#f-reader", slot.reader)
+        page.fill("#f-family_name", "Han")
+        page.fill("#f-given_name", "Jisoo")
+        page.fill("#f-birthdate", "1980-02-02")
+        page.select_option("#f-district", "Buk-gu")
+        page.check("#f-resident")
+        for field, value in (("pin", NEW_PIN), ("pin2", NEW_PIN), ("puk", NEW_PUK), ("puk2", NEW_PUK)):
+            page.fill(f"#f-{field}", value)
+        page.click("#submit")
+        page.wait_for_selector("#form-message", timeout=30_000)
+        screenshot(page, "enroll-interrupted")
+        assert "The card was removed during the operation" in visible_text(page)
+        assert page.input_value("#f-family_name") == "Han"  # the clerk does not retype
+
+        page.click("#nav-home")
+        page.click("#menu-abandon")
+        page.select_option("#f-reader", slot.reader)
+        page.check("#f-confirm")
+        page.click("#submit")
+        page.wait_for_selector("#result", timeout=30_000)
+        screenshot(page, "abandoned")
+        revoked = page.inner_text('dd[data-field="counter.field.revoked"]').strip()
+        page.click("#back-home")
+        page.click("#menu-status")
+        page.fill("#f-credential_id", revoked)
+        page.click("#submit")
+        page.wait_for_selector("#result")
+        assert "Revoked" in visible_text(page)

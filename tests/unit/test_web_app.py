@@ -345,3 +345,15 @@ def test_counter_fido_form_validates_and_reports(client: FlaskClient) -> None:
     html = resp.get_data(as_text=True)
     assert resp.status_code == 200 and "Security key registered" in html
     assert "123456" not in html and "8642" not in html
+
+
+def test_counter_abandon_needs_confirmation(client: FlaskClient) -> None:
+    login(client)
+    tok = csrf(client)
+    assert "Abandon an unfinished enrollment" in client.get("/counter/").get_data(as_text=True)
+    resp = client.post("/counter/abandon", data={"reader": "Fake Counter Reader", "csrf_token": tok})
+    assert resp.status_code == 400 and 'id="err-confirm"' in resp.get_data(as_text=True)
+    resp = client.post(
+        "/counter/abandon", data={"reader": "Fake Counter Reader", "confirm": "on", "csrf_token": tok}
+    )
+    assert resp.status_code == 200 and "Enrollment abandoned, card erased" in resp.get_data(as_text=True)
