@@ -265,3 +265,39 @@ def test_second_token_is_ignored_until_the_first_leaves() -> None:
     assert ctl.screen is Screen.CONSENT
     backend.remove("A")
     assert ctl.screen is Screen.IDLE
+
+
+# --- contrast (WCAG 2.2 §1.4.3, relative luminance per the WCAG definition) ------------------------
+
+
+def _luminance(hex_colour: str) -> float:
+    def channel(c: int) -> float:
+        s = c / 255
+        return s / 12.92 if s <= 0.04045 else ((s + 0.055) / 1.055) ** 2.4
+
+    r, g, b = (int(hex_colour[i : i + 2], 16) for i in (1, 3, 5))
+    return 0.2126 * channel(r) + 0.7152 * channel(g) + 0.0722 * channel(b)
+
+
+def _contrast(a: str, b: str) -> float:
+    la, lb = sorted((_luminance(a), _luminance(b)), reverse=True)
+    return (la + 0.05) / (lb + 0.05)
+
+
+def test_colour_pairs_meet_wcag_aa() -> None:
+    css = (WEB / "static" / "kiosk.css").read_text("utf-8")
+    var = dict(re.findall(r"--([a-z-]+):\s*(#[0-9a-fA-F]{6})", css))
+    pairs = [
+        (var["ink"], var["paper"]),
+        (var["muted"], var["paper"]),
+        ("#ffffff", var["band"]),  # header text, primary buttons
+        (var["accent"], "#eef3fc"),  # service buttons
+        (var["ok"], var["ok-bg"]),
+        (var["no"], var["no-bg"]),
+        ("#664d03", "#fff3cd"),  # notices
+        (var["ink"], "#f3f4f6"),  # keypad keys
+    ]
+    for fg, bg in pairs:
+        assert _contrast(fg, bg) >= 4.5, (fg, bg, round(_contrast(fg, bg), 2))
+    for fg, bg in pairs[:6]:
+        assert _contrast(fg, bg) >= 7.0, (fg, bg, round(_contrast(fg, bg), 2))  # the main colours: AAA
