@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 
 AREAS = ("card", "card_terminal", "fido", "chain", "credentials", "ui", "server")
@@ -18,6 +19,8 @@ def main() -> int:
     parser.add_argument("areas", nargs="*", metavar="AREA", help=f"some of: {', '.join(AREAS)}")
     parser.add_argument("--quick", action="store_true", help="fewer iterations (smoke run)")
     args = parser.parse_args()
+    # an application entry point: warnings only (keeps werkzeug's per-request lines out of the figures)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     failed = 0
     for area in args.areas or AREAS:
         try:

@@ -265,8 +265,8 @@ def bench_e2e(quick: bool) -> dict[str, float] | None:
         print("   (b) skipped: pcscd is not installed (apt-get install pcscd vsmartcard-vpcd)")
         return None
     from firmware_tools.card.citizen_card import make_citizen_card
+    from firmware_tools.vpcd_env import inserted_card
 
-    from bench._pcsc import vpcd_session
     from cityid.chain.devnode import AnvilNode
     from cityid.chain.errors import ChainConfigError
     from cityid.chain.registrar import deploy_all
@@ -285,7 +285,7 @@ def bench_e2e(quick: bool) -> dict[str, float] | None:
         print(f"   (b) skipped: {exc}")
         return None
     results: dict[str, float] = {}
-    with node, tempfile.TemporaryDirectory() as tmp, vpcd_session(make_citizen_card(None)) as reader:
+    with node, tempfile.TemporaryDirectory() as tmp, inserted_card(make_citizen_card(None)) as (_, reader):
         accounts = node.accounts(1)
         network = deploy_all(RpcClient(HttpTransport(node.url)), accounts[0], name="anvil", rpc_url=node.url)
         city = ChainIssuer.setup(network, RpcClient(HttpTransport(node.url)), accounts[0])
@@ -323,7 +323,7 @@ def bench_e2e(quick: bool) -> dict[str, float] | None:
             ok = "met" if p95 <= GOAL_E2E_P95_MS else "NOT met"
             print(f"       {label:40s} p50 {p50:6.2f} ms, p95 {p95:6.2f} ms (goal p95 <= 30 ms: {ok})")
             card, host = statistics.median(card_ms[5:]), statistics.median(verify_ms[5:])
-            print(f"         of which VERIFY PIN + PRESENT p50 {card:.2f} ms (emulator PIN check is PBKDF2),")
+            print(f"         of which VERIFY PIN + PRESENT p50 {card:.2f} ms (emulated card),")
             print(f"         chain facts + verification p50 {host:.2f} ms")
         cache.close()
     return results
