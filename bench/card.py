@@ -21,6 +21,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers import Cipher, modes
 from firmware_tools.card.citizen_card import make_citizen_card
 from firmware_tools.card.os import VirtualCard
+from firmware_tools.vpcd_env import inserted_card
+from smartcard.System import readers
 
 from cityid import jose, sdjwt
 from cityid.apdu import ApduFormat, SmartCardProtocol
@@ -134,27 +136,24 @@ def run(args: argparse.Namespace) -> None:
         print(f"   {'in process':<22} GENERATE P-256        {_stats(gen)}")
         size = _bench_path("in process", host, n)
 
-        try:
-            from smartcard.System import readers
-
-            from bench._pcsc import vpcd_session
-        except ImportError as exc:  # pragma: no cover - pyscard is a project dependency
-            print(f"   pcscd path skipped: {exc}")
-            return
         card2 = make_citizen_card(Path(tmp) / "card2.json")
-        with vpcd_session(card2) as reader_name:
+        with inserted_card(card2) as (_, reader_name):
             conn = next(r for r in readers() if str(r) == reader_name).createConnection()
-            conn.connect()
+            try:
+                conn.connect()
 
-            class _Pyscard:
-                def send_and_receive(self, apdu: bytes) -> tuple[bytes, int]:
-                    data, sw1, sw2 = conn.transmit(list(apdu))
-                    return bytes(data), (sw1 << 8) | sw2
+                class _Pyscard:
+                    def send_and_receive(self, apdu: bytes) -> tuple[bytes, int]:
+                        data, sw1, sw2 = conn.transmit(list(apdu))
+                        return bytes(data), (sw1 << 8) | sw2
 
-            host2 = _Host(SmartCardProtocol(_Pyscard(), ApduFormat.EXTENDED))
-            host2.personalize()
-            _bench_path("pcscd + vpcd", host2, n)
-            conn.disconnect()
+                host2 = _Host(SmartCardProtocol(_Pyscard(), ApduFormat.EXTENDED))
+                host2.personalize()
+                _bench_path("pcscd + vpcd", host2, n)
+            finally:
+                # Disconnect and release pyscard's PC/SC context now, while pcscd still runs: left to
+                # __del__, it would fail ("Service not available") once a pcscd started here has stopped.
+                conn.release()
 
     # Model of a real card for PRESENT: 2 APDUs (VERIFY, PRESENT), P-256 sign on card, response bytes over
     # ISO 14443 at 106 / 424 kbit/s (FIELD-NOTES: ~87 / ~22 ms per KiB), contact round trip ~9.5 ms each.

@@ -23,6 +23,7 @@ from firmware_tools.card.store import CardStore
 from firmware_tools.fido.authenticator import Authenticator
 from firmware_tools.fido.card import make_fido_card
 from firmware_tools.fido.hid import VirtualHidDevice
+from firmware_tools.vpcd_env import inserted_card
 
 RP = {"id": "busan.go.kr", "name": "Busan"}
 ALGS = [{"type": "public-key", "alg": -7}]
@@ -97,12 +98,11 @@ def run(args: argparse.Namespace) -> None:
             "USB HID (in-process CtapHidDevice)", Ctap2(CtapHidDevice(device.descriptor, device.open())), n
         )
 
-        from bench._pcsc import vpcd_session
         from terminal.fido.device import CtapSmartCardDevice, pcsc_device
         from terminal.pcsc.connection import PcscConnection
 
         card, _ = make_fido_card(state / "pcsc.json")
-        with vpcd_session(card) as reader:
+        with inserted_card(card) as (_, reader):
             device = pcsc_device(reader)
             try:
                 _ctap_round("pcscd+vpcd, python-fido2 CtapPcscDevice", Ctap2(device), n)

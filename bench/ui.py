@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import os
 import re
 import shutil
 import statistics
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -31,31 +29,18 @@ import requests
 from firmware_tools import demo
 from firmware_tools.card.citizen_card import make_citizen_card
 from firmware_tools.card.transport import VpcdCard
+from firmware_tools.vpcd_env import running_pcscd, vpcd_slot
 
 from terminal.flows.kiosk import SERVICES
 from terminal.web import create_app
 from terminal.web.server import ServerThread
 from terminal.web.stack import PcscKioskBackend
-from tests.fixtures.pcsc import VPCD_READER, VPCD_SLOTS, _acquire_slot, card_present, vpcd_readers, wait_for
 
 
 @contextlib.contextmanager
 def _reader() -> Iterator[tuple[int, str]]:
-    proc = None
-    if VPCD_READER not in vpcd_readers():
-        exe = shutil.which("pcscd") or "/usr/sbin/pcscd"
-        proc = subprocess.Popen([exe, "--foreground"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(lambda: VPCD_READER in vpcd_readers(), 15, "pcscd with the vpcd readers")
-    port, fd = _acquire_slot(list(VPCD_SLOTS), 240)
-    try:
-        reader = VPCD_SLOTS[port]
-        wait_for(lambda: not card_present(reader), 10, f"{reader} to be empty")
-        yield port, reader
-    finally:
-        os.close(fd)
-        if proc is not None:
-            proc.terminate()
-            proc.wait(5)
+    with running_pcscd(), vpcd_slot() as slot:
+        yield slot
 
 
 class SseClient:

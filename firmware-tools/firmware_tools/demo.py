@@ -23,7 +23,6 @@ through the in-process transport (``--no-pcsc``).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import shutil
@@ -47,6 +46,17 @@ from cityid.errors import CityIdError, NoCardError
 from firmware_tools.card.citizen_card import make_citizen_card
 from firmware_tools.card.os import VirtualCard
 from firmware_tools.card.transport import DEFAULT_VPCD_PORT, InProcessConnection, VpcdCard
+from firmware_tools.vpcd_env import (
+    CARD_TIMEOUT,
+    VPCD_SLOTS,
+    VpcdTimeoutError,
+    acquire_slot,
+    can_start_pcscd,
+    reader_has_card,
+    running_pcscd,
+    vpcd_readers,
+    wait_for,
+)
 from terminal.config import TerminalConfig, hash_password
 from terminal.flows.counter import CitizenRequest, CounterEnrollment
 from terminal.flows.kiosk import SERVICES
@@ -56,8 +66,8 @@ from terminal.web.verdicts import DISTRICT_KEYS
 
 logger = logging.getLogger(__name__)
 
-KIOSK_READER = "Virtual PCD 00 00"
-COUNTER_READER = "Virtual PCD 00 01"
+KIOSK_READER = VPCD_SLOTS[DEFAULT_VPCD_PORT]
+COUNTER_READER = VPCD_SLOTS[DEFAULT_VPCD_PORT + 1]
 KIOSK_AUDIENCE = "https://kiosk.busan.go.kr/demo-kiosk"
 COUNTER_AUDIENCE = "https://counter.busan.go.kr/demo-counter"
 DEMO_CLERK = "demo"
@@ -65,8 +75,6 @@ DEMO_CLERK_PASSWORD = "demo-clerk"  # noqa: S105 - printed for the demo; never a
 DEMO_PUK = "24681357"
 KEY_PIN = "2468"  # the demo security key's own PIN
 KEY_ID = "kim-key"
-LOCK_DIR = Path(tempfile.gettempdir())  # the same lock files as tests/fixtures/pcsc.py
-VPCD_DRIVER = Path("/usr/lib/pcsc/drivers/serial/libifdvpcd.so")
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,82 +116,35 @@ CITIZENS: tuple[Citizen, ...] = (
 # --- pcscd + vpcd ---------------------------------------------------------------------------------
 
 
-def _vpcd_readers() -> list[str]:
-    from terminal.pcsc.connection import list_readers
-
-    try:
-        return [r for r in list_readers() if r.startswith("Virtual PCD")]
-    except CityIdError:
-        return []
-
-
-def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise CityIdError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
-def _card_present(reader: str) -> bool:
-    from terminal.pcsc.connection import card_present, establish_context, release_context
-
-    try:
-        ctx = establish_context()
-    except CityIdError:
-        return False
-    try:
-        return bool(card_present(ctx, reader)[0])
-    except CityIdError:
-        return False
-    finally:
-        release_context(ctx)
-
-
 class Pcsc:
-    """pcscd with the vpcd readers for the demo: the running one, or one started (and stopped) here.
+    """pcscd with the vpcd readers for the demo: the running one, or one started here (and stopped when
+    nobody else uses it) — :mod:`firmware_tools.vpcd_env`.
 
-    Holds the vpcd port locks the test fixtures use, so a demo and a test run never share a reader.
+    Holds both vpcd readers' locks (the ones the test fixtures use), so a demo and a test run never share a
+    reader.
     """
 
     def __init__(self) -> None:
         self.process: subprocess.Popen[bytes] | None = None
-        self._fds: list[int] = []
+        self._stack = contextlib.ExitStack()
 
     @staticmethod
     def available() -> bool:
-        if KIOSK_READER in _vpcd_readers():
-            return True
-        return shutil.which("pcscd") is not None and VPCD_DRIVER.exists() and os.geteuid() == 0
+        return KIOSK_READER in vpcd_readers() or can_start_pcscd()
 
     def start(self) -> None:
         for port in (DEFAULT_VPCD_PORT, DEFAULT_VPCD_PORT + 1):
-            fd = os.open(LOCK_DIR / f"cityid-vpcd-{port}.lock", os.O_RDWR | os.O_CREAT, 0o666)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
+                _, fd = acquire_slot([port], timeout=0)
+            except VpcdTimeoutError:
                 raise CityIdError("the virtual readers are in use (a test run or another demo)") from None
-            self._fds.append(fd)
-        if KIOSK_READER not in _vpcd_readers():
-            exe = shutil.which("pcscd") or "/usr/sbin/pcscd"
-            self.process = subprocess.Popen(  # noqa: S603 - fixed arguments
-                [exe, "--foreground"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-            )
-            _wait(lambda: KIOSK_READER in _vpcd_readers(), 15, "pcscd with the vpcd readers")
+            self._stack.callback(os.close, fd)
+        self.process = self._stack.enter_context(running_pcscd()).process
         for reader in (KIOSK_READER, COUNTER_READER):
-            _wait(lambda r=reader: not _card_present(r), 10, f"{reader} to be empty")
+            wait_for(lambda r=reader: not reader_has_card(r), CARD_TIMEOUT, f"{reader} to be empty")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-        for fd in self._fds:
-            os.close(fd)
-        self._fds.clear()
+        self._stack.close()
 
 
 # --- the cards ------------------------------------------------------------------------------------
@@ -211,13 +172,13 @@ class CardSlot:
             else:
                 self._conn = InProcessConnection(card)
         if self.port is not None:
-            _wait(lambda: _card_present(self.reader), 10, f"a card in {self.reader}")
+            wait_for(lambda: reader_has_card(self.reader), CARD_TIMEOUT, f"a card in {self.reader}")
 
     def remove(self) -> None:
         with self._lock:
             was_vpcd = self._remove_locked()
         if was_vpcd:
-            _wait(lambda: not _card_present(self.reader), 10, f"{self.reader} to be empty")
+            wait_for(lambda: not reader_has_card(self.reader), CARD_TIMEOUT, f"{self.reader} to be empty")
 
     def _remove_locked(self) -> bool:
         was_vpcd = self._vpcd is not None
