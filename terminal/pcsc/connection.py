@@ -76,7 +76,9 @@ def establish_context() -> Any:
     """SCardEstablishContext (user scope); raise :class:`PcscUnavailableError` when pcscd is not there."""
     hresult, context = scard.SCardEstablishContext(scard.SCARD_SCOPE_USER)
     if hresult != scard.SCARD_S_SUCCESS:
-        raise PcscUnavailableError(f"PC/SC service unavailable: {pcsc_message(hresult)}")
+        raise PcscUnavailableError(
+            f"PC/SC service unavailable ({pcsc_message(hresult)}): is pcscd running? (systemctl start pcscd)"
+        )
     return context
 
 
