@@ -16,9 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.ciphers import Cipher, modes
 from firmware_tools.card.citizen_card import make_citizen_card
 from firmware_tools.card.os import VirtualCard
 from firmware_tools.vpcd_env import inserted_card
@@ -29,6 +27,7 @@ from cityid.apdu import ApduFormat, SmartCardProtocol
 from cityid.citizen import CITIZEN_AID, CredentialRecord, Ins, PresentRequest, StoredDisclosure
 from cityid.piv import DEFAULT_MANAGEMENT_KEY, PIV_AID, Algorithm, Slot, pad_pin
 from cityid.tlv import Tlv, encode_tlv, parse_tlv_dict
+from terminal.sessions import mgmt
 
 CLAIMS = {
     "family_name": "김",
@@ -64,12 +63,7 @@ class _Host:
         self.p = p
 
     def authenticate(self) -> None:
-        resp = self.p.send_apdu(0, 0x87, Algorithm.TDEA_3KEY, 0x9B, encode_tlv(0x7C, encode_tlv(0x80, b"")))
-        witness = Tlv.unpack(0x80, Tlv.unpack(0x7C, resp))
-        dec = Cipher(TripleDES(DEFAULT_MANAGEMENT_KEY), modes.ECB()).decryptor()
-        plain = dec.update(witness) + dec.finalize()
-        body = encode_tlv(0x80, plain) + encode_tlv(0x81, bytes(8))
-        self.p.send_apdu(0, 0x87, Algorithm.TDEA_3KEY, 0x9B, encode_tlv(0x7C, body))
+        mgmt.authenticate(self.p, DEFAULT_MANAGEMENT_KEY, Algorithm.TDEA_3KEY)
 
     def personalize(self) -> None:
         self.p.select(PIV_AID)

@@ -7,6 +7,13 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+try:  # cryptography >= 43 keeps 3DES in the "decrepit" module
+    from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
+except ImportError:  # pragma: no cover
+    TripleDES = algorithms.TripleDES  # type: ignore[misc,assignment]
+
 #: PIV application identifier with version (SP 800-73-4 Part 1 §2.2).
 PIV_AID = bytes.fromhex("A000000308000010000100")
 #: The truncated AID (RID + PIX without version) middleware selects.
@@ -113,3 +120,19 @@ def pad_pin(pin: bytes) -> bytes:
     if not PIN_LEN_MIN <= len(pin) <= PIN_LEN_MAX and len(pin) != 0:
         raise ValueError(f"PIN must be {PIN_LEN_MIN}-{PIN_LEN_MAX} bytes")
     return pin.ljust(PIN_LEN_MAX, bytes([PIN_PAD_BYTE]))
+
+
+#: Management-key (9B) algorithms: (key length, cipher block size) — SP 800-78-4 Table 6-2.
+MANAGEMENT_KEY_ALGORITHMS: dict[int, tuple[int, int]] = {
+    Algorithm.TDEA_3KEY: (24, 8),
+    Algorithm.AES_128: (16, 16),
+    Algorithm.AES_192: (24, 16),
+    Algorithm.AES_256: (32, 16),
+}
+
+
+def management_key_cipher(algorithm: int, key: bytes) -> Cipher:
+    """The block cipher of the 9B challenge/response (single blocks, so ECB; SP 800-73-4 Part 2 §3.2.4)."""
+    if algorithm == Algorithm.TDEA_3KEY:
+        return Cipher(TripleDES(key), modes.ECB())  # noqa: S305 - one block per challenge
+    return Cipher(algorithms.AES(key), modes.ECB())  # noqa: S305

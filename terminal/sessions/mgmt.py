@@ -10,27 +10,18 @@ from __future__ import annotations
 import hmac
 import os
 
-from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-
 from cityid.apdu import SmartCardProtocol
 from cityid.errors import ApduError, DecodeError
 from cityid.iso7816 import INS, SW
-from cityid.piv import Algorithm, Slot, Tag
+from cityid.piv import MANAGEMENT_KEY_ALGORITHMS, Algorithm, Slot, Tag, management_key_cipher
 from cityid.tlv import Tlv, encode_tlv, parse_tlv_dict
 
-_BLOCK = {Algorithm.TDEA_3KEY: 8, Algorithm.AES_128: 16, Algorithm.AES_192: 16, Algorithm.AES_256: 16}
-_KEY_LEN = {Algorithm.TDEA_3KEY: 24, Algorithm.AES_128: 16, Algorithm.AES_192: 24, Algorithm.AES_256: 32}
+_KEY_LEN = {alg: spec[0] for alg, spec in MANAGEMENT_KEY_ALGORITHMS.items()}
+_BLOCK = {alg: spec[1] for alg, spec in MANAGEMENT_KEY_ALGORITHMS.items()}
 
 
 class ManagementKeyError(ApduError):
     """The card did not prove knowledge of the management key (or refused ours)."""
-
-
-def _cipher(algorithm: Algorithm, key: bytes) -> Cipher:
-    if algorithm is Algorithm.TDEA_3KEY:
-        return Cipher(TripleDES(key), modes.ECB())  # noqa: S305 - SP 800-73-4 challenge blocks are ECB
-    return Cipher(algorithms.AES(key), modes.ECB())  # noqa: S305
 
 
 def check_key(key: bytes, algorithm: Algorithm) -> None:
@@ -49,7 +40,7 @@ def authenticate(
     algorithm = Algorithm(algorithm)
     check_key(key, algorithm)
     block = _BLOCK[algorithm]
-    cipher = _cipher(algorithm, key)
+    cipher = management_key_cipher(algorithm, key)
     resp = protocol.send_apdu(
         cla, INS.GENERAL_AUTHENTICATE, algorithm, Slot.CARD_MANAGEMENT,
         encode_tlv(Tag.DYN_AUTH, encode_tlv(Tag.WITNESS)), sensitive=True,

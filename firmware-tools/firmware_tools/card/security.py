@@ -24,14 +24,13 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-
 from cityid.errors import ApduError, TlvError
 from cityid.iso7816 import SW
 from cityid.piv import (
     DEFAULT_MANAGEMENT_KEY,
     DEFAULT_PIN,
     DEFAULT_PUK,
+    MANAGEMENT_KEY_ALGORITHMS,
     PIN_LEN_MAX,
     PIN_LEN_MIN,
     PIN_PAD_BYTE,
@@ -39,14 +38,10 @@ from cityid.piv import (
     PUK_TRIES,
     Algorithm,
     Tag,
+    management_key_cipher,
 )
 from cityid.tlv import encode_tlv, parse_tlv_dict
 from firmware_tools.card.store import CardStore
-
-try:  # cryptography >= 43 moved 3DES to the "decrepit" module
-    from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
-except ImportError:  # pragma: no cover
-    TripleDES = algorithms.TripleDES  # type: ignore[misc,assignment]
 
 logger = logging.getLogger(__name__)
 
@@ -56,13 +51,8 @@ LEGACY_PBKDF2_ITERATIONS = 20_000
 KDF = "hmac-sha256"
 SALT_BYTES = 16
 
-#: Management key algorithms: key length and cipher block size.
-MGMT_KEY_ALGORITHMS: dict[int, tuple[int, int]] = {
-    Algorithm.TDEA_3KEY: (24, 8),
-    Algorithm.AES_128: (16, 16),
-    Algorithm.AES_192: (24, 16),
-    Algorithm.AES_256: (32, 16),
-}
+#: Management key algorithms: key length and cipher block size (defined once in cityid.piv).
+MGMT_KEY_ALGORITHMS = MANAGEMENT_KEY_ALGORITHMS
 
 
 def unpad_pin(padded: bytes) -> bytes:
@@ -79,12 +69,6 @@ def _hash(secret: bytes, salt: bytes, kdf: str = KDF) -> bytes:
     if kdf == KDF:
         return hmac.new(salt, secret, hashlib.sha256).digest()
     return hashlib.pbkdf2_hmac("sha256", secret, salt, LEGACY_PBKDF2_ITERATIONS)
-
-
-def _cipher(algorithm: int, key: bytes) -> Cipher[Any]:
-    if algorithm == Algorithm.TDEA_3KEY:
-        return Cipher(TripleDES(key), modes.ECB())  # noqa: S305 - single-block challenge/response per SP 800-73-4
-    return Cipher(algorithms.AES(key), modes.ECB())  # noqa: S305
 
 
 class CardSecurity:
@@ -241,7 +225,7 @@ class CardSecurity:
         except TlvError as exc:
             self._challenge = None
             raise ApduError(SW.INCORRECT_DATA, str(exc)) from exc
-        cipher = _cipher(algorithm, bytes.fromhex(self._state["mgmt_key"]))
+        cipher = management_key_cipher(algorithm, bytes.fromhex(self._state["mgmt_key"]))
         witness = inner.get(Tag.WITNESS)
         challenge = inner.get(Tag.CHALLENGE)
         response = inner.get(Tag.RESPONSE)
