@@ -25,16 +25,19 @@ from fido2.hid import CAPABILITY, CTAPHID
 
 from cityid.apdu import ApduFormat, SmartCardConnection, SmartCardProtocol
 from cityid.errors import ApduError
-from cityid.fido import FIDO_AID, SELECT_FIDO_2_0, SELECT_U2F_V2
+from cityid.fido import (
+    CLA_CTAP,
+    FIDO_AID,
+    P1_CANCEL,
+    P1_GETRESPONSE_SUPPORTED,
+    SELECT_FIDO_2_0,
+    SELECT_U2F_V2,
+    NfcCtapIns,
+)
 from cityid.iso7816 import SW
 
 logger = logging.getLogger(__name__)
 
-CLA_CTAP = 0x80
-INS_NFCCTAP_MSG = 0x10
-INS_NFCCTAP_GETRESPONSE = 0x11
-P1_GETRESPONSE_SUPPORTED = 0x80
-P1_CANCEL = 0x11
 #: Give up polling a key that keeps answering 9100 (the user never touches it).
 MAX_POLLS = 100_000
 
@@ -85,7 +88,7 @@ class CtapSmartCardDevice(CtapDevice):
     ) -> bytes:
         if cmd != CTAPHID.CBOR:
             raise CtapError(CtapError.ERR.INVALID_COMMAND)
-        resp, sw = self.protocol.send_apdu_sw(CLA_CTAP, INS_NFCCTAP_MSG, P1_GETRESPONSE_SUPPORTED, 0x00, data)
+        resp, sw = self.protocol.send_apdu_sw(CLA_CTAP, NfcCtapIns.MSG, P1_GETRESPONSE_SUPPORTED, 0x00, data)
         last: STATUS | None = None
         polls = 0
         while sw == SW.CTAP_STATUS_UPDATE:
@@ -100,7 +103,7 @@ class CtapSmartCardDevice(CtapDevice):
                 on_keepalive(status)
             last = status
             p1 = P1_CANCEL if event is not None and event.is_set() else 0x00
-            resp, sw = self.protocol.send_apdu_sw(CLA_CTAP, INS_NFCCTAP_GETRESPONSE, p1, 0x00)
+            resp, sw = self.protocol.send_apdu_sw(CLA_CTAP, NfcCtapIns.GET_RESPONSE, p1, 0x00)
         if sw != SW.SUCCESS:
             logger.debug("CTAP over ISO 7816 failed with SW %04X", sw)
             raise CtapError(CtapError.ERR.OTHER)

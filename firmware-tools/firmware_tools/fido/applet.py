@@ -15,13 +15,19 @@ from __future__ import annotations
 
 import logging
 import threading
-from enum import IntEnum
 
 from fido2.ctap import STATUS
 
 from cityid.apdu import CommandApdu, ResponseApdu
 from cityid.errors import ApduError
-from cityid.fido import FIDO_AID, SELECT_FIDO_2_0
+from cityid.fido import (
+    CONTROL_END,
+    FIDO_AID,
+    P1_CANCEL,
+    P1_GETRESPONSE_SUPPORTED,
+    SELECT_FIDO_2_0,
+    NfcCtapIns,
+)
 from cityid.iso7816 import CLA, SW
 from firmware_tools.card.os import Applet
 from firmware_tools.card.store import CardStore
@@ -32,19 +38,6 @@ logger = logging.getLogger(__name__)
 
 #: How long one APDU waits for the authenticator before answering 9100 (status update).
 POLL_WINDOW = 0.1
-
-
-class NfcCtapIns(IntEnum):
-    """Instruction bytes of CTAP over ISO 7816 (CTAP 2.1 §11.3)."""
-
-    MSG = 0x10
-    GET_RESPONSE = 0x11
-    CONTROL = 0x12
-
-
-NFCCTAP_CANCEL_P1 = 0x11  # NFCCTAP_GETRESPONSE with P1 = CTAPHID_CANCEL
-CONTROL_END = 0x01
-P1_GETRESPONSE_SUPPORTED = 0x80
 
 
 class _Job:
@@ -115,9 +108,9 @@ class FidoApplet(Applet):
         if cmd.ins == NfcCtapIns.MSG:
             return self._msg(cmd)
         if cmd.ins == NfcCtapIns.GET_RESPONSE:
-            if cmd.p1 == NFCCTAP_CANCEL_P1 and self._job is not None:
+            if cmd.p1 == P1_CANCEL and self._job is not None:
                 self._job.cancel.set()
-            elif cmd.p1 not in (0x00, NFCCTAP_CANCEL_P1) or cmd.p2 != 0:
+            elif cmd.p1 not in (0x00, P1_CANCEL) or cmd.p2 != 0:
                 raise ApduError(SW.INCORRECT_P1P2)
             return self._poll()
         if cmd.ins == NfcCtapIns.CONTROL:
