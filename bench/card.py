@@ -10,10 +10,7 @@ card-side costs of real hardware (FIELD-NOTES timing references) to the measured
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -22,6 +19,7 @@ from firmware_tools.card.os import VirtualCard
 from firmware_tools.vpcd_env import inserted_card
 from smartcard.System import readers
 
+from bench._stats import summary_ms, timed
 from cityid import jose, sdjwt
 from cityid.apdu import ApduFormat, SmartCardProtocol
 from cityid.citizen import CITIZEN_AID, CredentialRecord, Ins, PresentRequest, StoredDisclosure
@@ -38,22 +36,6 @@ CLAIMS = {
     "age_over_65": True,
 }
 REQUEST = ("age_over_65", "busan_resident")
-
-
-def _stats(samples: list[float]) -> str:
-    ms = sorted(s * 1000 for s in samples)
-    p95 = ms[min(len(ms) - 1, round(0.95 * (len(ms) - 1)))]
-    return f"median {statistics.median(ms):7.3f} ms   p95 {p95:7.3f} ms   (n={len(ms)})"
-
-
-def _time(fn: Callable[[], object], n: int) -> list[float]:
-    fn()  # warm up
-    out = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return out
 
 
 class _Host:
@@ -105,13 +87,13 @@ class _Raw:
 
 def _bench_path(label: str, host: _Host, n: int) -> int:
     host.p.select(CITIZEN_AID)
-    info = _time(lambda: host.p.send_apdu(0x80, Ins.GET_INFO, 0, 0), n * 5)
-    verify = _time(host.verify, n)
+    info = timed(lambda: host.p.send_apdu(0x80, Ins.GET_INFO, 0, 0), n * 5)
+    verify = timed(host.verify, n)
     present_len = len(host.present())
-    present = _time(host.present, n)
-    print(f"   {label:<22} GET INFO (1 APDU)     {_stats(info)}")
-    print(f"   {'':<22} VERIFY                {_stats(verify)}")
-    print(f"   {'':<22} VERIFY + PRESENT      {_stats(present)}   ({present_len} bytes out)")
+    present = timed(host.present, n)
+    print(f"   {label:<22} GET INFO (1 APDU)     {summary_ms(info)}")
+    print(f"   {'':<22} VERIFY                {summary_ms(verify)}")
+    print(f"   {'':<22} VERIFY + PRESENT      {summary_ms(present)}   ({present_len} bytes out)")
     return present_len
 
 
@@ -123,11 +105,11 @@ def run(args: argparse.Namespace) -> None:
         host.personalize()
         host.p.select(PIV_AID)
         host.authenticate()
-        gen = _time(
+        gen = timed(
             lambda: host.p.send_apdu(0, 0x47, 0, Slot.CARD_AUTH, encode_tlv(0xAC, encode_tlv(0x80, b"\x11"))),
             n,
         )
-        print(f"   {'in process':<22} GENERATE P-256        {_stats(gen)}")
+        print(f"   {'in process':<22} GENERATE P-256        {summary_ms(gen)}")
         size = _bench_path("in process", host, n)
 
         card2 = make_citizen_card(Path(tmp) / "card2.json")

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from firmware_tools.card.citizen_card import make_citizen_card
 from firmware_tools.card.transport import InProcessConnection
 from firmware_tools.vpcd_env import inserted_card, reader_has_card, wait_for
 
+from bench._stats import summary_ms
 from cityid import jose, sdjwt
 from cityid.citizen import CredentialRecord, StoredDisclosure
 from terminal.pcsc.connection import PcscConnection, open_connection
@@ -33,23 +33,6 @@ PIN = "24681357"
 CLAIMS = ["age_over_65", "district"]
 NONCE = "bench-nonce-0000000001"
 AUD = "https://kiosk.busan.example/bench"
-
-
-def _stats(samples: list[float]) -> str:
-    ms = sorted(s * 1000 for s in samples)
-    p95 = ms[min(len(ms) - 1, int(0.95 * len(ms)))]
-    return f"median {statistics.median(ms):.3f} ms, p95 {p95:.3f} ms, n={len(ms)}"
-
-
-def _time(fn: Callable[[], object], n: int, warmup: int = 10) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return out
 
 
 def _personalized_state(path: Path) -> None:
@@ -150,8 +133,8 @@ def run(args: argparse.Namespace) -> None:
                 CitizenSession(conn)  # selects; an empty VERIFY then just reports the tries
                 trivial = bytes.fromhex("00200080")
                 samples, host = _time_split(lambda: conn.send_and_receive(trivial), clock, n_trivial)
-                print(f"   trivial APDU round trip (empty VERIFY → 63Cx): {_stats(samples)}")
-                print(f"     host side (minus the emulator's own processing): {_stats(host)}")
+                print(f"   trivial APDU round trip (empty VERIFY → 63Cx): {summary_ms(samples)}")
+                print(f"     host side (minus the emulator's own processing): {summary_ms(host)}")
 
                 for label, extended in (("extended APDUs", True), ("chained short APDUs", False)):
 
@@ -165,8 +148,8 @@ def run(args: argparse.Namespace) -> None:
                     citizen = CitizenSession(counter, extended=extended)
                     citizen.verify_pin(PIN)
                     text = citizen.present(CLAIMS, NONCE, AUD, 1_780_000_000)
-                    print(f"   SELECT+VERIFY+PRESENT, {label}: end to end {_stats(samples)}")
-                    print(f"     host side (minus the emulator's own processing): {_stats(host)}")
+                    print(f"   SELECT+VERIFY+PRESENT, {label}: end to end {summary_ms(samples)}")
+                    print(f"     host side (minus the emulator's own processing): {summary_ms(host)}")
                     print(
                         f"     {counter.apdus} APDUs, {counter.read} bytes read, "
                         f"presentation {len(text)} chars ({len(CLAIMS)} of 8 claims disclosed)"
@@ -179,8 +162,9 @@ def run(args: argparse.Namespace) -> None:
                     return citizen.present(CLAIMS, NONCE, AUD, 1_780_000_000)
 
             samples, host = _time_split(full_session, clock, max(20, n_present // 3), warmup=3)
-            print(f"   full session (connect, transaction, SELECT/VERIFY/PRESENT, reset): {_stats(samples)}")
-            print(f"     host side: {_stats(host)}")
+            print("   full session (connect, transaction, SELECT/VERIFY/PRESENT, reset):")
+            print(f"     end to end: {summary_ms(samples)}")
+            print(f"     host side: {summary_ms(host)}")
 
             latencies = []
             with ReaderMonitor(timeout_ms=1000) as monitor:
@@ -198,4 +182,4 @@ def run(args: argparse.Namespace) -> None:
                         if isinstance(ev, CardInserted) and ev.reader == reader:
                             break
                     latencies.append(time.perf_counter() - t0)
-            print(f"   card inserted → CardInserted event (pcscd polls vpcd): {_stats(latencies)}")
+            print(f"   card inserted → CardInserted event (pcscd polls vpcd): {summary_ms(latencies)}")

@@ -11,10 +11,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import statistics
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 from fido2.ctap2 import Ctap2
@@ -25,24 +22,14 @@ from firmware_tools.fido.card import make_fido_card
 from firmware_tools.fido.hid import VirtualHidDevice
 from firmware_tools.vpcd_env import inserted_card
 
+from bench._stats import summary_ms, timed
+
 RP = {"id": "busan.go.kr", "name": "Busan"}
 ALGS = [{"type": "public-key", "alg": -7}]
 
 
-def _stats(samples: list[float]) -> str:
-    ms = sorted(s * 1000 for s in samples)
-    p95 = ms[min(len(ms) - 1, round(0.95 * (len(ms) - 1)))]
-    return f"median {statistics.median(ms):6.2f} ms   p95 {p95:6.2f} ms   (n={len(ms)})"
-
-
-def _time(fn: Callable[[], object], n: int) -> list[float]:
-    fn()  # warm up
-    out = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return out
+def _summary(samples: list[float]) -> str:
+    return summary_ms(samples, 2)
 
 
 def _ctap_round(label: str, ctap: Ctap2, n: int) -> None:
@@ -56,10 +43,10 @@ def _ctap_round(label: str, ctap: Ctap2, n: int) -> None:
     fixed = {"id": b"bench-assertion-user", "name": "bench"}
     att = ctap.make_credential(os.urandom(32), RP, fixed, ALGS, options={"rk": True})
     allow = [{"type": "public-key", "id": att.auth_data.credential_data.credential_id}]
-    mc = _time(make, n)
-    ga = _time(lambda: ctap.get_assertion("busan.go.kr", os.urandom(32), allow_list=allow), n)
-    print(f"   {label:<42} makeCredential (rk)  {_stats(mc)}")
-    print(f"   {'':<42} getAssertion        {_stats(ga)}")
+    mc = timed(make, n)
+    ga = timed(lambda: ctap.get_assertion("busan.go.kr", os.urandom(32), allow_list=allow), n)
+    print(f"   {label:<42} makeCredential (rk)  {_summary(mc)}")
+    print(f"   {'':<42} getAssertion        {_summary(ga)}")
 
 
 def _core(n: int, state: Path) -> None:
@@ -79,11 +66,11 @@ def _core(n: int, state: Path) -> None:
 
     cred_id = AuthenticatorData(resp[2]).credential_data.credential_id
     get = b"\x02" + cbor.encode({1: "busan.go.kr", 2: b"\0" * 32, 3: [{"type": "public-key", "id": cred_id}]})
-    mc = _time(make, n)
-    ga = _time(lambda: auth.process(get), n)
+    mc = timed(make, n)
+    ga = timed(lambda: auth.process(get), n)
     assert auth.process(get)[0] == 0
-    print(f"   {'CTAP core (no transport)':<42} makeCredential (rk)  {_stats(mc)}")
-    print(f"   {'':<42} getAssertion        {_stats(ga)}")
+    print(f"   {'CTAP core (no transport)':<42} makeCredential (rk)  {_summary(mc)}")
+    print(f"   {'':<42} getAssertion        {_summary(ga)}")
 
 
 def run(args: argparse.Namespace) -> None:
