@@ -14,8 +14,8 @@ import tempfile
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec
-from firmware_tools.card.citizen_card import make_citizen_card
-from firmware_tools.card.os import VirtualCard
+from emulators.card.citizen_card import make_citizen_card
+from emulators.card.os import VirtualCard
 from firmware_tools.vpcd_env import inserted_card
 from smartcard.System import readers
 

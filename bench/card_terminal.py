@@ -17,8 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from firmware_tools.card.citizen_card import make_citizen_card
-from firmware_tools.card.transport import InProcessConnection
+from emulators.card.citizen_card import make_citizen_card
+from emulators.card.transport import InProcessConnection
 from firmware_tools.vpcd_env import inserted_card, reader_has_card, wait_for
 
 from bench._stats import summary_ms

@@ -19,13 +19,12 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from cityid.chain.devnode import AnvilNode
-from cityid.chain.embedded import EmbeddedChain
-from cityid.chain.registrar import Registrar, deploy_all
+from cityid.chain.live import LiveChainView
 from cityid.chain.resolver import identity_from_public_hash
 from cityid.chain.rpc import HttpTransport, RpcClient
 from cityid.chain.sync import SyncCache
-from cityid.chain.view import LiveChainView
+from server.chain.registrar import Registrar, deploy_all, start_embedded
+from tests.fixtures.anvil_node import AnvilNode
 
 VCT = "urn:busan:citizen:1"
 
@@ -123,7 +122,7 @@ def _reads(
 def run(args: argparse.Namespace) -> None:
     runs = 30 if args.quick else 300
     print("   gas per operation (whole transaction incl. 21,000 base; goals: <=30k/citizen, <=3k/credential)")
-    embedded = EmbeddedChain.start()
+    embedded = start_embedded()
     _gas(Registrar(embedded.network, embedded.client(), embedded.accounts[0]), "embedded")
     with tempfile.TemporaryDirectory() as tmp, AnvilNode() as node:
         account = node.accounts(1)[0]

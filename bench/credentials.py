@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cityid import jose, sdjwt
 from cityid.credential import VCT, LocalSigner, issue
 from terminal.verifier import NonceStore, Verifier
-from terminal.verifier.static import StaticChainView
+from tests.doubles.static_view import StaticChainView
 
 SERVICE = "benefit-check"
 CLAIMS = ("busan_resident", "age_over_65")
@@ -63,7 +63,7 @@ def _population(n: int, nonces: NonceStore, chain: StaticChainView, issuer_key: 
     """Presentations by ``n`` distinct citizens (distinct holder keys and credentials), two each."""
     from datetime import date
 
-    from cityid.chainview import StatusRef
+    from cityid.chain.view import StatusRef
     from cityid.credential import CitizenClaims
 
     issuer_did = "did:ethr:0x7a69:0x" + "11" * 20
@@ -190,8 +190,8 @@ class CountingConnection:
 
 def bench_apdus() -> dict[str, dict[str, int]]:
     """(c): one kiosk tap (SELECT, VERIFY, PRESENT [+ GET RESPONSE]) on the emulated card."""
-    from firmware_tools.card.citizen_card import make_citizen_card
-    from firmware_tools.card.transport import InProcessConnection
+    from emulators.card.citizen_card import make_citizen_card
+    from emulators.card.transport import InProcessConnection
 
     from terminal.flows.kiosk import KioskVerification, service
     from terminal.sessions.citizen import CitizenSession
@@ -264,19 +264,19 @@ def bench_e2e(quick: bool) -> dict[str, float] | None:
     if shutil.which("pcscd") is None and not os.path.exists("/usr/sbin/pcscd"):
         print("   (b) skipped: pcscd is not installed (apt-get install pcscd vsmartcard-vpcd)")
         return None
-    from firmware_tools.card.citizen_card import make_citizen_card
+    from emulators.card.citizen_card import make_citizen_card
     from firmware_tools.vpcd_env import inserted_card
 
-    from cityid.chain.devnode import AnvilNode
     from cityid.chain.errors import ChainConfigError
-    from cityid.chain.registrar import deploy_all
+    from cityid.chain.live import LiveChainView
     from cityid.chain.rpc import HttpTransport, RpcClient
     from cityid.chain.sync import SyncCache
-    from cityid.chain.view import LiveChainView
+    from server.chain.registrar import deploy_all
     from terminal.flows.kiosk import KioskVerification, service
     from terminal.pcsc.connection import open_connection
     from terminal.sessions.citizen import CitizenSession
     from tests.credkit import AUDIENCE, PIN, ChainIssuer
+    from tests.fixtures.anvil_node import AnvilNode
 
     n = 30 if quick else 200
     try:

@@ -14,12 +14,12 @@ import os
 import tempfile
 from pathlib import Path
 
+from emulators.card.store import CardStore
+from emulators.fido.authenticator import Authenticator
+from emulators.fido.card import make_fido_card
+from emulators.fido.hid import VirtualHidDevice
 from fido2.ctap2 import Ctap2
 from fido2.hid import CtapHidDevice
-from firmware_tools.card.store import CardStore
-from firmware_tools.fido.authenticator import Authenticator
-from firmware_tools.fido.card import make_fido_card
-from firmware_tools.fido.hid import VirtualHidDevice
 from firmware_tools.vpcd_env import inserted_card
 
 from bench._stats import summary_ms, timed

@@ -28,12 +28,12 @@ def _point() -> bytes:
 
 
 def run(args: Any) -> None:
-    from firmware_tools.card.citizen_card import make_citizen_card
-    from firmware_tools.card.transport import InProcessConnection
+    from emulators.card.citizen_card import make_citizen_card
+    from emulators.card.transport import InProcessConnection
 
-    from cityid.chain.embedded import EmbeddedChain
-    from cityid.chain.view import LiveChainView
+    from cityid.chain.live import LiveChainView
     from server.auth import SignedRequest
+    from server.chain.registrar import start_embedded
     from terminal.flows.counter import CitizenRequest, CounterEnrollment
     from terminal.server_client import sign_request
     from terminal.verifier import NonceStore, Verifier
@@ -41,7 +41,7 @@ def run(args: Any) -> None:
 
     n = 10 if getattr(args, "quick", False) else 60
     with tempfile.TemporaryDirectory() as tmp:
-        chain = EmbeddedChain.start()
+        chain = start_embedded()
         gateway = registrar_gateway(chain.network, chain.client(), chain.accounts[0])
         rig = make_rig(f"sqlite:///{tmp}/bench.db", chain=gateway)
 

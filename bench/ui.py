@@ -26,9 +26,9 @@ from queue import Empty, SimpleQueue
 from typing import Any
 
 import requests
-from firmware_tools import demo
-from firmware_tools.card.citizen_card import make_citizen_card
-from firmware_tools.card.transport import VpcdCard
+from citydemo import demo
+from emulators.card.citizen_card import make_citizen_card
+from emulators.card.transport import VpcdCard
 from firmware_tools.vpcd_env import running_pcscd, vpcd_slot
 
 from terminal.flows.kiosk import SERVICES

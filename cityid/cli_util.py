@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from importlib.metadata import entry_points
 
 from cityid.errors import CityIdError
 
@@ -24,6 +28,9 @@ def build_parser(prog: str, description: str, modules: Sequence[str]) -> argpars
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in modules:
         importlib.import_module(name).register(sub)
+    # Packages that stand above this one (the demo) add commands without being imported by it.
+    for ep in sorted(entry_points(group=f"cityid.commands.{prog}"), key=lambda e: e.name):
+        ep.load()(sub)
     return parser
 
 
@@ -56,3 +63,31 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> i
 def progress(message: str) -> None:
     """Progress output for long work, on stderr so stdout stays machine-readable."""
     print(f"… {message}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def stop_signals() -> Iterator[threading.Event]:
+    """An event set by SIGINT or SIGTERM while the block runs (previous handlers restored after).
+
+    Both handlers are installed explicitly, so a process started with SIGINT ignored (a test runner's or a
+    service manager's background job inherits ``SIG_IGN``) still stops on Ctrl-C as on ``kill``.
+    Use from the main thread.
+    """
+    stop = threading.Event()
+
+    def handler(_signum: int, _frame: object) -> None:
+        stop.set()
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def wait_for_stop(poll_s: float = 0.5) -> None:
+    """Block until SIGINT or SIGTERM (see :func:`stop_signals`)."""
+    with stop_signals() as stop:
+        while not stop.wait(poll_s):
+            pass

@@ -20,7 +20,7 @@ from dataclasses import dataclass, fields
 from datetime import date
 from typing import Any, Protocol
 
-from cityid.chainview import StatusRef
+from cityid.chain.view import StatusRef
 from cityid.citizen import MAX_CLAIMS, CredentialRecord, StoredDisclosure
 from cityid.jose import (
     JoseError,

@@ -13,7 +13,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
 from server.auth import RequestAuthenticator
-from server.chain import ChainGateway, open_chain
+from server.chain.gateway import ChainGateway, open_chain
 from server.config import ServerConfig
 from server.db import Database
 from server.keys import IssuerSigner, load_signer

@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from cityid.cli_util import progress
+from cityid.cli_util import progress, wait_for_stop
 from server.config import ServerConfig, load_config
 
 logger = logging.getLogger(__name__)
@@ -40,7 +40,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     progress(f"issuer {did} published; serving on http://{args.host}:{args.port}")
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         progress("listening beyond localhost: put a TLS-terminating proxy in front (docs/server.md §Ops)")
-    app.run(host=args.host, port=args.port, threaded=True, use_reloader=False)
+    import threading
+
+    from werkzeug.serving import make_server
+
+    http = make_server(args.host, args.port, app, threaded=True)
+    thread = threading.Thread(target=http.serve_forever, name="city-server-http", daemon=True)
+    thread.start()
+    try:
+        wait_for_stop()  # SIGINT or SIGTERM, even when started with SIGINT ignored
+    finally:
+        progress("stopping")
+        http.shutdown()
+        http.server_close()
+        thread.join(timeout=5)
     return 0
 
 

@@ -43,9 +43,9 @@ def _client(url: str, timeout: float) -> RpcClient:
 
 
 def _deploy(args: argparse.Namespace) -> int:
-    from cityid.chain.accounts import load_account
-    from cityid.chain.registrar import deploy_all
     from cityid.chain.rpc import as_int
+    from server.chain.accounts import load_account
+    from server.chain.registrar import deploy_all
 
     account = load_account(args.keystore)
     client = _client(args.rpc, args.timeout)
@@ -61,8 +61,8 @@ def _deploy(args: argparse.Namespace) -> int:
 
 
 def _accounts(args: argparse.Namespace) -> int:
-    from cityid.chain.accounts import create_keystore, load_account
     from cityid.chain.rpc import as_int
+    from server.chain.accounts import create_keystore, load_account
 
     if args.create:
         address = create_keystore(args.create)

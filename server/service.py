@@ -27,10 +27,10 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from cityid import credential as vc
-from cityid.chainview import ChainError, CredentialStatus, StatusRef
+from cityid.chain.view import ChainError, CredentialStatus, StatusRef
 from cityid.citizen import CredentialRecord
 from cityid.errors import CityIdError
-from server.chain import ChainGateway
+from server.chain.gateway import ChainGateway
 from server.config import ServerConfig
 from server.db import Database, StorageError
 from server.keys import IssuerSigner

@@ -1,4 +1,4 @@
-"""``kiosk serve`` and ``kiosk demo``: the kiosk / counter terminal app (docs/ui.md)."""
+"""``kiosk serve`` and ``kiosk clerk-password``: the kiosk / counter terminal app (docs/ui.md)."""
 
 from __future__ import annotations
 
@@ -6,18 +6,16 @@ import argparse
 import getpass
 import logging
 import os
-import signal
 import sys
-import threading
 from dataclasses import replace
 
-from cityid.cli_util import progress
+from cityid.cli_util import wait_for_stop
 from cityid.errors import CityIdError
-from terminal.config import LANGUAGES, Mode, TerminalConfig, hash_password, load_config, parse_config
+from terminal.config import Mode, TerminalConfig, hash_password, load_config, parse_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``serve``, ``demo`` and ``clerk-password``."""
+    """Add ``serve`` and ``clerk-password`` (``demo`` comes from the ``citydemo`` package, an entry point)."""
     p = sub.add_parser("serve", help="serve the kiosk or counter screens", description=_serve.__doc__)
     p.add_argument("--mode", choices=[m.value for m in Mode], help="kiosk (unattended) or counter (clerk)")
     p.add_argument("--config", metavar="FILE", help="TOML configuration file (docs/ui.md)")
@@ -25,36 +23,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, help="port (default from the config: 8080)")
     p.set_defaults(func=_serve)
 
-    d = sub.add_parser(
-        "demo", help="run the whole system locally with demo citizens", description=_demo.__doc__
-    )
-    d.add_argument(
-        "--port", type=int, default=8080, help="port of the kiosk app (default 8080; 0 = any free)"
-    )
-    d.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    d.add_argument(
-        "--no-pcsc", action="store_true", help="use the in-process card transport, not pcscd + vpcd"
-    )
-    d.add_argument("--language", choices=LANGUAGES, default="ko", help="initial screen language (default ko)")
-    d.add_argument("--idle-timeout", type=float, default=30.0, help="seconds before an idle session is wiped")
-    d.set_defaults(func=_demo)
-
     c = sub.add_parser(
         "clerk-password",
         help="print a password hash for the [counter.clerks] table",
         description="Reads the password from env KIOSK_CLERK_PASSWORD or a prompt; prints the scrypt hash.",
     )
     c.set_defaults(func=_clerk_password)
-
-
-def _wait_for_interrupt() -> None:
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        while not stop.wait(0.5):
-            pass
-    except KeyboardInterrupt:
-        pass
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -80,7 +54,7 @@ def _serve(args: argparse.Namespace) -> int:
     app = create_app(config, kiosk=kiosk, counter=counter)
     with ServerThread(app, config.host, config.port) as server:
         print(f"{config.mode.value} screens on {server.url}/{'' if kiosk else 'counter/'}", flush=True)
-        _wait_for_interrupt()
+        wait_for_stop()
     return 0
 
 
@@ -110,9 +84,9 @@ def _backends(config: TerminalConfig) -> tuple[object | None, object | None]:
 
 
 def _chain_view(config: TerminalConfig) -> object:
+    from cityid.chain.live import LiveChainView
     from cityid.chain.network import NetworkConfig
     from cityid.chain.rpc import HttpTransport, RpcClient
-    from cityid.chain.view import LiveChainView
 
     chain = config.chain
     if chain.embedded:
@@ -132,43 +106,6 @@ def _chain_view(config: TerminalConfig) -> object:
             }
         )
     return LiveChainView(RpcClient(HttpTransport(network.rpc_url)), network)
-
-
-def _demo(args: argparse.Namespace) -> int:
-    """Start everything on this machine with no set-up: an embedded chain with the contracts, the city
-    server, demo citizens enrolled on virtual cards (through pcscd + vpcd when available) and the kiosk and
-    counter screens on 127.0.0.1. Prints the URL and how to tap and remove the virtual cards."""
-    from firmware_tools import demo  # composition root: emulators + server + terminal (docs/ui.md §Demo)
-
-    use_pcsc = False if args.no_pcsc else None
-    if args.verbose < 2:
-        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # request lines only with -vv
-    with demo.running(args.host, args.port, use_pcsc, args.language, args.idle_timeout) as (env, server):
-        url = server.url
-        clerk = f"clerk {demo.DEMO_CLERK!r}, password {demo.DEMO_CLERK_PASSWORD!r}"
-        transport = f"pcscd + vpcd (kiosk reader {demo.KIOSK_READER!r})" if env.pcsc else "in-process"
-        lines = [
-            "",
-            f"Busan citizen-ID demo is running on {url}/",
-            f"  kiosk screen:    {url}/",
-            f"  demo panel:      {url}/demo/   (tap / remove each citizen's virtual card)",
-            f"  counter screen:  {url}/counter/   ({clerk})",
-            f"  city server:     {env.server_url}",
-            f"  card transport:  {transport}",
-            "",
-            "Demo citizens (fictional) and their PINs:",
-        ]
-        for c in demo.CITIZENS:
-            lines.append(f"  {c.id:<5} {c.label:<52} PIN {c.pin}")
-        lines += [
-            "",
-            "Open the kiosk screen, then press 'Tap card' for a citizen on the demo panel.",
-            "Ctrl-C stops everything.",
-        ]
-        print("\n".join(lines), flush=True)
-        _wait_for_interrupt()
-        progress("stopping")
-    return 0
 
 
 def _clerk_password(args: argparse.Namespace) -> int:

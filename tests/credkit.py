@@ -15,12 +15,12 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from cityid import jose
-from cityid.chainview import StatusRef
+from cityid.chain.view import StatusRef
 from cityid.credential import VCT, CitizenClaims, IssuedCredential, LocalSigner, issue
 from cityid.piv import Slot
 from terminal.sessions.citizen import CitizenSession
 from terminal.sessions.piv import PivSession
-from terminal.verifier.static import StaticChainView
+from tests.doubles.static_view import StaticChainView
 
 NOW = 1_800_000_000
 AUDIENCE = "https://kiosk.busan.go.kr/busan-kiosk-001"
@@ -71,7 +71,7 @@ class ChainIssuer:
 
     @classmethod
     def setup(cls, network: Any, client: Any, account: Any) -> ChainIssuer:
-        from cityid.chain.registrar import Registrar
+        from server.chain.registrar import Registrar
 
         registrar = Registrar(network, client, account)
         key = ec.generate_private_key(ec.SECP256R1())

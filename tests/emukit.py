@@ -10,9 +10,9 @@ import os
 from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from firmware_tools.card.citizen_card import make_citizen_card
-from firmware_tools.card.os import VirtualCard
-from firmware_tools.card.transport import InProcessConnection
+from emulators.card.citizen_card import make_citizen_card
+from emulators.card.os import VirtualCard
+from emulators.card.transport import InProcessConnection
 
 from cityid.apdu import SmartCardProtocol
 from cityid.citizen import CITIZEN_AID

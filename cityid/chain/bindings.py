@@ -1,7 +1,7 @@
 """Typed wrappers per contract: read methods (``eth_call``), transaction builders and multicall entries.
 
 Each binding holds an :class:`RpcClient` and an address. Writes return :class:`TxRequest` objects that a
-:class:`~cityid.chain.writer.TxSender` signs and sends, so batching and nonce handling stay in one place.
+the server's ``TxSender`` signs and sends, so batching and nonce handling stay in one place.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from eth_utils import keccak, to_checksum_address
 from cityid.chain.abi import Abi
 from cityid.chain.errors import RpcError
 from cityid.chain.rpc import RpcClient, as_bytes
-from cityid.chain.writer import TxRequest, revert_from_rpc
+from cityid.chain.tx import TxRequest, revert_from_rpc
 
 
 @dataclass(frozen=True, slots=True)

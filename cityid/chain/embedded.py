@@ -306,19 +306,13 @@ class EmbeddedChain:
     network: NetworkConfig
 
     @classmethod
-    def start(cls, name: str = "embedded", deploy: bool = True) -> EmbeddedChain:
-        """Boot py-evm, take eth-tester's funded accounts, deploy all contracts (deployer = accounts[0])."""
-        from cityid.chain.rpc import RpcClient
-
+    def start(cls, name: str = "embedded") -> EmbeddedChain:
+        """Boot py-evm and take eth-tester's funded accounts (no contracts: the server deploys them,
+        ``server.chain.registrar.start_embedded``)."""
         node = EmbeddedNode()
         accounts = [Account.from_key(k.to_bytes()) for k in node.tester.backend.account_keys]
         network = NetworkConfig(name=name, chain_id=node.chain_id, rpc_url=EmbeddedNode.url)
-        chain = cls(node=node, accounts=accounts, network=network)
-        if deploy:
-            from cityid.chain.registrar import deploy_all
-
-            chain.network = deploy_all(RpcClient(node), accounts[0], name=name, rpc_url=EmbeddedNode.url)
-        return chain
+        return cls(node=node, accounts=accounts, network=network)
 
     def client(self) -> Any:
         """A fresh :class:`~cityid.chain.rpc.RpcClient` (own round-trip counter) on this chain."""

@@ -1,8 +1,8 @@
-"""Typed chain errors (all subclasses of :class:`cityid.chainview.ChainError`)."""
+"""Typed chain errors (all subclasses of :class:`cityid.chain.view.ChainError`)."""
 
 from __future__ import annotations
 
-from cityid.chainview import ChainError, StaleChainDataError
+from cityid.chain.view import ChainError, StaleChainDataError
 
 __all__ = [
     "ChainConfigError",

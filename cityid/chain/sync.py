@@ -28,11 +28,11 @@ from pathlib import Path
 from cityid.chain.abi import Abi, DecodedEvent
 from cityid.chain.bindings import vct_hash
 from cityid.chain.errors import ChainConfigError, ChainError, MalformedReplyError, StaleChainDataError
+from cityid.chain.live import check_status_ref, trusted_now
 from cityid.chain.network import NetworkConfig, check_network, checksum
 from cityid.chain.resolver import BuiltDocument, DidEvent, address_of, build_document, did_event, p256_keys
 from cityid.chain.rpc import RpcClient, as_bytes, as_dict, as_int, as_list
-from cityid.chain.view import check_status_ref, trusted_now
-from cityid.chainview import CredentialStatus, StatusRef, VerificationFacts
+from cityid.chain.view import CredentialStatus, StatusRef, VerificationFacts
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ KEEP_CHECKPOINTS = 256
 
 
 class SyncCache:
-    """A :class:`cityid.chainview.ChainView` backed by a local SQLite replica of the registries."""
+    """A :class:`cityid.chain.view.ChainView` backed by a local SQLite replica of the registries."""
 
     def __init__(
         self,

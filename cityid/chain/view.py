@@ -1,90 +1,100 @@
-"""LiveChainView: every chain fact one verification needs in ONE JSON-RPC round trip (cold path).
+"""What a verifier needs from the chain, as one interface with a live and a cached implementation.
 
-One JSON-RPC batch (JSON-RPC 2.0 §6) carries two requests:
-1. ``eth_call`` of Multicall ``aggregate3``: block number + timestamp, the credential's status entry and
-   the issuer's accreditation for the vct — all evaluated at the same block;
-2. ``eth_getLogs`` of the DID registry for the issuer's and the holder's identities (ERC-1056 attributes
-   live only in events), replayed by :func:`~cityid.chain.resolver.build_document` like a did:ethr resolver.
+The credential verifier (``terminal.verifier``) depends only on :class:`ChainView`; the chain layer
+(``cityid.chain``) provides a live implementation (all reads in one JSON-RPC round trip) and the kiosk sync
+cache (zero round trips when warm, with a staleness bound after which it fails closed).
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
+import re
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Protocol
 
-from cityid.chain.bindings import Multicall, StatusRegistry, TrustedIssuers
-from cityid.chain.errors import ChainError
-from cityid.chain.network import NetworkConfig, check_network, checksum
-from cityid.chain.resolver import address_of, build_document, did_logs_filter, history_from_logs, p256_keys
-from cityid.chain.rpc import RpcClient
-from cityid.chainview import CredentialStatus, StatusRef, VerificationFacts
+from cityid.errors import CityIdError
 
 
-class StatusListMismatchError(ChainError):
-    """The credential's status list is not the configured registry on this chain (fail closed)."""
+class ChainError(CityIdError):
+    """A chain read or write failed (node unreachable, timeout, JSON-RPC error, malformed reply, revert)."""
 
 
-def check_status_ref(network: NetworkConfig, ref: StatusRef) -> None:
-    """The status uri must name this network's chain id and status registry."""
-    registry = network.address("status_registry")
-    if ref.chain_id != network.chain_id or checksum(ref.registry) != registry:
-        raise StatusListMismatchError(
-            f"status list {ref.uri} is not the status registry eip155:{network.chain_id}:{registry}"
-        )
+class StaleChainDataError(ChainError):
+    """Cached chain data is older than the configured bound: the verifier must not say "valid"."""
+
+    def __init__(self, age_seconds: float, bound_seconds: float) -> None:
+        self.age_seconds = age_seconds
+        self.bound_seconds = bound_seconds
+        super().__init__(f"chain data is {age_seconds:.0f}s old (bound {bound_seconds:.0f}s)")
 
 
-def trusted_now(valid_from: int, valid_until: int, revoked: bool, now: float) -> bool:
-    """Accreditation rule of CityTrustedIssuers.isTrusted, evaluated at ``now``."""
-    return not revoked and valid_from <= now < valid_until
+class CredentialStatus(IntEnum):
+    """Status values of a status-list entry (2 bits; Token Status List values 0/1/2)."""
+
+    VALID = 0
+    REVOKED = 1
+    SUSPENDED = 2
 
 
-class LiveChainView:
-    """:class:`cityid.chainview.ChainView` reading the node directly (1 round trip per verification)."""
+_STATUS_URI = re.compile(r"^eip155:(?P<chain>[0-9]+):(?P<registry>0x[0-9a-fA-F]{40})/(?P<list>[0-9]+)$")
 
-    def __init__(
-        self, client: RpcClient, network: NetworkConfig, clock: Callable[[], float] = time.time
-    ) -> None:
-        self.client = client
-        self.network = network.require_complete()
-        self.clock = clock
-        self.multicall = Multicall(client, network.address("multicall"))
-        self.status = StatusRegistry(client, network.address("status_registry"))
-        self.issuers = TrustedIssuers(client, network.address("trusted_issuers"))
 
-    def check(self) -> int:
-        """Confirm the node serves this network (chain id, contract code); call once at start-up."""
-        return check_network(self.client, self.network)
+@dataclass(frozen=True, slots=True)
+class StatusRef:
+    """Where a credential's status lives: registry contract, issuer-owned list, index.
+
+    In the credential: ``"status": {"status_list": {"idx": i, "uri": "eip155:<chain>:<registry>/<list>"}}``
+    (the CAIP-10 account of the registry plus the list id; see docs/credential-format.md).
+    """
+
+    chain_id: int
+    registry: str
+    list_id: int
+    index: int
+
+    @property
+    def uri(self) -> str:
+        return f"eip155:{self.chain_id}:{self.registry}/{self.list_id}"
+
+    def to_claim(self) -> dict:
+        return {"status_list": {"idx": self.index, "uri": self.uri}}
+
+    @classmethod
+    def from_claim(cls, claim: object) -> StatusRef:
+        """Parse the ``status`` claim; raise ``ValueError`` when it is not ours."""
+        if not isinstance(claim, dict) or not isinstance(claim.get("status_list"), dict):
+            raise ValueError("status claim must hold a status_list object")
+        sl = claim["status_list"]
+        idx, uri = sl.get("idx"), sl.get("uri")
+        if not isinstance(idx, int) or isinstance(idx, bool) or idx < 0 or not isinstance(uri, str):
+            raise ValueError("status_list needs a non-negative integer idx and a uri")
+        m = _STATUS_URI.match(uri)
+        if not m:
+            raise ValueError(f"unsupported status list uri {uri!r}")
+        return cls(int(m["chain"]), m["registry"], int(m["list"]), idx)
+
+
+@dataclass(frozen=True, slots=True)
+class VerificationFacts:
+    """All chain facts one presentation verification needs.
+
+    Keys are uncompressed SEC1 P-256 points (65 bytes, ``04 || x || y``).
+    """
+
+    issuer_keys: tuple[bytes, ...]  # active assertion/verification keys of the issuer DID
+    issuer_trusted: bool  # issuer accredited for this vct now
+    holder_keys: tuple[bytes, ...]  # active keys of the citizen DID (card key, FIDO keys)
+    status: CredentialStatus
+    block_number: int  # the block these facts were read at (or synced to)
+    synced_at: float  # unix time the facts were known to be current
+    round_trips: int = 0  # JSON-RPC round trips spent producing them
+
+
+class ChainView(Protocol):
+    """Read side of the chain used by the verifier."""
 
     def verification_facts(
         self, issuer_did: str, holder_did: str, vct: str, status: StatusRef
     ) -> VerificationFacts:
-        check_status_ref(self.network, status)
-        issuer = address_of(self.network, issuer_did)
-        holder = address_of(self.network, holder_did)
-        calls = [self.status.status_call(status.list_id, status.index),
-                 self.issuers.accreditation_call(issuer, vct)]
-        before = self.client.round_trips
-        raw_call, raw_logs = self.client.batch([
-            self.multicall.aggregate_request(calls),
-            ("eth_getLogs", [did_logs_filter(self.network, [issuer, holder])]),
-        ])
-        block, _ts, (status_out, accreditation) = self.multicall.decode_aggregate(raw_call, calls)
-        now = self.clock()
-        value = int(status_out[0])
-        if value > CredentialStatus.SUSPENDED:
-            raise ChainError(f"status entry has the reserved value {value}")
-        keys = {}
-        for did, address in ((issuer_did, issuer), (holder_did, holder)):
-            history = history_from_logs(raw_logs, address)
-            built = build_document(did, address, history, self.network.chain_id, int(now))
-            keys[did] = () if built.deactivated else p256_keys(built.document)
-        valid_from, valid_until, revoked = accreditation
-        return VerificationFacts(
-            issuer_keys=keys[issuer_did],
-            issuer_trusted=trusted_now(int(valid_from), int(valid_until), bool(revoked), now),
-            holder_keys=keys[holder_did],
-            status=CredentialStatus(value),
-            block_number=block,
-            synced_at=now,
-            round_trips=self.client.round_trips - before,
-        )
+        """Return the facts, or raise :class:`ChainError` / :class:`StaleChainDataError`."""
+        ...

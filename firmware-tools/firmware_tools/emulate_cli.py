@@ -5,35 +5,13 @@ from __future__ import annotations
 import argparse
 import fcntl
 import os
-import signal
 import sys
 import threading
 from pathlib import Path
 
-from cityid.cli_util import progress
+from cityid.cli_util import progress, stop_signals
 from cityid.errors import CityIdError
-
-
-def default_state_path(name: str = "citizen-card.json") -> Path:
-    """``$XDG_STATE_HOME/cityid/<name>`` (``~/.local/state/cityid/<name>`` when unset)."""
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "cityid" / name
-
-
-def parse_hostport(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` (or ``PORT``) → (host, port), with a clear error."""
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        host, port = "127.0.0.1", text
-    try:
-        number = int(port)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"bad port in {text!r} (expected HOST:PORT)") from None
-    if not 0 < number < 65536:
-        raise argparse.ArgumentTypeError(f"port {number} out of range")
-    if host.startswith("[") and host.endswith("]"):  # [IPv6]:port
-        host = host[1:-1]
-    return host or "127.0.0.1", number
+from firmware_tools.options import default_state_path, parse_hostport
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -79,8 +57,13 @@ def _lock_state(state: Path) -> int:
 
 
 def run_citizen(args: argparse.Namespace) -> int:
-    from firmware_tools.card.citizen_card import fido_state_for, make_citizen_card
-    from firmware_tools.card.transport import VpcdCard
+    with stop_signals() as stop:  # installed first: a signal during start-up still stops cleanly
+        return _run_citizen(args, stop)
+
+
+def _run_citizen(args: argparse.Namespace, stop: threading.Event) -> int:
+    from emulators.card.citizen_card import fido_state_for, make_citizen_card
+    from emulators.card.transport import VpcdCard
 
     state: Path = args.state or default_state_path()
     fido_state: Path | None = args.fido_state
@@ -91,13 +74,6 @@ def run_citizen(args: argparse.Namespace) -> int:
     host, port = args.vpcd
     reader = f"Virtual PCD 00 {port - 35963:02d}" if 35963 <= port < 35963 + 100 else "(vpcd)"
     vpcd = VpcdCard(card, host, port)
-
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: object) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
     print(f"ATR:    {card.atr.hex(' ').upper()}")
     print(f"reader: {reader} (vpcd {host}:{port})")
     print(f"state:  {state}")
@@ -106,20 +82,17 @@ def run_citizen(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     vpcd.start()
     try:
-        if not vpcd.wait_connected(3.0):
+        if not vpcd.wait_connected(3.0) and not stop.is_set():
             progress(f"waiting for pcscd's vpcd on {host}:{port} (is pcscd running?)")
         announced = False
-        while True:
+        while not stop.is_set():
             if vpcd.connected.is_set() and not announced:
                 progress("card inserted; Ctrl-C removes it")
                 announced = True
             elif not vpcd.connected.is_set() and announced:
                 progress("pcscd went away; waiting for it to come back")
                 announced = False
-            if stop.wait(0.2):
-                break
-    except KeyboardInterrupt:
-        pass
+            stop.wait(0.2)
     finally:
         vpcd.stop()
         os.close(lock)

@@ -14,19 +14,17 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import signal
 import sys
 import threading
 from pathlib import Path
 from typing import Any
 
-from cityid.cli_util import progress
+from cityid.cli_util import progress, stop_signals
 from cityid.errors import CityIdError
+from firmware_tools.options import default_state_path, parse_hostport
 
 
 def _default_state() -> Path:
-    from firmware_tools.emulate_cli import default_state_path
-
     return default_state_path("fido-key.json")
 
 
@@ -35,8 +33,6 @@ def _default_state() -> Path:
 
 def add_fido_emulate(kinds: argparse._SubParsersAction) -> None:
     """Add ``fido`` to the ``cardtool emulate`` sub-commands (called by emulate_cli.register)."""
-    from firmware_tools.emulate_cli import parse_hostport
-
     p = kinds.add_parser(
         "fido",
         help="a stand-alone FIDO2 security key (CTAP 2.1 over PC/SC)",
@@ -62,9 +58,14 @@ def add_fido_emulate(kinds: argparse._SubParsersAction) -> None:
 
 
 def run_emulate_fido(args: argparse.Namespace) -> int:
-    from firmware_tools.card.transport import VpcdCard
-    from firmware_tools.fido.card import make_fido_card
-    from firmware_tools.fido.presence import UserPresence
+    with stop_signals() as stop:  # installed first: a signal during start-up still stops cleanly
+        return _run_emulate_fido(args, stop)
+
+
+def _run_emulate_fido(args: argparse.Namespace, stop: threading.Event) -> int:
+    from emulators.card.transport import VpcdCard
+    from emulators.fido.card import make_fido_card
+    from emulators.fido.presence import UserPresence
 
     if args.touch_delay < 0:
         raise ValueError("--touch-delay must not be negative")
@@ -72,8 +73,6 @@ def run_emulate_fido(args: argparse.Namespace) -> int:
     card, applet = make_fido_card(state, UserPresence(args.touch, args.touch_delay))
     host, port = args.vpcd
     vpcd = VpcdCard(card, host, port)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda _s, _f: stop.set())
     print(f"ATR:    {card.atr.hex(' ').upper()}")
     print(f"AAGUID: {applet.authenticator.state.aaguid.hex()}")
     print(f"vpcd:   {host}:{port}")
@@ -81,15 +80,13 @@ def run_emulate_fido(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     vpcd.start()
     try:
-        if not vpcd.wait_connected(3.0):
+        if not vpcd.wait_connected(3.0) and not stop.is_set():
             progress(f"waiting for pcscd's vpcd on {host}:{port} (is pcscd running?)")
         announced = False
         while not stop.wait(0.2):
             if vpcd.connected.is_set() != announced:
                 announced = vpcd.connected.is_set()
                 progress("key inserted; Ctrl-C removes it" if announced else "pcscd went away; waiting")
-    except KeyboardInterrupt:
-        pass
     finally:
         vpcd.stop()
         progress("key removed")
@@ -249,8 +246,8 @@ def cmd_reset(args: argparse.Namespace) -> int:
 
 
 def cmd_attestation_root(args: argparse.Namespace) -> int:
-    from firmware_tools.card.store import CardStore
-    from firmware_tools.fido.attestation import export_root
+    from emulators.card.store import CardStore
+    from emulators.fido.attestation import export_root
 
     state: Path = args.state or _default_state()
     if not state.exists():

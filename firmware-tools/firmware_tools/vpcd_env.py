@@ -25,11 +25,11 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from emulators.card.os import VirtualCard
+from emulators.card.transport import DEFAULT_VPCD_PORT, VpcdCard
 from smartcard import scard
 
 from cityid.errors import CityIdError
-from firmware_tools.card.os import VirtualCard
-from firmware_tools.card.transport import DEFAULT_VPCD_PORT, VpcdCard
 
 VPCD_DRIVER = Path("/usr/lib/pcsc/drivers/serial/libifdvpcd.so")
 #: vpcd's two readers: TCP port -> the reader name pcscd gives it.

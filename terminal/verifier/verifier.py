@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cityid.chainview import ChainError, ChainView, CredentialStatus, StaleChainDataError, StatusRef
+from cityid.chain.view import ChainError, ChainView, CredentialStatus, StaleChainDataError, StatusRef
 from cityid.credential import SD_JWT_VC_TYP, VCT, WEBAUTHN_KB_TYP, assertion_challenge
 from cityid.jose import (
     JoseError,

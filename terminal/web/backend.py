@@ -1,8 +1,8 @@
 """The small interface the web layer needs from the terminal below it.
 
 The web app (``terminal.web``) depends only on these protocols and value types. ``terminal.web.stack`` wires
-them to the real card layer, flows, verifier and city-server client; ``terminal.web.fake`` is an in-memory
-stand-in used for layout work and unit tests of the web layer.
+them to the real card layer, flows, verifier and city-server client; ``tests.doubles.fake_backends`` is an
+in-memory stand-in used for layout work and unit tests of the web layer.
 
 Errors are the shared typed errors (:mod:`cityid.errors`): ``InvalidPinError(attempts_remaining)``,
 ``PinBlockedError``, ``CardRemovedError``; anything else deriving from ``CityIdError`` is shown as a

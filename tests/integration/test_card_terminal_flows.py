@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from firmware_tools.card.citizen_card import make_citizen_card
-from firmware_tools.card.transport import InProcessConnection, TearPoint
+from emulators.card.citizen_card import make_citizen_card
+from emulators.card.transport import InProcessConnection, TearPoint
 
 from cityid.errors import CardRemovedError, InvalidPinError, PinBlockedError
 from cityid.iso7816 import INS

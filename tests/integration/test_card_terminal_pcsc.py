@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 
 import pytest
-from firmware_tools.card.os import Applet, VirtualCard
+from emulators.card.os import Applet, VirtualCard
 
 from cityid.apdu import ApduFormat, CommandApdu, ResponseApdu, SmartCardProtocol
 from cityid.errors import ApduError, CardRemovedError, NoCardError, NoReaderError

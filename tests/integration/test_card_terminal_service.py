@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from firmware_tools.card.citizen_card import make_citizen_card
+from emulators.card.citizen_card import make_citizen_card
 
 from cityid.errors import PcscUnavailableError
 from terminal.pcsc.connection import list_readers, open_connection

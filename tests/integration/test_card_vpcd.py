@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-from firmware_tools.card.citizen_card import CITIZEN_ATR
-from firmware_tools.card.os import Applet, VirtualCard
-from firmware_tools.card.transport import TearPoint
+from emulators.card.citizen_card import CITIZEN_ATR
+from emulators.card.os import Applet, VirtualCard
+from emulators.card.transport import TearPoint
 from smartcard.System import readers
 
 from cityid.apdu import CommandApdu, ResponseApdu, SmartCardProtocol

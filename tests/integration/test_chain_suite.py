@@ -19,11 +19,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from cityid.chain.bindings import name32
 from cityid.chain.errors import StaleChainDataError, TransactionRevertedError
-from cityid.chain.registrar import Registrar
+from cityid.chain.live import LiveChainView
 from cityid.chain.resolver import NULL_ADDRESS, DIDResolver, address_of, identity_from_public_hash, p256_keys
 from cityid.chain.sync import SyncCache
-from cityid.chain.view import LiveChainView
-from cityid.chainview import CredentialStatus
+from cityid.chain.view import CredentialStatus
+from server.chain.registrar import Registrar
 
 pytestmark = pytest.mark.integration
 
@@ -269,10 +269,10 @@ def test_standard_resolver_gives_the_same_documents(chain_env, city, rpc_url):
 @pytest.mark.anvil
 def test_cli_deploy_to_a_real_node(anvil_url, tmp_path, monkeypatch, capsys):
     """``city-server chain deploy --rpc URL`` with the key from the environment writes a usable config."""
-    from cityid.chain.devnode import anvil_accounts
     from cityid.chain.network import NetworkConfig
     from cityid.chain.rpc import HttpTransport, RpcClient
     from server.cli import main as city_server
+    from tests.fixtures.anvil_node import anvil_accounts
 
     deployer = anvil_accounts(10)[9]
     monkeypatch.setenv("CITY_CHAIN_PRIVATE_KEY", "0x" + deployer.key.hex().removeprefix("0x"))

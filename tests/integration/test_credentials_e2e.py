@@ -10,9 +10,9 @@ from jwcrypto.jwk import JWK
 from sd_jwt.verifier import SDJWTVerifier
 
 from cityid import jose
+from cityid.chain.live import LiveChainView
 from cityid.chain.sync import SyncCache
-from cityid.chain.view import LiveChainView
-from cityid.chainview import CredentialStatus
+from cityid.chain.view import CredentialStatus
 from terminal.flows.kiosk import KioskVerification, service
 from terminal.pcsc.connection import open_connection
 from terminal.sessions.citizen import CitizenSession

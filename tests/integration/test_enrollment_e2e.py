@@ -13,13 +13,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from firmware_tools.card.transport import TearPoint
+from emulators.card.transport import TearPoint
 from sd_jwt.verifier import SDJWTVerifier
 from sqlalchemy import select
 from werkzeug.serving import make_server
 
-from cityid.chain.view import LiveChainView
-from cityid.chainview import CredentialStatus
+from cityid.chain.live import LiveChainView
+from cityid.chain.view import CredentialStatus
 from cityid.iso7816 import INS as PIV_INS
 from server.models import Credential
 from server.service import serial_hash

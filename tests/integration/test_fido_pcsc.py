@@ -12,16 +12,16 @@ import json
 import queue
 
 import pytest
+from emulators.card.store import CardStore
+from emulators.card.transport import TearPoint
+from emulators.fido.attestation import export_root
+from emulators.fido.card import make_fido_card
+from emulators.fido.hid import VirtualHidDevice
 from fido2.client import Fido2Client, UserInteraction
 from fido2.ctap2 import Ctap2
 from fido2.hid import CtapHidDevice
 from fido2.server import Fido2Server
 from fido2.webauthn import AttestedCredentialData
-from firmware_tools.card.store import CardStore
-from firmware_tools.card.transport import TearPoint
-from firmware_tools.fido.attestation import export_root
-from firmware_tools.fido.card import make_fido_card
-from firmware_tools.fido.hid import VirtualHidDevice
 
 from cityid.apdu import ApduFormat
 from cityid.errors import CardError
@@ -251,7 +251,7 @@ def test_tear_in_a_chained_make_credential(fido_key, chunk, point, created) -> N
 
 
 def test_citizen_card_with_fido_applet(vpcd_card_factory, tmp_path) -> None:
-    from firmware_tools.card.citizen_card import make_citizen_card
+    from emulators.card.citizen_card import make_citizen_card
 
     state = tmp_path / "citizen.json"
     handle = vpcd_card_factory(lambda: make_citizen_card(state, with_fido=True), state)
@@ -343,8 +343,8 @@ def test_cardtool_fido_commands(fido_key, monkeypatch, capsys, tmp_path) -> None
 
 
 def test_status_updates_and_cancel_through_pcscd(vpcd_card_factory, tmp_path) -> None:
+    from emulators.fido.presence import UserPresence
     from fido2.ctap import CtapError
-    from firmware_tools.fido.presence import UserPresence
 
     state = tmp_path / "slow-key.json"
     up = UserPresence(delay=0.3)

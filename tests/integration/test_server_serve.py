@@ -14,7 +14,7 @@ import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from cityid.chainview import ChainError, StatusRef
+from cityid.chain.view import ChainError, StatusRef
 from terminal.server_client import ServerClient
 from tests.unit.server_support import CLAIMS
 
@@ -93,7 +93,7 @@ def test_network_config_path_on_anvil(anvil_chain, tmp_path):
     """The production path: chain = a NetworkConfig file, registrar key from the environment."""
     from cryptography.hazmat.primitives import serialization as ser
 
-    from cityid.chain.view import LiveChainView
+    from cityid.chain.live import LiveChainView
     from server.app import create_app
     from server.config import load_config
     from tests.unit.server_support import FlaskTransport

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from firmware_tools import demo
-from firmware_tools.card.citizen_card import make_citizen_card
+from citydemo import demo
+from emulators.card.citizen_card import make_citizen_card
 
 from cityid.errors import CityIdError
 from tests.integration.ui_support import Slot, World, serving, type_pin, visible_text
@@ -126,7 +126,7 @@ def _login(page: Any, url: str) -> None:
 def test_counter_unblock_register_key_and_revoke(
     world: World, slot: Slot, page: Any, tmp_path: Path, screenshot: Any, vpcd_card_factory: Any
 ) -> None:
-    from firmware_tools.fido.card import make_fido_card
+    from emulators.fido.card import make_fido_card
 
     from terminal.pcsc.connection import PcscConnection
     from terminal.sessions.piv import PivSession

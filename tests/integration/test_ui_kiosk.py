@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from firmware_tools import demo
+from citydemo import demo
 
 from tests.integration.ui_support import Slot, World, citizen, serving, type_pin, visible_text
 

@@ -13,14 +13,14 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from firmware_tools.card.citizen_card import make_citizen_card
-from firmware_tools.card.transport import InProcessConnection
+from emulators.card.citizen_card import make_citizen_card
+from emulators.card.transport import InProcessConnection
 from werkzeug.serving import make_server
 
-from cityid.chain.registrar import Registrar
-from cityid.chain.view import LiveChainView
+from cityid.chain.live import LiveChainView
 from server.app import create_app as create_server_app
-from server.chain import RegistrarGateway
+from server.chain.gateway import RegistrarGateway
+from server.chain.registrar import Registrar
 from server.config import ServerConfig
 from server.db import Database
 from server.keys import KeystoreSigner

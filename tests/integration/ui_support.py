@@ -11,9 +11,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from firmware_tools import demo
-from firmware_tools.card.citizen_card import make_citizen_card
-from firmware_tools.card.transport import VpcdCard
+from citydemo import demo
+from emulators.card.citizen_card import make_citizen_card
+from emulators.card.transport import VpcdCard
 
 from terminal.config import Mode
 from terminal.flows.kiosk import SERVICES
@@ -42,7 +42,7 @@ class World:
         """A factory for a private copy of the citizen's enrolled card (its PIN counter is the test's own)."""
         path = folder / f"{citizen}.json"
         if citizen in self.env.keys:
-            from firmware_tools.fido.card import make_fido_card
+            from emulators.fido.card import make_fido_card
 
             shutil.copyfile(self.env.keys[citizen], path)
             return lambda: make_fido_card(path)[0]

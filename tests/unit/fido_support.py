@@ -7,12 +7,12 @@ from collections.abc import Callable
 from threading import Event
 from typing import Any
 
+from emulators.card.store import CardStore
+from emulators.fido.authenticator import Authenticator
+from emulators.fido.presence import UserPresence
 from fido2.ctap import CtapDevice, CtapError
 from fido2.ctap2 import Ctap2
 from fido2.hid import CAPABILITY, CTAPHID
-from firmware_tools.card.store import CardStore
-from firmware_tools.fido.authenticator import Authenticator
-from firmware_tools.fido.presence import UserPresence
 
 RP = {"id": "busan.go.kr", "name": "Busan"}
 ES256 = [{"type": "public-key", "alg": -7}]

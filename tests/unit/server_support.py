@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from cityid.chainview import ChainError, CredentialStatus
+from cityid.chain.view import ChainError, CredentialStatus
 
 
 @dataclass
 class MemoryChain:
-    """A :class:`server.chain.ChainGateway` in memory; ``fail_next`` makes the next write raise."""
+    """A :class:`server.chain.gateway.ChainGateway` in memory; ``fail_next`` makes the next write raise."""
 
     chain_id: int = 31337
     status_registry: str = "0x" + "11" * 20
@@ -106,7 +106,7 @@ class ServerRig:
     """An app on a database with a MemoryChain, a registered terminal and a client for it."""
 
     app: object
-    chain: object  # MemoryChain or server.chain.RegistrarGateway
+    chain: object  # MemoryChain or server.chain.gateway.RegistrarGateway
     client: object
     transport: FlaskTransport
     signer: object
@@ -153,7 +153,7 @@ def memory_chain_view(chain: MemoryChain):  # type: ignore[no-untyped-def]
     """A ChainView reading the MemoryChain (what a kiosk would see on that chain)."""
     import time
 
-    from cityid.chainview import VerificationFacts
+    from cityid.chain.view import VerificationFacts
 
     class _View:
         def verification_facts(self, issuer_did, holder_did, vct, status):  # type: ignore[no-untyped-def]
@@ -172,8 +172,8 @@ def memory_chain_view(chain: MemoryChain):  # type: ignore[no-untyped-def]
 
 def registrar_gateway(network, client, account, list_id: int = 1):  # type: ignore[no-untyped-def]
     """A real chain gateway (embedded or anvil) with its status list created."""
-    from cityid.chain.registrar import Registrar
-    from server.chain import RegistrarGateway
+    from server.chain.gateway import RegistrarGateway
+    from server.chain.registrar import Registrar
 
     gateway = RegistrarGateway(Registrar(network, client, account))
     gateway.ensure_status_list(list_id)

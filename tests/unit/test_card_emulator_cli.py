@@ -8,10 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from firmware_tools.card.citizen_card import fido_state_for, load_fido_applet, make_citizen_card
-from firmware_tools.card.transport import InProcessConnection
+from emulators.card.citizen_card import fido_state_for, load_fido_applet, make_citizen_card
+from emulators.card.transport import InProcessConnection
 from firmware_tools.cli import main
-from firmware_tools.emulate_cli import _lock_state, default_state_path, parse_hostport
+from firmware_tools.emulate_cli import _lock_state
+from firmware_tools.options import default_state_path, parse_hostport
 
 from cityid.errors import CityIdError
 
@@ -42,7 +43,7 @@ def test_with_fido_adds_the_ctap_applet(tmp_path: Path) -> None:
 
 
 def test_missing_fido_applet_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "firmware_tools.fido.applet", None)
+    monkeypatch.setitem(sys.modules, "emulators.fido.applet", None)
     with pytest.raises(CityIdError, match="FIDO applet is not available"):
         load_fido_applet(None)
 

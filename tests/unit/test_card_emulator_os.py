@@ -4,9 +4,9 @@ chaining, and the promise that no byte string makes it crash or answer anything 
 from __future__ import annotations
 
 import pytest
-from firmware_tools.card.citizen_card import CITIZEN_ATR, build_atr
-from firmware_tools.card.os import Applet, VirtualCard
-from firmware_tools.card.transport import InProcessConnection
+from emulators.card.citizen_card import CITIZEN_ATR, build_atr
+from emulators.card.os import Applet, VirtualCard
+from emulators.card.transport import InProcessConnection
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

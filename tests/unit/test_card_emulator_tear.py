@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from firmware_tools.card.store import CardStore, CardStoreError
+from emulators.card.store import CardStore, CardStoreError
 
 from cityid.citizen import Ins
 from cityid.piv import Algorithm, Slot, pad_pin
@@ -186,7 +186,7 @@ def test_failed_write_answers_memory_failure_and_keeps_state(tmp_path: Path) -> 
 
 WRITER = """
 import sys
-from firmware_tools.card.store import CardStore
+from emulators.card.store import CardStore
 store = CardStore(sys.argv[1])
 i = store.section("a").get("i", 0)
 print("ready", flush=True)

@@ -7,9 +7,9 @@ import socket
 from collections.abc import Iterator
 
 import pytest
-from firmware_tools.card.citizen_card import CITIZEN_ATR
-from firmware_tools.card.os import Applet, VirtualCard
-from firmware_tools.card.transport import TearPoint, VpcdCard
+from emulators.card.citizen_card import CITIZEN_ATR
+from emulators.card.os import Applet, VirtualCard
+from emulators.card.transport import TearPoint, VpcdCard
 
 from cityid.apdu import CommandApdu, ResponseApdu
 

@@ -11,8 +11,8 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from firmware_tools.card.citizen_card import make_citizen_card
-from firmware_tools.card.transport import InProcessConnection
+from emulators.card.citizen_card import make_citizen_card
+from emulators.card.transport import InProcessConnection
 
 from cityid.errors import (
     ApduError,

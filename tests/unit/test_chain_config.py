@@ -7,9 +7,9 @@ import json
 import pytest
 
 from cityid.chain.abi import CONTRACT_NAMES, load_artifact
-from cityid.chain.accounts import create_keystore, load_account
 from cityid.chain.errors import ChainConfigError
 from cityid.chain.network import NetworkConfig
+from server.chain.accounts import create_keystore, load_account
 from server.chain_cli import ARTIFACTS, compile_contracts
 from server.cli import main as city_server
 

@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from cityid.chain.bindings import name32
 from cityid.chain.errors import TransactionRevertedError
 from cityid.chain.merkle import build_tree, compute_root
-from cityid.chain.registrar import CITIZEN_KEY_ATTR, Registrar, check_p256_point
 from cityid.chain.resolver import identity_from_public_hash
-from cityid.chainview import CredentialStatus
+from cityid.chain.view import CredentialStatus
+from server.chain.registrar import CITIZEN_KEY_ATTR, Registrar, check_p256_point
 
 
 def p256() -> bytes:

@@ -22,12 +22,12 @@ from cityid.chain.errors import (
     StaleChainDataError,
     TransactionRevertedError,
 )
-from cityid.chain.registrar import Registrar
+from cityid.chain.live import LiveChainView
 from cityid.chain.resolver import identity_from_public_hash
 from cityid.chain.rpc import HttpTransport, RpcClient
 from cityid.chain.sync import SyncCache
-from cityid.chain.view import LiveChainView
-from cityid.chainview import ChainError, CredentialStatus
+from cityid.chain.view import ChainError, CredentialStatus
+from server.chain.registrar import Registrar
 
 VCT = "urn:busan:citizen:1"
 

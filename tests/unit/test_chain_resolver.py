@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from cityid.chain.bindings import name32
 from cityid.chain.errors import StaleChainDataError
-from cityid.chain.registrar import Registrar
+from cityid.chain.live import LiveChainView, StatusListMismatchError
 from cityid.chain.resolver import (
     DidEvent,
     DIDResolver,
@@ -24,8 +24,8 @@ from cityid.chain.resolver import (
     parse_did,
 )
 from cityid.chain.sync import SyncCache
-from cityid.chain.view import LiveChainView, StatusListMismatchError
-from cityid.chainview import CredentialStatus, StatusRef
+from cityid.chain.view import CredentialStatus, StatusRef
+from server.chain.registrar import Registrar
 
 VCT = "urn:busan:citizen:1"
 

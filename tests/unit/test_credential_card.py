@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from firmware_tools.card.citizen_card import make_citizen_card
-from firmware_tools.card.transport import InProcessConnection
+from emulators.card.citizen_card import make_citizen_card
+from emulators.card.transport import InProcessConnection
 from jwcrypto.jwk import JWK
 from sd_jwt.verifier import SDJWTVerifier
 

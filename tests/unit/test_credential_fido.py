@@ -5,10 +5,10 @@ verify in the same Verifier as card presentations."""
 from __future__ import annotations
 
 import pytest
+from emulators.card.transport import InProcessConnection
+from emulators.fido.attestation import export_root
+from emulators.fido.card import make_fido_card
 from fido2.webauthn import CollectedClientData
-from firmware_tools.card.transport import InProcessConnection
-from firmware_tools.fido.attestation import export_root
-from firmware_tools.fido.card import make_fido_card
 
 from cityid.citizen import CredentialRecord
 from cityid.credential import VCT, CredentialError, LocalSigner, fido_presentation, issue
@@ -17,7 +17,6 @@ from terminal.fido.errors import FidoInvalidPinError
 from terminal.fido.session import FidoSession, FidoVerifier, Registration
 from terminal.flows.kiosk import FidoPresenter, KioskVerification, service
 from terminal.verifier import CheckName, NonceStore, Verifier
-from terminal.verifier.static import StaticChainView
 from tests.credkit import (
     AUDIENCE,
     CITIZEN,
@@ -28,6 +27,7 @@ from tests.credkit import (
     NOW,
     STATUS,
 )
+from tests.doubles.static_view import StaticChainView
 
 pytestmark = pytest.mark.filterwarnings("ignore:Deprecated use of webauthn_json_mapping")
 

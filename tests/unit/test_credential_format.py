@@ -14,7 +14,7 @@ from jwcrypto.jwk import JWK
 from sd_jwt.verifier import SDJWTVerifier
 
 from cityid import jose, sdjwt
-from cityid.chainview import StatusRef
+from cityid.chain.view import StatusRef
 from cityid.citizen import CredentialRecord
 from cityid.credential import (
     CLAIM_NAMES,

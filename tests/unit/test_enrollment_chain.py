@@ -4,11 +4,11 @@ the emulated card in-process; then revocation, suspension and a lost card as the
 from __future__ import annotations
 
 import pytest
-from firmware_tools.card.citizen_card import make_citizen_card
-from firmware_tools.card.transport import InProcessConnection
+from emulators.card.citizen_card import make_citizen_card
+from emulators.card.transport import InProcessConnection
 
-from cityid.chain.embedded import EmbeddedChain
-from cityid.chain.view import LiveChainView
+from cityid.chain.live import LiveChainView
+from server.chain.registrar import start_embedded
 from terminal.flows.counter import CitizenRequest, CounterEnrollment
 from terminal.flows.kiosk import KioskVerification, service
 from terminal.sessions.citizen import CitizenSession
@@ -27,7 +27,7 @@ def _request(n: int) -> CitizenRequest:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    chain = EmbeddedChain.start()
+    chain = start_embedded()
     gateway = registrar_gateway(chain.network, chain.client(), chain.accounts[0])
     rig = make_rig(f"sqlite:///{tmp_path_factory.mktemp('srv')}/server.db", chain=gateway)
     view = LiveChainView(chain.client(), chain.network)

@@ -4,11 +4,11 @@ happy path, then a card pulled after every single APDU of the flow and a success
 from __future__ import annotations
 
 import pytest
-from firmware_tools.card.citizen_card import make_citizen_card
-from firmware_tools.card.transport import InProcessConnection
+from emulators.card.citizen_card import make_citizen_card
+from emulators.card.transport import InProcessConnection
 from sqlalchemy import select
 
-from cityid.chainview import CredentialStatus
+from cityid.chain.view import CredentialStatus
 from cityid.errors import CardRemovedError
 from cityid.piv import Slot
 from server.models import Credential

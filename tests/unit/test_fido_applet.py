@@ -5,11 +5,11 @@ from __future__ import annotations
 import threading
 
 import pytest
+from emulators.card.transport import InProcessConnection
+from emulators.fido.card import FIDO_ATR, make_fido_card
+from emulators.fido.presence import UserPresence
 from fido2.ctap import CtapError
 from fido2.ctap2 import Ctap2
-from firmware_tools.card.transport import InProcessConnection
-from firmware_tools.fido.card import FIDO_ATR, make_fido_card
-from firmware_tools.fido.presence import UserPresence
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -112,7 +112,7 @@ def test_power_cycle_clears_pin_blocking(card) -> None:
 
 
 def test_a_card_without_fido_is_not_a_key() -> None:
-    from firmware_tools.card.os import VirtualCard
+    from emulators.card.os import VirtualCard
 
     conn = InProcessConnection(VirtualCard([], FIDO_ATR))
     with pytest.raises(NotFidoError):

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from emulators.fido.authenticator import MAX_MSG_SIZE
+from emulators.fido.ctap import decode_cbor
 from fido2 import cbor
 from fido2.ctap import CtapError
-from firmware_tools.fido.authenticator import MAX_MSG_SIZE
-from firmware_tools.fido.ctap import decode_cbor
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

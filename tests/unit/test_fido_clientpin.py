@@ -5,9 +5,9 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+from emulators.fido.clientpin import MAX_PIN_RETRIES
 from fido2.ctap import CtapError
 from fido2.ctap2.pin import ClientPin, PinProtocolV1, PinProtocolV2
-from firmware_tools.fido.clientpin import MAX_PIN_RETRIES
 
 from tests.unit.fido_support import ES256, RP, cdh, ctap_for, make_auth, user
 
@@ -198,7 +198,7 @@ def test_pin_policy_and_malformed_pin_messages(protocol) -> None:
 
 
 def test_the_stored_pin_is_not_the_pin_or_its_ctap_hash(tmp_path) -> None:
-    from firmware_tools.card.store import CardStore
+    from emulators.card.store import CardStore
 
     path = tmp_path / "k.json"
     auth = make_auth(CardStore(path))

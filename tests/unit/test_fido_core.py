@@ -7,15 +7,15 @@ import json
 
 import pytest
 from cryptography import x509
+from emulators.card.store import CardStore
+from emulators.fido.attestation import OID_FIDO_AAGUID, export_root
+from emulators.fido.presence import UserPresence
 from fido2.attestation import AttestationVerifier
 from fido2.attestation.base import UntrustedAttestation
 from fido2.cose import CoseKey
 from fido2.ctap import CtapError
 from fido2.ctap2.pin import ClientPin, PinProtocolV2
 from fido2.webauthn import AttestationObject, AuthenticatorData
-from firmware_tools.card.store import CardStore
-from firmware_tools.fido.attestation import OID_FIDO_AAGUID, export_root
-from firmware_tools.fido.presence import UserPresence
 
 from tests.unit.fido_support import ES256, RP, Clock, cdh, ctap_for, make_auth, user
 

@@ -7,10 +7,7 @@ import struct
 import threading
 
 import pytest
-from fido2.ctap import CtapError
-from fido2.ctap2 import Ctap2
-from fido2.hid import CTAPHID, CtapHidDevice
-from firmware_tools.fido.hid import (
+from emulators.fido.hid import (
     BROADCAST_CID,
     MAX_MESSAGE,
     REPORT_SIZE,
@@ -19,7 +16,10 @@ from firmware_tools.fido.hid import (
     register,
     unregister,
 )
-from firmware_tools.fido.presence import UserPresence
+from emulators.fido.presence import UserPresence
+from fido2.ctap import CtapError
+from fido2.ctap2 import Ctap2
+from fido2.hid import CTAPHID, CtapHidDevice
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

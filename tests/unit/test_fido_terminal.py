@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from emulators.card.os import VirtualCard
+from emulators.card.transport import InProcessConnection
+from emulators.fido.attestation import export_root
+from emulators.fido.card import FIDO_ATR, make_fido_card
+from emulators.fido.hid import VirtualHidDevice
+from emulators.fido.presence import UserPresence
 from fido2.webauthn import AuthenticatorData
-from firmware_tools.card.os import VirtualCard
-from firmware_tools.card.transport import InProcessConnection
-from firmware_tools.fido.attestation import export_root
-from firmware_tools.fido.card import FIDO_ATR, make_fido_card
-from firmware_tools.fido.hid import VirtualHidDevice
-from firmware_tools.fido.presence import UserPresence
 
 from terminal.fido.device import CtapSmartCardDevice
 from terminal.fido.discovery import (

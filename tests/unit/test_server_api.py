@@ -8,7 +8,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import select, text
 
-from cityid.chainview import CredentialStatus
+from cityid.chain.view import CredentialStatus
 from cityid.jose import es256_verify, jwk_from_point, parse_compact, point_from_jwk
 from cityid.sdjwt import parse_disclosure
 from server.models import AuditEntry, Credential, StatusAllocator

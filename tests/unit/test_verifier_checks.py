@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cityid import jose, sdjwt
-from cityid.chainview import ChainError, CredentialStatus, StaleChainDataError, StatusRef
+from cityid.chain.view import ChainError, CredentialStatus, StaleChainDataError, StatusRef
 from cityid.credential import (
     VCT,
     CitizenClaims,
@@ -29,7 +29,7 @@ from cityid.credential import (
 )
 from terminal.verifier import CheckName, NonceStore, Verdict, Verifier
 from terminal.verifier.messages import MESSAGES
-from terminal.verifier.static import StaticChainView
+from tests.doubles.static_view import StaticChainView
 
 NOW = 1_800_000_000
 AUD = "https://kiosk.busan.go.kr/k1"

@@ -12,7 +12,7 @@ from flask.testing import FlaskClient
 from terminal.config import hash_password, parse_config
 from terminal.web import create_app, shutdown
 from terminal.web.controller import KioskController, Screen
-from terminal.web.fake import FakeCounterBackend, FakeKioskBackend, FakeToken
+from tests.doubles.fake_backends import FakeCounterBackend, FakeKioskBackend, FakeToken
 
 PIN = "246810"
 CLERK_PASSWORD = "correct horse"

@@ -8,9 +8,9 @@ import re
 from typing import Any
 
 import pytest
-from firmware_tools.card.transport import InProcessConnection
-from firmware_tools.fido.attestation import export_root
-from firmware_tools.fido.card import make_fido_card
+from emulators.card.transport import InProcessConnection
+from emulators.fido.attestation import export_root
+from emulators.fido.card import make_fido_card
 
 from cityid.credential import VCT, LocalSigner, issue
 from cityid.errors import InvalidPinError, NoCardError, PinBlockedError
@@ -19,11 +19,11 @@ from terminal.fido.device import CtapSmartCardDevice
 from terminal.fido.session import FidoSession, FidoVerifier
 from terminal.flows.kiosk import SERVICES
 from terminal.verifier import NonceStore, Verifier
-from terminal.verifier.static import StaticChainView
 from terminal.web import create_app, shutdown
 from terminal.web.backend import TokenKind, TokenPresent
 from terminal.web.stack import CardKioskBackend
 from tests.credkit import AUDIENCE, CITIZEN, CITIZEN_DID, ISSUER_DID, ISSUER_KEY, ISSUER_POINT, NOW, STATUS
+from tests.doubles.static_view import StaticChainView
 
 pytestmark = pytest.mark.filterwarnings("ignore:Deprecated use of webauthn_json_mapping")
 
@@ -127,8 +127,8 @@ def test_fido_key_through_the_kiosk_screens() -> None:
 
 
 def test_usb_hid_key_becomes_a_token_like_a_card() -> None:
+    from emulators.fido.hid import VirtualHidDevice
     from fido2.hid import CtapHidDevice
-    from firmware_tools.fido.hid import VirtualHidDevice
 
     from terminal.fido.discovery import FidoKeyWatcher
 

@@ -16,8 +16,8 @@ from terminal.verifier.messages import MESSAGES
 from terminal.web.catalog import catalogue
 from terminal.web.controller import KioskController, Screen
 from terminal.web.events import EventHub, format_event
-from terminal.web.fake import FakeKioskBackend, FakeToken
 from terminal.web.verdicts import DISTRICT_KEYS, SERVICE_CLAIMS
+from tests.doubles.fake_backends import FakeKioskBackend, FakeToken
 
 WEB = Path(__file__).resolve().parents[2] / "terminal" / "web"
 

@@ -14,7 +14,7 @@ from enum import Enum
 
 from fido2.ctap import STATUS
 
-from firmware_tools.fido.ctap import ERR, fail
+from emulators.fido.ctap import ERR, fail
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable
 
 from cityid.errors import CardRemovedError, MalformedApduError
-from firmware_tools.card.os import VirtualCard
+from emulators.card.os import VirtualCard
 
 logger = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from firmware_tools.card.store import CardStore
-from firmware_tools.fido.state import ATTESTATION
+from emulators.card.store import CardStore
+from emulators.fido.state import ATTESTATION
 
 logger = logging.getLogger(__name__)
 

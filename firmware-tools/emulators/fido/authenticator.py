@@ -24,11 +24,11 @@ from typing import Any
 from fido2.ctap import CtapError
 from fido2.webauthn import AttestedCredentialData, AuthenticatorData
 
-from firmware_tools.card.store import CardStore
-from firmware_tools.fido.attestation import AttestationAuthority
-from firmware_tools.fido.clientpin import PERMISSION, ClientPinHandler, pin_protocol
-from firmware_tools.fido.credmgmt import CredentialManagement
-from firmware_tools.fido.credstore import (
+from emulators.card.store import CardStore
+from emulators.fido.attestation import AttestationAuthority
+from emulators.fido.clientpin import PERMISSION, ClientPinHandler, pin_protocol
+from emulators.fido.credmgmt import CredentialManagement
+from emulators.fido.credstore import (
     SUPPORTED_ALGS,
     Alg,
     Credential,
@@ -37,7 +37,7 @@ from firmware_tools.fido.credstore import (
     CredProtect,
     KeyVault,
 )
-from firmware_tools.fido.ctap import (
+from emulators.fido.ctap import (
     CMD,
     ERR,
     GetAssertionParam,
@@ -49,9 +49,9 @@ from firmware_tools.fido.ctap import (
     encode_cbor,
     fail,
 )
-from firmware_tools.fido.largeblobs import LargeBlobHandler
-from firmware_tools.fido.presence import Keepalive, UserPresence
-from firmware_tools.fido.state import FidoState
+from emulators.fido.largeblobs import LargeBlobHandler
+from emulators.fido.presence import Keepalive, UserPresence
+from emulators.fido.state import FidoState
 
 logger = logging.getLogger(__name__)
 

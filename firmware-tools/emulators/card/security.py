@@ -41,7 +41,7 @@ from cityid.piv import (
     management_key_cipher,
 )
 from cityid.tlv import encode_tlv, parse_tlv_dict
-from firmware_tools.card.store import CardStore
+from emulators.card.store import CardStore
 
 logger = logging.getLogger(__name__)
 

@@ -13,11 +13,11 @@ import os
 from pathlib import Path
 
 from cityid.errors import CityIdError
-from firmware_tools.card.citizen import CitizenApplet
-from firmware_tools.card.os import Applet, VirtualCard
-from firmware_tools.card.piv import PivApplet
-from firmware_tools.card.security import CardSecurity
-from firmware_tools.card.store import CardStore
+from emulators.card.citizen import CitizenApplet
+from emulators.card.os import Applet, VirtualCard
+from emulators.card.piv import PivApplet
+from emulators.card.security import CardSecurity
+from emulators.card.store import CardStore
 
 CARD_ISSUER_DATA = b"BUSANCID" + bytes([1])
 #: Card capabilities (7816-4 §12.1.1.9): DF selection by full/partial name; chaining + extended Lc/Le.
@@ -68,12 +68,12 @@ def fido_state_for(state: str | os.PathLike[str] | None) -> Path | None:
 
 
 def load_fido_applet(state: str | os.PathLike[str] | None) -> Applet:
-    """Import the FIDO helper's applet lazily (``firmware_tools.fido.applet.FidoApplet(store)``)."""
+    """Import the FIDO helper's applet lazily (``emulators.fido.applet.FidoApplet(store)``)."""
     try:
-        module = importlib.import_module("firmware_tools.fido.applet")
+        module = importlib.import_module("emulators.fido.applet")
     except ModuleNotFoundError as exc:
-        if exc.name not in ("firmware_tools.fido", "firmware_tools.fido.applet"):
+        if exc.name not in ("emulators.fido", "emulators.fido.applet"):
             raise
-        raise CityIdError("the FIDO applet is not available (firmware_tools.fido.applet is missing)") from exc
+        raise CityIdError("the FIDO applet is not available (emulators.fido.applet is missing)") from exc
     applet: Applet = module.FidoApplet(CardStore(state))
     return applet

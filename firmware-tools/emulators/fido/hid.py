@@ -32,8 +32,8 @@ from fido2.ctap import STATUS
 from fido2.hid import CAPABILITY, CTAPHID, CtapHidDevice
 from fido2.hid.base import CtapHidConnection, HidDescriptor
 
-from firmware_tools.fido.authenticator import Authenticator
-from firmware_tools.fido.ctap import ERR
+from emulators.fido.authenticator import Authenticator
+from emulators.fido.ctap import ERR
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 * SELECT ``A0 00 00 06 47 2F 00 01`` answers ``FIDO_2_0`` (§11.3.3);
 * NFCCTAP_MSG ``80 10 P1 00 <cmd byte + CBOR>`` (§11.3.4): the CTAP response (status byte + CBOR) with
   ``9000``; long commands arrive as chained short APDUs (CLA 0x90) or one extended APDU and long answers go
-  out with ``61xx`` + GET RESPONSE — both done by the card OS (:mod:`firmware_tools.card.os`);
+  out with ``61xx`` + GET RESPONSE — both done by the card OS (:mod:`emulators.card.os`);
 * with P1 bit 0x80 the platform accepts ``9100`` status updates: while the simulated user has not touched
   the key yet, the applet answers ``9100`` + one status byte (PROCESSING / UPNEEDED) and the platform polls
   with NFCCTAP_GETRESPONSE ``80 11 00 00`` (§11.3.5); ``80 11 11 00`` (P1 = CTAPHID_CANCEL) cancels and
@@ -29,10 +29,10 @@ from cityid.fido import (
     NfcCtapIns,
 )
 from cityid.iso7816 import CLA, SW
-from firmware_tools.card.os import Applet
-from firmware_tools.card.store import CardStore
-from firmware_tools.fido.authenticator import Authenticator
-from firmware_tools.fido.presence import UserPresence
+from emulators.card.os import Applet
+from emulators.card.store import CardStore
+from emulators.fido.authenticator import Authenticator
+from emulators.fido.presence import UserPresence
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """``kiosk demo``: the whole system on one machine, with nothing to set up.
 
 This is a composition root (a host tool, like ``cardtool``): it is the one place that puts the emulated
-cards (``firmware_tools.card``), the city server (``server``) and the terminal app (``terminal.web``)
+cards (``emulators.card``), the city server (``server``) and the terminal app (``terminal.web``)
 together. Library code keeps its one-way dependencies: ``terminal`` never imports the emulators and the
 emulators never import ``terminal``.
 
@@ -38,14 +38,9 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from werkzeug.serving import BaseWSGIServer, make_server
-
-from cityid.apdu import SmartCardConnection
-from cityid.cli_util import progress
-from cityid.errors import CityIdError, NoCardError
-from firmware_tools.card.citizen_card import make_citizen_card
-from firmware_tools.card.os import VirtualCard
-from firmware_tools.card.transport import DEFAULT_VPCD_PORT, InProcessConnection, VpcdCard
+from emulators.card.citizen_card import make_citizen_card
+from emulators.card.os import VirtualCard
+from emulators.card.transport import DEFAULT_VPCD_PORT, InProcessConnection, VpcdCard
 from firmware_tools.vpcd_env import (
     CARD_TIMEOUT,
     VPCD_SLOTS,
@@ -57,6 +52,11 @@ from firmware_tools.vpcd_env import (
     vpcd_readers,
     wait_for,
 )
+from werkzeug.serving import BaseWSGIServer, make_server
+
+from cityid.apdu import SmartCardConnection
+from cityid.cli_util import progress
+from cityid.errors import CityIdError, NoCardError
 from terminal.config import TerminalConfig, hash_password
 from terminal.flows.counter import CitizenRequest, CounterEnrollment
 from terminal.flows.kiosk import SERVICES
@@ -231,7 +231,7 @@ class DemoEnvironment:
     def card(self, citizen_id: str) -> VirtualCard:
         """A fresh card (or key) object for the state file (as a freshly powered card)."""
         if citizen_id in self.keys:
-            from firmware_tools.fido.card import make_fido_card
+            from emulators.fido.card import make_fido_card
 
             return make_fido_card(self.keys[citizen_id])[0]
         return make_citizen_card(self.cards[citizen_id])
@@ -295,9 +295,9 @@ def build(
     workdir: Path | None = None,
 ) -> DemoEnvironment:
     """Start the chain and the server, enroll the demo citizens; return the environment (not yet serving)."""
-    from cityid.chain.embedded import EmbeddedChain
-    from cityid.chain.view import LiveChainView
+    from cityid.chain.live import LiveChainView
     from server.app import create_app as create_server_app
+    from server.chain.registrar import start_embedded
     from server.config import ServerConfig
     from server.db import Database
     from server.keys import KeystoreSigner
@@ -329,9 +329,9 @@ def build(
             progress("using the in-process card transport (no pcscd)")
 
         progress("starting the embedded chain and deploying the contracts")
-        chain = EmbeddedChain.start(name="busan-demo")
-        from cityid.chain.registrar import Registrar
-        from server.chain import RegistrarGateway
+        chain = start_embedded(name="busan-demo")
+        from server.chain.gateway import RegistrarGateway
+        from server.chain.registrar import Registrar
 
         gateway = RegistrarGateway(Registrar(chain.network, chain.client(), chain.accounts[0]))
         gateway.ensure_status_list(1)
@@ -432,8 +432,9 @@ def _make_key(workdir: Path, client: Any, citizen: Citizen, did: str) -> Path:
     credential issued to the key's public key (cnf) and kept in its largeBlob (docs/credential-format.md)."""
     import hashlib
 
-    from firmware_tools.fido.attestation import export_root
-    from firmware_tools.fido.card import make_fido_card
+    from emulators.fido.attestation import export_root
+    from emulators.fido.card import make_fido_card
+
     from terminal.fido.device import CtapSmartCardDevice
     from terminal.fido.session import FidoSession, FidoVerifier
     from terminal.verifier.verifier import DEFAULT_RP_ID

@@ -23,8 +23,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from fido2.ctap2.pin import ClientPin, PinProtocol, PinProtocolV1, PinProtocolV2
 from fido2.utils import bytes2int, int2bytes
 
-from firmware_tools.fido.ctap import ERR, ClientPinParam, Params, fail
-from firmware_tools.fido.state import FidoState
+from emulators.fido.ctap import ERR, ClientPinParam, Params, fail
+from emulators.fido.state import FidoState
 
 logger = logging.getLogger(__name__)
 

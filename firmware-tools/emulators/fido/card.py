@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 
-from firmware_tools.card.os import VirtualCard
-from firmware_tools.card.store import CardStore
-from firmware_tools.fido.applet import FidoApplet
-from firmware_tools.fido.presence import UserPresence
+from emulators.card.os import VirtualCard
+from emulators.card.store import CardStore
+from emulators.fido.applet import FidoApplet
+from emulators.fido.presence import UserPresence
 
 HISTORICAL_BYTES = b"\x80BusanFIDO"  # category indicator 0x80 (ISO 7816-4 §8.1.1) + name
 

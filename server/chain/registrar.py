@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from eth_account.signers.local import LocalAccount
@@ -32,8 +33,12 @@ from cityid.chain.merkle import build_tree
 from cityid.chain.network import NetworkConfig
 from cityid.chain.resolver import address_of, did_for
 from cityid.chain.rpc import RpcClient, as_int
-from cityid.chain.writer import Receipt, TxRequest, TxSender
-from cityid.chainview import CredentialStatus, StatusRef
+from cityid.chain.tx import TxRequest
+from cityid.chain.view import CredentialStatus, StatusRef
+from server.chain.writer import Receipt, TxSender
+
+if TYPE_CHECKING:
+    from cityid.chain.embedded import EmbeddedChain
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +87,16 @@ def deploy_all(
     )
     sender.send(DIDRegistry(client, addr["CityDIDRegistry"]).tx("setRegistrar", account.address, True))
     return network
+
+
+def start_embedded(name: str = "embedded") -> EmbeddedChain:
+    """An in-process chain with every city contract deployed (deployer = ``accounts[0]``)."""
+    from cityid.chain.embedded import EmbeddedChain
+
+    chain = EmbeddedChain.start(name)
+    url = chain.network.rpc_url
+    chain.network = deploy_all(RpcClient(chain.node), chain.accounts[0], name=name, rpc_url=url)
+    return chain
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""A :class:`~cityid.chainview.ChainView` over fixed facts: offline tests, benchmarks and the demo.
+"""A :class:`~cityid.chain.view.ChainView` over fixed facts: offline tests, benchmarks and the demo.
 
 It stands for a warm kiosk cache; the real ones are ``cityid.chain`` (LiveChainView, SyncCache).
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from cityid.chainview import ChainError, CredentialStatus, StatusRef, VerificationFacts
+from cityid.chain.view import ChainError, CredentialStatus, StatusRef, VerificationFacts
 
 
 @dataclass

@@ -24,7 +24,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from fido2.cose import ES256, CoseKey, EdDSA
 
-from firmware_tools.fido.state import FidoState
+from emulators.fido.state import FidoState
 
 ID_LENGTH = 34
 _P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551

@@ -1,4 +1,4 @@
-"""Persistent authenticator state in :class:`firmware_tools.card.store.CardStore` sections.
+"""Persistent authenticator state in :class:`emulators.card.store.CardStore` sections.
 
 Sections (all JSON; binary values hex-encoded):
 
@@ -21,7 +21,7 @@ import os
 import threading
 from typing import Any
 
-from firmware_tools.card.store import CardStore
+from emulators.card.store import CardStore
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from cityid.chainview import ChainError, CredentialStatus
+from cityid.chain.view import ChainError, CredentialStatus
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class ChainGateway(Protocol):
 
 
 class RegistrarGateway:
-    """:class:`ChainGateway` on ``cityid.chain.registrar.Registrar``.
+    """:class:`ChainGateway` on ``server.chain.registrar.Registrar``.
 
     The issuer DID is the registrar account's own DID; citizen identities are derived from a public random
     hash and owned by the registrar (docs/chain.md §DID control). ``status_list_id`` is created on first use.
@@ -122,13 +122,13 @@ def open_chain(config: Any) -> RegistrarGateway:
     from eth_account import Account
 
     from cityid.chain.network import NetworkConfig
-    from cityid.chain.registrar import Registrar
     from cityid.chain.rpc import HttpTransport, RpcClient
+    from server.chain.registrar import Registrar
 
     if config.chain == "embedded":
-        from cityid.chain.embedded import EmbeddedChain
+        from server.chain.registrar import start_embedded
 
-        chain = EmbeddedChain.start()
+        chain = start_embedded()
         gateway = RegistrarGateway(Registrar(chain.network, chain.client(), chain.accounts[0]))
         gateway.embedded = chain  # type: ignore[attr-defined]  # the demo's kiosk reads the same chain
     else:

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from cityid.apdu import SHORT_MAX_LE, TRACE, CommandApdu, ResponseApdu
 from cityid.errors import ApduError, MalformedApduError
 from cityid.iso7816 import CLA, INS, SW
-from firmware_tools.card.store import CardStoreError
+from emulators.card.store import CardStoreError
 
 logger = logging.getLogger(__name__)
 

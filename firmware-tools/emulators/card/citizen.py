@@ -34,10 +34,10 @@ from cityid.jose import attach_signature, der_to_raw_p256
 from cityid.piv import Algorithm, KeyRef, Slot
 from cityid.sdjwt import kb_jwt_signing_input, presentation_without_kb, sd_hash
 from cityid.tlv import encode_tlv
-from firmware_tools.card.os import Applet
-from firmware_tools.card.piv import PivApplet
-from firmware_tools.card.security import CardSecurity
-from firmware_tools.card.store import CardStore
+from emulators.card.os import Applet
+from emulators.card.piv import PivApplet
+from emulators.card.security import CardSecurity
+from emulators.card.store import CardStore
 
 logger = logging.getLogger(__name__)
 

@@ -13,11 +13,11 @@ import hashlib
 import logging
 from typing import TYPE_CHECKING, Any
 
-from firmware_tools.fido.clientpin import PERMISSION, pin_protocol
-from firmware_tools.fido.ctap import ERR, LargeBlobsParam, Params, fail
+from emulators.fido.clientpin import PERMISSION, pin_protocol
+from emulators.fido.ctap import ERR, LargeBlobsParam, Params, fail
 
 if TYPE_CHECKING:
-    from firmware_tools.fido.authenticator import Authenticator
+    from emulators.fido.authenticator import Authenticator
 
 logger = logging.getLogger(__name__)
 

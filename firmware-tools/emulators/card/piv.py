@@ -27,9 +27,9 @@ from cityid.errors import ApduError, TlvError
 from cityid.iso7816 import INS, SW
 from cityid.piv import PIV_AID, Algorithm, KeyRef, ObjectId, Slot, Tag
 from cityid.tlv import Tlv, encode_tlv, parse_tlv_dict
-from firmware_tools.card.os import Applet
-from firmware_tools.card.security import MGMT_KEY_ALGORITHMS, CardSecurity
-from firmware_tools.card.store import CardStore
+from emulators.card.os import Applet
+from emulators.card.security import MGMT_KEY_ALGORITHMS, CardSecurity
+from emulators.card.store import CardStore
 
 logger = logging.getLogger(__name__)
 

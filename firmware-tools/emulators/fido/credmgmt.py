@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 from fido2.ctap2.credman import CredentialManagement as _Fido2CredMan
 
-from firmware_tools.fido.clientpin import PERMISSION, pin_protocol
-from firmware_tools.fido.credstore import Credential
-from firmware_tools.fido.ctap import ERR, CredMgmtParam, Params, encode_cbor, fail
+from emulators.fido.clientpin import PERMISSION, pin_protocol
+from emulators.fido.credstore import Credential
+from emulators.fido.ctap import ERR, CredMgmtParam, Params, encode_cbor, fail
 
 if TYPE_CHECKING:
-    from firmware_tools.fido.authenticator import Authenticator
+    from emulators.fido.authenticator import Authenticator
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from eth_account.signers.local import LocalAccount
 
-from cityid.chain.abi import Abi, decode_revert_any
+from cityid.chain.abi import Abi
 from cityid.chain.errors import (
     ChainError,
     NodeUnreachableError,
@@ -26,22 +26,12 @@ from cityid.chain.errors import (
     TransactionRevertedError,
 )
 from cityid.chain.rpc import RpcClient, as_bytes, as_dict, as_int, as_list
+from cityid.chain.tx import TxRequest, revert_from_rpc
 
 logger = logging.getLogger(__name__)
 
 GAS_PAD_RATIO = 0.20  # +20 %: estimates on anvil/hardhat came out 500-630 gas short (FIELD-NOTES)
 GAS_PAD_FIXED = 1000
-
-
-@dataclass(frozen=True, slots=True)
-class TxRequest:
-    """What to send: target (None = contract creation), calldata, and the ABI to decode its reverts."""
-
-    to: str | None
-    data: bytes
-    abi: Abi | None = None
-    gas: int | None = None
-    label: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,23 +44,6 @@ class Receipt:
     gas_used: int
     contract_address: str | None
     logs: tuple[dict, ...]
-
-
-def revert_from_rpc(exc: RpcError, abi: Abi | None) -> TransactionRevertedError | None:
-    """The decoded revert behind a JSON-RPC error (geth/anvil: code 3 + data), or None if it is not one."""
-    if exc.code != 3 and "revert" not in exc.message.lower():
-        return None
-    data = exc.data
-    if isinstance(data, dict):  # some nodes nest it: {"data": "0x..."}
-        data = data.get("data")
-    if isinstance(data, str) and data.startswith("0x"):
-        try:
-            raw = bytes.fromhex(data[2:])
-        except ValueError:
-            raw = b""
-        reason = abi.decode_revert(raw) if abi else decode_revert_any(raw)
-        return TransactionRevertedError(reason, raw)
-    return TransactionRevertedError(exc.message)
 
 
 def pad_gas(estimate: int) -> int:

@@ -1,0 +1,1 @@
+"""The whole-system demo: the composition root (emulators + city server + terminal). Nothing imports it."""

@@ -1,0 +1,67 @@
+"""``kiosk demo``: the whole system on this machine (docs/ui.md §Demo).
+
+Registered into the ``kiosk`` command through the ``cityid.commands.kiosk`` entry point, so the terminal
+package never imports the demo (the composition root)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from cityid.cli_util import progress, wait_for_stop
+from terminal.config import LANGUAGES
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``demo``."""
+    d = sub.add_parser(
+        "demo", help="run the whole system locally with demo citizens", description=_demo.__doc__
+    )
+    d.add_argument(
+        "--port", type=int, default=8080, help="port of the kiosk app (default 8080; 0 = any free)"
+    )
+    d.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    d.add_argument(
+        "--no-pcsc", action="store_true", help="use the in-process card transport, not pcscd + vpcd"
+    )
+    d.add_argument("--language", choices=LANGUAGES, default="ko", help="initial screen language (default ko)")
+    d.add_argument("--idle-timeout", type=float, default=30.0, help="seconds before an idle session is wiped")
+    d.set_defaults(func=_demo)
+
+
+
+def _demo(args: argparse.Namespace) -> int:
+    """Start everything on this machine with no set-up: an embedded chain with the contracts, the city
+    server, demo citizens enrolled on virtual cards (through pcscd + vpcd when available) and the kiosk and
+    counter screens on 127.0.0.1. Prints the URL and how to tap and remove the virtual cards."""
+    from citydemo import demo
+
+    use_pcsc = False if args.no_pcsc else None
+    if args.verbose < 2:
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # request lines only with -vv
+    with demo.running(args.host, args.port, use_pcsc, args.language, args.idle_timeout) as (env, server):
+        url = server.url
+        clerk = f"clerk {demo.DEMO_CLERK!r}, password {demo.DEMO_CLERK_PASSWORD!r}"
+        transport = f"pcscd + vpcd (kiosk reader {demo.KIOSK_READER!r})" if env.pcsc else "in-process"
+        lines = [
+            "",
+            f"Busan citizen-ID demo is running on {url}/",
+            f"  kiosk screen:    {url}/",
+            f"  demo panel:      {url}/demo/   (tap / remove each citizen's virtual card)",
+            f"  counter screen:  {url}/counter/   ({clerk})",
+            f"  city server:     {env.server_url}",
+            f"  card transport:  {transport}",
+            "",
+            "Demo citizens (fictional) and their PINs:",
+        ]
+        for c in demo.CITIZENS:
+            lines.append(f"  {c.id:<5} {c.label:<52} PIN {c.pin}")
+        lines += [
+            "",
+            "Open the kiosk screen, then press 'Tap card' for a citizen on the demo panel.",
+            "Ctrl-C stops everything.",
+        ]
+        print("\n".join(lines), flush=True)
+        wait_for_stop()
+        progress("stopping")
+    return 0
