@@ -149,7 +149,7 @@ def test_a_cycle_would_be_seen() -> None:
         pytest.param(
             "terminal.web",
             ("terminal.sessions", "terminal.pcsc", "terminal.fido"),
-            marks=pytest.mark.xfail(strict=True, reason="issue 9 item 1: the web backends still do flow work"),
+            marks=pytest.mark.xfail(strict=True, reason="issue 9 item 1: web backends do flow work"),
         ),
         ("terminal.flows", ("terminal.web",)),
         ("terminal.sessions", ("terminal.flows", "terminal.web", "terminal.verifier")),
