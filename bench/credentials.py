@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from cityid import jose, sdjwt
 from cityid.credential import VCT, LocalSigner, issue
+from cityid.keys import P256PublicKey, es256_raw_to_der
 from terminal.verifier import NonceStore, Verifier
 from tests.doubles.static_view import StaticChainView
 
@@ -67,7 +68,7 @@ def _population(n: int, nonces: NonceStore, chain: StaticChainView, issuer_key: 
     from cityid.credential import CitizenClaims
 
     issuer_did = "did:ethr:0x7a69:0x" + "11" * 20
-    chain.issuer_keys[issuer_did] = (jose.point_from_public_key(issuer_key.public_key()),)
+    chain.issuer_keys[issuer_did] = (P256PublicKey.from_crypto(issuer_key.public_key()).point,)
     chain.trusted.add((issuer_did, VCT))
     claims = CitizenClaims.derive(
         "김", "민수", date(1955, 3, 1), "Haeundae-gu", True, "BS-1", date(2027, 1, 1)
@@ -76,7 +77,7 @@ def _population(n: int, nonces: NonceStore, chain: StaticChainView, issuer_key: 
     out = []
     for i in range(n):
         holder = ec.generate_private_key(ec.SECP256R1())
-        hp = jose.point_from_public_key(holder.public_key())
+        hp = P256PublicKey.from_crypto(holder.public_key()).point
         did = f"did:ethr:0x7a69:0x{i + 1:040x}"
         chain.holder_keys[did] = (hp,)
         cred = issue(claims, hp, issuer_did, StatusRef(31337, "0x" + "44" * 20, 1, i), signer, now - 60,
@@ -89,7 +90,7 @@ def _population(n: int, nonces: NonceStore, chain: StaticChainView, issuer_key: 
             pair.append((sdjwt.present(cred.issuer_jwt, chosen, aud, nonce, now, sign), nonce))
         p = pair[0][0]
         ij, kb = p.split("~")[0], p.rsplit("~", 1)[1]
-        parts = [(x.rsplit(".", 1)[0].encode(), jose.raw_to_der_p256(jose.b64url_decode(x.rsplit(".", 1)[1])))
+        parts = [(x.rsplit(".", 1)[0].encode(), es256_raw_to_der(jose.b64url_decode(x.rsplit(".", 1)[1])))
                  for x in (ij, kb)]  # fmt: skip
         out.append(_Sample(p, pair[1][0], (pair[0][1], pair[1][1]), parts[0], parts[1], holder.public_key()))
     return out
@@ -108,16 +109,16 @@ def bench_verifier(quick: bool) -> dict[str, float]:
     now, aud = int(time.time()), "https://kiosk.busan.go.kr/bench"
     issuer_key = ec.generate_private_key(ec.SECP256R1())
     issuer_jwk = JWK.from_json(
-        json.dumps(jose.jwk_from_point(jose.point_from_public_key(issuer_key.public_key())))
+        json.dumps(jose.jwk_from_point(P256PublicKey.from_crypto(issuer_key.public_key()).point))
     )
     ecdsa = ec.ECDSA(hashes.SHA256())
     chain = StaticChainView()
     nonces = NonceStore(ttl=3600, max_outstanding=2 * n + 10)
     verifier = Verifier(chain, aud, nonces, iat_window=600)
     pop = _population(n, nonces, chain, issuer_key, now, aud)
-    jose.public_key_from_point.cache_clear()
+    jose.p256_key.cache_clear()
     issuer_point = next(iter(chain.issuer_keys.values()))[0]
-    issuer_pk = jose.public_key_from_point(issuer_point)  # the kiosk's issuer key cache is warm
+    issuer_pk = jose.p256_key(issuer_point)  # the kiosk's issuer key cache is warm
     t_new: list[float] = []
     t_seen: list[float] = []
     t_ref: list[float] = []

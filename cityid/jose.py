@@ -16,14 +16,12 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
 from cityid.errors import DecodeError
+from cityid.keys import KeyFormatError, P256PublicKey, es256_der_to_raw
 
-P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 _ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
 
 
@@ -120,73 +118,37 @@ def decode_json_segment(segment: str, what: str = "segment") -> dict[str, Any]:
     return value
 
 
-# --- ECDSA signature encodings (RFC 7518 §3.4) -------------------------------------------------------
+# --- P-256 keys and ES256 encodings: cityid.keys, with JOSE's error type ---------------------------------
 
 
 def der_to_raw_p256(der: bytes) -> bytes:
     """DER ``ECDSA-Sig-Value`` → 64-byte ``R || S`` (RFC 7518 §3.4)."""
     try:
-        r, s = decode_dss_signature(bytes(der))
-    except (ValueError, TypeError) as exc:
-        raise JoseError(f"invalid DER ECDSA signature: {exc}") from exc
-    if not (0 < r < P256_ORDER and 0 < s < P256_ORDER):
-        raise JoseError("ECDSA signature values out of range for P-256")
-    return r.to_bytes(32, "big") + s.to_bytes(32, "big")
-
-
-def raw_to_der_p256(raw: bytes) -> bytes:
-    """64-byte ``R || S`` → DER ``ECDSA-Sig-Value``."""
-    if len(raw) != 64:
-        raise JoseError(f"ES256 signature must be 64 bytes, got {len(raw)}")
-    return encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"))
-
-
-# --- P-256 points and JWKs (RFC 7518 §6.2.1) ---------------------------------------------------------
+        return es256_der_to_raw(der)
+    except KeyFormatError as exc:
+        raise JoseError(str(exc)) from None
 
 
 @lru_cache(maxsize=1024)
-def public_key_from_point(point: bytes) -> ec.EllipticCurvePublicKey:
-    """Uncompressed SEC1 point (65 bytes) → a validated ``cryptography`` key (cached per point)."""
-    if len(point) != 65 or point[0] != 0x04:
-        raise JoseError("P-256 point must be 65 bytes, uncompressed (04 || x || y)")
+def p256_key(point: bytes) -> P256PublicKey:
+    """A validated key for an uncompressed point (cached per point: verifiers see the same keys again)."""
     try:
-        return ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), point)
-    except ValueError as exc:
-        raise JoseError("point is not on the P-256 curve") from exc
-
-
-def point_from_public_key(key: ec.EllipticCurvePublicKey) -> bytes:
-    """A ``cryptography`` P-256 public key → uncompressed SEC1 point."""
-    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-
-    if not isinstance(key.curve, ec.SECP256R1):
-        raise JoseError("only P-256 keys are supported")
-    return key.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+        return P256PublicKey.from_point(point)
+    except KeyFormatError as exc:
+        raise JoseError(str(exc)) from None
 
 
 def jwk_from_point(point: bytes) -> dict[str, str]:
-    """Uncompressed P-256 point → public JWK ``{"kty":"EC","crv":"P-256","x","y"}`` (validated)."""
-    public_key_from_point(bytes(point))
-    return {"kty": "EC", "crv": "P-256", "x": b64url_encode(point[1:33]), "y": b64url_encode(point[33:65])}
+    """Uncompressed P-256 point → public JWK (validated)."""
+    return p256_key(bytes(point)).jwk()
 
 
 def point_from_jwk(jwk: object) -> bytes:
     """Public P-256 JWK → uncompressed point; the point must lie on the curve; private members refused."""
-    if not isinstance(jwk, dict):
-        raise JoseError("JWK must be a JSON object")
-    if jwk.get("kty") != "EC" or jwk.get("crv") != "P-256":
-        raise JoseError("JWK must be kty EC, crv P-256")
-    if "d" in jwk:
-        raise JoseError("JWK contains a private key")
-    x, y = jwk.get("x"), jwk.get("y")
-    if not isinstance(x, str) or not isinstance(y, str):
-        raise JoseError("JWK x and y must be strings")
-    xb, yb = b64url_decode(x), b64url_decode(y)
-    if len(xb) != 32 or len(yb) != 32:
-        raise JoseError("JWK x and y must be 32 bytes each")
-    point = b"\x04" + xb + yb
-    public_key_from_point(point)
-    return point
+    try:
+        return P256PublicKey.from_jwk(jwk).point
+    except KeyFormatError as exc:
+        raise JoseError(str(exc)) from None
 
 
 # --- compact JWS (RFC 7515 §7.1) ----------------------------------------------------------------------
@@ -239,23 +201,13 @@ def parse_compact(token: str) -> CompactJws:
 
 def es256_sign(private_key: ec.EllipticCurvePrivateKey, data: bytes) -> bytes:
     """ES256-sign ``data`` with a ``cryptography`` key; returns the 64-byte ``R || S``."""
-    return der_to_raw_p256(private_key.sign(data, _ECDSA_SHA256))
+    return der_to_raw_p256(private_key.sign(data, ec.ECDSA(hashes.SHA256())))
 
 
-def es256_verify(key: bytes | ec.EllipticCurvePublicKey, data: bytes, raw_signature: bytes) -> bool:
-    """Verify a 64-byte ES256 signature over ``data`` with a point (65 bytes) or a public key."""
-    if len(raw_signature) != 64:
-        return False
-    r = int.from_bytes(raw_signature[:32], "big")
-    s = int.from_bytes(raw_signature[32:], "big")
-    if not (0 < r < P256_ORDER and 0 < s < P256_ORDER):
-        return False
-    public_key = public_key_from_point(bytes(key)) if isinstance(key, bytes | bytearray) else key
-    try:
-        public_key.verify(encode_dss_signature(r, s), data, _ECDSA_SHA256)
-    except InvalidSignature:
-        return False
-    return True
+def es256_verify(key: bytes | P256PublicKey, data: bytes, raw_signature: bytes) -> bool:
+    """Verify a 64-byte ES256 signature over ``data`` with a point (65 bytes) or a key."""
+    public_key = p256_key(bytes(key)) if isinstance(key, bytes | bytearray) else key
+    return public_key.verify_raw(raw_signature, data)
 
 
 def sign_compact(

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cityid import jose
 from cityid.chain.view import StatusRef
 from cityid.credential import VCT, CitizenClaims, IssuedCredential, LocalSigner, issue
+from cityid.keys import P256PublicKey
 from cityid.piv import Slot
 from terminal.sessions.citizen import CitizenSession
 from terminal.sessions.piv import PivSession
@@ -28,7 +29,7 @@ ISSUER_DID = "did:ethr:0x7a69:0x1111111111111111111111111111111111111111"
 CITIZEN_DID = "did:ethr:0x7a69:0x3333333333333333333333333333333333333333"
 STATUS = StatusRef(31337, "0x" + "44" * 20, 1, 42)
 ISSUER_KEY = ec.derive_private_key(0xB05A, ec.SECP256R1())
-ISSUER_POINT = jose.point_from_public_key(ISSUER_KEY.public_key())
+ISSUER_POINT = P256PublicKey.from_crypto(ISSUER_KEY.public_key()).point
 CITIZEN = CitizenClaims.derive(
     "김", "민수", date(1955, 3, 1), "Haeundae-gu", True, "BS-0000-0042", as_of=date(2027, 1, 1)
 )
@@ -49,7 +50,7 @@ def personalize(
     credential bound to it and write DID + credential to the card."""
     piv = PivSession(connection)  # type: ignore[arg-type]
     piv.authenticate_management_key()
-    holder = jose.point_from_public_key(piv.generate_key(Slot.AUTHENTICATION))
+    holder = P256PublicKey.from_crypto(piv.generate_key(Slot.AUTHENTICATION)).point
     citizen_did = enroll(holder) if enroll else CITIZEN_DID
     cred = issue(claims, holder, issuer_did, status, LocalSigner(issuer_key), now - 86400, now + 86400 * 365,
                  citizen_did)  # fmt: skip
@@ -75,7 +76,7 @@ class ChainIssuer:
 
         registrar = Registrar(network, client, account)
         key = ec.generate_private_key(ec.SECP256R1())
-        registrar.publish_issuer_key(jose.point_from_public_key(key.public_key()))
+        registrar.publish_issuer_key(P256PublicKey.from_crypto(key.public_key()).point)
         registrar.accredit_issuer(registrar.did, VCT, valid_until=int(time.time()) + 10 * 365 * 86400)
         return cls(registrar, key, registrar.create_status_list())
 

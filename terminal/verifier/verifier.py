@@ -30,7 +30,6 @@ from cityid.jose import (
     es256_verify,
     json_loads,
     point_from_jwk,
-    public_key_from_point,
 )
 from cityid.sdjwt import KB_JWT_TYP, SdJwtError, parse_disclosure, resolve, sd_hash
 from terminal.verifier.messages import CheckName, message
@@ -316,7 +315,7 @@ class Verifier:
     @staticmethod
     def _es256(point: bytes, data: bytes, signature: bytes) -> bool:
         try:
-            return es256_verify(public_key_from_point(point), data, signature)
+            return es256_verify(point, data, signature)
         except JoseError:
             return False
 

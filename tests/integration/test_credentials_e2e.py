@@ -13,6 +13,7 @@ from cityid import jose
 from cityid.chain.live import LiveChainView
 from cityid.chain.sync import SyncCache
 from cityid.chain.view import CredentialStatus
+from cityid.keys import P256PublicKey
 from terminal.flows.kiosk import KioskVerification, service
 from terminal.pcsc.connection import open_connection
 from terminal.sessions.citizen import CitizenSession
@@ -50,7 +51,7 @@ def test_card_to_verdict_through_pcscd_and_chain(virtual_card, chain_env, tmp_pa
         session.verify_pin(PIN)
         p = session.present(["given_name"], "reference-nonce-42", AUDIENCE, 1_900_000_000)
     issuer_jwk = JWK.from_json(
-        json.dumps(jose.jwk_from_point(jose.point_from_public_key(city.issuer_key.public_key())))
+        json.dumps(jose.jwk_from_point(P256PublicKey.from_crypto(city.issuer_key.public_key()).point))
     )
     out = SDJWTVerifier(p, lambda iss, hdr: issuer_jwk, AUDIENCE, "reference-nonce-42").get_verified_payload()
     assert out["given_name"] == "민수" and "family_name" not in out

@@ -27,10 +27,11 @@ from cityid.credential import (
     issue,
 )
 from cityid.errors import DecodeError
+from cityid.keys import P256PublicKey
 
 ISSUER = ec.derive_private_key(21, ec.SECP256R1())
 HOLDER = ec.derive_private_key(22, ec.SECP256R1())
-HOLDER_POINT = jose.point_from_public_key(HOLDER.public_key())
+HOLDER_POINT = P256PublicKey.from_crypto(HOLDER.public_key()).point
 ISSUER_DID = "did:ethr:0x7a69:0x1111111111111111111111111111111111111111"
 CITIZEN_DID = "did:ethr:0x7a69:0x3333333333333333333333333333333333333333"
 STATUS = StatusRef(31337, "0x" + "44" * 20, 1, 7)
@@ -80,7 +81,7 @@ def test_issuer_jwt_shape() -> None:
     for value in ("박", "지영", "2008-05-02", "Suyeong-gu", "BS-1"):
         assert value not in text
     assert jose.es256_verify(
-        jose.point_from_public_key(ISSUER.public_key()), jws.signing_input, jws.signature
+        P256PublicKey.from_crypto(ISSUER.public_key()).point, jws.signing_input, jws.signature
     )
     assert {d.name for d in cred.disclosures} == set(CLAIM_NAMES)
     assert sdjwt.resolve(p, cred.disclosures)["given_name"] == "지영"
@@ -124,7 +125,7 @@ def test_invalid_arguments_rejected() -> None:
 def _reference_verify(presentation: str, aud: str, nonce: str) -> dict:
     def issuer_key(iss: str, header: dict) -> JWK:
         assert iss == ISSUER_DID
-        return JWK.from_json(json.dumps(jose.jwk_from_point(jose.point_from_public_key(ISSUER.public_key()))))
+        return JWK.from_json(json.dumps(P256PublicKey.from_crypto(ISSUER.public_key()).jwk()))
 
     return SDJWTVerifier(presentation, issuer_key, aud, nonce).get_verified_payload()
 

@@ -16,9 +16,10 @@ from sd_jwt.verifier import SDJWTVerifier
 
 from cityid import jose, sdjwt
 from cityid.errors import DecodeError
+from cityid.keys import P256PublicKey
 
 ISSUER = ec.derive_private_key(31, ec.SECP256R1())
-ISSUER_JWK = JWK.from_json(json.dumps(jose.jwk_from_point(jose.point_from_public_key(ISSUER.public_key()))))
+ISSUER_JWK = JWK.from_json(json.dumps(P256PublicKey.from_crypto(ISSUER.public_key()).jwk()))
 PRIVATE_JWK = JWK.from_pyca(ISSUER)
 
 

@@ -27,6 +27,7 @@ from cityid.credential import (
     issue,
     webauthn_kb_jwt,
 )
+from cityid.keys import P256PublicKey
 from terminal.verifier import CheckName, NonceStore, Verdict, Verifier
 from terminal.verifier.messages import MESSAGES
 from tests.doubles.static_view import StaticChainView
@@ -49,7 +50,7 @@ ISSUER_KEY, OTHER_ISSUER_KEY, HOLDER_KEY, OTHER_HOLDER_KEY = _key(11), _key(12),
 
 
 def point(k: ec.EllipticCurvePrivateKey) -> bytes:
-    return jose.point_from_public_key(k.public_key())
+    return P256PublicKey.from_crypto(k.public_key()).point
 
 
 CITIZEN = CitizenClaims.derive(
