@@ -6,9 +6,10 @@ import argparse
 import json
 import logging
 import sys
+import threading
 from pathlib import Path
 
-from cityid.cli_util import progress, wait_for_stop
+from cityid.cli_util import progress, stop_signals
 from server.config import ServerConfig, load_config
 
 logger = logging.getLogger(__name__)
@@ -31,6 +32,11 @@ def _db(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    with stop_signals() as stop:  # first: a signal during the long start-up still stops cleanly
+        return _serve(args, stop)
+
+
+def _serve(args: argparse.Namespace, stop: threading.Event) -> int:
     from server.app import create_app
 
     cfg = _config(args)
@@ -40,15 +46,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     progress(f"issuer {did} published; serving on http://{args.host}:{args.port}")
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         progress("listening beyond localhost: put a TLS-terminating proxy in front (docs/server.md §Ops)")
-    import threading
-
     from werkzeug.serving import make_server
 
     http = make_server(args.host, args.port, app, threaded=True)
     thread = threading.Thread(target=http.serve_forever, name="city-server-http", daemon=True)
     thread.start()
     try:
-        wait_for_stop()  # SIGINT or SIGTERM, even when started with SIGINT ignored
+        while not stop.wait(0.5):
+            pass
     finally:
         progress("stopping")
         http.shutdown()

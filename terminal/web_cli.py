@@ -7,9 +7,10 @@ import getpass
 import logging
 import os
 import sys
+import threading
 from dataclasses import replace
 
-from cityid.cli_util import wait_for_stop
+from cityid.cli_util import stop_signals
 from cityid.errors import CityIdError
 from terminal.config import Mode, TerminalConfig, hash_password, load_config, parse_config
 
@@ -34,6 +35,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _serve(args: argparse.Namespace) -> int:
     """Serve the kiosk (citizen, unattended) or counter (clerk) screens with the configured chain, server
     and card readers. Binds to 127.0.0.1 unless the configuration or --host says otherwise."""
+    with stop_signals() as stop:  # first: a signal during start-up still stops cleanly
+        return _serve_until(args, stop)
+
+
+def _serve_until(args: argparse.Namespace, stop: threading.Event) -> int:
     from terminal.web import create_app
     from terminal.web.server import ServerThread
 
@@ -54,7 +60,8 @@ def _serve(args: argparse.Namespace) -> int:
     app = create_app(config, kiosk=kiosk, counter=counter)
     with ServerThread(app, config.host, config.port) as server:
         print(f"{config.mode.value} screens on {server.url}/{'' if kiosk else 'counter/'}", flush=True)
-        wait_for_stop()
+        while not stop.wait(0.5):
+            pass
     return 0
 
 

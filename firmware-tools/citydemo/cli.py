@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import threading
 
-from cityid.cli_util import progress, wait_for_stop
+from cityid.cli_util import progress, stop_signals
 from terminal.config import LANGUAGES
 
 
@@ -34,6 +35,11 @@ def _demo(args: argparse.Namespace) -> int:
     """Start everything on this machine with no set-up: an embedded chain with the contracts, the city
     server, demo citizens enrolled on virtual cards (through pcscd + vpcd when available) and the kiosk and
     counter screens on 127.0.0.1. Prints the URL and how to tap and remove the virtual cards."""
+    with stop_signals() as stop:  # first: a signal during the long start-up still stops cleanly
+        return _run_demo(args, stop)
+
+
+def _run_demo(args: argparse.Namespace, stop: threading.Event) -> int:
     from citydemo import demo
 
     use_pcsc = False if args.no_pcsc else None
@@ -62,6 +68,7 @@ def _demo(args: argparse.Namespace) -> int:
             "Ctrl-C stops everything.",
         ]
         print("\n".join(lines), flush=True)
-        wait_for_stop()
+        while not stop.wait(0.5):
+            pass
         progress("stopping")
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -34,6 +35,7 @@ from tests.card_terminal_support import (
     make_sd_jwt,
 )
 from tests.fixtures.pcsc import card_present, wait_for
+from tests.processes import stop
 
 pytestmark = pytest.mark.integration
 
@@ -124,6 +126,7 @@ def test_cardtool_emulate_and_info_personalize_pin(vpcd_slot, tmp_path: Path) ->
     state = tmp_path / "card.json"
     emu = subprocess.Popen(
         [str(CARDTOOL), "emulate", "citizen", "--vpcd", f"127.0.0.1:{port}", "--state", str(state)],
+        start_new_session=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -183,8 +186,7 @@ def test_cardtool_emulate_and_info_personalize_pin(vpcd_slot, tmp_path: Path) ->
         text = _present(reader, NEW_PIN)
         check_presentation(text, point, CLAIMS, NONCE, AUD, 1_780_000_000)
     finally:
-        emu.terminate()
-        emu.wait(10)
+        stop(emu, signal.SIGTERM, timeout=10)  # killed with its group if it does not exit in time
     wait_for(lambda: not card_present(reader), 10, f"{reader} to be empty")
     out = _cardtool("info", "--reader", reader)
     assert out.returncode == 1 and "no card" in out.stderr.lower()

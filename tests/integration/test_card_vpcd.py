@@ -21,6 +21,7 @@ from cityid.piv import PIV_AID, pad_pin
 from cityid.tlv import encode_tlv
 from tests.emukit import Card
 from tests.fixtures.pcsc import card_present, wait_for
+from tests.processes import stop
 
 pytestmark = pytest.mark.integration
 
@@ -141,6 +142,7 @@ def test_cardtool_emulate_citizen_shows_the_card(vpcd_slot, tmp_path: Path) -> N
     exe = Path(sys.executable).with_name("cardtool")
     proc = subprocess.Popen(
         [str(exe), "emulate", "citizen", "--vpcd", f"127.0.0.1:{port}", "--state", str(state)],
+        start_new_session=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
@@ -171,8 +173,7 @@ def test_cardtool_emulate_citizen_shows_the_card(vpcd_slot, tmp_path: Path) -> N
         assert shown["atr"] == CITIZEN_ATR.hex().upper()
         assert {"PIV", "citizen"} <= set(shown["applets"]) and shown["pin_tries"] == 3
     finally:
-        proc.send_signal(signal.SIGINT)  # Ctrl-C removes the card cleanly
-        output, _ = proc.communicate(timeout=15)
+        output, _ = stop(proc, signal.SIGINT, timeout=15)  # Ctrl-C removes the card; killed past the deadline
     text = output.decode()
     assert proc.returncode == 0, text
     assert (
