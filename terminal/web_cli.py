@@ -54,6 +54,10 @@ def _serve(args: argparse.Namespace) -> int:
     app = create_app(config, kiosk=kiosk, counter=counter)
     with ServerThread(app, config.host, config.port) as server:
         print(f"{config.mode.value} screens on {server.url}/{'' if kiosk else 'counter/'}", flush=True)
+        from terminal.web.app import announce
+
+        for line in announce(app, server.url):
+            print(line, flush=True)
         wait_for_stop()
     return 0
 

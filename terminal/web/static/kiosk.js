@@ -17,7 +17,7 @@
     };
     var source = new EventSource("/events");
     source.addEventListener("state", function (e) { go(JSON.parse(e.data).go, false); });
-    ["inserted", "removed", "timeout", "error"].forEach(function (name) {
+    ["inserted", "removed", "timeout", "error", "service"].forEach(function (name) {
       source.addEventListener(name, function (e) { go(JSON.parse(e.data).go, true); });
     });
     window.addEventListener("pagehide", function () { source.close(); });
@@ -25,8 +25,9 @@
 
   // --- activity keeps the session alive (throttled) -------------------------------------------
   var lastPing = 0;
-  var ping = function () {
-    if (body.dataset.sse !== "on" || body.dataset.screen === "idle") { return; }
+  var ping = function (e) {
+    // Only the citizen's own input counts (not script-generated events).
+    if (!e.isTrusted || body.dataset.sse !== "on" || body.dataset.screen === "idle") { return; }
     var now = Date.now();
     if (now - lastPing < 5000) { return; }
     lastPing = now;
