@@ -11,7 +11,7 @@ from dataclasses import replace
 
 from cityid.cli_util import wait_for_stop
 from cityid.errors import CityIdError
-from terminal.config import Mode, TerminalConfig, hash_password, load_config, parse_config
+from terminal.config import Mode, TerminalConfig, check_bind, hash_password, load_config, parse_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -46,6 +46,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.port is not None:
         overrides["port"] = args.port
     config = replace(config, **overrides)  # type: ignore[arg-type]
+    check_bind(config)  # beyond loopback only with TLS + client certificates (docs/ui.md §Security)
     if args.verbose < 2:
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # request lines only with -vv
     if config.mode is Mode.COUNTER and not config.server_url:

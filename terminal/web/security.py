@@ -101,7 +101,11 @@ class _RefusalLog:
         )
 
 
-REFUSALS = _RefusalLog()
+def refused(why: str) -> None:
+    """Log a refused request through this app's rate-limited refusal log."""
+    from flask import current_app
+
+    current_app.extensions["cityid.refusals"].refused(why)
 
 
 def host_name(host_header: str) -> str:
@@ -118,7 +122,7 @@ def _check_host() -> None:
 
     allowed: frozenset[str] = current_app.config["CITYID_ALLOWED_HOSTS"]
     if host_name(request.host) not in allowed:
-        REFUSALS.refused("Host not allowed")
+        refused("Host not allowed")
         abort(400)
 
 
@@ -197,7 +201,7 @@ def is_screen_request() -> bool:
 def require_screen() -> None:
     """``before_request`` of the citizen flow: 403 (and a log line) for anything but the kiosk's screen."""
     if not is_screen_request():
-        REFUSALS.refused("not the kiosk screen")
+        refused("not the kiosk screen")
         abort(403)
 
 
@@ -205,7 +209,7 @@ def bind_screen(lock: ScreenLock, key: str) -> bool:
     """Redeem a launch key for this browser: a fresh session holding only the screen id (and CSRF token)."""
     screen = lock.redeem(key)
     if screen is None:
-        REFUSALS.refused("wrong or used screen launch key")
+        refused("wrong or used screen launch key")
         return False
     session.clear()
     session[SCREEN_FIELD] = screen
@@ -234,6 +238,7 @@ def install(app: Flask, config: TerminalConfig) -> None:
         MAX_CONTENT_LENGTH=16 * 1024,
         CITYID_ALLOWED_HOSTS=config.allowed_hosts,
     )
+    app.extensions["cityid.refusals"] = _RefusalLog()
     app.before_request(_check_host)
     app.before_request(_check_csrf)
     app.after_request(_add_headers)
