@@ -1,6 +1,8 @@
-"""The kiosk session belongs to the kiosk's screen (issue 10 item 1): only the browser that opened the one-time
-launch URL may drive or read the citizen flow; a foreign Host is refused; no bind beyond loopback without TLS
-and client authentication. Flask test clients and a real TLS server on loopback (no daemons)."""
+"""The kiosk session belongs to the kiosk's screen (issue 10 item 1).
+
+Only the browser that opened the one-time launch URL may drive or read the citizen flow; a foreign Host is
+refused; no bind beyond loopback without TLS and client authentication. Flask test clients and a real TLS
+server on loopback (no daemons)."""
 
 from __future__ import annotations
 
@@ -213,7 +215,7 @@ def test_configured_server_names_are_accepted(backend: FakeKioskBackend) -> None
         assert client.get("/", headers={"Host": "kiosk-8.busan.local"}).status_code == 400
     finally:
         shutdown(app)
-    with pytest.raises(ConfigError, match="terminal.server_names"):
+    with pytest.raises(ConfigError, match=r"terminal\.server_names"):
         parse_config({"terminal": {"server_names": ["bad name/"]}})
 
 
@@ -224,9 +226,9 @@ def test_configured_server_names_are_accepted(backend: FakeKioskBackend) -> None
 def test_non_loopback_bind_without_tls_and_client_auth_is_refused(
     host: str, backend: FakeKioskBackend, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with pytest.raises(ConfigError, match="terminal.host.*tls_client_ca"):
+    with pytest.raises(ConfigError, match=r"terminal\.host.*tls_client_ca"):
         parse_config({"terminal": {"host": host}})
-    with pytest.raises(ConfigError, match="terminal.host"):
+    with pytest.raises(ConfigError, match=r"terminal\.host"):
         create_app(replace(parse_config({}), host=host), kiosk=backend)  # as `kiosk serve --host` does
     assert main(["serve", "--mode", "kiosk", "--host", host, "--port", "0"]) == 1
     err = capsys.readouterr().err
