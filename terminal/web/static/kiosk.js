@@ -9,7 +9,13 @@
   // --- live card events (server-sent events) ---------------------------------------------------
   if (body.dataset.sse === "on" && window.EventSource) {
     var here = function () { return location.pathname + location.search; };
+    // A form being submitted is already taking the page to the next screen (post/redirect/get); the new
+    // page's stream starts with where it should be, so events meanwhile must not start a second navigation.
+    var leaving = false;
+    document.addEventListener("submit", function () { leaving = true; }, true);
+    window.addEventListener("pageshow", function () { leaving = false; });
     var go = function (target, always) {
+      if (leaving) { return; }
       if (typeof target !== "string" || target.charAt(0) !== "/" || target.charAt(1) === "/") { return; }
       var url = new URL(target, location.href);
       if (url.pathname === location.pathname && (!always || url.pathname + url.search === here())) { return; }
