@@ -166,7 +166,12 @@ class KioskController:
             }
 
     def go_path(self) -> str:
-        return SCREEN_PATHS[self.screen]
+        """Where the screen should be; out of service names the problems, so a change of them reloads it."""
+        with self._lock:
+            screen = self.screen
+            if screen is Screen.OUT_OF_SERVICE:
+                return f"{SCREEN_PATHS[screen]}?problems={','.join(sorted(self._problems))}"
+            return SCREEN_PATHS[screen]
 
     def sse_hello(self) -> str:
         """The first message on a new stream: where the page should be now."""
@@ -249,7 +254,7 @@ class KioskController:
                 if self._session is not None:
                     self._wipe()
                     logger.info("session ended: kiosk out of service")
-                go = SCREEN_PATHS[Screen.OUT_OF_SERVICE]
+                go = self.go_path()
             else:
                 waiting, self._waiting = self._waiting, None
                 go = "/"

@@ -114,7 +114,7 @@ def test_out_of_service_when_pcscd_stops_and_back_when_it_returns(
 
         t0 = time.monotonic()
         own_pcscd.stop()
-        page.wait_for_url(url + "/out-of-service", timeout=15_000)  # pushed over SSE, no reload
+        page.wait_for_url(url + "/out-of-service?problems=pcscd", timeout=15_000)  # pushed over SSE
         took = time.monotonic() - t0
         screenshot(page, "out-of-service")
         text = visible_text(page)

@@ -189,9 +189,9 @@ def test_out_of_service_screen_and_recovery(app: Flask, backend: FakeKioskBacken
     mon.check()
     assert ctl.screen is Screen.OUT_OF_SERVICE and backend.ended >= 1  # the citizen's session is wiped
     events = [q.get_nowait() for _ in range(q.qsize())]
-    assert any("event: service" in e and '"go":"/out-of-service"' in e for e in events)
+    assert any("event: service" in e and '"go":"/out-of-service?problems=pcscd"' in e for e in events)
     for path in ("/", "/services", "/consent", "/pin", "/verdict"):
-        assert client.get(path).headers["Location"] == "/out-of-service", path
+        assert client.get(path).headers["Location"] == "/out-of-service?problems=pcscd", path
     html = client.get("/out-of-service").get_data(as_text=True)
     assert "This kiosk is out of service" in html and "이 키오스크는 현재 사용할 수 없습니다" in html
     assert "pcscd" in html and 'data-problem="pcscd"' in html  # what staff should check, both languages
@@ -202,6 +202,17 @@ def test_out_of_service_screen_and_recovery(app: Flask, backend: FakeKioskBacken
     assert body["status"] == "out_of_service" and body["problems"] == ["pcscd"] and body["pcscd"] is False
     assert set(body) >= {"readers", "pcscd", "chain", "clock_synced", "version"}
 
+    backend.health_state = BackendHealth(False, (), ChainHealth(error="ChainError: refused"))
+    seen_at = mon._chain_seen_at
+    mon._chain_seen_at = None  # as if the chain had never answered: a second problem
+    mon.check()
+    events = [q.get_nowait() for _ in range(q.qsize())]
+    assert any('"go":"/out-of-service?problems=chain,pcscd"' in e for e in events)  # the page reloads
+    html = client.get("/out-of-service").get_data(as_text=True)
+    assert html.count('data-problem="chain"') == 2 and html.count('data-problem="pcscd"') == 2
+    mon._chain_seen_at = seen_at
+    backend.health_state = BackendHealth(False, (), UP.chain)
+    mon.check()
     backend.insert(FakeToken(), "Reader 1")  # a card tapped while out of service is ignored...
     assert ctl.screen is Screen.OUT_OF_SERVICE
     backend.health_state = UP

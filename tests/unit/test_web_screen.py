@@ -317,3 +317,14 @@ def test_tls_with_client_certificates_is_served_and_enforced(tmp_path: Path) -> 
         authed.load_cert_chain(str(pki["client"]), str(pki["client_key"]))
         with urllib.request.urlopen(server.url + "/health", context=authed, timeout=5) as resp:
             assert resp.status == 200
+
+
+def test_a_flood_of_refusals_is_logged_at_a_bounded_rate(
+    app: Flask, caplog: pytest.LogCaptureFixture
+) -> None:
+    intruder = app.test_client()
+    caplog.set_level(logging.WARNING, "terminal.web.security")
+    for _ in range(50):
+        assert intruder.get("/verdict").status_code == 403
+    lines = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert len(lines) == 20  # the burst; the rest is summed up in the next minute's first line
