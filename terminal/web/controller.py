@@ -203,6 +203,10 @@ class KioskController:
             logger.warning("could not open a session with the token in %s: %s", event.reader, exc)
         with self._lock:
             self._opening = None
+            if self._problems and info is not None and not self._opening_removed:
+                self.backend.end()  # the kiosk went out of service meanwhile: serve it on return
+                self._waiting = event
+                return
             if info is None or self._opening_removed:
                 self.backend.end()
                 if info is None:
@@ -249,6 +253,8 @@ class KioskController:
         waiting: TokenPresent | None = None
         with self._lock:
             was = bool(self._problems)
+            if not was and not problems:
+                return  # in service and staying so: nothing for the screen
             self._problems = frozenset(problems)
             if self._problems:
                 if self._session is not None:

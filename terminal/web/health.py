@@ -271,7 +271,8 @@ class HealthMonitor:
         if report.problems:
             what = "; ".join(
                 f"{p.value}" + (f" ({report.details[p]})" if p in report.details else "")
-                for p in sorted(report.problems)
+                for p in Problem
+                if p in report.problems
             )
             logger.warning("kiosk out of service: %s", what)
         elif previous is not None:
@@ -292,4 +293,4 @@ STARTUP_HINTS: dict[Problem, str] = {
 def startup_lines(report: HealthReport) -> list[str]:
     """One line per missing thing, for ``kiosk serve`` to print."""
     return [f"missing: {STARTUP_HINTS[p]}" + (f" [{report.details[p]}]" if p in report.details else "")
-            for p in sorted(report.problems)]  # fmt: skip
+            for p in Problem if p in report.problems]  # fmt: skip
