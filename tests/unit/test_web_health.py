@@ -290,3 +290,37 @@ def test_sse_pushes_every_flow_change(app: Flask, backend: FakeKioskBackend) -> 
     ctl.finish()
     gos = [re.search(r'"go":"([^"]+)"', q.get_nowait())[1] for _ in range(q.qsize())]
     assert gos == ["/services", "/consent", "/pin", "/services", "/consent", "/pin", "/pin", "/verdict", "/"]
+
+
+def test_a_card_opening_while_the_kiosk_goes_out_of_service_is_served_on_return() -> None:
+    import threading
+
+    from terminal.web.controller import KioskController
+    from terminal.web.events import EventHub
+
+    class Slow(FakeKioskBackend):
+        def __init__(self) -> None:
+            super().__init__()
+            self.go_on = threading.Event()
+            self.opening = threading.Event()
+
+        def start_session(self, reader: str) -> Any:
+            self.opening.set()
+            assert self.go_on.wait(5)
+            return super().start_session(reader)
+
+    backend = Slow()
+    ctl = KioskController(backend, EventHub())
+    backend.start(ctl.on_event)
+    tap = threading.Thread(target=backend.insert, args=(FakeToken(),))
+    tap.start()
+    assert backend.opening.wait(5)
+    ctl.set_problems(frozenset({"pcscd"}))
+    backend.go_on.set()
+    tap.join(5)
+    assert ctl.screen is Screen.OUT_OF_SERVICE and ctl.snapshot().get("kind") is None
+    ctl.set_problems(frozenset())
+    deadline = time.monotonic() + 5
+    while ctl.screen is not Screen.SERVICES and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert ctl.screen is Screen.SERVICES
