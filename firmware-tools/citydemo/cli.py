@@ -34,8 +34,12 @@ def _demo(args: argparse.Namespace) -> int:
     """Start everything on this machine with no set-up: an embedded chain with the contracts, the city
     server, demo citizens enrolled on virtual cards (through pcscd + vpcd when available) and the kiosk and
     counter screens on 127.0.0.1. Prints the URL and how to tap and remove the virtual cards."""
-    from citydemo import demo
+    from dataclasses import replace
 
+    from citydemo import demo
+    from terminal.config import TerminalConfig, check_bind
+
+    check_bind(replace(TerminalConfig(source="kiosk demo --host"), host=args.host))  # before anything starts
     use_pcsc = False if args.no_pcsc else None
     if args.verbose < 2:
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # request lines only with -vv
