@@ -3,8 +3,8 @@ shows the out-of-service page (Korean and English, what staff should check) and 
 comes back → the kiosk returns to the idle screen by itself and serves the next card.
 
 Stopping pcscd must touch nobody else: the test runs only in a private mount+network namespace where no
-pcscd runs yet (README §pcscd; the preamble's ``unshare -mn`` recipe without starting pcscd), and starts,
-stops and restarts its own ``pcscd --foreground`` (a child process, ended by its id).
+pcscd runs yet, and starts, stops and restarts its own ``pcscd --foreground`` (a child process, ended by its
+id). In a normal run the second test re-runs the first under ``unshare -mn`` (root), so it needs no setup.
 """
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -144,3 +146,31 @@ def test_out_of_service_when_pcscd_stops_and_back_when_it_returns(
         finally:
             with contextlib.suppress(Exception):
                 vpcd.stop()
+
+
+def test_out_of_service_runs_in_a_namespace_of_its_own() -> None:
+    """In a normal run (pcscd shared with others) the test above re-runs itself under ``unshare -mn`` with
+    its own pcscd, so stopping pcscd affects nobody else."""
+    if _private_namespace():
+        pytest.skip("already in a private namespace: the test above runs directly")
+    unshare = shutil.which("unshare")
+    if unshare is None or os.geteuid() != 0:
+        pytest.skip("needs root and unshare(1) for a private mount+network namespace")
+    lock_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"cityid-oos-{os.getpid()}"
+    lock_dir.mkdir(exist_ok=True)
+    script = (
+        "ip link set lo up && mkdir -p /run/pcscd && mount -t tmpfs tmpfs /run/pcscd && "
+        f"exec {shlex.quote(sys.executable)} -m pytest -q -p no:cacheprovider "
+        f"{shlex.quote(__file__)}::test_out_of_service_when_pcscd_stops_and_back_when_it_returns"
+    )
+    env = dict(os.environ, CITYID_PCSC_LOCK_DIR=str(lock_dir))
+    try:
+        done = subprocess.run(
+            [unshare, "-mn", "bash", "-c", script],
+            capture_output=True, text=True, timeout=300, env=env, cwd=Path(__file__).resolve().parents[2],
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(lock_dir, ignore_errors=True)
+    if done.returncode != 0 and "Operation not permitted" in done.stderr:
+        pytest.skip("namespaces are not permitted here: " + done.stderr.strip()[:200])
+    assert done.returncode == 0 and "1 passed" in done.stdout, done.stdout[-3000:] + done.stderr[-2000:]
