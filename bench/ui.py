@@ -46,10 +46,11 @@ def _reader() -> Iterator[tuple[int, str]]:
 class SseClient:
     """A minimal event-stream reader on its own thread: (monotonic arrival, event type) into a queue."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, cookie: str = "") -> None:
         self.events: SimpleQueue[tuple[float, str]] = SimpleQueue()
         self._conn = http.client.HTTPConnection(host, port, timeout=60)
-        self._conn.request("GET", "/events", headers={"Accept": "text/event-stream"})
+        headers = {"Accept": "text/event-stream", "Cookie": cookie}  # the kiosk screen's session cookie
+        self._conn.request("GET", "/events", headers=headers)
         self._resp = self._conn.getresponse()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -123,7 +124,10 @@ def run(args: Any) -> None:
             with ServerThread(app) as server:
                 url = server.url
                 card = make_citizen_card(card_path)
-                sse = SseClient("127.0.0.1", server.port)
+                session = requests.Session()  # bound as the kiosk's screen (the one-time launch URL)
+                session.get(url + app.extensions["cityid.screen"].launch_path())
+                cookie = "; ".join(f"{k}={v}" for k, v in session.cookies.items())
+                sse = SseClient("127.0.0.1", server.port, cookie)
                 sse.wait("state")
                 vpcd = VpcdCard(card, port=port)
                 latencies: list[float] = []
@@ -144,7 +148,6 @@ def run(args: Any) -> None:
                 )
                 _stats("  of which the kiosk session opening (SELECT + GET INFO) and publish", monitor)
 
-                session = requests.Session()
                 token = _csrf(session, url)
                 totals: list[float] = []
                 after_tap: list[float] = []
@@ -168,12 +171,12 @@ def run(args: Any) -> None:
                 sse.close()
                 if Missed.count:
                     print(f"   (pcscd missed {Missed.count} quick re-inserts; retried, not measured)")
-                _browser(url, vpcd, browser_inserts)
+                _browser(url, app.extensions["cityid.screen"].launch_path(), vpcd, browser_inserts)
     finally:
         env.close()
 
 
-def _browser(url: str, vpcd: VpcdCard, n: int) -> None:
+def _browser(url: str, launch_path: str, vpcd: VpcdCard, n: int) -> None:
     chromium = Path("/usr/bin/chromium")
     if not chromium.exists():
         print("   card inserted -> page updated in Chromium: skipped (no /usr/bin/chromium)")
@@ -187,6 +190,7 @@ def _browser(url: str, vpcd: VpcdCard, n: int) -> None:
         browser = pw.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS, headless=True)
         try:
             page = browser.new_page()
+            page.goto(url + launch_path)  # this browser becomes the kiosk's screen
             for _ in range(n):
                 page.goto(url + "/")
                 page.wait_for_function("() => document.readyState === 'complete'")

@@ -12,6 +12,12 @@ A kiosk or counter terminal reads one file (``kiosk serve --config FILE``)::
     host = "127.0.0.1"             # bind address (localhost by default)
     port = 8080
     reader = ""                    # only use readers whose name contains this (empty: any)
+    server_names = []              # extra Host names the screen may be reached by (DNS-rebinding check)
+    screen_url_file = ""           # write the one-time screen launch URL here (0600); "" = print it
+    require_clock_sync = true      # out of service while the kernel says the clock is not synchronised
+    tls_cert = ""                  # PEM certificate + key: required (with tls_client_ca) off loopback
+    tls_key = ""
+    tls_client_ca = ""             # CA whose client certificates may connect (TLS client authentication)
 
     [chain]
     network = "embedded"           # or a network name with rpc/chain_id/addresses, or network_file
@@ -59,6 +65,7 @@ LANGUAGES = ("ko", "en")
 DEFAULT_SERVICES = ("benefit-check", "residence")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9.:-]*[A-Za-z0-9])?$")
 
 
 class ConfigError(CityIdError, ValueError):
@@ -105,8 +112,54 @@ class TerminalConfig:
     server_url: str = ""
     terminal_key: str = ""
     clerks: dict[str, str] = field(default_factory=dict)
+    server_names: tuple[str, ...] = ()
+    screen_url_file: str = ""
+    require_clock_sync: bool = True
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
     secret_key: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
     source: str = "<defaults>"
+
+    @property
+    def tls(self) -> bool:
+        """TLS with client authentication configured (all three files)."""
+        return bool(self.tls_cert and self.tls_key and self.tls_client_ca)
+
+    @property
+    def allowed_hosts(self) -> frozenset[str]:
+        """Host names requests may carry (no port, lower case, IPv6 without brackets; docs/ui.md)."""
+        names = {"localhost", "127.0.0.1", "::1", *(n.lower() for n in self.server_names)}
+        if not is_wildcard(self.host):
+            names.add(self.host.lower())
+        return frozenset(names)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding to ``host`` keeps the app on this machine (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def is_wildcard(host: str) -> bool:
+    """``0.0.0.0`` / ``::``: every interface."""
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
+
+
+def check_bind(config: TerminalConfig) -> None:
+    """Refuse a bind beyond loopback without TLS and client authentication (issue 10, docs/ui.md)."""
+    if not is_loopback(config.host) and not config.tls:
+        raise ConfigError(
+            f"{config.source}: terminal.host: {config.host!r} is reachable from other machines; set "
+            "terminal.tls_cert, tls_key and tls_client_ca (TLS with client certificates) or bind to 127.0.0.1"
+        )
 
 
 def _fail(source: str, key: str, why: str) -> ConfigError:
@@ -199,8 +252,11 @@ def parse_config(data: dict[str, Any], source: str = "<dict>") -> TerminalConfig
         term,
         source,
         p,
-        {"mode", "id", "audience", "language", "idle_timeout", "services", "host", "port", "reader"},
-    )
+        {
+            "mode", "id", "audience", "language", "idle_timeout", "services", "host", "port", "reader",
+            "server_names", "screen_url_file", "require_clock_sync", "tls_cert", "tls_key", "tls_client_ca",
+        },
+    )  # fmt: skip
     mode_s = _str(term, "mode", source, p, "kiosk")
     try:
         mode = Mode(mode_s)
@@ -234,6 +290,19 @@ def parse_config(data: dict[str, Any], source: str = "<dict>") -> TerminalConfig
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise _fail(source, p + "port", f"must be an integer from 0 to 65535, got {port!r}")
     reader = _str(term, "reader", source, p, "")
+    names = term.get("server_names", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) and _HOSTNAME.match(n) for n in names):
+        raise _fail(source, p + "server_names", "must be a list of host names or IP addresses")
+    screen_url_file = _path(_str(term, "screen_url_file", source, p, ""), source)
+    clock_sync = term.get("require_clock_sync", True)
+    if not isinstance(clock_sync, bool):
+        raise _fail(source, p + "require_clock_sync", "must be true or false")
+    tls = {k: _path(_str(term, k, source, p, ""), source) for k in ("tls_cert", "tls_key", "tls_client_ca")}
+    for key, value in tls.items():
+        if value and not Path(value).is_file():
+            raise _fail(source, p + key, f"no such file: {value}")
+    if any(tls.values()) and not all(tls.values()):
+        raise _fail(source, p + "tls_client_ca", "TLS needs tls_cert, tls_key and tls_client_ca together")
 
     chain = _chain(data.get("chain"), source)
 
@@ -263,7 +332,7 @@ def parse_config(data: dict[str, Any], source: str = "<dict>") -> TerminalConfig
 
     secret_hex = os.environ.get("CITYID_KIOSK_SECRET", "")
     secret = bytes.fromhex(secret_hex) if re.fullmatch(r"([0-9a-fA-F]{2}){16,}", secret_hex) else None
-    return TerminalConfig(
+    config = TerminalConfig(
         mode=mode,
         terminal_id=terminal_id,
         audience=audience,
@@ -277,9 +346,22 @@ def parse_config(data: dict[str, Any], source: str = "<dict>") -> TerminalConfig
         server_url=server_url,
         terminal_key=terminal_key,
         clerks=dict(clerks),
+        server_names=tuple(names),
+        screen_url_file=screen_url_file,
+        require_clock_sync=clock_sync,
+        **tls,
         secret_key=secret or secrets.token_bytes(32),
         source=source,
     )
+    check_bind(config)
+    return config
+
+
+def _path(value: str, source: str) -> str:
+    """A path from the file, relative to the file's folder."""
+    if value and not Path(value).is_absolute() and source not in ("<defaults>", "<dict>"):
+        return str(Path(source).parent / value)
+    return value
 
 
 def load_config(path: str | os.PathLike[str]) -> TerminalConfig:

@@ -12,7 +12,7 @@ from dataclasses import replace
 
 from cityid.cli_util import stop_signals
 from cityid.errors import CityIdError
-from terminal.config import Mode, TerminalConfig, hash_password, load_config, parse_config
+from terminal.config import Mode, TerminalConfig, check_bind, hash_password, load_config, parse_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -52,6 +52,7 @@ def _serve_until(args: argparse.Namespace, stop: threading.Event) -> int:
     if args.port is not None:
         overrides["port"] = args.port
     config = replace(config, **overrides)  # type: ignore[arg-type]
+    check_bind(config)  # beyond loopback only with TLS + client certificates (docs/ui.md §Security)
     if args.verbose < 2:
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # request lines only with -vv
     if config.mode is Mode.COUNTER and not config.server_url:
@@ -60,6 +61,10 @@ def _serve_until(args: argparse.Namespace, stop: threading.Event) -> int:
     app = create_app(config, kiosk=kiosk, counter=counter)
     with ServerThread(app, config.host, config.port) as server:
         print(f"{config.mode.value} screens on {server.url}/{'' if kiosk else 'counter/'}", flush=True)
+        from terminal.web.app import announce
+
+        for line in announce(app, server.url):
+            print(line, flush=True)
         while not stop.wait(0.5):
             pass
     return 0

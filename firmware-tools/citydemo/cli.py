@@ -40,19 +40,26 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _run_demo(args: argparse.Namespace, stop: threading.Event) -> int:
-    from citydemo import demo
+    from dataclasses import replace
 
+    from citydemo import demo
+    from terminal.config import TerminalConfig, check_bind
+
+    check_bind(replace(TerminalConfig(source="kiosk demo --host"), host=args.host))  # before anything starts
     use_pcsc = False if args.no_pcsc else None
     if args.verbose < 2:
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # request lines only with -vv
     with demo.running(args.host, args.port, use_pcsc, args.language, args.idle_timeout) as (env, server):
         url = server.url
+        from terminal.web.app import screen_launch_url
+
+        screen = screen_launch_url(server.app, url)
         clerk = f"clerk {demo.DEMO_CLERK!r}, password {demo.DEMO_CLERK_PASSWORD!r}"
         transport = f"pcscd + vpcd (kiosk reader {demo.KIOSK_READER!r})" if env.pcsc else "in-process"
         lines = [
             "",
             f"Busan citizen-ID demo is running on {url}/",
-            f"  kiosk screen:    {url}/",
+            f"  kiosk screen:    {screen}   (binds this browser as the kiosk's screen)",
             f"  demo panel:      {url}/demo/   (tap / remove each citizen's virtual card)",
             f"  counter screen:  {url}/counter/   ({clerk})",
             f"  city server:     {env.server_url}",
@@ -64,7 +71,7 @@ def _run_demo(args: argparse.Namespace, stop: threading.Event) -> int:
             lines.append(f"  {c.id:<5} {c.label:<52} PIN {c.pin}")
         lines += [
             "",
-            "Open the kiosk screen, then press 'Tap card' for a citizen on the demo panel.",
+            "Open the kiosk screen URL, then press 'Tap card' for a citizen on the demo panel.",
             "Ctrl-C stops everything.",
         ]
         print("\n".join(lines), flush=True)

@@ -12,8 +12,9 @@ What runs:
   terminal registered with a fresh key);
 * demo citizens (fictional) enrolled through the real counter flow on virtual cards, one of them with a
   lost (revoked) card;
-* the terminal app on 127.0.0.1 — kiosk screens at ``/``, counter screens at ``/counter/``, and the demo
-  panel at ``/demo/`` with a button to tap or remove each citizen's card.
+* the terminal app on 127.0.0.1 — kiosk screens at ``/`` (opened through the printed screen URL, which binds
+  that browser as the kiosk's screen), counter screens at ``/counter/``, and the demo panel at ``/demo/``
+  with a button to tap or remove each citizen's card.
 
 Cards reach the kiosk through pcscd + vpcd when available (the kiosk reader is ``Virtual PCD 00 00``, the
 counter's ``Virtual PCD 00 01``; a pcscd is started when the vpcd driver is installed and none runs), else
@@ -410,6 +411,7 @@ def build(
             language="ko",
             server_url=server_url,
             clerks={DEMO_CLERK: hash_password(DEMO_CLERK_PASSWORD)},
+            require_clock_sync=False,  # a laptop demo runs wherever it is started
         )
         env = DemoEnvironment(
             workdir, chain, server_url, kiosk_slot, counter_slot, cards, enrolled, keys, kiosk_backend,
@@ -473,13 +475,18 @@ def running(
 ) -> Iterator[tuple[DemoEnvironment, Any]]:
     """The demo serving on ``host:port``: yields (environment, ServerThread)."""
     from terminal.web import create_app
+    from terminal.web.security import ScreenLock
     from terminal.web.server import ServerThread
 
     env = build(use_pcsc)
     try:
         config = replace(env.config, language=language, idle_timeout=idle_timeout, host=host, port=port)
         panel = DemoPanel(env)
-        app = create_app(config, kiosk=env.kiosk_backend, counter=env.counter_backend, demo=panel)
+        # The printed screen URL stays valid for this run (each use re-binds the screen to that browser).
+        screen = ScreenLock(rotate=False)
+        app = create_app(
+            config, kiosk=env.kiosk_backend, counter=env.counter_backend, demo=panel, screen=screen
+        )
         panel.new_blank_card()
         with ServerThread(app, host, port) as server:
             yield env, server

@@ -14,12 +14,14 @@ from urllib.parse import urlsplit
 
 from flask import Flask, Response, abort, redirect, render_template, request, session, url_for
 
-from terminal.config import LANGUAGES, Mode, TerminalConfig
+from terminal.config import LANGUAGES, Mode, TerminalConfig, check_bind
 from terminal.web import counter_views, demo_views, events, kiosk_views, security
 from terminal.web.backend import CounterBackend, KioskBackend
 from terminal.web.catalog import catalogue, translate
 from terminal.web.controller import KioskController
 from terminal.web.events import EventHub
+from terminal.web.health import HealthMonitor, kernel_clock_synced, startup_lines
+from terminal.web.security import ScreenLock
 
 logger = logging.getLogger(__name__)
 
@@ -45,12 +47,19 @@ def create_app(
     kiosk: KioskBackend | None = None,
     counter: CounterBackend | None = None,
     demo: demo_views.DemoPanel | None = None,
+    screen: ScreenLock | None = None,
 ) -> Flask:
-    """The terminal app. Needs ``kiosk`` in kiosk mode, ``counter`` in counter mode (both in the demo)."""
+    """The terminal app. Needs ``kiosk`` in kiosk mode, ``counter`` in counter mode (both in the demo).
+
+    ``screen``: the kiosk screen's launch secret (default: a one-time key, rotated after each use and
+    written to ``terminal.screen_url_file`` when set). Refuses a bind beyond loopback without TLS and client
+    authentication (:func:`terminal.config.check_bind`).
+    """
+    check_bind(config)
     app = Flask(__name__, static_folder="static", template_folder="templates")
     app.secret_key = config.secret_key
     app.config["CITYID"] = config
-    security.install(app)
+    security.install(app, config)
     hub = EventHub()
     app.extensions["cityid.hub"] = hub
     app.register_blueprint(events.bp)
@@ -59,7 +68,16 @@ def create_app(
         controller = KioskController(kiosk, hub, config.idle_timeout, services=config.services)
         app.extensions["cityid.kiosk"] = controller
         app.extensions["cityid.sse_first"] = controller.sse_hello
+        app.extensions["cityid.screen"] = screen or ScreenLock(rotate=True, url_file=config.screen_url_file)
+        app.extensions["cityid.health"] = HealthMonitor(
+            kiosk,
+            controller.set_problems,
+            max_staleness=config.chain.max_staleness,
+            check_head_age=not config.chain.embedded,  # the demo chain mines only when written to
+            clock_probe=kernel_clock_synced if config.require_clock_sync else None,
+        )
         app.register_blueprint(kiosk_views.bp)
+        app.register_blueprint(kiosk_views.screen_bp)
     elif config.mode is Mode.KIOSK:
         raise ValueError("kiosk mode needs a kiosk backend")
     if counter is not None:
@@ -80,6 +98,7 @@ def create_app(
             "lang": lang,
             "languages": LANGUAGES,
             "t": lambda key, **kw: translate(lang, key, **kw),
+            "t_in": lambda language, key, **kw: translate(language, key, **kw),
             "known": lambda key: key in catalogue(lang),
             "terminal_id": config.terminal_id,
             "demo_enabled": demo is not None,
@@ -92,8 +111,8 @@ def create_app(
             abort(400)
         session["lang"] = lang
         ctl = app.extensions.get("cityid.kiosk")
-        if ctl is not None:
-            ctl.touch()
+        if ctl is not None and security.is_screen_request():
+            ctl.touch()  # only the citizen's own input counts for the idle timer
         return redirect(safe_next(request.form.get("next")), 303)
 
     @app.errorhandler(400)
@@ -111,15 +130,42 @@ def create_app(
 
 
 def start(app: Flask) -> None:
-    """Start watching readers (kiosk mode)."""
+    """Start watching readers and the kiosk's health (kiosk mode)."""
     controller: KioskController | None = app.extensions.get("cityid.kiosk")
     if controller is not None:
         controller.start()
+        app.extensions["cityid.health"].start()
 
 
 def shutdown(app: Flask) -> None:
     """Close event streams, wipe the session and stop the card layer."""
     app.extensions["cityid.hub"].close()
+    monitor: HealthMonitor | None = app.extensions.get("cityid.health")
+    if monitor is not None:
+        monitor.stop()
     controller: KioskController | None = app.extensions.get("cityid.kiosk")
     if controller is not None:
         controller.stop()
+
+
+def screen_launch_url(app: Flask, base_url: str) -> str | None:
+    """The kiosk screen's launch URL under ``base_url`` (also written to ``terminal.screen_url_file``)."""
+    lock: ScreenLock | None = app.extensions.get("cityid.screen")
+    return None if lock is None else lock.launch_url(base_url)
+
+
+def announce(app: Flask, base_url: str) -> list[str]:
+    """What ``kiosk serve`` prints once serving: where the screen's browser opens, and what is missing."""
+    lines: list[str] = []
+    url = screen_launch_url(app, base_url)
+    if url is not None:
+        config: TerminalConfig = app.config["CITYID"]
+        if config.screen_url_file:
+            lines.append(f"screen launch URL written to {config.screen_url_file} (one use; rewritten after)")
+        else:
+            lines.append(f"open the kiosk screen (once, on this machine's display): {url}")
+    monitor: HealthMonitor | None = app.extensions.get("cityid.health")
+    report = monitor.report if monitor is not None else None
+    if report is not None:
+        lines += startup_lines(report) or ["in service: readers, pcscd, chain and clock are ready"]
+    return lines

@@ -77,6 +77,29 @@ class VerdictView:
     facts: tuple[tuple[str, str], ...] = field(default_factory=tuple)
 
 
+@dataclass(frozen=True, slots=True)
+class ChainHealth:
+    """How current the chain facts are (docs/ui.md §Out of service). ``None``: not known."""
+
+    head_block: int | None = None
+    head_age: float | None = None  # seconds between the head block's own timestamp and the kiosk clock
+    cache_lag: float | None = None  # seconds since the sync cache was last current (None: no cache)
+    error: str | None = None  # why the chain could not be asked (no personal data)
+
+
+@dataclass(frozen=True, slots=True)
+class BackendHealth:
+    """What the kiosk's card layer and chain view can say about themselves right now.
+
+    ``pcscd``: True running, False gone, None not used (in-process cards) or not known yet.
+    ``readers``: the readers this kiosk would use. ``chain``: None when the backend does not know.
+    """
+
+    pcscd: bool | None
+    readers: tuple[str, ...]
+    chain: ChainHealth | None = None
+
+
 class KioskBackend(Protocol):
     """Card events and the presentation flow of an unattended kiosk."""
 
@@ -106,6 +129,10 @@ class KioskBackend(Protocol):
 
     def end(self) -> None:
         """End the session and wipe everything it held (claims, nonce, connection)."""
+        ...
+
+    def health(self) -> BackendHealth:
+        """pcscd, readers and chain state for the out-of-service screen and ``/health`` (no card I/O)."""
         ...
 
 

@@ -1,8 +1,9 @@
 """The kiosk's screen state machine: one citizen at a time, wiped on removal or idle timeout.
 
-Screens: idle → services → consent → pin → (working) → verdict, plus blocked. The controller lives in the
-server process (a kiosk has one screen); pages render its state and the page's event stream tells the browser
-where to go next (``go``), so a card pulled at any point brings every screen back to idle.
+Screens: idle → services → consent → pin → (working) → verdict, plus blocked and out of service. The
+controller lives in the server process (a kiosk has one screen: :class:`terminal.web.security.ScreenLock`);
+pages render its state and every change of state is pushed on the event stream (``go``: where the browser
+should be), so a card pulled, a timeout or the kiosk going out of service brings the screen along.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class Screen(StrEnum):
     WORKING = "working"
     VERDICT = "verdict"
     BLOCKED = "blocked"
+    OUT_OF_SERVICE = "out_of_service"
 
 
 SCREEN_PATHS = {
@@ -50,6 +52,7 @@ SCREEN_PATHS = {
     Screen.WORKING: "/pin",
     Screen.VERDICT: "/verdict",
     Screen.BLOCKED: "/blocked",
+    Screen.OUT_OF_SERVICE: "/out-of-service",
 }
 
 
@@ -99,6 +102,8 @@ class KioskController:
         self._opening: str | None = None  # reader whose session is being opened
         self._opening_removed = False
         self._generation = 0
+        self._problems: frozenset[str] = frozenset()  # terminal.web.health.Problem values
+        self._waiting: TokenPresent | None = None  # a token that arrived while out of service
         self._stop = threading.Event()
         self._idle_thread: threading.Thread | None = None
         offered = {s.id: s for s in backend.services()}
@@ -134,11 +139,20 @@ class KioskController:
     @property
     def screen(self) -> Screen:
         with self._lock:
+            if self._problems:
+                return Screen.OUT_OF_SERVICE
             return self._session.screen if self._session else Screen.IDLE
+
+    @property
+    def problems(self) -> frozenset[str]:
+        with self._lock:
+            return self._problems
 
     def snapshot(self) -> dict[str, Any]:
         """What the current page needs to render (no PIN; claims only on the verdict screen)."""
         with self._lock:
+            if self._problems:
+                return {"screen": Screen.OUT_OF_SERVICE, "problems": sorted(self._problems)}
             s = self._session
             if s is None:
                 return {"screen": Screen.IDLE}
@@ -152,7 +166,12 @@ class KioskController:
             }
 
     def go_path(self) -> str:
-        return SCREEN_PATHS[self.screen]
+        """Where the screen should be; out of service names the problems, so a change of them reloads it."""
+        with self._lock:
+            screen = self.screen
+            if screen is Screen.OUT_OF_SERVICE:
+                return f"{SCREEN_PATHS[screen]}?problems={','.join(sorted(self._problems))}"
+            return SCREEN_PATHS[screen]
 
     def sse_hello(self) -> str:
         """The first message on a new stream: where the page should be now."""
@@ -169,6 +188,9 @@ class KioskController:
 
     def _on_present(self, event: TokenPresent) -> None:
         with self._lock:
+            if self._problems:
+                self._waiting = event  # served when the kiosk is back in service, if still there
+                return
             if self._session is not None or self._opening is not None:
                 return  # one citizen at a time: a second token is ignored until the first leaves
             self._opening = event.reader
@@ -181,6 +203,10 @@ class KioskController:
             logger.warning("could not open a session with the token in %s: %s", event.reader, exc)
         with self._lock:
             self._opening = None
+            if self._problems and info is not None and not self._opening_removed:
+                self.backend.end()  # the kiosk went out of service meanwhile: serve it on return
+                self._waiting = event
+                return
             if info is None or self._opening_removed:
                 self.backend.end()
                 if info is None:
@@ -197,6 +223,8 @@ class KioskController:
 
     def _on_removed(self, event: TokenRemoved) -> None:
         with self._lock:
+            if self._waiting is not None and self._waiting.reader == event.reader:
+                self._waiting = None
             if self._opening == event.reader:
                 self._opening_removed = True
             s = self._session
@@ -213,6 +241,36 @@ class KioskController:
             self.last_event_at = event.at
             self.last_event_latency = time.monotonic() - event.at
         self.hub.publish(kind, data)
+
+    # --- out of service ----------------------------------------------------------------------------
+
+    def set_problems(self, problems: frozenset[str]) -> None:
+        """Out of service while ``problems`` is not empty (terminal.web.health); the screen follows over SSE.
+
+        Going out of service wipes a citizen's session (nothing can be checked); coming back serves a token
+        that arrived meanwhile and is still there.
+        """
+        waiting: TokenPresent | None = None
+        with self._lock:
+            was = bool(self._problems)
+            if not was and not problems:
+                return  # in service and staying so: nothing for the screen
+            self._problems = frozenset(problems)
+            if self._problems:
+                if self._session is not None:
+                    self._wipe()
+                    logger.info("session ended: kiosk out of service")
+                go = self.go_path()
+            else:
+                waiting, self._waiting = self._waiting, None
+                go = "/"
+            self.hub.publish("service", {"screen": self.screen.value, "go": go})
+        if was and not problems and waiting is not None:
+            threading.Thread(target=self._on_present, args=(waiting,), daemon=True).start()
+
+    def _changed(self) -> None:
+        """Push the screen the flow is on now (every state change reaches the screen over SSE)."""
+        self.hub.publish("state", {"screen": self.screen.value, "go": self.go_path()})
 
     def check_idle(self) -> bool:
         """Wipe the session after ``idle_timeout`` seconds without activity; True if it did."""
@@ -263,6 +321,7 @@ class KioskController:
             s.verdict = None
             s.pin_error = None
             s.screen = Screen.CONSENT
+            self._changed()
 
     def consent(self, agree: bool) -> None:
         with self._lock:
@@ -270,6 +329,7 @@ class KioskController:
             s.screen = Screen.PIN if agree else Screen.SERVICES
             if not agree:
                 s.service = None
+            self._changed()
 
     def back_to_services(self) -> None:
         with self._lock:
@@ -278,6 +338,7 @@ class KioskController:
             s.verdict = None
             s.pin_error = None
             s.screen = Screen.SERVICES
+            self._changed()
 
     def submit_pin(self, pin: str) -> Screen:
         """Hand the PIN to the backend once; return the screen to show next.
@@ -295,6 +356,7 @@ class KioskController:
             s.screen = Screen.WORKING
             generation = s.generation
             service_id = s.service.id
+            self._changed()
         verdict: VerdictView | None = None
         outcome: tuple[str, Any] = ("error", None)
         try:
@@ -336,6 +398,7 @@ class KioskController:
             else:
                 s2.pin_error = "pin.error.technical"
                 s2.screen = Screen.PIN
+            self._changed()
             return s2.screen
 
     def finish(self) -> None:
@@ -343,3 +406,4 @@ class KioskController:
         with self._lock:
             if self._session is not None and self._session.screen in (Screen.VERDICT, Screen.BLOCKED):
                 self._wipe()
+                self._changed()

@@ -98,6 +98,15 @@ class EventHub:
 bp = Blueprint("events", __name__)
 
 
+@bp.before_request
+def _only_the_screen() -> None:
+    """The kiosk's event stream is the screen's alone (terminal.web.security.ScreenLock)."""
+    if "cityid.screen" in current_app.extensions:
+        from terminal.web.security import require_screen
+
+        require_screen()
+
+
 @bp.get("/events")
 def events() -> Response:
     """The kiosk page's event stream."""

@@ -2,17 +2,42 @@
 
 Every GET renders the controller's current screen or redirects to it; every POST is one citizen step
 (CSRF-checked) followed by a redirect (post/redirect/get), so reloads and stale pages are harmless.
+
+Only the kiosk's own screen may use these pages (:func:`terminal.web.security.require_screen`: 403 for any
+other client). ``screen_bp`` holds what is open to others: the one-time launch URL that binds the screen and
+the ``/health`` endpoint for monitoring (JSON, no personal data).
 """
 
 from __future__ import annotations
 
 import contextlib
 
-from flask import Blueprint, Response, current_app, redirect, render_template, request
+from flask import Blueprint, Response, abort, current_app, jsonify, redirect, render_template, request
 
+from terminal.web import security
 from terminal.web.controller import FlowError, KioskController, Notice, Screen
+from terminal.web.health import HealthMonitor, Problem
 
 bp = Blueprint("kiosk", __name__)
+bp.before_request(security.require_screen)
+screen_bp = Blueprint("screen", __name__)
+
+
+@screen_bp.get("/screen/<key>")
+def launch(key: str) -> Response:
+    """The launch URL the kiosk's browser opens once: binds this browser session to the screen."""
+    lock: security.ScreenLock = current_app.extensions["cityid.screen"]
+    if not security.bind_screen(lock, key):
+        abort(403)
+    return redirect("/", 303)
+
+
+@screen_bp.get("/health")
+def health() -> tuple[Response, int]:
+    """Readers, pcscd, chain head age, cache lag, clock, version; 503 while out of service."""
+    monitor: HealthMonitor = current_app.extensions["cityid.health"]
+    report = monitor.report or monitor.check()
+    return jsonify(report.to_json()), 503 if report.problems else 200
 
 
 def _ctl() -> KioskController:
@@ -91,6 +116,14 @@ def back() -> Response:
 @bp.get("/verdict")
 def verdict() -> Response | str:
     return _page(Screen.VERDICT) or _render("verdict.html")
+
+
+@bp.get("/out-of-service")
+def out_of_service() -> Response | str:
+    if (r := _page(Screen.OUT_OF_SERVICE)) is not None:
+        return r
+    problems = [p for p in Problem if p.value in _ctl().problems]
+    return _render("out_of_service.html", problems=problems)
 
 
 @bp.get("/blocked")

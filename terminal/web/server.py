@@ -12,6 +12,7 @@ from flask import Flask
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from terminal.web.app import shutdown, start
+from terminal.web.security import ssl_context
 
 logger = logging.getLogger(__name__)
 
@@ -21,7 +22,8 @@ class ServerThread:
 
     def __init__(self, app: Flask, host: str = "127.0.0.1", port: int = 0) -> None:
         self.app = app
-        self._server: BaseWSGIServer = make_server(host, port, app, threaded=True)
+        self.tls = ssl_context(app.config["CITYID"]) if "CITYID" in app.config else None
+        self._server: BaseWSGIServer = make_server(host, port, app, threaded=True, ssl_context=self.tls)
         self.host = host
         self.port = self._server.server_port
         self._thread = threading.Thread(target=self._server.serve_forever, name="kiosk-http", daemon=True)
@@ -29,7 +31,7 @@ class ServerThread:
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
     def start(self) -> ServerThread:
         start(self.app)

@@ -52,6 +52,7 @@ from terminal.verifier import Verifier
 from terminal.verifier.verifier import DEFAULT_RP_ID
 from terminal.web.backend import (
     BackendEvent,
+    BackendHealth,
     CredentialState,
     Enrollment,
     EnrollmentResult,
@@ -212,6 +213,12 @@ class CardKioskBackend:
         if verification is not None:
             verification.end()
 
+    def health(self) -> BackendHealth:
+        """In-process cards: no pcscd to watch; the chain view's health (terminal.web.health)."""
+        from terminal.web.health import chain_health
+
+        return BackendHealth(None, (), chain_health(self.verifier.chain_view))
+
 
 class PcscKioskBackend(CardKioskBackend):
     """:class:`CardKioskBackend` on PC/SC readers, watched by a ``ReaderMonitor``.
@@ -232,12 +239,14 @@ class PcscKioskBackend(CardKioskBackend):
         self.hid_lister = hid_lister  # USB-HID security keys (terminal.fido.discovery); None: PC/SC only
         self._monitor: Any = None
         self._hid_watcher: Any = None
+        self._pcscd: bool | None = None  # from the monitor's ServiceLost / ServiceRestored
 
     def start(self, on_event: Callable[[BackendEvent], None]) -> None:
         from terminal.pcsc.monitor import ReaderMonitor
 
         super().start(on_event)
         self._monitor = ReaderMonitor(self._on_reader_event, timeout_ms=1000).start()
+        self._monitor.ready.wait(2.0)  # the first scan, so the start-up health check knows about pcscd
         if self.hid_lister is not None:
             from terminal.fido.discovery import FidoKeyWatcher
 
@@ -254,9 +263,24 @@ class PcscKioskBackend(CardKioskBackend):
             self._monitor = None
         super().stop()
 
-    def _on_reader_event(self, event: Any) -> None:
-        from terminal.pcsc.monitor import CardInserted, CardRemoved, CardSwapped
+    def health(self) -> BackendHealth:
+        """pcscd up (monitor's view), the readers matching ``reader_filter``, the chain view's health."""
+        from terminal.web.health import chain_health
 
+        monitor = self._monitor
+        pcscd, readers = self._pcscd, ()
+        if monitor is not None:
+            readers = tuple(r for r in monitor.readers() if self.reader_filter in r)
+            if pcscd is None and monitor.ready.is_set():
+                pcscd = True
+        return BackendHealth(pcscd, readers, chain_health(self.verifier.chain_view))
+
+    def _on_reader_event(self, event: Any) -> None:
+        from terminal.pcsc.monitor import CardInserted, CardRemoved, CardSwapped, ServiceLost, ServiceRestored
+
+        if isinstance(event, ServiceLost | ServiceRestored):
+            self._pcscd = isinstance(event, ServiceRestored)
+            return
         now = time.monotonic()
         reader = getattr(event, "reader", "")
         if self.reader_filter and self.reader_filter not in reader:

@@ -3,6 +3,9 @@
 The verifier says whether the presentation is genuine (and names the failed check); the service decides
 on the disclosed claims: a benefit check needs Busan residency and age over 65, a residence confirmation
 needs residency and shows the name and district.
+
+"Your credential is not valid" and "this kiosk cannot check right now" are different screens: a failed chain
+check (facts unavailable, stale, or not provable) is the kiosk's problem, never the citizen's (issue 10).
 """
 
 from __future__ import annotations
@@ -32,6 +35,9 @@ DISTRICT_KEYS: dict[str, str] = {
     "Gijang-gun": "district.gijang",
 }
 
+#: Verifier reasons that mean "the kiosk could not check", not "the credential is not valid".
+CANNOT_CHECK_REASONS = frozenset({"verdict.reason.chain"})
+
 #: Claims each built-in service needs (kept in step with terminal.flows.kiosk service declarations).
 SERVICE_CLAIMS: dict[str, tuple[str, ...]] = {
     "benefit-check": ("busan_resident", "age_over_65"),
@@ -46,6 +52,8 @@ def _yes_no(value: Any) -> str:
 def view_for(service_id: str, verified: bool, reason: str | None, claims: Mapping[str, Any]) -> VerdictView:
     """The verdict screen for ``service_id`` (``reason``: the verifier's catalogue key when not verified)."""
     if not verified:
+        if reason in CANNOT_CHECK_REASONS:
+            return VerdictView(False, "verdict.cannot_check", "reason.cannot_check")
         return VerdictView(False, "verdict.failed", reason or "reason.other")
     resident = claims.get("busan_resident") is True
     if service_id == "benefit-check":

@@ -14,6 +14,7 @@ from typing import Any
 from cityid.errors import CardRemovedError, InvalidPinError, NoCardError, PinBlockedError
 from terminal.web.backend import (
     BackendEvent,
+    BackendHealth,
     CredentialState,
     Enrollment,
     EnrollmentResult,
@@ -50,6 +51,7 @@ class FakeKioskBackend:
         self.session_reader: str | None = None
         self.ended = 0
         self.presented: list[str] = []
+        self.health_state = BackendHealth(pcscd=None, readers=())  # set by tests (out of service)
 
     def services(self) -> Sequence[ServiceInfo]:
         return [ServiceInfo(sid, claims) for sid, claims in SERVICE_CLAIMS.items()]
@@ -102,6 +104,17 @@ class FakeKioskBackend:
     def end(self) -> None:
         self.session_reader = None
         self.ended += 1
+
+    def health(self) -> BackendHealth:
+        return self.health_state
+
+
+def screen_client(app: Any) -> Any:
+    """A Flask test client bound as the kiosk's own screen (it opened the one-time launch URL)."""
+    client = app.test_client()
+    resp = client.get(app.extensions["cityid.screen"].launch_path())
+    assert resp.status_code == 303, resp.status_code
+    return client
 
 
 class FakeCounterBackend:

@@ -50,10 +50,13 @@ def test_kiosk_demo_serves_a_benefit_check(browser: Any, screenshot: Any) -> Non
             output.append(proc.stdout.readline())
         text = "".join(output)
         assert "demo panel:" in text and "PIN 135790" in text  # instructions printed
+        screen = re.search(r"kiosk screen: +(" + re.escape(url) + r"/screen/[A-Za-z0-9_-]+)", text)
+        assert screen is not None, text
         context = browser.new_context(viewport={"width": 1280, "height": 900})
         try:
             kiosk_page, panel = context.new_page(), context.new_page()
-            kiosk_page.goto(url + "/")
+            kiosk_page.goto(screen[1])  # the printed screen URL binds this browser as the kiosk's screen
+            kiosk_page.wait_for_url(url + "/")
             kiosk_page.wait_for_selector("#idle-title")
             screenshot(kiosk_page, "demo-idle")
             panel.goto(url + "/demo/")

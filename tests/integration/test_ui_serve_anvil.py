@@ -81,7 +81,7 @@ def test_kiosk_serve_config_on_anvil(
     config_file.write_text(
         "[terminal]\n"
         'mode = "kiosk"\nid = "kiosk-anvil"\naudience = "https://kiosk.busan.go.kr/kiosk-anvil"\n'
-        f'language = "en"\nreader = "{slot.reader}"\n'
+        f'language = "en"\nreader = "{slot.reader}"\nrequire_clock_sync = false\n'
         f'[chain]\nnetwork = "{anvil_chain.network.name}"\nnetwork_file = "network.json"\n',
         "utf-8",
     )

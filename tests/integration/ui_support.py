@@ -85,9 +85,16 @@ class Slot:
 
 @contextlib.contextmanager
 def serving(app: Any, page: Any) -> Iterator[str]:
-    """Serve ``app`` on a free localhost port; on exit the page leaves it before the server stops."""
+    """Serve ``app`` on a free localhost port; on exit the page leaves it before the server stops.
+
+    A kiosk app's screen is bound to ``page``'s browser context first (it opens the one-time launch URL, as
+    the kiosk's own browser does at boot).
+    """
     server = ServerThread(app, "127.0.0.1", 0).start()
     try:
+        if "cityid.screen" in app.extensions:
+            page.goto(server.url + app.extensions["cityid.screen"].launch_path())
+            page.wait_for_url(server.url + "/")
         yield server.url
     finally:
         with contextlib.suppress(Exception):

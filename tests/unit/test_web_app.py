@@ -12,7 +12,7 @@ from flask.testing import FlaskClient
 from terminal.config import hash_password, parse_config
 from terminal.web import create_app, shutdown
 from terminal.web.controller import KioskController, Screen
-from tests.doubles.fake_backends import FakeCounterBackend, FakeKioskBackend, FakeToken
+from tests.doubles.fake_backends import FakeCounterBackend, FakeKioskBackend, FakeToken, screen_client
 
 PIN = "246810"
 CLERK_PASSWORD = "correct horse"
@@ -52,7 +52,7 @@ def app(backend: FakeKioskBackend, clerk_hash: str) -> Iterator[Flask]:
 
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
-    return app.test_client()
+    return screen_client(app)
 
 
 def csrf(client: FlaskClient) -> str:

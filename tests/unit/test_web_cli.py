@@ -101,3 +101,53 @@ def test_counter_backends_from_config(tmp_path: Path) -> None:
     kiosk, counter = _backends(config)
     assert kiosk is None and isinstance(counter, CardCounterBackend)
     assert counter.server.terminal == "counter-7" and counter.server.base_url == "http://127.0.0.1:9"
+
+
+def test_serve_says_what_is_missing_and_where_the_screen_url_is(tmp_path: Path) -> None:
+    """`kiosk serve` as a subprocess on a node that does not answer: the start-up lines, the 0600 URL file."""
+    import os
+    import signal
+    import stat
+    import subprocess
+    import sys
+    import time
+
+    from cityid.chain.network import CONTRACT_KEYS
+
+    addresses = "".join(f'{k} = "0x{str(i + 1) * 40}"\n' for i, k in enumerate(CONTRACT_KEYS))
+    config = tmp_path / "kiosk.toml"
+    config.write_text(
+        '[terminal]\nmode = "kiosk"\nport = 0\nscreen_url_file = "screen-url"\nrequire_clock_sync = false\n'
+        '[chain]\nnetwork = "metadium"\nrpc = "http://127.0.0.1:9"\nchain_id = 11\n'
+        f"[chain.addresses]\n{addresses}",
+        "utf-8",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "terminal.cli", "serve", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 60
+        assert proc.stdout is not None
+        while not any(line.startswith("missing: the chain") for line in lines):
+            line = proc.stdout.readline()
+            assert line and time.monotonic() < deadline, "".join(lines)
+            lines.append(line)
+        out = "".join(lines)
+        assert "screen launch URL written to" in out and "unreachable" in out
+        url_file = tmp_path / "screen-url"
+        assert url_file.read_text().startswith("http://127.0.0.1:")
+        assert "/screen/" in url_file.read_text()
+        assert stat.S_IMODE(url_file.stat().st_mode) == 0o600
+        assert "missing: the system clock" not in out  # require_clock_sync = false
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -23,6 +23,7 @@ from terminal.web import create_app, shutdown
 from terminal.web.backend import TokenKind, TokenPresent
 from terminal.web.stack import CardKioskBackend
 from tests.credkit import AUDIENCE, CITIZEN, CITIZEN_DID, ISSUER_DID, ISSUER_KEY, ISSUER_POINT, NOW, STATUS
+from tests.doubles.fake_backends import screen_client
 from tests.doubles.static_view import StaticChainView
 
 pytestmark = pytest.mark.filterwarnings("ignore:Deprecated use of webauthn_json_mapping")
@@ -110,7 +111,7 @@ def test_fido_key_through_the_kiosk_screens() -> None:
     app = create_app(parse_config({"terminal": {"language": "en"}}), kiosk=backend)
     ctl = app.extensions["cityid.kiosk"]
     backend.start(ctl.on_event)
-    client = app.test_client()
+    client = screen_client(app)
     try:
         backend.feed(TokenPresent(READER, TokenKind.FIDO))
         html = client.get("/services").get_data(as_text=True)

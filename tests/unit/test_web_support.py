@@ -17,7 +17,7 @@ from terminal.web.catalog import catalogue
 from terminal.web.controller import KioskController, Screen
 from terminal.web.events import EventHub, format_event
 from terminal.web.verdicts import DISTRICT_KEYS, SERVICE_CLAIMS
-from tests.doubles.fake_backends import FakeKioskBackend, FakeToken
+from tests.doubles.fake_backends import FakeKioskBackend, FakeToken, screen_client
 
 WEB = Path(__file__).resolve().parents[2] / "terminal" / "web"
 
@@ -194,7 +194,7 @@ def test_events_endpoint_is_an_event_stream() -> None:
 
     backend = FakeKioskBackend()
     app = create_app(parse_config({}), kiosk=backend)
-    resp = app.test_client().get("/events", buffered=False)
+    resp = screen_client(app).get("/events", buffered=False)
     try:
         assert resp.mimetype == "text/event-stream" and resp.headers["Cache-Control"] == "no-store"
         chunks = iter(resp.response)

@@ -9,7 +9,13 @@
   // --- live card events (server-sent events) ---------------------------------------------------
   if (body.dataset.sse === "on" && window.EventSource) {
     var here = function () { return location.pathname + location.search; };
+    // A form being submitted is already taking the page to the next screen (post/redirect/get); the new
+    // page's stream starts with where it should be, so events meanwhile must not start a second navigation.
+    var leaving = false;
+    document.addEventListener("submit", function () { leaving = true; }, true);
+    window.addEventListener("pageshow", function () { leaving = false; });
     var go = function (target, always) {
+      if (leaving) { return; }
       if (typeof target !== "string" || target.charAt(0) !== "/" || target.charAt(1) === "/") { return; }
       var url = new URL(target, location.href);
       if (url.pathname === location.pathname && (!always || url.pathname + url.search === here())) { return; }
@@ -17,7 +23,7 @@
     };
     var source = new EventSource("/events");
     source.addEventListener("state", function (e) { go(JSON.parse(e.data).go, false); });
-    ["inserted", "removed", "timeout", "error"].forEach(function (name) {
+    ["inserted", "removed", "timeout", "error", "service"].forEach(function (name) {
       source.addEventListener(name, function (e) { go(JSON.parse(e.data).go, true); });
     });
     window.addEventListener("pagehide", function () { source.close(); });
@@ -25,8 +31,9 @@
 
   // --- activity keeps the session alive (throttled) -------------------------------------------
   var lastPing = 0;
-  var ping = function () {
-    if (body.dataset.sse !== "on" || body.dataset.screen === "idle") { return; }
+  var ping = function (e) {
+    // Only the citizen's own input counts (not script-generated events).
+    if (!e.isTrusted || body.dataset.sse !== "on" || body.dataset.screen === "idle") { return; }
     var now = Date.now();
     if (now - lastPing < 5000) { return; }
     lastPing = now;
