@@ -220,6 +220,8 @@ class PrinterEmulator:
     def _command(self, b: bytearray) -> int:
         c = b[0]
         if c == 0x0A:
+            if not self._line:
+                self._feed(FONT_A[1] + 6)  # LF on an empty line feeds one line
             self._print_line()
             return 1
         if c == 0x0D:

@@ -127,18 +127,17 @@ def _font(bold: bool, px: int) -> Any:
 
 
 def render_line(block: Text, width_dots: int) -> Any:
-    """A text line as a 1-bit Pillow image ``width_dots`` wide (Korean: no code page fits, see module doc)."""
+    """A text line as a 1-bit Pillow image, as narrow as its text (at most ``width_dots``; the printer aligns
+    it with ``ESC a``): Korean has no code page (module doc), and every blank dot costs line time."""
     from PIL import Image, ImageDraw
 
-    px = 24 * block.size
+    px = 22 * block.size
     font = _font(block.bold, px)
     left, top, right, bottom = font.getbbox(block.text)
-    height = px + 8 * block.size
-    img = Image.new("1", (width_dots, height), 1)
-    draw = ImageDraw.Draw(img)
-    text_w = right - left
-    x = {"left": 0, "center": (width_dots - text_w) // 2, "right": width_dots - text_w}.get(block.align, 0)
-    draw.text((max(0, x) - left, (height - (bottom - top)) // 2 - top), block.text, font=font, fill=0)
+    height = 24 * block.size + 4
+    width = min(width_dots, (right - left + 8) // 8 * 8)
+    img = Image.new("1", (width, height), 1)
+    ImageDraw.Draw(img).text((-left, (height - (bottom - top)) // 2 - top), block.text, font=font, fill=0)
     return img
 
 
@@ -277,7 +276,9 @@ class ReceiptPrinter:
                 p.textln(block.text[: _columns(self.settings) // block.size])
                 p.set(align="left", bold=False, normal_textsize=True)
             else:
+                p.set(align=block.align)
                 p.image(render_line(block, width), impl="bitImageRaster")
+                p.set(align="left")
         p.cut()
 
     def print(self, blocks: Sequence[Block]) -> PrinterStatus:
