@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sqlalchemy import DateTime, Integer, String, Text, select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Mapped, mapped_column
 
 from cityid.certificate import AnchorProof
@@ -270,7 +271,7 @@ class AnchorQueue:
                 try:
                     if self.due():
                         self.flush()
-                except (CityIdError, OSError) as exc:  # retried at the next tick; nothing is lost
+                except (CityIdError, OSError, SQLAlchemyError) as exc:  # retried next tick; nothing lost
                     logger.warning("anchor flush failed, will retry: %s", type(exc).__name__)
 
         self._thread = threading.Thread(target=loop, name="certificate-anchors", daemon=True)
