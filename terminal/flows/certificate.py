@@ -12,9 +12,10 @@ The API the kiosk screens call (not wired to terminal/web yet)::
 
 Rules: the certificate holds only the facts the service requested (:func:`cityid.certificate.issue` refuses
 more); nothing is printed before its hash is queued or anchored (``issue`` raises :class:`AnchorUnavailable`
-and creates no job when the queue cannot be reached); a job keeps its document until :meth:`forget` (or the
-``keep`` most recent are exceeded), so a fault never loses it; a reprint reuses the document — the hash is
-submitted once.
+and creates no job when the queue cannot be reached); a job keeps its document until :meth:`forget`, for
+``max_age_s`` (15 min) and among the ``keep`` (10) most recent — long enough for staff to fix a fault and
+reprint, short enough that an unattended kiosk does not hoard personal facts; a reprint reuses the document —
+the hash is submitted once.
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ class PrintJob:
     status: PrinterStatus | None = None
     attempts: int = 0
     printed_at: float | None = None
+    created_at: float = 0.0
     history: list[str] = field(default_factory=list)
 
 
@@ -177,7 +179,8 @@ class CertificateDesk:
         printer: ReceiptPrinter | None,
         *,
         validity_s: int = cert.DEFAULT_VALIDITY_S,
-        keep: int = 50,
+        keep: int = 10,
+        max_age_s: float = 900.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._key = key
@@ -187,18 +190,29 @@ class CertificateDesk:
         self.printer = printer
         self.validity_s = validity_s
         self.keep = keep
+        self.max_age_s = max_age_s
         self.clock = clock
         self._jobs: OrderedDict[str, PrintJob] = OrderedDict()
         self._lock = threading.Lock()  # one print at a time, jobs table consistent
 
     # --- jobs ---
+    def _prune(self) -> None:
+        """Forget jobs older than ``max_age_s`` or beyond the ``keep`` newest: they hold personal facts."""
+        cutoff = self.clock() - self.max_age_s
+        for job_id in [j.id for j in self._jobs.values() if j.created_at < cutoff]:
+            del self._jobs[job_id]
+        while len(self._jobs) > self.keep:
+            self._jobs.popitem(last=False)
+
     def job(self, job_id: str) -> PrintJob:
+        self._prune()
         try:
             return self._jobs[job_id]
         except KeyError:
             raise CityIdError("no such print job (it was printed and forgotten, or never issued)") from None
 
     def jobs(self) -> list[PrintJob]:
+        self._prune()
         return list(self._jobs.values())
 
     def forget(self, job_id: str) -> None:
@@ -221,12 +235,11 @@ class CertificateDesk:
             ) from exc
         if proof is not None:
             c = c.with_proof(proof)
-        job = PrintJob(secrets.token_urlsafe(9), c)
+        job = PrintJob(secrets.token_urlsafe(9), c, created_at=self.clock())
         job.history.append("queued")
         with self._lock:
             self._jobs[job.id] = job
-            while len(self._jobs) > self.keep:
-                self._jobs.popitem(last=False)
+            self._prune()
         return job
 
     def issue(self, verdict: Verdict, service: Service) -> PrintJob:

@@ -228,6 +228,8 @@ class ReceiptPrinter:
         try:
             device = self._open().device
             first = self._query(device, 1, wait_s or self.status_timeout)
+            if first is None:  # one lost answer is not yet "off" (a busy host, a line glitch): ask again
+                first = self._query(device, 1, self.status_timeout)
             if first is None:
                 return PrinterStatus(PrinterState.NO_ANSWER, "no answer to DLE EOT")
             cause = self._query(device, 2, self.status_timeout) or 0

@@ -59,7 +59,7 @@ class City:
         self.baudrate = baudrate
         self.pair = PtyPair(host_link=self.link)
         self.emu = PrinterEmulator(self.pair.device, baudrate=None)
-        self.printer = ReceiptPrinter(PrinterSettings(port=self.link, baudrate=baudrate), status_timeout=0.3)
+        self.printer = ReceiptPrinter(PrinterSettings(port=self.link, baudrate=baudrate), status_timeout=0.5)
         checker = c.ChainAnchorChecker(chain_env.client(), chain_env.network)
         self.desk = CertificateDesk(self.key, "kiosk-1", checker.anchor, self.queue, self.printer)
         self.verifier = c.CertificateVerifier(

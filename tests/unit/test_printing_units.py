@@ -54,3 +54,51 @@ def test_verify_certificate_command_is_registered(capsys: pytest.CaptureFixture[
     assert exit_.value.code == 0 and "FILE|QR-TEXT" in capsys.readouterr().out
     assert main(["verify-certificate", "hello"]) == 1  # neither certificate text nor a file: one clear line
     assert "neither certificate text" in capsys.readouterr().err
+
+
+class _MemoryQueue:
+    """An anchoring queue in memory (counts submissions)."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.submitted: list[bytes] = []
+        self.fail = fail
+
+    def submit(self, document_hash: bytes):  # type: ignore[no-untyped-def]
+        from cityid.errors import CityIdError
+
+        if self.fail:
+            raise CityIdError("unreachable")
+        self.submitted.append(document_hash)
+
+    def proof(self, document_hash: bytes):  # type: ignore[no-untyped-def]
+        return None
+
+
+def test_desk_issues_from_an_accepted_verdict_only_and_forgets_old_jobs() -> None:
+    from cityid.errors import CityIdError
+    from terminal.flows.certificate import AnchorUnavailable, CertificateDesk, JobState
+    from terminal.peripherals.printer import PrinterState
+    from terminal.verifier import Verdict
+
+    now = [1_800_000_000.0]
+    queue = _MemoryQueue()
+    desk = CertificateDesk(ec.generate_private_key(ec.SECP256R1()), "k1", "eip155:1:0x" + "22" * 20, queue,
+                           None, clock=lambda: now[0])  # fmt: skip
+    claims = {"busan_resident": True, "age_over_65": True, "given_name": "민지"}
+    verdict = Verdict(ok=True, failed=None, reason="verdict.ok", claims=dict(claims))
+    job = desk.issue(verdict, SERVICES["benefit-check"])
+    assert job.certificate.payload["facts"] == {"busan_resident": True, "age_over_65": True}
+    assert queue.submitted == [job.certificate.document_hash]
+    verdict.wipe()  # the verdict screen ends; the job keeps its document for a reprint
+    printed = desk.print(job.id)
+    assert printed.state is JobState.FAILED and printed.status.state is PrinterState.NOT_CONFIGURED
+    with pytest.raises(CityIdError, match="accepted verdict"):
+        desk.issue(Verdict(ok=False, failed=None, reason="verdict.reason.x"), SERVICES["benefit-check"])
+    with pytest.raises(AnchorUnavailable):
+        CertificateDesk(desk._key, "k1", desk.anchor, _MemoryQueue(fail=True), None).issue(
+            Verdict(ok=True, failed=None, reason="verdict.ok", claims=dict(claims)), SERVICES["benefit-check"]
+        )
+    now[0] += 901
+    assert desk.jobs() == []
+    with pytest.raises(CityIdError, match="no such print job"):
+        desk.reprint(job.id)
