@@ -251,3 +251,32 @@ def test_static_directory_from_json() -> None:
     jwk = P256PublicKey.from_crypto(key.public_key()).jwk()
     d = c.StaticKioskDirectory.from_json(json.loads(json.dumps({"k": jwk})))
     assert d.kiosk_key("k") == P256PublicKey.from_crypto(key.public_key()) and d.kiosk_key("x") is None
+
+
+def test_routes_without_a_registrar_and_authentication(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from terminal.certificate_client import ServerAnchorQueue
+    from tests.unit.server_support import make_rig
+
+    rig = make_rig(f"sqlite:///{tmp_path}/s.db")  # MemoryChain: no anchoring account
+    client = rig.app.test_client()
+    page = client.get("/certificates/verify")
+    assert page.status_code == 200 and "증명서 확인" in page.get_data(as_text=True)
+    assert client.post("/certificates/verify", json={"qr": "BC1:x"}).status_code == 503  # never "valid"
+    assert client.post("/certificates/verify", json={"nope": 1}).status_code == 400
+    assert client.post("/certificates/anchors", json={"document_hash": "00" * 32}).status_code == 401
+    assert client.get("/certificates/anchors/xyz").status_code == 400
+    assert client.get("/certificates/anchors/" + "00" * 32).status_code == 404
+    assert client.get("/certificates/kiosks/nobody").status_code == 404
+    jwk = client.get("/certificates/kiosks/counter-1").get_json()["jwk"]
+    assert P256PublicKey.from_jwk(jwk) == P256PublicKey.from_crypto(rig.terminal_key.public_key())
+    queue = ServerAnchorQueue("http://city.test", "counter-1", rig.terminal_key, session=rig.transport)
+    assert queue.submit(b"\x11" * 32) is None  # queued
+    assert queue.submit(b"\x11" * 32) is None and queue.proof(b"\x11" * 32) is None
+    assert client.get("/certificates/anchors/" + "11" * 32).get_json()["status"] == "queued"
+    bad = rig.transport.client.post("/certificates/anchors", json={"document_hash": "AB"})
+    assert bad.status_code == 401  # unsigned
+    from terminal.server_client import ServerError
+
+    with pytest.raises(ServerError) as refused:
+        queue._call("POST", "/certificates/anchors", {"document_hash": "AB"})  # signed, but not a hash
+    assert refused.value.status == 400
