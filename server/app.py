@@ -55,6 +55,10 @@ def create_app(
 
     app.register_blueprint(bp)
 
+    from server.api.certificates import install as install_certificates
+
+    install_certificates(app, db, chain)  # printed certificates: anchoring queue + verification (13)
+
     @app.get("/health")
     def health() -> ResponseReturnValue:
         return jsonify(ok=True, issuer_did=service.issuer_did, vct=service.vct)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from cityid.cli_util import build_parser, run
 
-COMMAND_MODULES = ("terminal.web_cli",)  # kiosk serve|demo
+COMMAND_MODULES = ("terminal.web_cli", "terminal.certificate_cli")  # kiosk serve|demo, verify-certificate
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -35,6 +35,13 @@ A kiosk or counter terminal reads one file (``kiosk serve --config FILE``)::
     url = "http://127.0.0.1:8700"  # the city server (counter terminals)
     terminal_key = "counter-key.pem"
 
+    [printer]                      # optional: ESC/POS receipt printer (docs/printer.md)
+    port = "/dev/ttyUSB0"
+    baudrate = 115200
+    flow_control = "rtscts"        # none | rtscts | xonxoff | dsrdtr
+    profile = "TM-T88V"            # a python-escpos printer profile
+    paper_width = 80               # mm: 80 or 58
+
     [counter.clerks]
     kim = "scrypt$16384$8$1$<salt hex>$<hash hex>"   # from `kiosk clerk-password`
 
@@ -60,6 +67,7 @@ from urllib.parse import urlsplit
 from cityid.chain.network import CONTRACT_KEYS as _CONTRACTS
 from cityid.chain.network import NetworkConfig
 from cityid.errors import CityIdError
+from terminal.peripherals.printer import FLOW_CONTROLS, PAPER_DOTS, PrinterSettings
 
 LANGUAGES = ("ko", "en")
 DEFAULT_SERVICES = ("benefit-check", "residence")
@@ -118,6 +126,7 @@ class TerminalConfig:
     tls_cert: str = ""
     tls_key: str = ""
     tls_client_ca: str = ""
+    printer: PrinterSettings | None = None
     secret_key: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
     source: str = "<defaults>"
 
@@ -241,9 +250,39 @@ def _chain(table: object, source: str) -> ChainSettings:
     return ChainSettings(network, rpc, chain_id, dict(addresses), "", staleness)
 
 
+def _printer(table: object, source: str) -> PrinterSettings | None:
+    """``[printer]`` (docs/printer.md); absent: no printer."""
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        raise _fail(source, "printer", "must be a table")
+    p = "printer."
+    _take(table, source, p, {"port", "baudrate", "flow_control", "profile", "paper_width"})
+    port = _str(table, "port", source, p, "")
+    if not port:
+        raise _fail(source, p + "port", "the serial port of the printer is required (e.g. /dev/ttyUSB0)")
+    baud = table.get("baudrate", 115200)
+    if baud not in (9600, 19200, 38400, 57600, 115200):
+        raise _fail(source, p + "baudrate", f"must be 9600, 19200, 38400, 57600 or 115200, got {baud!r}")
+    flow = _str(table, "flow_control", source, p, "none")
+    if flow not in FLOW_CONTROLS:
+        raise _fail(source, p + "flow_control", f"must be one of {', '.join(FLOW_CONTROLS)}, got {flow!r}")
+    profile = _str(table, "profile", source, p, "TM-T88V")
+    from escpos.capabilities import get_profile  # the library's own profile database
+
+    try:
+        get_profile(profile)
+    except KeyError:
+        raise _fail(source, p + "profile", f"unknown python-escpos profile {profile!r}") from None
+    width = table.get("paper_width", 80)
+    if width not in PAPER_DOTS:
+        raise _fail(source, p + "paper_width", f"must be one of {sorted(PAPER_DOTS)} (mm), got {width!r}")
+    return PrinterSettings(port, int(baud), flow, profile, int(width))
+
+
 def parse_config(data: dict[str, Any], source: str = "<dict>") -> TerminalConfig:
     """Validate a parsed TOML document; raise :class:`ConfigError` naming the offending key."""
-    _take(data, source, "", {"terminal", "chain", "server", "counter"})
+    _take(data, source, "", {"terminal", "chain", "server", "counter", "printer"})
     term = data.get("terminal", {})
     if not isinstance(term, dict):
         raise _fail(source, "terminal", "must be a table")
@@ -350,6 +389,7 @@ def parse_config(data: dict[str, Any], source: str = "<dict>") -> TerminalConfig
         screen_url_file=screen_url_file,
         require_clock_sync=clock_sync,
         **tls,
+        printer=_printer(data.get("printer"), source),
         secret_key=secret or secrets.token_bytes(32),
         source=source,
     )
