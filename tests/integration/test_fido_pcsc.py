@@ -25,7 +25,7 @@ from fido2.webauthn import AttestedCredentialData
 
 from cityid.apdu import ApduFormat
 from cityid.errors import CardError
-from terminal.fido.device import CtapSmartCardDevice, pcsc_device
+from terminal.fido.device import CtapSmartCardDevice, ensure_pyscard_compat, pcsc_device
 from terminal.fido.discovery import (
     FidoKeyInserted,
     FidoKeyRemoved,
@@ -128,6 +128,46 @@ def test_fido2_client_through_pcscd(fido_key) -> None:
         _client_round_trip(device, _root(state), "24680")
     finally:
         device.close()
+
+
+def _cla80_device(connection, name: str):
+    """python-fido2's PC/SC device sending GET RESPONSE as libfido2 >= 1.16 does in CTAP2 mode
+    (``80 C0 00 00 xx``, Yubico/libfido2 PR #817) instead of its own ``00 C0``; counts them."""
+    ensure_pyscard_compat()
+    from fido2.pcsc import CtapPcscDevice
+
+    class Cla80GetResponse(CtapPcscDevice):
+        get_responses = 0
+        longest = 0
+
+        def apdu_exchange(self, apdu: bytes, protocol=None):
+            if apdu[:4] == b"\x00\xc0\x00\x00":
+                apdu = b"\x80" + apdu[1:]
+                self.get_responses += 1
+            return super().apdu_exchange(apdu, protocol)
+
+        def call(self, cmd, data=b"", event=None, on_keepalive=None):
+            out = super().call(cmd, data, event, on_keepalive)
+            self.longest = max(self.longest, len(out))
+            return out
+
+    return Cla80GetResponse(connection, name)
+
+
+def test_cla80_get_response_registration_through_pcscd(fido_key) -> None:
+    """A registration answer longer than 256 bytes fetched with CLA 80 GET RESPONSE (FIELD-NOTES: libfido2
+    1.16+ otherwise fails every registration with FIDO_ERR_RX_NOT_CBOR)."""
+    from smartcard.System import readers
+
+    handle, state = fido_key
+    ensure_pyscard_compat()
+    reader = next(r for r in readers() if handle.reader_name in str(r))
+    device = _cla80_device(reader.createConnection(), str(reader))
+    try:
+        _client_round_trip(device, _root(state), None)
+    finally:
+        device.close()
+    assert device.get_responses > 0 and device.longest > 256
 
 
 def test_fido2_client_through_the_hid_device() -> None:

@@ -31,7 +31,7 @@ from cityid.citizen import (
 from cityid.errors import ApduError, TlvError
 from cityid.iso7816 import SW
 from cityid.jose import attach_signature, der_to_raw_p256
-from cityid.piv import Algorithm, KeyRef, Slot
+from cityid.piv import Algorithm, Slot
 from cityid.sdjwt import kb_jwt_signing_input, presentation_without_kb, sd_hash
 from cityid.tlv import encode_tlv
 from emulators.card.os import Applet
@@ -124,17 +124,8 @@ class CitizenApplet(Applet):
         return out
 
     def _verify(self, cmd: CommandApdu) -> bytes:
-        """VERIFY of the card-wide PIN, same semantics as the PIV applet's (SP 800-73-4 Part 2 §3.2.1)."""
-        if cmd.p2 != KeyRef.PIN or cmd.p1 not in (0x00, 0xFF):
-            raise ApduError(SW.INCORRECT_P1P2)
-        if cmd.p1 == 0xFF:
-            if cmd.data:
-                raise ApduError(SW.WRONG_LENGTH)
-            self.security.pin_verified = False
-        elif not cmd.data:
-            self.security.pin_status()
-        else:
-            self.security.verify_pin(cmd.data)
+        """VERIFY of the card-wide PIN: the PIV applet's command (SP 800-73-4 Part 2 §3.2.1), same code."""
+        self.security.verify_command(cmd.p1, cmd.p2, cmd.data)
         return b""
 
     def _general_authenticate(self, cmd: CommandApdu) -> bytes:

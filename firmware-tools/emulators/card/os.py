@@ -12,8 +12,9 @@ runtime does for its applets:
   the command — a chain interrupted by a different command is dropped and answered ``6883`` (a SELECT
   simply abandons it);
 * chains long responses (§5.3.4): a short APDU whose answer is longer than Le gets the first Le bytes and
-  ``61xx``; the rest is served by ``GET RESPONSE`` (``00 C0 00 00 xx``); extended APDUs get up to 65536
-  bytes at once.
+  ``61xx``; the rest is served by ``GET RESPONSE`` (``00 C0 00 00 xx``; also with CLA ``80``, which
+  libfido2 ≥ 1.16 sends in CTAP2 mode, so no applet may use INS ``C0`` under CLA ``80``); extended APDUs get
+  up to 65536 bytes at once.
 
 Applets signal errors by raising :class:`cityid.errors.ApduError`; any other exception becomes ``6F00``
 (logged), a failed state write becomes ``6581``.
@@ -36,6 +37,9 @@ logger = logging.getLogger(__name__)
 MAX_CHAINED_COMMAND = 65535
 #: Minimum length of an AID (prefix) in SELECT: RID is 5 bytes (ISO/IEC 7816-5).
 MIN_SELECT_AID = 5
+#: Class bytes whose INS ``C0`` is GET RESPONSE, served by the OS (ISO 7816-4 §11.7.1 uses ``00``;
+#: libfido2 ≥ 1.16 — Yubico/libfido2 PR #817 — sends ``80 C0 00 00 00`` to CTAP2 applets).
+GET_RESPONSE_CLASSES = frozenset({CLA.ISO, CLA.PROPRIETARY})
 
 
 class Applet:
@@ -178,7 +182,7 @@ class VirtualCard:
         cla = cmd.cla & ~CLA.CHAINING & 0xFF
         header = bytes((cla, cmd.ins, cmd.p1, cmd.p2))
 
-        if cmd.ins == INS.GET_RESPONSE and cla == CLA.ISO:
+        if cmd.ins == INS.GET_RESPONSE and cla in GET_RESPONSE_CLASSES:
             return self._get_response(cmd, chained)
         self._pending = b""
 

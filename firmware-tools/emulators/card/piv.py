@@ -28,7 +28,7 @@ from cityid.iso7816 import INS, SW
 from cityid.piv import PIV_AID, Algorithm, KeyRef, ObjectId, Slot, Tag
 from cityid.tlv import Tlv, encode_tlv, parse_tlv_dict
 from emulators.card.os import Applet
-from emulators.card.security import MGMT_KEY_ALGORITHMS, CardSecurity
+from emulators.card.security import MGMT_ALG_CURRENT, MGMT_KEY_ALGORITHMS, CardSecurity
 from emulators.card.store import CardStore
 
 logger = logging.getLogger(__name__)
@@ -251,21 +251,7 @@ class PivApplet(Applet):
     # --- PIN management (Part 2 §3.2.1–3.2.3) --------------------------------------------------------
 
     def _verify(self, cmd: CommandApdu) -> bytes:
-        if cmd.p2 == KeyRef.GLOBAL_PIN:
-            raise ApduError(SW.REFERENCE_DATA_NOT_FOUND, "no global PIN")
-        if cmd.p2 != KeyRef.PIN:
-            raise ApduError(SW.INCORRECT_P1P2)
-        if cmd.p1 == 0xFF:  # reset the security status of the PIN
-            if cmd.data:
-                raise ApduError(SW.WRONG_LENGTH)
-            self.security.pin_verified = False
-            return b""
-        if cmd.p1 != 0x00:
-            raise ApduError(SW.INCORRECT_P1P2)
-        if not cmd.data:
-            self.security.pin_status()
-            return b""
-        self.security.verify_pin(cmd.data)
+        self.security.verify_command(cmd.p1, cmd.p2, cmd.data)
         return b""
 
     def _change_reference(self, cmd: CommandApdu) -> bytes:
@@ -327,7 +313,7 @@ class PivApplet(Applet):
 
     def _general_authenticate(self, cmd: CommandApdu) -> bytes:
         if cmd.p2 == Slot.CARD_MANAGEMENT:
-            if cmd.p1 not in MGMT_KEY_ALGORITHMS:
+            if cmd.p1 not in MGMT_KEY_ALGORITHMS and cmd.p1 != MGMT_ALG_CURRENT:
                 raise ApduError(SW.INCORRECT_P1P2)
             return self.security.management_authenticate(cmd.p1, cmd.data)
         if cmd.p2 not in KEY_SLOTS:
