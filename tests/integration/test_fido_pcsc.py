@@ -242,6 +242,32 @@ def test_pin_lockout_with_reinsertion(fido_key) -> None:
     s.close()
 
 
+def test_a_pcsc_reset_is_not_a_power_cycle(fido_key) -> None:
+    """CTAP 2.1 §6.5.5.4 through pcscd: every PC/SC client that disconnects resets the card (and pcscd powers
+    an idle card down); neither may clear the three-wrong-PINs-in-a-row block — only re-inserting the key."""
+    handle, _ = fido_key
+
+    def attempt(pin: str, reset: bool = True) -> Exception | None:
+        with PcscConnection(handle.reader_name, reset_on_close=reset) as conn:
+            try:
+                FidoSession(CtapSmartCardDevice(conn, handle.reader_name)).change_pin(pin, "13579135")
+            except (FidoInvalidPinError, FidoPinPowerCycleError, FidoPinBlockedError) as exc:
+                return exc
+        return None
+
+    with PcscConnection(handle.reader_name) as conn:
+        FidoSession(CtapSmartCardDevice(conn, handle.reader_name)).set_pin("24681357")
+    seen = [type(attempt("00000000")) for _ in range(4)]  # a new connection and a card reset each time
+    assert seen == [FidoInvalidPinError, FidoInvalidPinError] + [FidoPinPowerCycleError] * 2
+    assert isinstance(attempt("24681357"), FidoPinPowerCycleError)  # even the right PIN, at no cost
+    with PcscConnection(handle.reader_name) as conn:
+        status = FidoSession(CtapSmartCardDevice(conn, handle.reader_name)).pin_status()
+    assert status.state is PinState.POWER_CYCLE_REQUIRED and status.retries == 5
+    handle.stop()
+    handle.insert()
+    assert attempt("24681357") is None
+
+
 @pytest.mark.parametrize(
     ("chunk", "point", "created"),
     [

@@ -51,6 +51,13 @@ class Applet:
     def power_on(self) -> None:
         """Card power-up or reset: clear volatile state (PIN verified flags, challenges, sessions)."""
 
+    def card_removed(self) -> None:
+        """The card left the reader (physically; not a host power-down or reset, which keep it inserted).
+
+        For state only a real removal may clear — CTAP 2.1 §6.5.5.4's "power cycle" after three wrong PINs
+        in a row must be a user's act, not a reset any PC/SC client causes by disconnecting.
+        """
+
     def select(self) -> bytes:
         """The applet was selected: return the data of the SELECT response (FCI, property template…)."""
         return b""
@@ -136,8 +143,18 @@ class VirtualCard:
             self._chain = None
             self._pending = b""
 
+    def remove(self) -> None:
+        """The card was pulled out of the reader: power off, then tell every applet (:meth:`card_removed`)."""
+        with self._lock:
+            self.power_off()
+            for applet in self.applets:
+                try:
+                    applet.card_removed()
+                except Exception:
+                    logger.exception("applet %s failed on removal", applet.name)
+
     def reset(self) -> bytes:
-        """Warm reset: same effect on volatile state as a power cycle."""
+        """Warm reset: same effect on volatile state as a power-up (the card stays inserted)."""
         with self._lock:
             self.power_off()
             return self.power_on()
