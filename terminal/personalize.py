@@ -32,7 +32,7 @@ from cityid.jose import JoseError, b64url_decode, json_loads
 from cityid.piv import DEFAULT_MANAGEMENT_KEY, Algorithm, Slot
 from cityid.sdjwt import parse_disclosure, split
 from cityid.tlv import encode_length
-from terminal.sessions.citizen import CitizenSession
+from terminal.sessions.citizen import CardIdentity, CitizenSession
 from terminal.sessions.piv import PivSession
 
 logger = logging.getLogger(__name__)
@@ -132,8 +132,7 @@ def personalize(
     ``generate_key=False`` keeps the existing 9A key and certificate (e.g. to write the credential the
     issuer made for that key in a second pass).
     """
-    citizen = CitizenSession(connection)
-    serial = citizen.info().serial
+    serial = _identity(connection, management_key).serial
     piv = PivSession(connection)
     if generate_key:
         if pin is None:
@@ -176,5 +175,15 @@ def personalize(
             raise ValueError("changing the PIN needs the current PIN")
         progress("setting the PIN")
         piv.change_pin(pin, new_pin)
-    info = CitizenSession(connection).info()
-    return PersonalizationResult(public_key, cert, serial, info.did, info.vct)
+    identity = _identity(connection, management_key)
+    return PersonalizationResult(public_key, cert, serial, identity.did, identity.vct)
+
+
+def _identity(connection: SmartCardConnection, management_key: bytes) -> CardIdentity:
+    """Serial, DID, vct: from GET INFO on a legacy card, else GET IDENTITY behind the management key."""
+    citizen = CitizenSession(connection)
+    info = citizen.info()
+    if info.identity_in_info is not None:
+        return info.identity_in_info
+    citizen.authenticate(management_key)
+    return citizen.identity()

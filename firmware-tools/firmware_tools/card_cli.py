@@ -121,12 +121,15 @@ def gather_info(conn: PcscConnection) -> dict[str, Any]:
         info = CitizenSession(conn).info()
         out.update(
             citizen_version=f"{info.version[0]}.{info.version[1]}",
-            serial=info.serial,
-            did=info.did,
             credential_vct=info.vct,
-            claims=list(info.claims),
             pin_tries=info.pin_tries,
         )
+        if info.credential_state is not None:
+            out["credential_state"] = int(info.credential_state)
+        if info.reveals_identity:  # a private-profile card shows serial and DID only after the PIN
+            out.update(serial=info.serial, did=info.did, claims=list(info.claims))
+        else:
+            out.update(serial=None, did=None, claims=[], identity_hidden=True)
     if _has_applet(conn, FIDO_AID):
         out["applets"].append("FIDO")
     return out
@@ -146,7 +149,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     if "pin_tries" in info:
         tries = info["pin_tries"]
         print(f"PIN tries:   {tries}{' (BLOCKED — unblock with the PUK)' if tries == 0 else ''}")
-    if "serial" in info:
+    if info.get("identity_hidden"):
+        print("serial, DID: (revealed only after the PIN: GET IDENTITY)")
+        print(f"credential:  {info['credential_vct'] or '(none)'}")
+    elif "serial" in info:
         print(f"serial:      {info['serial']}")
         print(f"DID:         {info['did'] or '(not personalized)'}")
         print(f"credential:  {info['credential_vct'] or '(none)'}")
