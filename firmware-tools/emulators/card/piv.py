@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from cityid.apdu import CommandApdu, ResponseApdu
 from cityid.errors import ApduError, TlvError
 from cityid.iso7816 import INS, SW
-from cityid.piv import PIV_AID, Algorithm, KeyRef, ObjectId, Slot, Tag
+from cityid.piv import INS_SET_MANAGEMENT_KEY, PIV_AID, Algorithm, KeyRef, ObjectId, Slot, Tag
 from cityid.tlv import Tlv, encode_tlv, parse_tlv_dict
 from emulators.card.os import Applet
 from emulators.card.security import MGMT_ALG_CURRENT, MGMT_KEY_ALGORITHMS, CardSecurity
@@ -38,7 +38,6 @@ VERSION = (1, 0, 0)
 MAX_OBJECT_BYTES = 8192
 INS_GET_VERSION = 0xFD  # Yubico extension
 INS_GET_SERIAL = 0xF8  # Yubico extension
-INS_SET_MGMKEY = 0xFF  # Yubico extension
 
 KEY_SLOTS = (Slot.AUTHENTICATION, Slot.SIGNATURE, Slot.KEY_MANAGEMENT, Slot.CARD_AUTH)
 _CURVES: dict[int, tuple[ec.EllipticCurve, hashes.HashAlgorithm, int]] = {
@@ -131,7 +130,7 @@ class PivApplet(Applet):
             INS.GENERATE_ASYMMETRIC_KEY_PAIR: self._generate,
             INS_GET_VERSION: self._get_version,
             INS_GET_SERIAL: self._get_serial,
-            INS_SET_MGMKEY: self._set_management_key,
+            INS_SET_MANAGEMENT_KEY: self._set_management_key,
         }
 
     # --- lifecycle -----------------------------------------------------------------------------------
@@ -383,7 +382,11 @@ class PivApplet(Applet):
         return self.security.serial[-4:]
 
     def _set_management_key(self, cmd: CommandApdu) -> bytes:
-        """Yubico SET MANAGEMENT KEY: ``00 FF FF FF|FE <alg> 9B <len> <key>`` (admin only)."""
+        """Yubico SET MANAGEMENT KEY: ``00 FF FF FF|FE <alg> 9B <len> <key>`` (admin only).
+
+        How personalization replaces the published default key by the card's own (docs/card-profile.md,
+        "Per-card management key"); P2 ``FE`` (touch required on a YubiKey) is accepted and ignored.
+        """
         if cmd.p1 != 0xFF or cmd.p2 not in (0xFF, 0xFE):
             raise ApduError(SW.INCORRECT_P1P2)
         if len(cmd.data) < 3 or cmd.data[1] != Slot.CARD_MANAGEMENT or cmd.data[2] != len(cmd.data) - 3:
