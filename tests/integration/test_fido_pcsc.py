@@ -268,6 +268,46 @@ def test_a_pcsc_reset_is_not_a_power_cycle(fido_key) -> None:
     assert attempt("24681357") is None
 
 
+def test_cred_protect_3_through_pcscd_gives_nothing_without_the_pin(fido_key) -> None:
+    """getAssertion(allowList=[id], up=false) with the largeBlobKey extension, no PIN: NO_CREDENTIALS for a
+    credProtect-3 credential (CTAP 2.1 §12.1); with a PIN token: the assertion and the key."""
+    from fido2.ctap import CtapError
+    from fido2.ctap2.pin import ClientPin
+
+    handle, _ = fido_key
+    with PcscConnection(handle.reader_name) as conn:
+        ctap = Ctap2(CtapSmartCardDevice(conn, handle.reader_name))
+        ClientPin(ctap).set_pin("24681357")
+        cp = ClientPin(ctap)
+        token = cp.get_pin_token("24681357", ClientPin.PERMISSION.MAKE_CREDENTIAL, "busan.go.kr")
+        h = cdh()
+        att = ctap.make_credential(
+            h, RP, user(3), ES256, extensions={"credProtect": 3, "largeBlobKey": True}, options={"rk": True},
+            pin_uv_param=cp.protocol.authenticate(token, h), pin_uv_protocol=cp.protocol.VERSION,
+        )  # fmt: skip
+        assert att.auth_data.extensions == {"credProtect": 3} and att.large_blob_key
+        allow = [{"type": "public-key", "id": att.auth_data.credential_data.credential_id}]
+    with PcscConnection(handle.reader_name) as conn:  # another host that saw the credential id
+        ctap = Ctap2(CtapSmartCardDevice(conn, handle.reader_name))
+        with pytest.raises(CtapError) as info:
+            ctap.get_assertion(
+                "busan.go.kr",
+                cdh(),
+                allow_list=allow,
+                extensions={"largeBlobKey": True},
+                options={"up": False},
+            )
+        assert info.value.code == CtapError.ERR.NO_CREDENTIALS
+        cp = ClientPin(ctap)
+        token = cp.get_pin_token("24681357", ClientPin.PERMISSION.GET_ASSERTION, "busan.go.kr")
+        h = cdh()
+        a = ctap.get_assertion(
+            "busan.go.kr", h, allow_list=allow, extensions={"largeBlobKey": True},
+            pin_uv_param=cp.protocol.authenticate(token, h), pin_uv_protocol=cp.protocol.VERSION,
+        )  # fmt: skip
+        assert a.large_blob_key == att.large_blob_key and a.auth_data.is_user_verified()
+
+
 @pytest.mark.parametrize(
     ("chunk", "point", "created"),
     [
