@@ -7,7 +7,7 @@ terminal's ``CitizenSession`` and by the emulator's applet so the two can never 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import IntEnum
+from enum import IntEnum, IntFlag
 
 from cityid.errors import TlvError
 from cityid.tlv import encode_tlv, parse_tlv_dict, parse_tlv_list
@@ -30,7 +30,8 @@ MAX_DID = 128
 class Ins(IntEnum):
     """Citizen applet instructions (CLA 0x80 unless noted)."""
 
-    GET_INFO = 0x10  # 80 10 00 00 Le -> info TLVs
+    GET_INFO = 0x10  # 80 10 00 00 Le -> info TLVs (public part: nothing that tells two cards apart)
+    GET_IDENTITY = 0x12  # 80 12 00 00 Le -> serial, DID, vct, claim names (PIN or management key first)
     PRESENT = 0x50  # 80 50 00 00 Lc <request> Le -> presentation (PIN verified first, "PIN always")
     PUT_CREDENTIAL = 0xD0  # 80 D0 00 00 Lc <credential> (chained, admin only); atomic on last part
     PUT_DID = 0xD2  # 80 D2 00 00 Lc <did utf-8> (admin only)
@@ -41,15 +42,24 @@ class Ins(IntEnum):
 
 
 class InfoTag(IntEnum):
-    """Tags of the GET INFO response."""
+    """Tags of the GET INFO and GET IDENTITY responses (docs/card-profile.md, GET INFO / GET IDENTITY)."""
 
     VERSION = 0xC0  # 2 bytes major, minor
-    SERIAL = 0xC1  # card serial number (8 bytes)
-    DID = 0xC2  # citizen DID, UTF-8 (absent before personalization)
+    SERIAL = 0xC1  # card serial number (8 bytes) — GET IDENTITY (and legacy GET INFO) only
+    DID = 0xC2  # citizen DID, UTF-8 (absent before personalization) — GET IDENTITY (and legacy GET INFO)
     CREDENTIAL_VCT = 0xC3  # vct of the stored credential, UTF-8 (absent if none)
-    CLAIMS = 0xC4  # claim names available, UTF-8 joined by 0x00
+    CLAIMS = 0xC4  # claim names available, UTF-8 joined by 0x00 — GET IDENTITY (and legacy GET INFO)
     PIN_TRIES = 0xC5  # 1 byte: PIN tries left
     HOLDER_KEY_SLOT = 0xC6  # 1 byte: the PIV slot holding the holder key (9A)
+    CREDENTIAL_STATE = 0xC7  # 1 byte, CredentialState bits
+
+
+class CredentialState(IntFlag):
+    """GET INFO ``C7``: what a kiosk may know before the PIN — is there a credential, may it be presented."""
+
+    NONE = 0x00
+    PRESENT = 0x01  # a credential record is stored
+    ACTIVATED = 0x02  # personalization finished: PRESENT may use it
 
 
 class CredTag(IntEnum):

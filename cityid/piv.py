@@ -136,3 +136,35 @@ def management_key_cipher(algorithm: int, key: bytes) -> Cipher:
     if algorithm == Algorithm.TDEA_3KEY:
         return Cipher(TripleDES(key), modes.ECB())  # noqa: S305 - one block per challenge
     return Cipher(algorithms.AES(key), modes.ECB())  # noqa: S305
+
+
+#: Yubico SET MANAGEMENT KEY (yubikit ``INS_SET_MGMKEY``): ``00 FF FF FF|FE Lc <alg> 9B <len> <key>``.
+INS_SET_MANAGEMENT_KEY = 0xFF
+#: Per-card management keys (docs/card-profile.md, "Per-card management key"): AES-128, algorithm 08.
+CARD_MANAGEMENT_KEY_ALGORITHM = Algorithm.AES_128
+CITY_MASTER_KEY_BYTES = 32
+CARD_SERIAL_BYTES = 8
+#: The 8 bytes after the serial in the diversification block (a fixed label: key purpose and version).
+MANAGEMENT_KEY_LABEL = b"CITYID9B"
+
+
+def management_key_diversifier(serial: bytes) -> bytes:
+    """The one 16-byte block the city master key encrypts: ``serial (8) ‖ "CITYID9B"``."""
+    if len(serial) != CARD_SERIAL_BYTES:
+        raise ValueError(f"a card serial has {CARD_SERIAL_BYTES} bytes")
+    return serial + MANAGEMENT_KEY_LABEL
+
+
+def derive_management_key(master_key: bytes, serial: bytes) -> bytes:
+    """The card's AES-128 management key: ``AES-256-ECB(master_key, serial ‖ "CITYID9B")``.
+
+    Key diversification by encrypting card-unique data (as EMV and GlobalPlatform issuers do). In production
+    the master key never leaves the HSM: PKCS#11 ``C_DeriveKey`` with ``CKM_AES_ECB_ENCRYPT_DATA`` over the
+    same block gives a sensitive, non-extractable AES key object equal to this value, and the server answers
+    the card's 9B challenge with ``C_Encrypt``/``C_Decrypt`` on it. This software form is for test cards and
+    is the reference the HSM path is checked against.
+    """
+    if len(master_key) != CITY_MASTER_KEY_BYTES:
+        raise ValueError(f"the city master key is AES-256 ({CITY_MASTER_KEY_BYTES} bytes)")
+    enc = Cipher(algorithms.AES(master_key), modes.ECB()).encryptor()  # noqa: S305 - one block, a PRF use
+    return enc.update(management_key_diversifier(serial)) + enc.finalize()

@@ -32,7 +32,7 @@ from cityid.jose import JoseError, b64url_decode, json_loads
 from cityid.piv import DEFAULT_MANAGEMENT_KEY, Algorithm, Slot
 from cityid.sdjwt import parse_disclosure, split
 from cityid.tlv import encode_length
-from terminal.sessions.citizen import CitizenSession
+from terminal.sessions.citizen import CardIdentity, CitizenSession
 from terminal.sessions.piv import PivSession
 
 logger = logging.getLogger(__name__)
@@ -126,20 +126,22 @@ def personalize(
     did: str | None = None,
     credential: CredentialRecord | None = None,
     progress: Callable[[str], None] = lambda _msg: None,
+    management_key_algorithm: Algorithm = Algorithm.TDEA_3KEY,
 ) -> PersonalizationResult:
     """Run the personalization steps (module docstring) on one connected card.
 
     ``generate_key=False`` keeps the existing 9A key and certificate (e.g. to write the credential the
-    issuer made for that key in a second pass).
+    issuer made for that key in a second pass). ``management_key_algorithm``: the card's current 9B key
+    (AES-128 once the per-card key is set, docs/card-profile.md).
     """
-    citizen = CitizenSession(connection)
-    serial = citizen.info().serial
+    mk = (management_key, management_key_algorithm)
+    serial = _identity(connection, *mk).serial
     piv = PivSession(connection)
     if generate_key:
         if pin is None:
             raise ValueError("generating the key needs the PIN (the card signs its certificate)")
         progress("authenticating with the management key")
-        piv.authenticate_management_key(management_key)
+        piv.authenticate_management_key(*mk)
         progress("generating the P-256 holder key in slot 9A")
         public_key = piv.generate_key(Slot.AUTHENTICATION, Algorithm.ECC_P256)
         progress("verifying the PIN")
@@ -157,7 +159,7 @@ def personalize(
     if did is not None or credential is not None:
         citizen = CitizenSession(connection)
         progress("authenticating the citizen applet")
-        citizen.authenticate(management_key)
+        citizen.authenticate(*mk)
         if did is not None:
             progress("writing the DID")
             citizen.put_did(did)
@@ -176,5 +178,15 @@ def personalize(
             raise ValueError("changing the PIN needs the current PIN")
         progress("setting the PIN")
         piv.change_pin(pin, new_pin)
-    info = CitizenSession(connection).info()
-    return PersonalizationResult(public_key, cert, serial, info.did, info.vct)
+    identity = _identity(connection, *mk)
+    return PersonalizationResult(public_key, cert, serial, identity.did, identity.vct)
+
+
+def _identity(connection: SmartCardConnection, key: bytes, algorithm: Algorithm) -> CardIdentity:
+    """Serial, DID, vct: from GET INFO on a legacy card, else GET IDENTITY behind the management key."""
+    citizen = CitizenSession(connection)
+    info = citizen.info()
+    if info.identity_in_info is not None:
+        return info.identity_in_info
+    citizen.authenticate(key, algorithm)
+    return citizen.identity()

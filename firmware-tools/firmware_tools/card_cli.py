@@ -1,8 +1,9 @@
-"""``cardtool readers|info|personalize|pin``: inspect and personalize cards through PC/SC.
+"""``cardtool readers|info|personalize|management-key|pin``: inspect and personalize cards through PC/SC.
 
 A host tool: it uses the terminal's PC/SC layer and applet sessions (never the emulator). Secrets come from
 the environment (``CARDTOOL_PIN``, ``CARDTOOL_NEW_PIN``, ``CARDTOOL_PUK``, ``CARDTOOL_NEW_PUK``,
-``CARDTOOL_MANAGEMENT_KEY``) or an interactive prompt — never from the command line.
+``CARDTOOL_MANAGEMENT_KEY``, ``CARDTOOL_NEW_MANAGEMENT_KEY``, ``CARDTOOL_MANAGEMENT_MASTER_KEY``) or an
+interactive prompt — never from the command line (``--management-key`` is the one exception, for test cards).
 """
 
 from __future__ import annotations
@@ -22,7 +23,15 @@ from cityid.citizen import CITIZEN_AID
 from cityid.cli_util import progress
 from cityid.errors import ApduError, ApplicationNotFoundError, CityIdError
 from cityid.iso7816 import SW
-from cityid.piv import DEFAULT_MANAGEMENT_KEY, PIV_AID, Slot
+from cityid.piv import (
+    CARD_MANAGEMENT_KEY_ALGORITHM,
+    CITY_MASTER_KEY_BYTES,
+    DEFAULT_MANAGEMENT_KEY,
+    PIV_AID,
+    Algorithm,
+    Slot,
+    derive_management_key,
+)
 from terminal.pcsc.connection import (
     PcscConnection,
     card_present,
@@ -62,6 +71,34 @@ def _management_key(args: argparse.Namespace) -> bytes:
         return bytes.fromhex(text)
     except ValueError as exc:
         raise ValueError("management key must be hex") from exc
+
+
+#: ``--management-key-algorithm`` / ``--algorithm`` names (SP 800-78-4 identifiers).
+MGMT_ALGORITHMS = {
+    "3des": Algorithm.TDEA_3KEY,
+    "aes128": Algorithm.AES_128,
+    "aes192": Algorithm.AES_192,
+    "aes256": Algorithm.AES_256,
+}
+
+
+def _current_management_key(args: argparse.Namespace) -> tuple[bytes, Algorithm]:
+    """The card's current 9B key and algorithm (by name, else by length: 16 → AES-128, 32 → AES-256)."""
+    key = _management_key(args)
+    name = getattr(args, "management_key_algorithm", None)
+    if name:
+        return key, MGMT_ALGORITHMS[name]
+    return key, {16: Algorithm.AES_128, 32: Algorithm.AES_256}.get(len(key), Algorithm.TDEA_3KEY)
+
+
+def _hex_secret(env: str, prompt: str, length: int) -> bytes:
+    try:
+        value = bytes.fromhex(_secret(env, prompt))
+    except ValueError as exc:
+        raise ValueError(f"{env} must be hex") from exc
+    if len(value) != length:
+        raise ValueError(f"{env} must be {length} bytes ({2 * length} hex digits)")
+    return value
 
 
 def _open(args: argparse.Namespace) -> PcscConnection:
@@ -121,12 +158,15 @@ def gather_info(conn: PcscConnection) -> dict[str, Any]:
         info = CitizenSession(conn).info()
         out.update(
             citizen_version=f"{info.version[0]}.{info.version[1]}",
-            serial=info.serial,
-            did=info.did,
             credential_vct=info.vct,
-            claims=list(info.claims),
             pin_tries=info.pin_tries,
         )
+        if info.credential_state is not None:
+            out["credential_state"] = int(info.credential_state)
+        if info.reveals_identity:  # a private-profile card shows serial and DID only after the PIN
+            out.update(serial=info.serial, did=info.did, claims=list(info.claims))
+        else:
+            out.update(serial=None, did=None, claims=[], identity_hidden=True)
     if _has_applet(conn, FIDO_AID):
         out["applets"].append("FIDO")
     return out
@@ -146,7 +186,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     if "pin_tries" in info:
         tries = info["pin_tries"]
         print(f"PIN tries:   {tries}{' (BLOCKED — unblock with the PUK)' if tries == 0 else ''}")
-    if "serial" in info:
+    if info.get("identity_hidden"):
+        print("serial, DID: (revealed only after the PIN: GET IDENTITY)")
+        print(f"credential:  {info['credential_vct'] or '(none)'}")
+    elif "serial" in info:
         print(f"serial:      {info['serial']}")
         print(f"DID:         {info['did'] or '(not personalized)'}")
         print(f"credential:  {info['credential_vct'] or '(none)'}")
@@ -164,7 +207,7 @@ def cmd_personalize(args: argparse.Namespace) -> int:
     credential = None
     if args.credential:
         credential = load_credential(Path(args.credential).read_text(encoding="ascii"))
-    key = _management_key(args)
+    key, algorithm = _current_management_key(args)
     pin = _secret("CARDTOOL_PIN", "current PIN: ") if not (args.keep_key and args.keep_pin) else None
     new_pin = new_puk = puk = None
     if not args.keep_pin:
@@ -184,6 +227,7 @@ def cmd_personalize(args: argparse.Namespace) -> int:
             did=args.did,
             credential=credential,
             progress=progress,
+            management_key_algorithm=algorithm,
         )
     point = result.public_key.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
     print(f"card {result.serial} personalized")
@@ -193,6 +237,44 @@ def cmd_personalize(args: argparse.Namespace) -> int:
         print(f"DID: {result.did}")
     if result.credential_vct:
         print(f"credential: {result.credential_vct}")
+    return 0
+
+
+# --- management key --------------------------------------------------------------------------------
+
+
+def cmd_management_key_set(args: argparse.Namespace) -> int:
+    """Replace the card's 9B key by its per-card key (docs/card-profile.md, "Per-card management key").
+
+    ``--derive``: AES-128 key derived from the city master key (``CARDTOOL_MANAGEMENT_MASTER_KEY``, 64 hex
+    digits — test cards only; in production it stays in the HSM and the server answers the challenge) and
+    the card serial. Otherwise the explicit ``CARDTOOL_NEW_MANAGEMENT_KEY`` (AES-128, 32 hex digits).
+    """
+    current = _current_management_key(args)
+    algorithm = CARD_MANAGEMENT_KEY_ALGORITHM
+    master = None
+    if args.derive:
+        master = _hex_secret(
+            "CARDTOOL_MANAGEMENT_MASTER_KEY", "city master key (hex): ", CITY_MASTER_KEY_BYTES
+        )
+        new = b""
+    else:
+        new = _hex_secret("CARDTOOL_NEW_MANAGEMENT_KEY", "new management key (hex): ", 16)
+        if new == DEFAULT_MANAGEMENT_KEY[:16]:
+            raise ValueError("the published default key is not a card key")
+    with _open(args) as conn:
+        citizen = CitizenSession(conn)
+        if not citizen.info().reveals_identity:
+            citizen.authenticate(*current)  # GET IDENTITY: the serial is behind the PIN or this key
+        serial = citizen.serial()
+        if master is not None:
+            new = derive_management_key(master, bytes.fromhex(serial))
+        piv = PivSession(conn)
+        piv.authenticate_management_key(*current)
+        piv.set_management_key(new, algorithm)
+        PivSession(conn).authenticate_management_key(new, algorithm)  # the card took it
+    how = "derived from the city master key and the serial" if master is not None else "explicit key"
+    print(f"card {serial}: management key set ({algorithm.name}, {how}); the old key is refused now")
     return 0
 
 
@@ -260,6 +342,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--management-key", metavar="HEX", help="management key (default: env or the PIV default key)"
     )
+    p.add_argument(
+        "--management-key-algorithm",
+        choices=sorted(MGMT_ALGORITHMS),
+        help="of the current key (default: by length)",
+    )
     p.add_argument("--keep-pin", action="store_true", help="do not change the PIN and PUK")
     p.add_argument(
         "--keep-key", action="store_true", help="keep the existing 9A key and certificate (second pass)"
@@ -267,6 +354,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--did", help="citizen DID to store on the card")
     p.add_argument("--credential", metavar="FILE", help="SD-JWT credential file (<jwt>~<disclosure>~…~)")
     p.set_defaults(func=cmd_personalize)
+
+    mk = sub.add_parser("management-key", help="the card's 9B management key")
+    mk_sub = mk.add_subparsers(dest="mk_command", metavar="ACTION", required=True)
+    q = mk_sub.add_parser(
+        "set",
+        help="replace the 9B key by a per-card AES-128 key",
+        description="Authenticates with the current key (--management-key / CARDTOOL_MANAGEMENT_KEY, "
+        "default: the PIV default key) and sets the card's own key: CARDTOOL_NEW_MANAGEMENT_KEY (hex), or "
+        "with --derive the key derived from CARDTOOL_MANAGEMENT_MASTER_KEY and the card serial "
+        "(docs/card-profile.md). For test cards; the counter's keys come from the city HSM.",
+    )
+    reader_opt(q)
+    q.add_argument("--management-key", metavar="HEX", help="current management key (default: env or default)")
+    q.add_argument("--management-key-algorithm", choices=sorted(MGMT_ALGORITHMS), help="of the current key")
+    q.add_argument("--derive", action="store_true", help="derive from the city master key and the serial")
+    q.set_defaults(func=cmd_management_key_set)
 
     pin = sub.add_parser("pin", help="PIN management (change, unblock, change-puk, status)")
     pin_sub = pin.add_subparsers(dest="pin_command", metavar="ACTION", required=True)

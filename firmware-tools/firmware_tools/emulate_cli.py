@@ -37,6 +37,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--with-fido", action="store_true", help="add the FIDO2 applet (CTAP over PC/SC)")
     p.add_argument("--fido-state", type=Path, default=None, help="FIDO applet state file")
+    p.add_argument(
+        "--private-info",
+        action="store_true",
+        help="GET INFO without serial, DID and claim names (they need the PIN: GET IDENTITY); "
+        "docs/card-profile.md",
+    )
     p.set_defaults(func=run_citizen)
 
     from firmware_tools.fido_cli import add_fido_emulate  # cardtool emulate fido (the FIDO helper's)
@@ -70,7 +76,9 @@ def _run_citizen(args: argparse.Namespace, stop: threading.Event) -> int:
     if args.with_fido and fido_state is None:
         fido_state = fido_state_for(state)
     lock = _lock_state(state)  # held until the process exits
-    card = make_citizen_card(state, with_fido=args.with_fido, fido_state=fido_state)
+    card = make_citizen_card(
+        state, with_fido=args.with_fido, fido_state=fido_state, private_info=args.private_info
+    )
     host, port = args.vpcd
     reader = f"Virtual PCD 00 {port - 35963:02d}" if 35963 <= port < 35963 + 100 else "(vpcd)"
     vpcd = VpcdCard(card, host, port)

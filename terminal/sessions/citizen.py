@@ -16,12 +16,13 @@ from cityid.citizen import (
     CLA_PROPRIETARY,
     MAX_DID,
     CredentialRecord,
+    CredentialState,
     InfoTag,
     Ins,
     PresentRequest,
     PresentTag,
 )
-from cityid.errors import DecodeError, TlvError
+from cityid.errors import CardError, DecodeError, TlvError
 from cityid.piv import DEFAULT_MANAGEMENT_KEY, Algorithm
 from cityid.tlv import Tlv, parse_tlv_list
 from terminal.sessions import mgmt
@@ -30,47 +31,116 @@ from terminal.sessions.base import PinMixin, open_applet
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class CardInfo:
-    """GET INFO, decoded (docs/card-profile.md, GET INFO)."""
+class IdentityNotRevealedError(CardError):
+    """The card keeps its serial and DID out of GET INFO (docs/card-profile.md, GET INFO): read them with
+    :meth:`CitizenSession.identity` after the PIN (or the management key)."""
 
-    version: tuple[int, int]
-    serial: str  # hex
-    did: str | None
+
+def _utf8(fields: dict[int, bytes], tag: int) -> str | None:
+    value = fields.get(tag)
+    return value.decode() if value else None
+
+
+def _fields(data: bytes) -> dict[int, bytes]:
+    tlvs = parse_tlv_list(data)
+    if len(tlvs) == 1 and tlvs[0].constructed:
+        tlvs = tlvs[0].children()
+    return {t.tag: t.value for t in tlvs}
+
+
+def _claims(fields: dict[int, bytes]) -> tuple[str, ...]:
+    return tuple(c for c in fields.get(InfoTag.CLAIMS, b"").decode().split("\x00") if c)
+
+
+@dataclass(frozen=True, slots=True)
+class CardIdentity:
+    """GET IDENTITY, decoded: what links the card to its citizen (docs/card-profile.md, GET IDENTITY)."""
+
+    serial: str  # hex, 8 bytes
+    did: str | None  # None before personalization
     vct: str | None
     claims: tuple[str, ...]
+
+    @classmethod
+    def decode(cls, data: bytes) -> CardIdentity:
+        """Decode the identity TLVs; raise TlvError (a serial is required)."""
+        fields = _fields(data)
+        try:
+            serial = fields[InfoTag.SERIAL]
+            if len(serial) != 8:
+                raise TlvError("card serial must be 8 bytes")
+            did, vct = _utf8(fields, InfoTag.DID), _utf8(fields, InfoTag.CREDENTIAL_VCT)
+            return cls(serial.hex(), did, vct, _claims(fields))
+        except KeyError as exc:
+            raise TlvError(f"card identity lacks tag {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise TlvError(f"card identity is not UTF-8: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class CardInfo:
+    """GET INFO, decoded (docs/card-profile.md, GET INFO).
+
+    A card in the private profile answers only the public part; then :attr:`serial` and :attr:`did` raise
+    :class:`IdentityNotRevealedError` instead of inventing a value (use :meth:`CitizenSession.identity`).
+    """
+
+    version: tuple[int, int]
+    identity_in_info: CardIdentity | None  # the legacy answer: serial, DID and claims in GET INFO
+    vct: str | None
     pin_tries: int
     holder_key_slot: int | None = None
+    credential_state: CredentialState | None = None  # None: the card does not say (older profile)
+
+    @property
+    def serial(self) -> str:
+        """Hex serial from a legacy GET INFO; :class:`IdentityNotRevealedError` on a private card."""
+        if self.identity_in_info is None:
+            raise IdentityNotRevealedError("the card reveals its serial only after the PIN (GET IDENTITY)")
+        return self.identity_in_info.serial
+
+    @property
+    def did(self) -> str | None:
+        """DID from a legacy GET INFO (None before personalization); raises on a private card."""
+        if self.identity_in_info is None:
+            raise IdentityNotRevealedError("the card reveals its DID only after the PIN (GET IDENTITY)")
+        return self.identity_in_info.did
+
+    @property
+    def claims(self) -> tuple[str, ...]:
+        """Claim names from a legacy GET INFO; empty on a private card (GET IDENTITY has them)."""
+        return self.identity_in_info.claims if self.identity_in_info is not None else ()
+
+    @property
+    def reveals_identity(self) -> bool:
+        return self.identity_in_info is not None
 
     @classmethod
     def decode(cls, data: bytes) -> CardInfo:
         """Decode the info TLVs (also accepted inside one constructed template); raise TlvError."""
-        tlvs = parse_tlv_list(data)
-        if len(tlvs) == 1 and tlvs[0].constructed:
-            tlvs = tlvs[0].children()
-        fields = {t.tag: t.value for t in tlvs}
+        fields = _fields(data)
         try:
             version_raw = fields[InfoTag.VERSION]
             tries_raw = fields[InfoTag.PIN_TRIES]
             if len(version_raw) != 2 or len(tries_raw) != 1:
                 raise TlvError("bad version or PIN-tries field")
-            claims_raw = fields.get(InfoTag.CLAIMS, b"")
-            claims = tuple(c for c in claims_raw.decode().split("\x00") if c)
-            did = fields[InfoTag.DID].decode() if fields.get(InfoTag.DID) else None
-            vct = fields[InfoTag.CREDENTIAL_VCT].decode() if fields.get(InfoTag.CREDENTIAL_VCT) else None
+            identity = CardIdentity.decode(data) if InfoTag.SERIAL in fields else None
             slot_raw = fields.get(InfoTag.HOLDER_KEY_SLOT)
+            state_raw = fields.get(InfoTag.CREDENTIAL_STATE)
+            if state_raw is not None and len(state_raw) != 1:
+                raise TlvError("bad credential-state field")
+            vct = _utf8(fields, InfoTag.CREDENTIAL_VCT)
         except KeyError as exc:
             raise TlvError(f"card info lacks tag {exc}") from exc
         except UnicodeDecodeError as exc:
             raise TlvError(f"card info is not UTF-8: {exc}") from exc
         return cls(
             version=(version_raw[0], version_raw[1]),
-            serial=fields.get(InfoTag.SERIAL, b"").hex(),
-            did=did,
+            identity_in_info=identity,
             vct=vct,
-            claims=claims,
             pin_tries=tries_raw[0],
             holder_key_slot=slot_raw[0] if slot_raw else None,
+            credential_state=CredentialState(state_raw[0] & 0x03) if state_raw is not None else None,
         )
 
 
@@ -83,8 +153,18 @@ class CitizenSession(PinMixin):
         logger.debug("citizen applet selected")
 
     def info(self) -> CardInfo:
-        """GET INFO: version, serial, DID, credential vct, claim names, PIN tries left."""
+        """GET INFO: version, vct, PIN tries left, credential state (legacy cards: serial, DID, claims)."""
         return CardInfo.decode(self.protocol.send_apdu(CLA_PROPRIETARY, Ins.GET_INFO, 0, 0))
+
+    def identity(self) -> CardIdentity:
+        """GET IDENTITY: serial, DID, vct, claim names. Needs :meth:`verify_pin` (or :meth:`authenticate`)
+        first in this applet selection — SecurityStatusError (6982) otherwise. Keeps the PIN verified."""
+        return CardIdentity.decode(self.protocol.send_apdu(CLA_PROPRIETARY, Ins.GET_IDENTITY, 0, 0))
+
+    def serial(self) -> str:
+        """The card serial (hex): from GET INFO on a legacy card, else GET IDENTITY (PIN or key first)."""
+        info = self.info()
+        return info.serial if info.reveals_identity else self.identity().serial
 
     def present(self, claims: list[str] | tuple[str, ...], nonce: str, audience: str, iat: int) -> str:
         """PRESENT: the card returns ``<issuer-jwt>~<disclosures>~<kb-jwt>`` with only ``claims`` disclosed.

@@ -17,8 +17,10 @@ from cityid.apdu import SmartCardConnection
 from cityid.errors import ApduError, DecodeError, TlvError
 from cityid.iso7816 import CLA, INS, SW
 from cityid.piv import (
+    CARD_MANAGEMENT_KEY_ALGORITHM,
     CERT_OBJECT_FOR_SLOT,
     DEFAULT_MANAGEMENT_KEY,
+    INS_SET_MANAGEMENT_KEY,
     PIV_AID,
     Algorithm,
     ObjectId,
@@ -52,6 +54,17 @@ class PivSession(PinMixin):
     ) -> None:
         """Mutual authentication with the 9B management key (Part 2 Appendix A.1, 3DES by default)."""
         mgmt.authenticate(self.protocol, key, algorithm)
+
+    def set_management_key(self, key: bytes, algorithm: Algorithm = CARD_MANAGEMENT_KEY_ALGORITHM) -> None:
+        """Yubico SET MANAGEMENT KEY ``00 FF FF FF`` (docs/card-profile.md, "Per-card management key").
+
+        Needs :meth:`authenticate_management_key` with the current key first (``6982`` otherwise). After it
+        the old key — the published default, at the counter — is refused.
+        """
+        algorithm = Algorithm(algorithm)
+        mgmt.check_key(key, algorithm)
+        data = bytes([algorithm, Slot.CARD_MANAGEMENT, len(key)]) + key
+        self.protocol.send_apdu(0x00, INS_SET_MANAGEMENT_KEY, 0xFF, 0xFF, data, le=None, sensitive=True)
 
     # --- keys --------------------------------------------------------------------------------------
 

@@ -111,3 +111,42 @@ def test_yubico_piv_tool_pin_management(virtual_card) -> None:
     assert "PIN tries left:\t0" in _run(ypt, "-r", reader, "-a", "status")
     _run(ypt, "-r", reader, "-a", "unblock-pin", "-P", "12345678", "-N", "135790")
     _run(ypt, "-r", reader, "-a", "verify-pin", "-P", "135790")
+
+
+@pytest.mark.parametrize("aes", [False, True], ids=["3des-key", "aes128-key"])
+def test_opensc_pkcs11_generate_random(vpcd_card_factory, tmp_path: Path, aes: bool) -> None:
+    """OpenSC's C_GenerateRandom on PIV is GENERAL AUTHENTICATE 00 87 00 9B 7C{81 00} (P1 00): the card
+    answers with fresh challenge blocks, with the default 3DES management key and a per-card AES-128 one."""
+    from emulators.card.citizen_card import make_citizen_card
+
+    from cityid.piv import Algorithm
+    from tests.emukit import Card
+
+    p11 = _tool("pkcs11-tool")
+    if not OPENSC_PKCS11.exists():
+        pytest.fail(f"{OPENSC_PKCS11} missing (apt-get install opensc)")
+    state = tmp_path / "card.json"
+    if aes:  # yubico-piv-tool 2.2 sets only 3DES keys: personalize the AES key in process
+        setup = Card(state)
+        setup.select_piv()
+        assert setup.authenticate() == 0x9000
+        key = bytes(range(16))
+        assert setup.sw(0, 0xFF, 0xFF, 0xFF, bytes([Algorithm.AES_128, 0x9B, 16]) + key)[1] == 0x9000
+    handle = vpcd_card_factory(lambda: make_citizen_card(state), state)
+    challenges: list[bytes] = []
+
+    def count(raw: bytes) -> None:
+        if raw[:4] == bytes.fromhex("0087009B"):
+            challenges.append(raw)
+
+    handle.on_apdu = count
+    outputs = []
+    for i in range(2):
+        out = tmp_path / f"random-{i}"
+        _run(p11, "--module", str(OPENSC_PKCS11), "--generate-random", "32", "--output-file", str(out))
+        outputs.append(out.read_bytes())
+    handle.on_apdu = None
+    assert [len(o) for o in outputs] == [32, 32] and outputs[0] != outputs[1]
+    block = 16 if aes else 8
+    assert len(challenges) == 2 * 32 // block  # one GENERAL AUTHENTICATE per challenge block
+    assert all(raw[4:8] == bytes.fromhex("047C0281") for raw in challenges)

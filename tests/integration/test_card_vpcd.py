@@ -183,3 +183,32 @@ def test_cardtool_emulate_citizen_shows_the_card(vpcd_slot, tmp_path: Path) -> N
     )
     assert "Traceback" not in text
     wait_for(lambda: not card_present(reader), 10, f"{reader} to be empty")
+
+
+def test_private_get_info_through_pcscd_tells_two_cards_apart_by_nothing(vpcd_card_factory, tmp_path) -> None:
+    """Two personalized cards of one issuance in the private profile, both in readers: a kiosk's SELECT +
+    GET INFO through pcscd gets the same bytes from both; after the PIN, GET IDENTITY tells them apart."""
+    from emulators.card.citizen_card import make_citizen_card
+
+    from cityid.citizen import CITIZEN_AID, Ins
+    from terminal.pcsc.connection import PcscConnection
+    from terminal.sessions.citizen import CitizenSession
+    from tests.unit.test_card_private_info import DID, OTHER_DID, _personalize
+
+    handles = []
+    for name, did in (("a", DID), ("b", OTHER_DID)):
+        state = tmp_path / f"{name}.json"
+        _personalize(Card(state), did)  # written in process, then the card goes into a reader
+        handles.append(vpcd_card_factory(lambda s=state: make_citizen_card(s, private_info=True), state))
+    seen, identities = [], []
+    for handle in handles:
+        with PcscConnection(handle.reader_name) as conn:
+            p = SmartCardProtocol(conn)
+            seen.append(p.select(CITIZEN_AID) + p.send_apdu(0x80, Ins.GET_INFO, 0, 0))
+            citizen = CitizenSession(conn)
+            citizen.verify_pin("123456")
+            identities.append(citizen.identity())
+    assert seen[0] == seen[1]
+    assert [i.did for i in identities] == [DID, OTHER_DID] and identities[0].serial != identities[1].serial
+    for i in identities:
+        assert bytes.fromhex(i.serial) not in seen[0] and i.did.encode() not in seen[0]

@@ -25,7 +25,7 @@ from fido2.webauthn import AttestedCredentialData
 
 from cityid.apdu import ApduFormat
 from cityid.errors import CardError
-from terminal.fido.device import CtapSmartCardDevice, pcsc_device
+from terminal.fido.device import CtapSmartCardDevice, ensure_pyscard_compat, pcsc_device
 from terminal.fido.discovery import (
     FidoKeyInserted,
     FidoKeyRemoved,
@@ -130,6 +130,46 @@ def test_fido2_client_through_pcscd(fido_key) -> None:
         device.close()
 
 
+def _cla80_device(connection, name: str):
+    """python-fido2's PC/SC device sending GET RESPONSE as libfido2 >= 1.16 does in CTAP2 mode
+    (``80 C0 00 00 xx``, Yubico/libfido2 PR #817) instead of its own ``00 C0``; counts them."""
+    ensure_pyscard_compat()
+    from fido2.pcsc import CtapPcscDevice
+
+    class Cla80GetResponse(CtapPcscDevice):
+        get_responses = 0
+        longest = 0
+
+        def apdu_exchange(self, apdu: bytes, protocol=None):
+            if apdu[:4] == b"\x00\xc0\x00\x00":
+                apdu = b"\x80" + apdu[1:]
+                self.get_responses += 1
+            return super().apdu_exchange(apdu, protocol)
+
+        def call(self, cmd, data=b"", event=None, on_keepalive=None):
+            out = super().call(cmd, data, event, on_keepalive)
+            self.longest = max(self.longest, len(out))
+            return out
+
+    return Cla80GetResponse(connection, name)
+
+
+def test_cla80_get_response_registration_through_pcscd(fido_key) -> None:
+    """A registration answer longer than 256 bytes fetched with CLA 80 GET RESPONSE (FIELD-NOTES: libfido2
+    1.16+ otherwise fails every registration with FIDO_ERR_RX_NOT_CBOR)."""
+    from smartcard.System import readers
+
+    handle, state = fido_key
+    ensure_pyscard_compat()
+    reader = next(r for r in readers() if handle.reader_name in str(r))
+    device = _cla80_device(reader.createConnection(), str(reader))
+    try:
+        _client_round_trip(device, _root(state), None)
+    finally:
+        device.close()
+    assert device.get_responses > 0 and device.longest > 256
+
+
 def test_fido2_client_through_the_hid_device() -> None:
     auth = make_auth()
     device = VirtualHidDevice(auth)
@@ -200,6 +240,72 @@ def test_pin_lockout_with_reinsertion(fido_key) -> None:
     s.reset()
     assert s.pin_status().state is PinState.NOT_SET
     s.close()
+
+
+def test_a_pcsc_reset_is_not_a_power_cycle(fido_key) -> None:
+    """CTAP 2.1 §6.5.5.4 through pcscd: every PC/SC client that disconnects resets the card (and pcscd powers
+    an idle card down); neither may clear the three-wrong-PINs-in-a-row block — only re-inserting the key."""
+    handle, _ = fido_key
+
+    def attempt(pin: str, reset: bool = True) -> Exception | None:
+        with PcscConnection(handle.reader_name, reset_on_close=reset) as conn:
+            try:
+                FidoSession(CtapSmartCardDevice(conn, handle.reader_name)).change_pin(pin, "13579135")
+            except (FidoInvalidPinError, FidoPinPowerCycleError, FidoPinBlockedError) as exc:
+                return exc
+        return None
+
+    with PcscConnection(handle.reader_name) as conn:
+        FidoSession(CtapSmartCardDevice(conn, handle.reader_name)).set_pin("24681357")
+    seen = [type(attempt("00000000")) for _ in range(4)]  # a new connection and a card reset each time
+    assert seen == [FidoInvalidPinError, FidoInvalidPinError] + [FidoPinPowerCycleError] * 2
+    assert isinstance(attempt("24681357"), FidoPinPowerCycleError)  # even the right PIN, at no cost
+    with PcscConnection(handle.reader_name) as conn:
+        status = FidoSession(CtapSmartCardDevice(conn, handle.reader_name)).pin_status()
+    assert status.state is PinState.POWER_CYCLE_REQUIRED and status.retries == 5
+    handle.stop()
+    handle.insert()
+    assert attempt("24681357") is None
+
+
+def test_cred_protect_3_through_pcscd_gives_nothing_without_the_pin(fido_key) -> None:
+    """getAssertion(allowList=[id], up=false) with the largeBlobKey extension, no PIN: NO_CREDENTIALS for a
+    credProtect-3 credential (CTAP 2.1 §12.1); with a PIN token: the assertion and the key."""
+    from fido2.ctap import CtapError
+    from fido2.ctap2.pin import ClientPin
+
+    handle, _ = fido_key
+    with PcscConnection(handle.reader_name) as conn:
+        ctap = Ctap2(CtapSmartCardDevice(conn, handle.reader_name))
+        ClientPin(ctap).set_pin("24681357")
+        cp = ClientPin(ctap)
+        token = cp.get_pin_token("24681357", ClientPin.PERMISSION.MAKE_CREDENTIAL, "busan.go.kr")
+        h = cdh()
+        att = ctap.make_credential(
+            h, RP, user(3), ES256, extensions={"credProtect": 3, "largeBlobKey": True}, options={"rk": True},
+            pin_uv_param=cp.protocol.authenticate(token, h), pin_uv_protocol=cp.protocol.VERSION,
+        )  # fmt: skip
+        assert att.auth_data.extensions == {"credProtect": 3} and att.large_blob_key
+        allow = [{"type": "public-key", "id": att.auth_data.credential_data.credential_id}]
+    with PcscConnection(handle.reader_name) as conn:  # another host that saw the credential id
+        ctap = Ctap2(CtapSmartCardDevice(conn, handle.reader_name))
+        with pytest.raises(CtapError) as info:
+            ctap.get_assertion(
+                "busan.go.kr",
+                cdh(),
+                allow_list=allow,
+                extensions={"largeBlobKey": True},
+                options={"up": False},
+            )
+        assert info.value.code == CtapError.ERR.NO_CREDENTIALS
+        cp = ClientPin(ctap)
+        token = cp.get_pin_token("24681357", ClientPin.PERMISSION.GET_ASSERTION, "busan.go.kr")
+        h = cdh()
+        a = ctap.get_assertion(
+            "busan.go.kr", h, allow_list=allow, extensions={"largeBlobKey": True},
+            pin_uv_param=cp.protocol.authenticate(token, h), pin_uv_protocol=cp.protocol.VERSION,
+        )  # fmt: skip
+        assert a.large_blob_key == att.large_blob_key and a.auth_data.is_user_verified()
 
 
 @pytest.mark.parametrize(

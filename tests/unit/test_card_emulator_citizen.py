@@ -19,6 +19,7 @@ from cityid.citizen import (
     PresentRequest,
     StoredDisclosure,
 )
+from cityid.piv import pad_pin
 from cityid.tlv import Tlv, parse_tlv_dict
 from tests.emukit import Card
 
@@ -170,6 +171,34 @@ def test_pin_shared_between_applets(card: Card) -> None:
     assert card.sw(0, 0x20, 0, 0x80)[1] == 0x9000
     assert card.sw(0, 0x20, 0xFF, 0x80)[1] == 0x9000
     assert card.sw(0, 0x20, 0, 0x80)[1] == 0x63C3
+
+
+@pytest.mark.parametrize(
+    ("p1", "p2", "data", "sw"),
+    [
+        (0x00, 0x80, b"", 0x63C3),  # status
+        (0x00, 0x80, pad_pin(b"123456"), 0x9000),
+        (0xFF, 0x80, b"", 0x9000),  # reset the verified status
+        (0xFF, 0x80, pad_pin(b"123456"), 0x6700),
+        (0x00, 0x80, b"12345678\xff", 0x6A80),
+        (0x01, 0x80, pad_pin(b"123456"), 0x6A86),
+        (0x00, 0x00, pad_pin(b"123456"), 0x6A88),  # global PIN: no such key reference
+        (0x00, 0x00, b"", 0x6A88),
+        (0x00, 0x81, pad_pin(b"12345678"), 0x6A88),  # the PUK is not a VERIFY reference
+        (0x00, 0x96, b"", 0x6A88),  # OCC
+        (0x00, 0x98, b"", 0x6A88),  # pairing code
+        (0x01, 0x00, b"", 0x6A86),  # P1 is checked first
+    ],
+)
+def test_verify_answers_alike_in_both_applets(card: Card, p1: int, p2: int, data: bytes, sw: int) -> None:
+    """SP 800-73-4 Part 2 §3.2.1: one VERIFY, the same status word from the PIV and the citizen applet."""
+    seen = []
+    for select in (card.select_piv, card.select_citizen):
+        select()
+        seen.append(card.sw(0, 0x20, p1, p2, data)[1])
+        card.sw(0, 0x20, 0xFF, 0x80)
+    assert seen == [sw, sw]
+    assert card.card.applets[0].security.pin_tries == 3  # no malformed VERIFY cost a try
 
 
 def test_long_credential_through_chaining(card: Card) -> None:

@@ -71,3 +71,20 @@ def test_second_emulator_on_the_same_state_is_refused(
         assert "in use by another running emulator" in capsys.readouterr().err
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize(("flag", "private"), [([], False), (["--private-info"], True)])
+def test_private_info_option_reaches_the_card(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, flag: list[str], private: bool
+) -> None:
+    import emulators.card.citizen_card as citizen_card
+
+    seen: dict[str, object] = {}
+
+    def fake(state, **kwargs):
+        seen.update(kwargs)
+        raise CityIdError("stop here")
+
+    monkeypatch.setattr(citizen_card, "make_citizen_card", fake)
+    assert main(["emulate", "citizen", "--state", str(tmp_path / "c.json"), *flag]) == 1
+    assert seen["private_info"] is private

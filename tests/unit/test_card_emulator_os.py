@@ -123,6 +123,25 @@ def test_malformed_and_out_of_order(apdu: str, sw: int) -> None:
     assert _tx(card, apdu) == (b"", sw)
 
 
+@pytest.mark.parametrize("cla", ["00", "80"])
+def test_get_response_with_iso_and_proprietary_class(cla: str) -> None:
+    """libfido2 >= 1.16 sends GET RESPONSE as 80 C0 00 00 00 (Yubico/libfido2 PR #817): both classes work,
+    the chaining bit and wrong P1P2 do not, and nothing pending is 6985 for both."""
+    card, _, _ = _card()
+    _tx(card, "00A4040005F0000000EC")
+    assert _tx(card, cla + "C0000000")[1] == 0x6985
+    data, sw = _tx(card, "80010200 FF" + "CD" * 255 + "00")  # 1 + 510 bytes
+    assert (sw, len(data)) == (0x61FF, 256)
+    more, sw = _tx(card, cla + "C0000000")
+    assert (sw, len(more)) == (0x9000, 255)
+    assert data + more == b"\x80" + b"\xcd" * 510
+    _tx(card, "80010200 FF" + "CD" * 255 + "00")
+    assert _tx(card, "%02XC0000000" % (int(cla, 16) | 0x10))[1] == 0x6884
+    _tx(card, "80010200 FF" + "CD" * 255 + "00")
+    assert _tx(card, cla + "C0010000")[1] == 0x6A86
+    assert _tx(card, cla + "C0000000")[1] == 0x6985  # a wrong GET RESPONSE drops what was pending
+
+
 def test_command_chaining_reassembles_and_rejects_interleaving() -> None:
     card, _, _ = _card()
     _tx(card, "00A4040005F0000000EC")

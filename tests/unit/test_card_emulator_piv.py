@@ -14,6 +14,8 @@ from cityid.piv import PIV_AID, Algorithm, Slot, pad_pin
 from cityid.tlv import Tlv, encode_tlv, parse_tlv_dict
 from tests.emukit import Card, ecb
 
+DEFAULT_MGMT = bytes.fromhex("010203040506070801020304050607080102030405060708")
+
 
 @pytest.fixture
 def card(tmp_path: Path) -> Card:
@@ -86,6 +88,40 @@ def test_change_pin_and_puk_rules(card: Card) -> None:
     assert card.sw(0, 0x24, 0, 0x80, b"short")[1] == 0x6A80
     assert card.sw(0, 0x20, 0, 0x00, pad_pin(b"24681357"))[1] == 0x6A88  # no global PIN
     assert card.sw(0, 0x20, 0, 0x80, b"12345678\xff")[1] == 0x6A80
+
+
+@pytest.mark.parametrize("set_aes", [False, True])
+def test_random_challenge_as_opensc_generate_random_sends_it(card: Card, set_aes: bool) -> None:
+    """OpenSC's C_GenerateRandom: GENERAL AUTHENTICATE 00 87 00 9B 04 7C 02 81 00 00 (P1 00 = 3DES in
+    SP 800-78-4 Table 6-2, taken as the card's management-key algorithm); answered 7C { 81 <one block> }."""
+    block = 8
+    if set_aes:
+        key = bytes(range(16))
+        assert card.authenticate() == 0x9000
+        assert card.sw(0, 0xFF, 0xFF, 0xFF, bytes([Algorithm.AES_128, 0x9B, 16]) + key)[1] == 0x9000
+        block = 16
+    seen = set()
+    for _ in range(4):
+        raw = card.card.transmit(bytes.fromhex("0087009B047C02810000"))  # the bytes OpenSC sends
+        data, sw = raw[:-2], int.from_bytes(raw[-2:], "big")
+        assert sw == 0x9000
+        challenge = parse_tlv_dict(Tlv.unpack(0x7C, data))[0x81]
+        assert len(challenge) == block
+        seen.add(challenge)
+    assert len(seen) == 4  # fresh randomness every time
+    # P1 00 also completes a one-way authentication with the current key (nothing else changes meaning)
+    alg, key = (Algorithm.AES_128, bytes(range(16))) if set_aes else (Algorithm.TDEA_3KEY, DEFAULT_MGMT)
+    card.sw(0, 0x87, 0x00, 0x9B, bytes.fromhex("7C028100"))
+    wrong = encode_tlv(0x7C, encode_tlv(0x82, bytes(block)))
+    assert card.sw(0, 0x87, 0x00, 0x9B, wrong)[1] == 0x6982
+    assert card.sw(0, 0x87, 0x00, 0x9B, wrong)[1] == 0x6985  # the failed attempt consumed the challenge
+    assert card.generate()[1] == 0x6982
+    data, _ = card.sw(0, 0x87, 0x00, 0x9B, bytes.fromhex("7C028100"))
+    challenge = parse_tlv_dict(Tlv.unpack(0x7C, data))[0x81]
+    response = encode_tlv(0x7C, encode_tlv(0x82, ecb(alg, key, challenge)))
+    assert card.sw(0, 0x87, 0x00, 0x9B, response)[1] == 0x9000
+    assert card.generate()[1] == 0x9000  # authenticated
+    assert card.sw(0, 0x87, 0x01, 0x9B, bytes.fromhex("7C028100"))[1] == 0x6A86  # 01 is no algorithm
 
 
 def test_pin_never_stored_in_clear(card: Card) -> None:

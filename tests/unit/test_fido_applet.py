@@ -93,6 +93,31 @@ def test_raw_9100_polling_and_one_operation_at_a_time(card) -> None:
     assert apdu(conn, "80 11 00 00")[1] == 0x6985
 
 
+@pytest.mark.parametrize("cla", [0x00, 0x80])
+def test_long_answers_fetched_with_get_response_cla_00_or_80(card, cla: int) -> None:
+    """libfido2 >= 1.16 sends 80 C0 00 00 00 in CTAP2 mode; python-fido2 sends 00 C0: both fetch a
+    registration answer longer than 256 bytes."""
+    conn, _ = card
+
+    class Rewriting:
+        atr = conn.atr
+        get_responses = 0
+
+        def send_and_receive(self, raw: bytes) -> tuple[bytes, int]:
+            if raw[1] == 0xC0 and raw[0] == 0x00:
+                raw = bytes([cla]) + raw[1:]
+                self.get_responses += 1
+            return conn.send_and_receive(raw)
+
+    rewriting = Rewriting()
+    ctap = Ctap2(CtapSmartCardDevice(rewriting, apdu_format=ApduFormat.SHORT))
+    att = ctap.make_credential(cdh(), RP, user(), ES256, options={"rk": True})
+    assert len(bytes(att.auth_data)) + len(att.att_stmt["sig"]) + len(att.att_stmt["x5c"][0]) > 256
+    assert rewriting.get_responses > 0
+    h = cdh()
+    ctap.get_assertion("busan.go.kr", h).verify(h, att.auth_data.credential_data.public_key)
+
+
 def test_power_cycle_clears_pin_blocking(card) -> None:
     from fido2.ctap2.pin import ClientPin
 

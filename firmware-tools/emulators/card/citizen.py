@@ -23,6 +23,7 @@ from cityid.citizen import (
     MAX_CREDENTIAL_BYTES,
     MAX_DID,
     CredentialRecord,
+    CredentialState,
     InfoTag,
     Ins,
     PresentRequest,
@@ -31,7 +32,7 @@ from cityid.citizen import (
 from cityid.errors import ApduError, TlvError
 from cityid.iso7816 import SW
 from cityid.jose import attach_signature, der_to_raw_p256
-from cityid.piv import Algorithm, KeyRef, Slot
+from cityid.piv import Algorithm, Slot
 from cityid.sdjwt import kb_jwt_signing_input, presentation_without_kb, sd_hash
 from cityid.tlv import encode_tlv
 from emulators.card.os import Applet
@@ -51,16 +52,22 @@ class CitizenApplet(Applet):
     aid = CITIZEN_AID
     name = "citizen"
 
-    def __init__(self, store: CardStore, security: CardSecurity, piv: PivApplet) -> None:
+    def __init__(
+        self, store: CardStore, security: CardSecurity, piv: PivApplet, private_info: bool = False
+    ) -> None:
         self.store = store
         self.security = security
         self.piv = piv  # the holder key lives in PIV slot 9A
+        #: GET INFO answers only its public part (docs/card-profile.md, GET INFO): no serial, DID or claim
+        #: names before the PIN; they come from GET IDENTITY. Off = the legacy answer current terminals read.
+        self.private_info = private_info
         self._state: dict[str, Any] = store.section(SECTION)
         self._credential: CredentialRecord | None = None
         if self._state.get("credential"):
             self._credential = CredentialRecord.decode(bytes.fromhex(self._state["credential"]))
         self._handlers: dict[tuple[int, int], Callable[[CommandApdu], bytes]] = {
             (CLA_PROPRIETARY, Ins.GET_INFO): self._get_info,
+            (CLA_PROPRIETARY, Ins.GET_IDENTITY): self._get_identity,
             (CLA_PROPRIETARY, Ins.PRESENT): self._present,
             (CLA_PROPRIETARY, Ins.PUT_CREDENTIAL): self._put_credential,
             (CLA_PROPRIETARY, Ins.PUT_DID): self._put_did,
@@ -107,11 +114,29 @@ class CitizenApplet(Applet):
 
     # --- commands ------------------------------------------------------------------------------------
 
+    def _credential_state(self) -> CredentialState:
+        if self._credential is None:
+            return CredentialState.NONE
+        return CredentialState.PRESENT | CredentialState.ACTIVATED  # every stored credential is usable
+
     def _get_info(self, cmd: CommandApdu) -> bytes:
+        """GET INFO: version, vct, PIN tries, holder-key slot, credential state — identical on every card of
+        one issuance in the same state. The legacy answer (``private_info`` off) adds serial, DID, claims."""
         self._p1p2(cmd)
         if cmd.data:
             raise ApduError(SW.WRONG_LENGTH)
-        out = encode_tlv(InfoTag.VERSION, bytes(VERSION)) + encode_tlv(InfoTag.SERIAL, self.security.serial)
+        out = encode_tlv(InfoTag.VERSION, bytes(VERSION))
+        if not self.private_info:
+            out += self._identity_tlvs(with_vct=False)
+        elif self._credential is not None and self._credential.vct:
+            out += encode_tlv(InfoTag.CREDENTIAL_VCT, self._credential.vct.encode())
+        out += encode_tlv(InfoTag.PIN_TRIES, bytes([self.security.pin_tries]))
+        out += encode_tlv(InfoTag.HOLDER_KEY_SLOT, bytes([Slot.AUTHENTICATION]))
+        out += encode_tlv(InfoTag.CREDENTIAL_STATE, bytes([self._credential_state()]))
+        return out
+
+    def _identity_tlvs(self, with_vct: bool = True) -> bytes:
+        out = encode_tlv(InfoTag.SERIAL, self.security.serial)
         if self.did:
             out += encode_tlv(InfoTag.DID, self.did.encode())
         cred = self._credential
@@ -119,22 +144,21 @@ class CitizenApplet(Applet):
             if cred.vct:
                 out += encode_tlv(InfoTag.CREDENTIAL_VCT, cred.vct.encode())
             out += encode_tlv(InfoTag.CLAIMS, b"\x00".join(d.claim.encode() for d in cred.disclosures))
-        out += encode_tlv(InfoTag.PIN_TRIES, bytes([self.security.pin_tries]))
-        out += encode_tlv(InfoTag.HOLDER_KEY_SLOT, bytes([Slot.AUTHENTICATION]))
         return out
 
+    def _get_identity(self, cmd: CommandApdu) -> bytes:
+        """GET IDENTITY: serial, DID, vct, claim names — after VERIFY or management-key authentication
+        (``6982`` otherwise). Does not use up the PIN verification (PRESENT still may follow)."""
+        self._p1p2(cmd)
+        if cmd.data:
+            raise ApduError(SW.WRONG_LENGTH)
+        if not (self.security.pin_verified or self.security.mgmt_authenticated):
+            raise ApduError(SW.SECURITY_STATUS_NOT_SATISFIED, "GET IDENTITY needs the PIN or management key")
+        return self._identity_tlvs()
+
     def _verify(self, cmd: CommandApdu) -> bytes:
-        """VERIFY of the card-wide PIN, same semantics as the PIV applet's (SP 800-73-4 Part 2 §3.2.1)."""
-        if cmd.p2 != KeyRef.PIN or cmd.p1 not in (0x00, 0xFF):
-            raise ApduError(SW.INCORRECT_P1P2)
-        if cmd.p1 == 0xFF:
-            if cmd.data:
-                raise ApduError(SW.WRONG_LENGTH)
-            self.security.pin_verified = False
-        elif not cmd.data:
-            self.security.pin_status()
-        else:
-            self.security.verify_pin(cmd.data)
+        """VERIFY of the card-wide PIN: the PIV applet's command (SP 800-73-4 Part 2 §3.2.1), same code."""
+        self.security.verify_command(cmd.p1, cmd.p2, cmd.data)
         return b""
 
     def _general_authenticate(self, cmd: CommandApdu) -> bytes:

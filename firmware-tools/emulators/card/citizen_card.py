@@ -48,12 +48,17 @@ def make_citizen_card(
     state: str | os.PathLike[str] | None = None,
     with_fido: bool = False,
     fido_state: str | os.PathLike[str] | None = None,
+    private_info: bool = False,
 ) -> VirtualCard:
-    """A citizen card whose state lives in ``state`` (None = in memory); FIDO applet optional."""
+    """A citizen card whose state lives in ``state`` (None = in memory); FIDO applet optional.
+
+    ``private_info``: GET INFO without serial, DID and claim names (docs/card-profile.md, GET INFO); they
+    come from GET IDENTITY after the PIN. Off until the terminal reads them from there.
+    """
     store = CardStore(state)
     security = CardSecurity(store)
     piv = PivApplet(store, security)
-    applets: list[Applet] = [piv, CitizenApplet(store, security, piv)]
+    applets: list[Applet] = [piv, CitizenApplet(store, security, piv, private_info)]
     if with_fido:
         applets.append(load_fido_applet(fido_state if fido_state is not None else fido_state_for(state)))
     return VirtualCard(applets, CITIZEN_ATR)

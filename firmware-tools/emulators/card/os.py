@@ -12,8 +12,9 @@ runtime does for its applets:
   the command — a chain interrupted by a different command is dropped and answered ``6883`` (a SELECT
   simply abandons it);
 * chains long responses (§5.3.4): a short APDU whose answer is longer than Le gets the first Le bytes and
-  ``61xx``; the rest is served by ``GET RESPONSE`` (``00 C0 00 00 xx``); extended APDUs get up to 65536
-  bytes at once.
+  ``61xx``; the rest is served by ``GET RESPONSE`` (``00 C0 00 00 xx``; also with CLA ``80``, which
+  libfido2 ≥ 1.16 sends in CTAP2 mode, so no applet may use INS ``C0`` under CLA ``80``); extended APDUs get
+  up to 65536 bytes at once.
 
 Applets signal errors by raising :class:`cityid.errors.ApduError`; any other exception becomes ``6F00``
 (logged), a failed state write becomes ``6581``.
@@ -36,6 +37,9 @@ logger = logging.getLogger(__name__)
 MAX_CHAINED_COMMAND = 65535
 #: Minimum length of an AID (prefix) in SELECT: RID is 5 bytes (ISO/IEC 7816-5).
 MIN_SELECT_AID = 5
+#: Class bytes whose INS ``C0`` is GET RESPONSE, served by the OS (ISO 7816-4 §11.7.1 uses ``00``;
+#: libfido2 ≥ 1.16 — Yubico/libfido2 PR #817 — sends ``80 C0 00 00 00`` to CTAP2 applets).
+GET_RESPONSE_CLASSES = frozenset({CLA.ISO, CLA.PROPRIETARY})
 
 
 class Applet:
@@ -46,6 +50,13 @@ class Applet:
 
     def power_on(self) -> None:
         """Card power-up or reset: clear volatile state (PIN verified flags, challenges, sessions)."""
+
+    def card_removed(self) -> None:
+        """The card left the reader (physically; not a host power-down or reset, which keep it inserted).
+
+        For state only a real removal may clear — CTAP 2.1 §6.5.5.4's "power cycle" after three wrong PINs
+        in a row must be a user's act, not a reset any PC/SC client causes by disconnecting.
+        """
 
     def select(self) -> bytes:
         """The applet was selected: return the data of the SELECT response (FCI, property template…)."""
@@ -132,8 +143,18 @@ class VirtualCard:
             self._chain = None
             self._pending = b""
 
+    def remove(self) -> None:
+        """The card was pulled out of the reader: power off, then tell every applet (:meth:`card_removed`)."""
+        with self._lock:
+            self.power_off()
+            for applet in self.applets:
+                try:
+                    applet.card_removed()
+                except Exception:
+                    logger.exception("applet %s failed on removal", applet.name)
+
     def reset(self) -> bytes:
-        """Warm reset: same effect on volatile state as a power cycle."""
+        """Warm reset: same effect on volatile state as a power-up (the card stays inserted)."""
         with self._lock:
             self.power_off()
             return self.power_on()
@@ -178,7 +199,7 @@ class VirtualCard:
         cla = cmd.cla & ~CLA.CHAINING & 0xFF
         header = bytes((cla, cmd.ins, cmd.p1, cmd.p2))
 
-        if cmd.ins == INS.GET_RESPONSE and cla == CLA.ISO:
+        if cmd.ins == INS.GET_RESPONSE and cla in GET_RESPONSE_CLASSES:
             return self._get_response(cmd, chained)
         self._pending = b""
 

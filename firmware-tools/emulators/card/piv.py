@@ -25,10 +25,10 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from cityid.apdu import CommandApdu, ResponseApdu
 from cityid.errors import ApduError, TlvError
 from cityid.iso7816 import INS, SW
-from cityid.piv import PIV_AID, Algorithm, KeyRef, ObjectId, Slot, Tag
+from cityid.piv import INS_SET_MANAGEMENT_KEY, PIV_AID, Algorithm, KeyRef, ObjectId, Slot, Tag
 from cityid.tlv import Tlv, encode_tlv, parse_tlv_dict
 from emulators.card.os import Applet
-from emulators.card.security import MGMT_KEY_ALGORITHMS, CardSecurity
+from emulators.card.security import MGMT_ALG_CURRENT, MGMT_KEY_ALGORITHMS, CardSecurity
 from emulators.card.store import CardStore
 
 logger = logging.getLogger(__name__)
@@ -38,7 +38,6 @@ VERSION = (1, 0, 0)
 MAX_OBJECT_BYTES = 8192
 INS_GET_VERSION = 0xFD  # Yubico extension
 INS_GET_SERIAL = 0xF8  # Yubico extension
-INS_SET_MGMKEY = 0xFF  # Yubico extension
 
 KEY_SLOTS = (Slot.AUTHENTICATION, Slot.SIGNATURE, Slot.KEY_MANAGEMENT, Slot.CARD_AUTH)
 _CURVES: dict[int, tuple[ec.EllipticCurve, hashes.HashAlgorithm, int]] = {
@@ -131,7 +130,7 @@ class PivApplet(Applet):
             INS.GENERATE_ASYMMETRIC_KEY_PAIR: self._generate,
             INS_GET_VERSION: self._get_version,
             INS_GET_SERIAL: self._get_serial,
-            INS_SET_MGMKEY: self._set_management_key,
+            INS_SET_MANAGEMENT_KEY: self._set_management_key,
         }
 
     # --- lifecycle -----------------------------------------------------------------------------------
@@ -251,21 +250,7 @@ class PivApplet(Applet):
     # --- PIN management (Part 2 §3.2.1–3.2.3) --------------------------------------------------------
 
     def _verify(self, cmd: CommandApdu) -> bytes:
-        if cmd.p2 == KeyRef.GLOBAL_PIN:
-            raise ApduError(SW.REFERENCE_DATA_NOT_FOUND, "no global PIN")
-        if cmd.p2 != KeyRef.PIN:
-            raise ApduError(SW.INCORRECT_P1P2)
-        if cmd.p1 == 0xFF:  # reset the security status of the PIN
-            if cmd.data:
-                raise ApduError(SW.WRONG_LENGTH)
-            self.security.pin_verified = False
-            return b""
-        if cmd.p1 != 0x00:
-            raise ApduError(SW.INCORRECT_P1P2)
-        if not cmd.data:
-            self.security.pin_status()
-            return b""
-        self.security.verify_pin(cmd.data)
+        self.security.verify_command(cmd.p1, cmd.p2, cmd.data)
         return b""
 
     def _change_reference(self, cmd: CommandApdu) -> bytes:
@@ -327,7 +312,7 @@ class PivApplet(Applet):
 
     def _general_authenticate(self, cmd: CommandApdu) -> bytes:
         if cmd.p2 == Slot.CARD_MANAGEMENT:
-            if cmd.p1 not in MGMT_KEY_ALGORITHMS:
+            if cmd.p1 not in MGMT_KEY_ALGORITHMS and cmd.p1 != MGMT_ALG_CURRENT:
                 raise ApduError(SW.INCORRECT_P1P2)
             return self.security.management_authenticate(cmd.p1, cmd.data)
         if cmd.p2 not in KEY_SLOTS:
@@ -397,7 +382,11 @@ class PivApplet(Applet):
         return self.security.serial[-4:]
 
     def _set_management_key(self, cmd: CommandApdu) -> bytes:
-        """Yubico SET MANAGEMENT KEY: ``00 FF FF FF|FE <alg> 9B <len> <key>`` (admin only)."""
+        """Yubico SET MANAGEMENT KEY: ``00 FF FF FF|FE <alg> 9B <len> <key>`` (admin only).
+
+        How personalization replaces the published default key by the card's own (docs/card-profile.md,
+        "Per-card management key"); P2 ``FE`` (touch required on a YubiKey) is accepted and ignored.
+        """
         if cmd.p1 != 0xFF or cmd.p2 not in (0xFF, 0xFE):
             raise ApduError(SW.INCORRECT_P1P2)
         if len(cmd.data) < 3 or cmd.data[1] != Slot.CARD_MANAGEMENT or cmd.data[2] != len(cmd.data) - 3:

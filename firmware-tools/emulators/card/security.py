@@ -37,6 +37,7 @@ from cityid.piv import (
     PIN_TRIES,
     PUK_TRIES,
     Algorithm,
+    KeyRef,
     Tag,
     management_key_cipher,
 )
@@ -53,6 +54,10 @@ SALT_BYTES = 16
 
 #: Management key algorithms: key length and cipher block size (defined once in cityid.piv).
 MGMT_KEY_ALGORITHMS = MANAGEMENT_KEY_ALGORITHMS
+#: P1 ``00`` in GENERAL AUTHENTICATE with key 9B: SP 800-78-4 Table 6-2 lists ``00`` as 3 Key TDEA-ECB (the
+#: pre-AES identifier); OpenSC's ``C_GenerateRandom`` sends it. Accepted as "the card's management-key
+#: algorithm", as YubiKeys accept 00 for their 3DES key.
+MGMT_ALG_CURRENT = 0x00
 
 
 def unpad_pin(padded: bytes) -> bytes:
@@ -185,6 +190,28 @@ class CardSecurity:
         pin_hash = _hash(new, salt, self._kdf).hex()
         self._commit(pin_salt=salt.hex(), pin_hash=pin_hash, pin_tries=self._state["pin_max"])
 
+    def verify_command(self, p1: int, p2: int, data: bytes) -> None:
+        """The VERIFY command of both applets (SP 800-73-4 Part 2 §3.2.1), one implementation.
+
+        P1 ``00`` verifies (or, without data, asks the status: ``9000`` / ``63Cx`` / ``6983``), P1 ``FF``
+        with no data resets the verified status; any other P1 → ``6A86``. P2 is the key reference: only
+        ``80`` (PIV Card Application PIN) exists; every other reference — the global PIN ``00``, OCC
+        ``96``/``97``, the pairing code ``98``, the PUK ``81`` (not a VERIFY reference) — answers ``6A88``
+        (key reference not found, the status word Part 2 lists for VERIFY).
+        """
+        if p1 not in (0x00, 0xFF):
+            raise ApduError(SW.INCORRECT_P1P2)
+        if p2 != KeyRef.PIN:
+            raise ApduError(SW.REFERENCE_DATA_NOT_FOUND, f"no key reference {p2:02X} for VERIFY")
+        if p1 == 0xFF:
+            if data:
+                raise ApduError(SW.WRONG_LENGTH)
+            self.pin_verified = False
+        elif not data:
+            self.pin_status()
+        else:
+            self.verify_pin(data)
+
     def require_pin(self) -> None:
         if not self.pin_verified:
             raise ApduError(SW.SECURITY_STATUS_NOT_SATISFIED, "PIN not verified")
@@ -208,11 +235,15 @@ class CardSecurity:
     def management_authenticate(self, algorithm: int, data: bytes) -> bytes:
         """One GENERAL AUTHENTICATE step with key 9B; return the response data (``7C`` template or empty).
 
+        ``algorithm`` is P1: the key's algorithm, or ``00`` (:data:`MGMT_ALG_CURRENT`) for whatever it is.
+
         * ``7C { 80 00 }`` → card sends ``7C { 80 E(witness) }`` (mutual authentication, step 1);
         * ``7C { 80 witness, 81 challenge }`` → card checks the decrypted witness and sends
           ``7C { 82 E(challenge) }`` (step 2; the host checks it);
         * ``7C { 81 00 }`` → card sends ``7C { 81 challenge }``; ``7C { 82 E(challenge) }`` → empty (one-way).
         """
+        if algorithm == MGMT_ALG_CURRENT:
+            algorithm = self.mgmt_algorithm
         if algorithm != self.mgmt_algorithm:
             self._challenge = None
             raise ApduError(SW.INCORRECT_P1P2, "wrong management key algorithm")

@@ -61,7 +61,7 @@ class InProcessConnection:
     def remove(self) -> None:
         """Pull the card: power off; later commands raise :class:`CardRemovedError`."""
         self.removed = True
-        self.card.power_off()
+        self.card.remove()
 
     def insert(self) -> bytes:
         """Put the card back (cold reset); return the ATR."""
@@ -202,7 +202,7 @@ class VpcdCard:
                 self.connected.clear()
                 self._sock = None
                 sock.close()
-                self.card.power_off()
+                self.card.remove()  # the socket is the card's presence in the reader
                 logger.info("card removed from vpcd %s:%d", self.host, self.port)
             if not self.reconnect:
                 break

@@ -77,6 +77,7 @@ class FidoApplet(Applet):
     ) -> None:
         self.authenticator = authenticator or Authenticator(store, up, transports=("nfc",))
         self._job: _Job | None = None
+        self._inserted = True  # the next power-up follows an insertion (a CTAP "power cycle")
 
     @property
     def up(self) -> UserPresence:
@@ -85,8 +86,14 @@ class FidoApplet(Applet):
     # --- card-OS lifecycle -----------------------------------------------------------------------
 
     def power_on(self) -> None:
+        """Power-up or warm reset. Only the first after an insertion is a CTAP power cycle (§6.5.5.4)."""
         self._abort()
-        self.authenticator.power_on()
+        self.authenticator.power_on(cold=self._inserted)
+        self._inserted = False
+
+    def card_removed(self) -> None:
+        self._abort()
+        self._inserted = True
 
     def select(self) -> bytes:
         return SELECT_FIDO_2_0

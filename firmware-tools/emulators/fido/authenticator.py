@@ -127,10 +127,15 @@ class Authenticator:
 
     # --- lifecycle ----------------------------------------------------------------------------------
 
-    def power_on(self) -> None:
-        """Power-up: volatile state cleared, reset window opens (CTAP 2.1 §6.5.5.1, §6.6)."""
+    def power_on(self, cold: bool = True) -> None:
+        """Power-up: volatile state cleared, reset window opens (CTAP 2.1 §6.5.5.1, §6.6).
+
+        ``cold=False`` is a reset while the key stayed in the reader (PC/SC warm reset or host power-down):
+        tokens and key agreement key are new, but the consecutive-wrong-PIN block stays (see
+        :meth:`ClientPinHandler.power_on`).
+        """
         with self._lock:
-            self.pin.power_on()
+            self.pin.power_on(cold)
             self._pending = None
             self.credmgmt.clear()
             self.large_blobs.clear()

@@ -34,7 +34,7 @@ RESULT = ClientPin.RESULT
 
 #: Total wrong PINs before the PIN is blocked until reset (CTAP 2.1 §6.5.2.2: maxPINRetries 8).
 MAX_PIN_RETRIES = 8
-#: Consecutive wrong PINs that block PIN use until the next power cycle (CTAP 2.1 §6.5.5.5).
+#: Consecutive wrong PINs that block PIN use until the next power cycle (CTAP 2.1 §6.5.5.4).
 MAX_CONSECUTIVE_FAILS = 3
 MIN_PIN_LENGTH = 4
 MAX_PIN_BYTES = 63
@@ -80,15 +80,19 @@ class ClientPinHandler:
     def __init__(self, state: FidoState, clock: Callable[[], float] = time.monotonic) -> None:
         self.state = state
         self.clock = clock
+        self.consecutive_fails = 0
         self.power_on()
 
     # --- volatile state -----------------------------------------------------------------------------
 
-    def power_on(self) -> None:
-        """Power-up: new key agreement key and token, consecutive failure count cleared (§6.5.5.1)."""
+    def power_on(self, cold: bool = True) -> None:
+        """Power-up: new key agreement key and token (§6.5.5.1); a *cold* one (the key was removed and
+        re-inserted, or re-plugged) also clears the consecutive-wrong-PIN count (§6.5.5.4). A warm reset
+        — what pcscd does whenever a client disconnects — does not, or any host could skip the rule."""
         self._regenerate_key()
         self.token = PinToken(os.urandom(32))
-        self.consecutive_fails = 0
+        if cold:
+            self.consecutive_fails = 0
 
     def _regenerate_key(self) -> None:
         self._key = ec.generate_private_key(ec.SECP256R1())
