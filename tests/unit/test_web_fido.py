@@ -16,9 +16,10 @@ from cityid.credential import VCT, LocalSigner, issue
 from cityid.errors import InvalidPinError, NoCardError, PinBlockedError
 from terminal.config import parse_config
 from terminal.fido.device import CtapSmartCardDevice
-from terminal.fido.session import FidoSession, FidoVerifier
+from terminal.fido.session import FidoSession
 from terminal.flows.kiosk import SERVICES
 from terminal.verifier import NonceStore, Verifier
+from terminal.verifier.fido import FidoVerifier
 from terminal.web import create_app, shutdown
 from terminal.web.backend import TokenKind, TokenPresent
 from terminal.web.stack import CardKioskBackend
