@@ -9,6 +9,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from cityid import jose, sdjwt
 from cityid.citizen import CredentialRecord, StoredDisclosure
+from cityid.keys import P256PublicKey
 
 ISSUER_KEY = ec.generate_private_key(ec.SECP256R1())
 VCT = "urn:busan:citizen:1"
@@ -52,7 +53,9 @@ def check_presentation(
     issuer_jwt, discs, kb = sdjwt.split(text)
     signing_input = issuer_jwt.rsplit(".", 1)[0].encode("ascii")
     assert jose.es256_verify(
-        ISSUER_KEY.public_key(), signing_input, jose.b64url_decode(issuer_jwt.split(".")[2])
+        P256PublicKey.from_crypto(ISSUER_KEY.public_key()),
+        signing_input,
+        jose.b64url_decode(issuer_jwt.split(".")[2]),
     )
     disclosed = {d.name: d.value for d in map(sdjwt.parse_disclosure, discs)}
     assert sorted(disclosed) == sorted(claims)

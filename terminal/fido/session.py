@@ -240,16 +240,28 @@ class FidoSession:
         *,
         allow: Sequence[bytes] = (),
         pin: str | None = None,
+        pin_token: tuple[PinProtocol, bytes] | None = None,
         large_blob_key: bool = False,
+        user_presence: bool = True,
     ) -> AssertionResponse:
-        """authenticatorGetAssertion (§6.2) with user presence; UV by PIN when ``pin`` is given."""
+        """authenticatorGetAssertion (§6.2); UV by ``pin`` or by a ``pin_token`` from :meth:`token`
+        (several assertions on one PIN entry). ``user_presence=False`` is a silent probe (option up=false)."""
+        if pin_token is not None:
+            protocol, token = pin_token
+            auth: dict[str, Any] = {
+                "pin_uv_protocol": protocol.VERSION,
+                "pin_uv_param": protocol.authenticate(token, client_data_hash),
+            }
+        else:
+            auth = self._auth(pin, PERMISSION.GET_ASSERTION, rp_id, client_data_hash)
         return self._call(
             self.ctap.get_assertion,
             rp_id,
             client_data_hash,
             allow_list=[{"type": "public-key", "id": i} for i in allow] or None,
             extensions={"largeBlobKey": True} if large_blob_key else None,
-            **self._auth(pin, PERMISSION.GET_ASSERTION, rp_id, client_data_hash),
+            options=None if user_presence else {"up": False},
+            **auth,
         )
 
     def _credman(self, pin: str) -> CredentialManagement:
