@@ -194,3 +194,21 @@ def test_server_answer_lost_to_a_timeout_then_retry(desk):
     assert [r.id for r in _live(rig, out.card_serial)] == [out.credential_id]
     with rig.db.sessions() as s:
         assert len(s.scalars(select(Credential)).all()) == 1
+
+
+def test_counter_enrolled_card_has_the_card_signed_9a_certificate(desk):
+    """The counter runs the same personalization as ``cardtool personalize``: the 9A certificate object
+    holds the enrolled key, signed by the card itself (docs/card-profile.md: OpenSC lists the key)."""
+    from cityid.keys import P256PublicKey
+
+    rig, _view, counter = desk
+    conn = InProcessConnection(make_citizen_card(None))
+    out = counter.run(conn, REQUEST)
+    cert = PivSession(conn).get_certificate(Slot.AUTHENTICATION)
+    cert.verify_directly_issued_by(cert)  # raises if the card did not sign it
+    assert out.card_serial.upper() in cert.subject.rfc4514_string().upper()
+    with rig.db.sessions() as s:
+        row = s.get(Credential, out.credential_id)
+        assert row is not None and row.state == "issued"
+        enrolled = bytes.fromhex(row.card_key)
+    assert P256PublicKey.from_crypto(cert.public_key()).point == enrolled
