@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
+from typing import Protocol, runtime_checkable
 
 from cityid.apdu import ApduFormat, CommandApdu, SmartCardConnection, SmartCardProtocol
 from cityid.errors import (
@@ -21,8 +21,17 @@ from terminal.pcsc.pinpad import PinPad
 logger = logging.getLogger(__name__)
 
 
+@runtime_checkable
+class FormatMemory(Protocol):
+    """A connection that remembers whether extended APDUs work (``PcscConnection.extended``)."""
+
+    extended: bool | None
+
+
 class InvalidPukError(InvalidPinError):
     """Wrong PUK (63Cx); ``attempts_remaining`` PUK tries are left."""
+
+    what = "PUK"
 
     def __init__(self, attempts_remaining: int, sw: int | None = None) -> None:
         super().__init__(attempts_remaining, sw)
@@ -43,7 +52,10 @@ def open_applet(
     itself is the probe: sent as an extended APDU, re-sent short if the card or reader refuses it; the
     answer is remembered on the connection, so the probe costs no extra APDU.
     """
-    choice = extended if extended is not None else getattr(connection, "extended", None)
+    if extended is not None:
+        choice: bool | None = extended
+    else:
+        choice = connection.extended if isinstance(connection, FormatMemory) else None
     if choice is None:
         proto = SmartCardProtocol(connection, ApduFormat.EXTENDED)
         try:
@@ -66,8 +78,8 @@ def open_applet(
 
 
 def _remember(connection: SmartCardConnection, extended: bool) -> None:
-    with contextlib.suppress(AttributeError):
-        connection.extended = extended  # type: ignore[attr-defined]
+    if isinstance(connection, FormatMemory):
+        connection.extended = extended
 
 
 def encode_pin(pin: str | bytes) -> bytes:
