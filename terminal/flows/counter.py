@@ -48,7 +48,6 @@ SELF_CHECK_SERVICE = "counter-self-check"
 
 #: The counter's steps (names from :class:`terminal.flows.personalize.Step`).
 COUNTER_STEPS = (Step.KEY, Step.CERTIFICATE, Step.ENROLL, Step.WRITE, Step.PIN, Step.CHECK)
-__all__ = ["COUNTER_STEPS", "CitizenRequest", "CounterEnrollment", "EnrollmentInterrupted", "Step"]
 
 
 class EnrollmentInterrupted(CityIdError):

@@ -47,7 +47,7 @@ from terminal.web.verdicts import view_for
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CardCounterBackend", "CardKioskBackend", "PcscKioskBackend", "pcsc_connect"]
+__all__ = ["CardCounterBackend", "CardKioskBackend", "PcscKioskBackend"]
 
 
 class CardKioskBackend:
