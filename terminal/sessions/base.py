@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import Protocol, runtime_checkable
 
 from cityid.apdu import ApduFormat, CommandApdu, SmartCardConnection, SmartCardProtocol
 from cityid.errors import (
@@ -19,13 +19,6 @@ from cityid.piv import KeyRef, pad_pin
 from terminal.pcsc.pinpad import PinPad
 
 logger = logging.getLogger(__name__)
-
-
-@runtime_checkable
-class FormatMemory(Protocol):
-    """A connection that remembers whether extended APDUs work (``PcscConnection.extended``)."""
-
-    extended: bool | None
 
 
 class InvalidPukError(InvalidPinError):
@@ -52,10 +45,7 @@ def open_applet(
     itself is the probe: sent as an extended APDU, re-sent short if the card or reader refuses it; the
     answer is remembered on the connection, so the probe costs no extra APDU.
     """
-    if extended is not None:
-        choice: bool | None = extended
-    else:
-        choice = connection.extended if isinstance(connection, FormatMemory) else None
+    choice = extended if extended is not None else getattr(connection, "extended", None)
     if choice is None:
         proto = SmartCardProtocol(connection, ApduFormat.EXTENDED)
         try:
@@ -78,8 +68,8 @@ def open_applet(
 
 
 def _remember(connection: SmartCardConnection, extended: bool) -> None:
-    if isinstance(connection, FormatMemory):
-        connection.extended = extended
+    with contextlib.suppress(AttributeError):  # any connection object may remember it (PcscConnection does)
+        connection.extended = extended  # type: ignore[attr-defined]
 
 
 def encode_pin(pin: str | bytes) -> bytes:
