@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from emulators.card.citizen_card import make_citizen_card
 from emulators.card.transport import InProcessConnection
 from firmware_tools.vpcd_env import inserted_card, reader_has_card, wait_for
@@ -24,9 +23,9 @@ from firmware_tools.vpcd_env import inserted_card, reader_has_card, wait_for
 from bench._stats import summary_ms
 from cityid import jose, sdjwt
 from cityid.citizen import CredentialRecord, StoredDisclosure
+from terminal.flows.personalize import personalize
 from terminal.pcsc.connection import PcscConnection, open_connection
 from terminal.pcsc.monitor import CardInserted, ReaderMonitor
-from terminal.personalize import personalize
 from terminal.sessions.citizen import CitizenSession
 
 PIN = "24681357"
@@ -41,7 +40,7 @@ def _personalized_state(path: Path) -> None:
 
     conn = InProcessConnection(make_citizen_card(path))
     result = personalize(conn, pin="123456", new_pin=PIN)
-    point = result.public_key.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+    point = result.key.point
     issuer = ec.generate_private_key(ec.SECP256R1())
     claims = {
         "family_name": "Kim",

@@ -60,8 +60,43 @@ class SecurityStatusError(ApduError):
         super().__init__(sw, message or "security status not satisfied (PIN or admin key needed)")
 
 
-class InvalidPinError(ApduError):
-    """Wrong PIN/PUK (63Cx); ``attempts_remaining`` tries are left."""
+# --- PIN states (cards and FIDO keys alike) ----------------------------------------------------------
+#
+# Callers (flows, web) catch these state classes; the transport-specific subclasses keep their own data:
+# card errors their status word (``ApduError.sw``, SP 800-73-4 §3.2.1), FIDO errors their CTAP status
+# (``terminal.fido.errors.FidoError.code``, CTAP 2.1 §6.5).
+
+
+class PinError(CityIdError):
+    """Base class of the PIN states; ``what`` names the secret ("PIN", "PUK", "key PIN")."""
+
+    what: str = "PIN"
+    attempts_remaining: int | None = None
+
+
+class WrongPinError(PinError):
+    """Wrong PIN; ``attempts_remaining`` tries are left before it blocks."""
+
+
+class BlockedPinError(PinError):
+    """No tries left: only an unblock (card: PUK) or a reset (FIDO key) helps."""
+
+
+class PinPowerCycleError(PinError):
+    """Too many wrong PINs in a row: blocked until the token is removed and re-inserted (power cycle).
+
+    ``attempts_remaining`` tries are left after that (CTAP 2.1 §6.5.5.7: PIN_AUTH_BLOCKED).
+    """
+
+
+class PinNotSetError(PinError):
+    """The token has no PIN yet (a FIDO key never registered at a counter)."""
+
+
+class InvalidPinError(ApduError, WrongPinError):
+    """Wrong PIN/PUK on a card (63Cx); ``attempts_remaining`` tries are left."""
+
+    attempts_remaining: int
 
     def __init__(self, attempts_remaining: int, sw: int | None = None) -> None:
         self.attempts_remaining = attempts_remaining
@@ -71,11 +106,12 @@ class InvalidPinError(ApduError):
         )
 
 
-class PinBlockedError(ApduError):
-    """The PIN (or PUK) is blocked (6983 / 63C0)."""
+class PinBlockedError(ApduError, BlockedPinError):
+    """The card PIN (or PUK) is blocked (6983 / 63C0)."""
 
     def __init__(self, sw: int = SW.AUTH_METHOD_BLOCKED, what: str = "PIN") -> None:
         self.what = what
+        self.attempts_remaining = 0
         super().__init__(sw, f"{what} is blocked")
 
 

@@ -302,9 +302,10 @@ def build(
     from server.config import ServerConfig
     from server.db import Database
     from server.keys import KeystoreSigner
+    from terminal.flows.tokens import pcsc_connect
     from terminal.server_client import ServerClient
     from terminal.verifier import NonceStore, Verifier
-    from terminal.web.stack import CardCounterBackend, CardKioskBackend, PcscKioskBackend, pcsc_connect
+    from terminal.web.stack import CardCounterBackend, CardKioskBackend, PcscKioskBackend
 
     workdir = workdir or Path(tempfile.mkdtemp(prefix="cityid-demo-"))
     (workdir / "cards").mkdir(parents=True, exist_ok=True)
@@ -432,25 +433,15 @@ def build(
 def _make_key(workdir: Path, client: Any, citizen: Citizen, did: str) -> Path:
     """A virtual FIDO2 key for ``citizen``: PIN set, discoverable credential for the city RP, the citizen
     credential issued to the key's public key (cnf) and kept in its largeBlob (docs/credential-format.md)."""
-    import hashlib
-
     from emulators.fido.attestation import export_root
     from emulators.fido.card import make_fido_card
 
-    from terminal.fido.device import CtapSmartCardDevice
-    from terminal.fido.session import FidoSession, FidoVerifier
-    from terminal.verifier.verifier import DEFAULT_RP_ID
-    from terminal.web.stack import cose_point
+    from terminal.flows.fido_registration import register_key
+    from terminal.flows.tokens import open_fido
 
     path = workdir / "cards" / f"{KEY_ID}.json"
     card, applet = make_fido_card(path)
-    session = FidoSession(CtapSmartCardDevice(InProcessConnection(card)))
-    session.set_pin(KEY_PIN)
     root = export_root(applet.authenticator.store)
-    rp = FidoVerifier(DEFAULT_RP_ID, trusted_roots=[root.encode()] if root else [])
-    reg = rp.register(session, hashlib.sha256(did.encode()).digest()[:16], did, pin=KEY_PIN, large_blob=True)
-    point = cose_point(reg.public_key)
-    serial = hashlib.sha256(reg.credential_id).digest()[:8]
     request = CitizenRequest(
         family_name=citizen.family_name,
         given_name=citizen.given_name,
@@ -460,8 +451,8 @@ def _make_key(workdir: Path, client: Any, citizen: Citizen, did: str) -> Path:
         new_pin=KEY_PIN,
         new_puk=DEMO_PUK,
     )
-    result = client.enroll(f"demo-key-{serial.hex()}", request.claims(serial), point, serial, did)
-    session.write_blob(reg.large_blob_key, result.record.encode(), pin=KEY_PIN)
+    session = open_fido(InProcessConnection(card))
+    register_key(session, client, request.claims, did, KEY_PIN, trusted_roots=[root.encode()] if root else [])
     return path
 
 

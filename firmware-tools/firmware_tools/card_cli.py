@@ -16,13 +16,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-
 from cityid.apdu import SmartCardProtocol
 from cityid.citizen import CITIZEN_AID
 from cityid.cli_util import progress
 from cityid.errors import ApduError, ApplicationNotFoundError, CityIdError
 from cityid.iso7816 import SW
+from cityid.keys import KeyFormatError, P256PublicKey
 from cityid.piv import (
     CARD_MANAGEMENT_KEY_ALGORITHM,
     CITY_MASTER_KEY_BYTES,
@@ -32,6 +31,8 @@ from cityid.piv import (
     Slot,
     derive_management_key,
 )
+from terminal.flows.personalize import load_credential, personalize
+from terminal.flows.pin import unblock_pin
 from terminal.pcsc.connection import (
     PcscConnection,
     card_present,
@@ -40,7 +41,6 @@ from terminal.pcsc.connection import (
     open_connection,
     release_context,
 )
-from terminal.personalize import load_credential, personalize
 from terminal.sessions.citizen import CitizenSession
 from terminal.sessions.piv import PivSession
 
@@ -146,9 +146,10 @@ def gather_info(conn: PcscConnection) -> dict[str, Any]:
         try:
             cert = piv.get_certificate(Slot.AUTHENTICATION)
             out["piv_9a_certificate"] = cert.subject.rfc4514_string()
-            out["piv_9a_public_key"] = (
-                cert.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint).hex()
-            )
+            try:
+                out["piv_9a_public_key"] = P256PublicKey.from_crypto(cert.public_key()).hex()
+            except KeyFormatError:
+                out["piv_9a_public_key"] = None  # not a P-256 key: not a card this project personalized
         except ApduError as exc:
             if exc.sw != SW.FILE_NOT_FOUND:
                 raise
@@ -229,9 +230,8 @@ def cmd_personalize(args: argparse.Namespace) -> int:
             progress=progress,
             management_key_algorithm=algorithm,
         )
-    point = result.public_key.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
     print(f"card {result.serial} personalized")
-    print(f"holder key (9A, P-256): {point.hex()}")
+    print(f"holder key (9A, P-256): {result.key.hex()}")
     print(f"certificate: {result.certificate.subject.rfc4514_string()}")
     if result.did:
         print(f"DID: {result.did}")
@@ -294,7 +294,7 @@ def cmd_pin_unblock(args: argparse.Namespace) -> int:
     puk = _secret("CARDTOOL_PUK", "PUK: ")
     new = _secret("CARDTOOL_NEW_PIN", "new PIN: ", confirm=True)
     with _open(args) as conn:
-        PivSession(conn).unblock_pin(puk, new)
+        unblock_pin(conn, puk, new)
     print("PIN unblocked and set")
     return 0
 

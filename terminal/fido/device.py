@@ -18,7 +18,7 @@ import sys
 import threading
 import types
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from fido2.ctap import STATUS, CtapDevice, CtapError
 from fido2.hid import CAPABILITY, CTAPHID
@@ -52,6 +52,13 @@ def select_fido(protocol: SmartCardProtocol) -> bytes:
     if sw != SW.SUCCESS:
         raise NotFidoError(sw, "the card has no FIDO applet")
     return resp
+
+
+@runtime_checkable
+class ClosableConnection(Protocol):
+    """A connection the device may close (``PcscConnection``; in-process ones have nothing to close)."""
+
+    def close(self) -> None: ...
 
 
 class CtapSmartCardDevice(CtapDevice):
@@ -112,9 +119,8 @@ class CtapSmartCardDevice(CtapDevice):
         return resp
 
     def close(self) -> None:
-        close = getattr(self.connection, "close", None)
-        if close is not None:
-            close()
+        if isinstance(self.connection, ClosableConnection):
+            self.connection.close()
 
     @classmethod
     def list_devices(cls) -> Iterator[CtapSmartCardDevice]:

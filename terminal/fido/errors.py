@@ -1,10 +1,15 @@
-"""Typed errors of the terminal FIDO flows: one per state the terminal shows (CTAP 2.1 §6.5, §8.2)."""
+"""Typed errors of the terminal FIDO flows: one per state the terminal shows (CTAP 2.1 §6.5, §8.2).
+
+The PIN states derive from the shared state classes of :mod:`cityid.errors` (``WrongPinError``,
+``BlockedPinError``, ``PinPowerCycleError``, ``PinNotSetError``) so flows and the web catch card and key
+PIN states alike; each keeps its CTAP status in ``code``.
+"""
 
 from __future__ import annotations
 
 from fido2.ctap import CtapError
 
-from cityid.errors import CityIdError
+from cityid.errors import BlockedPinError, CityIdError, PinNotSetError, PinPowerCycleError, WrongPinError
 
 ERR = CtapError.ERR
 
@@ -21,8 +26,10 @@ class FidoPinError(FidoError):
     """Base class of the PIN states."""
 
 
-class FidoPinNotSetError(FidoPinError):
+class FidoPinNotSetError(FidoPinError, PinNotSetError):
     """The key has no PIN yet (CTAP2_ERR_PIN_NOT_SET)."""
+
+    what = "key PIN"
 
     def __init__(self) -> None:
         super().__init__("the security key has no PIN yet", ERR.PIN_NOT_SET)
@@ -35,16 +42,21 @@ class FidoPinRequiredError(FidoPinError):
         super().__init__("the security key's PIN is needed", ERR.PUAT_REQUIRED)
 
 
-class FidoInvalidPinError(FidoPinError):
+class FidoInvalidPinError(FidoPinError, WrongPinError):
     """Wrong PIN; ``attempts_remaining`` tries are left before the PIN blocks (CTAP2_ERR_PIN_INVALID)."""
+
+    what = "key PIN"
+    attempts_remaining: int
 
     def __init__(self, attempts_remaining: int) -> None:
         self.attempts_remaining = attempts_remaining
         super().__init__(f"wrong PIN, {attempts_remaining} tries left", ERR.PIN_INVALID)
 
 
-class FidoPinPowerCycleError(FidoPinError):
+class FidoPinPowerCycleError(FidoPinError, PinPowerCycleError):
     """Three wrong PINs in a row: remove and re-insert the key (CTAP2_ERR_PIN_AUTH_BLOCKED)."""
+
+    what = "key PIN"
 
     def __init__(self, attempts_remaining: int | None = None) -> None:
         self.attempts_remaining = attempts_remaining
@@ -54,8 +66,11 @@ class FidoPinPowerCycleError(FidoPinError):
         )
 
 
-class FidoPinBlockedError(FidoPinError):
+class FidoPinBlockedError(FidoPinError, BlockedPinError):
     """No PIN tries left: only a reset (erasing all credentials) helps (CTAP2_ERR_PIN_BLOCKED)."""
+
+    what = "key PIN"
+    attempts_remaining = 0
 
     def __init__(self) -> None:
         super().__init__("the security key's PIN is blocked; the key must be reset", ERR.PIN_BLOCKED)

@@ -1,13 +1,9 @@
-"""FIDO2 flows at the terminal: a key session (CTAP 2.1) and the relying-party checks (WebAuthn §7).
+"""A FIDO2 key session at the terminal (CTAP 2.1).
 
-* :class:`FidoSession` wraps python-fido2's :class:`~fido2.ctap2.Ctap2` on one key: info and PIN state,
-  set/change PIN, makeCredential/getAssertion with a PIN token when the key has a PIN, credential management
-  and the large-blob array. CTAP failures become the typed errors of :mod:`terminal.fido.errors`.
-* :class:`FidoVerifier` is the city's relying party on the terminal: it issues single-use challenges
-  (:class:`terminal.verifier.nonces.NonceStore`), builds the client data, and verifies registrations and
-  assertions with python-fido2's :class:`~fido2.server.Fido2Server` — attestation against the trusted test
-  attestation root, assertion signatures against the credential public key (later resolved from the
-  citizen's DID on chain: pass that key in ``credentials``).
+:class:`FidoSession` wraps python-fido2's :class:`~fido2.ctap2.Ctap2` on one key: info and PIN state,
+set/change PIN, makeCredential/getAssertion with a PIN token when the key has a PIN, credential management
+and the large-blob array. CTAP failures become the typed errors of :mod:`terminal.fido.errors`. The
+relying-party checks (WebAuthn §7) are :class:`terminal.verifier.fido.FidoVerifier`.
 """
 
 from __future__ import annotations
@@ -18,37 +14,21 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, TypeVar
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from fido2.attestation import AttestationVerifier
-from fido2.attestation.base import InvalidAttestation
-from fido2.cose import ES256, CoseKey
 from fido2.ctap import CtapDevice, CtapError
 from fido2.ctap2 import AssertionResponse, AttestationResponse, Ctap2, Info
 from fido2.ctap2.blob import LargeBlobs
 from fido2.ctap2.credman import CredentialManagement
 from fido2.ctap2.pin import ClientPin, PinProtocol
-from fido2.server import Fido2Server
 from fido2.webauthn import (
-    AttestationObject,
-    AttestedCredentialData,
-    AuthenticatorData,
-    CollectedClientData,
-    PublicKeyCredentialUserEntity,
     UserVerificationRequirement,
 )
 
-from cityid.jose import b64url_decode, b64url_encode
 from terminal.fido.errors import (
     ERR,
     FidoError,
-    FidoInvalidPinError,
     FidoPinRequiredError,
-    FidoVerificationError,
     from_ctap,
 )
-from terminal.verifier.nonces import NonceStore
 
 logger = logging.getLogger(__name__)
 
@@ -107,49 +87,6 @@ class StoredCredential:
     user_name: str | None
     display_name: str | None
     cred_protect: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class Registration:
-    """A verified registration: what the city stores about the citizen's key."""
-
-    credential_id: bytes
-    public_key: CoseKey
-    credential: AttestedCredentialData
-    aaguid: str
-    sign_count: int
-    user_verified: bool
-    attestation_trusted: bool
-    large_blob_key: bytes | None
-
-    @property
-    def holder_key(self) -> bytes:
-        """The credential key as an uncompressed SEC1 P-256 point (what the citizen's DID lists on chain)."""
-        return sec1_point(self.public_key)
-
-
-def sec1_point(key: CoseKey) -> bytes:
-    """``04 || x || y`` of an ES256 COSE key (ValueError for other algorithms: the chain holds P-256 keys)."""
-    if key.ALGORITHM != ES256.ALGORITHM:
-        raise ValueError("only ES256 (P-256) credential keys can be published as DID keys")
-    return b"\x04" + bytes(key[-2]) + bytes(key[-3])
-
-
-def credential_for_holder_key(credential_id: bytes, point: bytes) -> AttestedCredentialData:
-    """A credential record for ``credential_id`` whose key was resolved from the chain (SEC1 point)."""
-    public = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), point)
-    return AttestedCredentialData.create(b"\0" * 16, credential_id, ES256.from_cryptography_key(public))
-
-
-@dataclass(frozen=True, slots=True)
-class Authentication:
-    """A verified assertion."""
-
-    credential_id: bytes
-    user_handle: bytes | None
-    sign_count: int
-    user_verified: bool
-    large_blob_key: bytes | None
 
 
 class FidoSession:
@@ -303,16 +240,28 @@ class FidoSession:
         *,
         allow: Sequence[bytes] = (),
         pin: str | None = None,
+        pin_token: tuple[PinProtocol, bytes] | None = None,
         large_blob_key: bool = False,
+        user_presence: bool = True,
     ) -> AssertionResponse:
-        """authenticatorGetAssertion (§6.2) with user presence; UV by PIN when ``pin`` is given."""
+        """authenticatorGetAssertion (§6.2); UV by ``pin`` or by a ``pin_token`` from :meth:`token`
+        (several assertions on one PIN entry). ``user_presence=False`` is a silent probe (option up=false)."""
+        if pin_token is not None:
+            protocol, token = pin_token
+            auth: dict[str, Any] = {
+                "pin_uv_protocol": protocol.VERSION,
+                "pin_uv_param": protocol.authenticate(token, client_data_hash),
+            }
+        else:
+            auth = self._auth(pin, PERMISSION.GET_ASSERTION, rp_id, client_data_hash)
         return self._call(
             self.ctap.get_assertion,
             rp_id,
             client_data_hash,
             allow_list=[{"type": "public-key", "id": i} for i in allow] or None,
             extensions={"largeBlobKey": True} if large_blob_key else None,
-            **self._auth(pin, PERMISSION.GET_ASSERTION, rp_id, client_data_hash),
+            options=None if user_presence else {"up": False},
+            **auth,
         )
 
     def _credman(self, pin: str) -> CredentialManagement:
@@ -368,199 +317,10 @@ class FidoSession:
         self.refresh()
 
 
-class TrustedRootVerifier(AttestationVerifier):
-    """python-fido2 attestation verification anchored on the given root certificates (DER or PEM)."""
-
-    def __init__(self, roots: Sequence[bytes]) -> None:
-        super().__init__()
-        self.roots = [_to_der(r) for r in roots]
-
-    def ca_lookup(self, attestation_result: Any, auth_data: AuthenticatorData) -> bytes | None:
-        if not attestation_result.trust_path:
-            return None
-        leaf = x509.load_der_x509_certificate(attestation_result.trust_path[-1])
-        for root in self.roots:
-            if x509.load_der_x509_certificate(root).subject == leaf.issuer:
-                return root
-        return None
-
-
-def _to_der(cert: bytes) -> bytes:
-    if cert.lstrip().startswith(b"-----BEGIN"):
-        return x509.load_pem_x509_certificate(cert).public_bytes(serialization.Encoding.DER)
-    return cert
-
-
-class FidoVerifier:
-    """The city's relying party at the terminal: single-use challenges and WebAuthn verification."""
-
-    SERVICE_REGISTER = "fido-register"
-    SERVICE_AUTHENTICATE = "fido-authenticate"
-
-    def __init__(
-        self,
-        rp_id: str,
-        rp_name: str = "Busan Metropolitan City",
-        *,
-        origin: str | None = None,
-        trusted_roots: Sequence[bytes] = (),
-        nonces: NonceStore | None = None,
-    ) -> None:
-        self.rp_id = rp_id
-        self.origin = origin or f"https://{rp_id}"
-        self.nonces = nonces if nonces is not None else NonceStore(ttl=120.0)
-        self.trusted = bool(trusted_roots)
-        self.server = Fido2Server(
-            {"id": rp_id, "name": rp_name},
-            attestation="direct" if trusted_roots else "none",
-            verify_origin=lambda origin: origin == self.origin,
-            verify_attestation=TrustedRootVerifier(trusted_roots) if trusted_roots else None,
-        )
-
-    def _challenge(self, service: str) -> bytes:
-        return b64url_decode(self.nonces.issue(service))
-
-    def _consume(self, challenge: bytes, service: str) -> None:
-        if not self.nonces.consume(b64url_encode(challenge), service):
-            raise FidoVerificationError("challenge unknown, expired or already used")
-
-    def register(
-        self,
-        session: FidoSession,
-        user_id: bytes,
-        user_name: str,
-        display_name: str | None = None,
-        *,
-        pin: str | None = None,
-        exclude: Sequence[bytes] = (),
-        large_blob: bool = False,
-    ) -> Registration:
-        """Register ``session``'s key for a citizen: discoverable, credProtect level 2, UV by PIN if set."""
-        user = PublicKeyCredentialUserEntity(user_name, user_id, display_name or user_name)
-        challenge = self._challenge(self.SERVICE_REGISTER)
-        uv = UV_REQUIRED if pin is not None else UV_DISCOURAGED
-        _options, state = self.server.register_begin(user, challenge=challenge, user_verification=uv)
-        client_data = CollectedClientData.create(CollectedClientData.TYPE.CREATE, challenge, self.origin)
-        try:
-            response = session.make_credential(
-                {"id": self.rp_id, "name": self.server.rp.name},
-                {"id": user_id, "name": user_name, "displayName": display_name or user_name},
-                client_data.hash,
-                exclude=exclude,
-                pin=pin,
-                large_blob_key=large_blob,
-            )
-        except FidoError:
-            self.nonces.discard(b64url_encode(challenge))
-            raise
-        self._consume(challenge, self.SERVICE_REGISTER)
-        attestation = AttestationObject.create(response.fmt, response.auth_data, response.att_stmt)
-        try:
-            auth_data = self.server.register_complete(state, client_data, attestation)
-        except (ValueError, InvalidAttestation) as exc:
-            raise FidoVerificationError(f"registration rejected: {exc}") from None
-        cred = auth_data.credential_data
-        assert cred is not None
-        return Registration(
-            credential_id=cred.credential_id,
-            public_key=cred.public_key,
-            credential=cred,
-            aaguid=str(cred.aaguid),
-            sign_count=auth_data.counter,
-            user_verified=auth_data.is_user_verified(),
-            attestation_trusted=self.trusted,
-            large_blob_key=response.large_blob_key,
-        )
-
-    def authenticate_holder(
-        self,
-        session: FidoSession,
-        credential_ids: Sequence[bytes],
-        holder_keys: Sequence[bytes],
-        *,
-        pin: str | None = None,
-        last_sign_count: int | None = None,
-    ) -> Authentication:
-        """Authenticate a citizen whose keys come from the chain (``VerificationFacts.holder_keys``).
-
-        The assertion must verify under one of the DID's active P-256 keys; the credential ids come from
-        the citizen's enrolment record (or the key's discoverable credential when empty).
-        """
-        creds = [credential_for_holder_key(i, k) for i in credential_ids for k in holder_keys]
-        if not credential_ids:
-            raise FidoVerificationError("no credential id for this citizen")
-        return self.authenticate(session, creds, pin=pin, last_sign_count=last_sign_count)
-
-    def authenticate(
-        self,
-        session: FidoSession,
-        credentials: Sequence[AttestedCredentialData],
-        *,
-        pin: str | None = None,
-        last_sign_count: int | None = None,
-        large_blob: bool = False,
-        discoverable: bool = False,
-    ) -> Authentication:
-        """getAssertion on a fresh single-use challenge, verified against the credential public keys.
-
-        ``credentials`` are the registered keys the signature is checked against; with ``discoverable`` no
-        allow list is sent and the key picks its own credential for the RP (it must be among them). A
-        signature counter that did not grow past ``last_sign_count`` is refused (cloned key, WebAuthn §6.1.1).
-        """
-        challenge = self._challenge(self.SERVICE_AUTHENTICATE)
-        uv = UV_REQUIRED if pin is not None else UV_DISCOURAGED
-        _options, state = self.server.authenticate_begin(
-            None if discoverable else credentials, uv, challenge=challenge
-        )
-        client_data = CollectedClientData.create(CollectedClientData.TYPE.GET, challenge, self.origin)
-        try:
-            response = session.get_assertion(
-                self.rp_id,
-                client_data.hash,
-                allow=[] if discoverable else [c.credential_id for c in credentials],
-                pin=pin,
-                large_blob_key=large_blob,
-            )
-        except FidoError:
-            self.nonces.discard(b64url_encode(challenge))
-            raise
-        self._consume(challenge, self.SERVICE_AUTHENTICATE)
-        cred_id = response.credential["id"]
-        candidates = [c for c in credentials if c.credential_id == cred_id] or list(credentials)
-        error: Exception | None = None
-        for candidate in candidates:  # several keys for one id: keys resolved from a DID document
-            try:
-                self.server.authenticate_complete(
-                    state, [candidate], cred_id, client_data, response.auth_data, response.signature
-                )
-                break
-            except ValueError as exc:
-                error = exc
-        else:
-            raise FidoVerificationError(f"assertion rejected: {error}") from None
-        counter = response.auth_data.counter
-        if last_sign_count is not None and counter != 0 and counter <= last_sign_count:
-            raise FidoVerificationError(
-                f"signature counter went from {last_sign_count} to {counter}: possible cloned key"
-            )
-        user = response.user or {}
-        return Authentication(
-            credential_id=cred_id,
-            user_handle=user.get("id"),
-            sign_count=counter,
-            user_verified=response.auth_data.is_user_verified(),
-            large_blob_key=response.large_blob_key,
-        )
-
-
 __all__ = [
-    "Authentication",
-    "FidoInvalidPinError",
     "FidoSession",
-    "FidoVerifier",
     "KeyInfo",
     "PinState",
     "PinStatus",
-    "Registration",
     "StoredCredential",
 ]

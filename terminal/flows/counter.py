@@ -1,12 +1,15 @@
 """The counter enrollment flow (docs/server.md §Counter enrollment).
 
-The clerk has checked the citizen in person. Steps, in order::
+The clerk has checked the citizen in person. The steps are the personalization steps of
+:mod:`terminal.flows.personalize` (the same code ``cardtool personalize`` runs), with the server and the
+self-check in between::
 
-    KEY      generate the holder key on the card (PIV 9A, management key)
-    ENROLL   the server registers DID + card key on chain, allocates a status index, signs the SD-JWT VC
-    WRITE    write the DID and the credential to the citizen applet (PUT CREDENTIAL is atomic on the card)
-    PIN      replace the initial PUK and PIN with the citizen's
-    CHECK    self-check: PIN → PRESENT of every claim → full verification against the chain
+    KEY          generate the holder key on the card (PIV 9A, management key)
+    CERTIFICATE  the card signs its own 9A certificate (initial PIN) so OpenSC/PKCS#11 lists the key
+    ENROLL       the server registers DID + card key on chain, allocates a status index, signs the SD-JWT VC
+    WRITE        write the DID and the credential to the citizen applet (PUT CREDENTIAL is atomic on the card)
+    PIN          replace the initial PUK and PIN with the citizen's
+    CHECK        self-check: PIN → PRESENT of every claim → full verification against the chain
 
 Resumable: progress is journalled per card serial in memory (never the claims or PINs). A card pulled at
 any step raises :class:`EnrollmentInterrupted`; calling :meth:`CounterEnrollment.run` again with the card
@@ -25,19 +28,15 @@ import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
-
-from cryptography.hazmat.primitives import serialization
 
 from cityid.apdu import SmartCardConnection
 from cityid.credential import CLAIM_NAMES
-from cityid.errors import CardRemovedError, CityIdError, InvalidPinError, PinBlockedError
-from cityid.piv import DEFAULT_MANAGEMENT_KEY, Slot
+from cityid.errors import CardRemovedError, CityIdError, DecodeError, WrongPinError
+from cityid.piv import DEFAULT_MANAGEMENT_KEY
+from terminal.flows.personalize import CardPersonalizer, Journal, PinStateError, Step
 from terminal.server_client import EnrollmentResult, ServerClient, ServerError
-from terminal.sessions.base import InvalidPukError
 from terminal.sessions.citizen import CitizenSession
-from terminal.sessions.piv import PivSession
 from terminal.verifier import CheckName, Verdict, Verifier
 
 logger = logging.getLogger(__name__)
@@ -47,13 +46,8 @@ INITIAL_PUK = "12345678"
 SELF_CHECK_SERVICE = "counter-self-check"
 
 
-class Step(StrEnum):
-    KEY = "key"
-    ENROLL = "enroll"
-    WRITE = "write"
-    PIN = "pin"
-    CHECK = "check"
-    DONE = "done"
+#: The counter's steps (names from :class:`terminal.flows.personalize.Step`).
+COUNTER_STEPS = (Step.KEY, Step.CERTIFICATE, Step.ENROLL, Step.WRITE, Step.PIN, Step.CHECK)
 
 
 class EnrollmentInterrupted(CityIdError):
@@ -75,10 +69,6 @@ class SelfCheckError(CityIdError):
         super().__init__(
             f"self-check failed: {verdict.failed.value if verdict.failed else '?'} ({verdict.detail})"
         )
-
-
-class PinStateError(CityIdError):
-    """The card's PIN/PUK is neither the initial nor the citizen's one: reset the card first."""
 
 
 class CardMismatchError(CityIdError):
@@ -111,14 +101,11 @@ class CitizenRequest:
 
 
 @dataclass
-class _Journal:
-    """Progress for one card (identifiers only)."""
+class _Journal(Journal):
+    """Progress for one card (identifiers and public material only): the personalization journal and the
+    server's answer."""
 
-    card_point: bytes | None = None
     result: EnrollmentResult | None = None
-    written: bool = False
-    pin_set: bool = False
-    restarts: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,15 +150,7 @@ class CounterEnrollment:
     def progress(self, serial: bytes) -> Step:
         """The next step for the card with ``serial``."""
         j = self._journal.get(serial)
-        if j is None or j.card_point is None:
-            return Step.KEY
-        if j.result is None:
-            return Step.ENROLL
-        if not j.written:
-            return Step.WRITE
-        if not j.pin_set:
-            return Step.PIN
-        return Step.CHECK
+        return Step.KEY if j is None else j.next_step(COUNTER_STEPS)
 
     # --- the flow ----------------------------------------------------------------------------------
 
@@ -183,29 +162,43 @@ class CounterEnrollment:
         step = Step.KEY
         try:
             citizen = CitizenSession(connection)
-            serial = bytes.fromhex(citizen.info().serial)
+            serial_text = citizen.info().serial
+            serial = bytes.fromhex(serial_text)
             if expect_serial is not None and serial != expect_serial:
                 raise CardMismatchError("another card was inserted; put back the card being enrolled")
             j = self._journal.setdefault(serial, _Journal())
+            card = CardPersonalizer(connection, j, management_key=self._mgmt)
             while True:
                 step = self.progress(serial)
                 self.before_step(step)
                 t0 = time.perf_counter()
                 if step is Step.KEY:
-                    j.card_point = self._generate_key(connection)
+                    card.generate_key()
+                elif step is Step.CERTIFICATE:
+                    try:
+                        self._certify(card, request, serial_text)
+                    except DecodeError:
+                        if j.restarts:
+                            raise
+                        # the card's key is not the one generated (a pull during GENERATE): start over
+                        logger.warning("certificate: card key differs from the generated key; new key")
+                        self._journal[serial] = j = _Journal(restarts=1, pin_set=j.pin_set)
+                        card = CardPersonalizer(connection, j, management_key=self._mgmt)
+                        continue
                 elif step is Step.ENROLL:
-                    assert j.card_point is not None
-                    key = self.idempotency_key(serial, j.card_point)
+                    assert j.key is not None
+                    key = self.idempotency_key(serial, j.key.point)
                     j.result = self.server.enroll(
-                        key, request.claims(serial), j.card_point, serial, request.citizen_did
+                        key, request.claims(serial), j.key.point, serial, request.citizen_did
                     )
+                    j.credential = j.result.record
                 elif step is Step.WRITE:
                     assert j.result is not None
-                    self._write(connection, j.result)
-                    j.written = True
+                    card.write(j.result.citizen_did, j.result.record)
                 elif step is Step.PIN:
-                    self._set_pins(connection, request)
-                    j.pin_set = True
+                    card.set_pins(
+                        self._initial_pin, request.new_pin, self._initial_puk, request.new_puk, resume=True
+                    )
                 elif step is Step.CHECK:
                     assert j.result is not None
                     verdict = self._self_check(connection, request, serial)
@@ -221,6 +214,7 @@ class CounterEnrollment:
                         # The card holds another key than the one enrolled: start over with a fresh key.
                         logger.warning("self-check: card key differs from the enrolled key; re-enrolling")
                         self._journal[serial] = j = _Journal(restarts=1, pin_set=True)
+                        card = CardPersonalizer(connection, j, management_key=self._mgmt)
                         continue
                     raise SelfCheckError(verdict)
                 timings[step.value] = time.perf_counter() - t0
@@ -231,36 +225,13 @@ class CounterEnrollment:
                 raise EnrollmentInterrupted(step, exc) from exc
             raise
 
-    def _generate_key(self, connection: SmartCardConnection) -> bytes:
-        piv = PivSession(connection)
-        piv.authenticate_management_key(self._mgmt)
-        key = piv.generate_key(Slot.AUTHENTICATION)
-        return key.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
-
-    def _write(self, connection: SmartCardConnection, result: EnrollmentResult) -> None:
-        citizen = CitizenSession(connection)
-        citizen.authenticate(self._mgmt)
-        citizen.put_did(result.citizen_did)
-        citizen.put_credential(result.record)
-
-    def _set_pins(self, connection: SmartCardConnection, request: CitizenRequest) -> None:
-        """Initial → citizen's PUK and PIN; tolerant of a previous attempt that already changed them."""
-        piv = PivSession(connection)
+    def _certify(self, card: CardPersonalizer, request: CitizenRequest, serial: str) -> None:
+        """CERTIFICATE with the PIN the card has now: the initial one, or the citizen's after a restart."""
+        pin = request.new_pin if card.journal.pin_set else self._initial_pin
         try:
-            piv.change_puk(self._initial_puk, request.new_puk)
-        except InvalidPukError:
-            # Already changed by an interrupted attempt? Changing it to itself proves it.
-            try:
-                piv.change_puk(request.new_puk, request.new_puk)
-            except (InvalidPinError, PinBlockedError) as exc:
-                raise PinStateError("the card's PUK is not the initial one: reset the card first") from exc
-        try:
-            piv.change_pin(self._initial_pin, request.new_pin)
-        except InvalidPinError:
-            try:
-                piv.verify_pin(request.new_pin)
-            except (InvalidPinError, PinBlockedError) as exc:
-                raise PinStateError("the card's PIN is not the initial one: reset it with the PUK") from exc
+            card.certify(pin, serial)
+        except WrongPinError as exc:
+            raise PinStateError("the card's PIN is not the initial one: reset it with the PUK") from exc
 
     def _self_check(self, connection: SmartCardConnection, request: CitizenRequest, serial: bytes) -> Verdict:
         citizen = CitizenSession(connection)
@@ -278,6 +249,10 @@ class CounterEnrollment:
         return verdict
 
     # --- cleaning up -------------------------------------------------------------------------------
+
+    def abandon_card(self, connection: SmartCardConnection) -> list[str]:
+        """:meth:`abandon` for the card in ``connection`` (its serial read from the card)."""
+        return self.abandon(bytes.fromhex(CitizenSession(connection).info().serial), connection)
 
     def abandon(self, serial: bytes, connection: SmartCardConnection | None = None) -> list[str]:
         """Give up an unfinished enrollment: revoke its credential; erase the card if present."""

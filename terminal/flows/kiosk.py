@@ -1,5 +1,9 @@
 """The kiosk verification flow: a service asks for claims → the card (or FIDO key) presents → verdict.
 
+:class:`KioskTerminal` is what the kiosk screens call: it tells what was tapped
+(:meth:`KioskTerminal.start_session`), runs one verification per service chosen
+(:meth:`KioskTerminal.present`) and wipes everything at the end of the session.
+
 A :class:`KioskVerification` lives for one tap. It issues a single-use nonce bound to the service, has the
 card sign a presentation for this kiosk's audience (PIN verified right before: the applet is PIN-always),
 verifies it and keeps the disclosed claims in memory until :meth:`KioskVerification.end` — called on card
@@ -10,12 +14,13 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Protocol, TypeVar
 
-from fido2.ctap import CtapError
+from fido2.ctap2 import AssertionResponse
 from fido2.ctap2.pin import ClientPin
 from fido2.webauthn import CollectedClientData
 
@@ -28,14 +33,27 @@ from cityid.credential import (
     GIVEN_NAME,
     fido_presentation,
 )
-from cityid.errors import CityIdError
-from terminal.fido.errors import FidoError, from_ctap
+from cityid.errors import CardRemovedError, CityIdError, PinError
+from terminal.fido.errors import FidoError
+from terminal.fido.session import FidoSession
+from terminal.flows.tokens import TokenKind, Tokens, TokenStatus
+from terminal.sessions.citizen import CitizenSession
 from terminal.verifier import Verdict, Verifier
+from terminal.verifier.verifier import DEFAULT_RP_ID
 
 logger = logging.getLogger(__name__)
 
 #: ``presenter(claims, nonce, audience, iat) -> presentation`` — the card's PRESENT or the FIDO flow.
 Presenter = Callable[[tuple[str, ...], str, str, int], str]
+T = TypeVar("T")
+
+
+class CitizenCard(Protocol):
+    """What a presentation needs from a citizen-applet session (:class:`CitizenSession`)."""
+
+    def verify_pin(self, pin: str | bytes) -> None: ...
+
+    def present(self, claims: tuple[str, ...], nonce: str, audience: str, iat: int) -> str: ...
 
 
 class UnknownServiceError(CityIdError, KeyError):
@@ -80,7 +98,7 @@ def service(service_id: str) -> Service:
 class CardPresenter:
     """A :data:`Presenter` over a citizen-applet session: VERIFY PIN then PRESENT (PIN-always)."""
 
-    def __init__(self, session: object, pin: str | bytes) -> None:
+    def __init__(self, session: CitizenCard, pin: str | bytes) -> None:
         self._session = session
         self._pin: str | bytes | None = pin
 
@@ -88,8 +106,8 @@ class CardPresenter:
         pin, self._pin = self._pin, None  # used once, then forgotten
         if pin is None:
             raise CityIdError("the PIN was already used for a presentation")
-        self._session.verify_pin(pin)  # type: ignore[attr-defined]
-        return self._session.present(claims, nonce, audience, iat)  # type: ignore[attr-defined]
+        self._session.verify_pin(pin)
+        return self._session.present(claims, nonce, audience, iat)
 
 
 class FidoPresenter:
@@ -100,7 +118,7 @@ class FidoPresenter:
     3. a second getAssertion (user presence + PIN token) signs the challenge committing to the presentation.
     """
 
-    def __init__(self, session: object, pin: str, rp_id: str, origin: str | None = None) -> None:
+    def __init__(self, session: FidoSession, pin: str, rp_id: str, origin: str | None = None) -> None:
         self._session = session
         self._pin: str | None = pin
         self.rp_id = rp_id
@@ -110,27 +128,23 @@ class FidoPresenter:
         pin, self._pin = self._pin, None
         if pin is None:
             raise CityIdError("the PIN was already used for a presentation")
-        session: Any = self._session
-        protocol, token = session.token(pin, ClientPin.PERMISSION.GET_ASSERTION, self.rp_id)
+        session = self._session
+        token = session.token(pin, ClientPin.PERMISSION.GET_ASSERTION, self.rp_id)
+        del pin
 
-        def assertion(cdh: bytes, up: bool, allow: list[dict[str, Any]] | None, lbk: bool) -> Any:
-            try:
-                return session.ctap.get_assertion(
-                    self.rp_id, cdh, allow_list=allow, extensions={"largeBlobKey": True} if lbk else None,
-                    options=None if up else {"up": False}, pin_uv_param=protocol.authenticate(token, cdh),
-                    pin_uv_protocol=protocol.VERSION,
-                )  # fmt: skip
-            except CtapError as exc:
-                raise from_ctap(exc) from None
+        def assertion(cdh: bytes, up: bool, allow: list[bytes], lbk: bool) -> AssertionResponse:
+            return session.get_assertion(
+                self.rp_id, cdh, allow=allow, pin_token=token, large_blob_key=lbk, user_presence=up
+            )
 
-        probe = assertion(secrets.token_bytes(32), False, None, True)
+        probe = assertion(secrets.token_bytes(32), False, [], True)
         if not probe.large_blob_key:
             raise FidoError("the key's city credential has no large blob")
         blob = session.read_blob(probe.large_blob_key)
         if blob is None:
             raise FidoError("no citizen credential is stored on this key")
         record = CredentialRecord.decode(blob)
-        allow = [{"type": "public-key", "id": probe.credential["id"]}]
+        allow = [probe.credential["id"]]
 
         def get_assertion(challenge: bytes) -> tuple[bytes, bytes, bytes]:
             client_data = CollectedClientData.create(CollectedClientData.TYPE.GET, challenge, self.origin)
@@ -178,7 +192,7 @@ class KioskVerification:
         )  # fmt: skip
         return verdict
 
-    def run_card(self, session: object, pin: str | bytes) -> Verdict:
+    def run_card(self, session: CitizenCard, pin: str | bytes) -> Verdict:
         """:meth:`run` with a citizen-applet session (``terminal.sessions.citizen.CitizenSession``)."""
         return self.run(CardPresenter(session, pin))
 
@@ -195,3 +209,90 @@ class KioskVerification:
         if self._nonce is not None:
             self.verifier.nonce_store.discard(self._nonce)
             self._nonce = None
+
+
+class KioskTerminal:
+    """The kiosk's citizen operations: what was tapped, one verification per service, wipe at the end.
+
+    ``tokens`` reaches the card or key behind a reader name (:class:`terminal.flows.tokens.Tokens`). Each
+    operation opens its own connection (PC/SC handles are not shared between threads) and closes it with a
+    card reset, so a verified PIN never outlives the call. FIDO keys present through their own PIN
+    (:class:`FidoPresenter`); their PIN states are the shared ones of :mod:`cityid.errors`.
+    """
+
+    def __init__(
+        self,
+        verifier: Verifier,
+        services: Sequence[Service],
+        tokens: Tokens,
+        clock: Callable[[], float] = time.time,
+        rp_id: str = DEFAULT_RP_ID,
+    ) -> None:
+        self.verifier = verifier
+        self.services = tuple(services)
+        self.tokens = tokens
+        self._clock = clock
+        self.rp_id = rp_id  # the city's WebAuthn relying party (the key's credential is scoped to it)
+        self._lock = threading.Lock()
+        self._reader: str | None = None
+        self._kind = TokenKind.CARD
+        self._verification: KioskVerification | None = None
+        self.last_timings: dict[str, float] = {}
+
+    def service(self, service_id: str) -> Service:
+        """One of this kiosk's services (else a declared one; :class:`UnknownServiceError` otherwise)."""
+        return next((s for s in self.services if s.id == service_id), None) or service(service_id)
+
+    def start_session(self, reader: str) -> TokenStatus:
+        """Open a session with the token in ``reader`` (raises a ``CardError`` subclass)."""
+        status = self.tokens.probe(reader)
+        with self._lock:
+            self._reader, self._kind = reader, status.kind
+        return status
+
+    def present(self, service_id: str, pin: str, show: Callable[[Verdict], T]) -> T:
+        """Verify the PIN on the token, have it present for the service, verify; ``show(verdict)`` makes
+        what the screen keeps, then the verdict's claims and the nonce are wiped.
+
+        Raises the PIN states of :mod:`cityid.errors` (``WrongPinError`` …), ``CardRemovedError`` or another
+        ``CityIdError``.
+        """
+        with self._lock:
+            reader, kind = self._reader, self._kind
+        if reader is None:
+            raise CardRemovedError("the session has ended")
+        verification = KioskVerification(self.verifier, self.service(service_id), self._clock)
+        with self._lock:
+            self._verification = verification
+        t0 = time.perf_counter()
+        try:
+            if kind is TokenKind.FIDO or self.tokens.is_hid(reader):
+                with self.tokens.fido(reader) as session:
+                    verdict = self._run_fido(verification, session, pin)
+            else:
+                with self.tokens.connect(reader) as conn:
+                    verdict = verification.run_card(CitizenSession(conn), pin)
+            del pin
+            shown = show(verdict)
+        finally:
+            verification.end()  # what is shown is kept by the caller; the verdict's claims are wiped
+            with self._lock:
+                self._verification = None
+        self.last_timings = dict(verification.timings, total_s=time.perf_counter() - t0)
+        return shown
+
+    def _run_fido(self, verification: KioskVerification, session: FidoSession, pin: str) -> Verdict:
+        """The key's own PIN → PIN token → assertion-bound presentation."""
+        try:
+            return verification.run(FidoPresenter(session, pin, self.rp_id))
+        except PinError:
+            raise
+        except FidoError as exc:
+            raise CityIdError(f"security key: {exc}") from None
+
+    def end(self) -> None:
+        """End the session: wipe an outstanding verification (claims, nonce)."""
+        with self._lock:
+            verification, self._verification, self._reader = self._verification, None, None
+        if verification is not None:
+            verification.end()

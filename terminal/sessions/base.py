@@ -24,6 +24,8 @@ logger = logging.getLogger(__name__)
 class InvalidPukError(InvalidPinError):
     """Wrong PUK (63Cx); ``attempts_remaining`` PUK tries are left."""
 
+    what = "PUK"
+
     def __init__(self, attempts_remaining: int, sw: int | None = None) -> None:
         super().__init__(attempts_remaining, sw)
         self.args = (f"wrong PUK, {attempts_remaining} tries left",)
@@ -66,7 +68,7 @@ def open_applet(
 
 
 def _remember(connection: SmartCardConnection, extended: bool) -> None:
-    with contextlib.suppress(AttributeError):
+    with contextlib.suppress(AttributeError):  # any connection object may remember it (PcscConnection does)
         connection.extended = extended  # type: ignore[attr-defined]
 
 

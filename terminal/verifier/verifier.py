@@ -13,7 +13,6 @@ citizen's nonce. Each verdict names the first failed check; its ``detail`` (for 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -25,15 +24,21 @@ from cityid.credential import SD_JWT_VC_TYP, VCT, WEBAUTHN_KB_TYP, assertion_cha
 from cityid.jose import (
     JoseError,
     b64url_decode,
-    b64url_encode,
     decode_json_segment,
     es256_verify,
-    json_loads,
     point_from_jwk,
 )
+from cityid.keys import KeyFormatError, P256PublicKey, es256_raw_to_der
 from cityid.sdjwt import KB_JWT_TYP, SdJwtError, parse_disclosure, resolve, sd_hash
 from terminal.verifier.messages import CheckName, message
 from terminal.verifier.nonces import NonceStore
+from terminal.verifier.webauthn import (
+    AssertionCheck,
+    AssertionCheckError,
+    check_assertion,
+    parse_auth_data,
+    parse_client_data,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +47,6 @@ DEFAULT_IAT_WINDOW = 60.0
 DEFAULT_CLOCK_SKEW = 30.0
 DEFAULT_RP_ID = "id.busan.go.kr"
 _ALWAYS_VISIBLE = frozenset({"iss", "sub", "iat", "exp", "nbf", "vct", "cnf", "status", "_sd", "_sd_alg"})
-_FLAG_UP = 0x01
-_FLAG_UV = 0x04
 
 
 class PresentationKind:
@@ -145,7 +148,7 @@ class Verifier:
         self.vct = vct
         self.clock_skew = clock_skew
         self.max_chain_age = max_chain_age
-        self.rp_id_hash = hashlib.sha256(rp_id.encode()).digest()
+        self.rp_id = rp_id
         self.origins = frozenset(origins or (f"https://{rp_id}",))
         self.require_uv = require_uv
 
@@ -322,29 +325,45 @@ class Verifier:
     def _check_webauthn(
         self, kb_payload: dict[str, Any], point: bytes, signature: bytes, nonce: str, iat: int, sdh: str
     ) -> None:
-        """WebAuthn L2 §7.2 steps 11-21 for the assertion that binds a FIDO presentation."""
+        """WebAuthn L2 §7.2 steps 11-21 for the assertion that binds a FIDO presentation (the one check of
+        :func:`terminal.verifier.webauthn.check_assertion`); the challenge commits to the presentation."""
         wa = kb_payload.get("webauthn")
         if not isinstance(wa, dict):
             raise _Reject(CheckName.FORMAT, "webauthn member missing")
         try:
             auth_data = b64url_decode(wa.get("authenticatorData", ""))
             cdj = b64url_decode(wa.get("clientDataJSON", ""))
-            client_data = json_loads(cdj)
+            client_data = parse_client_data(cdj)
+            parsed_auth_data = parse_auth_data(auth_data)
         except (JoseError, TypeError) as exc:
             raise _Reject(CheckName.FORMAT, f"webauthn data: {exc}") from exc
-        if not isinstance(client_data, dict) or len(auth_data) < 37:
-            raise _Reject(CheckName.FORMAT, "malformed clientDataJSON or authenticatorData")
-        if client_data.get("type") != "webauthn.get":
-            raise _Reject(CheckName.TYPE, "clientData type is not webauthn.get")
-        if client_data.get("origin") not in self.origins or auth_data[:32] != self.rp_id_hash:
-            raise _Reject(CheckName.AUDIENCE, "assertion made for another relying party or origin")
-        challenge = b64url_encode(assertion_challenge(self.audience, nonce, iat, sdh))
-        if client_data.get("challenge") != challenge:
-            raise _Reject(CheckName.KEY_BINDING, "WebAuthn challenge does not commit to this presentation")
-        if not self._es256(point, auth_data + hashlib.sha256(cdj).digest(), signature):
-            raise _Reject(CheckName.KEY_BINDING, "assertion signature does not verify with cnf")
-        flags = auth_data[32]
-        if not flags & _FLAG_UP:
-            raise _Reject(CheckName.USER_VERIFICATION, "user presence flag not set")
-        if self.require_uv and not flags & _FLAG_UV:
-            raise _Reject(CheckName.USER_VERIFICATION, "user verification flag not set")
+        except AssertionCheckError as exc:
+            raise _Reject(CheckName.FORMAT, str(exc)) from exc
+        try:
+            check_assertion(
+                client_data, parsed_auth_data, es256_raw_to_der(signature), P256PublicKey.from_point(point),
+                challenge=assertion_challenge(self.audience, nonce, iat, sdh), rp_id=self.rp_id,
+                origins=self.origins, require_uv=self.require_uv,
+            )  # fmt: skip
+        except KeyFormatError as exc:
+            raise _Reject(CheckName.KEY_BINDING, f"assertion signature: {exc}") from exc
+        except AssertionCheckError as exc:
+            check = _WEBAUTHN_CHECKS[exc.check]
+            detail = str(exc)
+            if exc.check is AssertionCheck.CHALLENGE:
+                detail = "WebAuthn challenge does not commit to this presentation"
+            elif exc.check is AssertionCheck.SIGNATURE:
+                detail = "assertion signature does not verify with cnf"
+            raise _Reject(check, detail) from exc
+
+
+#: How a failed WebAuthn step shows in a presentation verdict.
+_WEBAUTHN_CHECKS = {
+    AssertionCheck.FORMAT: CheckName.FORMAT,
+    AssertionCheck.TYPE: CheckName.TYPE,
+    AssertionCheck.RELYING_PARTY: CheckName.AUDIENCE,
+    AssertionCheck.CHALLENGE: CheckName.KEY_BINDING,
+    AssertionCheck.SIGNATURE: CheckName.KEY_BINDING,
+    AssertionCheck.USER_PRESENCE: CheckName.USER_VERIFICATION,
+    AssertionCheck.USER_VERIFICATION: CheckName.USER_VERIFICATION,
+}

@@ -1,11 +1,13 @@
 """The small interface the web layer needs from the terminal below it.
 
-The web app (``terminal.web``) depends only on these protocols and value types. ``terminal.web.stack`` wires
-them to the real card layer, flows, verifier and city-server client; ``tests.doubles.fake_backends`` is an
+The web app (``terminal.web``) depends only on these protocols and value types (the token events and the
+credential state are the flows' own, re-exported here). ``terminal.web.stack`` adapts them to the flows
+(:mod:`terminal.flows`); ``tests.doubles.fake_backends`` is an
 in-memory stand-in used for layout work and unit tests of the web layer.
 
-Errors are the shared typed errors (:mod:`cityid.errors`): ``InvalidPinError(attempts_remaining)``,
-``PinBlockedError``, ``CardRemovedError``; anything else deriving from ``CityIdError`` is shown as a
+Errors are the shared typed errors (:mod:`cityid.errors`): the PIN states ``WrongPinError``
+(``attempts_remaining``), ``BlockedPinError``, ``PinPowerCycleError``, ``PinNotSetError`` — for cards and
+FIDO keys alike — and ``CardRemovedError``; anything else deriving from ``CityIdError`` is shown as a
 technical problem without details.
 """
 
@@ -13,35 +15,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Protocol
 
+from terminal.flows.lost_card import CredentialState
+from terminal.flows.tokens import TokenEvent, TokenKind, TokenPresent, TokenRemoved
 
-class TokenKind(StrEnum):
-    """What the citizen tapped."""
-
-    CARD = "card"  # the citizen smart card (PIV + citizen applet)
-    FIDO = "fido"  # a FIDO2 security key carrying the citizen credential
-
-
-@dataclass(frozen=True, slots=True)
-class TokenPresent:
-    """A card or key arrived in ``reader``."""
-
-    reader: str
-    kind: TokenKind
-    at: float = 0.0  # time.monotonic() when the card layer saw it (latency measurement)
-
-
-@dataclass(frozen=True, slots=True)
-class TokenRemoved:
-    """The card or key left ``reader``."""
-
-    reader: str
-    at: float = 0.0
-
-
-BackendEvent = TokenPresent | TokenRemoved
+BackendEvent = TokenEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,8 +101,9 @@ class KioskBackend(Protocol):
     def present(self, service_id: str, pin: str) -> VerdictView:
         """Verify the PIN on the token, get a presentation for the service and verify it.
 
-        The PIN goes straight to the card layer and is not kept. Raises ``InvalidPinError``,
-        ``PinBlockedError``, ``CardRemovedError`` or another ``CityIdError``.
+        The PIN goes straight to the card layer and is not kept. Raises a PIN state (``WrongPinError``,
+        ``BlockedPinError``, ``PinPowerCycleError``, ``PinNotSetError``), ``CardRemovedError`` or another
+        ``CityIdError``.
         """
         ...
 
@@ -168,16 +148,6 @@ class FidoRegistration:
     citizen_credential_id: str = ""  # the city credential issued to the key
 
 
-@dataclass(frozen=True, slots=True)
-class CredentialState:
-    """A credential's status as the server and chain see it."""
-
-    credential_id: str
-    state: str  # "issued", "revoked", "suspended", "superseded", "pending" (catalogue ``state.*``)
-    did: str = ""
-    status_index: int | None = None
-
-
 class CounterBackend(Protocol):
     """The clerk's operations at a post-office counter."""
 
@@ -197,7 +167,7 @@ class CounterBackend(Protocol):
         ...
 
     def unblock_pin(self, reader: str, puk: str, new_pin: str) -> None:
-        """Reset the card PIN with the PUK (``InvalidPinError`` carries PUK tries left)."""
+        """Reset the card PIN with the PUK (``WrongPinError`` carries PUK tries left)."""
         ...
 
     def revoke(self, credential_id: str, reason: str) -> CredentialState:
@@ -212,3 +182,20 @@ class CounterBackend(Protocol):
     def status(self, credential_id: str) -> CredentialState:
         """Look up a credential's status."""
         ...
+
+
+__all__ = [
+    "BackendEvent",
+    "CounterBackend",
+    "CredentialState",
+    "Enrollment",
+    "EnrollmentResult",
+    "FidoRegistration",
+    "KioskBackend",
+    "ServiceInfo",
+    "SessionInfo",
+    "TokenKind",
+    "TokenPresent",
+    "TokenRemoved",
+    "VerdictView",
+]

@@ -16,7 +16,14 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from cityid.errors import CardRemovedError, CityIdError, InvalidPinError, PinBlockedError
+from cityid.errors import (
+    BlockedPinError,
+    CardRemovedError,
+    CityIdError,
+    PinNotSetError,
+    PinPowerCycleError,
+    WrongPinError,
+)
 from terminal.web.backend import (
     BackendEvent,
     KioskBackend,
@@ -362,10 +369,14 @@ class KioskController:
         try:
             verdict = self.backend.present(service_id, pin)
             outcome = ("verdict", verdict)
-        except InvalidPinError as exc:
+        except WrongPinError as exc:
             outcome = ("wrong-pin", exc.attempts_remaining)
-        except PinBlockedError:
+        except PinPowerCycleError as exc:  # a FIDO key after 3 wrong PINs in a row: re-insert it
+            outcome = ("power-cycle", exc.attempts_remaining)
+        except BlockedPinError:
             outcome = ("blocked", None)
+        except PinNotSetError:
+            outcome = ("not-set", None)
         except CardRemovedError:
             outcome = ("removed", None)
         except CityIdError as exc:
@@ -388,9 +399,16 @@ class KioskController:
                 s2.tries_left = value
                 s2.pin_error = "pin.error.wrong"
                 s2.screen = Screen.PIN
+            elif kind == "power-cycle":
+                s2.tries_left = value
+                s2.pin_error = "pin.error.power_cycle"
+                s2.screen = Screen.PIN
             elif kind == "blocked":
                 s2.tries_left = 0
                 s2.screen = Screen.BLOCKED
+            elif kind == "not-set":
+                s2.pin_error = "pin.error.not_set"
+                s2.screen = Screen.PIN
             elif kind == "removed":
                 self._wipe()
                 self.hub.publish("removed", {"go": f"/?notice={Notice.REMOVED}"})

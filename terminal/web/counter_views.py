@@ -18,12 +18,15 @@ from typing import Any
 from flask import Blueprint, Response, current_app, redirect, render_template, request, session, url_for
 
 from cityid.errors import (
+    BlockedPinError,
     CardRemovedError,
     CityIdError,
-    InvalidPinError,
     NoCardError,
-    PinBlockedError,
+    PinError,
+    PinNotSetError,
+    PinPowerCycleError,
     ReaderError,
+    WrongPinError,
 )
 from terminal.config import TerminalConfig, check_password
 from terminal.web.backend import CounterBackend, Enrollment
@@ -335,17 +338,23 @@ def form_post(action: str) -> tuple[str, int]:
     }
     try:
         done_key, rows = ops[action]()
-    except InvalidPinError as exc:
+    except WrongPinError as exc:
         return _render_form(
             action,
             {},
             keep,
-            f"counter.error.wrong_{_secret_kind(action)}",
+            f"counter.error.wrong_{_secret_kind(action, exc)}",
             {"n": exc.attempts_remaining},
             400,
         )
-    except PinBlockedError:
-        return _render_form(action, {}, keep, f"counter.error.blocked_{_secret_kind(action)}", status=409)
+    except PinPowerCycleError:
+        return _render_form(action, {}, keep, "counter.error.power_cycle", status=409)
+    except BlockedPinError as exc:
+        return _render_form(
+            action, {}, keep, f"counter.error.blocked_{_secret_kind(action, exc)}", status=409
+        )
+    except PinNotSetError:
+        return _render_form(action, {}, keep, "counter.error.technical", status=409)
     except CardRemovedError:
         return _render_form(action, {}, keep, "counter.error.removed", status=409)
     except (NoCardError, ReaderError):
@@ -362,7 +371,9 @@ def form_post(action: str) -> tuple[str, int]:
     return html, 200
 
 
-def _secret_kind(action: str) -> str:
+def _secret_kind(action: str, exc: PinError | None = None) -> str:
+    if exc is not None and exc.what == "key PIN":
+        return "key_pin"
     return "puk" if action == "unblock" else "pin"
 
 

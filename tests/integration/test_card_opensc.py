@@ -150,3 +150,50 @@ def test_opensc_pkcs11_generate_random(vpcd_card_factory, tmp_path: Path, aes: b
     block = 16 if aes else 8
     assert len(challenges) == 2 * 32 // block  # one GENERAL AUTHENTICATE per challenge block
     assert all(raw[4:8] == bytes.fromhex("047C0281") for raw in challenges)
+
+
+def test_counter_enrolled_card_is_listed_and_signs_through_opensc_pkcs11(
+    virtual_card, tmp_path: Path
+) -> None:
+    """A card enrolled through the counter flow (the same personalization as ``cardtool personalize``) is
+    a standard PIV card to OpenSC: its key is listed with the card-signed certificate and signs after the
+    citizen's PIN; the signature verifies with the key the city server enrolled (docs/card-profile.md)."""
+    from cityid.keys import P256PublicKey
+    from server.models import Credential
+    from terminal.flows.counter import CitizenRequest, CounterEnrollment
+    from terminal.pcsc.connection import open_connection
+    from terminal.verifier import NonceStore, Verifier
+    from tests.unit.server_support import make_rig, memory_chain_view
+
+    p11 = _tool("pkcs11-tool")
+    if not OPENSC_PKCS11.exists():
+        pytest.fail(f"{OPENSC_PKCS11} missing (apt-get install opensc)")
+    rig = make_rig(f"sqlite:///{tmp_path}/server.db")
+    counter = CounterEnrollment(
+        rig.client, Verifier(memory_chain_view(rig.chain), "https://counter.busan.go.kr/c1", NonceStore())
+    )
+    request = CitizenRequest(
+        family_name="Park", given_name="Jiwoo", birthdate="1958-07-01", district="Saha-gu",
+        busan_resident=True, new_pin="246810", new_puk="97531864",
+    )  # fmt: skip
+    with open_connection(virtual_card.reader_name) as conn:
+        outcome = counter.run(conn, request)
+    assert outcome.verdict.ok
+    with rig.db.sessions() as s:
+        row = s.get(Credential, outcome.credential_id)
+        assert row is not None
+        enrolled = P256PublicKey.from_point(bytes.fromhex(row.card_key))
+
+    listing = _run(p11, "--module", str(OPENSC_PKCS11), "--list-objects")
+    assert f"Busan citizen card {outcome.card_serial}".lower() in listing.lower() and "PIV AUTH" in listing
+    message = tmp_path / "msg"
+    message.write_bytes(b"signed by a counter-enrolled Busan citizen card")
+    signature = tmp_path / "sig"
+    _run(
+        p11, "--module", str(OPENSC_PKCS11), "--login", "--pin", request.new_pin, "--sign", "--mechanism",
+        "ECDSA-SHA256", "--id", "01", "--input-file", str(message), "--output-file", str(signature),
+    )  # fmt: skip
+    raw = signature.read_bytes()
+    assert len(raw) == 64  # PKCS#11 gives r || s
+    assert enrolled.verify_raw(raw, message.read_bytes())
+    assert not enrolled.verify_raw(raw, message.read_bytes() + b"!")

@@ -19,8 +19,8 @@ from emulators.card.transport import InProcessConnection, TearPoint
 from cityid.errors import CardRemovedError, InvalidPinError, PinBlockedError
 from cityid.iso7816 import INS
 from cityid.piv import KeyRef, Slot
+from terminal.flows.personalize import personalize
 from terminal.pcsc.connection import open_connection
-from terminal.personalize import personalize
 from terminal.sessions.citizen import CitizenSession
 from terminal.sessions.piv import PivSession
 from tests.card_terminal_support import (
@@ -53,7 +53,7 @@ def _prepare_personalized(state: Path) -> bytes:
     """Personalize a card state file in process (fast), so PC/SC tests start from a ready card."""
     conn = InProcessConnection(make_citizen_card(state))
     result = personalize(conn, pin=PIN, new_pin=NEW_PIN, puk=PUK, new_puk=NEW_PUK)
-    point = _point(result.public_key)
+    point = result.key.point
     personalize(conn, pin=None, generate_key=False, did=DID, credential=make_record(point))
     return point
 
@@ -71,7 +71,7 @@ def test_personalize_and_present_through_pcscd(virtual_card) -> None:
         assert conn.extended is None or conn.extended is True
         result = personalize(conn, pin=PIN, new_pin=NEW_PIN, puk=PUK, new_puk=NEW_PUK, did=DID)
         assert conn.extended is True  # the SELECT probe found extended APDUs work through vpcd
-    point = _point(result.public_key)
+    point = result.key.point
     with open_connection(reader) as conn:
         personalize(conn, pin=None, generate_key=False, credential=make_record(point))
         info = CitizenSession(conn).info()

@@ -38,8 +38,9 @@ from terminal.fido.errors import (
     FidoPinBlockedError,
     FidoPinPowerCycleError,
 )
-from terminal.fido.session import FidoSession, FidoVerifier, PinState, TrustedRootVerifier
+from terminal.fido.session import FidoSession, PinState
 from terminal.pcsc.connection import PcscConnection
+from terminal.verifier.fido import FidoVerifier, TrustedRootVerifier
 from tests.unit.fido_support import ES256, RP, cdh, make_auth, user
 
 pytestmark = [

@@ -146,18 +146,10 @@ def test_a_cycle_would_be_seen() -> None:
         ("terminal", ("emulators", "firmware_tools", "citydemo", "server")),
         ("server", ("terminal", "emulators", "firmware_tools", "citydemo")),
         ("firmware_tools", ("citydemo", "server")),
-        pytest.param(
-            "terminal.web",
-            ("terminal.sessions", "terminal.pcsc", "terminal.fido"),
-            marks=pytest.mark.xfail(strict=True, reason="issue 9 item 1: web backends do flow work"),
-        ),
+        ("terminal.web", ("terminal.sessions", "terminal.pcsc", "terminal.fido")),
         ("terminal.flows", ("terminal.web",)),
         ("terminal.sessions", ("terminal.flows", "terminal.web", "terminal.verifier")),
-        pytest.param(
-            "terminal.fido",
-            ("terminal.flows", "terminal.web", "terminal.verifier"),
-            marks=pytest.mark.xfail(strict=True, reason="issue 9 item 3: FidoVerifier still in fido.session"),
-        ),
+        ("terminal.fido", ("terminal.flows", "terminal.web", "terminal.verifier")),
         ("terminal.verifier", ("terminal.flows", "terminal.web", "terminal.sessions", "terminal.pcsc")),
     ],
 )

@@ -15,7 +15,7 @@ from emulators.card.citizen_card import make_citizen_card
 
 from cityid.citizen import CredentialState, InfoTag, Ins
 from cityid.tlv import Tlv, parse_tlv_dict
-from terminal.personalize import personalize
+from terminal.flows.personalize import personalize
 from terminal.sessions.citizen import CitizenSession, IdentityNotRevealedError
 from tests.card_terminal_support import NEW_PIN, NEW_PUK, PIN, PUK, VCT
 from tests.card_terminal_support import make_record as make_terminal_record
@@ -164,9 +164,8 @@ def test_personalization_works_on_both_profiles(tmp_path: Path, private: bool) -
     result = personalize(conn, pin=PIN, new_pin=NEW_PIN, puk=PUK, new_puk=NEW_PUK)
     serial = conn.card.applets[0].security.serial.hex()
     assert result.serial == serial and result.did is None
-    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-    point = result.public_key.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+    point = result.key.point
     again = personalize(conn, pin=None, generate_key=False, did=DID, credential=make_terminal_record(point))
     assert (again.serial, again.did, again.credential_vct) == (serial, DID, VCT)
     assert CitizenSession(conn).info().reveals_identity is not private

@@ -22,7 +22,7 @@ from cityid.errors import (
     TlvError,
 )
 from cityid.piv import Slot
-from terminal.personalize import load_credential, personalize
+from terminal.flows.personalize import load_credential, personalize
 from terminal.sessions.citizen import CitizenSession
 from terminal.sessions.mgmt import ManagementKeyError
 from terminal.sessions.piv import PivSession
@@ -69,7 +69,7 @@ def _point(key: ec.EllipticCurvePublicKey) -> bytes:
 
 def _personalized(conn: CountingConnection) -> bytes:
     result = personalize(conn, pin=PIN, new_pin=NEW_PIN, puk=PUK, new_puk=NEW_PUK)
-    point = _point(result.public_key)
+    point = result.key.point
     personalize(conn, pin=None, generate_key=False, did=DID, credential=make_record(point))
     return point
 

@@ -14,9 +14,10 @@ from cityid.citizen import CredentialRecord
 from cityid.credential import VCT, CredentialError, LocalSigner, fido_presentation, issue
 from terminal.fido.device import CtapSmartCardDevice
 from terminal.fido.errors import FidoInvalidPinError
-from terminal.fido.session import FidoSession, FidoVerifier, Registration
+from terminal.fido.session import FidoSession
 from terminal.flows.kiosk import FidoPresenter, KioskVerification, service
 from terminal.verifier import CheckName, NonceStore, Verifier
+from terminal.verifier.fido import FidoVerifier, Registration
 from tests.credkit import (
     AUDIENCE,
     CITIZEN,

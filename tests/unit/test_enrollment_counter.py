@@ -194,3 +194,94 @@ def test_server_answer_lost_to_a_timeout_then_retry(desk):
     assert [r.id for r in _live(rig, out.card_serial)] == [out.credential_id]
     with rig.db.sessions() as s:
         assert len(s.scalars(select(Credential)).all()) == 1
+
+
+def test_counter_enrolled_card_has_the_card_signed_9a_certificate(desk):
+    """The counter runs the same personalization as ``cardtool personalize``: the 9A certificate object
+    holds the enrolled key, signed by the card itself (docs/card-profile.md: OpenSC lists the key)."""
+    from cityid.keys import P256PublicKey
+
+    rig, _view, counter = desk
+    conn = InProcessConnection(make_citizen_card(None))
+    out = counter.run(conn, REQUEST)
+    cert = PivSession(conn).get_certificate(Slot.AUTHENTICATION)
+    cert.verify_directly_issued_by(cert)  # raises if the card did not sign it
+    assert out.card_serial.upper() in cert.subject.rfc4514_string().upper()
+    with rig.db.sessions() as s:
+        row = s.get(Credential, out.credential_id)
+        assert row is not None and row.state == "issued"
+        enrolled = bytes.fromhex(row.card_key)
+    assert P256PublicKey.from_crypto(cert.public_key()).point == enrolled
+
+
+class _SpyNonces(NonceStore):
+    """A NonceStore that remembers what it issued (to show none is left outstanding)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.issued: list[str] = []
+
+    def issue(self, service: str) -> str:
+        nonce = super().issue(service)
+        self.issued.append(nonce)
+        return nonce
+
+    def outstanding(self) -> list[str]:
+        return [n for n in self.issued if n in self._outstanding]
+
+
+def _key_registration_desk(desk):
+    import contextlib
+
+    from emulators.fido.card import make_fido_card
+
+    from terminal.flows.fido_registration import FidoKeyRegistration
+    from terminal.flows.tokens import open_fido
+
+    rig, view, counter = desk
+    nonces = _SpyNonces()
+    flow = FidoKeyRegistration(rig.client, Verifier(view, AUDIENCE, nonces))
+    key_card, _applet = make_fido_card(None)
+
+    @contextlib.contextmanager
+    def open_key():
+        yield open_fido(InProcessConnection(key_card))
+
+    return rig, counter, flow, nonces, open_key
+
+
+@pytest.mark.filterwarnings("ignore:Deprecated use of webauthn_json_mapping")
+def test_fido_key_registration_uses_credprotect_3_and_leaves_no_nonce(desk):
+    """The counter registers the key's credential with credProtect userVerificationRequired (CTAP 2.1
+    §12.1) and the card's presentation nonce is consumed."""
+    import contextlib
+
+    rig, counter, flow, nonces, open_key = _key_registration_desk(desk)
+    conn = InProcessConnection(make_citizen_card(None))
+    out = counter.run(conn, REQUEST)
+    reg = flow.run(lambda: contextlib.nullcontext(conn), REQUEST.new_pin, open_key, "4321")
+    assert reg.did == out.citizen_did and reg.citizen_credential_id != out.credential_id
+    assert rig.client.status(reg.citizen_credential_id)["state"] == "issued"
+    with open_key() as session:
+        assert [c.cred_protect for c in session.credentials("4321")] == [3]
+    assert nonces.issued and nonces.outstanding() == []
+
+
+@pytest.mark.filterwarnings("ignore:Deprecated use of webauthn_json_mapping")
+def test_fido_key_registration_rejected_card_discards_its_nonce(desk):
+    """A revoked card does not verify: nothing is registered and the nonce it saw is not left usable."""
+    import contextlib
+
+    from terminal.flows.fido_registration import CardDidNotVerifyError
+
+    rig, counter, flow, nonces, _open_key = _key_registration_desk(desk)
+    conn = InProcessConnection(make_citizen_card(None))
+    out = counter.run(conn, REQUEST)
+    rig.client.revoke([out.credential_id], "lost")
+
+    def no_key():
+        raise AssertionError("the key must not be touched when the card did not verify")
+
+    with pytest.raises(CardDidNotVerifyError, match="status"):
+        flow.run(lambda: contextlib.nullcontext(conn), REQUEST.new_pin, no_key, "4321")
+    assert len(nonces.issued) == 1 and nonces.outstanding() == []

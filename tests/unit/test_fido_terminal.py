@@ -32,7 +32,8 @@ from terminal.fido.errors import (
     FidoUserActionError,
     FidoVerificationError,
 )
-from terminal.fido.session import FidoSession, FidoVerifier, PinState
+from terminal.fido.session import FidoSession, PinState
+from terminal.verifier.fido import FidoVerifier
 from terminal.verifier.nonces import NonceStore
 from tests.unit.fido_support import Clock, make_auth
 

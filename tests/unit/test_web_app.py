@@ -357,3 +357,40 @@ def test_counter_abandon_needs_confirmation(client: FlaskClient) -> None:
         "/counter/abandon", data={"reader": "Fake Counter Reader", "confirm": "on", "csrf_token": tok}
     )
     assert resp.status_code == 200 and "Enrollment abandoned, card erased" in resp.get_data(as_text=True)
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "text"),
+    [
+        ("wrong", 400, "Wrong security key PIN. Tries left: 5"),
+        ("power-cycle", 409, "Remove and re-insert the key"),
+        ("blocked", 409, "the key must be reset"),
+    ],
+)
+def test_counter_fido_key_pin_states_each_get_their_message(
+    app: Flask, client: FlaskClient, error: str, status: int, text: str
+) -> None:
+    """Key PIN states are the shared PIN states (cityid.errors) and each shows its own message."""
+    from terminal.fido.errors import FidoInvalidPinError, FidoPinBlockedError, FidoPinPowerCycleError
+
+    raised = {
+        "wrong": FidoInvalidPinError(5),
+        "power-cycle": FidoPinPowerCycleError(4),
+        "blocked": FidoPinBlockedError(),
+    }[error]
+
+    def register_fido(*_args: object) -> None:
+        raise raised
+
+    app.extensions["cityid.counter"].register_fido = register_fido
+    login(client)
+    tok = csrf(client)
+    data = {
+        "reader": "Fake Counter Reader",
+        "key_reader": "Fake Counter Reader",
+        "card_pin": "123456",
+        "pin": "8642",
+        "csrf_token": tok,
+    }
+    resp = client.post("/counter/fido", data=data)
+    assert resp.status_code == status and text in resp.get_data(as_text=True)

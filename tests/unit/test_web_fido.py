@@ -13,12 +13,13 @@ from emulators.fido.attestation import export_root
 from emulators.fido.card import make_fido_card
 
 from cityid.credential import VCT, LocalSigner, issue
-from cityid.errors import InvalidPinError, NoCardError, PinBlockedError
+from cityid.errors import NoCardError, PinPowerCycleError, WrongPinError
 from terminal.config import parse_config
 from terminal.fido.device import CtapSmartCardDevice
-from terminal.fido.session import FidoSession, FidoVerifier
+from terminal.fido.session import FidoSession
 from terminal.flows.kiosk import SERVICES
 from terminal.verifier import NonceStore, Verifier
+from terminal.verifier.fido import FidoVerifier
 from terminal.web import create_app, shutdown
 from terminal.web.backend import TokenKind, TokenPresent
 from terminal.web.stack import CardKioskBackend
@@ -69,7 +70,7 @@ def test_fido_key_session_wrong_pin_then_verdict() -> None:
     backend = _backend(card, point)
     info = backend.start_session(READER)
     assert info.kind is TokenKind.FIDO and info.pin_tries == 8 and not info.blocked
-    with pytest.raises(InvalidPinError) as err:
+    with pytest.raises(WrongPinError) as err:
         backend.present("benefit-check", "9999")
     assert err.value.attempts_remaining == 7
     view = backend.present("benefit-check", KEY_PIN)
@@ -82,12 +83,14 @@ def test_three_wrong_key_pins_block_until_reinserted() -> None:
     backend = _backend(card, point)
     backend.start_session(READER)
     for _ in range(2):
-        with pytest.raises(InvalidPinError):
+        with pytest.raises(WrongPinError):
             backend.present("residence", "0000")
-    with pytest.raises((InvalidPinError, PinBlockedError)):
+    with pytest.raises((WrongPinError, PinPowerCycleError)):
         backend.present("residence", "0000")
-    with pytest.raises(PinBlockedError):
+    # blocked until the key is re-inserted — its own state, not "blocked" (issue 9 item 5)
+    with pytest.raises(PinPowerCycleError) as err:
         backend.present("residence", KEY_PIN)
+    assert err.value.attempts_remaining == 5
 
 
 def test_key_without_pin_or_credential_is_explained() -> None:
@@ -160,3 +163,26 @@ def test_usb_hid_key_becomes_a_token_like_a_card() -> None:
     plugged.clear()
     watcher.scan_hid()
     assert type(events[-1]).__name__ == "TokenRemoved" and events[-1].reader == events[0].reader
+
+
+def test_key_pin_blocked_until_reinserted_is_explained_on_screen() -> None:
+    """Three wrong key PINs in a row: the PIN screen says to re-insert the key (not "blocked for good")."""
+    card, point = _key()
+    backend = _backend(card, point)
+    app = create_app(parse_config({"terminal": {"language": "en"}}), kiosk=backend)
+    ctl = app.extensions["cityid.kiosk"]
+    backend.start(ctl.on_event)
+    client = screen_client(app)
+    try:
+        backend.feed(TokenPresent(READER, TokenKind.FIDO))
+        html = client.get("/services").get_data(as_text=True)
+        tok = re.search(r'name="csrf-token" content="([^"]+)"', html)[1]
+        client.post("/services", data={"service": "residence", "csrf_token": tok})
+        client.post("/consent", data={"decision": "agree", "csrf_token": tok})
+        for _ in range(3):
+            client.post("/pin", data={"pin": "0000", "csrf_token": tok})
+        assert client.post("/pin", data={"pin": KEY_PIN, "csrf_token": tok}).headers["Location"] == "/pin"
+        html = client.get("/pin").get_data(as_text=True)
+        assert "Remove your security key and insert it again" in html and "Tries left: 5" in html
+    finally:
+        shutdown(app)
