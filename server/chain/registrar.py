@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from cryptography.hazmat.primitives.asymmetric import ec
 from eth_account.signers.local import LocalAccount
 from eth_utils import to_checksum_address
 
@@ -35,6 +34,7 @@ from cityid.chain.resolver import address_of, did_for
 from cityid.chain.rpc import RpcClient, as_int
 from cityid.chain.tx import TxRequest
 from cityid.chain.view import CredentialStatus, StatusRef
+from cityid.keys import KeyFormatError, P256PublicKey
 from server.chain.writer import Receipt, TxSender
 
 if TYPE_CHECKING:
@@ -50,14 +50,11 @@ STATUS_CHUNK = 1000  # indexes per transaction
 
 
 def check_p256_point(point: bytes) -> bytes:
-    """Validate an uncompressed SEC1 P-256 point (65 bytes, on the curve); return it."""
-    if not isinstance(point, bytes | bytearray) or len(point) != 65 or point[0] != 0x04:
-        raise ValueError("a P-256 key must be a 65-byte uncompressed point (04 || x || y)")
-    try:
-        ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), bytes(point))
-    except ValueError as exc:
-        raise ValueError("the P-256 point is not on the curve") from exc
-    return bytes(point)
+    """Validate an uncompressed SEC1 P-256 point (65 bytes, on the curve) with
+    :class:`cityid.keys.P256PublicKey`; return it. Raises :class:`~cityid.keys.KeyFormatError`."""
+    if not isinstance(point, bytes | bytearray):
+        raise KeyFormatError("P-256 point must be 65 bytes, uncompressed (04 || x || y)")
+    return P256PublicKey.from_point(point).point
 
 
 def deploy_all(
