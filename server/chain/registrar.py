@@ -31,7 +31,7 @@ from cityid.chain.errors import ChainError
 from cityid.chain.merkle import build_tree
 from cityid.chain.network import NetworkConfig
 from cityid.chain.resolver import address_of, did_for
-from cityid.chain.rpc import RpcClient, as_int
+from cityid.chain.rpc import RpcClient, as_dict, as_int
 from cityid.chain.tx import TxRequest
 from cityid.chain.view import CredentialStatus, StatusRef
 from cityid.keys import KeyFormatError, P256PublicKey
@@ -97,6 +97,30 @@ def start_embedded(name: str = "embedded") -> EmbeddedChain:
 
 
 @dataclass(frozen=True, slots=True)
+class EmbeddedRoles:
+    """The accounts of an embedded chain by role (docs/chain.md §Roles)."""
+
+    root: Registrar  # city root: admin of the registries, owner of the issuer DID and trusted-issuer list
+    registrar: Registrar  # the server's hot key: citizen DIDs, citizen keys, status bits
+    issuer_did: str
+
+
+def bootstrap_embedded(chain: EmbeddedChain, issuer_point: bytes | None, list_id: int = 1) -> EmbeddedRoles:
+    """Set up a fresh embedded chain as the ceremonies would a real one: the hot key's status list and,
+    with ``issuer_point``, the issuer key published and accredited by the root (idempotent)."""
+    from cityid.credential import VCT
+    from server.chain.issuer import ensure_status_list, publish_issuer
+
+    client = chain.client()
+    root = Registrar(chain.network, client, chain.accounts[0])
+    registrar = root
+    ensure_status_list(registrar, list_id)
+    if issuer_point is not None:
+        publish_issuer(root, issuer_point, VCT)
+    return EmbeddedRoles(root, registrar, root.did)
+
+
+@dataclass(frozen=True, slots=True)
 class AnchoredBatch:
     """An anchored Merkle root and one proof per document hash (same order)."""
 
@@ -128,6 +152,11 @@ class Registrar:
 
     def did_of(self, identity: str) -> str:
         return did_for(self.network, identity)
+
+    def latest_timestamp(self) -> int:
+        """Timestamp of the latest block (the clock contracts compare validity against)."""
+        block = as_dict(self.client.request("eth_getBlockByNumber", ["latest", False]), "block")
+        return as_int(block.get("timestamp"), "block timestamp")
 
     # ---- DIDs ----
     def enroll_citizens(

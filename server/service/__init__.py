@@ -14,10 +14,12 @@ Claims live only in memory while the credential is signed; they are never logged
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Callable, Sequence
 
 from cityid.chain.view import ChainError
 from server.chain.gateway import ChainGateway
+from server.chain.issuer import IssuerState
 from server.config import ServerConfig
 from server.db import Database, StorageError
 from server.keys import IssuerSigner
@@ -36,6 +38,8 @@ from server.service.errors import (
 )
 from server.service.fido import FidoKeys
 from server.service.status import CredentialInfo, StatusChanges, sweep_pending
+
+logger = logging.getLogger(__name__)
 
 
 class IssuerService:
@@ -91,15 +95,40 @@ class IssuerService:
 
     # --- start-up -----------------------------------------------------------------------------------
 
-    def start(self) -> str:
-        """Publish the issuer key on its DID and accredit it for the citizen vct (idempotent)."""
+    def start(self) -> IssuerState:
+        """Read the issuer's state on chain — never write it (docs/chain.md §Roles): publishing the key and
+        accrediting the issuer DID is the root's ``city-server issuer publish``, so a de-accredited issuer
+        stays de-accredited across restarts and a restart sends no transaction."""
+        state = self.check_issuer()
+        if not state.ready:
+            logger.warning(
+                "issuer %s is not ready on chain (key published: %s, accredited: %s, revoked: %s): kiosks "
+                "will refuse its credentials; the city root runs `city-server issuer publish`",
+                state.did,
+                state.key_published,
+                state.accredited,
+                state.revoked,
+            )
+        self.ctx.audit_now(
+            "server",
+            "issuer.check",
+            outcome="ok" if state.ready else "not_ready",
+            did=state.did,
+            detail=(
+                f"key_published={state.key_published} accredited={state.accredited} revoked={state.revoked}"
+            ),
+        )
+        return state
+
+    def check_issuer(self) -> IssuerState:
+        """The issuer's current chain state (read-only); sets :attr:`issuer_did`."""
         ctx = self.ctx
         try:
-            ctx.issuer_did = ctx.chain.publish_issuer(ctx.signer.public_point, ctx.vct)
+            state = ctx.chain.issuer_state(ctx.signer.public_point, ctx.vct)
         except ChainError as exc:
             raise ChainUnavailableError(str(exc)) from exc
-        ctx.audit_now("server", "issuer.publish", outcome="ok", did=ctx.issuer_did)
-        return ctx.issuer_did
+        ctx.issuer_did = state.did
+        return state
 
     # --- operations (see the part modules) ----------------------------------------------------------
 
