@@ -53,7 +53,16 @@ def _deploy(args: argparse.Namespace) -> int:
     if args.chain_id is not None and args.chain_id != chain_id:
         raise ChainConfigError(f"{args.rpc} is chain {chain_id}, not the expected {args.chain_id}")
     progress(f"deploying the city contracts to {args.network} (chain {chain_id}) from {account.address}")
-    network = deploy_all(client, account, name=args.network, rpc_url=args.rpc, multicall=args.multicall)
+    if not args.registrar:
+        progress("warning: no --registrar: the deploying root key is also the registrar (single-key set-up)")
+    network = deploy_all(
+        client,
+        account,
+        name=args.network,
+        rpc_url=args.rpc,
+        multicall=args.multicall,
+        registrar=args.registrar,
+    )
     progress(f"deployed at block {network.deploy_block}; writing {args.out}")
     network.save(args.out)
     print(json.dumps(network.to_json(), indent=2))
@@ -113,6 +122,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keystore", help=key_help)
     p.add_argument("--chain-id", type=int, help="refuse to deploy unless the node reports this chain id")
     p.add_argument("--multicall", help="use an existing Multicall3 at this address instead of deploying one")
+    p.add_argument(
+        "--registrar",
+        metavar="ADDRESS",
+        help="the server's hot key (citizen DIDs, keys, status); the deploying key stays the city root",
+    )
     p.add_argument("--timeout", type=float, default=10.0, help="JSON-RPC timeout in seconds")
     p.set_defaults(func=_deploy)
 

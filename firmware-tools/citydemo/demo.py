@@ -329,7 +329,9 @@ def build(
             progress("using the in-process card transport (no pcscd)")
 
         progress("starting the embedded chain and deploying the contracts")
-        chain = start_embedded(name="busan-demo")
+        from server.chain.registrar import HOT_INDEX
+
+        chain = start_embedded(name="busan-demo", registrar_index=HOT_INDEX)
         from server.chain.gateway import RegistrarGateway
         from server.chain.registrar import bootstrap_embedded
 

@@ -133,9 +133,9 @@ def open_chain(config: Any, issuer_point: bytes | None = None) -> RegistrarGatew
     from server.chain.registrar import Registrar
 
     if config.chain == "embedded":
-        from server.chain.registrar import bootstrap_embedded, start_embedded
+        from server.chain.registrar import HOT_INDEX, bootstrap_embedded, start_embedded
 
-        chain = start_embedded()
+        chain = start_embedded(registrar_index=HOT_INDEX)
         roles = bootstrap_embedded(chain, issuer_point, config.status_list_id)
         gateway = RegistrarGateway(roles.registrar, roles.issuer_did)
         gateway.embedded = chain  # type: ignore[attr-defined]  # the demo's kiosk reads the same chain

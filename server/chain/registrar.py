@@ -58,9 +58,17 @@ def check_p256_point(point: bytes) -> bytes:
 
 
 def deploy_all(
-    client: RpcClient, account: LocalAccount, *, name: str, rpc_url: str, multicall: str | None = None
+    client: RpcClient,
+    account: LocalAccount,
+    *,
+    name: str,
+    rpc_url: str,
+    multicall: str | None = None,
+    registrar: str | None = None,
 ) -> NetworkConfig:
-    """Deploy the registries (and a multicall unless one is given) and make ``account`` a registrar."""
+    """Deploy the registries (and a multicall unless one is given) from ``account`` — which becomes the city
+    root: registry admin, trusted-issuer root, anchor admin — and grant the registrar role to ``registrar``
+    (the server's hot key; default ``account`` itself, the single-key set-up of tests and the demo)."""
     chain_id = as_int(client.request("eth_chainId"), "chain id")
     sender = TxSender(client, account, chain_id)
     names = ["CityDIDRegistry", "CityStatusRegistry", "CityTrustedIssuers", "CityAnchorRegistry"]
@@ -82,18 +90,27 @@ def deploy_all(
             "multicall": multicall or addr["CityMulticall"],
         },
     )
-    sender.send(DIDRegistry(client, addr["CityDIDRegistry"]).tx("setRegistrar", account.address, True))
+    hot = to_checksum_address(registrar or account.address)
+    sender.send(DIDRegistry(client, addr["CityDIDRegistry"]).tx("setRegistrar", hot, True))
     return network
 
 
-def start_embedded(name: str = "embedded") -> EmbeddedChain:
-    """An in-process chain with every city contract deployed (deployer = ``accounts[0]``)."""
+def start_embedded(name: str = "embedded", registrar_index: int = 0) -> EmbeddedChain:
+    """An in-process chain with every city contract deployed (deployer and root = ``accounts[0]``, registrar
+    = ``accounts[registrar_index]``)."""
     from cityid.chain.embedded import EmbeddedChain
 
     chain = EmbeddedChain.start(name)
     url = chain.network.rpc_url
-    chain.network = deploy_all(RpcClient(chain.node), chain.accounts[0], name=name, rpc_url=url)
+    hot = chain.accounts[registrar_index].address
+    chain.network = deploy_all(
+        RpcClient(chain.node), chain.accounts[0], name=name, rpc_url=url, registrar=hot
+    )
     return chain
+
+
+#: ``accounts[HOT_INDEX]`` is the server's hot registrar key on the embedded chain (``accounts[0]`` the root).
+HOT_INDEX = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,14 +123,19 @@ class EmbeddedRoles:
 
 
 def bootstrap_embedded(chain: EmbeddedChain, issuer_point: bytes | None, list_id: int = 1) -> EmbeddedRoles:
-    """Set up a fresh embedded chain as the ceremonies would a real one: the hot key's status list and,
-    with ``issuer_point``, the issuer key published and accredited by the root (idempotent)."""
+    """Set up a fresh embedded chain (from :func:`start_embedded` with ``registrar_index=HOT_INDEX``) as the
+    ceremonies would a real one: the hot key's status list and, with ``issuer_point``, the issuer key
+    published and accredited by the root (idempotent). Root = ``accounts[0]``, hot key = ``accounts[1]``."""
     from cityid.credential import VCT
     from server.chain.issuer import ensure_status_list, publish_issuer
 
     client = chain.client()
     root = Registrar(chain.network, client, chain.accounts[0])
-    registrar = root
+    registrar = Registrar(chain.network, client, chain.accounts[HOT_INDEX])
+    if not root.dids.is_registrar(registrar.address):
+        raise ChainError(
+            "embedded chain was started without the hot registrar (start_embedded(…, HOT_INDEX))"
+        )
     ensure_status_list(registrar, list_id)
     if issuer_point is not None:
         publish_issuer(root, issuer_point, VCT)
