@@ -14,6 +14,7 @@ import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from cityid.chain.errors import TransactionRevertedError
 from cityid.chain.view import ChainError, StatusRef
 from terminal.server_client import ServerClient
 from tests.unit.server_support import CLAIMS
@@ -113,14 +114,23 @@ def test_network_config_path_on_anvil(anvil_chain, tmp_path, monkeypatch, capsys
 
     from cityid.chain.live import LiveChainView
     from server.app import create_app
-    from server.chain.registrar import Registrar
+    from server.chain.issuer import publish_issuer
+    from server.chain.registrar import Registrar, deploy_all
     from server.cli import main
     from server.config import load_config
     from server.keys import KeystoreSigner
     from tests.unit.server_support import FlaskTransport
 
-    root_account, hot_account = anvil_chain.accounts[0], anvil_chain.accounts[0]
-    anvil_chain.network.save(tmp_path / "network.json")
+    # separate keys: the root deploys (admin, trusted-issuer root, issuer DID), the hot key is the registrar
+    root_account, hot_account = anvil_chain.accounts[0], anvil_chain.accounts[1]
+    network = deploy_all(
+        anvil_chain.client(),
+        root_account,
+        name="anvil",
+        rpc_url=anvil_chain.network.rpc_url,
+        registrar=hot_account.address,
+    )
+    network.save(tmp_path / "network.json")
     env = {
         "CITY_SERVER_DB_URL": f"sqlite:///{tmp_path}/s.db",
         "CITY_SERVER_CHAIN": str(tmp_path / "network.json"),
@@ -145,6 +155,21 @@ def test_network_config_path_on_anvil(anvil_chain, tmp_path, monkeypatch, capsys
     app = create_app(load_config(None, env=env))
     assert app.test_client().get("/health").get_json()["issuer_ready"] is False
 
+    # the hot key cannot publish the issuer key or accredit; publish never takes the environment key
+    hot = Registrar(network, anvil_chain.client(), hot_account)
+    with pytest.raises(TransactionRevertedError, match="NotOwner"):
+        publish_issuer(
+            hot,
+            signer.public_point,
+            "https://id.busan.go.kr/vct/citizen/v1",
+            hot.did_of(root_account.address),
+        )
+    with pytest.raises(TransactionRevertedError, match="NotRoot"):
+        hot.accredit_issuer(hot.did_of(root_account.address), "https://id.busan.go.kr/vct/citizen/v1", 2**40)
+    with pytest.raises(SystemExit):
+        main(["issuer", "publish"])  # --root-keystore is required
+    capsys.readouterr()
+
     # the root's ceremony: sends what is missing, then nothing
     assert main(["issuer", "publish", "--root-keystore", str(root_file)]) == 0
     assert "sent publish issuer key, accredit issuer" in capsys.readouterr().out
@@ -168,16 +193,15 @@ def test_network_config_path_on_anvil(anvil_chain, tmp_path, monkeypatch, capsys
     card = _point()
     res = client.enroll("anvil-net-00001", CLAIMS, card, b"\x07" * 8)
     issuer = app.extensions["cityid.service"].issuer_did
-    view = LiveChainView(anvil_chain.client(), anvil_chain.network)
-    ref = StatusRef(
-        anvil_chain.network.chain_id, anvil_chain.network.address("status_registry"), 1, res.status_index
-    )
+    assert issuer == hot.did_of(root_account.address)  # the root's DID, not the hot key's
+    view = LiveChainView(anvil_chain.client(), network)
+    ref = StatusRef(network.chain_id, network.address("status_registry"), 1, res.status_index)
     facts = view.verification_facts(issuer, res.citizen_did, "https://id.busan.go.kr/vct/citizen/v1", ref)
     assert facts.issuer_trusted and card in facts.holder_keys
     assert signer.public_point in facts.issuer_keys
 
     # the root de-accredits; restarts neither undo it nor send anything; publish refuses to re-accredit
-    root = Registrar(anvil_chain.network, anvil_chain.client(), root_account)
+    root = Registrar(network, anvil_chain.client(), root_account)
     root.revoke_accreditation(issuer, "https://id.busan.go.kr/vct/citizen/v1")
     after_revoke = _tx_count(anvil_chain)
     for _ in range(2):
