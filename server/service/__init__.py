@@ -6,6 +6,7 @@ shared :class:`~server.service.context.ServiceContext`:
 * :mod:`.enrollment` — enroll and re-issue (crash-safe, idempotent; docs/server.md §Idempotency);
 * :mod:`.status` — revoke, suspend, resume, status lookup, sweep of abandoned enrollments;
 * :mod:`.fido` — FIDO2 keys on citizen DIDs;
+* :mod:`.issuer` — the issuer's readiness, read from chain (never written: docs/chain.md §Roles and keys);
 * :mod:`.claims` — the counter's claims, checked; :mod:`.errors` — the typed refusals.
 
 Claims live only in memory while the credential is signed; they are never logged, stored or audited.
@@ -14,10 +15,8 @@ Claims live only in memory while the credential is signed; they are never logged
 from __future__ import annotations
 
 import datetime as dt
-import logging
 from collections.abc import Callable, Sequence
 
-from cityid.chain.view import ChainError
 from server.chain.gateway import ChainGateway
 from server.chain.issuer import IssuerState
 from server.config import ServerConfig
@@ -37,9 +36,8 @@ from server.service.errors import (
     ValidationError,
 )
 from server.service.fido import FidoKeys
+from server.service.issuer import IssuerNotReadyError, IssuerReadiness
 from server.service.status import CredentialInfo, StatusChanges, sweep_pending
-
-logger = logging.getLogger(__name__)
 
 
 class IssuerService:
@@ -54,7 +52,8 @@ class IssuerService:
         clock: Callable[[], dt.datetime] = utcnow,
     ) -> None:
         self.ctx = ServiceContext(db, chain, signer, config, clock)
-        self.enrollments = Enrollments(self.ctx)
+        self.issuer = IssuerReadiness(self.ctx)
+        self.enrollments = Enrollments(self.ctx, self.issuer.require_ready)
         self.statuses = StatusChanges(self.ctx)
         self.fido = FidoKeys(self.ctx)
 
@@ -96,39 +95,12 @@ class IssuerService:
     # --- start-up -----------------------------------------------------------------------------------
 
     def start(self) -> IssuerState:
-        """Read the issuer's state on chain — never write it (docs/chain.md §Roles): publishing the key and
-        accrediting the issuer DID is the root's ``city-server issuer publish``, so a de-accredited issuer
-        stays de-accredited across restarts and a restart sends no transaction."""
-        state = self.check_issuer()
-        if not state.ready:
-            logger.warning(
-                "issuer %s is not ready on chain (key published: %s, accredited: %s, revoked: %s): kiosks "
-                "will refuse its credentials; the city root runs `city-server issuer publish`",
-                state.did,
-                state.key_published,
-                state.accredited,
-                state.revoked,
-            )
-        self.ctx.audit_now(
-            "server",
-            "issuer.check",
-            outcome="ok" if state.ready else "not_ready",
-            did=state.did,
-            detail=(
-                f"key_published={state.key_published} accredited={state.accredited} revoked={state.revoked}"
-            ),
-        )
-        return state
+        """Read the issuer's state on chain — never write it (:mod:`.issuer`)."""
+        return self.issuer.start()
 
     def check_issuer(self) -> IssuerState:
         """The issuer's current chain state (read-only); sets :attr:`issuer_did`."""
-        ctx = self.ctx
-        try:
-            state = ctx.chain.issuer_state(ctx.signer.public_point, ctx.vct)
-        except ChainError as exc:
-            raise ChainUnavailableError(str(exc)) from exc
-        ctx.issuer_did = state.did
-        return state
+        return self.issuer.check()
 
     # --- operations (see the part modules) ----------------------------------------------------------
 
@@ -173,6 +145,7 @@ __all__ = [
     "ConflictError",
     "CredentialInfo",
     "Enrollment",
+    "IssuerNotReadyError",
     "IssuerService",
     "NotFoundError",
     "ServiceError",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,8 +52,10 @@ class Enrollment:
 class Enrollments:
     """``enroll`` (a new card; new or existing DID) and ``reissue`` (same DID and card key, new id)."""
 
-    def __init__(self, ctx: ServiceContext) -> None:
+    def __init__(self, ctx: ServiceContext, require_issuer_ready: Callable[[], None] = lambda: None) -> None:
         self.ctx = ctx
+        #: Refuses (typed) while kiosks would refuse the issuer's credentials (``issuer.IssuerReadiness``).
+        self.require_issuer_ready = require_issuer_ready
 
     # --- enroll ------------------------------------------------------------------------------------
 
@@ -67,6 +70,7 @@ class Enrollments:
     ) -> Enrollment:
         """Enroll a card (the clerk checked the citizen in person); safe to retry with the same key."""
         parsed = validate_claims(claims, self.ctx.clock().date())
+        self.require_issuer_ready()
         fingerprint = card_fingerprint(card_point, card_serial)
         args = (terminal, idempotency_key, fingerprint, card_point, card_serial, citizen_did)
         try:
@@ -139,6 +143,7 @@ class Enrollments:
         """New credential (new id and status index) for the same DID and card key; the old one is retired."""
         ctx = self.ctx
         parsed = validate_claims(claims, ctx.clock().date())
+        self.require_issuer_ready()
         try:
             with ctx.db.sessions.begin() as s:
                 row = s.scalar(select(Credential).where(Credential.idempotency_key == idempotency_key))

@@ -84,3 +84,19 @@ def test_de_accreditation_survives_restarts_and_is_final(world):  # type: ignore
     with pytest.raises(AccreditationRevokedError, match="final"):
         publish_issuer(root, signer.public_point, VCT)
     assert _tx_count(env) == before
+
+
+def test_issuance_stops_when_the_root_de_accredits_while_serving(world, monkeypatch):  # type: ignore[no-untyped-def]
+    from server.service import issuer as readiness
+    from server.service.issuer import IssuerNotReadyError
+    from tests.unit.server_support import CLAIMS
+
+    env, root, signer, start = world
+    publish_issuer(root, signer.public_point, VCT)
+    service = start().extensions["cityid.service"]
+    root.revoke_accreditation(root.did, VCT)
+    before = _tx_count(env)
+    monkeypatch.setattr(readiness, "RECHECK_SECONDS", 0.0)
+    with pytest.raises(IssuerNotReadyError, match="de-accredited"):
+        service.enroll("counter-1", "after-revoke-0001", CLAIMS, signer.public_point, b"\x01" * 8)
+    assert _tx_count(env) == before  # refused before any chain write
