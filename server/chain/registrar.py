@@ -243,7 +243,52 @@ class Registrar:
         return self.revoke_key(identity or self.address, point, ISSUER_KEY_ATTR)
 
     def add_registrar(self, account: str, enabled: bool = True) -> Receipt:
+        """Grant (or, ``enabled=False``, demote) the registrar role; admin (city root) only."""
         return self.sender.send(self.dids.tx("setRegistrar", account, enabled))
+
+    def reassign_owner(self, identity: str, new_owner: str) -> Receipt:
+        """Hand an identity of a demoted registrar to ``new_owner``; admin (city root) only."""
+        return self.sender.send(self.dids.tx("reassignOwner", identity, new_owner))
+
+    # ---- the city root's own roles (two-step transfers, docs/chain.md §Roles and keys) ----
+    def root_roles(self) -> dict[str, tuple[str, str]]:
+        """Current and pending holder of each root role: DID admin, trusted-issuer root, anchor admin."""
+
+        def pair(
+            binding: DIDRegistry | TrustedIssuers | AnchorRegistry, role: str, pending: str
+        ) -> tuple[str, str]:
+            return to_checksum_address(binding.read(role)[0]), to_checksum_address(binding.read(pending)[0])
+
+        return {
+            "did_admin": pair(self.dids, "admin", "pendingAdmin"),
+            "issuer_root": pair(self.issuers, "root", "pendingRoot"),
+            "anchor_admin": pair(self.anchors, "admin", "pendingAdmin"),
+        }
+
+    def propose_root(self, new_root: str) -> list[Receipt]:
+        """Step 1 of a root rotation: propose ``new_root`` for all three root roles."""
+        return self.sender.send_many(
+            [
+                self.dids.tx("proposeAdmin", new_root),
+                self.issuers.tx("proposeRoot", new_root),
+                self.anchors.tx("proposeAdmin", new_root),
+            ]
+        )
+
+    def accept_root(self) -> list[Receipt]:
+        """Step 2, sent by the new root: take every root role proposed to this account."""
+        me = self.address.lower()
+        roles = self.root_roles()
+        reqs = []
+        if roles["did_admin"][1].lower() == me:
+            reqs.append(self.dids.tx("acceptAdmin"))
+        if roles["issuer_root"][1].lower() == me:
+            reqs.append(self.issuers.tx("acceptRoot"))
+        if roles["anchor_admin"][1].lower() == me:
+            reqs.append(self.anchors.tx("acceptAdmin"))
+        if not reqs:
+            raise ChainError(f"no root role is pending for {self.address}")
+        return self.sender.send_many(reqs)
 
     # ---- status lists ----
     def create_status_list(self) -> int:

@@ -296,3 +296,56 @@ def test_signature_for_another_chain_id_fails(roles: Roles) -> None:
     assert hot.dids.identity_owner(holder.address) == holder.address
     send(signed_digest(hot.dids.address, chain_id, nonce, holder.address, payload))
     assert hot.dids.identity_owner(holder.address) == r.hot.address
+
+
+@pytest.mark.anvil
+def test_root_ceremonies_cli(anvil_chain, tmp_path, monkeypatch, capsys):  # type: ignore[no-untyped-def]
+    """`city-server chain root …`: grant/demote registrars and rotate the root in two steps, with the root's
+    encrypted keystore only (never an environment key)."""
+    import json
+
+    from eth_account import Account
+
+    from server.cli import main
+
+    a = anvil_chain.accounts
+    root, hot, new_hot, new_root = a[0], a[1], a[2], a[3]
+    network = deploy_all(
+        anvil_chain.client(), root, name="anvil", rpc_url=anvil_chain.network.rpc_url, registrar=hot.address
+    )
+    net = tmp_path / "network.json"
+    network.save(net)
+    for name, account, pw in (("root.json", root, "old-pw"), ("new.json", new_root, "new-pw")):
+        (tmp_path / name).write_text(json.dumps(Account.encrypt(account.key, pw)))
+    monkeypatch.setenv("CITY_CHAIN_PRIVATE_KEY", "0x" + bytes(root.key).hex())  # must be ignored
+    monkeypatch.setenv("CITY_ROOT_PASSWORD", "old-pw")
+    old_ks, new_ks = (
+        ["--root-keystore", str(tmp_path / "root.json")],
+        ["--root-keystore", str(tmp_path / "new.json")],
+    )
+
+    citizen = new_identity()
+    Registrar(network, anvil_chain.client(), hot).enroll_citizens([(citizen, [p256()])])
+    assert main(["chain", "root", "grant-registrar", str(net), new_hot.address, *old_ks]) == 0
+    assert main(["chain", "root", "demote-registrar", str(net), hot.address, *old_ks]) == 0
+    old_hot = Registrar(network, anvil_chain.client(), hot)
+    refused(lambda: old_hot.add_key(citizen, p256()), "DemotedRegistrar")
+    Registrar(network, anvil_chain.client(), root).reassign_owner(citizen, new_hot.address)
+    Registrar(network, anvil_chain.client(), new_hot).add_key(citizen, p256())
+
+    with pytest.raises(SystemExit):  # no keystore: refused before anything is sent
+        main(["chain", "root", "propose", str(net), new_root.address])
+    assert main(["chain", "root", "propose", str(net), new_root.address, *old_ks]) == 0
+    capsys.readouterr()
+    assert main(["chain", "root", "show", str(net), new_hot.address, hot.address]) == 0
+    shown = capsys.readouterr().out
+    assert f"issuer_root\t{root.address}\tpending {new_root.address}" in shown
+    assert f"registrar {new_hot.address}\tTrue" in shown and f"registrar {hot.address}\tFalse" in shown
+    monkeypatch.setenv("CITY_ROOT_PASSWORD", "new-pw")
+    assert main(["chain", "root", "accept", str(net), *new_ks]) == 0
+    assert main(["chain", "root", "accept", str(net), *new_ks]) == 1  # nothing pending any more
+    roles = Registrar(network, anvil_chain.client(), new_root).root_roles()
+    assert {holder.lower() for holder, _pending in roles.values()} == {new_root.address.lower()}
+    old_root = Registrar(network, anvil_chain.client(), root)
+    refused(lambda: old_root.add_registrar(root.address), "NotAdmin")
+    refused(lambda: old_root.accredit_issuer(old_root.did, VCT, int(time.time()) + HOUR), "NotRoot")
