@@ -183,8 +183,10 @@ def cmd_issuer_status(args: argparse.Namespace) -> int:
     from cityid.credential import VCT
     from server.chain.issuer import default_issuer_did, read_issuer_state
 
+    from eth_account import Account
+
     cfg = _config(args)
-    reader = _network_registrar(cfg, _hot_account(cfg))
+    reader = _network_registrar(cfg, _hot_account(cfg) if cfg.chain_private_key else Account.create())
     did = cfg.issuer_did or default_issuer_did(reader)
     state = read_issuer_state(reader, did, _issuer_point(args, cfg), VCT)
     print(
