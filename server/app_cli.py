@@ -180,10 +180,10 @@ def _hot_account(cfg: ServerConfig):  # type: ignore[no-untyped-def]
 
 def cmd_issuer_status(args: argparse.Namespace) -> int:
     """Read-only: is the issuer key published on the issuer DID, is the DID accredited?"""
+    from eth_account import Account
+
     from cityid.credential import VCT
     from server.chain.issuer import default_issuer_did, read_issuer_state
-
-    from eth_account import Account
 
     cfg = _config(args)
     reader = _network_registrar(cfg, _hot_account(cfg) if cfg.chain_private_key else Account.create())
