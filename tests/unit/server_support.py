@@ -135,6 +135,7 @@ def make_rig(db_url: str, signer=None, chain=None, publish: bool = True, **confi
     from cryptography.hazmat.primitives.asymmetric import ec
 
     from cityid.credential import LocalSigner
+    from cityid.keys import P256PublicKey
     from server.app import create_app
     from server.config import ServerConfig
     from server.db import Database
@@ -143,9 +144,7 @@ def make_rig(db_url: str, signer=None, chain=None, publish: bool = True, **confi
     if signer is None:
         key = ec.generate_private_key(ec.SECP256R1())
         signer = LocalSigner(key)
-        signer.public_point = key.public_key().public_bytes(  # type: ignore[attr-defined]
-            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
-        )
+        signer.public_point = P256PublicKey.from_crypto(key.public_key()).point  # type: ignore[attr-defined]
     db = Database.from_url(db_url)
     chain = chain if chain is not None else MemoryChain()
     if publish:
