@@ -31,12 +31,12 @@ def create_app(
     clock: Callable[[], datetime] | None = None,
     auth_clock: Callable[[], float] | None = None,
 ) -> Flask:
-    """Build the app: open the database (creating the schema), the issuer key and the chain; publish the
-    issuer key and its accreditation on chain. Components can be injected (tests, embedded demo)."""
+    """Build the app: open the database (creating the schema), the issuer key and the chain, and read the
+    issuer's state on chain (no transaction: docs/chain.md §Roles). Components can be injected (tests)."""
     db = db or Database.from_url(config.database_url)
     db.init(config.status_list_id, config.status_list_capacity)
     signer = signer or load_signer(config.issuer_key)
-    chain = chain or open_chain(config)
+    chain = chain or open_chain(config, signer.public_point)
     kwargs = {"clock": clock} if clock else {}
     service = IssuerService(db, chain, signer, config, **kwargs)
     service.start()
@@ -61,7 +61,12 @@ def create_app(
 
     @app.get("/health")
     def health() -> ResponseReturnValue:
-        return jsonify(ok=True, issuer_did=service.issuer_did, vct=service.vct)
+        try:
+            current = service.check_issuer()
+        except ServiceError:
+            logger.warning("health: issuer state unavailable (chain)")
+            return jsonify(ok=False, issuer_did=service.issuer_did, vct=service.vct, issuer_ready=None), 503
+        return jsonify(ok=True, issuer_did=current.did, vct=service.vct, issuer_ready=current.ready)
 
     @app.errorhandler(ServiceError)
     def _service_error(exc: ServiceError) -> ResponseReturnValue:

@@ -1,4 +1,6 @@
-"""``city-server serve | terminal add|list|disable|enable | db init | audit | sweep-pending | issuer-key``."""
+"""``city-server serve | terminal … | db init | audit | sweep-pending | issuer status|publish | status-list
+ensure | issuer-key``. Only ``issuer publish`` (root key) and ``status-list ensure`` (hot key) send
+transactions; ``serve`` never does on a network chain (docs/chain.md §Roles)."""
 
 from __future__ import annotations
 
@@ -43,7 +45,7 @@ def _serve(args: argparse.Namespace, stop: threading.Event) -> int:
     progress(f"opening database, issuer key ({cfg.issuer_key.source}) and chain ({cfg.chain})")
     app = create_app(cfg)
     did = app.extensions["cityid.service"].issuer_did
-    progress(f"issuer {did} published; serving on http://{args.host}:{args.port}")
+    progress(f"issuer {did}; serving on http://{args.host}:{args.port}")
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         progress("listening beyond localhost: put a TLS-terminating proxy in front (docs/server.md §Ops)")
     from werkzeug.serving import make_server
@@ -153,6 +155,93 @@ def cmd_key_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _network_registrar(cfg: ServerConfig, account):  # type: ignore[no-untyped-def]
+    from cityid.chain.errors import ChainConfigError
+    from cityid.chain.network import NetworkConfig
+    from cityid.chain.rpc import HttpTransport, RpcClient
+    from server.chain.registrar import Registrar
+
+    if cfg.chain == "embedded":
+        raise ChainConfigError("the embedded chain lives inside `serve`; set CITY_SERVER_CHAIN to a file")
+    network = NetworkConfig.load(cfg.chain)
+    return Registrar(network, RpcClient(HttpTransport(network.rpc_url)), account)
+
+
+def _issuer_point(args: argparse.Namespace, cfg: ServerConfig) -> bytes:
+    from cityid.keys import P256PublicKey
+    from server.keys import load_signer
+
+    if args.public_point:
+        return P256PublicKey.from_point(bytes.fromhex(args.public_point)).point
+    return load_signer(cfg.issuer_key).public_point
+
+
+def _hot_account(cfg: ServerConfig):  # type: ignore[no-untyped-def]
+    from server.chain.accounts import load_account
+
+    env = {"CITY_CHAIN_PRIVATE_KEY": cfg.chain_private_key} if cfg.chain_private_key else {}
+    return load_account(None, env)
+
+
+def cmd_issuer_status(args: argparse.Namespace) -> int:
+    """Read-only: is the issuer key published on the issuer DID, is the DID accredited?"""
+    from eth_account import Account
+
+    from cityid.credential import VCT
+    from server.chain.issuer import default_issuer_did, read_issuer_state
+
+    cfg = _config(args)
+    reader = _network_registrar(cfg, _hot_account(cfg) if cfg.chain_private_key else Account.create())
+    did = cfg.issuer_did or default_issuer_did(reader)
+    state = read_issuer_state(reader, did, _issuer_point(args, cfg), VCT)
+    print(
+        json.dumps(
+            {
+                "issuer_did": state.did,
+                "key_published": state.key_published,
+                "accredited": state.accredited,
+                "revoked": state.revoked,
+                "valid_until": state.valid_until,
+                "ready": state.ready,
+            },
+            indent=2,
+        )
+    )
+    return 0 if state.ready else 1
+
+
+def cmd_issuer_publish(args: argparse.Namespace) -> int:
+    """The root's ceremony: publish the issuer key, accredit the issuer DID; sends only what is missing."""
+    from cityid.credential import VCT
+    from server.chain.accounts import ROOT_PASSWORD_ENV, load_account
+    from server.chain.issuer import publish_issuer
+
+    cfg = _config(args)
+    root = _network_registrar(
+        cfg, load_account(args.root_keystore, password_env=ROOT_PASSWORD_ENV, allow_env_key=False)
+    )
+    point = _issuer_point(args, cfg)
+    outcome = publish_issuer(root, point, VCT, cfg.issuer_did or None)
+    did = outcome.state_before.did
+    if outcome.sent:
+        print(f"{did}: sent {', '.join(outcome.sent)}")
+    else:
+        print(f"{did}: already published and accredited; nothing sent")
+    return 0
+
+
+def cmd_status_list_ensure(args: argparse.Namespace) -> int:
+    """Create the server's status list with its hot key if the chain lacks it (idempotent)."""
+    from server.chain.issuer import ensure_status_list
+
+    cfg = _config(args)
+    registrar = _network_registrar(cfg, _hot_account(cfg))
+    created = ensure_status_list(registrar, cfg.status_list_id)
+    verb = "created" if created else "already exists"
+    print(f"status list {cfg.status_list_id} {verb}, owned by {registrar.address}")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``serve``, ``terminal``, ``db`` and ``issuer-key``."""
 
@@ -205,6 +294,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     common(p)
     p.add_argument("--older-than", type=int, default=60, metavar="MINUTES", help="age (default 60)")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("issuer", help="the issuer on chain: state, and the root's publish ceremony")
+    isub = p.add_subparsers(dest="issuer_command", metavar="COMMAND", required=True)
+    q = isub.add_parser("status", help="read the issuer's chain state (exit 1 when not ready); sends nothing")
+    common(q)
+    q.add_argument("--public-point", metavar="HEX", help="issuer public point (default: the configured key)")
+    q.set_defaults(func=cmd_issuer_status)
+    q = isub.add_parser(
+        "publish",
+        help="CEREMONY with the city root key: publish the issuer key and accredit (idempotent)",
+    )
+    common(q)
+    q.add_argument(
+        "--root-keystore",
+        required=True,
+        metavar="FILE",
+        help="the city root's encrypted keystore (password from CITY_ROOT_PASSWORD or a prompt)",
+    )
+    q.add_argument("--public-point", metavar="HEX", help="issuer public point (default: the configured key)")
+    q.set_defaults(func=cmd_issuer_publish)
+
+    p = sub.add_parser("status-list", help="the server's status list on chain")
+    ssub = p.add_subparsers(dest="status_list_command", metavar="COMMAND", required=True)
+    q = ssub.add_parser("ensure", help="create the configured status list with the hot key if missing")
+    common(q)
+    q.set_defaults(func=cmd_status_list_ensure)
 
     p = sub.add_parser("issuer-key", help="issuer key management")
     ksub = p.add_subparsers(dest="key_command", metavar="COMMAND", required=True)

@@ -13,15 +13,12 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from cityid.errors import CityIdError
 from cityid.jose import JoseError, b64url_decode
+from cityid.keys import KeyFormatError, P256PublicKey
 from cityid.requestsig import (
     HEADER_NONCE,
     HEADER_SIGNATURE,
@@ -61,13 +58,8 @@ class RequestAuthenticator:
         self.db = db
         self.window = window_seconds
         self.clock = clock
-        self._keys: dict[str, tuple[str, ec.EllipticCurvePublicKey]] = {}
+        self._keys: dict[str, tuple[str, P256PublicKey]] = {}
         self._last_prune = 0.0
-
-    def _public_key(self, pem: str) -> ec.EllipticCurvePublicKey:
-        key = serialization.load_pem_public_key(pem.encode())
-        assert isinstance(key, ec.EllipticCurvePublicKey)
-        return key
 
     def authenticate(self, req: SignedRequest) -> str:
         """Return the terminal name, or raise :class:`AuthError`."""
@@ -102,15 +94,17 @@ class RequestAuthenticator:
             raise AuthError("unknown_terminal", "terminal unknown or disabled")
         cached = self._keys.get(terminal)
         if cached is None or cached[0] != t.public_key_pem:
-            cached = (t.public_key_pem, self._public_key(t.public_key_pem))
+            try:
+                key = P256PublicKey.from_spki(t.public_key_pem.encode())
+            except KeyFormatError as exc:
+                logger.error("terminal %s has an unusable registered key", terminal[:64])
+                raise AuthError("unknown_terminal", "terminal unknown or disabled") from exc
+            cached = (t.public_key_pem, key)
             self._keys[terminal] = cached
-        der = encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"))
         message = canonical_request(req.method, req.path, ts, nonce, req.body)
-        try:
-            cached[1].verify(der, message, ec.ECDSA(hashes.SHA256()))
-        except InvalidSignature as exc:
+        if not cached[1].verify_raw(raw, message):
             self._audit(terminal, "bad_signature")
-            raise AuthError("bad_signature", "signature does not verify") from exc
+            raise AuthError("bad_signature", "signature does not verify")
         # Only after the signature: record the nonce (a forged request cannot burn a terminal's nonces).
         try:
             with self.db.sessions.begin() as s:

@@ -53,7 +53,16 @@ def _deploy(args: argparse.Namespace) -> int:
     if args.chain_id is not None and args.chain_id != chain_id:
         raise ChainConfigError(f"{args.rpc} is chain {chain_id}, not the expected {args.chain_id}")
     progress(f"deploying the city contracts to {args.network} (chain {chain_id}) from {account.address}")
-    network = deploy_all(client, account, name=args.network, rpc_url=args.rpc, multicall=args.multicall)
+    if not args.registrar:
+        progress("warning: no --registrar: the deploying root key is also the registrar (single-key set-up)")
+    network = deploy_all(
+        client,
+        account,
+        name=args.network,
+        rpc_url=args.rpc,
+        multicall=args.multicall,
+        registrar=args.registrar,
+    )
     progress(f"deployed at block {network.deploy_block}; writing {args.out}")
     network.save(args.out)
     print(json.dumps(network.to_json(), indent=2))
@@ -93,8 +102,47 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _root_registrar(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from cityid.chain.network import NetworkConfig
+    from server.chain.accounts import ROOT_PASSWORD_ENV, load_account
+    from server.chain.registrar import Registrar
+
+    network = NetworkConfig.load(args.network_file)
+    if args.root_keystore:
+        account = load_account(args.root_keystore, password_env=ROOT_PASSWORD_ENV, allow_env_key=False)
+    else:  # `show` only reads: any account will do
+        from eth_account import Account
+
+        account = Account.create()
+    return Registrar(network, _client(args.rpc or network.rpc_url, args.timeout), account)
+
+
+def _root(args: argparse.Namespace) -> int:
+    """City-root ceremonies: registrar grant/demote, root rotation (docs/chain.md §Roles and keys)."""
+    root = _root_registrar(args)
+    if args.root_command == "show":
+        for role, (holder, pending) in root.root_roles().items():
+            print(f"{role}\t{holder}\tpending {pending}")
+        for address in args.address or ():
+            print(f"registrar {address}\t{root.dids.is_registrar(address)}")
+        return 0
+    if args.root_command == "grant-registrar":
+        root.add_registrar(args.address, True)
+        print(f"{args.address} is a registrar")
+    elif args.root_command == "demote-registrar":
+        root.add_registrar(args.address, False)
+        print(f"{args.address} demoted: it controls no identity any more (reassign them with reassignOwner)")
+    elif args.root_command == "propose":
+        root.propose_root(args.address)
+        print(f"proposed {args.address} as city root; it must run `city-server chain root accept`")
+    elif args.root_command == "accept":
+        root.accept_root()
+        print(f"{root.address} is now the city root")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``chain compile|deploy|check|accounts``."""
+    """Add ``chain compile|deploy|check|root|accounts``."""
     chain = sub.add_parser("chain", help="chain contracts and account", description=__doc__)
     cmds = chain.add_subparsers(dest="chain_command", metavar="CHAIN_COMMAND")
     chain.set_defaults(func=lambda _args: chain.print_help() or 2)
@@ -113,6 +161,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keystore", help=key_help)
     p.add_argument("--chain-id", type=int, help="refuse to deploy unless the node reports this chain id")
     p.add_argument("--multicall", help="use an existing Multicall3 at this address instead of deploying one")
+    p.add_argument(
+        "--registrar",
+        metavar="ADDRESS",
+        help="the server's hot key (citizen DIDs, keys, status); the deploying key stays the city root",
+    )
     p.add_argument("--timeout", type=float, default=10.0, help="JSON-RPC timeout in seconds")
     p.set_defaults(func=_deploy)
 
@@ -121,6 +174,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rpc", help="node URL (default: the config's rpc_url)")
     p.add_argument("--timeout", type=float, default=10.0, help="JSON-RPC timeout in seconds")
     p.set_defaults(func=_check)
+
+    root = cmds.add_parser("root", help="CEREMONIES with the city root key (registrars, root rotation)")
+    rsub = root.add_subparsers(dest="root_command", metavar="ROOT_COMMAND", required=True)
+    for verb, text in (
+        ("show", "show the root roles (and whether ADDRESS… are registrars)"),
+        ("grant-registrar", "grant the registrar role to ADDRESS (the server's hot key)"),
+        ("demote-registrar", "demote registrar ADDRESS (it then controls nothing)"),
+        ("propose", "step 1 of a root rotation: propose ADDRESS for every root role"),
+        ("accept", "step 2, with the NEW root's keystore: take the proposed roles"),
+    ):
+        q = rsub.add_parser(verb, help=text)
+        q.add_argument("network_file", help="network config JSON written by deploy")
+        if verb == "show":
+            q.add_argument("address", nargs="*", help="addresses to check for the registrar role")
+        elif verb != "accept":
+            q.add_argument("address", help="0x address")
+        q.add_argument(
+            "--root-keystore",
+            required=verb != "show",
+            metavar="FILE",
+            help="the city root's encrypted keystore (password from CITY_ROOT_PASSWORD or a prompt)",
+        )
+        q.add_argument("--rpc", help="node URL (default: the config's rpc_url)")
+        q.add_argument("--timeout", type=float, default=10.0, help="JSON-RPC timeout in seconds")
+        q.set_defaults(func=_root)
 
     p = cmds.add_parser("accounts", help="show the configured chain account (or create a keystore)")
     p.add_argument("--keystore", help=key_help)

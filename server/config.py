@@ -43,6 +43,7 @@ class ServerConfig:
     database_url: str = DEFAULT_DB_URL
     chain: str = "embedded"  # "embedded" or a path to a NetworkConfig JSON file
     chain_private_key: str | None = field(default=None, repr=False)  # env CITY_CHAIN_PRIVATE_KEY
+    issuer_did: str = ""  # default: the trusted-issuer root's own DID (docs/chain.md §Roles)
     issuer_key: IssuerKeyConfig = field(default_factory=IssuerKeyConfig)
     status_list_id: int = 1
     status_list_capacity: int = 1 << 20
@@ -57,6 +58,7 @@ class ServerConfig:
 _ENV_STR = {
     "CITY_SERVER_DB_URL": "database_url",
     "CITY_SERVER_CHAIN": "chain",
+    "CITY_ISSUER_DID": "issuer_did",
 }
 _ENV_INT = {
     "CITY_SERVER_STATUS_LIST": "status_list_id",
@@ -92,7 +94,7 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
         if secret in key or secret in server:
             raise ConfigError(f"{secret} must come from the environment, not the config file")
     known_server = {
-        "database_url", "chain", "status_list_id", "status_list_capacity",
+        "database_url", "chain", "issuer_did", "status_list_id", "status_list_capacity",
         "credential_validity_days", "auth_window_seconds", "max_body_bytes",
     }  # fmt: skip
     unknown = set(server) - known_server
@@ -106,7 +108,7 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
         raise ConfigError(f"unknown [issuer_key] settings: {', '.join(sorted(unknown))}")
 
     values: dict = {}
-    for k in ("database_url", "chain"):
+    for k in ("database_url", "chain", "issuer_did"):
         if k in server:
             values[k] = str(server[k])
     for k in ("status_list_id", "status_list_capacity", "credential_validity_days",

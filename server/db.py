@@ -6,14 +6,13 @@ import logging
 import re
 from dataclasses import dataclass
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import Engine, create_engine, event, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
 from cityid.errors import CityIdError
+from cityid.keys import KeyFormatError, P256PublicKey
 from server.models import AuditEntry, Base, StatusAllocator, Terminal
 
 logger = logging.getLogger(__name__)
@@ -123,12 +122,11 @@ class Database:
 
 def normalise_terminal_key(public_key_pem: str) -> str:
     """Parse a P-256 public key PEM and return it re-encoded; raise :class:`TerminalAdminError`."""
+    if not public_key_pem.lstrip().startswith("-----"):
+        raise TerminalAdminError("public key is not a PEM SubjectPublicKeyInfo")
     try:
-        key = serialization.load_pem_public_key(public_key_pem.encode())
-    except (ValueError, TypeError) as exc:
-        raise TerminalAdminError("public key is not a PEM SubjectPublicKeyInfo") from exc
-    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
-        raise TerminalAdminError("terminal keys must be P-256 (ES256)")
-    return key.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
+        return P256PublicKey.from_spki(public_key_pem.encode()).spki_pem()
+    except KeyFormatError as exc:
+        raise TerminalAdminError(
+            f"terminal keys must be P-256 (ES256) PEM SubjectPublicKeyInfo: {exc}"
+        ) from exc

@@ -14,14 +14,12 @@ from typing import Protocol
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from cityid.errors import CityIdError
+from cityid.keys import KeyFormatError, P256PublicKey, es256_der_to_raw, low_s
 from server.config import IssuerKeyConfig
 
 logger = logging.getLogger(__name__)
-
-_P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 
 
 class IssuerKeyError(CityIdError):
@@ -37,18 +35,6 @@ class IssuerSigner(Protocol):
     def sign(self, signing_input: bytes) -> bytes: ...
 
 
-def _point(key: ec.EllipticCurvePublicKey) -> bytes:
-    return key.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
-
-
-def _low_s(raw: bytes) -> bytes:
-    """Normalise s to the lower half (harmless for ES256 verifiers, makes signatures canonical)."""
-    r, s = int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big")
-    if s > _P256_ORDER // 2:
-        s = _P256_ORDER - s
-    return r.to_bytes(32, "big") + s.to_bytes(32, "big")
-
-
 class KeystoreSigner:
     """ES256 with a P-256 key kept in a password-encrypted PKCS#8 PEM file."""
 
@@ -56,7 +42,7 @@ class KeystoreSigner:
         if not isinstance(private_key.curve, ec.SECP256R1):
             raise IssuerKeyError("the issuer key must be P-256")
         self._key = private_key
-        self._point = _point(private_key.public_key())
+        self._point = P256PublicKey.from_crypto(private_key.public_key()).point
 
     @classmethod
     def generate(cls, path: str | Path, password: str) -> KeystoreSigner:
@@ -97,8 +83,7 @@ class KeystoreSigner:
         return self._point
 
     def sign(self, signing_input: bytes) -> bytes:
-        r, s = decode_dss_signature(self._key.sign(signing_input, ec.ECDSA(hashes.SHA256())))
-        return _low_s(r.to_bytes(32, "big") + s.to_bytes(32, "big"))
+        return low_s(es256_der_to_raw(self._key.sign(signing_input, ec.ECDSA(hashes.SHA256()))))
 
 
 class Pkcs11Signer:
@@ -135,9 +120,10 @@ class Pkcs11Signer:
         self._error = PKCS11Error
         # CKA_EC_POINT is a DER OCTET STRING wrapping the SEC1 point.
         point = ec_point[2:] if ec_point[:1] == b"\x04" and len(ec_point) == 67 else ec_point
-        if len(point) != 65 or point[0] != 4:
-            raise IssuerKeyError("PKCS#11 key is not an uncompressed P-256 point")
-        self._point = bytes(point)
+        try:
+            self._point = P256PublicKey.from_point(bytes(point)).point
+        except KeyFormatError as exc:
+            raise IssuerKeyError("PKCS#11 key is not an uncompressed P-256 point") from exc
 
     @staticmethod
     def generate(module: str, token_label: str, key_label: str, pin: str) -> None:
@@ -173,7 +159,7 @@ class Pkcs11Signer:
             raise IssuerKeyError(f"PKCS#11 signing failed: {type(exc).__name__}") from exc
         if len(raw) != 64:
             raise IssuerKeyError("PKCS#11 returned a signature of unexpected length")
-        return _low_s(bytes(raw))
+        return low_s(bytes(raw))
 
     def close(self) -> None:
         self._session.close()

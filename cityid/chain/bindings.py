@@ -180,3 +180,17 @@ def name32(name: str) -> bytes:
     if len(raw) > 32:
         raise ValueError(f"attribute name {name!r} is longer than 32 bytes")
     return raw.ljust(32, b"\0")
+
+
+def signed_digest(registry: str, chain_id: int, nonce: int, identity: str, payload: bytes) -> bytes:
+    """The hash a ``CityDIDRegistry`` ``…Signed`` call must be signed over (docs/chain.md §DID registry):
+    keccak256(0x19 0x00 registry chainId nonce identity payload), ``payload`` = "fnName" || packed args.
+    ERC-1056 has no ``chainId`` here; we add it so a signature for one chain never replays on another."""
+    return keccak(
+        b"\x19\x00"
+        + bytes.fromhex(registry[2:])
+        + int(chain_id).to_bytes(32, "big")
+        + int(nonce).to_bytes(32, "big")
+        + bytes.fromhex(identity[2:])
+        + payload
+    )

@@ -30,7 +30,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.set_defaults(func=_demo)
 
 
-
 def _demo(args: argparse.Namespace) -> int:
     """Start everything on this machine with no set-up: an embedded chain with the contracts, the city
     server, demo citizens enrolled on virtual cards (through pcscd + vpcd when available) and the kiosk and

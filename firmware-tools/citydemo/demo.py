@@ -331,17 +331,19 @@ def build(
             progress("using the in-process card transport (no pcscd)")
 
         progress("starting the embedded chain and deploying the contracts")
-        chain = start_embedded(name="busan-demo")
-        from server.chain.gateway import RegistrarGateway
-        from server.chain.registrar import Registrar
+        from server.chain.registrar import HOT_INDEX
 
-        gateway = RegistrarGateway(Registrar(chain.network, chain.client(), chain.accounts[0]))
-        gateway.ensure_status_list(1)
+        chain = start_embedded(name="busan-demo", registrar_index=HOT_INDEX)
+        from server.chain.gateway import RegistrarGateway
+        from server.chain.registrar import bootstrap_embedded
+
+        signer = KeystoreSigner(ec.generate_private_key(ec.SECP256R1()))
+        roles = bootstrap_embedded(chain, signer.public_point)  # the root's ceremonies, on the demo chain
+        gateway = RegistrarGateway(roles.registrar, roles.issuer_did)
 
         progress("starting the city server")
         db_url = f"sqlite:///{workdir / 'city-server.db'}"
         db = Database.from_url(db_url)
-        signer = KeystoreSigner(ec.generate_private_key(ec.SECP256R1()))
         server_app = create_server_app(ServerConfig(database_url=db_url), chain=gateway, signer=signer, db=db)
         terminal_key = ec.generate_private_key(ec.SECP256R1())
         pem = terminal_key.public_key().public_bytes(

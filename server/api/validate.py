@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from cityid.jose import JoseError, b64url_decode, point_from_jwk
+from cityid.jose import JoseError, b64url_decode
+from cityid.keys import KeyFormatError, P256PublicKey
 from server.service import ValidationError
 
 IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9_.:-]{8,128}$")
@@ -48,9 +49,10 @@ def did(value: Any) -> str:
 
 
 def p256_jwk(value: Any, what: str) -> bytes:
+    """A public P-256 JWK (RFC 7518 §6.2.1) → its uncompressed point; private members are refused."""
     try:
-        return point_from_jwk(value)
-    except JoseError as exc:
+        return P256PublicKey.from_jwk(value).point
+    except KeyFormatError as exc:
         raise ValidationError(f"{what}: {exc}") from exc
 
 

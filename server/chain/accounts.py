@@ -22,19 +22,29 @@ PASSWORD_ENV = "CITY_CHAIN_PASSWORD"  # noqa: S105 - the variable NAME, not a pa
 KEY_ENV = "CITY_CHAIN_PRIVATE_KEY"
 
 
-def _password(env: Mapping[str, str], confirm: bool = False) -> str:
-    if env.get(PASSWORD_ENV):
-        return env[PASSWORD_ENV]
+ROOT_PASSWORD_ENV = "CITY_ROOT_PASSWORD"  # noqa: S105 - the city root keystore's password variable NAME
+
+
+def _password(env: Mapping[str, str], confirm: bool = False, password_env: str = PASSWORD_ENV) -> str:
+    if env.get(password_env):
+        return env[password_env]
     if not sys.stdin.isatty():
-        raise ChainConfigError(f"keystore password needed: set {PASSWORD_ENV} or run interactively")
+        raise ChainConfigError(f"keystore password needed: set {password_env} or run interactively")
     password = getpass.getpass("keystore password: ")
     if confirm and getpass.getpass("again: ") != password:
         raise ChainConfigError("passwords differ")
     return password
 
 
-def load_account(keystore: str | Path | None = None, env: Mapping[str, str] | None = None) -> LocalAccount:
-    """The configured chain account; a clear :class:`ChainConfigError` when none is configured."""
+def load_account(
+    keystore: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    *,
+    password_env: str = PASSWORD_ENV,
+    allow_env_key: bool = True,
+) -> LocalAccount:
+    """The configured chain account; a clear :class:`ChainConfigError` when none is configured.
+    The city root passes ``allow_env_key=False``: its key only ever comes from an encrypted keystore."""
     env = os.environ if env is None else env
     if keystore:
         try:
@@ -44,12 +54,14 @@ def load_account(keystore: str | Path | None = None, env: Mapping[str, str] | No
         except ValueError as exc:
             raise ChainConfigError(f"keystore {keystore} is not JSON") from exc
         try:
-            key = Account.decrypt(data, _password(env))
+            key = Account.decrypt(data, _password(env, password_env=password_env))
         except ValueError as exc:
             raise ChainConfigError(
                 f"cannot decrypt keystore {keystore}: wrong password or damaged file"
             ) from exc
         return Account.from_key(key)
+    if not allow_env_key:
+        raise ChainConfigError("this key only comes from an encrypted keystore (--root-keystore FILE)")
     raw = env.get(KEY_ENV)
     if raw:
         try:
@@ -59,14 +71,16 @@ def load_account(keystore: str | Path | None = None, env: Mapping[str, str] | No
     raise ChainConfigError(f"no chain account: pass --keystore FILE or set {KEY_ENV}")
 
 
-def create_keystore(path: str | Path, env: Mapping[str, str] | None = None) -> str:
+def create_keystore(
+    path: str | Path, env: Mapping[str, str] | None = None, *, password_env: str = PASSWORD_ENV
+) -> str:
     """Create a new random account, store it encrypted at ``path`` (mode 0600); return its address."""
     env = os.environ if env is None else env
     target = Path(path)
     if target.exists():
         raise ChainConfigError(f"{target} exists; refusing to overwrite a keystore")
     account = Account.create()
-    encrypted = Account.encrypt(account.key, _password(env, confirm=True))
+    encrypted = Account.encrypt(account.key, _password(env, confirm=True, password_env=password_env))
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         json.dump(encrypted, fh)

@@ -3,6 +3,7 @@
 ``ChainGateway`` is the port the issuing service depends on; :class:`RegistrarGateway` implements it on
 ``cityid.chain`` (embedded py-evm chain or a JSON-RPC node such as anvil). Every operation is idempotent on
 chain (setting a status bit twice, re-adding the same key), which is what makes enrollment retries safe.
+Opening the gateway and starting the service send no transaction (docs/chain.md §Roles).
 """
 
 from __future__ import annotations
@@ -10,11 +11,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
-import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
 from cityid.chain.view import ChainError, CredentialStatus
+from server.chain.issuer import IssuerState, check_status_list, default_issuer_did, read_issuer_state
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +24,7 @@ KEY_VALIDITY_SECONDS = 10 * 365 * 24 * 3600
 
 
 class ChainGateway(Protocol):
-    """Registrar operations used by :class:`server.service.IssuerService`."""
+    """Registrar operations used by :class:`server.service.IssuerService` (hot key: no issuer publishing)."""
 
     @property
     def chain_id(self) -> int: ...
@@ -45,20 +46,22 @@ class ChainGateway(Protocol):
 
     def set_status(self, list_id: int, indexes: Sequence[int], status: CredentialStatus) -> None: ...
 
-    def publish_issuer(self, issuer_point: bytes, vct: str) -> str:
-        """Publish the issuer key on the issuer DID, accredit it for ``vct``; return the issuer DID."""
+    def issuer_state(self, issuer_point: bytes, vct: str) -> IssuerState:
+        """Read (never write) whether the issuer DID has this key published and is accredited for ``vct``."""
         ...
 
 
 class RegistrarGateway:
     """:class:`ChainGateway` on ``server.chain.registrar.Registrar``.
 
-    The issuer DID is the registrar account's own DID; citizen identities are derived from a public random
-    hash and owned by the registrar (docs/chain.md §DID control). ``status_list_id`` is created on first use.
+    Citizen identities are derived from a public random hash and owned by the registrar (docs/chain.md §DID
+    control). The issuer DID is configured (``issuer_did``) or, by default, the trusted-issuer root's DID;
+    the gateway only reads it — publishing is the root's ceremony (:mod:`server.chain.issuer`).
     """
 
-    def __init__(self, registrar: Any) -> None:
+    def __init__(self, registrar: Any, issuer_did: str | None = None) -> None:
         self.registrar = registrar
+        self._issuer_did = issuer_did or None
 
     @property
     def chain_id(self) -> int:
@@ -67,6 +70,12 @@ class RegistrarGateway:
     @property
     def status_registry(self) -> str:
         return str(self.registrar.status.address)
+
+    @property
+    def issuer_did(self) -> str:
+        if self._issuer_did is None:
+            self._issuer_did = self._call("issuer DID", default_issuer_did, self.registrar)
+        return self._issuer_did
 
     def new_citizen_identity(self) -> str:
         from cityid.chain.resolver import identity_from_public_hash
@@ -99,26 +108,24 @@ class RegistrarGateway:
         if indexes:
             self._call("set status", self.registrar.set_status, list_id, list(indexes), status)
 
-    def ensure_status_list(self, list_id: int) -> None:
-        """Create status lists until ``list_id`` exists; refuse a list another account owns."""
-        status = self.registrar.status
-        while self._call("status list", status.list_count) < list_id:
-            self._call("create status list", self.registrar.create_status_list)
-        owner = self._call("status list", status.list_owner, list_id)
-        if owner.lower() != self.registrar.address.lower():
-            raise ChainError(f"status list {list_id} belongs to {owner}, not to this registrar")
+    def check_status_list(self, list_id: int) -> None:
+        """Read-only: the list exists and this registrar owns it (else :class:`ChainError`)."""
+        self._call("status list", check_status_list, self.registrar, list_id)
 
-    def publish_issuer(self, issuer_point: bytes, vct: str) -> str:
-        did = str(self.registrar.did)
-        self._call("publish issuer key", self.registrar.publish_issuer_key, issuer_point)
-        until = int(time.time()) + KEY_VALIDITY_SECONDS
-        self._call("accredit issuer", self.registrar.accredit_issuer, did, vct, until)
-        return did
+    def issuer_state(self, issuer_point: bytes, vct: str) -> IssuerState:
+        did = self.issuer_did
+        return self._call("issuer state", read_issuer_state, self.registrar, did, issuer_point, vct)
 
 
-def open_chain(config: Any) -> RegistrarGateway:
-    """The configured chain: ``embedded`` (in-process py-evm, fresh contracts) or a NetworkConfig JSON file
-    whose registrar account key comes from env ``CITY_CHAIN_PRIVATE_KEY``."""
+def open_chain(config: Any, issuer_point: bytes | None = None) -> RegistrarGateway:
+    """The configured chain, opened without sending a transaction on a real network.
+
+    ``embedded``: an in-process py-evm chain created now (fresh contracts); being new, it is set up here —
+    status list, and, with ``issuer_point``, the issuer key published and accredited by the embedded dev
+    root (:func:`server.chain.registrar.bootstrap_embedded`). Otherwise a NetworkConfig JSON file, the
+    registrar's hot key from env ``CITY_CHAIN_PRIVATE_KEY``; the status list must already exist
+    (``city-server status-list ensure``) and the issuer is only read (``city-server issuer publish``, the
+    root's ceremony, writes it)."""
     from eth_account import Account
 
     from cityid.chain.network import NetworkConfig
@@ -126,19 +133,21 @@ def open_chain(config: Any) -> RegistrarGateway:
     from server.chain.registrar import Registrar
 
     if config.chain == "embedded":
-        from server.chain.registrar import start_embedded
+        from server.chain.registrar import HOT_INDEX, bootstrap_embedded, start_embedded
 
-        chain = start_embedded()
-        gateway = RegistrarGateway(Registrar(chain.network, chain.client(), chain.accounts[0]))
+        chain = start_embedded(registrar_index=HOT_INDEX)
+        roles = bootstrap_embedded(chain, issuer_point, config.status_list_id)
+        gateway = RegistrarGateway(roles.registrar, roles.issuer_did)
         gateway.embedded = chain  # type: ignore[attr-defined]  # the demo's kiosk reads the same chain
-    else:
-        network = NetworkConfig.load(config.chain)
-        if not config.chain_private_key:
-            raise ChainError("registrar key missing (env CITY_CHAIN_PRIVATE_KEY)")
-        try:
-            account = Account.from_key(config.chain_private_key)
-        except (ValueError, TypeError) as exc:
-            raise ChainError("CITY_CHAIN_PRIVATE_KEY is not a valid private key") from exc
-        gateway = RegistrarGateway(Registrar(network, RpcClient(HttpTransport(network.rpc_url)), account))
-    gateway.ensure_status_list(config.status_list_id)
+        return gateway
+    network = NetworkConfig.load(config.chain)
+    if not config.chain_private_key:
+        raise ChainError("registrar key missing (env CITY_CHAIN_PRIVATE_KEY)")
+    try:
+        account = Account.from_key(config.chain_private_key)
+    except (ValueError, TypeError) as exc:
+        raise ChainError("CITY_CHAIN_PRIVATE_KEY is not a valid private key") from exc
+    registrar = Registrar(network, RpcClient(HttpTransport(network.rpc_url)), account)
+    gateway = RegistrarGateway(registrar, getattr(config, "issuer_did", "") or None)
+    gateway.check_status_list(config.status_list_id)
     return gateway

@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from cryptography.hazmat.primitives.asymmetric import ec
 from eth_account.signers.local import LocalAccount
 from eth_utils import to_checksum_address
 
@@ -32,9 +31,10 @@ from cityid.chain.errors import ChainError
 from cityid.chain.merkle import build_tree
 from cityid.chain.network import NetworkConfig
 from cityid.chain.resolver import address_of, did_for
-from cityid.chain.rpc import RpcClient, as_int
+from cityid.chain.rpc import RpcClient, as_dict, as_int
 from cityid.chain.tx import TxRequest
 from cityid.chain.view import CredentialStatus, StatusRef
+from cityid.keys import KeyFormatError, P256PublicKey
 from server.chain.writer import Receipt, TxSender
 
 if TYPE_CHECKING:
@@ -50,20 +50,25 @@ STATUS_CHUNK = 1000  # indexes per transaction
 
 
 def check_p256_point(point: bytes) -> bytes:
-    """Validate an uncompressed SEC1 P-256 point (65 bytes, on the curve); return it."""
-    if not isinstance(point, bytes | bytearray) or len(point) != 65 or point[0] != 0x04:
-        raise ValueError("a P-256 key must be a 65-byte uncompressed point (04 || x || y)")
-    try:
-        ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), bytes(point))
-    except ValueError as exc:
-        raise ValueError("the P-256 point is not on the curve") from exc
-    return bytes(point)
+    """Validate an uncompressed SEC1 P-256 point (65 bytes, on the curve) with
+    :class:`cityid.keys.P256PublicKey`; return it. Raises :class:`~cityid.keys.KeyFormatError`."""
+    if not isinstance(point, bytes | bytearray):
+        raise KeyFormatError("P-256 point must be 65 bytes, uncompressed (04 || x || y)")
+    return P256PublicKey.from_point(point).point
 
 
 def deploy_all(
-    client: RpcClient, account: LocalAccount, *, name: str, rpc_url: str, multicall: str | None = None
+    client: RpcClient,
+    account: LocalAccount,
+    *,
+    name: str,
+    rpc_url: str,
+    multicall: str | None = None,
+    registrar: str | None = None,
 ) -> NetworkConfig:
-    """Deploy the registries (and a multicall unless one is given) and make ``account`` a registrar."""
+    """Deploy the registries (and a multicall unless one is given) from ``account`` — which becomes the city
+    root: registry admin, trusted-issuer root, anchor admin — and grant the registrar role to ``registrar``
+    (the server's hot key; default ``account`` itself, the single-key set-up of tests and the demo)."""
     chain_id = as_int(client.request("eth_chainId"), "chain id")
     sender = TxSender(client, account, chain_id)
     names = ["CityDIDRegistry", "CityStatusRegistry", "CityTrustedIssuers", "CityAnchorRegistry"]
@@ -85,18 +90,56 @@ def deploy_all(
             "multicall": multicall or addr["CityMulticall"],
         },
     )
-    sender.send(DIDRegistry(client, addr["CityDIDRegistry"]).tx("setRegistrar", account.address, True))
+    hot = to_checksum_address(registrar or account.address)
+    sender.send(DIDRegistry(client, addr["CityDIDRegistry"]).tx("setRegistrar", hot, True))
     return network
 
 
-def start_embedded(name: str = "embedded") -> EmbeddedChain:
-    """An in-process chain with every city contract deployed (deployer = ``accounts[0]``)."""
+def start_embedded(name: str = "embedded", registrar_index: int = 0) -> EmbeddedChain:
+    """An in-process chain with every city contract deployed (deployer and root = ``accounts[0]``, registrar
+    = ``accounts[registrar_index]``)."""
     from cityid.chain.embedded import EmbeddedChain
 
     chain = EmbeddedChain.start(name)
     url = chain.network.rpc_url
-    chain.network = deploy_all(RpcClient(chain.node), chain.accounts[0], name=name, rpc_url=url)
+    hot = chain.accounts[registrar_index].address
+    chain.network = deploy_all(
+        RpcClient(chain.node), chain.accounts[0], name=name, rpc_url=url, registrar=hot
+    )
     return chain
+
+
+#: ``accounts[HOT_INDEX]`` is the server's hot registrar key on the embedded chain (``accounts[0]`` the root).
+HOT_INDEX = 1
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddedRoles:
+    """The accounts of an embedded chain by role (docs/chain.md §Roles)."""
+
+    root: Registrar  # city root: admin of the registries, owner of the issuer DID and trusted-issuer list
+    registrar: Registrar  # the server's hot key: citizen DIDs, citizen keys, status bits
+    issuer_did: str
+
+
+def bootstrap_embedded(chain: EmbeddedChain, issuer_point: bytes | None, list_id: int = 1) -> EmbeddedRoles:
+    """Set up a fresh embedded chain (from :func:`start_embedded` with ``registrar_index=HOT_INDEX``) as the
+    ceremonies would a real one: the hot key's status list and, with ``issuer_point``, the issuer key
+    published and accredited by the root (idempotent). Root = ``accounts[0]``, hot key = ``accounts[1]``."""
+    from cityid.credential import VCT
+    from server.chain.issuer import ensure_status_list, publish_issuer
+
+    client = chain.client()
+    root = Registrar(chain.network, client, chain.accounts[0])
+    registrar = Registrar(chain.network, client, chain.accounts[HOT_INDEX])
+    if not root.dids.is_registrar(registrar.address):
+        raise ChainError(
+            "embedded chain was started without the hot registrar (start_embedded(…, HOT_INDEX))"
+        )
+    ensure_status_list(registrar, list_id)
+    if issuer_point is not None:
+        publish_issuer(root, issuer_point, VCT)
+    return EmbeddedRoles(root, registrar, root.did)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +174,11 @@ class Registrar:
 
     def did_of(self, identity: str) -> str:
         return did_for(self.network, identity)
+
+    def latest_timestamp(self) -> int:
+        """Timestamp of the latest block (the clock contracts compare validity against)."""
+        block = as_dict(self.client.request("eth_getBlockByNumber", ["latest", False]), "block")
+        return as_int(block.get("timestamp"), "block timestamp")
 
     # ---- DIDs ----
     def enroll_citizens(
@@ -195,7 +243,52 @@ class Registrar:
         return self.revoke_key(identity or self.address, point, ISSUER_KEY_ATTR)
 
     def add_registrar(self, account: str, enabled: bool = True) -> Receipt:
+        """Grant (or, ``enabled=False``, demote) the registrar role; admin (city root) only."""
         return self.sender.send(self.dids.tx("setRegistrar", account, enabled))
+
+    def reassign_owner(self, identity: str, new_owner: str) -> Receipt:
+        """Hand an identity of a demoted registrar to ``new_owner``; admin (city root) only."""
+        return self.sender.send(self.dids.tx("reassignOwner", identity, new_owner))
+
+    # ---- the city root's own roles (two-step transfers, docs/chain.md §Roles and keys) ----
+    def root_roles(self) -> dict[str, tuple[str, str]]:
+        """Current and pending holder of each root role: DID admin, trusted-issuer root, anchor admin."""
+
+        def pair(
+            binding: DIDRegistry | TrustedIssuers | AnchorRegistry, role: str, pending: str
+        ) -> tuple[str, str]:
+            return to_checksum_address(binding.read(role)[0]), to_checksum_address(binding.read(pending)[0])
+
+        return {
+            "did_admin": pair(self.dids, "admin", "pendingAdmin"),
+            "issuer_root": pair(self.issuers, "root", "pendingRoot"),
+            "anchor_admin": pair(self.anchors, "admin", "pendingAdmin"),
+        }
+
+    def propose_root(self, new_root: str) -> list[Receipt]:
+        """Step 1 of a root rotation: propose ``new_root`` for all three root roles."""
+        return self.sender.send_many(
+            [
+                self.dids.tx("proposeAdmin", new_root),
+                self.issuers.tx("proposeRoot", new_root),
+                self.anchors.tx("proposeAdmin", new_root),
+            ]
+        )
+
+    def accept_root(self) -> list[Receipt]:
+        """Step 2, sent by the new root: take every root role proposed to this account."""
+        me = self.address.lower()
+        roles = self.root_roles()
+        reqs = []
+        if roles["did_admin"][1].lower() == me:
+            reqs.append(self.dids.tx("acceptAdmin"))
+        if roles["issuer_root"][1].lower() == me:
+            reqs.append(self.issuers.tx("acceptRoot"))
+        if roles["anchor_admin"][1].lower() == me:
+            reqs.append(self.anchors.tx("acceptAdmin"))
+        if not reqs:
+            raise ChainError(f"no root role is pending for {self.address}")
+        return self.sender.send_many(reqs)
 
     # ---- status lists ----
     def create_status_list(self) -> int:

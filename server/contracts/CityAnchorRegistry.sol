@@ -12,16 +12,20 @@ contract CityAnchorRegistry {
     }
 
     address public admin;
+    address public pendingAdmin;
     mapping(address => bool) public anchorers;
     mapping(bytes32 => Anchor) private anchors;
 
     event AdminChanged(address indexed admin);
+    event AdminProposed(address indexed admin);
     event AnchorerChanged(address indexed anchorer, bool enabled);
     event Anchored(bytes32 indexed root, address indexed anchorer, uint256 leafCount);
 
     error NotAdmin(address caller);
     error NotAnchorer(address caller);
     error AlreadyAnchored(bytes32 root);
+    error ZeroAddress();
+    error NotPendingAdmin(address caller);
 
     constructor() {
         admin = msg.sender;
@@ -35,12 +39,23 @@ contract CityAnchorRegistry {
         _;
     }
 
-    function setAdmin(address newAdmin) external onlyAdmin {
-        admin = newAdmin;
-        emit AdminChanged(newAdmin);
+    /// @notice Step 1 of an admin transfer: name the next admin (who must accept); never the zero address.
+    function proposeAdmin(address newAdmin) external onlyAdmin {
+        if (newAdmin == address(0)) revert ZeroAddress();
+        pendingAdmin = newAdmin;
+        emit AdminProposed(newAdmin);
+    }
+
+    /// @notice Step 2: the proposed admin takes the role.
+    function acceptAdmin() external {
+        if (msg.sender != pendingAdmin) revert NotPendingAdmin(msg.sender);
+        admin = msg.sender;
+        pendingAdmin = address(0);
+        emit AdminChanged(msg.sender);
     }
 
     function setAnchorer(address anchorer, bool enabled) external onlyAdmin {
+        if (anchorer == address(0)) revert ZeroAddress();
         anchorers[anchorer] = enabled;
         emit AnchorerChanged(anchorer, enabled);
     }

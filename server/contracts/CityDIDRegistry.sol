@@ -6,7 +6,12 @@ pragma solidity 0.8.24;
 /// resolvers read it unchanged. Differences (see docs/chain.md):
 ///  - owner and `changed` block share one storage slot per identity (one fresh slot per enrolled citizen);
 ///  - a registrar role (granted by the admin) may enroll never-touched identities in a batch, becoming their
-///    owner and publishing their P-256 keys as attributes, emitting the standard events.
+///    owner and publishing their P-256 keys as attributes, emitting the standard events;
+///  - the `*Signed` digest includes `block.chainid` (EIP-155 style replay protection across chains):
+///    keccak256(0x19 0x00 registry chainId nonce identity "fnName" args) — ERC-1056 has no chain id;
+///  - an account that was a registrar and has been demoted controls no identity any more (it cannot act as
+///    owner, directly or by signature); the admin hands its identities to another owner (`reassignOwner`);
+///  - the admin role moves in two steps (`proposeAdmin` + `acceptAdmin`), never to the zero address.
 contract CityDIDRegistry {
     struct Entry {
         address owner; // 0 = the identity owns itself (ERC-1056 default)
@@ -18,7 +23,10 @@ contract CityDIDRegistry {
     mapping(address => uint256) public nonce;
 
     address public admin;
+    address public pendingAdmin;
     mapping(address => bool) public registrars;
+    /// Accounts ever granted the registrar role (a demoted registrar stays here and controls nothing).
+    mapping(address => bool) public everRegistrar;
 
     event DIDOwnerChanged(address indexed identity, address owner, uint256 previousChange);
     event DIDDelegateChanged(
@@ -28,6 +36,7 @@ contract CityDIDRegistry {
         address indexed identity, bytes32 name, bytes value, uint256 validTo, uint256 previousChange
     );
     event AdminChanged(address indexed admin);
+    event AdminProposed(address indexed admin);
     event RegistrarChanged(address indexed registrar, bool enabled);
 
     error NotOwner(address identity, address caller);
@@ -36,6 +45,10 @@ contract CityDIDRegistry {
     error AlreadyClaimed(address identity, address owner);
     error BadSignature(address signer);
     error MalformedBatch(uint256 offset);
+    error ZeroAddress();
+    error NotPendingAdmin(address caller);
+    error DemotedRegistrar(address caller);
+    error NotDemoted(address owner);
 
     constructor() {
         admin = msg.sender;
@@ -43,8 +56,13 @@ contract CityDIDRegistry {
     }
 
     modifier onlyOwner(address identity, address actor) {
-        if (actor != identityOwner(identity)) revert NotOwner(identity, actor);
+        _checkOwner(identity, actor);
         _;
+    }
+
+    function _checkOwner(address identity, address actor) private view {
+        if (actor != identityOwner(identity)) revert NotOwner(identity, actor);
+        if (everRegistrar[actor] && !registrars[actor]) revert DemotedRegistrar(actor);
     }
 
     modifier onlyAdmin() {
@@ -54,14 +72,35 @@ contract CityDIDRegistry {
 
     // ---- administration of the registrar role -------------------------------------------------------------
 
-    function setAdmin(address newAdmin) external onlyAdmin {
-        admin = newAdmin;
-        emit AdminChanged(newAdmin);
+    /// @notice Step 1 of an admin transfer: name the next admin (who must accept).
+    function proposeAdmin(address newAdmin) external onlyAdmin {
+        if (newAdmin == address(0)) revert ZeroAddress();
+        pendingAdmin = newAdmin;
+        emit AdminProposed(newAdmin);
+    }
+
+    /// @notice Step 2: the proposed admin takes the role.
+    function acceptAdmin() external {
+        if (msg.sender != pendingAdmin) revert NotPendingAdmin(msg.sender);
+        admin = msg.sender;
+        pendingAdmin = address(0);
+        emit AdminChanged(msg.sender);
     }
 
     function setRegistrar(address registrar, bool enabled) external onlyAdmin {
+        if (registrar == address(0)) revert ZeroAddress();
         registrars[registrar] = enabled;
+        if (enabled) everRegistrar[registrar] = true;
         emit RegistrarChanged(registrar, enabled);
+    }
+
+    /// @notice Hand an identity owned by a demoted registrar to a new owner (e.g. the current registrar).
+    function reassignOwner(address identity, address newOwner) external onlyAdmin {
+        if (newOwner == address(0)) revert ZeroAddress();
+        address owner = identityOwner(identity);
+        if (!everRegistrar[owner] || registrars[owner]) revert NotDemoted(owner);
+        entries[identity].owner = newOwner;
+        emit DIDOwnerChanged(identity, newOwner, _touch(identity));
     }
 
     // ---- ERC-1056 views --------------------------------------------------------------------------------------
@@ -102,7 +141,9 @@ contract CityDIDRegistry {
 
     function _digest(address identity, bytes memory payload) private view returns (bytes32) {
         return keccak256(
-            abi.encodePacked(bytes1(0x19), bytes1(0), this, nonce[identityOwner(identity)], identity, payload)
+            abi.encodePacked(
+                bytes1(0x19), bytes1(0), this, block.chainid, nonce[identityOwner(identity)], identity, payload
+            )
         );
     }
 
@@ -229,12 +270,13 @@ contract CityDIDRegistry {
         if (!registrars[msg.sender]) revert NotRegistrar(msg.sender);
         uint256 validTo = block.timestamp + validity;
         uint256 offset = 0;
+        address admin_ = admin;
         while (offset < packed.length) {
-            offset = _enrollOne(name, validTo, packed, offset);
+            offset = _enrollOne(name, validTo, packed, offset, admin_);
         }
     }
 
-    function _enrollOne(bytes32 name, uint256 validTo, bytes calldata packed, uint256 offset)
+    function _enrollOne(bytes32 name, uint256 validTo, bytes calldata packed, uint256 offset, address admin_)
         private
         returns (uint256 next)
     {
@@ -248,6 +290,8 @@ contract CityDIDRegistry {
         }
         next = offset + 21 + count * 64;
         if (count == 0 || next > packed.length || identity == address(0)) revert MalformedBatch(offset);
+        // the root's own identity (the issuer DID as deployed) is never a citizen to claim
+        if (identity == admin_) revert AlreadyClaimed(identity, identity);
         uint256 previous = _claim(identity);
         bytes32 topic = DIDAttributeChanged.selector;
         assembly {
@@ -276,7 +320,7 @@ contract CityDIDRegistry {
         bytes32 topic = DIDAttributeChanged.selector;
         for (uint256 offset = 0; offset < packed.length; offset += 84) {
             address identity = address(bytes20(packed[offset:offset + 20]));
-            if (identityOwner(identity) != msg.sender) revert NotOwner(identity, msg.sender);
+            _checkOwner(identity, msg.sender);
             uint256 previous = _touch(identity);
             assembly {
                 let p := mload(0x40)

@@ -5,7 +5,8 @@ pragma solidity 0.8.24;
 /// @notice Values follow the IETF Token Status List: 0 valid, 1 revoked (final), 2 suspended; 3 is reserved.
 /// 128 entries share one storage word (entry i lives in word i / 128 at bit 2 * (i % 128)). Every batch
 /// emits ONE StatusWordsChanged event carrying the new value of each word it touched, so a sync cache can
-/// replicate the lists word by word (see docs/chain.md).
+/// replicate the lists word by word (see docs/chain.md). A list changes owner in two steps
+/// (`proposeListOwner` + `acceptListOwner`), never to the zero address.
 contract CityStatusRegistry {
     uint8 public constant VALID = 0;
     uint8 public constant REVOKED = 1;
@@ -13,15 +14,19 @@ contract CityStatusRegistry {
 
     uint256 public listCount;
     mapping(uint256 => address) public listOwner;
+    mapping(uint256 => address) public pendingListOwner;
     mapping(uint256 => mapping(uint256 => uint256)) private words;
 
     event ListCreated(uint256 indexed listId, address indexed owner);
     event ListOwnerChanged(uint256 indexed listId, address indexed owner);
+    event ListOwnerProposed(uint256 indexed listId, address indexed owner);
     event StatusWordsChanged(uint256 indexed listId, uint256[] wordIndexes, uint256[] words);
 
     error NotListOwner(uint256 listId, address caller);
     error BadStatus(uint8 status);
     error RevokedIsFinal(uint256 listId, uint256 index);
+    error ZeroAddress();
+    error NotPendingListOwner(uint256 listId, address caller);
 
     modifier onlyListOwner(uint256 listId) {
         if (listOwner[listId] != msg.sender) revert NotListOwner(listId, msg.sender);
@@ -35,9 +40,19 @@ contract CityStatusRegistry {
         emit ListCreated(listId, msg.sender);
     }
 
-    function transferList(uint256 listId, address newOwner) external onlyListOwner(listId) {
-        listOwner[listId] = newOwner;
-        emit ListOwnerChanged(listId, newOwner);
+    /// @notice Step 1 of a list transfer: name the next owner (who must accept).
+    function proposeListOwner(uint256 listId, address newOwner) external onlyListOwner(listId) {
+        if (newOwner == address(0)) revert ZeroAddress();
+        pendingListOwner[listId] = newOwner;
+        emit ListOwnerProposed(listId, newOwner);
+    }
+
+    /// @notice Step 2: the proposed owner takes the list.
+    function acceptListOwner(uint256 listId) external {
+        if (msg.sender != pendingListOwner[listId]) revert NotPendingListOwner(listId, msg.sender);
+        listOwner[listId] = msg.sender;
+        pendingListOwner[listId] = address(0);
+        emit ListOwnerChanged(listId, msg.sender);
     }
 
     /// @notice Set `status` for every index (any order; sorted indexes touch each word once).

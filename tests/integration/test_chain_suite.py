@@ -274,7 +274,7 @@ def test_cli_deploy_to_a_real_node(anvil_url, tmp_path, monkeypatch, capsys):
     from server.cli import main as city_server
     from tests.fixtures.anvil_node import anvil_accounts
 
-    deployer = anvil_accounts(10)[9]
+    deployer, hot = anvil_accounts(10)[9], anvil_accounts(10)[8]
     monkeypatch.setenv("CITY_CHAIN_PRIVATE_KEY", "0x" + deployer.key.hex().removeprefix("0x"))
     out = tmp_path / "busan.json"
     argv = [
@@ -286,13 +286,17 @@ def test_cli_deploy_to_a_real_node(anvil_url, tmp_path, monkeypatch, capsys):
         "busan",
         "--out",
         str(out),
+        "--registrar",
+        hot.address,
         "--chain-id",
         "31337",
     ]
     assert city_server(argv) == 0
     assert json.loads(capsys.readouterr().out)["name"] == "busan"
     network = NetworkConfig.load(out).require_complete()
-    city = Registrar(network, RpcClient(HttpTransport(network.rpc_url)), deployer)
+    root = Registrar(network, RpcClient(HttpTransport(network.rpc_url)), deployer)
+    assert root.issuers.root() == deployer.address and not root.dids.is_registrar(deployer.address)
+    city = Registrar(network, RpcClient(HttpTransport(network.rpc_url)), hot)
     identity = identity_from_public_hash(os.urandom(32))
     key = p256()
     city.enroll_citizens([(identity, [key])])

@@ -14,6 +14,7 @@ import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from cityid.chain.errors import TransactionRevertedError
 from cityid.chain.view import ChainError, StatusRef
 from terminal.server_client import ServerClient
 from tests.unit.server_support import CLAIMS
@@ -70,6 +71,7 @@ def test_serve_end_to_end(tmp_path):
                     pytest.fail(f"serve did not come up: {proc.stderr.read().decode()[-2000:]}")
                 time.sleep(0.1)
         assert health["issuer_did"].startswith("did:ethr:embedded:0x")
+        assert health["issuer_ready"] is True  # the embedded chain is set up in-process at start
         client = ServerClient(url, "counter-9", tkey)
         res = client.enroll("serve-enroll-1", CLAIMS, _point(), b"\x05" * 8)
         assert client.status(res.credential_id)["state"] == "issued"
@@ -88,28 +90,100 @@ def test_serve_end_to_end(tmp_path):
         assert value not in logs
 
 
+def _tx_count(chain_env) -> tuple[int, ...]:  # type: ignore[no-untyped-def]
+    from cityid.chain.rpc import as_int
+
+    client = chain_env.client()
+    block = as_int(client.request("eth_blockNumber"), "block")
+    counts = [
+        as_int(client.request("eth_getTransactionCount", [a.address, "latest"]), "nonce")
+        for a in chain_env.accounts[:3]
+    ]
+    return (block, *counts)
+
+
 @pytest.mark.anvil
-def test_network_config_path_on_anvil(anvil_chain, tmp_path):
-    """The production path: chain = a NetworkConfig file, registrar key from the environment."""
+def test_network_config_path_on_anvil(anvil_chain, tmp_path, monkeypatch, capsys):
+    """The production path: chain = a NetworkConfig file, the hot registrar key from the environment, the
+    city root's key in an encrypted keystore used only by `city-server issuer publish` (docs/chain.md
+    §Roles). Restarts send no transaction; a de-accredited issuer stays de-accredited."""
+    import json
+
     from cryptography.hazmat.primitives import serialization as ser
+    from eth_account import Account
 
     from cityid.chain.live import LiveChainView
     from server.app import create_app
+    from server.chain.issuer import publish_issuer
+    from server.chain.registrar import Registrar, deploy_all
+    from server.cli import main
     from server.config import load_config
+    from server.keys import KeystoreSigner
     from tests.unit.server_support import FlaskTransport
 
-    anvil_chain.network.save(tmp_path / "network.json")
+    # separate keys: the root deploys (admin, trusted-issuer root, issuer DID), the hot key is the registrar
+    root_account, hot_account = anvil_chain.accounts[0], anvil_chain.accounts[1]
+    network = deploy_all(
+        anvil_chain.client(),
+        root_account,
+        name="anvil",
+        rpc_url=anvil_chain.network.rpc_url,
+        registrar=hot_account.address,
+    )
+    network.save(tmp_path / "network.json")
     env = {
         "CITY_SERVER_DB_URL": f"sqlite:///{tmp_path}/s.db",
         "CITY_SERVER_CHAIN": str(tmp_path / "network.json"),
-        "CITY_CHAIN_PRIVATE_KEY": "0x" + bytes(anvil_chain.accounts[0].key).hex(),
+        "CITY_CHAIN_PRIVATE_KEY": "0x" + bytes(hot_account.key).hex(),
         "CITY_ISSUER_KEYSTORE": str(tmp_path / "issuer.p8"),
         "CITY_ISSUER_KEY_PASSWORD": "pw",
     }
-    from server.keys import KeystoreSigner
+    root_file = tmp_path / "root.json"
+    root_file.write_text(json.dumps(Account.encrypt(root_account.key, "root-pw")))
+    for k, val in env.items():
+        monkeypatch.setenv(k, val)
+    monkeypatch.setenv("CITY_ROOT_PASSWORD", "root-pw")
+    signer = KeystoreSigner.generate(tmp_path / "issuer.p8", "pw")
 
-    KeystoreSigner.generate(tmp_path / "issuer.p8", "pw")
+    # without the status list and the ceremony, serve refuses / reports the issuer not ready — sending nothing
+    before = _tx_count(anvil_chain)
+    with pytest.raises(ChainError, match="status-list ensure"):
+        create_app(load_config(None, env=env))
+    assert main(["status-list", "ensure"]) == 0
+    assert main(["status-list", "ensure"]) == 0
+    assert "already exists" in capsys.readouterr().out
     app = create_app(load_config(None, env=env))
+    assert app.test_client().get("/health").get_json()["issuer_ready"] is False
+
+    # the hot key cannot publish the issuer key or accredit; publish never takes the environment key
+    hot = Registrar(network, anvil_chain.client(), hot_account)
+    with pytest.raises(TransactionRevertedError, match="NotOwner"):
+        publish_issuer(
+            hot,
+            signer.public_point,
+            "https://id.busan.go.kr/vct/citizen/v1",
+            hot.did_of(root_account.address),
+        )
+    with pytest.raises(TransactionRevertedError, match="NotRoot"):
+        hot.accredit_issuer(hot.did_of(root_account.address), "https://id.busan.go.kr/vct/citizen/v1", 2**40)
+    with pytest.raises(SystemExit):
+        main(["issuer", "publish"])  # --root-keystore is required
+    capsys.readouterr()
+
+    # the root's ceremony: sends what is missing, then nothing
+    assert main(["issuer", "publish", "--root-keystore", str(root_file)]) == 0
+    assert "sent publish issuer key, accredit issuer" in capsys.readouterr().out
+    assert main(["issuer", "publish", "--root-keystore", str(root_file)]) == 0
+    assert "nothing sent" in capsys.readouterr().out
+    assert main(["issuer", "status"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["ready"] is True and status["key_published"] is True
+
+    after_setup = _tx_count(anvil_chain)
+    assert after_setup[0] > before[0]
+    app = create_app(load_config(None, env=env))  # a restart
+    assert _tx_count(anvil_chain) == after_setup
+    assert app.test_client().get("/health").get_json()["issuer_ready"] is True
     db = app.extensions["cityid.db"]
     tkey = ec.generate_private_key(ec.SECP256R1())
     db.add_terminal(
@@ -119,14 +193,26 @@ def test_network_config_path_on_anvil(anvil_chain, tmp_path):
     card = _point()
     res = client.enroll("anvil-net-00001", CLAIMS, card, b"\x07" * 8)
     issuer = app.extensions["cityid.service"].issuer_did
-    facts = LiveChainView(anvil_chain.client(), anvil_chain.network).verification_facts(
-        issuer,
-        res.citizen_did,
-        "https://id.busan.go.kr/vct/citizen/v1",
-        StatusRef(
-            anvil_chain.network.chain_id, anvil_chain.network.address("status_registry"), 1, res.status_index
-        ),
-    )
+    assert issuer == hot.did_of(root_account.address)  # the root's DID, not the hot key's
+    view = LiveChainView(anvil_chain.client(), network)
+    ref = StatusRef(network.chain_id, network.address("status_registry"), 1, res.status_index)
+    facts = view.verification_facts(issuer, res.citizen_did, "https://id.busan.go.kr/vct/citizen/v1", ref)
     assert facts.issuer_trusted and card in facts.holder_keys
+    assert signer.public_point in facts.issuer_keys
+
+    # the root de-accredits; restarts neither undo it nor send anything; publish refuses to re-accredit
+    root = Registrar(network, anvil_chain.client(), root_account)
+    root.revoke_accreditation(issuer, "https://id.busan.go.kr/vct/citizen/v1")
+    after_revoke = _tx_count(anvil_chain)
+    for _ in range(2):
+        app = create_app(load_config(None, env=env))
+        assert app.test_client().get("/health").get_json()["issuer_ready"] is False
+    assert _tx_count(anvil_chain) == after_revoke
+    facts = view.verification_facts(issuer, res.citizen_did, "https://id.busan.go.kr/vct/citizen/v1", ref)
+    assert not facts.issuer_trusted
+    assert main(["issuer", "publish", "--root-keystore", str(root_file)]) != 0
+    assert "final" in capsys.readouterr().err
+    assert _tx_count(anvil_chain) == after_revoke
+
     with pytest.raises(ChainError, match="CITY_CHAIN_PRIVATE_KEY"):
         create_app(load_config(None, env={**env, "CITY_CHAIN_PRIVATE_KEY": ""}))

@@ -19,8 +19,6 @@ from werkzeug.serving import make_server
 
 from cityid.chain.live import LiveChainView
 from server.app import create_app as create_server_app
-from server.chain.gateway import RegistrarGateway
-from server.chain.registrar import Registrar
 from server.config import ServerConfig
 from server.db import Database
 from server.keys import KeystoreSigner
@@ -31,6 +29,7 @@ from terminal.verifier import NonceStore, Verifier
 from terminal.web import create_app
 from terminal.web_cli import _backends
 from tests.integration.ui_support import Slot, serving, type_pin, visible_text
+from tests.unit.server_support import publish_for_tests, registrar_gateway
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser, pytest.mark.anvil]
 
@@ -48,11 +47,11 @@ def slot(vpcd_slot: tuple[int, str]) -> Iterator[Slot]:
 
 @pytest.fixture
 def city_server(anvil_chain: Any, tmp_path: Path) -> Iterator[tuple[str, ServerClient]]:
-    gateway = RegistrarGateway(Registrar(anvil_chain.network, anvil_chain.client(), anvil_chain.accounts[0]))
-    gateway.ensure_status_list(1)
+    signer = KeystoreSigner(ec.generate_private_key(ec.SECP256R1()))
+    gateway = registrar_gateway(anvil_chain.network, anvil_chain.client(), anvil_chain.accounts[0])
+    publish_for_tests(gateway, signer.public_point)
     db_url = f"sqlite:///{tmp_path / 'server.db'}"
     db = Database.from_url(db_url)
-    signer = KeystoreSigner(ec.generate_private_key(ec.SECP256R1()))
     app = create_server_app(ServerConfig(database_url=db_url), chain=gateway, signer=signer, db=db)
     key = ec.generate_private_key(ec.SECP256R1())
     pem = key.public_key().public_bytes(

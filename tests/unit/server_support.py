@@ -51,10 +51,21 @@ class MemoryChain:
         for i in indexes:
             self.status[(list_id, i)] = status
 
+    @property
+    def issuer_did(self) -> str:
+        return self.did_for("0x" + "22" * 20)
+
     def publish_issuer(self, issuer_point: bytes, vct: str) -> str:
-        did = self.did_for("0x" + "22" * 20)
-        self.issuers[did] = issuer_point
-        return did
+        """The root's ceremony (``city-server issuer publish``), in memory; the service never calls it."""
+        self.issuers[self.issuer_did] = issuer_point
+        return self.issuer_did
+
+    def issuer_state(self, issuer_point: bytes, vct: str):  # type: ignore[no-untyped-def]
+        from server.chain.issuer import IssuerState
+
+        published = self.issuers.get(self.issuer_did) == issuer_point
+        until = 2**40 if published else 0
+        return IssuerState(self.issuer_did, published, 0, until, False, 1)
 
 
 class FlaskTransport:
@@ -118,11 +129,13 @@ class ServerRig:
         return self.app.extensions["cityid.service"]  # type: ignore[attr-defined]
 
 
-def make_rig(db_url: str, signer=None, chain=None, **config) -> ServerRig:  # type: ignore[no-untyped-def]
+def make_rig(db_url: str, signer=None, chain=None, publish: bool = True, **config) -> ServerRig:  # type: ignore[no-untyped-def]
+    """``publish``: run the root's issuer ceremony first (as ``city-server issuer publish`` would)."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
     from cityid.credential import LocalSigner
+    from cityid.keys import P256PublicKey
     from server.app import create_app
     from server.config import ServerConfig
     from server.db import Database
@@ -131,11 +144,11 @@ def make_rig(db_url: str, signer=None, chain=None, **config) -> ServerRig:  # ty
     if signer is None:
         key = ec.generate_private_key(ec.SECP256R1())
         signer = LocalSigner(key)
-        signer.public_point = key.public_key().public_bytes(  # type: ignore[attr-defined]
-            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
-        )
+        signer.public_point = P256PublicKey.from_crypto(key.public_key()).point  # type: ignore[attr-defined]
     db = Database.from_url(db_url)
     chain = chain if chain is not None else MemoryChain()
+    if publish:
+        publish_for_tests(chain, signer.public_point)
     app = create_app(ServerConfig(database_url=db_url, **config), chain=chain, signer=signer, db=db)
     tkey = ec.generate_private_key(ec.SECP256R1())
     pem = (
@@ -170,11 +183,28 @@ def memory_chain_view(chain: MemoryChain):  # type: ignore[no-untyped-def]
     return _View()
 
 
-def registrar_gateway(network, client, account, list_id: int = 1):  # type: ignore[no-untyped-def]
-    """A real chain gateway (embedded or anvil) with its status list created."""
+def registrar_gateway(network, client, account, list_id: int = 1, root=None):  # type: ignore[no-untyped-def]
+    """A real chain gateway (embedded or anvil) with its status list created; ``root`` (default ``account``)
+    is the city root account that :func:`publish_for_tests` uses."""
     from server.chain.gateway import RegistrarGateway
+    from server.chain.issuer import ensure_status_list
     from server.chain.registrar import Registrar
 
-    gateway = RegistrarGateway(Registrar(network, client, account))
-    gateway.ensure_status_list(list_id)
+    registrar = Registrar(network, client, account)
+    root_registrar = Registrar(network, client, root) if root is not None else registrar
+    ensure_status_list(registrar, list_id)
+    gateway = RegistrarGateway(registrar, root_registrar.did)
+    gateway.test_root = root_registrar  # type: ignore[attr-defined]
     return gateway
+
+
+def publish_for_tests(chain, point: bytes) -> None:  # type: ignore[no-untyped-def]
+    """The root's ceremony on a MemoryChain or a :func:`registrar_gateway` chain."""
+    from cityid.credential import VCT
+
+    if isinstance(chain, MemoryChain):
+        chain.publish_issuer(point, VCT)
+        return
+    from server.chain.issuer import publish_issuer
+
+    publish_issuer(chain.test_root, point, VCT, chain.issuer_did)

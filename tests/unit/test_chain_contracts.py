@@ -109,15 +109,18 @@ def test_malformed_batch_and_bad_points_rejected(city):
         city.sender.send(city.dids.tx("enrollBatch", name32(CITIZEN_KEY_ATTR), 60, bytes(21)))
     with pytest.raises(TransactionRevertedError, match="MalformedBatch"):
         city.sender.send(city.dids.tx("enrollBatch", name32(CITIZEN_KEY_ATTR), 60, os.urandom(20) + b"\x01"))
-    with pytest.raises(ValueError, match="65-byte"):
+    with pytest.raises(ValueError, match="65 bytes"):
         city.enroll_citizens([(new_identity(), [b"\x04" + bytes(10)])])
-    with pytest.raises(ValueError, match="not on the curve"):
+    with pytest.raises(ValueError, match="not on the P-256 curve"):
         check_p256_point(b"\x04" + bytes(64))
 
 
-def test_change_owner_signed_follows_erc1056_digest(embedded_chain, city):
-    """A self-owned identity hands itself to the registrar with a meta-transaction (ERC-1056 *Signed)."""
+def test_change_owner_signed_follows_erc1056_digest_with_chain_id(embedded_chain, city):
+    """A self-owned identity hands itself to the registrar with a meta-transaction (ERC-1056 *Signed, with
+    the chain id added to the digest: docs/chain.md §DID registry)."""
     from eth_utils import keccak
+
+    from cityid.chain.bindings import signed_digest
 
     holder = embedded_chain.accounts[3]
     nonce = city.dids.read("nonce", holder.address)[0]
@@ -125,11 +128,37 @@ def test_change_owner_signed_follows_erc1056_digest(embedded_chain, city):
     digest = keccak(
         b"\x19\x00"
         + registry
+        + embedded_chain.network.chain_id.to_bytes(32, "big")
         + nonce.to_bytes(32, "big")
         + bytes.fromhex(holder.address[2:])
         + b"changeOwner"
         + bytes.fromhex(city.address[2:])
     )
+    payload = b"changeOwner" + bytes.fromhex(city.address[2:])
+    assert (
+        signed_digest(city.dids.address, embedded_chain.network.chain_id, nonce, holder.address, payload)
+        == digest
+    )
+    # the same call signed for another chain id (or with ERC-1056's digest, without one) is refused
+    for wrong in (
+        signed_digest(city.dids.address, embedded_chain.network.chain_id + 1, nonce, holder.address, payload),
+        keccak(
+            b"\x19\x00" + registry + nonce.to_bytes(32, "big") + bytes.fromhex(holder.address[2:]) + payload
+        ),
+    ):
+        bad = holder.unsafe_sign_hash(wrong)
+        with pytest.raises(TransactionRevertedError, match="BadSignature"):
+            city.sender.send(
+                city.dids.tx(
+                    "changeOwnerSigned",
+                    holder.address,
+                    bad.v,
+                    bad.r.to_bytes(32, "big"),
+                    bad.s.to_bytes(32, "big"),
+                    city.address,
+                    gas=200_000,
+                )
+            )
     sig = holder.unsafe_sign_hash(digest)
     city.sender.send(
         city.dids.tx(
@@ -209,8 +238,12 @@ def test_trusted_issuers(city, stranger):
         stranger.revoke_accreditation(stranger.did, vct)
     city.revoke_accreditation(stranger.did, vct)
     assert not city.issuers.is_trusted(stranger.address, vct)
-    city.accredit_issuer(stranger.did, vct, int(time.time()) - 10, valid_from=int(time.time()) - 100)
-    assert not city.issuers.is_trusted(stranger.address, vct)  # expired
+    with pytest.raises(TransactionRevertedError, match="AccreditationRevokedIsFinal"):  # final
+        city.accredit_issuer(stranger.did, vct, int(time.time()) + 3600)
+    assert not city.issuers.is_trusted(stranger.address, vct)
+    other = vct + ":expired"
+    city.accredit_issuer(stranger.did, other, int(time.time()) - 10, valid_from=int(time.time()) - 100)
+    assert not city.issuers.is_trusted(stranger.address, other)  # expired
     with pytest.raises(TransactionRevertedError, match="BadValidity"):
         city.accredit_issuer(stranger.did, vct, 5, valid_from=10)
 

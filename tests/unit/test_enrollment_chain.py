@@ -9,13 +9,22 @@ from emulators.card.transport import InProcessConnection
 
 from cityid.chain.live import LiveChainView
 from server.chain.registrar import start_embedded
-from terminal.flows.counter import CitizenRequest, CounterEnrollment
+from terminal.flows.counter import CitizenRequest, CounterEnrollment, SelfCheckError
 from terminal.flows.kiosk import KioskVerification, service
+from terminal.server_client import ServerError
 from terminal.sessions.citizen import CitizenSession
 from terminal.verifier import CheckName, NonceStore, Verifier
 from tests.unit.server_support import make_rig, registrar_gateway
 
 KIOSK = "https://kiosk.busan.go.kr/k1"
+
+
+def p256_point() -> bytes:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from cityid.keys import P256PublicKey
+
+    return P256PublicKey.from_crypto(ec.generate_private_key(ec.SECP256R1()).public_key()).point
 
 
 def _request(n: int) -> CitizenRequest:
@@ -89,3 +98,26 @@ def test_reissue_on_chain_old_credential_refused(world):
     old_record.put_credential(new.record)
     verdict, claims = _kiosk(view, conn, "residence")
     assert verdict.ok and claims["district"] == "Suyeong-gu"
+
+
+def test_credential_signed_by_a_key_the_root_never_published_is_refused(world, tmp_path):
+    """A server (or thief) holding only the hot registrar key signs with a key of its own: the root never
+    published it on the issuer DID, the hot key cannot (docs/chain.md §Roles) — every kiosk refuses."""
+    rig, view, _counter = world
+    rogue = make_rig(f"sqlite:///{tmp_path}/rogue.db", chain=rig.chain, publish=False)
+    assert rogue.service.issuer_did == rig.service.issuer_did
+    assert rogue.app.test_client().get("/health").get_json()["issuer_ready"] is False
+    counter = CounterEnrollment(rogue.client, Verifier(view, "https://counter.busan.go.kr/c9", NonceStore()))
+    # our server refuses to issue for an issuer the chain does not vouch for (typed, retryable 503)
+    with pytest.raises(ServerError) as not_ready:
+        rogue.client.enroll("rogue-enroll-0001", _request(31).claims(b"\x01" * 8), p256_point(), b"\x01" * 8)
+    assert not_ready.value.status == 503 and not_ready.value.code == "issuer_not_ready"
+    # a thief running modified server code signs anyway: the counter's self-check and every kiosk refuse
+    rogue.service.enrollments.require_issuer_ready = lambda: None
+    conn = InProcessConnection(make_citizen_card(None))
+    with pytest.raises(SelfCheckError) as refused:  # the counter's own kiosk-grade check already refuses
+        counter.run(conn, _request(30))
+    assert refused.value.verdict.failed is CheckName.ISSUER_SIGNATURE
+    verdict, claims = _kiosk(view, conn, "residence")  # the credential is on the card: a kiosk refuses it
+    assert not verdict.ok and verdict.failed is CheckName.ISSUER_SIGNATURE
+    assert claims == {}

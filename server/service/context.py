@@ -1,0 +1,155 @@
+"""What every part of the issuing service shares: storage, chain port, config, clock, and the audit log.
+
+Each responsibility (``enrollment``, ``status``, ``fido``, ``issuer``) is a small class over one
+:class:`ServiceContext`; :class:`server.service.IssuerService` composes them (docs/server.md §Idempotency).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from cityid import credential as vc
+from cityid.chain.view import ChainError, StatusRef
+from server.chain.gateway import ChainGateway
+from server.config import ServerConfig
+from server.db import Database
+from server.keys import IssuerSigner
+from server.models import AuditEntry, Citizen, Credential, StatusAllocator, utcnow
+from server.service.errors import (
+    CapacityError,
+    ChainUnavailableError,
+    NotFoundError,
+    StorageUnavailableError,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def card_fingerprint(card_point: bytes, card_serial: bytes) -> str:
+    return hashlib.sha256(b"card-key|" + card_point + b"|" + card_serial).hexdigest()
+
+
+def serial_hash(card_serial: bytes) -> str:
+    return hashlib.sha256(b"card-serial|" + card_serial).hexdigest()
+
+
+def aware(value: dt.datetime | None) -> dt.datetime | None:
+    """SQLite returns naive datetimes: they were stored as UTC."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=dt.UTC)
+    return value
+
+
+@dataclass
+class ServiceContext:
+    """Shared state of the service parts; ``fault`` is a test hook called with a step name (raising there
+    simulates a crash after that step)."""
+
+    db: Database
+    chain: ChainGateway
+    signer: IssuerSigner
+    config: ServerConfig
+    clock: Callable[[], dt.datetime] = utcnow
+    vct: str = vc.VCT
+    issuer_did: str = ""
+    fault: Callable[[str], None] = field(default=lambda step: None)
+
+    def status_ref(self, row: Credential) -> StatusRef:
+        return StatusRef(
+            self.chain.chain_id, self.chain.status_registry, row.status_list_id, row.status_index
+        )
+
+    # --- audit -------------------------------------------------------------------------------------
+
+    @staticmethod
+    def audit(
+        s: Session,
+        actor: str,
+        action: str,
+        outcome: str = "ok",
+        cred: str | None = None,
+        did: str | None = None,
+        detail: str = "",
+    ) -> None:
+        """Add an audit row to the caller's transaction (actions and identifiers, never claims)."""
+        s.add(
+            AuditEntry(
+                actor=actor,
+                action=action,
+                credential_id=cred,
+                citizen_did=did,
+                outcome=outcome,
+                detail=detail[:200],
+            )
+        )
+
+    def audit_now(self, actor: str, action: str, **kw: Any) -> None:
+        """Audit in a transaction of its own (a failing audit write is logged, not raised)."""
+        try:
+            with self.db.sessions.begin() as s:
+                self.audit(s, actor, action, **kw)
+        except SQLAlchemyError:
+            logger.exception("audit write failed for %s", action)
+
+    # --- chain and storage helpers -------------------------------------------------------------------
+
+    def chain_write(self, what: str, fn: Callable[[], None], actor: str, cred: str | None = None) -> None:
+        """Run one idempotent chain write; a chain failure is audited and becomes a 502."""
+        try:
+            fn()
+        except ChainError as exc:
+            self.audit_now(actor, what, outcome="error", cred=cred, detail="chain unavailable")
+            raise ChainUnavailableError(f"chain write failed ({what}); retry later") from exc
+
+    def set_status_bits(
+        self, what: str, rows: Iterable[Credential], status: Any, actor: str, cred: str | None = None
+    ) -> None:
+        """One ``set_status`` chain call per status list for ``rows``."""
+        by_list: dict[int, list[int]] = {}
+        for r in rows:
+            by_list.setdefault(r.status_list_id, []).append(r.status_index)
+        for list_id, indexes in by_list.items():
+            self.chain_write(
+                what, lambda li=list_id, ix=indexes: self.chain.set_status(li, ix, status), actor, cred
+            )
+
+    def allocate(self, s: Session) -> int:
+        """Take the next status index inside the caller's transaction (rolled back with it)."""
+        list_id = self.config.status_list_id
+        index = s.execute(
+            update(StatusAllocator)
+            .where(StatusAllocator.list_id == list_id, StatusAllocator.next_index < StatusAllocator.capacity)
+            .values(next_index=StatusAllocator.next_index + 1)
+            .returning(StatusAllocator.next_index)
+        ).scalar_one_or_none()
+        if index is None:
+            if s.get(StatusAllocator, list_id) is None:
+                raise StorageUnavailableError("database not initialised (run: city-server db init)")
+            raise CapacityError(f"status list {list_id} is full")
+        return index - 1
+
+    @staticmethod
+    def load(s: Session, ids: Sequence[str]) -> list[Credential]:
+        """Credential rows by id, in order; an unknown id is a 404."""
+        rows = []
+        for cid in ids:
+            row = s.get(Credential, cid)
+            if row is None:
+                raise NotFoundError(f"unknown credential {cid}")
+            rows.append(row)
+        return rows
+
+    @staticmethod
+    def identities(s: Session, rows: Iterable[Credential]) -> dict[str, str]:
+        """Citizen DID → on-chain identity address for the rows' citizens."""
+        dids = [r.citizen_did for r in rows]
+        return {c.did: c.identity for c in s.scalars(select(Citizen).where(Citizen.did.in_(dids)))}

@@ -1,0 +1,309 @@
+"""Enrollment and re-issue: reserve a credential row, put the card key on chain, sign, mark issued.
+
+Crash-safety (docs/server.md §Idempotency): the status index is allocated in the transaction that creates the
+pending row under its idempotency key (unique), so a retry reuses credential id, DID and index; chain writes
+happen between transactions, are idempotent and flagged in the row; a retry after success signs again for
+the same id and index. Other live credentials of the same card are retired first (status bits, then keys).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from cityid import credential as vc
+from cityid.chain.view import CredentialStatus, StatusRef
+from cityid.citizen import CredentialRecord
+from server.models import Citizen, Credential, CredentialState, utcnow
+from server.service.claims import citizen_claims, validate_claims
+from server.service.context import ServiceContext, aware, card_fingerprint, serial_hash
+from server.service.errors import (
+    ConflictError,
+    NotFoundError,
+    StorageUnavailableError,
+    ValidationError,
+)
+
+logger = logging.getLogger(__name__)
+
+_REUSABLE = (CredentialState.PENDING, CredentialState.ISSUED)
+
+
+@dataclass(frozen=True, slots=True)
+class Enrollment:
+    """What the counter terminal writes to the card, and the identifiers it may keep."""
+
+    credential_id: str
+    citizen_did: str
+    status_ref: StatusRef
+    record: CredentialRecord
+    credential_hash: str
+    expires_at: dt.datetime
+    retried: bool
+
+
+class Enrollments:
+    """``enroll`` (a new card; new or existing DID) and ``reissue`` (same DID and card key, new id)."""
+
+    def __init__(self, ctx: ServiceContext, require_issuer_ready: Callable[[], None] = lambda: None) -> None:
+        self.ctx = ctx
+        #: Refuses (typed) while kiosks would refuse the issuer's credentials (``issuer.IssuerReadiness``).
+        self.require_issuer_ready = require_issuer_ready
+
+    # --- enroll ------------------------------------------------------------------------------------
+
+    def enroll(
+        self,
+        terminal: str,
+        idempotency_key: str,
+        claims: object,
+        card_point: bytes,
+        card_serial: bytes,
+        citizen_did: str | None = None,
+    ) -> Enrollment:
+        """Enroll a card (the clerk checked the citizen in person); safe to retry with the same key."""
+        parsed = validate_claims(claims, self.ctx.clock().date())
+        self.require_issuer_ready()
+        fingerprint = card_fingerprint(card_point, card_serial)
+        args = (terminal, idempotency_key, fingerprint, card_point, card_serial, citizen_did)
+        try:
+            row, retried = self._reserve(*args)
+        except IntegrityError:  # a concurrent request with the same key won the insert: it is ours now
+            row, retried = self._reserve(*args)
+        self.ctx.fault("reserved")
+        return self._complete(terminal, row, parsed, card_point, retried)
+
+    def _reserve(
+        self,
+        terminal: str,
+        key: str,
+        fingerprint: str,
+        card_point: bytes,
+        card_serial: bytes,
+        citizen_did: str | None,
+    ) -> tuple[Credential, bool]:
+        ctx = self.ctx
+        try:
+            with ctx.db.sessions.begin() as s:
+                row = s.scalar(select(Credential).where(Credential.idempotency_key == key))
+                if row is not None:
+                    if row.request_fingerprint != fingerprint or row.terminal != terminal:
+                        raise ConflictError("idempotency key already used for another card, key or terminal")
+                    if row.state not in _REUSABLE:
+                        raise ConflictError(f"credential {row.id} is {row.state}; start a new enrollment")
+                    ctx.audit(s, terminal, "enroll.retry", cred=row.id, did=row.citizen_did)
+                    return row, True
+                if citizen_did is not None:
+                    citizen = s.get(Citizen, citizen_did)
+                    if citizen is None:
+                        raise NotFoundError("unknown citizen DID")
+                else:
+                    identity = ctx.chain.new_citizen_identity()
+                    citizen = Citizen(did=ctx.chain.did_for(identity), identity=identity)
+                    s.add(citizen)
+                row = Credential(
+                    id=str(uuid.uuid4()),
+                    idempotency_key=key,
+                    request_fingerprint=fingerprint,
+                    citizen_did=citizen.did,
+                    card_key=card_point.hex(),
+                    card_serial_hash=serial_hash(card_serial),
+                    status_list_id=ctx.config.status_list_id,
+                    status_index=ctx.allocate(s),
+                    vct=ctx.vct,
+                    state=CredentialState.PENDING.value,
+                    terminal=terminal,
+                )
+                s.add(row)
+                s.flush()
+                ctx.audit(
+                    s,
+                    terminal,
+                    "enroll.reserve",
+                    cred=row.id,
+                    did=row.citizen_did,
+                    detail=f"status index {row.status_index}",
+                )
+                return row, False
+        except IntegrityError:
+            raise
+        except SQLAlchemyError as exc:
+            raise StorageUnavailableError("database unavailable") from exc
+
+    # --- re-issue ----------------------------------------------------------------------------------
+
+    def reissue(self, terminal: str, credential_id: str, idempotency_key: str, claims: object) -> Enrollment:
+        """New credential (new id and status index) for the same DID and card key; the old one is retired."""
+        ctx = self.ctx
+        parsed = validate_claims(claims, ctx.clock().date())
+        self.require_issuer_ready()
+        try:
+            with ctx.db.sessions.begin() as s:
+                row = s.scalar(select(Credential).where(Credential.idempotency_key == idempotency_key))
+                if row is not None:
+                    if row.supersedes != credential_id:
+                        raise ConflictError("idempotency key already used for another request")
+                    if row.state not in _REUSABLE:
+                        raise ConflictError(f"credential {row.id} is {row.state}")
+                    ctx.audit(s, terminal, "reissue.retry", cred=row.id, did=row.citizen_did)
+                    retried = True
+                else:
+                    old = s.get(Credential, credential_id)
+                    if old is None:
+                        raise NotFoundError("unknown credential")
+                    if old.state not in (CredentialState.ISSUED, CredentialState.SUSPENDED):
+                        raise ConflictError(f"credential {old.id} is {old.state}; it cannot be re-issued")
+                    row = Credential(
+                        id=str(uuid.uuid4()),
+                        idempotency_key=idempotency_key,
+                        request_fingerprint=old.request_fingerprint,
+                        citizen_did=old.citizen_did,
+                        card_key=old.card_key,
+                        card_serial_hash=old.card_serial_hash,
+                        status_list_id=ctx.config.status_list_id,
+                        status_index=ctx.allocate(s),
+                        vct=ctx.vct,
+                        state=CredentialState.PENDING.value,
+                        key_on_chain=old.key_on_chain,
+                        supersedes=old.id,
+                        terminal=terminal,
+                    )
+                    s.add(row)
+                    s.flush()
+                    ctx.audit(
+                        s,
+                        terminal,
+                        "reissue.reserve",
+                        cred=row.id,
+                        did=row.citizen_did,
+                        detail=f"replaces {old.id}",
+                    )
+                    retried = False
+        except (IntegrityError, SQLAlchemyError) as exc:
+            raise StorageUnavailableError("database unavailable or concurrent request; retry") from exc
+        return self._complete(terminal, row, parsed, bytes.fromhex(row.card_key), retried)
+
+    # --- shared completion ---------------------------------------------------------------------------
+
+    def _supersede_others(self, terminal: str, row: Credential) -> None:
+        """Retire other live credentials of this card (or the one re-issued): status bits first."""
+        ctx = self.ctx
+        with ctx.db.sessions() as s:
+            others = list(
+                s.scalars(
+                    select(Credential).where(
+                        Credential.card_serial_hash == row.card_serial_hash,
+                        Credential.id != row.id,
+                        Credential.created_at <= row.created_at,
+                        Credential.state.in_([st.value for st in CredentialState if st.live]),
+                    )
+                )
+            )
+            if row.supersedes:
+                prev = s.get(Credential, row.supersedes)
+                if prev is not None and CredentialState(prev.state).live and prev not in others:
+                    others.append(prev)
+            identities = ctx.identities(s, others)
+        if not others:
+            return
+        ctx.set_status_bits("supersede", others, CredentialStatus.REVOKED, terminal, row.id)
+        stale_keys = [
+            (identities[o.citizen_did], bytes.fromhex(o.card_key))
+            for o in others
+            if o.card_key != row.card_key
+        ]
+        if stale_keys:
+            ctx.chain_write("supersede", lambda: ctx.chain.revoke_keys(stale_keys), terminal, row.id)
+        with ctx.db.sessions.begin() as s:
+            for o in others:
+                s.execute(
+                    update(Credential)
+                    .where(Credential.id == o.id)
+                    .values(state=CredentialState.SUPERSEDED.value, updated_at=utcnow())
+                )
+                ctx.audit(s, terminal, "supersede", cred=o.id, did=o.citizen_did, detail=f"by {row.id}")
+
+    def _sign(
+        self,
+        row: Credential,
+        claims: dict[str, Any],
+        card_point: bytes,
+        issued_at: dt.datetime,
+        expires_at: dt.datetime,
+    ) -> vc.IssuedCredential:
+        ctx = self.ctx
+        try:
+            return vc.issue(
+                citizen_claims(claims, issued_at.date()),
+                card_point,
+                ctx.issuer_did,
+                ctx.status_ref(row),
+                ctx.signer,
+                iat=int(issued_at.timestamp()),
+                exp=int(expires_at.timestamp()),
+                citizen_did=row.citizen_did,
+            )
+        except vc.CredentialError as exc:
+            raise ValidationError(f"cannot issue: {exc}") from exc
+
+    def _complete(
+        self, terminal: str, row: Credential, claims: Any, card_point: bytes, retried: bool
+    ) -> Enrollment:
+        ctx = self.ctx
+        self._supersede_others(terminal, row)
+        ctx.fault("superseded")
+        with ctx.db.sessions() as s:
+            state = s.scalar(select(Credential.state).where(Credential.id == row.id))
+        if state not in _REUSABLE:
+            raise ConflictError(f"credential {row.id} is {state}; start a new enrollment")
+        if not row.key_on_chain:
+            with ctx.db.sessions() as s:
+                citizen = s.get(Citizen, row.citizen_did)
+                assert citizen is not None
+                identity = citizen.identity
+            ctx.chain_write(
+                "enroll.chain", lambda: ctx.chain.register_keys([(identity, card_point)]), terminal, row.id
+            )
+            ctx.fault("chain")
+            with ctx.db.sessions.begin() as s:
+                s.execute(update(Credential).where(Credential.id == row.id).values(key_on_chain=True))
+        issued_at = aware(row.issued_at) or ctx.clock().replace(microsecond=0)
+        expires_at = aware(row.expires_at) or issued_at + dt.timedelta(
+            days=ctx.config.credential_validity_days
+        )
+        issued = self._sign(row, claims, card_point, issued_at, expires_at)
+        del claims
+        cred_hash = issued.credential_hash
+        ctx.fault("signed")
+        try:
+            with ctx.db.sessions.begin() as s:
+                current = s.get(Credential, row.id, with_for_update=True)
+                assert current is not None
+                if current.state not in _REUSABLE:
+                    raise ConflictError(f"credential {row.id} became {current.state} meanwhile")
+                current.state = CredentialState.ISSUED.value
+                current.credential_hash = cred_hash
+                current.issued_at = issued_at
+                current.expires_at = expires_at
+                current.issue_count = current.issue_count + 1
+                ctx.audit(
+                    s,
+                    terminal,
+                    "enroll.issue",
+                    cred=row.id,
+                    did=row.citizen_did,
+                    detail=f"issue #{current.issue_count}",
+                )
+        except SQLAlchemyError as exc:
+            raise StorageUnavailableError("database unavailable") from exc
+        logger.info("issued credential %s (status index %d)", row.id, row.status_index)
+        return Enrollment(
+            row.id, row.citizen_did, ctx.status_ref(row), issued.record, cred_hash, expires_at, retried
+        )
