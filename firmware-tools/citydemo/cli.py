@@ -8,11 +8,11 @@ from __future__ import annotations
 import argparse
 import logging
 
-from cityid.cli_util import progress, wait_for_stop
+from cityid.cli_util import Subcommands, progress, wait_for_stop
 from terminal.config import LANGUAGES
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: Subcommands) -> None:
     """Add ``demo``."""
     d = sub.add_parser(
         "demo", help="run the whole system locally with demo citizens", description=_demo.__doc__

@@ -135,9 +135,9 @@ class KeyVault:
 
     def public_key(self, cred: Credential) -> CoseKey:
         key = self.private_key(cred)
-        if cred.alg == Alg.EDDSA:
-            return EdDSA.from_cryptography_key(key.public_key())  # type: ignore[arg-type]
-        return ES256.from_cryptography_key(key.public_key())  # type: ignore[arg-type]
+        if isinstance(key, ed25519.Ed25519PrivateKey):
+            return EdDSA.from_cryptography_key(key.public_key())
+        return ES256.from_cryptography_key(key.public_key())
 
     def sign(self, cred: Credential, message: bytes) -> bytes:
         """ECDSA-SHA256 (DER) or Ed25519 signature (WebAuthn §6.5.5 "packed" / assertion signature)."""
