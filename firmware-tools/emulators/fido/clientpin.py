@@ -189,6 +189,8 @@ class ClientPinHandler:
             rp_id = params.text(ClientPinParam.RP_ID)
             if permissions == 0:
                 raise fail(ERR.INVALID_PARAMETER)
+            # ~ of the IntFlag spans the defined permissions only: known ones we do not grant (be, acfg) are
+            # refused, RFU bits pass as before.
             if permissions & ~SUPPORTED_PERMISSIONS:
                 raise fail(ERR.UNAUTHORIZED_PERMISSION)
             return self._get_token(protocol, params, permissions, rp_id)
