@@ -18,7 +18,7 @@ from enum import Enum
 from typing import Protocol, runtime_checkable
 
 from cityid.errors import ApplicationNotFoundError, MalformedApduError, error_for_sw
-from cityid.iso7816 import CLA, INS, SW
+from cityid.iso7816 import CLA, INS, SW, ClaBit
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class CommandApdu:
     @property
     def chained(self) -> bool:
         """True when CLA says more commands of this chain follow (bit 0x10, interindustry class)."""
-        return bool(self.cla & CLA.CHAINING)
+        return bool(self.cla & ClaBit.CHAINING)
 
     def needs_extended(self) -> bool:
         return len(self.data) > SHORT_MAX_LC or (self.le is not None and self.le > SHORT_MAX_LE)
@@ -207,7 +207,7 @@ class CommandChainingProcessor:
         data = cmd.data
         le = cmd.le if cmd.le is None or cmd.le <= SHORT_MAX_LE else SHORT_MAX_LE
         while len(data) > self.chunk:
-            part = CommandApdu(cmd.cla | CLA.CHAINING, cmd.ins, cmd.p1, cmd.p2, data[: self.chunk])
+            part = CommandApdu(cmd.cla | ClaBit.CHAINING, cmd.ins, cmd.p1, cmd.p2, data[: self.chunk])
             resp, sw = self.delegate.send_apdu(part, sensitive)
             if sw != SW.SUCCESS:
                 return resp, sw

@@ -12,10 +12,14 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from importlib.metadata import entry_points
+from typing import TypeAlias
 
 from cityid.errors import CityIdError
 
 logger = logging.getLogger(__name__)
+
+#: What ``add_subparsers()`` returns: each command module's ``register(sub)`` receives one.
+Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 def build_parser(prog: str, description: str, modules: Sequence[str]) -> argparse.ArgumentParser:

@@ -1,11 +1,11 @@
-"""ISO/IEC 7816-4 wire constants: status words and instruction bytes.
+"""ISO/IEC 7816-4 wire constants: status words, instruction bytes and class-byte bits.
 
 Status words follow ISO/IEC 7816-4:2020 §5.6 (table 6); PIN-pad words are from PC/SC part 10.
 """
 
 from __future__ import annotations
 
-from enum import IntEnum
+from enum import IntEnum, IntFlag
 
 
 class SW(IntEnum):
@@ -85,8 +85,19 @@ class INS(IntEnum):
 
 
 class CLA(IntEnum):
-    """Class byte values and bits (ISO 7816-4 §5.4.1)."""
+    """Class byte values (ISO 7816-4 §5.4.1); the bits inside them are :class:`ClaBit`."""
 
     ISO = 0x00
-    CHAINING = 0x10  # command chaining: "not the last command of a chain"
     PROPRIETARY = 0x80
+
+
+class ClaBit(IntFlag):
+    """Bits of a first-interindustry (or proprietary-coded) class byte (ISO 7816-4 §5.4.1, table 2).
+
+    ``~`` on an ``IntFlag`` complements within these bits only (``~CHAINING == 0x0F``): clear a bit of a wire
+    byte with ``cla & ~int(ClaBit.CHAINING)``.
+    """
+
+    LOGICAL_CHANNEL = 0x03  # b2-b1: logical channel number 0-3
+    SECURE_MESSAGING = 0x0C  # b4-b3: secure messaging indication
+    CHAINING = 0x10  # b5: command chaining, "not the last command of a chain"

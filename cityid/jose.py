@@ -90,10 +90,10 @@ def json_loads(data: bytes | str) -> Any:
     try:
         text = data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data
         try:  # fast path: the C scanner on compact JSON (what JOSE producers emit)
-            value, end = _DECODER.scan_once(text, 0)
+            value, end = _DECODER.raw_decode(text)
             if end == len(text):
                 return value
-        except StopIteration:
+        except json.JSONDecodeError:
             pass
         return _DECODER.decode(text)  # whitespace around the value, or an error with a position
     except JoseError:

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 try:  # cryptography >= 43 keeps 3DES in the "decrepit" module
     from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 except ImportError:  # pragma: no cover
-    TripleDES = algorithms.TripleDES  # type: ignore[misc,assignment]
+    TripleDES = algorithms.TripleDES
 
 #: PIV application identifier with version (SP 800-73-4 Part 1 §2.2).
 PIV_AID = bytes.fromhex("A000000308000010000100")
@@ -131,7 +131,7 @@ MANAGEMENT_KEY_ALGORITHMS: dict[int, tuple[int, int]] = {
 }
 
 
-def management_key_cipher(algorithm: int, key: bytes) -> Cipher:
+def management_key_cipher(algorithm: int, key: bytes) -> Cipher[modes.ECB]:
     """The block cipher of the 9B challenge/response (single blocks, so ECB; SP 800-73-4 Part 2 §3.2.4)."""
     if algorithm == Algorithm.TDEA_3KEY:
         return Cipher(TripleDES(key), modes.ECB())  # noqa: S305 - one block per challenge

@@ -8,13 +8,16 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from eth_abi import decode, encode
+from eth_abi.abi import decode, encode
 from eth_abi.exceptions import DecodingError
-from eth_utils import keccak
 from eth_utils.abi import collapse_if_tuple
+from eth_utils.crypto import keccak
 
 from cityid.chain.errors import MalformedReplyError
 from cityid.chain.rpc import as_bytes, as_int, as_list
+
+AbiItem = dict[str, Any]
+"""One JSON ABI entry (function, event, error or one of their parameters) as solc emits it."""
 
 CONTRACT_NAMES = (
     "CityDIDRegistry",
@@ -30,10 +33,10 @@ class Artifact:
     """One compiled contract as committed in ``cityid/chain/artifacts/<name>.json``."""
 
     name: str
-    abi: tuple[dict, ...]
+    abi: tuple[AbiItem, ...]
     bytecode: bytes
     deployed_bytecode: bytes
-    compiler: dict
+    compiler: dict[str, Any]
     source_sha256: str
 
 
@@ -51,11 +54,11 @@ def load_artifact(name: str) -> Artifact:
     )
 
 
-def _types(params: list[dict]) -> list[str]:
+def _types(params: list[AbiItem]) -> list[str]:
     return [collapse_if_tuple(p) for p in params]
 
 
-def _signature(item: dict) -> str:
+def _signature(item: AbiItem) -> str:
     return f"{item['name']}({','.join(_types(item.get('inputs', [])))})"
 
 
@@ -75,11 +78,11 @@ class DecodedEvent:
 class Abi:
     """Encode calls and decode results, logs and revert data for one contract ABI."""
 
-    def __init__(self, abi: tuple[dict, ...]) -> None:
-        self.functions: dict[str, dict] = {}
-        self.events: dict[bytes, dict] = {}
+    def __init__(self, abi: tuple[AbiItem, ...]) -> None:
+        self.functions: dict[str, AbiItem] = {}
+        self.events: dict[bytes, AbiItem] = {}
         self.event_topics: dict[str, bytes] = {}
-        self.errors: dict[bytes, dict] = {}
+        self.errors: dict[bytes, AbiItem] = {}
         for item in abi:
             kind = item.get("type")
             if kind == "function":
@@ -100,14 +103,14 @@ class Abi:
         fn = self.functions[name]
         return keccak(text=_signature(fn))[:4] + encode(_types(fn["inputs"]), list(args))
 
-    def decode_output(self, name: str, data: bytes) -> tuple:
+    def decode_output(self, name: str, data: bytes) -> tuple[Any, ...]:
         fn = self.functions[name]
         try:
             return tuple(decode(_types(fn["outputs"]), data))
         except (DecodingError, OverflowError, ValueError) as exc:
             raise MalformedReplyError(f"cannot decode {name}() result ({len(data)} bytes)") from exc
 
-    def decode_log(self, log: dict) -> DecodedEvent | None:
+    def decode_log(self, log: dict[str, Any]) -> DecodedEvent | None:
         """Decode a JSON-RPC log object; None for events not in this ABI (or malformed for it)."""
         topics = [as_bytes(t, "log topic", 32) for t in as_list(log.get("topics"), "log topics")]
         if not topics or topics[0] not in self.events:

@@ -10,7 +10,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from eth_utils import keccak, to_checksum_address
+from eth_utils.address import to_checksum_address
+from eth_utils.crypto import keccak
 
 from cityid.chain.abi import Abi
 from cityid.chain.errors import RpcError
@@ -39,7 +40,7 @@ class _Binding:
         data = self.abi.encode_call(fn, *args)
         return Call(self.address, data, lambda out, _fn=fn: self.abi.decode_output(_fn, out))
 
-    def read(self, fn: str, *args: Any, block: str = "latest") -> tuple:
+    def read(self, fn: str, *args: Any, block: str = "latest") -> tuple[Any, ...]:
         """``eth_call`` one view function (one round trip); reverts become TransactionRevertedError."""
         call = self._call(fn, *args)
         try:
@@ -136,7 +137,7 @@ class Multicall(_Binding):
 
     contract_name = "CityMulticall"
 
-    def aggregate_request(self, calls: Sequence[Call]) -> tuple[str, list]:
+    def aggregate_request(self, calls: Sequence[Call]) -> tuple[str, list[Any]]:
         """The ``eth_call`` (method, params) that runs ``calls`` plus block number and timestamp."""
         entries = [
             (self.address, False, self.abi.encode_call("getBlockNumber")),

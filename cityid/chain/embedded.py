@@ -16,7 +16,7 @@ import threading
 import warnings
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
@@ -27,6 +27,9 @@ with warnings.catch_warnings():
     from eth_tester.exceptions import BlockNotFound, TransactionFailed, TransactionNotFound, ValidationError
 
 from cityid.chain.network import NetworkConfig
+
+if TYPE_CHECKING:
+    from cityid.chain.rpc import RpcClient
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +103,7 @@ def _revert_data(exc: TransactionFailed) -> bytes:
         except (ValueError, SyntaxError):
             pass
     if isinstance(arg, str):
-        from eth_abi import encode
+        from eth_abi.abi import encode
 
         return bytes.fromhex("08c379a0") + encode(["string"], [arg])
     return b""
@@ -117,15 +120,15 @@ class EmbeddedNode:
 
     url = "embedded://"
 
-    def __init__(self, tester: EthereumTester | None = None) -> None:
-        self.tester = tester or EthereumTester(PyEVMBackend())
-        self.chain_id: int = self.tester.backend.chain.chain_id
+    def __init__(self) -> None:
+        self.backend = PyEVMBackend()
+        self.tester = EthereumTester(self.backend)
+        self.chain_id: int = self.backend.chain.chain_id
         self._lock = threading.RLock()
-        self._logs: dict[
-            int, list[dict]
-        ] = {}  # mined block -> its logs (cleared when a snapshot is reverted)
+        # mined block -> its logs (cleared when a snapshot is reverted)
+        self._logs: dict[int, list[dict[str, Any]]] = {}
 
-    def _block_logs(self, number: int) -> list[dict]:
+    def _block_logs(self, number: int) -> list[dict[str, Any]]:
         """Logs of one mined block, formatted once (eth-tester's own get_logs re-reads every receipt)."""
         cached = self._logs.get(number)
         if cached is None:
@@ -139,7 +142,7 @@ class EmbeddedNode:
             return [self._one(p) for p in payload]
         return self._one(payload)
 
-    def _one(self, req: dict) -> dict:
+    def _one(self, req: dict[str, Any]) -> dict[str, Any]:
         rid = req.get("id")
         try:
             with self._lock:
@@ -158,7 +161,7 @@ class EmbeddedNode:
             }
 
     # JSON-RPC methods
-    def _tx(self, tx: dict) -> dict:
+    def _tx(self, tx: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {"from": tx.get("from") or self.tester.get_accounts()[0]}
         if tx.get("to"):
             out["to"] = tx["to"]
@@ -168,7 +171,7 @@ class EmbeddedNode:
                 out[k] = int(tx[k], 16)
         return out
 
-    def handle(self, method: str, params: list) -> Any:
+    def handle(self, method: str, params: list[Any]) -> Any:
         t = self.tester
         if method == "eth_chainId":
             return hex(self.chain_id)
@@ -283,7 +286,7 @@ class EmbeddedNode:
         raise _RpcFailure(-32601, f"method {method} not supported by the embedded node")
 
 
-def _topics_match(topics: list[str], wanted: list | None) -> bool:
+def _topics_match(topics: list[str], wanted: list[Any] | None) -> bool:
     if not wanted:
         return True
     for i, want in enumerate(wanted):
@@ -310,11 +313,11 @@ class EmbeddedChain:
         """Boot py-evm and take eth-tester's funded accounts (no contracts: the server deploys them,
         ``server.chain.registrar.start_embedded``)."""
         node = EmbeddedNode()
-        accounts = [Account.from_key(k.to_bytes()) for k in node.tester.backend.account_keys]
+        accounts = [Account.from_key(k.to_bytes()) for k in node.backend.account_keys]
         network = NetworkConfig(name=name, chain_id=node.chain_id, rpc_url=EmbeddedNode.url)
         return cls(node=node, accounts=accounts, network=network)
 
-    def client(self) -> Any:
+    def client(self) -> RpcClient:
         """A fresh :class:`~cityid.chain.rpc.RpcClient` (own round-trip counter) on this chain."""
         from cityid.chain.rpc import RpcClient
 

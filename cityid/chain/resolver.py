@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from eth_keys import keys
-from eth_utils import keccak
+from eth_keys.datatypes import PublicKey
+from eth_utils.crypto import keccak
 
 from cityid.chain.abi import Abi, DecodedEvent
 from cityid.chain.errors import ChainError
@@ -79,7 +79,7 @@ def parse_did(did: str) -> ParsedDid:
     ident = m[2]
     if len(ident) > 42:
         try:
-            pub = keys.PublicKey.from_compressed_bytes(bytes.fromhex(ident[2:]))
+            pub = PublicKey.from_compressed_bytes(bytes.fromhex(ident[2:]))
         except Exception as exc:  # eth_keys raises several types for bad points
             raise InvalidDidError(f"bad public key in {did[:80]!r}") from exc
         return ParsedDid(network, pub.to_checksum_address(), ident)
@@ -215,8 +215,8 @@ def build_document(
     auth: dict[str, str] = {}
     key_agreement: dict[str, str] = {}
     signing: dict[str, str] = {}
-    pks: dict[str, dict] = {}
-    services: dict[str, dict] = {}
+    pks: dict[str, dict[str, Any]] = {}
+    services: dict[str, dict[str, Any]] = {}
     for ev in history:
         version_id = max(version_id, ev.block_number)
         index = f"{ev.kind}-{ev.type_or_name}-{ev.delegate_or_value or ev.owner}"
@@ -306,7 +306,7 @@ def build_document(
     base: dict[str, Any] = {"id": did, "verificationMethod": [], "authentication": [], "assertionMethod": []}
     if deactivated:
         return BuiltDocument(base, True, version_id)
-    methods: list[dict] = [
+    methods: list[dict[str, Any]] = [
         {
             "id": f"{did}#controller",
             "type": "EcdsaSecp256k1RecoveryMethod2020",

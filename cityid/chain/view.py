@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 from cityid.errors import CityIdError
 
@@ -56,7 +56,7 @@ class StatusRef:
     def uri(self) -> str:
         return f"eip155:{self.chain_id}:{self.registry}/{self.list_id}"
 
-    def to_claim(self) -> dict:
+    def to_claim(self) -> dict[str, Any]:
         return {"status_list": {"idx": self.index, "uri": self.uri}}
 
     @classmethod

@@ -9,11 +9,11 @@ import argparse
 import logging
 import threading
 
-from cityid.cli_util import progress, stop_signals
+from cityid.cli_util import Subcommands, progress, stop_signals
 from terminal.config import LANGUAGES
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: Subcommands) -> None:
     """Add ``demo``."""
     d = sub.add_parser(
         "demo", help="run the whole system locally with demo citizens", description=_demo.__doc__

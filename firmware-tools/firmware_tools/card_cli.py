@@ -18,7 +18,7 @@ from typing import Any
 
 from cityid.apdu import SmartCardProtocol
 from cityid.citizen import CITIZEN_AID
-from cityid.cli_util import progress
+from cityid.cli_util import Subcommands, progress
 from cityid.errors import ApduError, ApplicationNotFoundError, CityIdError
 from cityid.iso7816 import SW
 from cityid.keys import KeyFormatError, P256PublicKey
@@ -315,7 +315,7 @@ def cmd_pin_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: Subcommands) -> None:
     """Add ``readers``, ``info``, ``personalize`` and ``pin``."""
 
     def reader_opt(p: argparse.ArgumentParser) -> None:

@@ -9,12 +9,12 @@ import sys
 import threading
 from pathlib import Path
 
-from cityid.cli_util import progress, stop_signals
+from cityid.cli_util import Subcommands, progress, stop_signals
 from cityid.errors import CityIdError
 from firmware_tools.options import default_state_path, parse_hostport
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: Subcommands) -> None:
     """Add ``emulate`` with its ``citizen`` sub-command."""
     emulate = sub.add_parser("emulate", help="run a virtual card in the vpcd reader of pcscd")
     kinds = emulate.add_subparsers(dest="card_kind", metavar="CARD")

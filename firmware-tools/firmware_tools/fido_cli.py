@@ -19,7 +19,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from cityid.cli_util import progress, stop_signals
+from cityid.cli_util import Subcommands, progress, stop_signals
 from cityid.errors import CityIdError
 from firmware_tools.options import default_state_path, parse_hostport
 
@@ -31,7 +31,7 @@ def _default_state() -> Path:
 # --- cardtool emulate fido ---------------------------------------------------------------------------
 
 
-def add_fido_emulate(kinds: argparse._SubParsersAction) -> None:
+def add_fido_emulate(kinds: Subcommands) -> None:
     """Add ``fido`` to the ``cardtool emulate`` sub-commands (called by emulate_cli.register)."""
     p = kinds.add_parser(
         "fido",
@@ -96,7 +96,7 @@ def _run_emulate_fido(args: argparse.Namespace, stop: threading.Event) -> int:
 # --- cardtool fido … ---------------------------------------------------------------------------------
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: Subcommands) -> None:
     """Add ``fido`` with its sub-commands."""
     fido = sub.add_parser("fido", help="FIDO2 security keys: info, PIN, credentials, reset")
     cmds = fido.add_subparsers(dest="fido_command", metavar="COMMAND")

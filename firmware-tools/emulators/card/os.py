@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 from cityid.apdu import SHORT_MAX_LE, TRACE, CommandApdu, ResponseApdu
 from cityid.errors import ApduError, MalformedApduError
-from cityid.iso7816 import CLA, INS, SW
+from cityid.iso7816 import CLA, INS, SW, ClaBit
 from emulators.card.store import CardStoreError
 
 logger = logging.getLogger(__name__)
@@ -83,13 +83,13 @@ def _check_cla(cla: int) -> int | None:
     """Return an error SW for an unsupported class byte, or None (§5.4.1)."""
     if cla == 0xFF:
         return SW.CLA_NOT_SUPPORTED  # invalid class value
-    base = cla & ~CLA.CHAINING
+    base = cla & ~int(ClaBit.CHAINING)
     if base in (CLA.ISO, CLA.PROPRIETARY):
         return None
     if cla & 0xE0 == 0x00 or cla & 0xE0 == 0x80:  # first interindustry / proprietary coding
-        if cla & 0x03:
+        if cla & ClaBit.LOGICAL_CHANNEL:
             return SW.LOGICAL_CHANNEL_NOT_SUPPORTED
-        if cla & 0x0C:
+        if cla & ClaBit.SECURE_MESSAGING:
             return SW.SECURE_MESSAGING_NOT_SUPPORTED
     if cla & 0xC0 == 0x40:  # further interindustry class: logical channels 4-19
         return SW.LOGICAL_CHANNEL_NOT_SUPPORTED
@@ -195,8 +195,8 @@ class VirtualCard:
         if bad_cla is not None:
             self._chain = None
             return _sw(bad_cla)
-        chained = bool(cmd.cla & CLA.CHAINING)
-        cla = cmd.cla & ~CLA.CHAINING & 0xFF
+        chained = bool(cmd.cla & ClaBit.CHAINING)
+        cla = cmd.cla & ~int(ClaBit.CHAINING) & 0xFF
         header = bytes((cla, cmd.ins, cmd.p1, cmd.p2))
 
         if cmd.ins == INS.GET_RESPONSE and cla in GET_RESPONSE_CLASSES:

@@ -44,7 +44,10 @@ _CURVES: dict[int, tuple[ec.EllipticCurve, hashes.HashAlgorithm, int]] = {
     Algorithm.ECC_P256: (ec.SECP256R1(), hashes.SHA256(), 32),
     Algorithm.ECC_P384: (ec.SECP384R1(), hashes.SHA384(), 48),
 }
-RSA_BITS = {Algorithm.RSA_2048: 2048}
+RSA_BITS: dict[int, int] = {Algorithm.RSA_2048: 2048}
+
+#: The key types the applet generates and stores.
+SlotKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
 #: Objects that need the PIN to read (SP 800-73-4 Part 1 Table 2: "PIN" access rule).
 PIN_PROTECTED_OBJECTS = frozenset(
@@ -119,7 +122,7 @@ class PivApplet(Applet):
             }
             store.commit(SECTION, state)
         self._state = state
-        self._keys: dict[int, Any] = {}  # slot -> private key object (parsed once)
+        self._keys: dict[int, SlotKey] = {}  # slot -> private key object (parsed once)
         self._handlers: dict[int, Callable[[CommandApdu], bytes]] = {
             INS.GET_DATA: self._get_data,
             INS.PUT_DATA: self._put_data,
@@ -177,7 +180,7 @@ class PivApplet(Applet):
         entry = self._state["keys"].get(f"{slot:X}")
         return int(entry["alg"]) if entry else None
 
-    def private_key(self, slot: int) -> Any:
+    def private_key(self, slot: int) -> SlotKey:
         """The private key object in ``slot`` (raise ``6A88`` when the slot is empty)."""
         if slot in self._keys:
             return self._keys[slot]
@@ -185,6 +188,8 @@ class PivApplet(Applet):
         if not entry:
             raise ApduError(SW.REFERENCE_DATA_NOT_FOUND, f"no key in slot {slot:02X}")
         key = serialization.load_der_private_key(bytes.fromhex(entry["der"]), password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+            raise ApduError(SW.REFERENCE_DATA_NOT_FOUND, f"slot {slot:02X} holds an unsupported key type")
         self._keys[slot] = key
         return key
 
@@ -286,7 +291,7 @@ class PivApplet(Applet):
         if len(alg_bytes) != 1:
             raise ApduError(SW.INCORRECT_DATA, "algorithm missing")
         alg = alg_bytes[0]
-        key: Any
+        key: SlotKey
         if alg in _CURVES:
             key = ec.generate_private_key(_CURVES[alg][0])
             point = key.public_key().public_bytes(
@@ -347,14 +352,16 @@ class PivApplet(Applet):
 
     def sign(self, slot: int, data: bytes) -> bytes:
         """ECDSA over a hash (DER signature) or raw RSA over a padded block; no access checks here."""
-        alg = self.key_algorithm(slot)
         key = self.private_key(slot)
-        if alg in _CURVES:
+        alg = self.key_algorithm(slot)
+        if isinstance(key, ec.EllipticCurvePrivateKey) and alg in _CURVES:
             _, hash_alg, size = _CURVES[alg]
             if not data or len(data) > 64:
                 raise ApduError(SW.INCORRECT_DATA, "digest length")
             digest = data[:size].rjust(size, b"\x00")  # leftmost bits (ECDSA truncation) / left-pad
             return key.sign(digest, ec.ECDSA(Prehashed(hash_alg)))
+        if not isinstance(key, rsa.RSAPrivateKey) or alg not in RSA_BITS:
+            raise ApduError(SW.REFERENCE_DATA_NOT_FOUND, f"slot {slot:02X}: key and algorithm disagree")
         size = RSA_BITS[alg] // 8
         if len(data) != size:
             raise ApduError(SW.INCORRECT_DATA, "RSA input must be one modulus long")
@@ -371,7 +378,10 @@ class PivApplet(Applet):
             peer = ec.EllipticCurvePublicKey.from_encoded_point(_CURVES[alg][0], point)
         except ValueError as exc:
             raise ApduError(SW.INCORRECT_DATA, "bad EC point") from exc
-        return self.private_key(slot).exchange(ec.ECDH(), peer)
+        key = self.private_key(slot)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise ApduError(SW.INCORRECT_DATA, "ECDH needs an EC key")
+        return key.exchange(ec.ECDH(), peer)
 
     # --- Yubico extensions ---------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric import ec
-from fido2.ctap2.pin import ClientPin, PinProtocol, PinProtocolV1, PinProtocolV2
+from fido2.ctap2.pin import ClientPin, PinProtocolV1, PinProtocolV2
 from fido2.utils import bytes2int, int2bytes
 
 from emulators.fido.ctap import ERR, ClientPinParam, Params, fail
@@ -46,10 +46,11 @@ SUPPORTED_PERMISSIONS = (
     | PERMISSION.LARGE_BLOB_WRITE
 )
 
-PROTOCOLS: dict[int, PinProtocol] = {1: PinProtocolV1(), 2: PinProtocolV2()}
+#: Both supported protocols derive from PinProtocolV1, which declares ``kdf`` (CTAP 2.1 §6.5.6, §6.5.7).
+PROTOCOLS: dict[int, PinProtocolV1] = {1: PinProtocolV1(), 2: PinProtocolV2()}
 
 
-def pin_protocol(version: int | None) -> PinProtocol:
+def pin_protocol(version: int | None) -> PinProtocolV1:
     """The PIN/UV auth protocol object for ``version`` (CTAP2_ERR_MISSING/INVALID_PARAMETER otherwise)."""
     if version is None:
         raise fail(ERR.MISSING_PARAMETER)
@@ -59,7 +60,7 @@ def pin_protocol(version: int | None) -> PinProtocol:
         raise fail(ERR.INVALID_PARAMETER) from None
 
 
-def _param_length(protocol: PinProtocol) -> int:
+def _param_length(protocol: PinProtocolV1) -> int:
     return 16 if protocol.VERSION == 1 else 32
 
 
@@ -110,7 +111,7 @@ class ClientPinHandler:
         nums = self._key.public_key().public_numbers()
         return {1: 2, 3: -25, -1: 1, -2: int2bytes(nums.x, 32), -3: int2bytes(nums.y, 32)}
 
-    def shared_secret(self, protocol: PinProtocol, peer: Params | None) -> bytes:
+    def shared_secret(self, protocol: PinProtocolV1, peer: Params | None) -> bytes:
         """decapsulate(peerCoseKey): ECDH with our key agreement key then the protocol's KDF (§6.5.6/7)."""
         if peer is None:
             raise fail(ERR.MISSING_PARAMETER)
@@ -123,17 +124,17 @@ class ClientPinHandler:
         except ValueError:
             raise fail(ERR.INVALID_PARAMETER) from None
         z = self._key.exchange(ec.ECDH(), pub)
-        return protocol.kdf(z)  # type: ignore[attr-defined]
+        return protocol.kdf(z)
 
     @staticmethod
-    def check_mac(protocol: PinProtocol, key: bytes, message: bytes, mac: bytes) -> bool:
+    def check_mac(protocol: PinProtocolV1, key: bytes, message: bytes, mac: bytes) -> bool:
         """verify(key, message, signature) of the protocol (§6.5.6 / §6.5.7)."""
         if len(mac) != _param_length(protocol):
             return False
         return hmac.compare_digest(protocol.authenticate(key, message), mac)
 
     @staticmethod
-    def _decrypt(protocol: PinProtocol, key: bytes, ciphertext: bytes) -> bytes:
+    def _decrypt(protocol: PinProtocolV1, key: bytes, ciphertext: bytes) -> bytes:
         iv = 16 if protocol.VERSION == 2 else 0
         if len(ciphertext) <= iv or (len(ciphertext) - iv) % 16:
             raise fail(ERR.INVALID_PARAMETER)
@@ -142,7 +143,7 @@ class ClientPinHandler:
     # --- token checks used by the other commands ------------------------------------------------------
 
     def verify_token(
-        self, protocol: PinProtocol, param: bytes, message: bytes, permission: int, rp_id: str | None
+        self, protocol: PinProtocolV1, param: bytes, message: bytes, permission: int, rp_id: str | None
     ) -> None:
         """Check a pinUvAuthParam made with the current token and its permission/RP binding (§6.5.5.7)."""
         tok = self.token
@@ -192,6 +193,8 @@ class ClientPinHandler:
             rp_id = params.text(ClientPinParam.RP_ID)
             if permissions == 0:
                 raise fail(ERR.INVALID_PARAMETER)
+            # ~ of the IntFlag spans the defined permissions only: known ones we do not grant (be, acfg) are
+            # refused, RFU bits pass as before.
             if permissions & ~SUPPORTED_PERMISSIONS:
                 raise fail(ERR.UNAUTHORIZED_PERMISSION)
             return self._get_token(protocol, params, permissions, rp_id)
@@ -199,7 +202,7 @@ class ClientPinHandler:
             raise fail(ERR.INVALID_SUBCOMMAND)  # no built-in UV
         raise fail(ERR.INVALID_SUBCOMMAND)
 
-    def _new_pin(self, protocol: PinProtocol, shared: bytes, new_pin_enc: bytes) -> bytes:
+    def _new_pin(self, protocol: PinProtocolV1, shared: bytes, new_pin_enc: bytes) -> bytes:
         """Decrypt and check a padded new PIN; return LEFT(SHA-256(PIN), 16) (§6.5.5.5 setPIN steps)."""
         expected = 64 + (16 if protocol.VERSION == 2 else 0)
         if len(new_pin_enc) != expected:
@@ -214,7 +217,7 @@ class ClientPinHandler:
             raise fail(ERR.PIN_POLICY_VIOLATION)
         return hashlib.sha256(pin).digest()[:16]
 
-    def _set_pin(self, protocol: PinProtocol, params: Params) -> None:
+    def _set_pin(self, protocol: PinProtocolV1, params: Params) -> None:
         peer = params.map(ClientPinParam.KEY_AGREEMENT, required=True)
         param = params.bytes_(ClientPinParam.PIN_UV_AUTH_PARAM, required=True) or b""
         new_pin_enc = params.bytes_(ClientPinParam.NEW_PIN_ENC, required=True) or b""
@@ -234,7 +237,7 @@ class ClientPinHandler:
         if self.power_cycle_required:
             raise fail(ERR.PIN_AUTH_BLOCKED)
 
-    def _verify_pin_hash(self, protocol: PinProtocol, shared: bytes, pin_hash_enc: bytes) -> None:
+    def _verify_pin_hash(self, protocol: PinProtocolV1, shared: bytes, pin_hash_enc: bytes) -> None:
         """Decrement retries first (tear-safe), compare, then restore or report (§6.5.5.5 changePIN)."""
         if len(pin_hash_enc) != 16 + (16 if protocol.VERSION == 2 else 0):
             raise fail(ERR.INVALID_PARAMETER)  # malformed, not a guess: costs no try
@@ -253,7 +256,7 @@ class ClientPinHandler:
         self.consecutive_fails = 0
         self.state.set_pin_retries(MAX_PIN_RETRIES)
 
-    def _change_pin(self, protocol: PinProtocol, params: Params) -> None:
+    def _change_pin(self, protocol: PinProtocolV1, params: Params) -> None:
         peer = params.map(ClientPinParam.KEY_AGREEMENT, required=True)
         param = params.bytes_(ClientPinParam.PIN_UV_AUTH_PARAM, required=True) or b""
         new_pin_enc = params.bytes_(ClientPinParam.NEW_PIN_ENC, required=True) or b""
@@ -268,7 +271,7 @@ class ClientPinHandler:
         logger.info("PIN changed")
 
     def _get_token(
-        self, protocol: PinProtocol, params: Params, permissions: int, rp_id: str | None
+        self, protocol: PinProtocolV1, params: Params, permissions: int, rp_id: str | None
     ) -> dict[int, object]:
         peer = params.map(ClientPinParam.KEY_AGREEMENT, required=True)
         pin_hash_enc = params.bytes_(ClientPinParam.PIN_HASH_ENC, required=True) or b""

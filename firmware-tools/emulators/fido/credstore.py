@@ -18,7 +18,7 @@ import hashlib
 import hmac
 import os
 from dataclasses import dataclass
-from enum import IntEnum
+from enum import IntEnum, IntFlag
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
@@ -33,6 +33,14 @@ _P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 class CredKind(IntEnum):
     SERVER_SIDE = 0x01
     DISCOVERABLE = 0x02
+
+
+class IdFlag(IntFlag):
+    """The credential id's ``flags`` byte (module docstring)."""
+
+    CRED_PROTECT = 0x03  # bits 0-1: the CredProtect level
+    HMAC_SECRET = 0x04
+    EDDSA = 0x08
 
 
 class CredProtect(IntEnum):
@@ -83,8 +91,13 @@ class Credential:
         }
 
 
-def _flags(alg: Alg, cred_protect: CredProtect, hmac_secret: bool) -> int:
-    return int(cred_protect) | (0x04 if hmac_secret else 0) | (0x08 if alg == Alg.EDDSA else 0)
+def _flags(alg: Alg, cred_protect: CredProtect, hmac_secret: bool) -> IdFlag:
+    flags = IdFlag(int(cred_protect)) & IdFlag.CRED_PROTECT
+    if hmac_secret:
+        flags |= IdFlag.HMAC_SECRET
+    if alg == Alg.EDDSA:
+        flags |= IdFlag.EDDSA
+    return flags
 
 
 class KeyVault:
@@ -109,16 +122,16 @@ class KeyVault:
         head, mac = cred_id[:18], cred_id[18:]
         if not hmac.compare_digest(mac, self._mac(head, rp_id_hash)):
             return None
-        flags = cred_id[1]
-        level = flags & 0x03
+        flags = IdFlag(cred_id[1])
+        level = int(flags & IdFlag.CRED_PROTECT)
         if level == 0:
             return None
         return Credential(
             cred_id=bytes(cred_id),
             rp_id_hash=rp_id_hash,
-            alg=Alg.EDDSA if flags & 0x08 else Alg.ES256,
+            alg=Alg.EDDSA if flags & IdFlag.EDDSA else Alg.ES256,
             cred_protect=CredProtect(level),
-            hmac_secret=bool(flags & 0x04),
+            hmac_secret=bool(flags & IdFlag.HMAC_SECRET),
             discoverable=cred_id[0] == CredKind.DISCOVERABLE,
         )
 
@@ -135,9 +148,9 @@ class KeyVault:
 
     def public_key(self, cred: Credential) -> CoseKey:
         key = self.private_key(cred)
-        if cred.alg == Alg.EDDSA:
-            return EdDSA.from_cryptography_key(key.public_key())  # type: ignore[arg-type]
-        return ES256.from_cryptography_key(key.public_key())  # type: ignore[arg-type]
+        if isinstance(key, ed25519.Ed25519PrivateKey):
+            return EdDSA.from_cryptography_key(key.public_key())
+        return ES256.from_cryptography_key(key.public_key())
 
     def sign(self, cred: Credential, message: bytes) -> bytes:
         """ECDSA-SHA256 (DER) or Ed25519 signature (WebAuthn §6.5.5 "packed" / assertion signature)."""

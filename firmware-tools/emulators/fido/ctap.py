@@ -10,11 +10,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from enum import IntEnum
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 from fido2 import cbor
 from fido2.ctap import CtapError
-from fido2.ctap2 import Ctap2
+from fido2.ctap2.base import Ctap2
 
 logger = logging.getLogger(__name__)
 
@@ -200,31 +200,63 @@ class Params:
             raise fail(ERR.CBOR_UNEXPECTED_TYPE)
         return value
 
+    @overload
+    def bytes_(self, key: Any, required: Literal[True]) -> bytes: ...
+    @overload
+    def bytes_(self, key: Any, required: bool = False) -> bytes | None: ...
     def bytes_(self, key: Any, required: bool = False) -> bytes | None:
         return self._get(key, bytes, required)
 
+    @overload
+    def text(self, key: Any, required: Literal[True]) -> str: ...
+    @overload
+    def text(self, key: Any, required: bool = False) -> str | None: ...
     def text(self, key: Any, required: bool = False) -> str | None:
         return self._get(key, str, required)
 
+    @overload
+    def uint(self, key: Any, required: Literal[True]) -> int: ...
+    @overload
+    def uint(self, key: Any, required: bool = False) -> int | None: ...
     def uint(self, key: Any, required: bool = False) -> int | None:
         value = self._get(key, int, required)
         if value is not None and value < 0:
             raise fail(ERR.CBOR_UNEXPECTED_TYPE)
         return value
 
+    @overload
+    def int_(self, key: Any, required: Literal[True]) -> int: ...
+    @overload
+    def int_(self, key: Any, required: bool = False) -> int | None: ...
     def int_(self, key: Any, required: bool = False) -> int | None:
         return self._get(key, int, required)
 
+    @overload
+    def bool_(self, key: Any, required: Literal[True]) -> bool: ...
+    @overload
+    def bool_(self, key: Any, required: bool = False) -> bool | None: ...
     def bool_(self, key: Any, required: bool = False) -> bool | None:
         return self._get(key, bool, required)
 
+    @overload
+    def map(self, key: Any, required: Literal[True]) -> Params: ...
+    @overload
+    def map(self, key: Any, required: bool = False) -> Params | None: ...
     def map(self, key: Any, required: bool = False) -> Params | None:
         value = self._get(key, Mapping, required)
         return None if value is None else Params(value)
 
+    @overload
+    def raw_map(self, key: Any, required: Literal[True]) -> Mapping[Any, Any]: ...
+    @overload
+    def raw_map(self, key: Any, required: bool = False) -> Mapping[Any, Any] | None: ...
     def raw_map(self, key: Any, required: bool = False) -> Mapping[Any, Any] | None:
         return self._get(key, Mapping, required)
 
+    @overload
+    def list_(self, key: Any, required: Literal[True]) -> list[Any]: ...
+    @overload
+    def list_(self, key: Any, required: bool = False) -> list[Any] | None: ...
     def list_(self, key: Any, required: bool = False) -> list[Any] | None:
         return self._get(key, list, required)
 
