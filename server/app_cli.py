@@ -31,29 +31,30 @@ def _db(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from cityid.serving import ServingLimits, WsgiServer, bind_listener, flask_route_of
     from server.app import create_app
 
     cfg = _config(args)
+    sock = bind_listener(args.host, args.port)  # "port in use" before the start-up, not after it
+    if not args.no_access_log:
+        logging.getLogger("cityid.access").setLevel(logging.INFO)  # route templates only, no personal data
     progress(f"opening database, issuer key ({cfg.issuer_key.source}) and chain ({cfg.chain})")
     app = create_app(cfg)
     did = app.extensions["cityid.service"].issuer_did
-    progress(f"issuer {did} published; serving on http://{args.host}:{args.port}")
+    limits = ServingLimits(threads=args.threads, max_body_bytes=cfg.max_body_bytes, idle_timeout_s=30)
+    http = WsgiServer(
+        app,
+        sock,
+        limits=limits,
+        access_log=None if args.no_access_log else flask_route_of(app),
+        name="city-server-http",
+    )
+    progress(f"issuer {did} published; serving on {http.url} (waitress, {args.threads} threads)")
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         progress("listening beyond localhost: put a TLS-terminating proxy in front (docs/server.md §Ops)")
-    import threading
-
-    from werkzeug.serving import make_server
-
-    http = make_server(args.host, args.port, app, threaded=True)
-    thread = threading.Thread(target=http.serve_forever, name="city-server-http", daemon=True)
-    thread.start()
-    try:
+    with http:
         wait_for_stop()  # SIGINT or SIGTERM, even when started with SIGINT ignored
-    finally:
-        progress("stopping")
-        http.shutdown()
-        http.server_close()
-        thread.join(timeout=5)
+        progress("stopping: finishing requests in flight")
     return 0
 
 
@@ -148,6 +149,17 @@ def cmd_key_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    """argparse type: an integer ≥ 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``serve``, ``terminal``, ``db`` and ``issuer-key``."""
 
@@ -159,6 +171,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     common(p)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8700, help="port (default 8700)")
+    p.add_argument("--threads", type=_positive, default=8, help="worker threads (default 8)")
+    p.add_argument("--no-access-log", action="store_true", help="no per-request log lines")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("db", help="database administration")

@@ -21,6 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", metavar="FILE", help="TOML configuration file (docs/ui.md)")
     p.add_argument("--host", help="bind address (default from the config: 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default from the config: 8080)")
+    p.add_argument("--no-access-log", action="store_true", help="no per-request log lines")
     p.set_defaults(func=_serve)
 
     c = sub.add_parser(
@@ -34,6 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _serve(args: argparse.Namespace) -> int:
     """Serve the kiosk (citizen, unattended) or counter (clerk) screens with the configured chain, server
     and card readers. Binds to 127.0.0.1 unless the configuration or --host says otherwise."""
+    from cityid.serving import bind_listener
     from terminal.web import create_app
     from terminal.web.server import ServerThread
 
@@ -46,13 +48,14 @@ def _serve(args: argparse.Namespace) -> int:
     if args.port is not None:
         overrides["port"] = args.port
     config = replace(config, **overrides)  # type: ignore[arg-type]
-    if args.verbose < 2:
-        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # request lines only with -vv
     if config.mode is Mode.COUNTER and not config.server_url:
         raise CityIdError("a counter terminal needs [server] url in its configuration")
+    if not args.no_access_log:
+        logging.getLogger("cityid.access").setLevel(logging.INFO)  # route templates only, no personal data
+    sock = bind_listener(config.host, config.port)  # "port in use" before the start-up, not after it
     kiosk, counter = _backends(config)
     app = create_app(config, kiosk=kiosk, counter=counter)
-    with ServerThread(app, config.host, config.port) as server:
+    with ServerThread(app, config.host, config.port, sock=sock) as server:
         print(f"{config.mode.value} screens on {server.url}/{'' if kiosk else 'counter/'}", flush=True)
         wait_for_stop()
     return 0
