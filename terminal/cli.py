@@ -6,7 +6,10 @@ from collections.abc import Sequence
 
 from cityid.cli_util import build_parser, run
 
-COMMAND_MODULES = ("terminal.web_cli",)  # kiosk serve|demo
+COMMAND_MODULES = (
+    "terminal.web_cli",  # kiosk serve|clerk-password (demo: citydemo entry point)
+    "terminal.sync_cli",  # kiosk sync
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

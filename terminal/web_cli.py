@@ -11,6 +11,7 @@ from dataclasses import replace
 
 from cityid.cli_util import wait_for_stop
 from cityid.errors import CityIdError
+from cityid.secrets import secret
 from terminal.config import Mode, TerminalConfig, hash_password, load_config, parse_config
 
 
@@ -81,15 +82,22 @@ def _backends(config: TerminalConfig) -> tuple[object | None, object | None]:
 
     if not config.terminal_key:
         raise CityIdError(f"{config.source}: server.terminal_key: a counter terminal needs its signing key")
-    key = load_terminal_key(config.terminal_key, os.environ.get("CITYID_TERMINAL_KEY_PASSWORD"))
+    key = load_terminal_key(config.terminal_key, secret("CITYID_TERMINAL_KEY_PASSWORD"))
     client = ServerClient(config.server_url, config.terminal_id, key)
     return None, CardCounterBackend(client, verifier, reader_filter=config.reader)
 
 
 def _chain_view(config: TerminalConfig) -> object:
     from cityid.chain.live import LiveChainView
-    from cityid.chain.network import NetworkConfig
     from cityid.chain.rpc import HttpTransport, RpcClient
+
+    network = chain_network(config)
+    return LiveChainView(RpcClient(HttpTransport(network.rpc_url)), network)
+
+
+def chain_network(config: TerminalConfig):  # type: ignore[no-untyped-def]
+    """The configured chain as a :class:`cityid.chain.network.NetworkConfig` (not the embedded one)."""
+    from cityid.chain.network import NetworkConfig
 
     chain = config.chain
     if chain.embedded:
@@ -98,17 +106,15 @@ def _chain_view(config: TerminalConfig) -> object:
             "or network_file for `kiosk serve`"
         )
     if chain.network_file:
-        network = NetworkConfig.load(chain.network_file)
-    else:
-        network = NetworkConfig.from_json(
-            {
-                "name": chain.network,
-                "chain_id": chain.chain_id,
-                "rpc_url": chain.rpc,
-                "addresses": chain.addresses,
-            }
-        )
-    return LiveChainView(RpcClient(HttpTransport(network.rpc_url)), network)
+        return NetworkConfig.load(chain.network_file)
+    return NetworkConfig.from_json(
+        {
+            "name": chain.network,
+            "chain_id": chain.chain_id,
+            "rpc_url": chain.rpc,
+            "addresses": chain.addresses,
+        }
+    )
 
 
 def _clerk_password(args: argparse.Namespace) -> int:
