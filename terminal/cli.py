@@ -9,6 +9,7 @@ from cityid.cli_util import build_parser, run
 COMMAND_MODULES = (
     "terminal.web_cli",  # kiosk serve|clerk-password (demo: citydemo entry point)
     "terminal.sync_cli",  # kiosk sync
+    "terminal.doctor_cli",  # kiosk doctor
 )
 
 
