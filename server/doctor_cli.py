@@ -12,6 +12,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from cityid.cli_util import port_number
 from cityid.doctor import (
     Check,
     Fail,
@@ -32,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("doctor", help="check this city-server host end to end", description=__doc__)
     p.add_argument("--config", metavar="FILE", help="TOML config (secrets from the environment/credentials)")
     p.add_argument("--host", default="127.0.0.1", help="the address `serve` binds (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8700, help="the port `serve` binds (default 8700)")
+    p.add_argument("--port", type=port_number, default=8700, help="the port `serve` binds (default 8700)")
     p.add_argument("--diagnose", action="store_true", help="also print a JSON dump for support")
     p.set_defaults(func=_doctor)
 

@@ -9,7 +9,7 @@ import os
 import sys
 from dataclasses import replace
 
-from cityid.cli_util import wait_for_stop
+from cityid.cli_util import port_number, wait_for_stop
 from cityid.errors import CityIdError
 from cityid.secrets import secret
 from terminal.config import Mode, TerminalConfig, hash_password, load_config, parse_config
@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mode", choices=[m.value for m in Mode], help="kiosk (unattended) or counter (clerk)")
     p.add_argument("--config", metavar="FILE", help="TOML configuration file (docs/ui.md)")
     p.add_argument("--host", help="bind address (default from the config: 127.0.0.1)")
-    p.add_argument("--port", type=int, help="port (default from the config: 8080)")
+    p.add_argument("--port", type=port_number, help="port (default from the config: 8080)")
     p.add_argument("--no-access-log", action="store_true", help="no per-request log lines")
     p.set_defaults(func=_serve)
 

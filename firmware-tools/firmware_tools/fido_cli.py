@@ -235,6 +235,8 @@ def cmd_creds_delete(args: argparse.Namespace) -> int:
 
 def cmd_reset(args: argparse.Namespace) -> int:
     if not args.yes:
+        if not sys.stdin.isatty():
+            raise CityIdError("reset erases the key: pass --yes (no terminal to ask for confirmation)")
         answer = input("Erase every credential and the PIN of the key? Type 'reset': ")
         if answer.strip() != "reset":
             print("not reset")
