@@ -29,6 +29,25 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def needs_command(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    """``func`` for a command group run without its sub-command: one usage line naming the choices, exit 2."""
+
+    def missing(_args: argparse.Namespace) -> int:
+        choices = [
+            name
+            for action in parser._actions
+            if isinstance(action, argparse._SubParsersAction)
+            for name in action.choices
+        ]
+        print(
+            f"{parser.prog}: error: choose a command: {', '.join(choices)} (see {parser.prog} --help)",
+            file=sys.stderr,
+        )
+        return 2
+
+    return missing
+
+
 def port_number(text: str) -> int:
     """argparse type: a TCP port, 0..65535 (0: any free port)."""
     try:

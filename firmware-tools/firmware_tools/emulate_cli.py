@@ -10,7 +10,7 @@ import threading
 import time
 from pathlib import Path
 
-from cityid.cli_util import progress, stop_signals
+from cityid.cli_util import needs_command, progress, stop_signals
 from cityid.errors import CityIdError
 from firmware_tools.options import default_state_path, parse_hostport
 
@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add ``emulate`` with its ``citizen`` sub-command."""
     emulate = sub.add_parser("emulate", help="run a virtual card in the vpcd reader of pcscd")
     kinds = emulate.add_subparsers(dest="card_kind", metavar="CARD")
-    emulate.set_defaults(func=lambda args: (emulate.print_help(), 2)[1])
+    emulate.set_defaults(func=needs_command(emulate))
     p = kinds.add_parser(
         "citizen",
         help="the Busan citizen card (PIV + citizen applet)",
