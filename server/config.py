@@ -58,6 +58,12 @@ class ServerConfig:
 # Secret variables; each may also be a credential file $CREDENTIALS_DIRECTORY/<name> (LoadCredential=).
 SECRET_ENV = ("CITY_ISSUER_KEY_PASSWORD", "CITY_PKCS11_PIN", "CITY_CHAIN_PRIVATE_KEY")
 
+# The [server] table's settings (docs/server.md §Configuration is tested against these and IssuerKeyConfig).
+SERVER_KEYS = (
+    "database_url", "chain", "status_list_id", "status_list_capacity",
+    "credential_validity_days", "auth_window_seconds", "max_body_bytes",
+)  # fmt: skip
+
 _ENV_STR = {
     "CITY_SERVER_DB_URL": "database_url",
     "CITY_SERVER_CHAIN": "chain",
@@ -95,11 +101,7 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
     for secret in ("keystore_password", "pkcs11_pin", "chain_private_key"):
         if secret in key or secret in server:
             raise ConfigError(f"{secret} must come from the environment, not the config file")
-    known_server = {
-        "database_url", "chain", "status_list_id", "status_list_capacity",
-        "credential_validity_days", "auth_window_seconds", "max_body_bytes",
-    }  # fmt: skip
-    unknown = set(server) - known_server
+    unknown = set(server) - set(SERVER_KEYS)
     if unknown:
         raise ConfigError(f"unknown [server] settings: {', '.join(sorted(unknown))}")
     known_key = {
