@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 from cityid.cli_util import port_number, wait_for_stop
 from cityid.errors import CityIdError
@@ -58,8 +59,27 @@ def _serve(args: argparse.Namespace) -> int:
     app = create_app(config, kiosk=kiosk, counter=counter)
     with ServerThread(app, config.host, config.port, sock=sock) as server:
         print(f"{config.mode.value} screens on {server.url}/{'' if kiosk else 'counter/'}", flush=True)
+        write_browser_url(f"{server.url}/{'' if kiosk else 'counter/'}")
         wait_for_stop()
     return 0
+
+
+def write_browser_url(url: str) -> Path | None:
+    """Hand the kiosk browser its start URL: ``$RUNTIME_DIRECTORY/browser-url`` (mode 0640), one line.
+
+    The contract with udev/systemd/cityid-kiosk-browser (docs/operations.md §Kiosk browser); no file when
+    not run by systemd with ``RuntimeDirectory=``.
+    """
+    folder = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    if not folder:
+        return None
+    path = Path(folder) / "browser-url"
+    tmp = path.with_name(".browser-url.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(url + "\n")
+    os.replace(tmp, path)  # the launcher never reads a half-written line
+    return path
 
 
 def _backends(config: TerminalConfig) -> tuple[object | None, object | None]:

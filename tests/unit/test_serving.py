@@ -91,3 +91,38 @@ def test_limits_stream_access_log_and_graceful_stop(app_and_stop, caplog) -> Non
     log = caplog.text
     assert "GET /credentials/<cid>/status 200" in log and "GET /events 200" in log and "GET - 404" in log
     assert "BS-SECRET-42" not in log and "1234" not in log and "127.0.0.1" not in log.replace(server.url, "")
+
+
+def test_kiosk_sse_under_waitress_and_graceful_stop() -> None:
+    """The kiosk app under the production server: /events streams its first message at once, and stop()
+    ends the open stream (the app's shutdown hook) instead of waiting for it."""
+    from terminal.config import parse_config
+    from terminal.web import create_app
+    from terminal.web.server import ServerThread
+    from tests.doubles.fake_backends import FakeKioskBackend
+
+    app = create_app(
+        parse_config({"terminal": {"mode": "kiosk", "language": "en"}}), kiosk=FakeKioskBackend()
+    )
+    server = ServerThread(app, "127.0.0.1", 0).start()
+    assert server._prod is not None  # waitress, not Werkzeug
+    stream = requests.get(f"{server.url}/events", stream=True, timeout=5)
+    assert stream.headers["Content-Type"].startswith("text/event-stream")
+    first = next(line for line in stream.iter_lines() if line.startswith(b"event:"))
+    assert first.startswith(b"event: ")
+    t0 = time.monotonic()
+    server.stop()
+    assert time.monotonic() - t0 < 3
+    with pytest.raises(requests.ConnectionError):
+        requests.get(server.url + "/", timeout=2)
+
+
+def test_browser_url_file(tmp_path, monkeypatch) -> None:
+    from terminal.web_cli import write_browser_url
+
+    monkeypatch.delenv("RUNTIME_DIRECTORY", raising=False)
+    assert write_browser_url("http://127.0.0.1:8080/") is None
+    monkeypatch.setenv("RUNTIME_DIRECTORY", str(tmp_path))
+    path = write_browser_url("http://127.0.0.1:8080/")
+    assert path == tmp_path / "browser-url"
+    assert path.read_text() == "http://127.0.0.1:8080/\n" and path.stat().st_mode & 0o777 == 0o640
