@@ -86,7 +86,9 @@ class _Host:
         if cfg.mode is not Mode.COUNTER:
             return "not needed (kiosk mode)"
         if not cfg.terminal_key:
-            raise Fail("no [server] terminal_key", "kiosk terminal-key generate, then set terminal_key")
+            raise Fail(
+                "no [server] terminal_key", "city-server terminal keygen --name ID, then set terminal_key"
+            )
         detail = check_secret_file(cfg.terminal_key, "terminal key")
         from terminal.server_client import load_terminal_key
 
