@@ -42,6 +42,7 @@ def test_serve_end_to_end(tmp_path):
     }
     cli = [sys.executable, "-m", "server.cli"]
     subprocess.run([*cli, "issuer-key", "generate"], env=env, check=True, capture_output=True)
+    subprocess.run([*cli, "db", "init"], env=env, check=True, capture_output=True)  # no implicit creation
     tkey = ec.generate_private_key(ec.SECP256R1())
     (tmp_path / "t.pem").write_bytes(
         tkey.public_key().public_bytes(
