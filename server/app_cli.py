@@ -7,12 +7,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import threading
 from pathlib import Path
 
-from cityid.cli_util import progress, stop_signals
-from server.config import ServerConfig, load_config
+from cityid.cli_util import port_number, progress, stop_signals
+from cityid.errors import CityIdError
+from server.config import DEFAULT_DB_URL, ServerConfig, load_config
 
 logger = logging.getLogger(__name__)
 
@@ -24,10 +26,17 @@ def _config(args: argparse.Namespace) -> ServerConfig:
     return cfg
 
 
-def _db(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _db(args: argparse.Namespace, create: bool = False):  # type: ignore[no-untyped-def]
+    """The configured database; only ``db init`` (``create``) may create a SQLite file."""
     from server.db import Database
 
     cfg = _config(args)
+    if not create and cfg.database_url.startswith("sqlite:///"):
+        path = Path(cfg.database_url.removeprefix("sqlite:///"))
+        if not path.exists():
+            raise CityIdError(
+                f"database {path} does not exist: run `city-server db init` with the same settings"
+            )
     db = Database.from_url(cfg.database_url)
     db.init(cfg.status_list_id, cfg.status_list_capacity)
     return db
@@ -39,42 +48,102 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace, stop: threading.Event) -> int:
+    from cityid.serving import ServingLimits, WsgiServer, bind_listener, flask_route_of
     from server.app import create_app
 
     cfg = _config(args)
+    sock = bind_listener(args.host, args.port)  # "port in use" before the start-up, not after it
+    if not args.no_access_log:
+        logging.getLogger("cityid.access").setLevel(logging.INFO)  # route templates only, no personal data
     progress(f"opening database, issuer key ({cfg.issuer_key.source}) and chain ({cfg.chain})")
     app = create_app(cfg)
     did = app.extensions["cityid.service"].issuer_did
-    progress(f"issuer {did}; serving on http://{args.host}:{args.port}")
+    limits = ServingLimits(threads=args.threads, max_body_bytes=cfg.max_body_bytes, idle_timeout_s=30)
+    http = WsgiServer(
+        app,
+        sock,
+        limits=limits,
+        access_log=None if args.no_access_log else flask_route_of(app),
+        name="city-server-http",
+    )
+    progress(f"issuer {did}; serving on {http.url} (waitress, {args.threads} threads)")
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         progress("listening beyond localhost: put a TLS-terminating proxy in front (docs/server.md §Ops)")
-    from werkzeug.serving import make_server
-
-    http = make_server(args.host, args.port, app, threaded=True)
-    thread = threading.Thread(target=http.serve_forever, name="city-server-http", daemon=True)
-    thread.start()
-    try:
+    with http:
         while not stop.wait(0.5):
             pass
-    finally:
-        progress("stopping")
-        http.shutdown()
-        http.server_close()
-        thread.join(timeout=5)
+        progress("stopping: finishing requests in flight")
     return 0
 
 
 def cmd_db_init(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    _db(args)
+    if cfg.database_url == DEFAULT_DB_URL and not (
+        args.db or args.config or os.environ.get("CITY_SERVER_DB_URL")
+    ):
+        raise CityIdError(
+            "no database configured: pass --db URL or --config FILE (or set CITY_SERVER_DB_URL)"
+        )
+    _db(args, create=True)
     print(f"database ready ({cfg.database_url.split('://', 1)[0]}), status list {cfg.status_list_id}")
     return 0
 
 
 def cmd_terminal_add(args: argparse.Namespace) -> int:
-    pem = Path(args.public_key).read_text() if args.public_key != "-" else sys.stdin.read()
+    if args.public_key == "-":
+        pem = sys.stdin.read()
+    else:
+        try:
+            pem = Path(args.public_key).read_text()
+        except FileNotFoundError:
+            raise CityIdError(f"public key file {args.public_key} does not exist") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CityIdError(f"cannot read public key file {args.public_key}: {exc}") from None
     t = _db(args).add_terminal(args.name, pem)
     print(f"terminal {t.name} registered")
+    return 0
+
+
+def cmd_terminal_keygen(args: argparse.Namespace) -> int:
+    """Create a counter terminal's P-256 key pair: secret key file 0600, public key PEM to register."""
+    import hashlib
+    import re
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from cityid.secrets import secret
+
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", args.name):
+        raise CityIdError("terminal name: 1-64 letters, digits, '.', '_' or '-'")
+    out = Path(args.out)
+    if not out.is_dir():
+        raise CityIdError(f"output folder {out} does not exist")
+    key_path, pub_path = out / f"{args.name}.key.pem", out / f"{args.name}.pub.pem"
+    password = secret("CITYID_TERMINAL_KEY_PASSWORD")
+    key = ec.generate_private_key(ec.SECP256R1())
+    encryption = (
+        serialization.BestAvailableEncryption(password.encode()) if password else serialization.NoEncryption()
+    )
+    private_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
+    spki = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    public_pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    try:
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise CityIdError(f"{key_path} exists; refusing to overwrite a terminal key") from None
+    with os.fdopen(fd, "wb") as f:
+        f.write(private_pem)
+    pub_path.write_bytes(public_pem)
+    print(f"secret key: {key_path} (mode 0600{', encrypted' if password else ''}) — keep it on the terminal")
+    print(f"public key: {pub_path}")
+    print(f"fingerprint: SHA256:{hashlib.sha256(spki).hexdigest()}")
+    print(f"register it: city-server terminal add --name {args.name} --public-key {pub_path.name}")
+    print(f'terminal config: [server] terminal_key = "{key_path.resolve()}"')
     return 0
 
 
@@ -121,6 +190,11 @@ def cmd_audit(args: argparse.Namespace) -> int:
     else:
         for r in rows:
             print("\t".join(str(getattr(r, f) or "-") for f in fields))
+        if not rows:
+            print(
+                "no audit entries" + (f" for credential {args.credential}" if args.credential else ""),
+                file=sys.stderr,
+            )
     return 0
 
 
@@ -242,6 +316,17 @@ def cmd_status_list_ensure(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    """argparse type: an integer ≥ 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``serve``, ``terminal``, ``db`` and ``issuer-key``."""
 
@@ -252,7 +337,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run the issuer/registrar API for counter terminals")
     common(p)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8700, help="port (default 8700)")
+    p.add_argument("--port", type=port_number, default=8700, help="port (default 8700)")
+    p.add_argument("--threads", type=_positive, default=8, help="worker threads (default 8)")
+    p.add_argument("--no-access-log", action="store_true", help="no per-request log lines")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("db", help="database administration")
@@ -270,6 +357,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--public-key", required=True, metavar="PEM_FILE", help="public key PEM file, or - for stdin"
     )
     q.set_defaults(func=cmd_terminal_add)
+    q = tsub.add_parser("keygen", help="create a counter terminal's key pair and print what to register")
+    q.add_argument("--name", required=True, help="terminal id (letters, digits, . _ -)")
+    q.add_argument("--out", default=".", metavar="DIR", help="folder for NAME.key.pem and NAME.pub.pem (.)")
+    q.set_defaults(func=cmd_terminal_keygen)
     q = tsub.add_parser("list", help="list terminals")
     common(q)
     q.add_argument("--json", action="store_true", help="machine-readable output")

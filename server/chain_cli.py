@@ -10,7 +10,7 @@ from pathlib import Path
 
 from cityid.chain.errors import ChainConfigError
 from cityid.chain.rpc import HttpTransport, RpcClient
-from cityid.cli_util import progress
+from cityid.cli_util import needs_command, progress
 
 CONTRACTS = Path(__file__).resolve().parent / "contracts"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "cityid" / "chain" / "artifacts"
@@ -145,7 +145,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add ``chain compile|deploy|check|root|accounts``."""
     chain = sub.add_parser("chain", help="chain contracts and account", description=__doc__)
     cmds = chain.add_subparsers(dest="chain_command", metavar="CHAIN_COMMAND")
-    chain.set_defaults(func=lambda _args: chain.print_help() or 2)
+    chain.set_defaults(func=needs_command(chain))
 
     p = cmds.add_parser("compile", help="compile server/contracts with the pinned solc-js into the artifacts")
     p.add_argument("--out", default=str(ARTIFACTS), help="artifact directory (default: %(default)s)")

@@ -9,6 +9,7 @@ from cityid.cli_util import build_parser, run
 COMMAND_MODULES = (
     "server.chain_cli",  # city-server chain deploy|...
     "server.app_cli",  # city-server serve|terminal|...
+    "server.doctor_cli",  # city-server doctor
 )
 
 

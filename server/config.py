@@ -1,7 +1,7 @@
 """Configuration of ``city-server``: a TOML file, overridden by environment variables.
 
-Secrets (keystore password, PKCS#11 PIN, chain private key) come from the environment only, never from the
-file, so a config file can be checked in. See docs/server.md §Configuration.
+Secrets (keystore password, PKCS#11 PIN, chain private key) come from the environment or systemd credentials
+(:mod:`cityid.secrets`), never from the file, so a config file can be checked in: docs/server.md §Config.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from cityid.errors import CityIdError
+from cityid.secrets import with_secrets
 
 DEFAULT_DB_URL = "sqlite:///city-server.db"
 DEFAULT_KEYSTORE = "issuer-key.p8"
@@ -55,6 +56,15 @@ class ServerConfig:
         return replace(self, **changes)  # type: ignore[arg-type]
 
 
+# Secret variables; each may also be a credential file $CREDENTIALS_DIRECTORY/<name> (LoadCredential=).
+SECRET_ENV = ("CITY_ISSUER_KEY_PASSWORD", "CITY_PKCS11_PIN", "CITY_CHAIN_PRIVATE_KEY")
+
+# The [server] table's settings (docs/server.md §Configuration is tested against these and IssuerKeyConfig).
+SERVER_KEYS = (
+    "database_url", "chain", "issuer_did", "status_list_id", "status_list_capacity",
+    "credential_validity_days", "auth_window_seconds", "max_body_bytes",
+)  # fmt: skip
+
 _ENV_STR = {
     "CITY_SERVER_DB_URL": "database_url",
     "CITY_SERVER_CHAIN": "chain",
@@ -77,7 +87,7 @@ def _int(value: object, name: str) -> int:
 
 def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> ServerConfig:
     """Read the TOML file (if any), then apply environment overrides; raise :class:`ConfigError`."""
-    env = os.environ if env is None else env
+    env = with_secrets(SECRET_ENV, os.environ if env is None else env)
     data: dict = {}
     if path is not None:
         try:
@@ -93,11 +103,7 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
     for secret in ("keystore_password", "pkcs11_pin", "chain_private_key"):
         if secret in key or secret in server:
             raise ConfigError(f"{secret} must come from the environment, not the config file")
-    known_server = {
-        "database_url", "chain", "issuer_did", "status_list_id", "status_list_capacity",
-        "credential_validity_days", "auth_window_seconds", "max_body_bytes",
-    }  # fmt: skip
-    unknown = set(server) - known_server
+    unknown = set(server) - set(SERVER_KEYS)
     if unknown:
         raise ConfigError(f"unknown [server] settings: {', '.join(sorted(unknown))}")
     known_key = {

@@ -1,4 +1,6 @@
-"""WSGI entry point for a production server (``gunicorn 'server.wsgi:app' --workers 1 --threads 8``).
+"""WSGI entry point for an external WSGI server (``waitress-serve server.wsgi:app``).
+
+``city-server serve`` (waitress: limits, access log, graceful stop) is the usual way (docs/operations.md).
 
 Configuration from ``CITY_SERVER_CONFIG`` (a TOML file) plus the environment, as ``city-server serve``.
 Run ONE process per registrar account (threads are fine): chain transactions are nonce-managed per process.

@@ -6,7 +6,12 @@ from collections.abc import Sequence
 
 from cityid.cli_util import build_parser, run
 
-COMMAND_MODULES = ("terminal.web_cli", "terminal.certificate_cli")  # kiosk serve|demo, verify-certificate
+COMMAND_MODULES = (
+    "terminal.web_cli",  # kiosk serve|clerk-password (demo: citydemo entry point)
+    "terminal.certificate_cli",  # kiosk verify-certificate
+    "terminal.sync_cli",  # kiosk sync
+    "terminal.doctor_cli",  # kiosk doctor
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -45,7 +45,8 @@ A kiosk or counter terminal reads one file (``kiosk serve --config FILE``)::
     [counter.clerks]
     kim = "scrypt$16384$8$1$<salt hex>$<hash hex>"   # from `kiosk clerk-password`
 
-Secrets (the Flask session key, the terminal key password) come from the environment, never the file:
+Secrets (the Flask session key, the terminal key password) come from the environment or a systemd credential
+file ``$CREDENTIALS_DIRECTORY/<name>`` (cityid.secrets), never the file:
 ``CITYID_KIOSK_SECRET``, ``CITYID_TERMINAL_KEY_PASSWORD``. The full reference is docs/ui.md.
 """
 
@@ -67,6 +68,7 @@ from urllib.parse import urlsplit
 from cityid.chain.network import CONTRACT_KEYS as _CONTRACTS
 from cityid.chain.network import NetworkConfig
 from cityid.errors import CityIdError
+from cityid.secrets import secret as _secret
 from terminal.peripherals.printer import FLOW_CONTROLS, PAPER_DOTS, PrinterSettings
 
 LANGUAGES = ("ko", "en")
@@ -369,7 +371,7 @@ def parse_config(data: dict[str, Any], source: str = "<dict>") -> TerminalConfig
     if mode is Mode.COUNTER and not server_url:
         raise _fail(source, "server.url", "a counter terminal needs the city server URL")
 
-    secret_hex = os.environ.get("CITYID_KIOSK_SECRET", "")
+    secret_hex = _secret("CITYID_KIOSK_SECRET") or ""  # env or systemd credential (cityid.secrets)
     secret = bytes.fromhex(secret_hex) if re.fullmatch(r"([0-9a-fA-F]{2}){16,}", secret_hex) else None
     config = TerminalConfig(
         mode=mode,

@@ -9,9 +9,11 @@ import os
 import sys
 import threading
 from dataclasses import replace
+from pathlib import Path
 
-from cityid.cli_util import stop_signals
+from cityid.cli_util import port_number, stop_signals
 from cityid.errors import CityIdError
+from cityid.secrets import secret
 from terminal.config import Mode, TerminalConfig, check_bind, hash_password, load_config, parse_config
 
 
@@ -21,7 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mode", choices=[m.value for m in Mode], help="kiosk (unattended) or counter (clerk)")
     p.add_argument("--config", metavar="FILE", help="TOML configuration file (docs/ui.md)")
     p.add_argument("--host", help="bind address (default from the config: 127.0.0.1)")
-    p.add_argument("--port", type=int, help="port (default from the config: 8080)")
+    p.add_argument("--port", type=port_number, help="port (default from the config: 8080)")
+    p.add_argument("--no-access-log", action="store_true", help="no per-request log lines")
     p.set_defaults(func=_serve)
 
     c = sub.add_parser(
@@ -40,6 +43,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _serve_until(args: argparse.Namespace, stop: threading.Event) -> int:
+    from cityid.serving import bind_listener
     from terminal.web import create_app
     from terminal.web.server import ServerThread
 
@@ -53,21 +57,46 @@ def _serve_until(args: argparse.Namespace, stop: threading.Event) -> int:
         overrides["port"] = args.port
     config = replace(config, **overrides)  # type: ignore[arg-type]
     check_bind(config)  # beyond loopback only with TLS + client certificates (docs/ui.md §Security)
-    if args.verbose < 2:
-        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # request lines only with -vv
+    if config.mode is Mode.KIOSK and not config.screen_url_file:
+        runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+        if runtime:  # under systemd: the browser unit reads the one-use launch URL there
+            config = replace(config, screen_url_file=str(Path(runtime) / "browser-url"))
     if config.mode is Mode.COUNTER and not config.server_url:
         raise CityIdError("a counter terminal needs [server] url in its configuration")
+    if not args.no_access_log:
+        logging.getLogger("cityid.access").setLevel(logging.INFO)  # route templates only, no personal data
+    sock = bind_listener(config.host, config.port)  # "port in use" before the start-up, not after it
     kiosk, counter = _backends(config)
     app = create_app(config, kiosk=kiosk, counter=counter)
-    with ServerThread(app, config.host, config.port) as server:
+    with ServerThread(app, config.host, config.port, sock=sock) as server:
         print(f"{config.mode.value} screens on {server.url}/{'' if kiosk else 'counter/'}", flush=True)
         from terminal.web.app import announce
 
         for line in announce(app, server.url):
             print(line, flush=True)
+        if counter is not None:
+            write_browser_url(f"{server.url}/counter/")
         while not stop.wait(0.5):
             pass
     return 0
+
+
+def write_browser_url(url: str) -> Path | None:
+    """Hand the kiosk browser its start URL: ``$RUNTIME_DIRECTORY/browser-url`` (mode 0640), one line.
+
+    The contract with udev/systemd/cityid-kiosk-browser (docs/operations.md §Kiosk browser); no file when
+    not run by systemd with ``RuntimeDirectory=``.
+    """
+    folder = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    if not folder:
+        return None
+    path = Path(folder) / "browser-url"
+    tmp = path.with_name(".browser-url.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(url + "\n")
+    os.replace(tmp, path)  # the launcher never reads a half-written line
+    return path
 
 
 def _backends(config: TerminalConfig) -> tuple[object | None, object | None]:
@@ -90,15 +119,22 @@ def _backends(config: TerminalConfig) -> tuple[object | None, object | None]:
 
     if not config.terminal_key:
         raise CityIdError(f"{config.source}: server.terminal_key: a counter terminal needs its signing key")
-    key = load_terminal_key(config.terminal_key, os.environ.get("CITYID_TERMINAL_KEY_PASSWORD"))
+    key = load_terminal_key(config.terminal_key, secret("CITYID_TERMINAL_KEY_PASSWORD"))
     client = ServerClient(config.server_url, config.terminal_id, key)
     return None, CardCounterBackend(client, verifier, reader_filter=config.reader)
 
 
 def _chain_view(config: TerminalConfig) -> object:
     from cityid.chain.live import LiveChainView
-    from cityid.chain.network import NetworkConfig
     from cityid.chain.rpc import HttpTransport, RpcClient
+
+    network = chain_network(config)
+    return LiveChainView(RpcClient(HttpTransport(network.rpc_url)), network)
+
+
+def chain_network(config: TerminalConfig):  # type: ignore[no-untyped-def]
+    """The configured chain as a :class:`cityid.chain.network.NetworkConfig` (not the embedded one)."""
+    from cityid.chain.network import NetworkConfig
 
     chain = config.chain
     if chain.embedded:
@@ -107,17 +143,15 @@ def _chain_view(config: TerminalConfig) -> object:
             "or network_file for `kiosk serve`"
         )
     if chain.network_file:
-        network = NetworkConfig.load(chain.network_file)
-    else:
-        network = NetworkConfig.from_json(
-            {
-                "name": chain.network,
-                "chain_id": chain.chain_id,
-                "rpc_url": chain.rpc,
-                "addresses": chain.addresses,
-            }
-        )
-    return LiveChainView(RpcClient(HttpTransport(network.rpc_url)), network)
+        return NetworkConfig.load(chain.network_file)
+    return NetworkConfig.from_json(
+        {
+            "name": chain.network,
+            "chain_id": chain.chain_id,
+            "rpc_url": chain.rpc,
+            "addresses": chain.addresses,
+        }
+    )
 
 
 def _clerk_password(args: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ import argparse
 import logging
 import threading
 
-from cityid.cli_util import Subcommands, progress, stop_signals
+from cityid.cli_util import Subcommands, number_in, port_number, progress, stop_signals
 from terminal.config import LANGUAGES
 
 
@@ -19,14 +19,19 @@ def register(sub: Subcommands) -> None:
         "demo", help="run the whole system locally with demo citizens", description=_demo.__doc__
     )
     d.add_argument(
-        "--port", type=int, default=8080, help="port of the kiosk app (default 8080; 0 = any free)"
+        "--port", type=port_number, default=8080, help="port of the kiosk app (default 8080; 0 = any free)"
     )
     d.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     d.add_argument(
         "--no-pcsc", action="store_true", help="use the in-process card transport, not pcscd + vpcd"
     )
     d.add_argument("--language", choices=LANGUAGES, default="ko", help="initial screen language (default ko)")
-    d.add_argument("--idle-timeout", type=float, default=30.0, help="seconds before an idle session is wiped")
+    d.add_argument(
+        "--idle-timeout",
+        type=number_in(5, 3600),
+        default=30.0,
+        help="seconds before an idle session is wiped (5..3600)",
+    )
     d.set_defaults(func=_demo)
 
 

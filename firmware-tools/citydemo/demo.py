@@ -481,7 +481,7 @@ def running(
             config, kiosk=env.kiosk_backend, counter=env.counter_backend, demo=panel, screen=screen
         )
         panel.new_blank_card()
-        with ServerThread(app, host, port) as server:
+        with ServerThread(app, host, port, dev=True) as server:  # the demo keeps Werkzeug's dev server
             yield env, server
     finally:
         env.close()

@@ -7,18 +7,21 @@ import fcntl
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 
-from cityid.cli_util import Subcommands, progress, stop_signals
+from cityid.cli_util import Subcommands, needs_command, progress, stop_signals
 from cityid.errors import CityIdError
 from firmware_tools.options import default_state_path, parse_hostport
+
+BUSY_AFTER_S = 5.0  # pcscd polls a present card about every 400 ms; silence this long = another card is in
 
 
 def register(sub: Subcommands) -> None:
     """Add ``emulate`` with its ``citizen`` sub-command."""
     emulate = sub.add_parser("emulate", help="run a virtual card in the vpcd reader of pcscd")
     kinds = emulate.add_subparsers(dest="card_kind", metavar="CARD")
-    emulate.set_defaults(func=lambda args: (emulate.print_help(), 2)[1])
+    emulate.set_defaults(func=needs_command(emulate))
     p = kinds.add_parser(
         "citizen",
         help="the Busan citizen card (PIV + citizen applet)",
@@ -88,21 +91,33 @@ def _run_citizen(args: argparse.Namespace, stop: threading.Event) -> int:
     if args.with_fido:
         print(f"fido:   {fido_state}")
     sys.stdout.flush()
+    announced = False
     vpcd.start()
     try:
         if not vpcd.wait_connected(3.0) and not stop.is_set():
             progress(f"waiting for pcscd's vpcd on {host}:{port} (is pcscd running?)")
-        announced = False
+        connected_at: float | None = None
         while not stop.is_set():
-            if vpcd.connected.is_set() and not announced:
-                progress("card inserted; Ctrl-C removes it")
-                announced = True
-            elif not vpcd.connected.is_set() and announced:
-                progress("pcscd went away; waiting for it to come back")
-                announced = False
+            if vpcd.connected.is_set():
+                connected_at = connected_at or time.monotonic()
+                # vpcd accepts a second connection into its backlog but never talks to it while another
+                # card is in the reader: "inserted" only once the reader has spoken to this card.
+                if not announced and (vpcd.polls or vpcd.apdu_count):
+                    progress("card inserted; Ctrl-C removes it")
+                    announced = True
+                elif not announced and time.monotonic() - connected_at > BUSY_AFTER_S:
+                    raise CityIdError(
+                        f"{reader} is busy: another card is in it (another `cardtool emulate`?); not inserted"
+                    )
+            else:
+                connected_at = None
+                if announced:
+                    progress("pcscd went away; waiting for it to come back")
+                    announced = False
             stop.wait(0.2)
     finally:
         vpcd.stop()
         os.close(lock)
-        progress("card removed")
+        if announced:
+            progress("card removed")
     return 0

@@ -19,7 +19,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from cityid.cli_util import Subcommands, progress, stop_signals
+from cityid.cli_util import Subcommands, needs_command, progress, stop_signals
 from cityid.errors import CityIdError
 from firmware_tools.options import default_state_path, parse_hostport
 
@@ -100,7 +100,7 @@ def register(sub: Subcommands) -> None:
     """Add ``fido`` with its sub-commands."""
     fido = sub.add_parser("fido", help="FIDO2 security keys: info, PIN, credentials, reset")
     cmds = fido.add_subparsers(dest="fido_command", metavar="COMMAND")
-    fido.set_defaults(func=lambda _a: (fido.print_help(), 2)[1])
+    fido.set_defaults(func=needs_command(fido))
 
     def device_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--reader", default=None, help="PC/SC reader (name or part of it); default: first key")
@@ -113,7 +113,7 @@ def register(sub: Subcommands) -> None:
 
     pin = cmds.add_parser("pin", help="set or change the key's PIN")
     pins = pin.add_subparsers(dest="pin_command", metavar="ACTION")
-    pin.set_defaults(func=lambda _a: (pin.print_help(), 2)[1])
+    pin.set_defaults(func=needs_command(pin))
     p = pins.add_parser("set", help="give a new key its first PIN")
     device_args(p)
     p.set_defaults(func=cmd_pin_set)
@@ -123,7 +123,7 @@ def register(sub: Subcommands) -> None:
 
     creds = cmds.add_parser("credentials", help="list or delete discoverable credentials (needs the PIN)")
     cs = creds.add_subparsers(dest="cred_command", metavar="ACTION")
-    creds.set_defaults(func=lambda _a: (creds.print_help(), 2)[1])
+    creds.set_defaults(func=needs_command(creds))
     p = cs.add_parser("list", help="list discoverable credentials")
     device_args(p)
     p.set_defaults(func=cmd_creds_list)
@@ -235,6 +235,8 @@ def cmd_creds_delete(args: argparse.Namespace) -> int:
 
 def cmd_reset(args: argparse.Namespace) -> int:
     if not args.yes:
+        if not sys.stdin.isatty():
+            raise CityIdError("reset erases the key: pass --yes (no terminal to ask for confirmation)")
         answer = input("Erase every credential and the PIN of the key? Type 'reset': ")
         if answer.strip() != "reset":
             print("not reset")

@@ -158,8 +158,9 @@ class ScreenLock:
         if not self.url_file:
             return
         target = Path(self.url_file)
-        fd, tmp = tempfile.mkstemp(prefix=".screen-", dir=target.parent)  # created 0600
+        fd, tmp = tempfile.mkstemp(prefix=".screen-", dir=target.parent)
         try:
+            os.fchmod(fd, 0o640)  # the kiosk group: the browser unit's user reads it (docs/operations.md)
             with os.fdopen(fd, "w", encoding="ascii") as f:
                 f.write(url + "\n")
             os.replace(tmp, target)

