@@ -116,6 +116,7 @@ class EmbeddedNode:
     """JSON-RPC 2.0 over an in-process :class:`EthereumTester` (the transport is a method call)."""
 
     url = "embedded://"
+    trusted = True  # in-process: no network between the kiosk and the chain (no proofs, no freshness bound)
 
     def __init__(self, tester: EthereumTester | None = None) -> None:
         self.tester = tester or EthereumTester(PyEVMBackend())
