@@ -19,6 +19,7 @@ timestamp still bounds the age unless the transport is the in-process chain.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -63,6 +64,10 @@ class StatusListMismatchError(ChainError):
 
 class ClockSkewError(ChainError):
     """The head block is dated in the kiosk's future: the kiosk clock or the node is wrong (fail closed)."""
+
+
+class RewoundChainError(ChainError):
+    """The node's head went below a block this kiosk already saw from it (rewound or reset node)."""
 
 
 class InconsistentHistoryError(ProofError):
@@ -283,19 +288,20 @@ def read_proven(
         before = client.round_trips
         replies = client.batch(plan.calls(pinned))
         try:
-            header = plan.header(replies, pinned)
+            header = plan.header(replies, pinned)  # a header that does not hash right is never retried
             check_fresh(header.timestamp, clock(), max_chain_age, max_clock_skew)
-            facts = plan.evaluate(header, replies, clock())
-        except _HeadMoved:
-            if pinned is not None:
-                raise MalformedReplyError("logs beyond the pinned block") from None
-            pinned = header.number
-            continue
-        except ProofError as exc:
-            if pinned is not None or isinstance(exc, InconsistentHistoryError):
-                raise
-            pinned = header.number  # head may have moved after the header: repeat once at that block
-            continue
+            try:
+                facts = plan.evaluate(header, replies, clock())
+            except _HeadMoved:
+                if pinned is not None:
+                    raise MalformedReplyError("logs beyond the pinned block") from None
+                pinned = header.number
+                continue
+            except ProofError as exc:
+                if pinned is not None or isinstance(exc, InconsistentHistoryError):
+                    raise
+                pinned = header.number  # the head may have moved after the header: repeat once at it
+                continue
         except ChainError:
             raise
         except _DECODE_FAULTS as exc:  # a reply of the right JSON type but an impossible shape
@@ -329,6 +335,8 @@ class LiveChainView:
         self.proofs = (not self.trusted) if proofs is None else proofs
         self.max_chain_age = max_chain_age
         self.max_clock_skew = max_clock_skew
+        self._high_water = 0  # highest head block served so far (a rewind below it fails closed)
+        self._lock = threading.Lock()
         if not self.proofs and not self.trusted:
             logger.warning("chain node %s: reads are NOT proven (proofs disabled)", client.url)
         self.multicall = Multicall(client, network.address("multicall"))
@@ -344,13 +352,32 @@ class LiveChainView:
     ) -> VerificationFacts:
         if self.proofs:
             plan = ProvenRead.plan(self.network, issuer_did, holder_did, vct, status)
-            return read_proven(self.client, plan, self.clock, self.max_chain_age, self.max_clock_skew)[1]
-        try:
-            return self._unproven(issuer_did, holder_did, vct, status)
-        except ChainError:
-            raise
-        except _DECODE_FAULTS as exc:
-            raise MalformedReplyError(f"malformed chain reply: {type(exc).__name__}") from exc
+            facts = read_proven(self.client, plan, self.clock, self.max_chain_age, self.max_clock_skew)[1]
+        else:
+            try:
+                facts = self._unproven(issuer_did, holder_did, vct, status)
+            except ChainError:
+                raise
+            except _DECODE_FAULTS as exc:
+                raise MalformedReplyError(f"malformed chain reply: {type(exc).__name__}") from exc
+        if not self.trusted:
+            self._check_not_rewound(facts.block_number)
+        return facts
+
+    def _check_not_rewound(self, number: int) -> None:
+        """A head below the highest one seen from this node: a rewound or reset node may lack revocations."""
+        with self._lock:
+            if number < self._high_water:
+                logger.error(
+                    "ALARM chain node %s rewound: head %d is below block %d it served before",
+                    self.client.url,
+                    number,
+                    self._high_water,
+                )
+                raise RewoundChainError(
+                    f"chain node head {number} is below block {self._high_water} it served before"
+                )
+            self._high_water = number
 
     def _unproven(self, issuer_did: str, holder_did: str, vct: str, status: StatusRef) -> VerificationFacts:
         from cityid.chain.resolver import history_from_logs
@@ -398,6 +425,7 @@ __all__ = [
     "InconsistentHistoryError",
     "LiveChainView",
     "ProvenRead",
+    "RewoundChainError",
     "StatusListMismatchError",
     "check_fresh",
     "check_status_ref",
