@@ -11,6 +11,15 @@ Semantics (docs/chain.md):
   kiosk must not say "valid"). A cache that never synced is infinitely stale.
 - State is stored as append-only rows keyed by (block, log index) and read "latest wins", so rolling back a
   reorg is a DELETE of rows above the common ancestor.
+- Rewind / reset (docs/chain.md, "Kiosk cache"): when the checkpoint's hash is no longer canonical or the head
+  is below it, the cache logs an ALARM and refuses to answer (:class:`ChainResetError`) until a sync has
+  caught up again to the block it had reached; the contracts are re-checked first.
+- Scope and hostile input: only the configured status lists and issuers are followed (others' events are
+  ignored; a credential on an unfollowed list is an error, never "valid"); an event with values out of range
+  (index 2**70, validUntil 2**64-1, …) is rejected with :class:`OutOfRangeEventError`, logged and counted,
+  and the sync goes on — a poisoned list cannot stop the cache nor hide a later revocation.
+- With ``max_chain_age`` a sync only counts as current when the head block's own timestamp is that recent:
+  a node stuck behind does not refresh the staleness clock.
 """
 
 from __future__ import annotations
@@ -21,14 +30,14 @@ import math
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from cityid.chain.abi import Abi, DecodedEvent
 from cityid.chain.bindings import vct_hash
 from cityid.chain.errors import ChainConfigError, ChainError, MalformedReplyError, StaleChainDataError
-from cityid.chain.live import check_status_ref, trusted_now
+from cityid.chain.live import StatusListMismatchError, check_fresh, check_status_ref, trusted_now
 from cityid.chain.network import NetworkConfig, check_network, checksum
 from cityid.chain.resolver import BuiltDocument, DidEvent, address_of, build_document, did_event, p256_keys
 from cityid.chain.rpc import RpcClient, as_bytes, as_dict, as_int, as_list
@@ -53,6 +62,16 @@ CREATE TABLE IF NOT EXISTS accreditations (
 """
 _STATE_TABLES = ("did_events", "status_words", "accreditations")
 KEEP_CHECKPOINTS = 256
+SQL_INT_MAX = (1 << 63) - 1  # SQLite INTEGER range
+FOREVER = SQL_INT_MAX  # validUntil at or beyond this (uint64 max = "no end") is stored as this
+
+
+class ChainResetError(ChainError):
+    """The chain was rewound or reset under the cache: it refuses to answer until resynced (alarm logged)."""
+
+
+class OutOfRangeEventError(ChainError):
+    """A registry event carries values the cache cannot represent (rejected; the sync continues)."""
 
 
 class SyncCache:
@@ -69,6 +88,9 @@ class SyncCache:
         start_block: int | None = None,
         max_range: int = 5000,
         clock: Callable[[], float] = time.time,
+        status_lists: Collection[int] | None = None,
+        issuers: Collection[str] | None = None,
+        max_chain_age: float | None = None,
     ) -> None:
         self.client = client
         self.network = network.require_complete()
@@ -77,6 +99,10 @@ class SyncCache:
         self.start_block = network.deploy_block if start_block is None else start_block
         self.max_range = max_range
         self.clock = clock
+        self.status_lists = None if status_lists is None else frozenset(int(i) for i in status_lists)
+        self.issuers = None if issuers is None else frozenset(checksum(a) for a in issuers)
+        self.max_chain_age = max_chain_age
+        self.rejected_events = 0
         self._lock = threading.RLock()  # SQLite access
         self._sync_lock = threading.Lock()  # one sync at a time
         try:
@@ -104,7 +130,10 @@ class SyncCache:
         self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, str(value)))
 
     def _check_identity(self) -> None:
-        ident = json.dumps([self.network.chain_id, self.network.addresses, self.start_block], sort_keys=True)
+        scope = [sorted(self.status_lists or []), sorted(self.issuers or [])]
+        ident = json.dumps(
+            [self.network.chain_id, self.network.addresses, self.start_block, scope], sort_keys=True
+        )
         with self._guard():
             stored = self._meta("network")
             if stored != ident:
@@ -162,12 +191,15 @@ class SyncCache:
             with self._guard():
                 synced = self.synced_block
                 stored = self._checkpoint(synced)
-            calls: list[tuple[str, list]] = [("eth_blockNumber", [])]
+            calls: list[tuple[str, list]] = [("eth_getBlockByNumber", ["latest", False])]
             if synced >= self.start_block:
                 calls.append(("eth_getBlockByNumber", [hex(synced), False]))
             replies = self.client.batch(calls)
-            head = as_int(replies[0], "block number")
-            if len(replies) > 1 and self._block_hash(replies[1], synced) != stored:
+            head_block = as_dict(replies[0], "head block")
+            head = as_int(head_block.get("number"), "head block number")
+            head_time = as_int(head_block.get("timestamp"), "head block timestamp")
+            if len(replies) > 1 and (head < synced or self._block_hash(replies[1], synced) != stored):
+                self._alarm(synced, head)
                 synced = self._rollback()
             target = head - self.confirmations
             while synced < target:
@@ -175,8 +207,39 @@ class SyncCache:
                 self._apply_range(synced + 1, end)
                 synced = end
             with self._guard():
+                resync = self._meta("resync_to")
+                if resync is not None and synced >= int(resync):
+                    logger.warning(
+                        "chain cache resynced to block %d after the rewind: answering again", synced
+                    )
+                    self._db.execute("DELETE FROM meta WHERE key = 'resync_to'")
+            if self.max_chain_age is not None:
+                check_fresh(head_time, self.clock(), self.max_chain_age, math.inf)  # stuck node: not current
+            with self._guard():
                 self._set_meta("synced_at", started)
             return synced
+
+    def _alarm(self, synced: int, head: int) -> None:
+        """A rewind/reset under the cache: refuse to answer until caught up to ``synced`` again."""
+        logger.error(
+            "ALARM chain rewound or reset under the kiosk cache: block %d no longer canonical (head %d); "
+            "refusing to answer until resynced",
+            synced,
+            head,
+        )
+        self._checked = False  # a reset chain may lack the contracts: re-check before trusting it
+        with self._guard():
+            if self._meta("resync_to") is None:
+                self._set_meta("resync_to", synced)
+        if not self._checked:
+            check_network(self.client, self.network)
+            self._checked = True
+
+    @property
+    def resyncing(self) -> bool:
+        """True while the cache refuses to answer after a rewind/reset."""
+        with self._guard():
+            return self._meta("resync_to") is not None
 
     def _checkpoint(self, number: int) -> str | None:
         row = self._db.execute("SELECT hash FROM checkpoints WHERE number = ?", (number,)).fetchone()
@@ -249,7 +312,17 @@ class SyncCache:
             self._db.execute("BEGIN")
             try:
                 for ev in decoded:
-                    self._apply(ev)
+                    try:
+                        self._apply(ev)
+                    except (OutOfRangeEventError, OverflowError, KeyError, TypeError, ValueError) as exc:
+                        self.rejected_events += 1
+                        logger.warning(
+                            "chain cache: rejected %s at block %d log %d: %s",
+                            ev.name,
+                            ev.block_number,
+                            ev.log_index,
+                            exc,
+                        )
                 self._db.execute(
                     "INSERT OR REPLACE INTO checkpoints (number, hash) VALUES (?, ?)", (end, end_hash)
                 )
@@ -266,7 +339,19 @@ class SyncCache:
                 raise
 
     def _apply(self, ev: DecodedEvent) -> None:
+        """Store one event (raises OutOfRangeEventError for values the cache cannot hold; nothing stored)."""
         key = (ev.block_number, ev.log_index)
+        if "listId" in ev.args:
+            list_id = int(ev.args["listId"])
+            if self.status_lists is not None and list_id not in self.status_lists:
+                return  # not one of the city's lists
+            _in_range(list_id, "listId")
+        if (
+            "issuer" in ev.args
+            and self.issuers is not None
+            and checksum(ev.args["issuer"]) not in self.issuers
+        ):
+            return  # not one of the configured issuers
         if ev.name in ("DIDOwnerChanged", "DIDDelegateChanged", "DIDAttributeChanged"):
             did_ev = did_event(ev)
             if did_ev is not None:
@@ -276,7 +361,10 @@ class SyncCache:
                     (*key, identity, did_ev.to_json()),
                 )
         elif ev.name == "StatusWordsChanged":
-            for word, value in zip(ev.args["wordIndexes"], ev.args["words"], strict=True):
+            pairs = list(zip(ev.args["wordIndexes"], ev.args["words"], strict=True))
+            for word, _value in pairs:
+                _in_range(int(word), "word index")
+            for word, value in pairs:
                 self._db.execute(
                     "INSERT OR REPLACE INTO status_words VALUES (?, ?, ?, ?, ?)",
                     (*key, int(ev.args["listId"]), int(word), hex(value)),
@@ -288,8 +376,8 @@ class SyncCache:
                     *key,
                     checksum(ev.args["issuer"]),
                     "0x" + ev.args["vctHash"].hex(),
-                    int(ev.args["validFrom"]),
-                    int(ev.args["validUntil"]),
+                    _in_range(int(ev.args["validFrom"]), "validFrom"),
+                    min(int(ev.args["validUntil"]), FOREVER),
                 ),
             )
         elif ev.name == "AccreditationRevoked":
@@ -366,10 +454,16 @@ class SyncCache:
     ) -> VerificationFacts:
         """Facts from the replica; :class:`StaleChainDataError` past ``max_staleness`` (fail closed)."""
         with self._guard():
+            if self._meta("resync_to") is not None:
+                raise ChainResetError("the chain was rewound or reset; the kiosk cache is resyncing")
             age = self.staleness()
             if age > self.max_staleness:
                 raise StaleChainDataError(age, self.max_staleness)
             check_status_ref(self.network, status)
+            if self.status_lists is not None and status.list_id not in self.status_lists:
+                raise StatusListMismatchError(f"status list {status.list_id} is not one this kiosk follows")
+            if (status.index >> 7) > SQL_INT_MAX or status.list_id > SQL_INT_MAX:
+                raise StatusListMismatchError("status list id or index out of the cache's range")
             issuer = address_of(self.network, issuer_did)
             holder = address_of(self.network, holder_did)
             keys = {}
@@ -377,6 +471,8 @@ class SyncCache:
                 built = self._build(did, address)
                 keys[did] = () if built.deactivated else p256_keys(built.document)
             valid_from, valid_until, revoked = self._accreditation(issuer, "0x" + vct_hash(vct).hex())
+            if self.issuers is not None and issuer not in self.issuers:
+                valid_from, valid_until, revoked = 0, 0, True  # not an issuer this kiosk accepts
             now = self.clock()
             return VerificationFacts(
                 issuer_keys=keys[issuer_did],
@@ -387,3 +483,9 @@ class SyncCache:
                 synced_at=self.synced_at or 0.0,
                 round_trips=0,
             )
+
+
+def _in_range(value: int, what: str) -> int:
+    if not 0 <= value <= SQL_INT_MAX:
+        raise OutOfRangeEventError(f"{what} {value} out of range")
+    return value

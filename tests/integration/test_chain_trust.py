@@ -386,3 +386,85 @@ def test_plain_http_off_the_loopback_is_refused(caplog):
     with caplog.at_level(logging.WARNING):
         HttpTransport("http://10.0.0.7:8545", allow_plain=True)
     assert "INSECURE" in caplog.text
+
+
+# ---- kiosk sync cache -----------------------------------------------------------------------------------
+
+
+def _cache(world, tmp_path, **kw):
+    from cityid.chain.sync import SyncCache
+
+    return SyncCache(world.env.client(), world.city.network, tmp_path / "kiosk.sqlite", confirmations=0, **kw)
+
+
+def test_poisoned_list_and_huge_values_neither_stop_sync_nor_hide_a_revocation(world, tmp_path):
+    from cityid.chain.sync import FOREVER
+
+    attacker = Registrar(world.city.network, world.env.client(), world.env.accounts[3])
+    rogue_list = attacker.create_status_list()
+    attacker.revoke(rogue_list, [2**70])  # any account may do this to its own list
+    world.city.accredit_issuer(world.city.did, VCT, 2**64 - 1)  # "no end" — beyond SQLite's INTEGER
+    every = _cache(world, tmp_path)  # follows every list: the poisoned event is rejected, sync goes on
+    (tmp_path / "x").mkdir()
+    scoped = _cache(world, tmp_path / "x", status_lists=[world.ref.list_id], issuers=[world.city.address])
+    for cache in (every, scoped):
+        cache.sync()
+        facts = world.facts(cache)
+        assert facts.status is CredentialStatus.VALID and facts.issuer_trusted
+    assert every.rejected_events == 1 and scoped.rejected_events == 0
+    assert every._accreditation(world.city.address, "0x" + vct_hash(VCT).hex())[1] == FOREVER
+    world.city.revoke(world.ref.list_id, [world.ref.index])  # a later revocation is not hidden
+    attacker.revoke(rogue_list, [2**70 + 1])
+    for cache in (every, scoped):
+        cache.sync()
+        assert world.facts(cache).status is CredentialStatus.REVOKED
+    # a credential on a list the kiosk does not follow is an error, never "valid" from an empty table
+    with pytest.raises(ChainError):
+        scoped.verification_facts(world.city.did, world.holder_did, VCT, world.city.status_ref(rogue_list, 1))
+
+
+def test_cache_refuses_after_a_rewind_until_resynced(world, tmp_path, caplog):
+    from cityid.chain.sync import ChainResetError
+
+    cache = _cache(world, tmp_path)
+    snap = world.env.snapshot()
+    world.city.revoke(world.ref.list_id, [world.ref.index])
+    world.env.mine(2)
+    cache.sync()
+    assert world.facts(cache).status is CredentialStatus.REVOKED
+    world.env.revert(snap)  # node reset to an older snapshot: head below the checkpoint
+    with caplog.at_level(logging.ERROR):
+        cache.sync()
+    assert "ALARM" in caplog.text
+    assert cache.resyncing
+    with pytest.raises(ChainResetError):
+        world.facts(cache)
+    world.env.mine(5)  # the chain grows past the old checkpoint: resynced, answers the chain's truth
+    cache.sync()
+    assert not cache.resyncing
+    assert world.facts(cache).status is CredentialStatus.VALID
+
+
+def test_cache_behind_a_stuck_node_goes_stale(world, tmp_path):
+    from cityid.chain.sync import SyncCache
+
+    proxy = world.proxy()
+    now = [time.time()]
+    cache = SyncCache(
+        world.client(proxy),
+        world.city.network,
+        tmp_path / "k.sqlite",
+        confirmations=0,
+        max_staleness=60,
+        max_chain_age=60,
+        clock=lambda: now[0],
+    )
+    cache.sync()
+    assert world.facts(cache).status is CredentialStatus.VALID
+    proxy.pin_latest = world.env.block_number()  # the node stops following the chain
+    world.city.revoke(world.ref.list_id, [world.ref.index])
+    now[0] += 120
+    with pytest.raises(StaleChainDataError):
+        cache.sync()  # the head is 120 s old by its own timestamp: not current
+    with pytest.raises(StaleChainDataError):
+        world.facts(cache)  # past max_staleness: fail closed
