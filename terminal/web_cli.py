@@ -84,9 +84,14 @@ def _backends(config: TerminalConfig) -> tuple[object | None, object | None]:
 
 
 def _chain_view(config: TerminalConfig) -> object:
+    """The kiosk's chain view (docs/chain.md, "Kiosk wiring"): the sync cache when ``[chain] cache`` is set
+    (verifies offline within ``max_staleness``), else proven live reads — one node, or a quorum of nodes."""
     from cityid.chain.live import LiveChainView
     from cityid.chain.network import NetworkConfig
+    from cityid.chain.quorum import QuorumChainView
+    from cityid.chain.resolver import address_of
     from cityid.chain.rpc import HttpTransport, RpcClient
+    from cityid.chain.sync import SyncCache
 
     chain = config.chain
     if chain.embedded:
@@ -105,7 +110,28 @@ def _chain_view(config: TerminalConfig) -> object:
                 "addresses": chain.addresses,
             }
         )
-    return LiveChainView(RpcClient(HttpTransport(network.rpc_url)), network)
+    clients = [
+        RpcClient(HttpTransport(url, allow_plain=chain.allow_plain_http))
+        for url in (network.rpc_url, *chain.nodes)
+    ]
+    bound = chain.max_staleness
+    if chain.cache:
+        cache = SyncCache(
+            clients[0],
+            network,
+            chain.cache,
+            confirmations=chain.confirmations,
+            max_staleness=bound,
+            max_chain_age=bound,
+            status_lists=chain.status_lists or None,
+            issuers=[address_of(network, did) for did in chain.issuers] or None,
+        )
+        cache.start()
+        logging.getLogger(__name__).info("chain: sync cache %s following %s", chain.cache, clients[0].url)
+        return cache
+    if len(clients) == 1:
+        return LiveChainView(clients[0], network, max_chain_age=bound)
+    return QuorumChainView(clients, network, chain.quorum or len(clients) // 2 + 1, max_chain_age=bound)
 
 
 def _clerk_password(args: argparse.Namespace) -> int:
