@@ -14,9 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import rlp
+from eth_hash.auto import keccak as _keccak
 from eth_utils import keccak
 from trie import HexaryTrie
 
@@ -127,12 +129,25 @@ def verify_header(raw: Any, what: str = "block") -> Header:
 # ---- EIP-1186 proofs -------------------------------------------------------------------------------------
 
 
-def _nodes(raw: Any, what: str) -> dict[bytes, bytes]:
-    """The proof's RLP nodes by their keccak (the node database a proof lookup walks)."""
-    return {keccak(n): n for n in (as_bytes(x, what) for x in as_list(raw, what))}
+def _proof(raw: Any, what: str) -> tuple[str, ...]:
+    nodes = as_list(raw, what)
+    if not all(isinstance(n, str) for n in nodes):
+        raise MalformedReplyError(f"{what}: proof nodes must be hex strings")
+    return tuple(nodes)
 
 
-def _from_proof(root: bytes, key: bytes, nodes: dict[bytes, bytes], what: str) -> bytes:
+@lru_cache(maxsize=8192)
+def _walk(root: bytes, key: bytes, proof: tuple[str, ...]) -> bytes:
+    """The value under ``key`` in the trie ``root``, using only the nodes of ``proof`` (memoised: a verified
+    (root, key, proof) always gives the same answer, so consecutive verifications at one head re-use it)."""
+    nodes = {}
+    for hex_node in proof:
+        raw = as_bytes(hex_node, "proof node")
+        nodes[_keccak(raw)] = raw
+    return HexaryTrie(nodes, root_hash=root).get(key)
+
+
+def _from_proof(root: bytes, key: bytes, proof: tuple[str, ...], what: str) -> bytes:
     """``HexaryTrie.get_from_proof`` without its decode/re-encode round trip of every node.
 
     Same check: the lookup walks from ``root`` through nodes found by hash in the proof only; a node the
@@ -141,7 +156,7 @@ def _from_proof(root: bytes, key: bytes, nodes: dict[bytes, bytes], what: str) -
     if root == EMPTY_TRIE_ROOT:
         return b""
     try:
-        return HexaryTrie(nodes, root_hash=root).get(key)
+        return _walk(root, key, proof)
     except Exception as exc:  # any failure of the trie walk on untrusted nodes is a failed proof
         raise ProofError(f"{what}: proof does not verify against the block's root") from exc
 
@@ -163,7 +178,7 @@ def verify_account_proof(state_root: bytes, address: str, slots: Sequence[bytes]
     p = as_dict(raw, "eth_getProof result")
     what = f"proof of {address}"
     leaf = _from_proof(
-        state_root, keccak(bytes.fromhex(address[2:])), _nodes(p.get("accountProof"), what), what
+        state_root, _keccak(bytes.fromhex(address[2:])), _proof(p.get("accountProof"), what), what
     )
     if not leaf:
         raise ProofError(f"{what}: no such account at this block")
@@ -183,7 +198,7 @@ def verify_account_proof(state_root: bytes, address: str, slots: Sequence[bytes]
         if slot not in by_key:
             raise ProofError(f"{what}: slot 0x{slot.hex()} not proven")
         sw = f"{what} slot 0x{slot.hex()[:8]}…"
-        value = _from_proof(storage_root, keccak(slot), _nodes(by_key[slot], sw), sw)
+        value = _from_proof(storage_root, _keccak(slot), _proof(by_key[slot], sw), sw)
         try:
             storage[slot] = int.from_bytes(rlp.decode(value), "big") if value else 0
         except rlp.DecodingError as exc:
