@@ -125,6 +125,7 @@ def _chain_view(config: TerminalConfig) -> object:
             max_chain_age=bound,
             status_lists=chain.status_lists or None,
             issuers=[address_of(network, did) for did in chain.issuers] or None,
+            proofs=True,
         )
         cache.start()
         logging.getLogger(__name__).info("chain: sync cache %s following %s", chain.cache, clients[0].url)

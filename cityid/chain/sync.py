@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import random
 import sqlite3
 import threading
 import time
@@ -39,6 +40,17 @@ from cityid.chain.bindings import vct_hash
 from cityid.chain.errors import ChainConfigError, ChainError, MalformedReplyError, StaleChainDataError
 from cityid.chain.live import StatusListMismatchError, check_fresh, check_status_ref, trusted_now
 from cityid.chain.network import NetworkConfig, check_network, checksum
+from cityid.chain.proof import (
+    ProofError,
+    accreditation_slot,
+    did_entry_slot,
+    proof_request,
+    status_word_slot,
+    unpack_accreditation,
+    unpack_did_entry,
+    verify_account_proof,
+    verify_header,
+)
 from cityid.chain.resolver import BuiltDocument, DidEvent, address_of, build_document, did_event, p256_keys
 from cityid.chain.rpc import RpcClient, as_bytes, as_dict, as_int, as_list
 from cityid.chain.view import CredentialStatus, StatusRef, VerificationFacts
@@ -91,6 +103,8 @@ class SyncCache:
         status_lists: Collection[int] | None = None,
         issuers: Collection[str] | None = None,
         max_chain_age: float | None = None,
+        proofs: bool = False,
+        spot_checks: int = 64,
     ) -> None:
         self.client = client
         self.network = network.require_complete()
@@ -102,6 +116,8 @@ class SyncCache:
         self.status_lists = None if status_lists is None else frozenset(int(i) for i in status_lists)
         self.issuers = None if issuers is None else frozenset(checksum(a) for a in issuers)
         self.max_chain_age = max_chain_age
+        self.proofs = proofs  # spot-check applied events against eth_getProof at the range's last block
+        self.spot_checks = spot_checks
         self.rejected_events = 0
         self._lock = threading.RLock()  # SQLite access
         self._sync_lock = threading.Lock()  # one sync at a time
@@ -308,14 +324,17 @@ class SyncCache:
             if ev.block_number == end and "0x" + ev.block_hash.hex() != end_hash:
                 raise ChainError(f"block {end} changed while syncing (reorg in progress)")
             decoded.append(ev)
+        proven = self._spot_proofs(decoded, block_raw, end) if self.proofs and decoded else None
         with self._guard():
             self._db.execute("BEGIN")
             try:
+                rejected: list[DecodedEvent] = []
                 for ev in decoded:
                     try:
                         self._apply(ev)
                     except (OutOfRangeEventError, OverflowError, KeyError, TypeError, ValueError) as exc:
                         self.rejected_events += 1
+                        rejected.append(ev)
                         logger.warning(
                             "chain cache: rejected %s at block %d log %d: %s",
                             ev.name,
@@ -323,6 +342,8 @@ class SyncCache:
                             ev.log_index,
                             exc,
                         )
+                if proven is not None:
+                    self._check_spots(*proven, rejected)
                 self._db.execute(
                     "INSERT OR REPLACE INTO checkpoints (number, hash) VALUES (?, ?)", (end, end_hash)
                 )
@@ -337,6 +358,108 @@ class SyncCache:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 raise
+
+    # ---- proofs: event-derived state spot-checked against the state root (docs/chain.md, "Kiosk cache") ----
+    def _event_keys(self, ev: DecodedEvent) -> list[tuple[str, object]]:
+        """The followed storage entries an event changes: status words, accreditations, DID entries."""
+        a = ev.args
+        if ev.name == "StatusWordsChanged":
+            lid = int(a["listId"])
+            if (self.status_lists is None or lid in self.status_lists) and lid <= SQL_INT_MAX:
+                return [("w", (lid, int(w))) for w in a["wordIndexes"] if int(w) <= SQL_INT_MAX]
+        elif ev.name in ("IssuerAccredited", "AccreditationRevoked"):
+            issuer = checksum(a["issuer"])
+            if self.issuers is None or issuer in self.issuers:
+                return [("a", (issuer, bytes(a["vctHash"])))]
+        elif ev.name in ("DIDOwnerChanged", "DIDDelegateChanged", "DIDAttributeChanged"):
+            return [("d", checksum(a["identity"]))]
+        return []
+
+    def _spot_proofs(self, decoded: list[DecodedEvent], block_raw: object, end: int) -> tuple:
+        """Prove (a sample of) the storage the range's events changed, at block ``end`` (1 round trip)."""
+        header = verify_header(block_raw, f"block {end}")
+        last_change: dict[str, int] = {}  # identity -> last block of ANY of its events (stored or not)
+        keys: set[tuple[str, object]] = set()
+        for ev in decoded:
+            for kind, key in self._event_keys(ev):
+                keys.add((kind, key))
+                if kind == "d":
+                    last_change[key] = max(last_change.get(key, 0), ev.block_number)  # type: ignore[index]
+        picks = sorted(keys, key=repr)
+        if len(picks) > self.spot_checks:
+            picks = random.sample(picks, self.spot_checks)
+        slot_of = {
+            "w": lambda k: status_word_slot(*k),
+            "a": lambda k: accreditation_slot(*k),
+            "d": did_entry_slot,
+        }
+        contract = {"w": "status_registry", "a": "trusted_issuers", "d": "did_registry"}
+        by_contract: dict[str, list[tuple[str, object, bytes]]] = {}
+        for kind, key in picks:
+            by_contract.setdefault(contract[kind], []).append((kind, key, slot_of[kind](key)))
+        names = list(by_contract)
+        replies = self.client.batch(
+            [
+                proof_request(self.network.address(n), [slot for _k, _key, slot in by_contract[n]], hex(end))
+                for n in names
+            ]
+        )
+        checks = []
+        for name, raw in zip(names, replies, strict=True):
+            entries = by_contract[name]
+            account = verify_account_proof(
+                header.state_root, self.network.address(name), [slot for *_x, slot in entries], raw
+            )
+            checks += [(kind, key, account.storage[slot]) for kind, key, slot in entries]
+        return checks, last_change, end
+
+    def _check_spots(
+        self,
+        checks: list[tuple[str, object, int]],
+        last_change: dict[str, int],
+        end: int,
+        rejected: list[DecodedEvent],
+    ) -> None:
+        """Inside the applying transaction: the cache's answers must equal the proven storage values.
+
+        Entries touched by a rejected (out-of-range) event are not compared: a hostile event must not be
+        able to stop the sync."""
+        skip = {k for ev in rejected for k in self._event_keys(ev)}
+        for kind, key, value in checks:
+            if (kind, key) in skip:
+                continue
+            if kind == "w":
+                list_id, word = key  # type: ignore[misc]
+                row = self._db.execute(
+                    "SELECT value FROM status_words WHERE list_id = ? AND word = ? "
+                    "ORDER BY block DESC, log_index DESC LIMIT 1",
+                    (list_id, word),
+                ).fetchone()
+                ok = (int(row[0], 16) if row else 0) == value
+            elif kind == "a":
+                issuer, vh = key  # type: ignore[misc]
+                valid_from, valid_until, revoked = unpack_accreditation(value)
+                ok = self._accreditation(issuer, "0x" + vh.hex()) == (
+                    valid_from,
+                    min(valid_until, FOREVER),
+                    revoked,
+                )
+            else:
+                owner, changed = unpack_did_entry(value)
+                rows = self._db.execute(
+                    "SELECT event FROM did_events WHERE identity = ? ORDER BY block, log_index", (key,)
+                ).fetchall()
+                owners = [
+                    e.owner
+                    for e in map(DidEvent.from_json, (r[0] for r in rows))
+                    if e.kind == "DIDOwnerChanged"
+                ]
+                ok = last_change[key] == changed and int(owners[-1] if owners else "0x0", 16) == owner  # type: ignore[index]
+            if not ok:
+                logger.error(
+                    "ALARM chain cache: events up to block %d do not match the proven state (%s)", end, kind
+                )
+                raise ProofError(f"events up to block {end} do not match the proven state ({kind} {key!r})")
 
     def _apply(self, ev: DecodedEvent) -> None:
         """Store one event (raises OutOfRangeEventError for values the cache cannot hold; nothing stored)."""

@@ -394,6 +394,7 @@ def test_plain_http_off_the_loopback_is_refused(caplog):
 def _cache(world, tmp_path, **kw):
     from cityid.chain.sync import SyncCache
 
+    kw.setdefault("proofs", True)  # the kiosk's setting: applied events spot-checked with eth_getProof
     return SyncCache(world.env.client(), world.city.network, tmp_path / "kiosk.sqlite", confirmations=0, **kw)
 
 
@@ -468,3 +469,37 @@ def test_cache_behind_a_stuck_node_goes_stale(world, tmp_path):
         cache.sync()  # the head is 120 s old by its own timestamp: not current
     with pytest.raises(StaleChainDataError):
         world.facts(cache)  # past max_staleness: fail closed
+
+
+def test_cache_spot_checks_events_against_proofs(world, tmp_path):
+    """A forged log in an eth_getLogs reply (a key never published, a revocation "undone") is caught by
+    eth_getProof of the storage it claims to change; nothing of that range is applied."""
+    from cityid.chain.sync import SyncCache
+
+    proxy = world.proxy()
+    cache = SyncCache(
+        world.client(proxy), world.city.network, tmp_path / "k.sqlite", confirmations=0, proofs=True
+    )
+    cache.sync()
+    assert world.facts(cache).status is CredentialStatus.VALID
+    holder = address_of(world.city.network, world.holder_did)
+    rogue = p256()
+    world.env.mine(1)
+
+    def forge(call, result):
+        if call["method"] == "eth_getLogs" and "fromBlock" in call["params"][0]:
+            start = int(call["params"][0]["fromBlock"], 16)
+            log = _attribute_log(world, holder, rogue, start, 0)
+            log["blockHash"] = world.env.rpc("eth_getBlockByNumber", hex(start), False)["hash"]
+            return [*result, log]
+        return result
+
+    proxy.rewrite = forge
+    synced = cache.synced_block
+    with pytest.raises(ProofError):
+        cache.sync()
+    assert cache.synced_block == synced and rogue not in world.facts(cache).holder_keys
+    proxy.reset()
+    world.city.revoke(world.ref.list_id, [world.ref.index])
+    cache.sync()
+    assert world.facts(cache).status is CredentialStatus.REVOKED

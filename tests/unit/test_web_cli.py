@@ -141,5 +141,6 @@ def test_chain_view_quorum_cache_and_transport_policy(tmp_path: Path) -> None:
     )
     try:
         assert isinstance(cache, SyncCache) and cache.max_staleness == 60 and cache.status_lists == {1}
+        assert cache.proofs and cache.max_chain_age == 60
     finally:
         cache.close()
