@@ -160,7 +160,7 @@ def _proof_figures(
     for memo, what in ((False, "new block"), (True, "same block, walks memoised")):
         cpu: list[float] = []
 
-        def one(memo: bool = memo) -> None:
+        def one(memo: bool = memo, cpu: list[float] = cpu) -> None:
             started = time.thread_time()
             check(memo)
             cpu.append(time.thread_time() - started)
