@@ -503,3 +503,42 @@ def test_cache_spot_checks_events_against_proofs(world, tmp_path):
     world.city.revoke(world.ref.list_id, [world.ref.index])
     cache.sync()
     assert world.facts(cache).status is CredentialStatus.REVOKED
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        ("raw", b"[" * 200_000 + b"]" * 200_000),
+        ("edit", lambda reply: [{**r, "id": [r["id"]]} for r in reply] if isinstance(reply, list) else reply),
+        (
+            "edit",
+            lambda reply: (
+                [{**r, "result": {"topics": 7}} for r in reply] if isinstance(reply, list) else reply
+            ),
+        ),
+        ("edit", lambda reply: [{**r, "result": None} for r in reply] if isinstance(reply, list) else reply),
+        ("drip", 0.05),
+    ],
+    ids=["deep", "unhashable-id", "numeric-topics", "null-results", "drip"],
+)
+def test_cache_sync_faults_are_typed_and_keep_the_last_good_state(world, tmp_path, fault):
+    from cityid.chain.sync import SyncCache
+
+    proxy = world.proxy()
+    cache = SyncCache(
+        world.client(proxy, timeout=1.0),
+        world.city.network,
+        tmp_path / "k.sqlite",
+        confirmations=0,
+        proofs=True,
+    )
+    cache.sync()
+    world.city.revoke(world.ref.list_id, [world.ref.index])
+    kind, value = fault
+    setattr(proxy, {"raw": "raw", "edit": "edit_reply", "drip": "drip"}[kind], value)
+    with pytest.raises(ChainError):
+        cache.sync()
+    assert world.facts(cache).status is CredentialStatus.VALID  # last good state, within the bound
+    proxy.reset()
+    cache.sync()
+    assert world.facts(cache).status is CredentialStatus.REVOKED
