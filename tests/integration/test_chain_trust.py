@@ -542,3 +542,61 @@ def test_cache_sync_faults_are_typed_and_keep_the_last_good_state(world, tmp_pat
     proxy.reset()
     cache.sync()
     assert world.facts(cache).status is CredentialStatus.REVOKED
+
+
+def _self_signed(tmp_path):
+    import datetime
+    import ipaddress
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "node")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .sign(key, hashes.SHA256())
+    )
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    client = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
+    return server, client
+
+
+def test_https_node_proven_read_and_deadline(world, tmp_path):
+    """The same transport over TLS: proven read through an https proxy, one deadline, unknown cert refused."""
+    import ssl
+
+    from cityid.chain.errors import NodeUnreachableError
+
+    server_ctx, client_ctx = _self_signed(tmp_path)
+    proxy = world.proxy()
+    proxy.server.socket = server_ctx.wrap_socket(proxy.server.socket, server_side=True)
+    url = proxy.url.replace("http://", "https://")
+    view = LiveChainView(RpcClient(HttpTransport(url, ssl_context=client_ctx)), world.city.network)
+    assert world.facts(view).status is CredentialStatus.VALID and world.facts(view).round_trips == 1
+    with pytest.raises(NodeUnreachableError, match="TLS"):
+        RpcClient(HttpTransport(url, ssl_context=ssl.create_default_context())).request("eth_blockNumber")
+    proxy.drip = 0.05
+    started = time.monotonic()
+    with pytest.raises(RpcTimeoutError):
+        RpcClient(HttpTransport(url, timeout=1.0, ssl_context=client_ctx)).request("eth_chainId")
+    assert time.monotonic() - started < 2.5
