@@ -115,6 +115,11 @@ def _chain_view(config: TerminalConfig) -> object:
         for url in (network.rpc_url, *chain.nodes)
     ]
     bound = chain.max_staleness
+    if len(clients) == 1:
+        logging.getLogger(__name__).warning(
+            "chain: one node only — its event logs cannot be cross-checked (docs/chain.md, 'Proven reads'); "
+            "configure [chain] nodes for a quorum"
+        )
     if chain.cache:
         cache = SyncCache(
             clients[0],
@@ -126,6 +131,8 @@ def _chain_view(config: TerminalConfig) -> object:
             status_lists=chain.status_lists or None,
             issuers=[address_of(network, did) for did in chain.issuers] or None,
             proofs=True,
+            peers=clients[1:],
+            quorum=chain.quorum or len(clients) // 2 + 1,
         )
         cache.start()
         logging.getLogger(__name__).info("chain: sync cache %s following %s", chain.cache, clients[0].url)

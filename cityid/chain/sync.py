@@ -31,7 +31,8 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -105,6 +106,8 @@ class SyncCache:
         max_chain_age: float | None = None,
         proofs: bool = False,
         spot_checks: int = 64,
+        peers: Sequence[RpcClient] = (),
+        quorum: int = 1,
     ) -> None:
         self.client = client
         self.network = network.require_complete()
@@ -118,6 +121,11 @@ class SyncCache:
         self.max_chain_age = max_chain_age
         self.proofs = proofs  # spot-check applied events against eth_getProof at the range's last block
         self.spot_checks = spot_checks
+        self.peers = list(peers)  # more nodes: each range's events must be identical on ``quorum`` of them
+        if not 1 <= quorum <= 1 + len(self.peers):
+            raise ChainConfigError(f"quorum {quorum} must be between 1 and {1 + len(self.peers)} nodes")
+        self.quorum = quorum
+        self._pool = ThreadPoolExecutor(max_workers=1 + len(self.peers), thread_name_prefix="chain-sync-q")
         self.rejected_events = 0
         self._lock = threading.RLock()  # SQLite access
         self._sync_lock = threading.Lock()  # one sync at a time
@@ -180,6 +188,7 @@ class SyncCache:
 
     def close(self) -> None:
         self.stop()
+        self._pool.shutdown(wait=False, cancel_futures=True)
         self._db.close()
 
     # ---- syncing ----
@@ -294,16 +303,36 @@ class SyncCache:
             self._db.execute("COMMIT")
         return ancestor
 
-    def _apply_range(self, start: int, end: int) -> None:
-        logs_raw, block_raw = self.client.batch(
-            [
-                (
-                    "eth_getLogs",
-                    [{"address": list(self._contracts), "fromBlock": hex(start), "toBlock": hex(end)}],
-                ),
-                ("eth_getBlockByNumber", [hex(end), False]),
-            ]
+    def _range_replies(self, start: int, end: int) -> tuple[object, object]:
+        """(logs, end block) of a range — from the node, or agreed by ``quorum`` of node + peers."""
+        calls: list[tuple[str, list]] = [
+            (
+                "eth_getLogs",
+                [{"address": list(self._contracts), "fromBlock": hex(start), "toBlock": hex(end)}],
+            ),
+            ("eth_getBlockByNumber", [hex(end), False]),
+        ]
+        if not self.peers:
+            logs_raw, block_raw = self.client.batch(calls)
+            return logs_raw, block_raw
+        answers = list(self._pool.map(lambda c: _agreeable(c, calls, end), [self.client, *self.peers]))
+        counts: dict[str, int] = {}
+        for a in answers:
+            if not isinstance(a, ChainError):
+                counts[a[0]] = counts.get(a[0], 0) + 1
+        for a in answers:
+            if not isinstance(a, ChainError) and counts[a[0]] >= self.quorum:
+                return a[1], a[2]
+        logger.error(
+            "ALARM chain cache: fewer than %d nodes agree on the events of blocks %d-%d",
+            self.quorum,
+            start,
+            end,
         )
+        raise ChainError(f"fewer than {self.quorum} chain nodes agree on the events of blocks {start}-{end}")
+
+    def _apply_range(self, start: int, end: int) -> None:
+        logs_raw, block_raw = self._range_replies(start, end)
         end_hash = self._block_hash(block_raw, end)
         if end_hash is None:
             raise ChainError(f"block {end} vanished while syncing (reorg in progress)")
@@ -612,3 +641,22 @@ def _in_range(value: int, what: str) -> int:
     if not 0 <= value <= SQL_INT_MAX:
         raise OutOfRangeEventError(f"{what} {value} out of range")
     return value
+
+
+_LOG_FIELDS = ("address", "topics", "data", "blockNumber", "blockHash", "logIndex", "transactionHash")
+
+
+def _agreeable(client: RpcClient, calls: list, end: int) -> tuple[str, object, object] | ChainError:
+    """One node's (logs, end block) and a canonical digest of them to compare across nodes."""
+    try:
+        logs_raw, block_raw = client.batch(calls)
+        logs = [as_dict(log, "log") for log in as_list(logs_raw, "eth_getLogs result")]
+        block = as_dict(block_raw, f"block {end}")
+        norm = sorted(
+            json.dumps([str(log.get(k)).lower() for k in _LOG_FIELDS])
+            for log in logs
+            if not log.get("removed")
+        )
+        return json.dumps([str(block.get("hash")).lower(), norm]), logs_raw, block_raw
+    except ChainError as exc:
+        return exc

@@ -600,3 +600,46 @@ def test_https_node_proven_read_and_deadline(world, tmp_path):
     with pytest.raises(RpcTimeoutError):
         RpcClient(HttpTransport(url, timeout=1.0, ssl_context=client_ctx)).request("eth_chainId")
     assert time.monotonic() - started < 2.5
+
+
+def test_cache_with_peers_needs_agreeing_events(world, tmp_path):
+    """A forged event inside a real change block passes a single node's checks; with peers the range's
+    events must be identical on a quorum of nodes, so the sync stops (typed, ALARM) instead of applying it."""
+    from cityid.chain.sync import SyncCache
+
+    honest, liar = world.proxy(), world.proxy()
+    cache = SyncCache(
+        world.client(liar),
+        world.city.network,
+        tmp_path / "k.sqlite",
+        confirmations=0,
+        proofs=True,
+        peers=[world.client(honest)],
+        quorum=2,
+    )
+    cache.sync()
+    holder = address_of(world.city.network, world.holder_did)
+    rogue = p256()
+    world.city.add_key(holder, p256())  # a real change of the holder in a new block
+    changed = DIDRegistry(world.env.client(), world.city.network.address("did_registry")).changed(holder)
+    block_hash = world.env.rpc("eth_getBlockByNumber", hex(changed), False)["hash"]
+
+    def forge(call, result):
+        if call["method"] == "eth_getLogs" and int(call["params"][0]["fromBlock"], 16) <= changed:
+            log = _attribute_log(world, holder, rogue, changed, changed)
+            log["blockHash"] = block_hash
+            return [*result, log]
+        return result
+
+    liar.rewrite = forge
+    with pytest.raises(ChainError, match="agree"):
+        cache.sync()
+    assert rogue not in world.facts(cache).holder_keys
+    alone = SyncCache(
+        world.client(liar), world.city.network, tmp_path / "alone.sqlite", confirmations=0, proofs=True
+    )
+    alone.sync()  # the documented single-node residual: consistent with the proven changed block
+    assert rogue in world.facts(alone).holder_keys
+    liar.reset()
+    cache.sync()
+    assert rogue not in world.facts(cache).holder_keys
