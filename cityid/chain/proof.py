@@ -90,6 +90,7 @@ class Header:
     parent_hash: bytes
     state_root: bytes
     timestamp: int
+    receipts_root: bytes = b""
 
     @property
     def hex_hash(self) -> str:
@@ -123,7 +124,7 @@ def verify_header(raw: Any, what: str = "block") -> Header:
     claimed = as_bytes(b.get("hash"), f"{what} hash", 32)
     if keccak(rlp.encode(fields)) != claimed:
         raise ProofError(f"{what} {fields[8]}: header fields do not hash to {('0x' + claimed.hex())[:18]}…")
-    return Header(fields[8], claimed, fields[0], fields[3], fields[11])
+    return Header(fields[8], claimed, fields[0], fields[3], fields[11], fields[5])
 
 
 # ---- EIP-1186 proofs -------------------------------------------------------------------------------------
@@ -204,6 +205,51 @@ def verify_account_proof(state_root: bytes, address: str, slots: Sequence[bytes]
         except rlp.DecodingError as exc:
             raise ProofError(f"{sw}: value is not RLP") from exc
     return ProvenAccount(address, storage_root, code_hash, storage)
+
+
+# ---- receipts (logs bound to a block's receiptsRoot) -----------------------------------------------------
+
+
+def _receipt_rlp(raw: Any, what: str) -> tuple[bytes, list[tuple[bytes, tuple[bytes, ...], bytes]]]:
+    """EIP-2718 encoding of one ``eth_getBlockReceipts`` entry, and its logs (address, topics, data)."""
+    r = as_dict(raw, what)
+    kind = as_int(r.get("type", "0x0"), f"{what} type")
+    status = as_int(r.get("status"), f"{what} status")
+    logs = []
+    for log in as_list(r.get("logs"), f"{what} logs"):
+        log = as_dict(log, f"{what} log")
+        topics = tuple(as_bytes(t, f"{what} topic", 32) for t in as_list(log.get("topics"), f"{what} topics"))
+        logs.append(
+            (
+                as_bytes(log.get("address"), f"{what} log address", 20),
+                topics,
+                as_bytes(log.get("data"), "data"),
+            )
+        )
+    body = rlp.encode(
+        [
+            status,
+            as_int(r.get("cumulativeGasUsed"), f"{what} cumulativeGasUsed"),
+            as_bytes(r.get("logsBloom"), f"{what} logsBloom", 256),
+            [[a, list(t), d] for a, t, d in logs],
+        ]
+    )
+    return (body if kind == 0 else bytes([kind]) + body), logs
+
+
+def verify_receipts(
+    receipts_root: bytes, raw: Any, what: str
+) -> list[tuple[bytes, tuple[bytes, ...], bytes]]:
+    """Check a block's receipts against its ``receiptsRoot``; return every log of the block in order."""
+    trie = HexaryTrie({})
+    logs: list[tuple[bytes, tuple[bytes, ...], bytes]] = []
+    for i, receipt in enumerate(as_list(raw, what)):
+        encoded, receipt_logs = _receipt_rlp(receipt, f"{what} receipt {i}")
+        trie[rlp.encode(i)] = encoded
+        logs += receipt_logs
+    if trie.root_hash != receipts_root:
+        raise ProofError(f"{what}: receipts do not hash to the block's receiptsRoot")
+    return logs
 
 
 def proof_request(address: str, slots: Sequence[bytes], block: str) -> tuple[str, list]:

@@ -42,6 +42,7 @@ from cityid.chain.errors import ChainConfigError, ChainError, MalformedReplyErro
 from cityid.chain.live import StatusListMismatchError, check_fresh, check_status_ref, trusted_now
 from cityid.chain.network import NetworkConfig, check_network, checksum
 from cityid.chain.proof import (
+    Header,
     ProofError,
     accreditation_slot,
     did_entry_slot,
@@ -51,6 +52,7 @@ from cityid.chain.proof import (
     unpack_did_entry,
     verify_account_proof,
     verify_header,
+    verify_receipts,
 )
 from cityid.chain.resolver import BuiltDocument, DidEvent, address_of, build_document, did_event, p256_keys
 from cityid.chain.rpc import RpcClient, as_bytes, as_dict, as_int, as_list
@@ -74,6 +76,7 @@ CREATE TABLE IF NOT EXISTS accreditations (
     PRIMARY KEY (issuer, vct_hash, block, log_index));
 """
 _STATE_TABLES = ("did_events", "status_words", "accreditations")
+_DID_EVENT_NAMES = ("DIDOwnerChanged", "DIDDelegateChanged", "DIDAttributeChanged")
 KEEP_CHECKPOINTS = 256
 SQL_INT_MAX = (1 << 63) - 1  # SQLite INTEGER range
 FOREVER = SQL_INT_MAX  # validUntil at or beyond this (uint64 max = "no end") is stored as this
@@ -108,6 +111,7 @@ class SyncCache:
         spot_checks: int = 64,
         peers: Sequence[RpcClient] = (),
         quorum: int = 1,
+        receipt_depth: int = 256,
     ) -> None:
         self.client = client
         self.network = network.require_complete()
@@ -121,6 +125,10 @@ class SyncCache:
         self.max_chain_age = max_chain_age
         self.proofs = proofs  # spot-check applied events against eth_getProof at the range's last block
         self.spot_checks = spot_checks
+        self.receipt_depth = receipt_depth
+        self._raw_logs: dict[
+            tuple[int, int], tuple[tuple[bytes, ...], bytes]
+        ] = {}  # of the range being applied
         self.peers = list(peers)  # more nodes: each range's events must be identical on ``quorum`` of them
         if not 1 <= quorum <= 1 + len(self.peers):
             raise ChainConfigError(f"quorum {quorum} must be between 1 and {1 + len(self.peers)} nodes")
@@ -353,7 +361,14 @@ class SyncCache:
             if ev.block_number == end and "0x" + ev.block_hash.hex() != end_hash:
                 raise ChainError(f"block {end} changed while syncing (reorg in progress)")
             decoded.append(ev)
-        proven = self._spot_proofs(decoded, block_raw, end) if self.proofs and decoded else None
+            self._raw_logs[(ev.block_number, ev.log_index)] = (
+                tuple(as_bytes(t, "log topic", 32) for t in as_list(log.get("topics"), "log topics")),
+                as_bytes(log.get("data"), "log data"),
+            )
+        try:
+            proven = self._spot_proofs(decoded, block_raw, end) if self.proofs and decoded else None
+        finally:
+            self._raw_logs.clear()
         with self._guard():
             self._db.execute("BEGIN")
             try:
@@ -440,7 +455,56 @@ class SyncCache:
                 header.state_root, self.network.address(name), [slot for *_x, slot in entries], raw
             )
             checks += [(kind, key, account.storage[slot]) for kind, key, slot in entries]
+        self._check_receipts(decoded, header)
         return checks, last_change, end
+
+    def _check_receipts(self, decoded: list[DecodedEvent], end_header: Header) -> None:
+        """DID events exist only as logs: prove them through their blocks' receipts (1 round trip).
+
+        Every header from the first block with DID events up to ``end`` is re-hashed and chained by parent
+        hash to the range's (agreed) last block; each such block's receipts must hash to its receiptsRoot
+        and its registry DID logs must be exactly those eth_getLogs returned. Ranges reaching further back
+        than ``receipt_depth`` blocks (the first sync of a long history) are not receipt-checked."""
+        did = [
+            e for e in decoded if e.name in ("DIDOwnerChanged", "DIDDelegateChanged", "DIDAttributeChanged")
+        ]
+        if not did:
+            return
+        end = end_header.number
+        first = min(e.block_number for e in did)
+        if end - first > self.receipt_depth:
+            logger.info(
+                "chain cache: blocks %d-%d not receipt-checked (range deeper than %d)",
+                first,
+                end,
+                self.receipt_depth,
+            )
+            return
+        blocks = sorted({e.block_number for e in did})
+        calls: list[tuple[str, list]] = [("eth_getBlockByNumber", [hex(n), False]) for n in range(first, end)]
+        calls += [("eth_getBlockReceipts", [hex(n)]) for n in blocks]
+        replies = self.client.batch(calls)
+        headers = {
+            n: verify_header(r, f"block {n}") for n, r in zip(range(first, end), replies, strict=False)
+        }
+        headers[end] = end_header
+        for n in range(first, end):
+            if headers[n + 1].parent_hash != headers[n].hash or headers[n].number != n:
+                raise ProofError(f"block {n} is not an ancestor of block {end}")
+        registry = bytes.fromhex(self.network.address("did_registry")[2:])
+        topics0 = {Abi.of("CityDIDRegistry").event_topics[n] for n in _DID_EVENT_NAMES}
+        for n, raw in zip(blocks, replies[end - first :], strict=True):
+            proven = sorted(
+                (t, d)
+                for a, t, d in verify_receipts(headers[n].receipts_root, raw, f"block {n}")
+                if a == registry and t and t[0] in topics0
+            )
+            claimed = sorted(
+                self._raw_logs[(e.block_number, e.log_index)] for e in did if e.block_number == n
+            )
+            if proven != claimed:
+                logger.error("ALARM chain cache: eth_getLogs of block %d do not match its receipts", n)
+                raise ProofError(f"DID events of block {n} do not match the block's receipts")
 
     def _check_spots(
         self,

@@ -603,8 +603,8 @@ def test_https_node_proven_read_and_deadline(world, tmp_path):
 
 
 def test_cache_with_peers_needs_agreeing_events(world, tmp_path):
-    """A forged event inside a real change block passes a single node's checks; with peers the range's
-    events must be identical on a quorum of nodes, so the sync stops (typed, ALARM) instead of applying it."""
+    """A forged event inside a real change block is consistent with the proven `changed` block; with peers the
+    range's events must be identical on a quorum of nodes, and alone the block's receipts must match."""
     from cityid.chain.sync import SyncCache
 
     honest, liar = world.proxy(), world.proxy()
@@ -638,8 +638,10 @@ def test_cache_with_peers_needs_agreeing_events(world, tmp_path):
     alone = SyncCache(
         world.client(liar), world.city.network, tmp_path / "alone.sqlite", confirmations=0, proofs=True
     )
-    alone.sync()  # the documented single-node residual: consistent with the proven changed block
-    assert rogue in world.facts(alone).holder_keys
+    with pytest.raises(ProofError, match="receipts"):
+        alone.sync()  # alone, the forged log is consistent with `changed` — but not with the block's receipts
+    with pytest.raises(StaleChainDataError):  # it never synced: fail closed, no key from the forged log
+        world.facts(alone)
     liar.reset()
     cache.sync()
     assert rogue not in world.facts(cache).holder_keys
