@@ -1,8 +1,10 @@
 """Chain figures: gas per operation, and round trips + time per verification read (cold and warm).
 
 Gas is measured on the embedded chain (py-evm; the same gas schedule as anvil for these operations) and
-cross-checked on anvil; timings: LiveChainView over HTTP JSON-RPC on a real anvil node (cold), the SyncCache
-replica (warm), and LiveChainView on the in-process embedded node.
+cross-checked on anvil; timings: LiveChainView over HTTP JSON-RPC on a real anvil node (cold, proven:
+head header re-hashed + EIP-1186 proofs + event history checked), the same unproven, a quorum of three
+connections queried in parallel, the SyncCache replica (warm), the cost of checking the proofs of one
+verification on its own, and LiveChainView on the in-process embedded node.
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from cityid.chain.live import LiveChainView
+from bench._stats import summary_ms, timed
+from cityid.chain.live import LiveChainView, ProvenRead
+from cityid.chain.proof import _walk
+from cityid.chain.quorum import QuorumChainView
 from cityid.chain.resolver import identity_from_public_hash
 from cityid.chain.rpc import HttpTransport, RpcClient
 from cityid.chain.sync import SyncCache
@@ -101,10 +106,13 @@ def _reads(
     before = view.client.round_trips
     med, p95 = _timed(lambda: view.verification_facts(city.did, holder_did, VCT, ref), runs)
     rt = (view.client.round_trips - before) / runs
+    kind = "proven" if view.proofs else "trusted"
     print(
-        f"   {label:<8} cold read (LiveChainView)      {rt:.0f} round trip   median {med * 1e3:7.2f} ms"
+        f"   {label:<8} cold read (LiveChainView, {kind:<7}) {rt:.0f} round trip   median {med * 1e3:7.2f} ms"
         f"   p95 {p95 * 1e3:7.2f} ms   ({runs} runs)"
     )
+    if view.proofs:
+        _proof_figures(city, client_factory, label, runs, holder_did, ref)
     cache = SyncCache(client_factory(), city.network, tmp / f"{label}.sqlite", confirmations=0)
     t = time.perf_counter()
     cache.sync()
@@ -117,6 +125,51 @@ def _reads(
         f"   p95 {p95 * 1e3:7.3f} ms   ({runs * 5} runs; first sync {sync_s * 1e3:.0f} ms)"
     )
     cache.close()
+
+
+def _proof_figures(
+    city: Registrar,
+    client_factory: Callable[[], RpcClient],
+    label: str,
+    runs: int,
+    holder_did: str,
+    ref: object,
+) -> None:
+    """Unproven vs proven, a parallel quorum, and the proof check alone (no I/O)."""
+    unproven = LiveChainView(client_factory(), city.network, proofs=False)
+    samples = timed(lambda: unproven.verification_facts(city.did, holder_did, VCT, ref), runs)
+    print(f"   {label:<8} cold read, unproven (eth_call)   1 round trip   {summary_ms(samples, 2)}")
+    clients = [client_factory() for _ in range(3)]
+    quorum = QuorumChainView(clients, city.network, quorum=2)
+    samples = timed(lambda: quorum.verification_facts(city.did, holder_did, VCT, ref), runs)
+    per_node = [c.round_trips / (runs + 1) for c in clients]
+    print(
+        f"   {label:<8} cold read, quorum 2 of 3 (parallel) {max(per_node):.0f} round trip/node "
+        f"{summary_ms(samples, 2)}"
+    )
+    quorum.close()
+    plan = ProvenRead.plan(city.network, city.did, holder_did, VCT, ref)  # type: ignore[arg-type]
+    replies = client_factory().batch(plan.calls())
+    now = time.time()
+
+    def check(memo: bool) -> None:
+        if not memo:
+            _walk.cache_clear()  # every trie walk from scratch (a new head block)
+        plan.evaluate(plan.header(replies, None), replies, now)
+
+    for memo, what in ((False, "new block"), (True, "same block, walks memoised")):
+        cpu: list[float] = []
+
+        def one(memo: bool = memo, cpu: list[float] = cpu) -> None:
+            started = time.thread_time()
+            check(memo)
+            cpu.append(time.thread_time() - started)
+
+        samples = timed(one, runs * 3)
+        print(
+            f"   {label:<8} proof check per verification ({what:<26}) {summary_ms(samples)}"
+            f"   CPU median {statistics.median(cpu) * 1e3:.3f} ms"
+        )
 
 
 def run(args: argparse.Namespace) -> None:

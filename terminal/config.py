@@ -24,6 +24,13 @@ A kiosk or counter terminal reads one file (``kiosk serve --config FILE``)::
     rpc = "http://127.0.0.1:8545"
     chain_id = 31337
     max_staleness = 300            # seconds of chain data age after which the kiosk fails closed
+    nodes = []                     # more independent nodes of the same chain (https off the loopback)
+    quorum = 1                     # how many nodes must agree on the block (default: a majority)
+    cache = "chain-cache.sqlite"   # kiosk sync cache beside this file ("" = read the nodes live)
+    confirmations = 0              # blocks a change must be deep before the cache applies it (PoA: 0)
+    status_lists = []              # status list ids the cache follows ([] = every list)
+    issuers = []                   # issuer DIDs the cache follows ([] = every accreditation)
+    allow_plain_http = false       # TEST ONLY: plain http to a node off the loopback (logged loudly)
     [chain.addresses]              # every contract of cityid.chain.network.CONTRACT_KEYS
     did_registry = "0x…"
     status_registry = "0x…"
@@ -99,6 +106,13 @@ class ChainSettings:
     addresses: dict[str, str] = field(default_factory=dict)
     network_file: str = ""
     max_staleness: float = 300.0
+    nodes: tuple[str, ...] = ()  # extra nodes besides ``rpc`` / the network file's rpc_url
+    quorum: int = 0  # 0: a majority of all nodes
+    cache: str = ""  # sync cache path ("" = live reads)
+    status_lists: tuple[int, ...] = ()
+    issuers: tuple[str, ...] = ()
+    allow_plain_http: bool = False
+    confirmations: int = 0
 
     @property
     def embedded(self) -> bool:
@@ -212,19 +226,28 @@ def _chain(table: object, source: str) -> ChainSettings:
     if not isinstance(table, dict):
         raise _fail(source, "chain", "must be a table")
     p = "chain."
-    _take(table, source, p, {"network", "rpc", "chain_id", "addresses", "network_file", "max_staleness"})
+    _take(
+        table,
+        source,
+        p,
+        {
+            *("network", "rpc", "chain_id", "addresses", "network_file", "max_staleness"),
+            *("nodes", "quorum", "cache", "status_lists", "issuers", "allow_plain_http", "confirmations"),
+        },
+    )
     network = _str(table, "network", source, p, "embedded")
     network_file = _str(table, "network_file", source, p, "")
     staleness = _number(table, "max_staleness", source, p, 300, 1, 86400)
     if network == "embedded" and not network_file:
         return ChainSettings(max_staleness=staleness)
+    trust = _chain_trust(table, source, p)
     if network_file:
         path = Path(network_file)
         if not path.is_absolute() and source not in ("<defaults>", "<dict>"):
             path = Path(source).parent / path
         if not path.is_file():
             raise _fail(source, p + "network_file", f"no such file: {path}")
-        return ChainSettings(network=network, network_file=str(path), max_staleness=staleness)
+        return ChainSettings(network=network, network_file=str(path), max_staleness=staleness, **trust)
     if not _ID.match(network):
         raise _fail(source, p + "network", f"must be 'embedded' or a network name, got {network!r}")
     rpc = _check_url(_str(table, "rpc", source, p, ""), source, p + "rpc", ("http", "https", "ws", "wss"))
@@ -249,7 +272,43 @@ def _chain(table: object, source: str) -> ChainSettings:
         )
     except CityIdError as exc:
         raise _fail(source, "chain", str(exc)) from None
-    return ChainSettings(network, rpc, chain_id, dict(addresses), "", staleness)
+    return ChainSettings(network, rpc, chain_id, dict(addresses), "", staleness, **trust)
+
+
+def _chain_trust(table: dict[str, Any], source: str, p: str) -> dict[str, Any]:
+    """[chain] nodes / quorum / cache / followed lists and issuers / allow_plain_http (docs/chain.md)."""
+    nodes = table.get("nodes", [])
+    if not isinstance(nodes, list) or not all(isinstance(n, str) for n in nodes):
+        raise _fail(source, p + "nodes", "must be a list of node URLs")
+    nodes = [_check_url(n, source, p + "nodes", ("http", "https")) for n in nodes]
+    quorum = table.get("quorum", 0)
+    if isinstance(quorum, bool) or not isinstance(quorum, int) or not 0 <= quorum <= len(nodes) + 1:
+        raise _fail(source, p + "quorum", f"must be 1 to the number of nodes ({len(nodes) + 1})")
+    from_file = source not in ("<defaults>", "<dict>")
+    cache = _str(table, "cache", source, p, "chain-cache.sqlite" if from_file else "")
+    if cache and not Path(cache).is_absolute() and from_file:
+        cache = str(Path(source).parent / cache)
+    lists = table.get("status_lists", [])
+    if not isinstance(lists, list) or not all(type(i) is int and i > 0 for i in lists):
+        raise _fail(source, p + "status_lists", "must be a list of positive list ids")
+    issuers = table.get("issuers", [])
+    if not isinstance(issuers, list) or not all(str(i).startswith("did:ethr:") for i in issuers):
+        raise _fail(source, p + "issuers", "must be a list of did:ethr issuer DIDs")
+    confirmations = table.get("confirmations", 0)
+    if type(confirmations) is not int or not 0 <= confirmations <= 1000:
+        raise _fail(source, p + "confirmations", "must be an integer from 0 to 1000")
+    plain = table.get("allow_plain_http", False)
+    if not isinstance(plain, bool):
+        raise _fail(source, p + "allow_plain_http", "must be true or false")
+    return {
+        "nodes": tuple(nodes),
+        "quorum": quorum,
+        "cache": cache,
+        "status_lists": tuple(lists),
+        "issuers": tuple(issuers),
+        "allow_plain_http": plain,
+        "confirmations": confirmations,
+    }
 
 
 def _printer(table: object, source: str) -> PrinterSettings | None:

@@ -10,11 +10,16 @@ import sys
 import threading
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cityid.cli_util import port_number, stop_signals
 from cityid.errors import CityIdError
 from cityid.secrets import secret
 from terminal.config import Mode, TerminalConfig, check_bind, hash_password, load_config, parse_config
+
+if TYPE_CHECKING:
+    from cityid.chain.network import NetworkConfig
+    from cityid.chain.view import ChainView
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -124,15 +129,50 @@ def _backends(config: TerminalConfig) -> tuple[object | None, object | None]:
     return None, CardCounterBackend(client, verifier, reader_filter=config.reader)
 
 
-def _chain_view(config: TerminalConfig) -> object:
+def _chain_view(config: TerminalConfig) -> ChainView:
+    """The kiosk's chain view (docs/chain.md, "Kiosk wiring"): the sync cache when ``[chain] cache`` is set
+    (verifies offline within ``max_staleness``), else proven live reads — one node, or a quorum of nodes."""
     from cityid.chain.live import LiveChainView
+    from cityid.chain.quorum import QuorumChainView
+    from cityid.chain.resolver import address_of
     from cityid.chain.rpc import HttpTransport, RpcClient
+    from cityid.chain.sync import SyncCache
 
+    chain = config.chain
     network = chain_network(config)
-    return LiveChainView(RpcClient(HttpTransport(network.rpc_url)), network)
+    clients = [
+        RpcClient(HttpTransport(url, allow_plain=chain.allow_plain_http))
+        for url in (network.rpc_url, *chain.nodes)
+    ]
+    bound = chain.max_staleness
+    if len(clients) == 1:
+        logging.getLogger(__name__).warning(
+            "chain: one node only — its event logs cannot be cross-checked (docs/chain.md, 'Proven reads'); "
+            "configure [chain] nodes for a quorum"
+        )
+    if chain.cache:
+        cache = SyncCache(
+            clients[0],
+            network,
+            chain.cache,
+            confirmations=chain.confirmations,
+            max_staleness=bound,
+            max_chain_age=bound,
+            status_lists=chain.status_lists or None,
+            issuers=[address_of(network, did) for did in chain.issuers] or None,
+            proofs=True,
+            peers=clients[1:],
+            quorum=chain.quorum or len(clients) // 2 + 1,
+        )
+        cache.start()
+        logging.getLogger(__name__).info("chain: sync cache %s following %s", chain.cache, clients[0].url)
+        return cache
+    if len(clients) == 1:
+        return LiveChainView(clients[0], network, max_chain_age=bound)
+    return QuorumChainView(clients, network, chain.quorum or len(clients) // 2 + 1, max_chain_age=bound)
 
 
-def chain_network(config: TerminalConfig):  # type: ignore[no-untyped-def]
+def chain_network(config: TerminalConfig) -> NetworkConfig:
     """The configured chain as a :class:`cityid.chain.network.NetworkConfig` (not the embedded one)."""
     from cityid.chain.network import NetworkConfig
 

@@ -119,6 +119,7 @@ class EmbeddedNode:
     """JSON-RPC 2.0 over an in-process :class:`EthereumTester` (the transport is a method call)."""
 
     url = "embedded://"
+    trusted = True  # in-process: no network between the kiosk and the chain (no proofs, no freshness bound)
 
     def __init__(self) -> None:
         self.backend = PyEVMBackend()

@@ -362,7 +362,7 @@ def history_from_logs(logs: Sequence[Any], identity: str) -> list[DidEvent]:
     events = []
     for log in as_list(logs, "eth_getLogs result"):
         log = as_dict(log, "log")
-        topics = log.get("topics") or []
+        topics = as_list(log.get("topics"), "log topics")
         if len(topics) < 2 or str(topics[1]).lower() != topic:
             continue
         decoded = abi.decode_log(log)

@@ -11,6 +11,15 @@ Semantics (docs/chain.md):
   kiosk must not say "valid"). A cache that never synced is infinitely stale.
 - State is stored as append-only rows keyed by (block, log index) and read "latest wins", so rolling back a
   reorg is a DELETE of rows above the common ancestor.
+- Rewind / reset (docs/chain.md, "Kiosk cache"): when the checkpoint's hash is no longer canonical or the head
+  is below it, the cache logs an ALARM and refuses to answer (:class:`ChainResetError`) until a sync has
+  caught up again to the block it had reached; the contracts are re-checked first.
+- Scope and hostile input: only the configured status lists and issuers are followed (others' events are
+  ignored; a credential on an unfollowed list is an error, never "valid"); an event with values out of range
+  (index 2**70, validUntil 2**64-1, …) is rejected with :class:`OutOfRangeEventError`, logged and counted,
+  and the sync goes on — a poisoned list cannot stop the cache nor hide a later revocation.
+- With ``max_chain_age`` a sync only counts as current when the head block's own timestamp is that recent:
+  a node stuck behind does not refresh the staleness clock.
 """
 
 from __future__ import annotations
@@ -18,18 +27,33 @@ from __future__ import annotations
 import json
 import logging
 import math
+import random
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
 from cityid.chain.abi import Abi, DecodedEvent
 from cityid.chain.bindings import vct_hash
 from cityid.chain.errors import ChainConfigError, ChainError, MalformedReplyError, StaleChainDataError
-from cityid.chain.live import check_status_ref, trusted_now
+from cityid.chain.live import StatusListMismatchError, check_fresh, check_status_ref, trusted_now
 from cityid.chain.network import NetworkConfig, check_network, checksum
+from cityid.chain.proof import (
+    Header,
+    ProofError,
+    accreditation_slot,
+    did_entry_slot,
+    proof_request,
+    status_word_slot,
+    unpack_accreditation,
+    unpack_did_entry,
+    verify_account_proof,
+    verify_header,
+    verify_receipts,
+)
 from cityid.chain.resolver import BuiltDocument, DidEvent, address_of, build_document, did_event, p256_keys
 from cityid.chain.rpc import RpcClient, as_bytes, as_dict, as_int, as_list
 from cityid.chain.view import CredentialStatus, StatusRef, VerificationFacts
@@ -52,7 +76,18 @@ CREATE TABLE IF NOT EXISTS accreditations (
     PRIMARY KEY (issuer, vct_hash, block, log_index));
 """
 _STATE_TABLES = ("did_events", "status_words", "accreditations")
+_DID_EVENT_NAMES = ("DIDOwnerChanged", "DIDDelegateChanged", "DIDAttributeChanged")
 KEEP_CHECKPOINTS = 256
+SQL_INT_MAX = (1 << 63) - 1  # SQLite INTEGER range
+FOREVER = SQL_INT_MAX  # validUntil at or beyond this (uint64 max = "no end") is stored as this
+
+
+class ChainResetError(ChainError):
+    """The chain was rewound or reset under the cache: it refuses to answer until resynced (alarm logged)."""
+
+
+class OutOfRangeEventError(ChainError):
+    """A registry event carries values the cache cannot represent (rejected; the sync continues)."""
 
 
 class SyncCache:
@@ -69,6 +104,14 @@ class SyncCache:
         start_block: int | None = None,
         max_range: int = 5000,
         clock: Callable[[], float] = time.time,
+        status_lists: Collection[int] | None = None,
+        issuers: Collection[str] | None = None,
+        max_chain_age: float | None = None,
+        proofs: bool = False,
+        spot_checks: int = 64,
+        peers: Sequence[RpcClient] = (),
+        quorum: int = 1,
+        receipt_depth: int = 256,
     ) -> None:
         self.client = client
         self.network = network.require_complete()
@@ -77,6 +120,21 @@ class SyncCache:
         self.start_block = network.deploy_block if start_block is None else start_block
         self.max_range = max_range
         self.clock = clock
+        self.status_lists = None if status_lists is None else frozenset(int(i) for i in status_lists)
+        self.issuers = None if issuers is None else frozenset(checksum(a) for a in issuers)
+        self.max_chain_age = max_chain_age
+        self.proofs = proofs  # spot-check applied events against eth_getProof at the range's last block
+        self.spot_checks = spot_checks
+        self.receipt_depth = receipt_depth
+        self._raw_logs: dict[
+            tuple[int, int], tuple[tuple[bytes, ...], bytes]
+        ] = {}  # of the range being applied
+        self.peers = list(peers)  # more nodes: each range's events must be identical on ``quorum`` of them
+        if not 1 <= quorum <= 1 + len(self.peers):
+            raise ChainConfigError(f"quorum {quorum} must be between 1 and {1 + len(self.peers)} nodes")
+        self.quorum = quorum
+        self._pool = ThreadPoolExecutor(max_workers=1 + len(self.peers), thread_name_prefix="chain-sync-q")
+        self.rejected_events = 0
         self._lock = threading.RLock()  # SQLite access
         self._sync_lock = threading.Lock()  # one sync at a time
         try:
@@ -104,7 +162,10 @@ class SyncCache:
         self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, str(value)))
 
     def _check_identity(self) -> None:
-        ident = json.dumps([self.network.chain_id, self.network.addresses, self.start_block], sort_keys=True)
+        scope = [sorted(self.status_lists or []), sorted(self.issuers or [])]
+        ident = json.dumps(
+            [self.network.chain_id, self.network.addresses, self.start_block, scope], sort_keys=True
+        )
         with self._guard():
             stored = self._meta("network")
             if stored != ident:
@@ -135,6 +196,7 @@ class SyncCache:
 
     def close(self) -> None:
         self.stop()
+        self._pool.shutdown(wait=False, cancel_futures=True)
         self._db.close()
 
     # ---- syncing ----
@@ -162,12 +224,15 @@ class SyncCache:
             with self._guard():
                 synced = self.synced_block
                 stored = self._checkpoint(synced)
-            calls: list[tuple[str, list]] = [("eth_blockNumber", [])]
+            calls: list[tuple[str, list]] = [("eth_getBlockByNumber", ["latest", False])]
             if synced >= self.start_block:
                 calls.append(("eth_getBlockByNumber", [hex(synced), False]))
             replies = self.client.batch(calls)
-            head = as_int(replies[0], "block number")
-            if len(replies) > 1 and self._block_hash(replies[1], synced) != stored:
+            head_block = as_dict(replies[0], "head block")
+            head = as_int(head_block.get("number"), "head block number")
+            head_time = as_int(head_block.get("timestamp"), "head block timestamp")
+            if len(replies) > 1 and (head < synced or self._block_hash(replies[1], synced) != stored):
+                self._alarm(synced, head)
                 synced = self._rollback()
             target = head - self.confirmations
             while synced < target:
@@ -175,8 +240,39 @@ class SyncCache:
                 self._apply_range(synced + 1, end)
                 synced = end
             with self._guard():
+                resync = self._meta("resync_to")
+                if resync is not None and synced >= int(resync):
+                    logger.warning(
+                        "chain cache resynced to block %d after the rewind: answering again", synced
+                    )
+                    self._db.execute("DELETE FROM meta WHERE key = 'resync_to'")
+            if self.max_chain_age is not None:
+                check_fresh(head_time, self.clock(), self.max_chain_age, math.inf)  # stuck node: not current
+            with self._guard():
                 self._set_meta("synced_at", started)
             return synced
+
+    def _alarm(self, synced: int, head: int) -> None:
+        """A rewind/reset under the cache: refuse to answer until caught up to ``synced`` again."""
+        logger.error(
+            "ALARM chain rewound or reset under the kiosk cache: block %d no longer canonical (head %d); "
+            "refusing to answer until resynced",
+            synced,
+            head,
+        )
+        self._checked = False  # a reset chain may lack the contracts: re-check before trusting it
+        with self._guard():
+            if self._meta("resync_to") is None:
+                self._set_meta("resync_to", synced)
+        if not self._checked:
+            check_network(self.client, self.network)
+            self._checked = True
+
+    @property
+    def resyncing(self) -> bool:
+        """True while the cache refuses to answer after a rewind/reset."""
+        with self._guard():
+            return self._meta("resync_to") is not None
 
     def _checkpoint(self, number: int) -> str | None:
         row = self._db.execute("SELECT hash FROM checkpoints WHERE number = ?", (number,)).fetchone()
@@ -215,16 +311,36 @@ class SyncCache:
             self._db.execute("COMMIT")
         return ancestor
 
-    def _apply_range(self, start: int, end: int) -> None:
-        logs_raw, block_raw = self.client.batch(
-            [
-                (
-                    "eth_getLogs",
-                    [{"address": list(self._contracts), "fromBlock": hex(start), "toBlock": hex(end)}],
-                ),
-                ("eth_getBlockByNumber", [hex(end), False]),
-            ]
+    def _range_replies(self, start: int, end: int) -> tuple[object, object]:
+        """(logs, end block) of a range — from the node, or agreed by ``quorum`` of node + peers."""
+        calls: list[tuple[str, list]] = [
+            (
+                "eth_getLogs",
+                [{"address": list(self._contracts), "fromBlock": hex(start), "toBlock": hex(end)}],
+            ),
+            ("eth_getBlockByNumber", [hex(end), False]),
+        ]
+        if not self.peers:
+            logs_raw, block_raw = self.client.batch(calls)
+            return logs_raw, block_raw
+        answers = list(self._pool.map(lambda c: _agreeable(c, calls, end), [self.client, *self.peers]))
+        counts: dict[str, int] = {}
+        for a in answers:
+            if not isinstance(a, ChainError):
+                counts[a[0]] = counts.get(a[0], 0) + 1
+        for a in answers:
+            if not isinstance(a, ChainError) and counts[a[0]] >= self.quorum:
+                return a[1], a[2]
+        logger.error(
+            "ALARM chain cache: fewer than %d nodes agree on the events of blocks %d-%d",
+            self.quorum,
+            start,
+            end,
         )
+        raise ChainError(f"fewer than {self.quorum} chain nodes agree on the events of blocks {start}-{end}")
+
+    def _apply_range(self, start: int, end: int) -> None:
+        logs_raw, block_raw = self._range_replies(start, end)
         end_hash = self._block_hash(block_raw, end)
         if end_hash is None:
             raise ChainError(f"block {end} vanished while syncing (reorg in progress)")
@@ -245,11 +361,33 @@ class SyncCache:
             if ev.block_number == end and "0x" + ev.block_hash.hex() != end_hash:
                 raise ChainError(f"block {end} changed while syncing (reorg in progress)")
             decoded.append(ev)
+            self._raw_logs[(ev.block_number, ev.log_index)] = (
+                tuple(as_bytes(t, "log topic", 32) for t in as_list(log.get("topics"), "log topics")),
+                as_bytes(log.get("data"), "log data"),
+            )
+        try:
+            proven = self._spot_proofs(decoded, block_raw, end) if self.proofs and decoded else None
+        finally:
+            self._raw_logs.clear()
         with self._guard():
             self._db.execute("BEGIN")
             try:
+                rejected: list[DecodedEvent] = []
                 for ev in decoded:
-                    self._apply(ev)
+                    try:
+                        self._apply(ev)
+                    except (OutOfRangeEventError, OverflowError, KeyError, TypeError, ValueError) as exc:
+                        self.rejected_events += 1
+                        rejected.append(ev)
+                        logger.warning(
+                            "chain cache: rejected %s at block %d log %d: %s",
+                            ev.name,
+                            ev.block_number,
+                            ev.log_index,
+                            exc,
+                        )
+                if proven is not None:
+                    self._check_spots(*proven, rejected)
                 self._db.execute(
                     "INSERT OR REPLACE INTO checkpoints (number, hash) VALUES (?, ?)", (end, end_hash)
                 )
@@ -265,8 +403,171 @@ class SyncCache:
                     self._db.execute("ROLLBACK")
                 raise
 
+    # ---- proofs: event-derived state spot-checked against the state root (docs/chain.md, "Kiosk cache") ----
+    def _event_keys(self, ev: DecodedEvent) -> list[tuple[str, object]]:
+        """The followed storage entries an event changes: status words, accreditations, DID entries."""
+        a = ev.args
+        if ev.name == "StatusWordsChanged":
+            lid = int(a["listId"])
+            if (self.status_lists is None or lid in self.status_lists) and lid <= SQL_INT_MAX:
+                return [("w", (lid, int(w))) for w in a["wordIndexes"] if int(w) <= SQL_INT_MAX]
+        elif ev.name in ("IssuerAccredited", "AccreditationRevoked"):
+            issuer = checksum(a["issuer"])
+            if self.issuers is None or issuer in self.issuers:
+                return [("a", (issuer, bytes(a["vctHash"])))]
+        elif ev.name in ("DIDOwnerChanged", "DIDDelegateChanged", "DIDAttributeChanged"):
+            return [("d", checksum(a["identity"]))]
+        return []
+
+    def _spot_proofs(self, decoded: list[DecodedEvent], block_raw: object, end: int) -> tuple:
+        """Prove (a sample of) the storage the range's events changed, at block ``end`` (1 round trip)."""
+        header = verify_header(block_raw, f"block {end}")
+        last_change: dict[str, int] = {}  # identity -> last block of ANY of its events (stored or not)
+        keys: set[tuple[str, object]] = set()
+        for ev in decoded:
+            for kind, key in self._event_keys(ev):
+                keys.add((kind, key))
+                if kind == "d":
+                    last_change[key] = max(last_change.get(key, 0), ev.block_number)  # type: ignore[index]
+        picks = sorted(keys, key=repr)
+        if len(picks) > self.spot_checks:
+            picks = random.sample(picks, self.spot_checks)
+        slot_of = {
+            "w": lambda k: status_word_slot(*k),
+            "a": lambda k: accreditation_slot(*k),
+            "d": did_entry_slot,
+        }
+        contract = {"w": "status_registry", "a": "trusted_issuers", "d": "did_registry"}
+        by_contract: dict[str, list[tuple[str, object, bytes]]] = {}
+        for kind, key in picks:
+            by_contract.setdefault(contract[kind], []).append((kind, key, slot_of[kind](key)))
+        names = list(by_contract)
+        replies = self.client.batch(
+            [
+                proof_request(self.network.address(n), [slot for _k, _key, slot in by_contract[n]], hex(end))
+                for n in names
+            ]
+        )
+        checks = []
+        for name, raw in zip(names, replies, strict=True):
+            entries = by_contract[name]
+            account = verify_account_proof(
+                header.state_root, self.network.address(name), [slot for *_x, slot in entries], raw
+            )
+            checks += [(kind, key, account.storage[slot]) for kind, key, slot in entries]
+        self._check_receipts(decoded, header)
+        return checks, last_change, end
+
+    def _check_receipts(self, decoded: list[DecodedEvent], end_header: Header) -> None:
+        """DID events exist only as logs: prove them through their blocks' receipts (1 round trip).
+
+        Every header from the first block with DID events up to ``end`` is re-hashed and chained by parent
+        hash to the range's (agreed) last block; each such block's receipts must hash to its receiptsRoot
+        and its registry DID logs must be exactly those eth_getLogs returned. Ranges reaching further back
+        than ``receipt_depth`` blocks (the first sync of a long history) are not receipt-checked."""
+        did = [
+            e for e in decoded if e.name in ("DIDOwnerChanged", "DIDDelegateChanged", "DIDAttributeChanged")
+        ]
+        if not did:
+            return
+        end = end_header.number
+        first = min(e.block_number for e in did)
+        if end - first > self.receipt_depth:
+            logger.info(
+                "chain cache: blocks %d-%d not receipt-checked (range deeper than %d)",
+                first,
+                end,
+                self.receipt_depth,
+            )
+            return
+        blocks = sorted({e.block_number for e in did})
+        calls: list[tuple[str, list]] = [("eth_getBlockByNumber", [hex(n), False]) for n in range(first, end)]
+        calls += [("eth_getBlockReceipts", [hex(n)]) for n in blocks]
+        replies = self.client.batch(calls)
+        headers = {
+            n: verify_header(r, f"block {n}") for n, r in zip(range(first, end), replies, strict=False)
+        }
+        headers[end] = end_header
+        for n in range(first, end):
+            if headers[n + 1].parent_hash != headers[n].hash or headers[n].number != n:
+                raise ProofError(f"block {n} is not an ancestor of block {end}")
+        registry = bytes.fromhex(self.network.address("did_registry")[2:])
+        topics0 = {Abi.of("CityDIDRegistry").event_topics[n] for n in _DID_EVENT_NAMES}
+        for n, raw in zip(blocks, replies[end - first :], strict=True):
+            proven = sorted(
+                (t, d)
+                for a, t, d in verify_receipts(headers[n].receipts_root, raw, f"block {n}")
+                if a == registry and t and t[0] in topics0
+            )
+            claimed = sorted(
+                self._raw_logs[(e.block_number, e.log_index)] for e in did if e.block_number == n
+            )
+            if proven != claimed:
+                logger.error("ALARM chain cache: eth_getLogs of block %d do not match its receipts", n)
+                raise ProofError(f"DID events of block {n} do not match the block's receipts")
+
+    def _check_spots(
+        self,
+        checks: list[tuple[str, object, int]],
+        last_change: dict[str, int],
+        end: int,
+        rejected: list[DecodedEvent],
+    ) -> None:
+        """Inside the applying transaction: the cache's answers must equal the proven storage values.
+
+        Entries touched by a rejected (out-of-range) event are not compared: a hostile event must not be
+        able to stop the sync."""
+        skip = {k for ev in rejected for k in self._event_keys(ev)}
+        for kind, key, value in checks:
+            if (kind, key) in skip:
+                continue
+            if kind == "w":
+                list_id, word = key  # type: ignore[misc]
+                row = self._db.execute(
+                    "SELECT value FROM status_words WHERE list_id = ? AND word = ? "
+                    "ORDER BY block DESC, log_index DESC LIMIT 1",
+                    (list_id, word),
+                ).fetchone()
+                ok = (int(row[0], 16) if row else 0) == value
+            elif kind == "a":
+                issuer, vh = key  # type: ignore[misc]
+                valid_from, valid_until, revoked = unpack_accreditation(value)
+                ok = self._accreditation(issuer, "0x" + vh.hex()) == (
+                    valid_from,
+                    min(valid_until, FOREVER),
+                    revoked,
+                )
+            else:
+                owner, changed = unpack_did_entry(value)
+                rows = self._db.execute(
+                    "SELECT event FROM did_events WHERE identity = ? ORDER BY block, log_index", (key,)
+                ).fetchall()
+                owners = [
+                    e.owner
+                    for e in map(DidEvent.from_json, (r[0] for r in rows))
+                    if e.kind == "DIDOwnerChanged"
+                ]
+                ok = last_change[key] == changed and int(owners[-1] if owners else "0x0", 16) == owner  # type: ignore[index]
+            if not ok:
+                logger.error(
+                    "ALARM chain cache: events up to block %d do not match the proven state (%s)", end, kind
+                )
+                raise ProofError(f"events up to block {end} do not match the proven state ({kind} {key!r})")
+
     def _apply(self, ev: DecodedEvent) -> None:
+        """Store one event (raises OutOfRangeEventError for values the cache cannot hold; nothing stored)."""
         key = (ev.block_number, ev.log_index)
+        if "listId" in ev.args:
+            list_id = int(ev.args["listId"])
+            if self.status_lists is not None and list_id not in self.status_lists:
+                return  # not one of the city's lists
+            _in_range(list_id, "listId")
+        if (
+            "issuer" in ev.args
+            and self.issuers is not None
+            and checksum(ev.args["issuer"]) not in self.issuers
+        ):
+            return  # not one of the configured issuers
         if ev.name in ("DIDOwnerChanged", "DIDDelegateChanged", "DIDAttributeChanged"):
             did_ev = did_event(ev)
             if did_ev is not None:
@@ -276,7 +577,10 @@ class SyncCache:
                     (*key, identity, did_ev.to_json()),
                 )
         elif ev.name == "StatusWordsChanged":
-            for word, value in zip(ev.args["wordIndexes"], ev.args["words"], strict=True):
+            pairs = list(zip(ev.args["wordIndexes"], ev.args["words"], strict=True))
+            for word, _value in pairs:
+                _in_range(int(word), "word index")
+            for word, value in pairs:
                 self._db.execute(
                     "INSERT OR REPLACE INTO status_words VALUES (?, ?, ?, ?, ?)",
                     (*key, int(ev.args["listId"]), int(word), hex(value)),
@@ -288,8 +592,8 @@ class SyncCache:
                     *key,
                     checksum(ev.args["issuer"]),
                     "0x" + ev.args["vctHash"].hex(),
-                    int(ev.args["validFrom"]),
-                    int(ev.args["validUntil"]),
+                    _in_range(int(ev.args["validFrom"]), "validFrom"),
+                    min(int(ev.args["validUntil"]), FOREVER),
                 ),
             )
         elif ev.name == "AccreditationRevoked":
@@ -366,10 +670,16 @@ class SyncCache:
     ) -> VerificationFacts:
         """Facts from the replica; :class:`StaleChainDataError` past ``max_staleness`` (fail closed)."""
         with self._guard():
+            if self._meta("resync_to") is not None:
+                raise ChainResetError("the chain was rewound or reset; the kiosk cache is resyncing")
             age = self.staleness()
             if age > self.max_staleness:
                 raise StaleChainDataError(age, self.max_staleness)
             check_status_ref(self.network, status)
+            if self.status_lists is not None and status.list_id not in self.status_lists:
+                raise StatusListMismatchError(f"status list {status.list_id} is not one this kiosk follows")
+            if (status.index >> 7) > SQL_INT_MAX or status.list_id > SQL_INT_MAX:
+                raise StatusListMismatchError("status list id or index out of the cache's range")
             issuer = address_of(self.network, issuer_did)
             holder = address_of(self.network, holder_did)
             keys = {}
@@ -377,6 +687,8 @@ class SyncCache:
                 built = self._build(did, address)
                 keys[did] = () if built.deactivated else p256_keys(built.document)
             valid_from, valid_until, revoked = self._accreditation(issuer, "0x" + vct_hash(vct).hex())
+            if self.issuers is not None and issuer not in self.issuers:
+                valid_from, valid_until, revoked = 0, 0, True  # not an issuer this kiosk accepts
             now = self.clock()
             return VerificationFacts(
                 issuer_keys=keys[issuer_did],
@@ -387,3 +699,28 @@ class SyncCache:
                 synced_at=self.synced_at or 0.0,
                 round_trips=0,
             )
+
+
+def _in_range(value: int, what: str) -> int:
+    if not 0 <= value <= SQL_INT_MAX:
+        raise OutOfRangeEventError(f"{what} {value} out of range")
+    return value
+
+
+_LOG_FIELDS = ("address", "topics", "data", "blockNumber", "blockHash", "logIndex", "transactionHash")
+
+
+def _agreeable(client: RpcClient, calls: list, end: int) -> tuple[str, object, object] | ChainError:
+    """One node's (logs, end block) and a canonical digest of them to compare across nodes."""
+    try:
+        logs_raw, block_raw = client.batch(calls)
+        logs = [as_dict(log, "log") for log in as_list(logs_raw, "eth_getLogs result")]
+        block = as_dict(block_raw, f"block {end}")
+        norm = sorted(
+            json.dumps([str(log.get(k)).lower() for k in _LOG_FIELDS])
+            for log in logs
+            if not log.get("removed")
+        )
+        return json.dumps([str(block.get("hash")).lower(), norm]), logs_raw, block_raw
+    except ChainError as exc:
+        return exc

@@ -146,7 +146,7 @@ def test_unreachable_node():
 )
 def test_view_faults_are_typed(setup, mode, error):
     fake, city, holder_did, ref = setup
-    view = LiveChainView(fake.client(), city.network)
+    view = LiveChainView(fake.client(), city.network, proofs=False)  # embedded: no eth_getProof
     assert view.verification_facts(city.did, holder_did, VCT, ref).status is CredentialStatus.VALID
     fake.mode = mode
     with pytest.raises(error):

@@ -270,6 +270,32 @@ def test_status_unknown_beyond_staleness_bound(env: Env) -> None:
     assert_rejected(env.verify(env.present()), CheckName.CHAIN)
 
 
+def _chain_faults() -> list[ChainError]:
+    from cityid.chain.errors import MalformedReplyError, RpcTimeoutError
+    from cityid.chain.live import ClockSkewError, InconsistentHistoryError, RewoundChainError
+    from cityid.chain.proof import ProofError
+    from cityid.chain.quorum import NoQuorumError
+    from cityid.chain.sync import ChainResetError
+
+    return [
+        ClockSkewError("head in the future"),
+        InconsistentHistoryError("forged log"),
+        RewoundChainError("node rewound"),
+        ProofError("bad proof"),
+        NoQuorumError("nodes disagree"),
+        ChainResetError("resyncing"),
+        MalformedReplyError("deep JSON"),
+        RpcTimeoutError("http://node", 5),
+    ]
+
+
+@pytest.mark.parametrize("fault", _chain_faults(), ids=lambda e: type(e).__name__)
+def test_every_chain_fault_is_cannot_check_now(env: Env, fault: ChainError) -> None:
+    """A lying, stale, rewound or hostile node is "this kiosk cannot check right now", never "invalid"."""
+    env.chain.error = fault
+    assert_rejected(env.verify(env.present()), CheckName.CHAIN, "verdict.reason.chain")
+
+
 def test_verifier_own_staleness_bound(env: Env) -> None:
     v = Verifier(env.chain, AUD, env.nonces, clock=lambda: env.now, max_chain_age=300)
     env.chain.synced_at = NOW - 301

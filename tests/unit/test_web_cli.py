@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from cityid.errors import CityIdError
 from terminal.cli import main
 from terminal.config import check_password, parse_config
 from terminal.web_cli import _chain_view
@@ -151,3 +152,45 @@ def test_serve_says_what_is_missing_and_where_the_screen_url_is(tmp_path: Path) 
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def _inline_chain(**extra: object) -> dict:
+    from cityid.chain.network import CONTRACT_KEYS
+
+    return {
+        "chain": {
+            "network": "metadium",
+            "rpc": "http://127.0.0.1:9",
+            "chain_id": 11,
+            "addresses": {k: "0x" + "7" * 40 for k in CONTRACT_KEYS},
+            **extra,
+        }
+    }
+
+
+def test_chain_view_quorum_cache_and_transport_policy(tmp_path: Path) -> None:
+    from cityid.chain.live import LiveChainView
+    from cityid.chain.quorum import QuorumChainView
+    from cityid.chain.sync import SyncCache
+    from terminal.config import ConfigError
+
+    live = _chain_view(parse_config(_inline_chain()))
+    assert isinstance(live, LiveChainView) and live.proofs and live.max_chain_age == 300
+    quorum = _chain_view(parse_config(_inline_chain(nodes=["http://127.0.0.1:10", "https://n3.example"])))
+    assert isinstance(quorum, QuorumChainView) and quorum.quorum == 2 and len(quorum.clients) == 3
+    with pytest.raises(CityIdError, match="https"):
+        _chain_view(parse_config(_inline_chain(nodes=["http://10.1.2.3:8545"])))
+    assert isinstance(
+        _chain_view(parse_config(_inline_chain(nodes=["http://10.1.2.3:8545"], allow_plain_http=True))),
+        QuorumChainView,
+    )
+    with pytest.raises(ConfigError, match="quorum"):
+        parse_config(_inline_chain(quorum=3))
+    cache = _chain_view(
+        parse_config(_inline_chain(cache=str(tmp_path / "c.sqlite"), status_lists=[1], max_staleness=60))
+    )
+    try:
+        assert isinstance(cache, SyncCache) and cache.max_staleness == 60 and cache.status_lists == {1}
+        assert cache.proofs and cache.max_chain_age == 60
+    finally:
+        cache.close()
