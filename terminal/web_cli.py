@@ -58,7 +58,8 @@ def _serve_until(args: argparse.Namespace, stop: threading.Event) -> int:
     if config.mode is Mode.COUNTER and not config.server_url:
         raise CityIdError("a counter terminal needs [server] url in its configuration")
     kiosk, counter = _backends(config)
-    app = create_app(config, kiosk=kiosk, counter=counter)
+    printing = _printing(config, kiosk)
+    app = create_app(config, kiosk=kiosk, counter=counter, printing=printing)
     with ServerThread(app, config.host, config.port) as server:
         print(f"{config.mode.value} screens on {server.url}/{'' if kiosk else 'counter/'}", flush=True)
         from terminal.web.app import announce
@@ -93,6 +94,28 @@ def _backends(config: TerminalConfig) -> tuple[object | None, object | None]:
     key = load_terminal_key(config.terminal_key, os.environ.get("CITYID_TERMINAL_KEY_PASSWORD"))
     client = ServerClient(config.server_url, config.terminal_id, key)
     return None, CardCounterBackend(client, verifier, reader_filter=config.reader)
+
+
+def _printing(config: TerminalConfig, kiosk: object | None) -> object | None:
+    """A kiosk's certificate printer when ``[printer]`` is configured (docs/printer.md): the desk signs with
+    the terminal key, queues on the city server and anchors in the chain's anchor registry."""
+    if kiosk is None or config.printer is None:
+        return None
+    from cityid.certificate import anchor_uri
+    from terminal.certificate_client import ServerAnchorQueue
+    from terminal.flows.certificate import CertificateDesk
+    from terminal.peripherals.printer import ReceiptPrinter
+    from terminal.server_client import load_terminal_key
+    from terminal.web.printing import KioskPrinting
+
+    if not config.server_url or not config.terminal_key:
+        raise CityIdError(f"{config.source}: [printer] needs [server] url and terminal_key (certificates)")
+    key = load_terminal_key(config.terminal_key, os.environ.get("CITYID_TERMINAL_KEY_PASSWORD"))
+    network = kiosk.verifier.chain_view.network  # type: ignore[attr-defined]
+    anchor = anchor_uri(network.chain_id, network.address("anchor_registry"))
+    queue = ServerAnchorQueue(config.server_url, config.terminal_id, key)
+    desk = CertificateDesk(key, config.terminal_id, anchor, queue, ReceiptPrinter(config.printer))
+    return KioskPrinting(desk)
 
 
 def _chain_view(config: TerminalConfig) -> object:

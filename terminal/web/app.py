@@ -21,6 +21,7 @@ from terminal.web.catalog import catalogue, translate
 from terminal.web.controller import KioskController
 from terminal.web.events import EventHub
 from terminal.web.health import HealthMonitor, kernel_clock_synced, startup_lines
+from terminal.web.printing import KioskPrinting
 from terminal.web.security import ScreenLock
 
 logger = logging.getLogger(__name__)
@@ -48,12 +49,14 @@ def create_app(
     counter: CounterBackend | None = None,
     demo: demo_views.DemoPanel | None = None,
     screen: ScreenLock | None = None,
+    printing: KioskPrinting | None = None,
 ) -> Flask:
     """The terminal app. Needs ``kiosk`` in kiosk mode, ``counter`` in counter mode (both in the demo).
 
     ``screen``: the kiosk screen's launch secret (default: a one-time key, rotated after each use and
     written to ``terminal.screen_url_file`` when set). Refuses a bind beyond loopback without TLS and client
-    authentication (:func:`terminal.config.check_bind`).
+    authentication (:func:`terminal.config.check_bind`). ``printing``: the kiosk's certificate printer
+    (terminal.web.printing; None: no "print my certificate").
     """
     check_bind(config)
     app = Flask(__name__, static_folder="static", template_folder="templates")
@@ -65,7 +68,9 @@ def create_app(
     app.register_blueprint(events.bp)
 
     if kiosk is not None:
-        controller = KioskController(kiosk, hub, config.idle_timeout, services=config.services)
+        controller = KioskController(
+            kiosk, hub, config.idle_timeout, services=config.services, printing=printing
+        )
         app.extensions["cityid.kiosk"] = controller
         app.extensions["cityid.sse_first"] = controller.sse_hello
         app.extensions["cityid.screen"] = screen or ScreenLock(rotate=True, url_file=config.screen_url_file)
@@ -75,6 +80,7 @@ def create_app(
             max_staleness=config.chain.max_staleness,
             check_head_age=not config.chain.embedded,  # the demo chain mines only when written to
             clock_probe=kernel_clock_synced if config.require_clock_sync else None,
+            printer=printing,
         )
         app.register_blueprint(kiosk_views.bp)
         app.register_blueprint(kiosk_views.screen_bp)

@@ -151,3 +151,37 @@ def test_serve_says_what_is_missing_and_where_the_screen_url_is(tmp_path: Path) 
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def test_kiosk_printer_from_config(tmp_path: Path) -> None:
+    """``[printer]`` on a kiosk: a certificate desk signing with the terminal key, anchoring in the chain's
+    anchor registry, queueing on the city server; without a server it says so in one line."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from cityid.chain.network import CONTRACT_KEYS
+    from cityid.errors import CityIdError
+    from terminal.web.printing import KioskPrinting
+    from terminal.web_cli import _backends, _printing
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    (tmp_path / "kiosk-key.pem").write_bytes(pem)
+    data = {
+        "terminal": {"mode": "kiosk", "id": "kiosk-9"},
+        "chain": {"network": "metadium", "rpc": "http://127.0.0.1:9", "chain_id": 11,
+                  "addresses": {k: "0x" + "7" * 40 for k in CONTRACT_KEYS}},
+        "printer": {"port": str(tmp_path / "ttyPRN"), "baudrate": 9600},
+    }  # fmt: skip
+    kiosk, _ = _backends(parse_config(data))
+    with pytest.raises(CityIdError, match=r"\[printer\] needs \[server\]"):
+        _printing(parse_config(data), kiosk)
+    data["server"] = {"url": "http://127.0.0.1:9", "terminal_key": str(tmp_path / "kiosk-key.pem")}
+    printing = _printing(parse_config(data), kiosk)
+    assert isinstance(printing, KioskPrinting)
+    desk = printing.desk
+    assert desk.kiosk_id == "kiosk-9" and desk.anchor == "eip155:11:0x" + "7" * 40
+    assert desk.printer.settings.baudrate == 9600  # type: ignore[union-attr]
+    assert _printing(parse_config({k: v for k, v in data.items() if k != "printer"}), kiosk) is None
