@@ -27,10 +27,13 @@ from tests.fixtures.pcsc import VirtualCardHandle
 class World:
     env: demo.DemoEnvironment
 
-    def kiosk_app(self, reader: str, language: str = "en", idle_timeout: float = 30.0) -> Any:
+    def kiosk_app(
+        self, reader: str, language: str = "en", idle_timeout: float = 30.0, printing: bool = False
+    ) -> Any:
+        """``printing``: with the demo's virtual receipt printer ("print my certificate")."""
         backend = PcscKioskBackend(self.env.kiosk_backend.verifier, list(SERVICES.values()), reader)
         config = replace(self.env.config, language=language, idle_timeout=idle_timeout)
-        return create_app(config, kiosk=backend)
+        return create_app(config, kiosk=backend, printing=self.env.printing if printing else None)
 
     def counter_app(self, reader: str = "Virtual PCD", language: str = "en") -> Any:
         counter = self.env.counter_backend
