@@ -1,6 +1,6 @@
 """The kiosk's "print my certificate" in headless Chromium on the real stack (issue 13): card tap →
 verdict → print → the demo's virtual printer (ESC/POS emulator on a pty) renders the receipt → zxing-cpp
-decodes its QR → verified against the chain and the city server; printer faults shown on the verdict screen, verdict kept."""
+decodes its QR → verified against the chain and the city server; printer faults shown, verdict kept."""
 
 from __future__ import annotations
 
