@@ -18,16 +18,25 @@ Nothing here raises to a citizen: every outcome is a :class:`PrintOutcome` with 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from cityid.errors import CityIdError
-from terminal.flows.certificate import AnchorUnavailable, CertificateDesk, JobState
+from terminal.flows.certificate import (
+    AnchorUnavailable,
+    CertificateDesk,
+    JobState,
+    ScanResult,
+    enrollment_receipt_blocks,
+    verify_scan,
+)
 from terminal.flows.kiosk import SERVICES, Service
-from terminal.peripherals.printer import PrinterState, PrinterStatus
+from terminal.peripherals.printer import PrinterFault, PrinterState, PrinterStatus, ReceiptPrinter
 
 logger = logging.getLogger(__name__)
 
@@ -131,3 +140,81 @@ class KioskPrinting:
             "paper_near_end": None if status is None else status.paper_near_end,
             "failed_jobs": self.failed_jobs(),
         }
+
+
+# --- the counter -------------------------------------------------------------------------------------
+
+
+class CounterPrinting:
+    """The counter's receipt printer: the enrollment receipt after an enrollment (no personal claim)."""
+
+    def __init__(self, printer: ReceiptPrinter, counter_id: str) -> None:
+        self.printer = printer
+        self.counter_id = counter_id
+        self._lock = threading.Lock()
+
+    def print_enrollment(self, credential_id: str, issued_at: float) -> PrintOutcome:
+        """Print the receipt of ``credential_id`` (``printer.state.*`` on a fault; call again to reprint)."""
+        blocks = enrollment_receipt_blocks(credential_id, self.counter_id, issued_at)
+        with self._lock:
+            try:
+                status = self.printer.print(blocks)
+            except PrinterFault as exc:
+                logger.warning("enrollment receipt not printed: %s", exc.status.state.value)
+                return PrintOutcome("failed", exc.status.message_key, printer=exc.status.state)
+        return PrintOutcome("printed", "counter.receipt.printed", printer=status.state)
+
+
+@dataclass(frozen=True, slots=True)
+class ScanView:
+    """The last scan as the counter screen shows it; kept ``keep_s`` seconds (it holds printed facts)."""
+
+    at: float
+    result: ScanResult
+
+
+class CounterScanning:
+    """Reads the counter's serial scanner in a thread and verifies each code (:func:`verify_scan`)."""
+
+    def __init__(self, scanner: Any, verifier: Any, keep_s: float = 120.0) -> None:
+        self.scanner = scanner
+        self.verifier = verifier
+        self.keep_s = keep_s
+        self._last: ScanView | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.scans = 0
+
+    def start(self) -> CounterScanning:
+        self._thread = threading.Thread(target=self._run, name="counter-scanner", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=3)
+        with contextlib.suppress(CityIdError, OSError):
+            self.scanner.close()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                result = verify_scan(self.scanner, self.verifier, timeout=0.5)
+            except CityIdError as exc:  # the scanner went away: say so once a second, keep trying
+                logger.warning("counter scanner: %s", type(exc).__name__)
+                self._stop.wait(1.0)
+                continue
+            if result is not None:
+                with self._lock:
+                    self._last = ScanView(time.time(), result)
+                    self.scans += 1
+                logger.info("certificate scanned: %s", "valid" if result.ok else result.rejected.reason.value)
+
+    def last(self) -> ScanView | None:
+        """The last scan, or None (none yet, or older than ``keep_s``: forgotten)."""
+        with self._lock:
+            if self._last is not None and time.time() - self._last.at > self.keep_s:
+                self._last = None
+            return self._last
