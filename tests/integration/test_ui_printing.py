@@ -130,3 +130,49 @@ def test_printer_faults_on_the_verdict_screen(
         assert len(emu.wait_receipts(before + 1)) == before + 1
     finally:
         emu.paper_end = emu.cover_open = emu.offline = False
+
+
+def test_counter_scan_shows_the_verification(world: World, page: Any, screenshot: Any) -> None:
+    """A certificate printed at the kiosk, scanned at the counter (serial scanner on a pty) → the counter
+    screen shows it verified; an edited one is refused there."""
+    from emulators.ptys import PtyPair
+    from emulators.scanner import ScannerEmulator
+
+    from terminal.flows.kiosk import SERVICES
+    from terminal.peripherals.scanner import SerialScanner
+    from terminal.web import start
+    from terminal.web.printing import CounterScanning
+
+    kim = citizen("kim")
+    facts = {"family_name": kim.family_name, "given_name": kim.given_name, "district": kim.district,
+             "busan_resident": True}  # fmt: skip
+    job = world.env.printing.desk.issue_facts(SERVICES["residence"], facts)
+    qr = job.certificate.qr_text()
+    _verify_when_anchored(_verifier(world), qr)  # the demo's batch window closes within seconds
+    with PtyPair() as pair:
+        emu = ScannerEmulator(pair.device)
+        scanning = CounterScanning(SerialScanner(pair.host, idle_s=0.2), _verifier(world))
+        app = world.counter_app(scanning=scanning)
+        start(app)
+        try:
+            with serving(app, page) as url:
+                page.goto(url + "/counter/login")
+                page.fill("#clerk", demo.DEMO_CLERK)
+                page.fill("#password", demo.DEMO_CLERK_PASSWORD)
+                page.click("#login")
+                page.wait_for_url("**/counter/")
+                page.click("#menu-scan")
+                page.wait_for_selector("#scan-none")
+                emu.scan(qr)
+                page.wait_for_selector("#scan-result[data-valid='true']", timeout=15000)  # the page refreshes
+                screenshot(page, "counter-scan-valid")
+                text = visible_text(page)
+                assert "Valid certificate" in text and kim.given_name in text and demo.KIOSK_ID in text
+                assert page.inner_text("#scan-confirmation").strip() == job.certificate.confirmation
+                emu.scan(qr.replace(".", ".x", 1))  # damaged in transit / edited
+                page.wait_for_selector("#scan-result[data-valid='false']", timeout=15000)
+                screenshot(page, "counter-scan-refused")
+                assert kim.given_name not in visible_text(page)
+        finally:
+            scanning.stop()
+            emu.close()
