@@ -59,7 +59,9 @@ def _serve_until(args: argparse.Namespace, stop: threading.Event) -> int:
         raise CityIdError("a counter terminal needs [server] url in its configuration")
     kiosk, counter = _backends(config)
     printing = _printing(config, kiosk)
-    app = create_app(config, kiosk=kiosk, counter=counter, printing=printing)
+    app = create_app(
+        config, kiosk=kiosk, counter=counter, printing=printing, **_counter_peripherals(config, counter)
+    )
     with ServerThread(app, config.host, config.port) as server:
         print(f"{config.mode.value} screens on {server.url}/{'' if kiosk else 'counter/'}", flush=True)
         from terminal.web.app import announce
@@ -116,6 +118,34 @@ def _printing(config: TerminalConfig, kiosk: object | None) -> object | None:
     queue = ServerAnchorQueue(config.server_url, config.terminal_id, key)
     desk = CertificateDesk(key, config.terminal_id, anchor, queue, ReceiptPrinter(config.printer))
     return KioskPrinting(desk)
+
+
+def _counter_peripherals(config: TerminalConfig, counter: object | None) -> dict[str, object]:
+    """A counter's receipt printer (``[printer]``: enrollment receipts) and scanner (``[scanner]``: scanned
+    certificates verified against the chain and the city server's kiosk directory)."""
+    if counter is None:
+        return {}
+    from terminal.web.printing import CounterPrinting, CounterScanning
+
+    out: dict[str, object] = {}
+    if config.printer is not None:
+        from terminal.peripherals.printer import ReceiptPrinter
+
+        out["counter_printing"] = CounterPrinting(ReceiptPrinter(config.printer), config.terminal_id)
+    if config.scanner is not None:
+        from cityid.certificate import CertificateVerifier, ChainAnchorChecker
+        from terminal.certificate_client import HttpKioskDirectory, HttpProofSource
+        from terminal.peripherals.scanner import SerialScanner
+
+        view = counter.enrollment.verifier.chain_view  # type: ignore[attr-defined]
+        verifier = CertificateVerifier(
+            HttpKioskDirectory(config.server_url),
+            ChainAnchorChecker(view.client, view.network),
+            HttpProofSource(config.server_url),
+        )
+        scanner = SerialScanner(config.scanner.port, config.scanner.baudrate)
+        out["scanning"] = CounterScanning(scanner, verifier)
+    return out
 
 
 def _chain_view(config: TerminalConfig) -> object:
