@@ -176,3 +176,29 @@ def test_counter_scan_shows_the_verification(world: World, page: Any, screenshot
         finally:
             scanning.stop()
             emu.close()
+
+
+def test_demo_panel_shows_the_virtual_printers_receipts(world: World) -> None:
+    """The demo panel lists what the virtual printer cut, as PNGs rendered from the ESC/POS stream."""
+    import io
+
+    from PIL import Image
+
+    from terminal.flows.kiosk import SERVICES
+    from terminal.web import create_app
+
+    panel = demo.DemoPanel(world.env)
+    app = create_app(world.env.config, kiosk=world.env.kiosk_backend, demo=panel, printing=world.env.printing)
+    client = app.test_client()
+    job = world.env.printing.desk.issue_facts(SERVICES["benefit-check"],
+                                              {"busan_resident": True, "age_over_65": True})  # fmt: skip
+    assert world.env.printing.desk.print(job.id).state.value == "printed"
+    n = len(world.env.printer.emulator.wait_receipts(panel.receipts()))
+    html = client.get("/demo/").get_data(as_text=True)
+    assert f'id="receipt-{n}"' in html and 'id="receipt-1"' in html
+    png = client.get(f"/demo/receipts/{n}.png")
+    assert png.status_code == 200 and png.mimetype == "image/png"
+    (found,) = [r.text for r in zxingcpp.read_barcodes(Image.open(io.BytesIO(png.data)).convert("L"))]
+    assert c.parse_qr(found).confirmation == job.certificate.confirmation
+    assert client.get(f"/demo/receipts/{n + 1}.png").status_code == 404
+    assert client.get("/demo/receipts/0.png").status_code == 404
