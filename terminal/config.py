@@ -49,6 +49,10 @@ A kiosk or counter terminal reads one file (``kiosk serve --config FILE``)::
     profile = "TM-T88V"            # a python-escpos printer profile
     paper_width = 80               # mm: 80 or 58
 
+    [scanner]                      # optional, counter: serial QR scanner (verifies printed certificates)
+    port = "/dev/ttyACM0"
+    baudrate = 9600
+
     [counter.clerks]
     kim = "scrypt$16384$8$1$<salt hex>$<hash hex>"   # from `kiosk clerk-password`
 
@@ -120,6 +124,14 @@ class ChainSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ScannerSettings:
+    """``[scanner]``: a serial QR/barcode scanner (USB-serial or RS-232) at a counter."""
+
+    port: str
+    baudrate: int = 9600
+
+
+@dataclass(frozen=True, slots=True)
 class TerminalConfig:
     """The validated configuration of one terminal."""
 
@@ -143,6 +155,7 @@ class TerminalConfig:
     tls_key: str = ""
     tls_client_ca: str = ""
     printer: PrinterSettings | None = None
+    scanner: ScannerSettings | None = None  # the counter's serial QR scanner
     secret_key: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
     source: str = "<defaults>"
 
@@ -341,9 +354,26 @@ def _printer(table: object, source: str) -> PrinterSettings | None:
     return PrinterSettings(port, int(baud), flow, profile, int(width))
 
 
+def _scanner(table: object, source: str) -> ScannerSettings | None:
+    """``[scanner]`` (a counter's serial QR scanner, docs/printer.md); absent: no scanner."""
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        raise _fail(source, "scanner", "must be a table")
+    p = "scanner."
+    _take(table, source, p, {"port", "baudrate"})
+    port = _str(table, "port", source, p, "")
+    if not port:
+        raise _fail(source, p + "port", "the serial port of the scanner is required (e.g. /dev/ttyACM0)")
+    baud = table.get("baudrate", 9600)
+    if baud not in (9600, 19200, 38400, 57600, 115200):
+        raise _fail(source, p + "baudrate", f"must be 9600, 19200, 38400, 57600 or 115200, got {baud!r}")
+    return ScannerSettings(port, int(baud))
+
+
 def parse_config(data: dict[str, Any], source: str = "<dict>") -> TerminalConfig:
     """Validate a parsed TOML document; raise :class:`ConfigError` naming the offending key."""
-    _take(data, source, "", {"terminal", "chain", "server", "counter", "printer"})
+    _take(data, source, "", {"terminal", "chain", "server", "counter", "printer", "scanner"})
     term = data.get("terminal", {})
     if not isinstance(term, dict):
         raise _fail(source, "terminal", "must be a table")
@@ -451,6 +481,7 @@ def parse_config(data: dict[str, Any], source: str = "<dict>") -> TerminalConfig
         require_clock_sync=clock_sync,
         **tls,
         printer=_printer(data.get("printer"), source),
+        scanner=_scanner(data.get("scanner"), source),
         secret_key=secret or secrets.token_bytes(32),
         source=source,
     )

@@ -72,7 +72,10 @@ def _serve_until(args: argparse.Namespace, stop: threading.Event) -> int:
         logging.getLogger("cityid.access").setLevel(logging.INFO)  # route templates only, no personal data
     sock = bind_listener(config.host, config.port)  # "port in use" before the start-up, not after it
     kiosk, counter = _backends(config)
-    app = create_app(config, kiosk=kiosk, counter=counter)
+    printing = _printing(config, kiosk)
+    app = create_app(
+        config, kiosk=kiosk, counter=counter, printing=printing, **_counter_peripherals(config, counter)
+    )
     with ServerThread(app, config.host, config.port, sock=sock) as server:
         print(f"{config.mode.value} screens on {server.url}/{'' if kiosk else 'counter/'}", flush=True)
         from terminal.web.app import announce
@@ -127,6 +130,58 @@ def _backends(config: TerminalConfig) -> tuple[object | None, object | None]:
     key = load_terminal_key(config.terminal_key, secret("CITYID_TERMINAL_KEY_PASSWORD"))
     client = ServerClient(config.server_url, config.terminal_id, key)
     return None, CardCounterBackend(client, verifier, reader_filter=config.reader)
+
+
+def _printing(config: TerminalConfig, kiosk: object | None) -> object | None:
+    """A kiosk's certificate printer when ``[printer]`` is configured (docs/printer.md): the desk signs with
+    the terminal key, queues on the city server and anchors in the chain's anchor registry."""
+    if kiosk is None or config.printer is None:
+        return None
+    from cityid.certificate import anchor_uri
+    from terminal.certificate_client import ServerAnchorQueue
+    from terminal.flows.certificate import CertificateDesk
+    from terminal.peripherals.printer import ReceiptPrinter
+    from terminal.server_client import load_terminal_key
+    from terminal.web.printing import KioskPrinting
+
+    if not config.server_url or not config.terminal_key:
+        raise CityIdError(f"{config.source}: [printer] needs [server] url and terminal_key (certificates)")
+    key = load_terminal_key(config.terminal_key, secret("CITYID_TERMINAL_KEY_PASSWORD"))
+    network = chain_network(config)
+    anchor = anchor_uri(network.chain_id, network.address("anchor_registry"))
+    queue = ServerAnchorQueue(config.server_url, config.terminal_id, key)
+    desk = CertificateDesk(key, config.terminal_id, anchor, queue, ReceiptPrinter(config.printer))
+    return KioskPrinting(desk)
+
+
+def _counter_peripherals(config: TerminalConfig, counter: object | None) -> dict[str, object]:
+    """A counter's receipt printer (``[printer]``: enrollment receipts) and scanner (``[scanner]``: scanned
+    certificates verified against the chain and the city server's kiosk directory)."""
+    if counter is None:
+        return {}
+    from terminal.web.printing import CounterPrinting, CounterScanning
+
+    out: dict[str, object] = {}
+    if config.printer is not None:
+        from terminal.peripherals.printer import ReceiptPrinter
+
+        out["counter_printing"] = CounterPrinting(ReceiptPrinter(config.printer), config.terminal_id)
+    if config.scanner is not None:
+        from cityid.certificate import CertificateVerifier, ChainAnchorChecker
+        from cityid.chain.rpc import HttpTransport, RpcClient
+        from terminal.certificate_client import HttpKioskDirectory, HttpProofSource
+        from terminal.peripherals.scanner import SerialScanner
+
+        network = chain_network(config)
+        client = RpcClient(HttpTransport(network.rpc_url, allow_plain=config.chain.allow_plain_http))
+        verifier = CertificateVerifier(
+            HttpKioskDirectory(config.server_url),
+            ChainAnchorChecker(client, network),
+            HttpProofSource(config.server_url),
+        )
+        scanner = SerialScanner(config.scanner.port, config.scanner.baudrate)
+        out["scanning"] = CounterScanning(scanner, verifier)
+    return out
 
 
 def _chain_view(config: TerminalConfig) -> ChainView:

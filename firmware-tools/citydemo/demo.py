@@ -76,6 +76,16 @@ DEMO_CLERK_PASSWORD = "demo-clerk"  # noqa: S105 - printed for the demo; never a
 DEMO_PUK = "24681357"
 KEY_PIN = "2468"  # the demo security key's own PIN
 KEY_ID = "kim-key"
+KIOSK_ID = "demo-kiosk"
+CERT_WINDOW_S = 5.0  # the demo's anchoring batch window: a printed certificate verifies within seconds
+
+
+def _public_pem(key: ec.EllipticCurvePrivateKey) -> str:
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +238,9 @@ class DemoEnvironment:
     config: TerminalConfig
     pcsc: Pcsc | None = None
     _closers: list[Callable[[], None]] = field(default_factory=list)
+    printer: Any = None  # citydemo.printer.VirtualPrinter (the kiosk's receipt printer)
+    printing: Any = None  # terminal.web.printing.KioskPrinting on it
+    kiosk_key: Any = None  # the demo kiosk's terminal key (signs certificates)
 
     def card(self, citizen_id: str) -> VirtualCard:
         """A fresh card (or key) object for the state file (as a freshly powered card)."""
@@ -283,6 +296,21 @@ class DemoPanel:
         slot.remove()
         if slot.port is None:
             self.env.kiosk_backend.feed(TokenRemoved(slot.reader, time.monotonic()))
+
+    def receipts(self) -> int:
+        """How many receipts the virtual printer has cut."""
+        return 0 if self.env.printer is None else len(self.env.printer.receipts)
+
+    def receipt_png(self, index: int) -> bytes:
+        """Receipt ``index`` (0 = first) as a PNG (IndexError: none)."""
+        if self.env.printer is None:
+            raise IndexError(index)
+        return self.env.printer.receipt_png(index)
+
+    def printer_state(self) -> str | None:
+        """The printer's state at the last poll or print (``printer.state.*`` key), None if no printer."""
+        status = None if self.env.printing is None else self.env.printing.last_status
+        return None if status is None else status.message_key
 
     def new_blank_card(self) -> None:
         """Put a fresh, blank card in the counter reader (for enrollment at the counter screen)."""
@@ -350,6 +378,9 @@ def build(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
         db.add_terminal("demo-counter", pem.decode())
+        kiosk_key = ec.generate_private_key(ec.SECP256R1())
+        db.add_terminal(KIOSK_ID, _public_pem(kiosk_key))  # certificates are signed by the kiosk's key
+        server_app.extensions["cityid.certificates"].queue.window_s = CERT_WINDOW_S
         http, http_thread = _serve(server_app)
         closers.append(lambda: (http.shutdown(), http.server_close(), http_thread.join(5)))
         server_url = f"http://127.0.0.1:{http.server_port}"
@@ -408,8 +439,14 @@ def build(
                 connect=counter_slot.connect,
                 readers=lambda: [counter_slot.reader] if counter_slot.card is not None else [],
             )
+        from citydemo.printer import VirtualPrinter, make_printing
+
+        printer = VirtualPrinter(workdir)
+        closers.append(printer.close)
+        progress(f"virtual receipt printer on {printer.port} ({printer.transport})")
+        printing = make_printing(printer, kiosk_key, KIOSK_ID, server_url, chain.network)
         config = TerminalConfig(
-            terminal_id="demo-kiosk",
+            terminal_id=KIOSK_ID,
             audience=KIOSK_AUDIENCE,
             language="ko",
             server_url=server_url,
@@ -418,7 +455,7 @@ def build(
         )
         env = DemoEnvironment(
             workdir, chain, server_url, kiosk_slot, counter_slot, cards, enrolled, keys, kiosk_backend,
-            counter_backend, config, pcsc, closers,
+            counter_backend, config, pcsc, closers, printer=printer, printing=printing, kiosk_key=kiosk_key,
         )  # fmt: skip
         pcsc = None  # owned by env now
         return env
@@ -478,8 +515,9 @@ def running(
         # The printed screen URL stays valid for this run (each use re-binds the screen to that browser).
         screen = ScreenLock(rotate=False)
         app = create_app(
-            config, kiosk=env.kiosk_backend, counter=env.counter_backend, demo=panel, screen=screen
-        )
+            config, kiosk=env.kiosk_backend, counter=env.counter_backend, demo=panel, screen=screen,
+            printing=env.printing,
+        )  # fmt: skip
         panel.new_blank_card()
         with ServerThread(app, host, port, dev=True) as server:  # the demo keeps Werkzeug's dev server
             yield env, server

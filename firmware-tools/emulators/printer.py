@@ -71,7 +71,7 @@ class PrinterEmulator:
 
     def __init__(
         self,
-        port: str,
+        port: str | Any,
         *,
         paper_dots: int = 512,
         baudrate: int | None = None,
@@ -81,7 +81,8 @@ class PrinterEmulator:
     ) -> None:
         import serial
 
-        self.port = serial.Serial(port, baudrate or 115200, timeout=0.02)
+        # a path (a pty end, a UART) or an open serial-like object (read/write/reset_input_buffer/close)
+        self.port = serial.Serial(port, baudrate or 115200, timeout=0.02) if isinstance(port, str) else port
         self.paper_dots = paper_dots
         self.baudrate = baudrate
         self.dots_per_s = print_speed_mm_s * DPI / 25.4 if print_speed_mm_s else None

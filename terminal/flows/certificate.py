@@ -140,6 +140,47 @@ def receipt_blocks(c: cert.Certificate) -> list[Block]:
     return blocks
 
 
+#: Where the revocation password the citizen chooses at the counter will be printed. That password belongs to
+#: the separation-of-duties issue, which is not built yet: until then the receipt prints this marked slot.
+REVOCATION_PASSWORD_SLOT = "[ 해지 비밀번호 Revocation password: 준비 중 / not yet issued ]"  # noqa: S105 - a label
+LOST_CARD_HELP = (
+    Text("분실·도난 신고 Lost or stolen card"),
+    Text("  부산 120 콜센터 / 가까운 우체국 창구"),
+    Text("  Busan 120 call centre or any post-office counter:"),
+    Text("  give the credential no. above"),
+)
+
+
+def enrollment_receipt_blocks(
+    credential_id: str, counter_id: str, issued_at: float, revocation_password: str | None = None
+) -> list[Block]:
+    """The counter's enrollment receipt (docs/printer.md §Enrollment receipt): what was issued, when, where,
+    and how to report a lost card — no personal claim (no name, birthdate, district). ``credential_id`` is
+    what the lost-card flow revokes by (counter "revoke"); ``revocation_password`` is the marked slot above
+    while the separation-of-duties issue is open."""
+    when = dt.datetime.fromtimestamp(issued_at, KST)
+    return [
+        Text("부산광역시", bold=True, size=2, align="center"),
+        Text("BUSAN METROPOLITAN CITY", align="center"),
+        Feed(1),
+        Text("시민증 발급 확인증", bold=True, align="center"),
+        Text("Citizen ID enrollment receipt", align="center"),
+        Feed(1),
+        Text("발급 Issued: citizen card + credential"),
+        Text("Credential no."),
+        Text(f"  {credential_id}", bold=True),
+        Text(f"Counter   {counter_id}"),
+        Text(f"Date      {when:%Y-%m-%d %H:%M} KST"),
+        Feed(1),
+        Text(revocation_password if revocation_password else REVOCATION_PASSWORD_SLOT),
+        Feed(1),
+        *LOST_CARD_HELP,
+        Feed(1),
+        Text("이 확인증에는 개인 정보가 없습니다", align="center"),
+        Text("No personal data on this receipt", align="center"),
+    ]
+
+
 def verify_scan(scanner: Any, verifier: cert.CertificateVerifier, timeout: float = 1.0) -> ScanResult | None:
     """The counter: wait for one scanned code and verify it (None: nothing scanned within ``timeout``).
 

@@ -21,6 +21,7 @@ from terminal.web.catalog import catalogue, translate
 from terminal.web.controller import KioskController
 from terminal.web.events import EventHub
 from terminal.web.health import HealthMonitor, kernel_clock_synced, startup_lines
+from terminal.web.printing import CounterPrinting, CounterScanning, KioskPrinting
 from terminal.web.security import ScreenLock
 
 logger = logging.getLogger(__name__)
@@ -48,12 +49,17 @@ def create_app(
     counter: CounterBackend | None = None,
     demo: demo_views.DemoPanel | None = None,
     screen: ScreenLock | None = None,
+    printing: KioskPrinting | None = None,
+    counter_printing: CounterPrinting | None = None,
+    scanning: CounterScanning | None = None,
 ) -> Flask:
     """The terminal app. Needs ``kiosk`` in kiosk mode, ``counter`` in counter mode (both in the demo).
 
     ``screen``: the kiosk screen's launch secret (default: a one-time key, rotated after each use and
     written to ``terminal.screen_url_file`` when set). Refuses a bind beyond loopback without TLS and client
-    authentication (:func:`terminal.config.check_bind`).
+    authentication (:func:`terminal.config.check_bind`). ``printing``: the kiosk's certificate printer
+    (terminal.web.printing; None: no "print my certificate"); ``counter_printing`` and ``scanning``: the
+    counter's receipt printer (enrollment receipt) and certificate scanner.
     """
     check_bind(config)
     app = Flask(__name__, static_folder="static", template_folder="templates")
@@ -65,7 +71,9 @@ def create_app(
     app.register_blueprint(events.bp)
 
     if kiosk is not None:
-        controller = KioskController(kiosk, hub, config.idle_timeout, services=config.services)
+        controller = KioskController(
+            kiosk, hub, config.idle_timeout, services=config.services, printing=printing
+        )
         app.extensions["cityid.kiosk"] = controller
         app.extensions["cityid.sse_first"] = controller.sse_hello
         app.extensions["cityid.screen"] = screen or ScreenLock(rotate=True, url_file=config.screen_url_file)
@@ -75,6 +83,7 @@ def create_app(
             max_staleness=config.chain.max_staleness,
             check_head_age=not config.chain.embedded,  # the demo chain mines only when written to
             clock_probe=kernel_clock_synced if config.require_clock_sync else None,
+            printer=printing,
         )
         app.register_blueprint(kiosk_views.bp)
         app.register_blueprint(kiosk_views.screen_bp)
@@ -82,6 +91,8 @@ def create_app(
         raise ValueError("kiosk mode needs a kiosk backend")
     if counter is not None:
         app.extensions["cityid.counter"] = counter
+        app.extensions["cityid.counter_printing"] = counter_printing
+        app.extensions["cityid.counter_scanning"] = scanning
         app.register_blueprint(counter_views.bp, url_prefix="/counter")
         if kiosk is None:
             app.add_url_rule("/", "root", lambda: redirect(url_for("counter.home")))
@@ -135,6 +146,9 @@ def start(app: Flask) -> None:
     if controller is not None:
         controller.start()
         app.extensions["cityid.health"].start()
+    scanning: CounterScanning | None = app.extensions.get("cityid.counter_scanning")
+    if scanning is not None:
+        scanning.start()
 
 
 def shutdown(app: Flask) -> None:
@@ -143,6 +157,9 @@ def shutdown(app: Flask) -> None:
     monitor: HealthMonitor | None = app.extensions.get("cityid.health")
     if monitor is not None:
         monitor.stop()
+    scanning: CounterScanning | None = app.extensions.get("cityid.counter_scanning")
+    if scanning is not None:
+        scanning.stop()
     controller: KioskController | None = app.extensions.get("cityid.kiosk")
     if controller is not None:
         controller.stop()

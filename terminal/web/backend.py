@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from terminal.flows.lost_card import CredentialState
 from terminal.flows.tokens import TokenEvent, TokenKind, TokenPresent, TokenRemoved
@@ -47,13 +47,16 @@ class VerdictView:
 
     ``outcome`` is a catalogue key (``verdict.*``); ``reason`` a catalogue key explaining a "no";
     ``facts`` are (label key, value) pairs shown to the citizen — only the claims the service asked for,
-    held in memory for this session only.
+    held in memory for this session only. ``printable``: for an accepted verdict, the disclosed claims of
+    the service as (claim name, value) — what "print my certificate" may print (terminal.web.printing);
+    never logged (``repr=False``), wiped with the session.
     """
 
     ok: bool
     outcome: str
     reason: str | None = None
     facts: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    printable: tuple[tuple[str, Any], ...] = field(default=(), repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

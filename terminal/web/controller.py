@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cityid.errors import (
     BlockedPinError,
@@ -34,6 +34,9 @@ from terminal.web.backend import (
     VerdictView,
 )
 from terminal.web.events import EventHub, format_event
+
+if TYPE_CHECKING:
+    from terminal.web.printing import KioskPrinting, PrintOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -99,8 +102,10 @@ class KioskController:
         idle_timeout: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
         services: tuple[str, ...] | None = None,
+        printing: KioskPrinting | None = None,
     ) -> None:
         self.backend = backend
+        self.printing = printing  # "print my certificate" on the verdict screen (None: no printer)
         self.hub = hub
         self.idle_timeout = idle_timeout
         self._clock = clock
@@ -170,7 +175,23 @@ class KioskController:
                 "verdict": s.verdict,
                 "pin_error": s.pin_error,
                 "tries_left": s.tries_left,
+                "can_print": self._can_print(s),
+                "print": s.extra.get("print"),
+                "printing": s.busy and s.screen is Screen.VERDICT,
             }
+
+    def _can_print(self, s: _Session) -> bool:
+        """The verdict screen offers "print my certificate": an accepted verdict, a printer, not printed."""
+        outcome = s.extra.get("print")
+        return (
+            self.printing is not None
+            and s.screen is Screen.VERDICT
+            and s.verdict is not None
+            and s.verdict.ok
+            and bool(s.verdict.printable)
+            and s.service is not None
+            and not (outcome is not None and outcome.printed)
+        )
 
     def go_path(self) -> str:
         """Where the screen should be; out of service names the problems, so a change of them reloads it."""
@@ -326,6 +347,7 @@ class KioskController:
                 raise FlowError("unknown service")
             s.service = service
             s.verdict = None
+            s.extra.pop("print", None)
             s.pin_error = None
             s.screen = Screen.CONSENT
             self._changed()
@@ -343,6 +365,7 @@ class KioskController:
             s = self._require(Screen.CONSENT, Screen.PIN, Screen.VERDICT)
             s.service = None
             s.verdict = None
+            s.extra.pop("print", None)
             s.pin_error = None
             s.screen = Screen.SERVICES
             self._changed()
@@ -418,6 +441,38 @@ class KioskController:
                 s2.screen = Screen.PIN
             self._changed()
             return s2.screen
+
+    def print_certificate(self) -> PrintOutcome:
+        """The citizen asked for a certificate on the verdict screen: print it (or try again after a fault).
+
+        The verdict stays on screen whatever happens; the outcome (a catalogue key) is shown with it. Runs
+        outside the lock (printing takes seconds) with the session marked busy, so the idle timeout waits.
+        """
+        with self._lock:
+            s = self._require(Screen.VERDICT)
+            if self.printing is None or s.busy or not self._can_print(s):
+                raise FlowError("nothing to print")
+            assert s.verdict is not None and s.service is not None  # _can_print
+            previous = s.extra.get("print")
+            job_id = previous.job_id if previous is not None else None
+            service_id, printable, generation = s.service.id, s.verdict.printable, s.generation
+            s.busy = True
+            self._changed()
+        try:
+            outcome = self.printing.print_verdict(service_id, printable, job_id)
+        finally:
+            with self._lock:
+                s2 = self._session
+                if s2 is not None and s2.generation == generation:
+                    s2.busy = False
+                    s2.last_activity = self._clock()
+        with self._lock:
+            s2 = self._session
+            if s2 is not None and s2.generation == generation:
+                s2.extra["print"] = outcome
+                self._changed()
+        logger.info("certificate print: %s (%s)", outcome.state, outcome.message)
+        return outcome
 
     def finish(self) -> None:
         """The citizen pressed "done" on the verdict: wipe now, even before the card leaves."""

@@ -29,6 +29,7 @@ from cityid.errors import (
     WrongPinError,
 )
 from terminal.config import TerminalConfig, check_password
+from terminal.flows.certificate import KST
 from terminal.web.backend import CounterBackend, Enrollment
 from terminal.web.verdicts import DISTRICT_KEYS
 
@@ -367,8 +368,45 @@ def form_post(action: str) -> tuple[str, int]:
     finally:
         f.clear()
     logger.info("clerk %s: %s done", _clerk(), action)
-    html = render_template("counter_result.html", clerk=_clerk(), title_key=done_key, rows=rows)
+    receipt = None
+    if action == "enroll" and current_app.extensions.get("cityid.counter_printing") is not None:
+        # what the receipt prints: the credential id and the time (no personal claim)
+        receipt = {"credential_id": dict(rows)["counter.field.credential_id"], "at": time.time()}
+        session["receipt"] = receipt
+    html = render_template("counter_result.html", clerk=_clerk(), title_key=done_key, rows=rows,
+                           receipt=receipt)  # fmt: skip
     return html, 200
+
+
+@bp.post("/receipt")
+def receipt_post() -> tuple[str, int]:
+    """Print (or reprint after a fault) the enrollment receipt of the last enrollment (docs/printer.md)."""
+    printing = current_app.extensions.get("cityid.counter_printing")
+    receipt = session.get("receipt")
+    if printing is None or not isinstance(receipt, dict):
+        return render_template("counter_result.html", clerk=_clerk(), title_key="counter.receipt.no_printer",
+                               rows=[], receipt=None), 409  # fmt: skip
+    outcome = printing.print_enrollment(str(receipt["credential_id"]), float(receipt["at"]))
+    rows = [("counter.field.credential_id", str(receipt["credential_id"]))]
+    title = "counter.receipt.printed" if outcome.printed else "counter.receipt.failed"
+    html = render_template("counter_result.html", clerk=_clerk(), title_key=title, rows=rows,
+                           receipt=receipt, print_outcome=outcome)  # fmt: skip
+    return html, 200 if outcome.printed else 503
+
+
+@bp.get("/scan")
+def scan() -> str:
+    """The last certificate scanned at this counter and its verification (terminal.web.printing)."""
+    scanning = current_app.extensions.get("cityid.counter_scanning")
+    last = None if scanning is None else scanning.last()
+    times = ("", "")
+    if last is not None and last.result.verified is not None:
+        v = last.result.verified
+        issued, expires = (dt.datetime.fromtimestamp(t, KST) for t in (v.issued_at, v.expires_at))
+        times = (f"{issued:%Y-%m-%d %H:%M} KST", f"{expires:%Y-%m-%d %H:%M} KST")
+    return render_template(
+        "counter_scan.html", clerk=_clerk(), configured=scanning is not None, last=last, times=times
+    )
 
 
 def _secret_kind(action: str, exc: PinError | None = None) -> str:

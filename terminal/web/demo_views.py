@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from flask import Blueprint, Response, current_app, redirect, render_template, request
+from flask import Blueprint, Response, abort, current_app, redirect, render_template, request
 
 bp = Blueprint("demo", __name__)
 
@@ -46,7 +46,24 @@ def _panel() -> DemoPanel:
 
 @bp.get("/")
 def panel() -> str:
-    return render_template("demo.html", citizens=_panel().citizens(), tapped=_panel().tapped())
+    p = _panel()
+    count = p.receipts() if hasattr(p, "receipts") else None  # the virtual printer (None: no printer)
+    state = p.printer_state() if hasattr(p, "printer_state") else None
+    return render_template("demo.html", citizens=p.citizens(), tapped=p.tapped(), receipts=count,
+                           printer_state=state)  # fmt: skip
+
+
+@bp.get("/receipts/<int:index>.png")
+def receipt(index: int) -> Response:
+    """Receipt ``index`` (1 = first printed) of the virtual printer, rendered from its ESC/POS stream."""
+    p = _panel()
+    if not hasattr(p, "receipt_png") or index < 1:
+        abort(404)
+    try:
+        png = p.receipt_png(index - 1)
+    except IndexError:
+        abort(404)
+    return Response(png, mimetype="image/png", headers={"Cache-Control": "no-store"})
 
 
 @bp.post("/tap")

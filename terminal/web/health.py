@@ -146,6 +146,8 @@ class HealthReport:
     clock_synced: bool | None
     checked_at: float
     details: dict[str, str] = field(default_factory=dict)
+    printer: dict[str, Any] | None = None  # KioskPrinting.health_json(); None: no printer configured
+    warnings: tuple[str, ...] = ()  # staff should look (catalogue keys), the kiosk still serves
 
     def to_json(self) -> dict[str, Any]:
         chain = self.backend.chain
@@ -163,6 +165,8 @@ class HealthReport:
                 "error": chain.error,
             },
             "clock_synced": self.clock_synced,
+            "printer": self.printer,
+            "warnings": list(self.warnings),
             "checked_at": round(self.checked_at, 3),
             "version": version(),
         }
@@ -174,6 +178,9 @@ class HealthMonitor:
     ``max_staleness``: seconds of chain age (head block timestamp vs the kiosk clock, or time since the chain
     was last reachable) after which the kiosk is out of service; ``check_head_age`` is off for the embedded
     demo chain, which mines only when something is written. ``clock_probe`` None: the clock is not checked.
+    ``printer`` (:class:`terminal.web.printing.KioskPrinting`) is polled every ``printer_interval`` seconds;
+    a printer that cannot print is a warning for staff (``printer.state.*`` in ``warnings``), never out of
+    service: verification works without paper (docs/printer.md §Status).
     """
 
     def __init__(
@@ -186,8 +193,13 @@ class HealthMonitor:
         clock_probe: Callable[[], bool | None] | None = kernel_clock_synced,
         interval: float = 1.0,
         clock: Callable[[], float] = time.time,
+        printer: Any = None,
+        printer_interval: float = 10.0,
     ) -> None:
         self.backend = backend
+        self.printer = printer
+        self.printer_interval = printer_interval
+        self._printer_polled_at: float | None = None
         self.notify = notify
         self.max_staleness = max_staleness
         self.check_head_age = check_head_age
@@ -258,13 +270,30 @@ class HealthMonitor:
                 details[Problem.CHAIN] = f"cache {chain.cache_lag:.0f}s behind"
         if clock_synced is False:
             problems.add(Problem.CLOCK)
-        report = HealthReport(frozenset(problems), backend, clock_synced, now, details)
+        printer, warnings = self._printer(now)
+        report = HealthReport(frozenset(problems), backend, clock_synced, now, details, printer, warnings)
         with self._lock:
             previous, self._report = self._report, report
         if previous is None or previous.problems != report.problems:
             self._log_change(previous, report)
             self.notify(report.problems)
         return report
+
+    def _printer(self, now: float) -> tuple[dict[str, Any] | None, tuple[str, ...]]:
+        """The printer's state (polled every ``printer_interval``; else the last print's) and its warnings."""
+        if self.printer is None:
+            return None, ()
+        polled = self._printer_polled_at
+        if polled is None or now - polled >= self.printer_interval:
+            self._printer_polled_at = now
+            self.printer.poll()
+        status = self.printer.last_status
+        warnings: list[str] = []
+        if status is not None and not status.ready:
+            warnings.append(status.message_key)
+        if status is not None and status.paper_near_end:
+            warnings.append("printer.paper_near_end")
+        return self.printer.health_json(), tuple(warnings)
 
     @staticmethod
     def _log_change(previous: HealthReport | None, report: HealthReport) -> None:

@@ -118,6 +118,14 @@ def verdict() -> Response | str:
     return _page(Screen.VERDICT) or _render("verdict.html")
 
 
+@bp.post("/print")
+def print_certificate() -> Response:
+    """Print my certificate (terminal.web.printing): the verdict stays on screen."""
+    with contextlib.suppress(FlowError):
+        _ctl().print_certificate()
+    return redirect(_ctl().go_path(), 303)
+
+
 @bp.get("/out-of-service")
 def out_of_service() -> Response | str:
     if (r := _page(Screen.OUT_OF_SERVICE)) is not None:

@@ -11,6 +11,7 @@ check (facts unavailable, stale, or not provable) is the kiosk's problem, never 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from terminal.web.backend import VerdictView
@@ -50,7 +51,18 @@ def _yes_no(value: Any) -> str:
 
 
 def view_for(service_id: str, verified: bool, reason: str | None, claims: Mapping[str, Any]) -> VerdictView:
-    """The verdict screen for ``service_id`` (``reason``: the verifier's catalogue key when not verified)."""
+    """The verdict screen for ``service_id`` (``reason``: the verifier's catalogue key when not verified).
+
+    An accepted verdict carries ``printable``: the service's claims that were disclosed, nothing else.
+    """
+    view = _view(service_id, verified, reason, claims)
+    if not view.ok or service_id not in SERVICE_CLAIMS:
+        return view
+    printable = tuple((k, claims[k]) for k in SERVICE_CLAIMS[service_id] if k in claims)
+    return replace(view, printable=printable)
+
+
+def _view(service_id: str, verified: bool, reason: str | None, claims: Mapping[str, Any]) -> VerdictView:
     if not verified:
         if reason in CANNOT_CHECK_REASONS:
             return VerdictView(False, "verdict.cannot_check", "reason.cannot_check")

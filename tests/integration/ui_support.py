@@ -27,16 +27,20 @@ from tests.fixtures.pcsc import VirtualCardHandle
 class World:
     env: demo.DemoEnvironment
 
-    def kiosk_app(self, reader: str, language: str = "en", idle_timeout: float = 30.0) -> Any:
+    def kiosk_app(
+        self, reader: str, language: str = "en", idle_timeout: float = 30.0, printing: bool = False
+    ) -> Any:
+        """``printing``: with the demo's virtual receipt printer ("print my certificate")."""
         backend = PcscKioskBackend(self.env.kiosk_backend.verifier, list(SERVICES.values()), reader)
         config = replace(self.env.config, language=language, idle_timeout=idle_timeout)
-        return create_app(config, kiosk=backend)
+        return create_app(config, kiosk=backend, printing=self.env.printing if printing else None)
 
-    def counter_app(self, reader: str = "Virtual PCD", language: str = "en") -> Any:
+    def counter_app(self, reader: str = "Virtual PCD", language: str = "en", **peripherals: Any) -> Any:
+        """``peripherals``: ``counter_printing`` / ``scanning`` (terminal.web.printing) for create_app."""
         counter = self.env.counter_backend
         backend = CardCounterBackend(counter.server, counter.enrollment.verifier, reader_filter=reader)
         config = replace(self.env.config, mode=Mode.COUNTER, language=language, terminal_id="demo-counter")
-        return create_app(config, counter=backend)
+        return create_app(config, counter=backend, **peripherals)
 
     def card_copy(self, citizen: str, folder: Path) -> Callable[[], Any]:
         """A factory for a private copy of the citizen's enrolled card (its PIN counter is the test's own)."""

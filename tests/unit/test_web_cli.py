@@ -194,3 +194,81 @@ def test_chain_view_quorum_cache_and_transport_policy(tmp_path: Path) -> None:
         assert cache.proofs and cache.max_chain_age == 60
     finally:
         cache.close()
+
+
+def test_kiosk_printer_from_config(tmp_path: Path) -> None:
+    """``[printer]`` on a kiosk: a certificate desk signing with the terminal key, anchoring in the chain's
+    anchor registry, queueing on the city server; without a server it says so in one line."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from cityid.chain.network import CONTRACT_KEYS
+    from cityid.errors import CityIdError
+    from terminal.web.printing import KioskPrinting
+    from terminal.web_cli import _backends, _printing
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    (tmp_path / "kiosk-key.pem").write_bytes(pem)
+    data = {
+        "terminal": {"mode": "kiosk", "id": "kiosk-9"},
+        "chain": {"network": "metadium", "rpc": "http://127.0.0.1:9", "chain_id": 11,
+                  "addresses": {k: "0x" + "7" * 40 for k in CONTRACT_KEYS}},
+        "printer": {"port": str(tmp_path / "ttyPRN"), "baudrate": 9600},
+    }  # fmt: skip
+    kiosk, _ = _backends(parse_config(data))
+    with pytest.raises(CityIdError, match=r"\[printer\] needs \[server\]"):
+        _printing(parse_config(data), kiosk)
+    data["server"] = {"url": "http://127.0.0.1:9", "terminal_key": str(tmp_path / "kiosk-key.pem")}
+    printing = _printing(parse_config(data), kiosk)
+    assert isinstance(printing, KioskPrinting)
+    desk = printing.desk
+    assert desk.kiosk_id == "kiosk-9" and desk.anchor == "eip155:11:0x" + "7" * 40
+    assert desk.printer.settings.baudrate == 9600  # type: ignore[union-attr]
+    assert _printing(parse_config({k: v for k, v in data.items() if k != "printer"}), kiosk) is None
+
+
+def test_counter_printer_and_scanner_from_config(tmp_path: Path) -> None:
+    """A counter's ``[printer]`` prints enrollment receipts; its ``[scanner]`` is opened and verified."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from cityid.chain.network import CONTRACT_KEYS
+    from cityid.errors import CityIdError
+    from terminal.config import ConfigError
+    from terminal.web.printing import CounterPrinting, CounterScanning
+    from terminal.web_cli import _backends, _counter_peripherals
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    (tmp_path / "counter-key.pem").write_bytes(pem)
+    data = {
+        "terminal": {"mode": "counter", "id": "counter-7"},
+        "server": {"url": "http://127.0.0.1:9", "terminal_key": str(tmp_path / "counter-key.pem")},
+        "chain": {"network": "metadium", "rpc": "http://127.0.0.1:9", "chain_id": 11,
+                  "addresses": {k: "0x" + "7" * 40 for k in CONTRACT_KEYS}},
+        "printer": {"port": str(tmp_path / "ttyPRN")},
+        "scanner": {"port": str(tmp_path / "no-such-tty")},
+    }  # fmt: skip
+    config = parse_config(data)
+    assert config.scanner is not None and config.scanner.baudrate == 9600
+    _, counter = _backends(config)
+    with pytest.raises(CityIdError, match="scanner port"):  # not there: one clear error, no traceback
+        _counter_peripherals(config, counter)
+    with pytest.raises(ConfigError, match=r"scanner\.baudrate"):
+        parse_config({**data, "scanner": {"port": "/dev/ttyACM0", "baudrate": 1234}})
+    del data["scanner"]
+    out = _counter_peripherals(parse_config(data), counter)
+    assert isinstance(out["counter_printing"], CounterPrinting) and "scanning" not in out
+    assert out["counter_printing"].counter_id == "counter-7"  # type: ignore[attr-defined]
+    from emulators.ptys import PtyPair
+
+    with PtyPair() as pair:  # a real serial port (socat)
+        data["scanner"] = {"port": pair.host}
+        scanning = _counter_peripherals(parse_config(data), counter)["scanning"]
+        assert isinstance(scanning, CounterScanning)
+        scanning.stop()

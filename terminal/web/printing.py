@@ -1,0 +1,220 @@
+"""The kiosk's "print my certificate" and the printer's state for staff (docs/certificates.md §Kiosk).
+
+The verdict screen offers the button only for an accepted verdict, and only when a printer is configured;
+the certificate holds the facts the service received and the screen showed — the verdict's ``printable``
+(:func:`terminal.web.verdicts.view_for`), never more (:func:`cityid.certificate.issue` refuses more).
+
+:class:`KioskPrinting` wraps a :class:`terminal.flows.certificate.CertificateDesk`:
+
+* the first press asks the printer first (DLE EOT) and issues nothing while it cannot print — no anchoring
+  for a certificate that cannot leave the kiosk; then it issues (queued for anchoring) and prints;
+* after a fault the screen keeps the verdict and the job: the next press reprints the same document (never
+  anchored twice); staff find the job in the desk for ``max_age_s``;
+* :meth:`poll` is what the health monitor calls (a non-blocking warning in ``/health``, never out of service).
+
+Nothing here raises to a citizen: every outcome is a :class:`PrintOutcome` with a catalogue key
+(``print.*``, ``printer.state.*``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cityid.errors import CityIdError
+from terminal.flows.certificate import (
+    AnchorUnavailable,
+    CertificateDesk,
+    JobState,
+    ScanResult,
+    enrollment_receipt_blocks,
+    verify_scan,
+)
+from terminal.flows.kiosk import SERVICES, Service
+from terminal.peripherals.printer import PrinterFault, PrinterState, PrinterStatus, ReceiptPrinter
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class PrintOutcome:
+    """What the verdict screen shows after "print my certificate" (no personal data).
+
+    ``state``: ``printed``, ``failed`` (printer fault: ``message`` is ``printer.state.*``, the verdict and any
+    job are kept for another try) or ``unavailable`` (the city server did not take the certificate: nothing
+    was printed). ``job_id``: the desk's job to reprint (None when nothing was issued).
+    """
+
+    state: str
+    message: str
+    job_id: str | None = None
+    confirmation: str = ""
+    printer: PrinterState | None = None
+
+    @property
+    def printed(self) -> bool:
+        return self.state == "printed"
+
+
+class KioskPrinting:
+    """A kiosk's certificate desk as the web layer uses it (module doc)."""
+
+    def __init__(self, desk: CertificateDesk, services: Mapping[str, Service] = SERVICES) -> None:
+        self.desk = desk
+        self.services = dict(services)
+        self._lock = threading.Lock()
+        self._last: PrinterStatus | None = None
+
+    @property
+    def last_status(self) -> PrinterStatus | None:
+        """The printer's state at the last poll or print (None: not asked yet)."""
+        with self._lock:
+            return self._last
+
+    def _remember(self, status: PrinterStatus | None) -> None:
+        if status is None:
+            return
+        with self._lock:
+            previous, self._last = self._last, status
+        if previous is None or previous.state is not status.state:
+            level = logging.INFO if status.ready else logging.WARNING
+            logger.log(level, "printer: %s", status.state.value)
+
+    def poll(self) -> PrinterStatus:
+        """Ask the printer now (DLE EOT; waits for a print in progress)."""
+        try:
+            status = self.desk.printer_status()
+        except CityIdError as exc:  # never let a printer problem stop the health monitor
+            status = PrinterStatus(PrinterState.DISCONNECTED, type(exc).__name__)
+        self._remember(status)
+        return status
+
+    def failed_jobs(self) -> int:
+        """Jobs kept for staff to reprint (a fault, not printed yet)."""
+        return sum(1 for j in self.desk.jobs() if j.state is JobState.FAILED)
+
+    def print_verdict(
+        self, service_id: str, printable: Sequence[tuple[str, Any]], job_id: str | None = None
+    ) -> PrintOutcome:
+        """Issue (once) and print a certificate of ``printable`` for ``service_id``; reprint ``job_id``."""
+        if job_id is not None:
+            try:
+                job = self.desk.reprint(job_id)
+            except CityIdError:
+                job_id = None  # forgotten (too old): issue anew below
+            else:
+                return self._outcome(job)
+        service = self.services.get(service_id)
+        if service is None or not printable:
+            return PrintOutcome("unavailable", "print.unavailable")
+        status = self.poll()
+        if not status.ready:  # nothing issued, nothing anchored: the printer cannot print now
+            return PrintOutcome("failed", status.message_key, printer=status.state)
+        try:
+            job = self.desk.issue_facts(service, dict(printable))
+        except AnchorUnavailable:
+            return PrintOutcome("unavailable", "print.unavailable")
+        except CityIdError as exc:
+            logger.warning("certificate not issued: %s", type(exc).__name__)
+            return PrintOutcome("unavailable", "print.unavailable")
+        return self._outcome(self.desk.print(job.id))
+
+    def _outcome(self, job: Any) -> PrintOutcome:
+        self._remember(job.status)
+        state = job.status.state if job.status is not None else None
+        if job.state is JobState.PRINTED:
+            return PrintOutcome("printed", "print.done", job.id, job.certificate.confirmation, state)
+        key = job.status.message_key if job.status is not None else "print.unavailable"
+        return PrintOutcome("failed", key, job.id, "", state)
+
+    def health_json(self) -> dict[str, Any]:
+        """The printer part of ``/health`` (staff; no personal data)."""
+        status = self.last_status
+        return {
+            "state": None if status is None else status.state.value,
+            "paper_near_end": None if status is None else status.paper_near_end,
+            "failed_jobs": self.failed_jobs(),
+        }
+
+
+# --- the counter -------------------------------------------------------------------------------------
+
+
+class CounterPrinting:
+    """The counter's receipt printer: the enrollment receipt after an enrollment (no personal claim)."""
+
+    def __init__(self, printer: ReceiptPrinter, counter_id: str) -> None:
+        self.printer = printer
+        self.counter_id = counter_id
+        self._lock = threading.Lock()
+
+    def print_enrollment(self, credential_id: str, issued_at: float) -> PrintOutcome:
+        """Print the receipt of ``credential_id`` (``printer.state.*`` on a fault; call again to reprint)."""
+        blocks = enrollment_receipt_blocks(credential_id, self.counter_id, issued_at)
+        with self._lock:
+            try:
+                status = self.printer.print(blocks)
+            except PrinterFault as exc:
+                logger.warning("enrollment receipt not printed: %s", exc.status.state.value)
+                return PrintOutcome("failed", exc.status.message_key, printer=exc.status.state)
+        return PrintOutcome("printed", "counter.receipt.printed", printer=status.state)
+
+
+@dataclass(frozen=True, slots=True)
+class ScanView:
+    """The last scan as the counter screen shows it; kept ``keep_s`` seconds (it holds printed facts)."""
+
+    at: float
+    result: ScanResult
+
+
+class CounterScanning:
+    """Reads the counter's serial scanner in a thread and verifies each code (:func:`verify_scan`)."""
+
+    def __init__(self, scanner: Any, verifier: Any, keep_s: float = 120.0) -> None:
+        self.scanner = scanner
+        self.verifier = verifier
+        self.keep_s = keep_s
+        self._last: ScanView | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.scans = 0
+
+    def start(self) -> CounterScanning:
+        self._thread = threading.Thread(target=self._run, name="counter-scanner", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=3)
+        with contextlib.suppress(CityIdError, OSError):
+            self.scanner.close()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                result = verify_scan(self.scanner, self.verifier, timeout=0.5)
+            except CityIdError as exc:  # the scanner went away: say so once a second, keep trying
+                logger.warning("counter scanner: %s", type(exc).__name__)
+                self._stop.wait(1.0)
+                continue
+            if result is not None:
+                with self._lock:
+                    self._last = ScanView(time.time(), result)
+                    self.scans += 1
+                logger.info("certificate scanned: %s", "valid" if result.ok else result.rejected.reason.value)
+
+    def last(self) -> ScanView | None:
+        """The last scan, or None (none yet, or older than ``keep_s``: forgotten)."""
+        with self._lock:
+            if self._last is not None and time.time() - self._last.at > self.keep_s:
+                self._last = None
+            return self._last
