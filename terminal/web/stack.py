@@ -24,6 +24,7 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from cityid.apdu import SmartCardConnection
+from cityid.citizen import CredentialState as CardCredentialState
 from cityid.credential import CLAIM_NAMES
 from cityid.errors import (
     ApplicationNotFoundError,
@@ -32,6 +33,7 @@ from cityid.errors import (
     InvalidPinError,
     NoCardError,
     PinBlockedError,
+    UnusableTokenError,
 )
 from cityid.jose import b64url_encode
 from terminal.fido.device import CtapSmartCardDevice, NotFidoError
@@ -131,6 +133,9 @@ class CardKioskBackend:
             with self._connect(reader) as conn:
                 try:
                     info = CitizenSession(conn).info()
+                    state = info.credential_state
+                    if state is not None and not state & CardCredentialState.ACTIVATED:
+                        raise UnusableTokenError("blank", "the card holds no usable credential")
                     kind, tries, blocked = TokenKind.CARD, info.pin_tries, info.pin_tries == 0
                 except ApplicationNotFoundError:
                     kind, tries, blocked = TokenKind.FIDO, *self._fido_status(conn)
@@ -156,14 +161,14 @@ class CardKioskBackend:
         try:
             session = FidoSession(CtapSmartCardDevice(conn))
         except (NotFidoError, ApplicationNotFoundError):
-            raise NoCardError("neither a Busan citizen card nor a FIDO2 security key") from None
+            raise UnusableTokenError("foreign", "neither a citizen card nor a FIDO2 key") from None
         return cls._key_status(session)
 
     @staticmethod
     def _key_status(session: FidoSession) -> tuple[int | None, bool]:
         status = session.pin_status()
         if status.state is PinState.NOT_SET:
-            raise NoCardError("this security key has no PIN: it was not registered at a counter")
+            raise UnusableTokenError("unregistered_key", "this security key has no PIN")
         blocked = status.state in (PinState.BLOCKED, PinState.POWER_CYCLE_REQUIRED)
         return status.retries, blocked
 

@@ -231,7 +231,9 @@ def test_idle_timeout_wipes_the_session() -> None:
     ctl.touch()
     clock.now += 29.5
     assert not ctl.check_idle()
-    clock.now += 1
+    clock.now += 1  # the countdown is showing now: at least 20 s of warning before the wipe (WCAG 2.2.1)
+    assert not ctl.check_idle()
+    clock.now += 20
     assert ctl.check_idle()
     assert ctl.snapshot() == {"screen": Screen.IDLE} and backend.ended == 1
     events = [q.get_nowait() for _ in range(q.qsize())]

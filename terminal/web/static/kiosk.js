@@ -29,29 +29,77 @@
     window.addEventListener("pagehide", function () { source.close(); });
   }
 
-  // --- activity keeps the session alive (throttled) -------------------------------------------
-  var lastPing = 0;
-  var ping = function (e) {
-    // Only the citizen's own input counts (not script-generated events).
-    if (!e.isTrusted || body.dataset.sse !== "on" || body.dataset.screen === "idle") { return; }
-    var now = Date.now();
-    if (now - lastPing < 5000) { return; }
-    lastPing = now;
+  // --- activity keeps the session alive; a countdown with "more time" before any wipe (WCAG 2.2.1) ---
+  // The server wipes after limit + warning seconds without a reported activity; the page reports activity
+  // at most every 5 s (a trailing report follows a throttled one), so its own clock stays within 5 s of the
+  // server's. The countdown starts from the last report, shows the seconds left and a "more time" button.
+  var countdown = document.getElementById("countdown");
+  var PING_GAP = 5000;
+  var lastPing = Date.now();
+  var trailing = null;
+  var limitMs = countdown ? parseFloat(countdown.dataset.limit) * 1000 : 0;
+  var warningMs = countdown ? parseFloat(countdown.dataset.warning) * 1000 : 0;
+  var warnAt = countdown ? Date.now() + parseFloat(countdown.dataset.countdownIn) * 1000 : 0;
+  var sendPing = function () {
+    trailing = null;
+    lastPing = Date.now();
+    warnAt = lastPing + limitMs;
+    if (countdown && !countdown.hidden) {
+      countdown.hidden = true;
+      document.dispatchEvent(new CustomEvent("kiosk:countdown", { detail: { shown: false } }));
+    }
     fetch("/touch", { method: "POST", headers: { "X-CSRF-Token": csrf }, credentials: "same-origin" })
       .catch(function () {});
   };
-  document.addEventListener("keydown", ping);
-  document.addEventListener("pointerdown", ping);
+  var activity = function (e) {
+    // Only the citizen's own input counts (not script-generated events).
+    if (!e.isTrusted || body.dataset.sse !== "on" || !countdown) { return; }
+    var wait = PING_GAP - (Date.now() - lastPing);
+    if (wait <= 0 || (countdown && !countdown.hidden)) { sendPing(); }
+    else if (trailing === null) { trailing = setTimeout(sendPing, wait); }
+  };
+  ["keydown", "pointerdown", "touchstart", "wheel", "scroll"].forEach(function (name) {
+    document.addEventListener(name, activity, { capture: true, passive: true });
+  });
+  if (countdown) {
+    var message = document.getElementById("countdown-message");
+    var template = message.dataset.template;
+    var more = document.getElementById("more-time");
+    more.addEventListener("click", function () { sendPing(); });
+    setInterval(function () {
+      var now = Date.now();
+      if (now < warnAt) { return; }
+      var left = Math.max(0, Math.ceil((warnAt + warningMs - now) / 1000));
+      message.textContent = template.replace("{n}", String(left));
+      countdown.dataset.left = String(left);
+      if (countdown.hidden) {
+        countdown.hidden = false;
+        more.focus({ preventScroll: true });
+        document.dispatchEvent(new CustomEvent("kiosk:countdown", { detail: { shown: true } }));
+      }
+    }, 250);
+  }
+
+  // --- a notice on the idle screen is for the citizen who just left, not for the next one ------------
+  if (body.dataset.screen === "idle" && document.getElementById("notice")) {
+    setTimeout(function () { location.replace("/"); }, 30000);
+  }
 
   // --- PIN keypad ------------------------------------------------------------------------------
   var pin = document.getElementById("pin");
   if (pin) {
+    // Validation messages in the page's language (the browser's own are in its UI language).
+    pin.addEventListener("invalid", function () {
+      pin.setCustomValidity(pin.value === "" ? pin.dataset.msgMissing : pin.dataset.msgFormat);
+    });
+    pin.addEventListener("input", function () { pin.setCustomValidity(""); });
     document.querySelectorAll(".keypad .key").forEach(function (key) {
       key.addEventListener("click", function () {
         var k = key.dataset.key;
         if (k === "clear") { pin.value = ""; }
         else if (k === "back") { pin.value = pin.value.slice(0, -1); }
         else if (pin.value.length < 8) { pin.value += k; }
+        pin.setCustomValidity("");
         pin.focus();
       });
     });
