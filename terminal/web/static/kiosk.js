@@ -6,6 +6,32 @@
   var csrf = meta ? meta.getAttribute("content") : "";
   var body = document.body;
 
+  // --- display modes: low reach (every control in the lower part) and high contrast + large text ------
+  // One tap from every screen; kept across this citizen's screens, forgotten when the session ends.
+  var MODES_KEY = "cityid.modes";
+  var applyModes = function (modes) {
+    document.querySelectorAll(".mode-btn").forEach(function (btn) {
+      var on = modes.indexOf(btn.dataset.mode) >= 0;
+      btn.setAttribute("aria-pressed", on ? "true" : "false");
+    });
+    ["low-reach", "high-contrast"].forEach(function (m) {
+      document.documentElement.classList.toggle(m, modes.indexOf(m) >= 0);
+    });
+  };
+  var readModes = function () {
+    try { return JSON.parse(sessionStorage.getItem(MODES_KEY) || "[]"); } catch (err) { return []; }
+  };
+  var forgetModes = function () { try { sessionStorage.removeItem(MODES_KEY); } catch (err) { /* none */ } };
+  applyModes(readModes());
+  document.querySelectorAll(".mode-btn").forEach(function (btn) {
+    btn.addEventListener("click", function () {
+      var modes = readModes().filter(function (m) { return m !== btn.dataset.mode; });
+      if (btn.getAttribute("aria-pressed") !== "true") { modes.push(btn.dataset.mode); }
+      try { sessionStorage.setItem(MODES_KEY, JSON.stringify(modes)); } catch (err) { /* none */ }
+      applyModes(modes);
+    });
+  });
+
   // --- live card events (server-sent events) ---------------------------------------------------
   if (body.dataset.sse === "on" && window.EventSource) {
     var here = function () { return location.pathname + location.search; };
@@ -24,7 +50,10 @@
     var source = new EventSource("/events");
     source.addEventListener("state", function (e) { go(JSON.parse(e.data).go, false); });
     ["inserted", "removed", "timeout", "error", "service"].forEach(function (name) {
-      source.addEventListener(name, function (e) { go(JSON.parse(e.data).go, true); });
+      source.addEventListener(name, function (e) {
+        if (name === "removed" || name === "timeout") { forgetModes(); }
+        go(JSON.parse(e.data).go, true);
+      });
     });
     window.addEventListener("pagehide", function () { source.close(); });
   }
@@ -86,6 +115,9 @@
   }
 
   // --- PIN keypad ------------------------------------------------------------------------------
+  var doneBtn = document.getElementById("done");
+  if (doneBtn) { doneBtn.addEventListener("click", forgetModes); }
+
   var pin = document.getElementById("pin");
   if (pin) {
     // Validation messages in the page's language (the browser's own are in its UI language).
