@@ -21,7 +21,9 @@
   var readModes = function () {
     try { return JSON.parse(sessionStorage.getItem(MODES_KEY) || "[]"); } catch (err) { return []; }
   };
-  var forgetModes = function () { try { sessionStorage.removeItem(MODES_KEY); } catch (err) { /* none */ } };
+  var forgetModes = function () {
+    try { sessionStorage.removeItem(MODES_KEY); sessionStorage.removeItem("cityid.voice"); } catch (err) { /* none */ }
+  };
   applyModes(readModes());
   document.querySelectorAll(".mode-btn").forEach(function (btn) {
     btn.addEventListener("click", function () {
@@ -31,6 +33,69 @@
       applyModes(modes);
     });
   });
+
+  // --- voice guidance: pre-recorded per catalogue key (terminal/web/voice.py), played on every screen -------
+  // On by default, one tap to turn off, volume beside it; forgotten with the display modes. The PIN keypad
+  // says only how many digits are entered (voice.pin.count), never a digit.
+  var VOICE_KEY = "cityid.voice";
+  var voiceBase = body.dataset.voiceBase;
+  var voicePrefs = function () {
+    try { return JSON.parse(sessionStorage.getItem(VOICE_KEY) || "{}"); } catch (err) { return {}; }
+  };
+  var saveVoice = function (prefs) {
+    try { sessionStorage.setItem(VOICE_KEY, JSON.stringify(prefs)); } catch (err) { /* none */ }
+  };
+  var queue = [];
+  var playing = null;
+  var voiceOn = function () { return voicePrefs().on !== false; };
+  var volume = function () { var v = voicePrefs().volume; return typeof v === "number" ? v : 0.8; };
+  var stop = function () {
+    // Abort the download too: a paused element keeps its connection, and the browser has few per host.
+    if (playing) { var old = playing; playing = null; old.pause(); old.removeAttribute("src"); old.load(); }
+  };
+  var playNext = function () {
+    if (playing || queue.length === 0) { return; }
+    var stem = queue.shift();
+    var audio = new Audio(voiceBase + encodeURIComponent(stem) + ".wav");
+    playing = audio;
+    audio.volume = volume();
+    var done = function () { if (playing === audio) { playing = null; playNext(); } };
+    audio.addEventListener("ended", done);
+    audio.addEventListener("error", done);
+    audio.play().catch(done);
+  };
+  var say = function (stems, interrupt) {
+    if (!voiceBase || !voiceOn()) { return; }
+    if (interrupt) { queue = []; stop(); }
+    stems.forEach(function (st) { if (st) { queue.push(st); } });
+    playNext();
+  };
+  window.cityidSay = say;
+  var voiceToggle = document.getElementById("voice-toggle");
+  var voiceVolume = document.getElementById("voice-volume");
+  if (voiceToggle) {
+    var showVoice = function () {
+      voiceToggle.setAttribute("aria-pressed", voiceOn() ? "true" : "false");
+      voiceToggle.textContent = voiceOn() ? voiceToggle.dataset.on : voiceToggle.dataset.off;
+      voiceVolume.value = String(Math.round(volume() * 100));
+    };
+    showVoice();
+    voiceToggle.addEventListener("click", function () {
+      var prefs = voicePrefs();
+      prefs.on = !voiceOn();
+      saveVoice(prefs);
+      if (!prefs.on) { queue = []; stop(); }
+      showVoice();
+      if (prefs.on) { say(["voice.on"], true); }
+    });
+    voiceVolume.addEventListener("input", function () {
+      var prefs = voicePrefs();
+      prefs.volume = parseInt(voiceVolume.value, 10) / 100;
+      saveVoice(prefs);
+      if (playing) { playing.volume = prefs.volume; }
+    });
+  }
+  if (body.dataset.voice) { say(body.dataset.voice.trim().split(/\s+/), true); }
 
   // --- live card events (server-sent events) ---------------------------------------------------
   if (body.dataset.sse === "on" && window.EventSource) {
@@ -104,6 +169,7 @@
       if (countdown.hidden) {
         countdown.hidden = false;
         more.focus({ preventScroll: true });
+        if (window.cityidSay) { window.cityidSay(["countdown.text@" + left, "countdown.more"], true); }
         document.dispatchEvent(new CustomEvent("kiosk:countdown", { detail: { shown: true } }));
       }
     }, 250);
@@ -124,13 +190,17 @@
     pin.addEventListener("invalid", function () {
       pin.setCustomValidity(pin.value === "" ? pin.dataset.msgMissing : pin.dataset.msgFormat);
     });
-    pin.addEventListener("input", function () { pin.setCustomValidity(""); });
+    pin.addEventListener("input", function () {
+      pin.setCustomValidity("");
+      say(["voice.pin.count@" + pin.value.length], true);  // typed on a keyboard: the count, never the digit
+    });
     document.querySelectorAll(".keypad .key").forEach(function (key) {
       key.addEventListener("click", function () {
         var k = key.dataset.key;
         if (k === "clear") { pin.value = ""; }
         else if (k === "back") { pin.value = pin.value.slice(0, -1); }
         else if (pin.value.length < 8) { pin.value += k; }
+        say([k === "clear" ? "voice.pin.cleared" : "voice.pin.count@" + pin.value.length], true);
         pin.setCustomValidity("");
         pin.focus();
       });
