@@ -77,8 +77,6 @@ def test_benefit_check_keyboard_only_and_audio_only(
     again = tmp_path / "again"
     again.mkdir()
     audio = run(page, world, slot, again, listen=True)
-        page, world, slot, tmp_path / "again" if (tmp_path / "again").mkdir() is None else tmp_path, True
-    )
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps({"keyboard_only_s": round(keyboard, 1), "audio_only_s": round(audio, 1)}))
     print(f"benefit check: keyboard-only {keyboard:.1f} s, audio-only {audio:.1f} s")
