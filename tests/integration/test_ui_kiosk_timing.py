@@ -33,7 +33,7 @@ def seconds(stem: str, lang: str = "en") -> float:
 
 
 def run(page: Any, world: World, slot: Slot, tmp_path: Path, listen: bool) -> float:
-    """Tap → benefit check → agree → PIN → verdict with the keyboard only; ``listen``: wait out the guidance."""
+    """Tap → benefit check → agree → PIN → verdict, keyboard only; ``listen``: wait out the guidance."""
     voice.build()
 
     def hear() -> None:
