@@ -127,6 +127,19 @@ class NoCardError(CardError):
     """No card is present in the reader."""
 
 
+class UnusableTokenError(NoCardError):
+    """A token is present but a kiosk cannot use it (refused at tap, before any PIN).
+
+    ``reason``: ``"blank"`` (GET INFO ``C7``: no activated credential stored, docs/card-profile.md),
+    ``"foreign"`` (neither a Busan citizen card nor a FIDO2 key), ``"unregistered_key"`` (a FIDO2 key
+    without a PIN: never registered at a counter).
+    """
+
+    def __init__(self, reason: str, message: str = "") -> None:
+        super().__init__(message or reason)
+        self.reason = reason
+
+
 class ReaderError(CardError):
     """The reader or the PC/SC service failed."""
 

@@ -20,7 +20,8 @@ from enum import StrEnum
 from typing import Any
 
 from cityid.apdu import SmartCardConnection
-from cityid.errors import ApplicationNotFoundError, NoCardError
+from cityid.citizen import CredentialState as CardCredentialState
+from cityid.errors import ApplicationNotFoundError, NoCardError, UnusableTokenError
 from terminal.fido.device import CtapSmartCardDevice, NotFidoError
 from terminal.fido.session import FidoSession, PinState
 from terminal.sessions.citizen import CitizenSession
@@ -134,7 +135,8 @@ class Tokens:
     def probe(self, reader: str) -> TokenStatus:
         """A citizen card (citizen applet: GET INFO) or else a FIDO2 key (CTAP GetInfo + PIN retries).
 
-        :class:`NoCardError` for neither, or for a key without a PIN (not registered at a counter).
+        :class:`UnusableTokenError` (a :class:`NoCardError`) for neither, for a card without an activated
+        credential (GET INFO ``C7``), or for a key without a PIN (not registered at a counter).
         """
         if self.is_hid(reader):
             with self.fido(reader) as session:
@@ -146,15 +148,22 @@ class Tokens:
                 try:
                     session = FidoSession(CtapSmartCardDevice(conn))
                 except (NotFidoError, ApplicationNotFoundError):
-                    raise NoCardError("neither a Busan citizen card nor a FIDO2 security key") from None
+                    raise UnusableTokenError(
+                        "foreign", "neither a Busan citizen card nor a FIDO2 security key"
+                    ) from None
                 return self._key_status(reader, session)
+            state = info.credential_state
+            if state is not None and not state & CardCredentialState.ACTIVATED:
+                raise UnusableTokenError("blank", "the card holds no usable credential")
             return TokenStatus(reader, TokenKind.CARD, info.pin_tries, info.pin_tries == 0)
 
     @staticmethod
     def _key_status(reader: str, session: FidoSession) -> TokenStatus:
         status = session.pin_status()
         if status.state is PinState.NOT_SET:
-            raise NoCardError("this security key has no PIN: it was not registered at a counter")
+            raise UnusableTokenError(
+                "unregistered_key", "this security key has no PIN: it was not registered at a counter"
+            )
         blocked = status.state in (PinState.BLOCKED, PinState.POWER_CYCLE_REQUIRED)
         return TokenStatus(reader, TokenKind.FIDO, status.retries, blocked)
 

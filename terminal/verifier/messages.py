@@ -79,11 +79,11 @@ MESSAGES: dict[str, dict[str, str]] = {
         "en": "The issuer is not accredited to issue this kind of credential.",
         "ko": "발급기관이 이 종류의 증명서를 발급할 자격이 없습니다.",
     },
-    "verdict.reason.revoked": {"en": "The credential has been revoked.", "ko": "폐기된 증명서입니다."},
+    "verdict.reason.revoked": {"en": "The credential has been revoked.", "ko": "폐지된 증명서입니다."},
     "verdict.reason.suspended": {"en": "The credential is suspended.", "ko": "효력이 정지된 증명서입니다."},
     "verdict.reason.holder_key": {
         "en": "This card's key is no longer registered for the citizen (revoked or replaced).",
-        "ko": "이 카드의 키가 더 이상 시민에게 등록되어 있지 않습니다 (폐기 또는 교체).",
+        "ko": "이 카드의 키가 더 이상 시민에게 등록되어 있지 않습니다 (폐지 또는 교체).",
     },
     "verdict.reason.key_binding": {
         "en": "The presentation was not signed by the card or key the credential belongs to.",

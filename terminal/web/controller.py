@@ -22,6 +22,7 @@ from cityid.errors import (
     CityIdError,
     PinNotSetError,
     PinPowerCycleError,
+    UnusableTokenError,
     WrongPinError,
 )
 from terminal.web.backend import (
@@ -48,10 +49,12 @@ class Screen(StrEnum):
     SERVICES = "services"
     CONSENT = "consent"
     PIN = "pin"
+    LAST_TRY = "last_try"  # before the final PIN attempt: what blocking means, where to unblock
     WORKING = "working"
     VERDICT = "verdict"
     BLOCKED = "blocked"
     OUT_OF_SERVICE = "out_of_service"
+    REFUSED = "refused"  # a token the kiosk cannot use (blank, foreign, unregistered), until it leaves
 
 
 SCREEN_PATHS = {
@@ -59,11 +62,20 @@ SCREEN_PATHS = {
     Screen.SERVICES: "/services",
     Screen.CONSENT: "/consent",
     Screen.PIN: "/pin",
+    Screen.LAST_TRY: "/last-try",
     Screen.WORKING: "/pin",
     Screen.VERDICT: "/verdict",
     Screen.BLOCKED: "/blocked",
     Screen.OUT_OF_SERVICE: "/out-of-service",
+    Screen.REFUSED: "/refused",
 }
+
+#: Screens whose inactivity limit is :data:`LONG_FACTOR` times the base one (reading, typing a PIN).
+LONG_SCREENS = frozenset({Screen.CONSENT, Screen.PIN, Screen.LAST_TRY})
+LONG_FACTOR = 3.0
+
+#: Why a token is refused at tap (catalogue ``refused.<reason>.*``); anything else is ``unusable``.
+REFUSAL_REASONS = frozenset({"blank", "foreign", "unregistered_key", "unusable"})
 
 
 class Notice(StrEnum):
@@ -72,6 +84,7 @@ class Notice(StrEnum):
     REMOVED = "removed"  # the card left mid-flow
     TIMEOUT = "timeout"  # idle timeout wiped the session
     ERROR = "error"  # the card could not be read
+    DONE = "done"  # the citizen pressed "done" with the card still in the reader: take it
 
 
 class FlowError(Exception):
@@ -87,6 +100,8 @@ class _Session:
     pin_error: str | None = None  # catalogue key
     tries_left: int | None = None
     last_activity: float = 0.0
+    notice: str | None = None  # catalogue key shown once on the next screen (e.g. consent declined)
+    last_try_seen: bool = False
     busy: bool = False
     generation: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -100,6 +115,7 @@ class KioskController:
         backend: KioskBackend,
         hub: EventHub,
         idle_timeout: float = 30.0,
+        warning: float = 20.0,
         clock: Callable[[], float] = time.monotonic,
         services: tuple[str, ...] | None = None,
         printing: KioskPrinting | None = None,
@@ -107,7 +123,8 @@ class KioskController:
         self.backend = backend
         self.printing = printing  # "print my certificate" on the verdict screen (None: no printer)
         self.hub = hub
-        self.idle_timeout = idle_timeout
+        self.idle_timeout = idle_timeout  # seconds without activity before the countdown (base screens)
+        self.warning = max(warning, 0.0)  # seconds the countdown runs before the wipe (WCAG 2.2.1: ≥ 20)
         self._clock = clock
         self._lock = threading.RLock()
         self._session: _Session | None = None
@@ -116,6 +133,7 @@ class KioskController:
         self._generation = 0
         self._problems: frozenset[str] = frozenset()  # terminal.web.health.Problem values
         self._waiting: TokenPresent | None = None  # a token that arrived while out of service
+        self._refused: tuple[str, str] | None = None  # (reader, reason) of a token refused at tap
         self._stop = threading.Event()
         self._idle_thread: threading.Thread | None = None
         offered = {s.id: s for s in backend.services()}
@@ -153,7 +171,9 @@ class KioskController:
         with self._lock:
             if self._problems:
                 return Screen.OUT_OF_SERVICE
-            return self._session.screen if self._session else Screen.IDLE
+            if self._session is None:
+                return Screen.REFUSED if self._refused else Screen.IDLE
+            return self._session.screen
 
     @property
     def problems(self) -> frozenset[str]:
@@ -167,7 +187,10 @@ class KioskController:
                 return {"screen": Screen.OUT_OF_SERVICE, "problems": sorted(self._problems)}
             s = self._session
             if s is None:
+                if self._refused:
+                    return {"screen": Screen.REFUSED, "refused": self._refused[1]}
                 return {"screen": Screen.IDLE}
+            limit = self.limit(s.screen)
             return {
                 "screen": s.screen,
                 "kind": s.info.kind,
@@ -178,6 +201,10 @@ class KioskController:
                 "can_print": self._can_print(s),
                 "print": s.extra.get("print"),
                 "printing": s.busy and s.screen is Screen.VERDICT,
+                "notice": s.notice,
+                "limit": limit,
+                "warning": self.warning,
+                "countdown_in": max(0.0, limit - (self._clock() - s.last_activity)),
             }
 
     def _can_print(self, s: _Session) -> bool:
@@ -192,6 +219,19 @@ class KioskController:
             and s.service is not None
             and not (outcome is not None and outcome.printed)
         )
+
+    def limit(self, screen: Screen) -> float:
+        """Seconds without activity on ``screen`` before the countdown starts (docs/ui.md §Time limits)."""
+        return self.idle_timeout * (LONG_FACTOR if screen in LONG_SCREENS else 1.0)
+
+    def take_notice(self) -> str | None:
+        """The one-time notice of the current screen (shown once, then forgotten)."""
+        with self._lock:
+            s = self._session
+            if s is None:
+                return None
+            notice, s.notice = s.notice, None
+            return notice
 
     def go_path(self) -> str:
         """Where the screen should be; out of service names the problems, so a change of them reloads it."""
@@ -225,8 +265,12 @@ class KioskController:
             self._opening_removed = False
         # Card I/O outside the lock: pages keep rendering while the card answers.
         info: SessionInfo | None = None
+        refusal = "unusable"
         try:
             info = self.backend.start_session(event.reader)
+        except UnusableTokenError as exc:
+            refusal = exc.reason if exc.reason in REFUSAL_REASONS else "unusable"
+            logger.info("token in %s refused at tap: %s", event.reader, refusal)
         except CityIdError as exc:
             logger.warning("could not open a session with the token in %s: %s", event.reader, exc)
         with self._lock:
@@ -237,8 +281,10 @@ class KioskController:
                 return
             if info is None or self._opening_removed:
                 self.backend.end()
-                if info is None:
-                    self._publish("error", {"go": f"/?notice={Notice.ERROR}"}, event)
+                if info is None and not self._opening_removed:
+                    # Refused until the token leaves: the screen says why and what to do (no session).
+                    self._refused = (event.reader, refusal)
+                    self._publish("error", {"go": SCREEN_PATHS[Screen.REFUSED]}, event)
                 return
             self._generation += 1
             session = _Session(info=info, last_activity=self._clock(), generation=self._generation)
@@ -256,7 +302,14 @@ class KioskController:
             if self._opening == event.reader:
                 self._opening_removed = True
             s = self._session
-            if s is None or s.info.reader != event.reader:
+            if s is None:
+                if self._refused and self._refused[0] == event.reader:
+                    self._refused = None
+                # Whatever the idle screen says (timeout, done, refused) was for this citizen: clear it.
+                if not self._problems:
+                    self._publish("removed", {"go": "/"}, event)
+                return
+            if s.info.reader != event.reader:
                 return
             mid_flow = s.screen not in (Screen.VERDICT, Screen.BLOCKED)
             self._wipe()
@@ -304,7 +357,9 @@ class KioskController:
         """Wipe the session after ``idle_timeout`` seconds without activity; True if it did."""
         with self._lock:
             s = self._session
-            if s is None or s.busy or self._clock() - s.last_activity < self.idle_timeout:
+            if s is None or s.busy:
+                return False
+            if self._clock() - s.last_activity < self.limit(s.screen) + self.warning:
                 return False
             self._wipe()
             logger.info("session ended: idle timeout")
@@ -334,7 +389,7 @@ class KioskController:
         return s
 
     def touch(self) -> None:
-        """Any interaction on the page keeps the session alive."""
+        """Any interaction on the page (touch, scroll, key, "more time") keeps the session alive."""
         with self._lock:
             if self._session is not None:
                 self._session.last_activity = self._clock()
@@ -355,14 +410,37 @@ class KioskController:
     def consent(self, agree: bool) -> None:
         with self._lock:
             s = self._require(Screen.CONSENT)
-            s.screen = Screen.PIN if agree else Screen.SERVICES
-            if not agree:
+            if agree:
+                s.screen = self._pin_screen(s)
+            else:
                 s.service = None
+                s.notice = "consent.declined"
+                s.screen = Screen.SERVICES
+            self._changed()
+
+    @staticmethod
+    def _pin_screen(s: _Session) -> Screen:
+        """PIN entry, or first the last-try screen when one wrong PIN more would block the token."""
+        if s.tries_left == 1 and not s.last_try_seen:
+            return Screen.LAST_TRY
+        return Screen.PIN
+
+    def last_try(self, go_on: bool) -> None:
+        """The citizen read the last-try screen: enter the PIN once more, or stop (and keep the tries)."""
+        with self._lock:
+            s = self._require(Screen.LAST_TRY)
+            if go_on:
+                s.last_try_seen = True
+                s.screen = Screen.PIN
+            else:
+                s.service = None
+                s.pin_error = None
+                s.screen = Screen.SERVICES
             self._changed()
 
     def back_to_services(self) -> None:
         with self._lock:
-            s = self._require(Screen.CONSENT, Screen.PIN, Screen.VERDICT)
+            s = self._require(Screen.CONSENT, Screen.PIN, Screen.LAST_TRY, Screen.VERDICT)
             s.service = None
             s.verdict = None
             s.extra.pop("print", None)
@@ -421,7 +499,7 @@ class KioskController:
             elif kind == "wrong-pin":
                 s2.tries_left = value
                 s2.pin_error = "pin.error.wrong"
-                s2.screen = Screen.PIN
+                s2.screen = self._pin_screen(s2)
             elif kind == "power-cycle":
                 s2.tries_left = value
                 s2.pin_error = "pin.error.power_cycle"
@@ -474,9 +552,15 @@ class KioskController:
         logger.info("certificate print: %s (%s)", outcome.state, outcome.message)
         return outcome
 
-    def finish(self) -> None:
-        """The citizen pressed "done" on the verdict: wipe now, even before the card leaves."""
+    def finish(self) -> bool:
+        """The citizen pressed "done" on the verdict: wipe now, even before the card leaves; True if it did.
+
+        The card is still in the reader then (its removal would have ended the session): the idle screen
+        asks to take it (``notice.done``) until it leaves.
+        """
         with self._lock:
             if self._session is not None and self._session.screen in (Screen.VERDICT, Screen.BLOCKED):
                 self._wipe()
-                self._changed()
+                self.hub.publish("state", {"screen": self.screen.value, "go": f"/?notice={Notice.DONE}"})
+                return True
+            return False

@@ -17,6 +17,7 @@ from flask import Blueprint, Response, abort, current_app, jsonify, redirect, re
 from terminal.web import security
 from terminal.web.controller import FlowError, KioskController, Notice, Screen
 from terminal.web.health import HealthMonitor, Problem
+from terminal.web.verdicts import outcome_and_next_step
 
 bp = Blueprint("kiosk", __name__)
 bp.before_request(security.require_screen)
@@ -68,7 +69,7 @@ def idle() -> Response | str:
 
 @bp.get("/services")
 def services() -> Response | str:
-    return _page(Screen.SERVICES) or _render("services.html")
+    return _page(Screen.SERVICES) or _render("services.html", notice_key=_ctl().take_notice())
 
 
 @bp.post("/services")
@@ -113,9 +114,32 @@ def back() -> Response:
     return redirect(_ctl().go_path(), 303)
 
 
+@bp.get("/last-try")
+def last_try() -> Response | str:
+    return _page(Screen.LAST_TRY) or _render("last_try.html")
+
+
+@bp.post("/last-try")
+def last_try_post() -> Response:
+    with contextlib.suppress(FlowError):
+        _ctl().last_try(request.form.get("decision") == "try")
+    return redirect(_ctl().go_path(), 303)
+
+
+@bp.get("/refused")
+def refused() -> Response | str:
+    return _page(Screen.REFUSED) or _render("refused.html")
+
+
 @bp.get("/verdict")
 def verdict() -> Response | str:
-    return _page(Screen.VERDICT) or _render("verdict.html")
+    if (r := _page(Screen.VERDICT)) is not None:
+        return r
+    view = _ctl().snapshot().get("verdict")
+    if view is None:
+        return redirect(_ctl().go_path(), 303)
+    outcome, next_step = outcome_and_next_step(view)
+    return _render("verdict.html", outcome=outcome, next_step=next_step)
 
 
 @bp.post("/print")
@@ -141,8 +165,10 @@ def blocked() -> Response | str:
 
 @bp.post("/done")
 def done() -> Response:
-    _ctl().finish()
-    return redirect(_ctl().go_path(), 303)
+    ctl = _ctl()
+    if ctl.finish() and ctl.screen is Screen.IDLE:
+        return redirect(f"/?notice={Notice.DONE}", 303)
+    return redirect(ctl.go_path(), 303)
 
 
 @bp.post("/touch")

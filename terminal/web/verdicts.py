@@ -39,6 +39,23 @@ DISTRICT_KEYS: dict[str, str] = {
 #: Verifier reasons that mean "the kiosk could not check", not "the credential is not valid".
 CANNOT_CHECK_REASONS = frozenset({"verdict.reason.chain"})
 
+#: Verifier reasons that mean "this card itself can no longer be used": the verdict says so in plain words
+#: (heading key, next-step key: where to go, what to bring) and offers no other service (issue 15).
+CARD_NOT_USABLE: dict[str, tuple[str, str]] = {
+    "verdict.reason.revoked": ("verdict.card_revoked", "next.revoked"),
+    "verdict.reason.holder_key": ("verdict.card_revoked", "next.revoked"),
+    "verdict.reason.suspended": ("verdict.card_suspended", "next.suspended"),
+    "verdict.reason.expired": ("verdict.card_expired", "next.expired"),
+}
+
+
+def outcome_and_next_step(view: VerdictView) -> tuple[str, str | None]:
+    """The verdict heading to show and the next step (None: other services may still be offered)."""
+    if not view.ok and view.reason in CARD_NOT_USABLE:
+        return CARD_NOT_USABLE[view.reason]
+    return view.outcome, None
+
+
 #: Claims each built-in service needs (kept in step with terminal.flows.kiosk service declarations).
 SERVICE_CLAIMS: dict[str, tuple[str, ...]] = {
     "benefit-check": ("busan_resident", "age_over_65"),

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cityid.errors import CardRemovedError, InvalidPinError, NoCardError, PinBlockedError
+from cityid.errors import CardRemovedError, InvalidPinError, NoCardError, PinBlockedError, UnusableTokenError
 from terminal.web.backend import (
     BackendEvent,
     BackendHealth,
@@ -40,6 +40,7 @@ class FakeToken:
     reject_reason: str | None = None  # a verifier reason key to fail with
     delay: float = 0.0  # seconds "signing" takes
     puk: str = "12345678"
+    refuse: str | None = None  # UnusableTokenError reason raised at tap ("blank", "foreign", ...)
 
 
 class FakeKioskBackend:
@@ -76,6 +77,8 @@ class FakeKioskBackend:
         token = self.tokens.get(reader)
         if token is None:
             raise NoCardError("no card")
+        if token.refuse:
+            raise UnusableTokenError(token.refuse)
         self.session_reader = reader
         return SessionInfo(reader, token.kind, token.tries, token.tries == 0)
 

@@ -167,7 +167,11 @@ def test_wrong_pin_shows_tries_left_then_blocked(client: FlaskClient, backend: F
     assert client.post("/pin", data={"pin": "000000", "csrf_token": tok}).headers["Location"] == "/pin"
     html = client.get("/pin").get_data(as_text=True)
     assert "Wrong PIN. Tries left: 2" in html and 'role="alert"' in html
-    client.post("/pin", data={"pin": "000000", "csrf_token": tok})
+    # One try left: a distinct last-try screen before the final attempt (issue 15).
+    assert client.post("/pin", data={"pin": "000000", "csrf_token": tok}).headers["Location"] == "/last-try"
+    html = client.get("/last-try").get_data(as_text=True)
+    assert "last try" in html and "PUK" in html and "post-office counter" in html
+    assert client.post("/last-try", data={"decision": "try", "csrf_token": tok}).headers["Location"] == "/pin"
     assert client.post("/pin", data={"pin": "000000", "csrf_token": tok}).headers["Location"] == "/blocked"
     html = client.get("/blocked").get_data(as_text=True)
     assert "PIN is blocked" in html and "post-office counter" in html
@@ -202,7 +206,8 @@ def test_verifier_rejection_is_explained(client: FlaskClient, backend: FakeKiosk
     tok = to_pin(client, backend, FakeToken(pin=PIN, claims=SENIOR, reject_reason="verdict.reason.revoked"))
     client.post("/pin", data={"pin": PIN, "csrf_token": tok})
     html = client.get("/verdict").get_data(as_text=True)
-    assert "We could not verify your card" in html and "The credential has been revoked." in html
+    assert "This card has been cancelled" in html and "The city cancelled this card" in html
+    assert "post-office counter" in html and 'id="another"' not in html  # a next step, no other service
 
 
 def test_not_eligible_says_why(client: FlaskClient, backend: FakeKioskBackend) -> None:
@@ -230,7 +235,7 @@ def test_done_wipes_before_removal(app: Flask, client: FlaskClient, backend: Fak
     tok = to_pin(client, backend, FakeToken(pin=PIN, claims=SENIOR))
     client.post("/pin", data={"pin": PIN, "csrf_token": tok})
     ended = backend.ended
-    assert client.post("/done", data={"csrf_token": tok}).headers["Location"] == "/"
+    assert client.post("/done", data={"csrf_token": tok}).headers["Location"] == "/?notice=done"
     assert ctl(app).snapshot() == {"screen": Screen.IDLE} and backend.ended == ended + 1
 
 

@@ -273,7 +273,8 @@ def test_verdict_screen_tells_the_citizen_whose_problem_it_is(app: Flask, backen
     assert "cannot check your card right now" in texts["verdict.reason.chain"]
     assert "not of your card" in texts["verdict.reason.chain"]
     assert "not valid" not in texts["verdict.reason.chain"]
-    assert "its credential is not valid" in texts["verdict.reason.revoked"]
+    assert "This card has been cancelled" in texts["verdict.reason.revoked"]  # the card's problem, plainly
+    assert "cannot check your card" not in texts["verdict.reason.revoked"]
     assert "cannot check" not in texts["verdict.reason.revoked"]
 
 
@@ -289,7 +290,18 @@ def test_sse_pushes_every_flow_change(app: Flask, backend: FakeKioskBackend) -> 
     ctl.submit_pin("123456")
     ctl.finish()
     gos = [re.search(r'"go":"([^"]+)"', q.get_nowait())[1] for _ in range(q.qsize())]
-    assert gos == ["/services", "/consent", "/pin", "/services", "/consent", "/pin", "/pin", "/verdict", "/"]
+    # "Done" with the card still in the reader: the idle screen asks to take it (issue 15).
+    assert gos == [
+        "/services",
+        "/consent",
+        "/pin",
+        "/services",
+        "/consent",
+        "/pin",
+        "/pin",
+        "/verdict",
+        "/?notice=done",
+    ]
 
 
 def test_a_card_opening_while_the_kiosk_goes_out_of_service_is_served_on_return() -> None:
