@@ -30,6 +30,7 @@ from server.service.errors import (
     CapacityError,
     ChainUnavailableError,
     ConflictError,
+    ForbiddenError,
     NotFoundError,
     ServiceError,
     StorageUnavailableError,
@@ -37,6 +38,7 @@ from server.service.errors import (
 )
 from server.service.fido import FidoKeys
 from server.service.issuer import IssuerNotReadyError, IssuerReadiness
+from server.service.scope import Actor, Presence, Scopes
 from server.service.status import CredentialInfo, StatusChanges, sweep_pending
 
 
@@ -53,9 +55,10 @@ class IssuerService:
     ) -> None:
         self.ctx = ServiceContext(db, chain, signer, config, clock)
         self.issuer = IssuerReadiness(self.ctx)
-        self.enrollments = Enrollments(self.ctx, self.issuer.require_ready)
-        self.statuses = StatusChanges(self.ctx)
-        self.fido = FidoKeys(self.ctx)
+        self.scopes = Scopes(self.ctx, window_seconds=config.auth_window_seconds)
+        self.enrollments = Enrollments(self.ctx, self.issuer.require_ready, self.scopes)
+        self.statuses = StatusChanges(self.ctx, self.scopes)
+        self.fido = FidoKeys(self.ctx, self.scopes)
 
     # --- shared state -------------------------------------------------------------------------------
 
@@ -106,48 +109,73 @@ class IssuerService:
 
     def enroll(
         self,
-        terminal: str,
+        actor: Actor | str,
         idempotency_key: str,
         claims: object,
         card_point: bytes,
         card_serial: bytes,
         citizen_did: str | None = None,
+        presence: Presence | None = None,
     ) -> Enrollment:
         return self.enrollments.enroll(
-            terminal, idempotency_key, claims, card_point, card_serial, citizen_did
+            actor, idempotency_key, claims, card_point, card_serial, citizen_did, presence
         )
 
-    def reissue(self, terminal: str, credential_id: str, idempotency_key: str, claims: object) -> Enrollment:
-        return self.enrollments.reissue(terminal, credential_id, idempotency_key, claims)
+    def reissue(
+        self,
+        actor: Actor | str,
+        credential_id: str,
+        idempotency_key: str,
+        claims: object,
+        presence: Presence | None = None,
+    ) -> Enrollment:
+        return self.enrollments.reissue(actor, credential_id, idempotency_key, claims, presence)
 
-    def revoke(self, terminal: str, credential_ids: Sequence[str], reason: str) -> list[str]:
-        return self.statuses.revoke(terminal, credential_ids, reason)
+    def revoke(
+        self,
+        actor: Actor | str,
+        credential_ids: Sequence[str],
+        reason: str,
+        presence: Presence | None = None,
+    ) -> list[str]:
+        return self.statuses.revoke(actor, credential_ids, reason, presence)
 
-    def suspend(self, terminal: str, credential_id: str) -> CredentialInfo:
-        return self.statuses.suspend(terminal, credential_id)
+    def suspend(
+        self, actor: Actor | str, credential_id: str, presence: Presence | None = None
+    ) -> CredentialInfo:
+        return self.statuses.suspend(actor, credential_id, presence)
 
-    def resume(self, terminal: str, credential_id: str) -> CredentialInfo:
-        return self.statuses.resume(terminal, credential_id)
+    def resume(
+        self, actor: Actor | str, credential_id: str, presence: Presence | None = None
+    ) -> CredentialInfo:
+        return self.statuses.resume(actor, credential_id, presence)
 
     def status(self, credential_id: str) -> CredentialInfo:
         return self.statuses.status(credential_id)
 
     def register_fido_key(
-        self, terminal: str, citizen_did: str, point: bytes, fido_credential_id: bytes
+        self,
+        actor: Actor | str,
+        citizen_did: str,
+        point: bytes,
+        fido_credential_id: bytes,
+        presence: Presence | None = None,
     ) -> bool:
-        return self.fido.register(terminal, citizen_did, point, fido_credential_id)
-
+        return self.fido.register(actor, citizen_did, point, fido_credential_id, presence)
 
 __all__ = [
     "INPUT_CLAIMS",
+    "Actor",
     "CapacityError",
     "ChainUnavailableError",
     "ConflictError",
     "CredentialInfo",
     "Enrollment",
+    "ForbiddenError",
     "IssuerNotReadyError",
     "IssuerService",
     "NotFoundError",
+    "Presence",
     "ServiceError",
     "StorageError",
     "StorageUnavailableError",

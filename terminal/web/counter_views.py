@@ -29,6 +29,7 @@ from cityid.errors import (
     WrongPinError,
 )
 from terminal.config import TerminalConfig, check_password
+from terminal.server_client import acting_clerk
 from terminal.web.backend import CounterBackend, Enrollment
 from terminal.web.verdicts import DISTRICT_KEYS
 
@@ -337,7 +338,8 @@ def form_post(action: str) -> tuple[str, int]:
         ),
     }
     try:
-        done_key, rows = ops[action]()
+        with acting_clerk(_clerk()):  # the clerk is named and signed in every server request
+            done_key, rows = ops[action]()
     except WrongPinError as exc:
         return _render_form(
             action,

@@ -30,7 +30,8 @@ def _point() -> bytes:
 
 
 def _client(rig) -> ServerClient:
-    return ServerClient("http://city.test", "counter-1", rig.terminal_key, session=FlaskTransport(rig.app))
+    return ServerClient("http://city.test", "counter-1", rig.terminal_key, session=FlaskTransport(rig.app),
+                        clerk="clerk-a")
 
 
 def test_enroll_retry_revoke(db_url):

@@ -72,7 +72,7 @@ def test_serve_end_to_end(tmp_path):
                 time.sleep(0.1)
         assert health["issuer_did"].startswith("did:ethr:embedded:0x")
         assert health["issuer_ready"] is True  # the embedded chain is set up in-process at start
-        client = ServerClient(url, "counter-9", tkey)
+        client = ServerClient(url, "counter-9", tkey, clerk="clerk-a")
         res = client.enroll("serve-enroll-1", CLAIMS, _point(), b"\x05" * 8)
         assert client.status(res.credential_id)["state"] == "issued"
         assert client.register_fido_key(res.citizen_did, _point(), b"fido-cred") is True
@@ -189,7 +189,7 @@ def test_network_config_path_on_anvil(anvil_chain, tmp_path, monkeypatch, capsys
     db.add_terminal(
         "c1", tkey.public_key().public_bytes(ser.Encoding.PEM, ser.PublicFormat.SubjectPublicKeyInfo).decode()
     )
-    client = ServerClient("http://x", "c1", tkey, session=FlaskTransport(app))
+    client = ServerClient("http://x", "c1", tkey, session=FlaskTransport(app), clerk="clerk-a")
     card = _point()
     res = client.enroll("anvil-net-00001", CLAIMS, card, b"\x07" * 8)
     issuer = app.extensions["cityid.service"].issuer_did
