@@ -349,7 +349,9 @@ def build(
         pem = terminal_key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
-        db.add_terminal("demo-counter", pem.decode())
+        # A supervisor: the counter's FIDO-registration flow adds a key to the citizen's existing DID and
+        # does not yet send the card's presence proof (docs/server.md §Scopes).
+        db.add_terminal("demo-counter", pem.decode(), office="demo", role="supervisor")
         http, http_thread = _serve(server_app)
         closers.append(lambda: (http.shutdown(), http.server_close(), http_thread.join(5)))
         server_url = f"http://127.0.0.1:{http.server_port}"

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cityid.chain.errors import TransactionRevertedError
 from cityid.chain.view import ChainError, StatusRef
 from terminal.server_client import ServerClient
-from tests.unit.server_support import CLAIMS
+from tests.unit.server_support import CLAIMS, Card
 
 pytestmark = pytest.mark.integration
 
@@ -73,9 +73,11 @@ def test_serve_end_to_end(tmp_path):
         assert health["issuer_did"].startswith("did:ethr:embedded:0x")
         assert health["issuer_ready"] is True  # the embedded chain is set up in-process at start
         client = ServerClient(url, "counter-9", tkey, clerk="clerk-a")
-        res = client.enroll("serve-enroll-1", CLAIMS, _point(), b"\x05" * 8)
+        holder = Card()
+        res = client.enroll("serve-enroll-1", CLAIMS, holder.point, b"\x05" * 8)
         assert client.status(res.credential_id)["state"] == "issued"
-        assert client.register_fido_key(res.citizen_did, _point(), b"fido-cred") is True
+        here = holder.presence("counter-9", res.citizen_did, "fido.register")
+        assert client.register_fido_key(res.citizen_did, _point(), b"fido-cred", presence=here) is True
         body = {"credential_ids": [res.credential_id], "reason": "lost"}
         r = requests.post(f"{url}/v1/revocations", json=body, timeout=5)
         assert r.status_code == 401 and r.json()["error"] == "unauthenticated"
