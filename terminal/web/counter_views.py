@@ -1,21 +1,24 @@
 """Counter screens (clerk): sign-in, enroll a card, register a FIDO2 key, unblock a PIN, revoke, status.
 
 Forms are described once (:data:`FORMS`) and rendered by one accessible template. Clerk passwords are
-checked against salted scrypt hashes from the configuration; five failures lock the clerk id for a minute.
+checked against salted scrypt hashes from the configuration (unknown ids against a dummy hash: same cost);
+five failures lock the clerk id for a minute. Sessions and lockouts live server-side
+(:mod:`terminal.web.clerk_sessions`): logout and 15 minutes idle end a session for every copy of its cookie.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import re
-import threading
-import time
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, Response, current_app, redirect, render_template, request, session, url_for
+from flask import Blueprint, Response, current_app, g, redirect, render_template, request, session, url_for
 
 from cityid.errors import (
     BlockedPinError,
@@ -28,9 +31,10 @@ from cityid.errors import (
     ReaderError,
     WrongPinError,
 )
-from terminal.config import TerminalConfig, check_password
+from terminal.config import TerminalConfig, check_password, hash_password
 from terminal.server_client import acting_clerk
 from terminal.web.backend import CounterBackend, Enrollment
+from terminal.web.clerk_sessions import ClerkSessions
 from terminal.web.verdicts import DISTRICT_KEYS
 
 logger = logging.getLogger(__name__)
@@ -40,6 +44,7 @@ bp = Blueprint("counter", __name__)
 REVOKE_REASONS = ("lost", "revoked")  # server API values (docs/server.md)
 MAX_FAILURES = 5
 LOCKOUT_SECONDS = 60.0
+IDLE_SECONDS = 900.0  # a clerk session ends after 15 minutes without a request
 _NAME = re.compile(r"^[^\x00-\x1f<>]{1,64}$")
 _CRED_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -141,33 +146,34 @@ FORMS: dict[str, Form] = {
 }
 
 
-class _Lockout:
-    """Failed sign-ins per clerk id (in memory)."""
+def _sessions() -> ClerkSessions:
+    """The server-side clerk sessions (``app.config["CITYID_CLERK_DB"]``, else a SQLite file beside the
+    kiosk configuration; in memory for a configuration that is not a file)."""
+    store = current_app.extensions.get("cityid.clerk_sessions")
+    if store is None:
+        path = current_app.config.get("CITYID_CLERK_DB")
+        source = _config().source
+        if path is None:
+            path = (
+                Path(source).with_name("counter-sessions.sqlite")
+                if not source.startswith("<") and Path(source).parent.is_dir()
+                else ":memory:"
+            )
+        store = ClerkSessions(
+            path,
+            idle_seconds=float(current_app.config.get("CITYID_CLERK_IDLE_SECONDS", IDLE_SECONDS)),
+            max_failures=MAX_FAILURES,
+            lockout_seconds=LOCKOUT_SECONDS,
+            **({"clock": current_app.config["CITYID_CLOCK"]} if "CITYID_CLOCK" in current_app.config else {}),
+        )
+        current_app.extensions["cityid.clerk_sessions"] = store
+    return store
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._fails: dict[str, tuple[int, float]] = {}
 
-    def locked(self, clerk: str) -> bool:
-        with self._lock:
-            n, since = self._fails.get(clerk, (0, 0.0))
-            if n >= MAX_FAILURES and time.monotonic() - since < LOCKOUT_SECONDS:
-                return True
-            if n >= MAX_FAILURES:
-                self._fails.pop(clerk, None)
-            return False
-
-    def record(self, clerk: str, ok: bool) -> None:
-        with self._lock:
-            if ok:
-                self._fails.pop(clerk, None)
-            else:
-                n, _ = self._fails.get(clerk, (0, 0.0))
-                self._fails[clerk] = (n + 1, time.monotonic())
-
-
-def _lockout() -> _Lockout:
-    return current_app.extensions.setdefault("cityid.lockout", _Lockout())
+@functools.cache
+def _dummy_hash() -> str:
+    """Checked for unknown clerk ids, so that they cost the same scrypt as a real one."""
+    return hash_password(secrets.token_urlsafe(16))
 
 
 def _config() -> TerminalConfig:
@@ -179,8 +185,14 @@ def _backend() -> CounterBackend:
 
 
 def _clerk() -> str | None:
-    clerk = session.get("clerk")
-    return clerk if isinstance(clerk, str) and clerk in _config().clerks else None
+    """The signed-in clerk: a live server-side session (not ended, not idle) of a configured clerk."""
+    cached = g.get("cityid_clerk")
+    if cached is not None:
+        return cached or None
+    clerk = _sessions().clerk(session.get("sid"))
+    clerk = clerk if clerk is not None and clerk in _config().clerks else None
+    g.cityid_clerk = clerk or ""
+    return clerk
 
 
 @bp.before_request
@@ -202,10 +214,13 @@ def login_post() -> Response | tuple[str, int]:
     clerk = request.form.get("clerk", "").strip()
     password = request.form.get("password", "")
     hashed = _config().clerks.get(clerk)
-    if _lockout().locked(clerk):
+    store = _sessions()
+    if store.locked(clerk):
         return render_template("counter_login.html", error_key="counter.login.locked", clerk=clerk), 429
-    ok = hashed is not None and check_password(password, hashed)
-    _lockout().record(clerk, ok)
+    # An unknown id runs scrypt too (against a dummy hash): the answer time is no oracle for the ids.
+    matches = check_password(password, hashed if hashed is not None else _dummy_hash())
+    ok = hashed is not None and matches
+    store.record(clerk, ok)
     if not ok:
         logger.info("clerk sign-in refused")
         return render_template("counter_login.html", error_key="counter.login.failed", clerk=clerk), 401
@@ -213,13 +228,14 @@ def login_post() -> Response | tuple[str, int]:
     session.clear()  # new session id material: no fixation of a pre-login session
     if lang:
         session["lang"] = lang
-    session["clerk"] = clerk
+    session["sid"] = store.start(clerk)
     logger.info("clerk %s signed in", clerk)
     return redirect(url_for("counter.home"), 303)
 
 
 @bp.post("/logout")
 def logout() -> Response:
+    _sessions().end(session.get("sid"))  # ended server-side: a copied cookie is signed out too
     lang = session.get("lang")
     session.clear()
     if lang:
