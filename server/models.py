@@ -151,3 +151,15 @@ class UsedNonce(Base):
     terminal: Mapped[str] = mapped_column(String(64), primary_key=True)
     nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
     seen_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+
+
+class RevocationLookup(Base):
+    """A citizen's lost-card lookup: HMAC(server secret, normalised family name, given name, birth date and
+    the revocation password) → DID. Neither the claims nor the password are stored (docs/server.md
+    §Lost-card report)."""
+
+    __tablename__ = "revocation_lookups"
+
+    lookup: Mapped[str] = mapped_column(String(64), primary_key=True)
+    citizen_did: Mapped[str] = mapped_column(ForeignKey("citizens.did"), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

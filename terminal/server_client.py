@@ -200,6 +200,7 @@ class ServerClient:
         card_serial: bytes,
         citizen_did: str | None = None,
         presence: dict[str, Any] | None = None,
+        revocation_password: str | None = None,
     ) -> EnrollmentResult:
         payload: dict[str, Any] = {
             "idempotency_key": idempotency_key,
@@ -211,7 +212,20 @@ class ServerClient:
             payload["citizen_did"] = citizen_did
         if presence:
             payload["presence"] = presence
+        if revocation_password:
+            payload["revocation_password"] = revocation_password  # never logged
         return EnrollmentResult.from_json(self._call("POST", "/v1/enrollments", payload)[1])
+
+    def report_lost(self, family_name: str, given_name: str, birthdate: str, password: str) -> str:
+        """Lost-card report from the citizen's details and revocation password; the server answers the
+        same whether or not they match (docs/server.md §Lost-card report)."""
+        payload = {
+            "family_name": family_name,
+            "given_name": given_name,
+            "birthdate": birthdate,
+            "password": password,
+        }
+        return str(self._call("POST", "/v1/lost-card-reports", payload)[1].get("message", ""))
 
     def reissue(
         self,

@@ -78,7 +78,9 @@ def _info_json(i: CredentialInfo) -> dict[str, Any]:
 def enroll() -> ResponseReturnValue:
     body = _json()
     v.only_keys(
-        body, ("idempotency_key", "claims", "card_public_key", "card_serial"), ("citizen_did", "presence")
+        body,
+        ("idempotency_key", "claims", "card_public_key", "card_serial"),
+        ("citizen_did", "presence", "revocation_password"),
     )
     did = v.did(body["citizen_did"]) if body.get("citizen_did") is not None else None
     result = _service().enroll(
@@ -89,6 +91,7 @@ def enroll() -> ResponseReturnValue:
         v.card_serial(body["card_serial"]),
         did,
         _presence(body),
+        body.get("revocation_password"),
     )
     return jsonify(_enrollment_json(result)), 200 if result.retried else 201
 
@@ -153,3 +156,21 @@ def fido_key(did: str) -> ResponseReturnValue:
     fido_id = v.b64url_bytes(body["credential_id"], "credential_id")
     created = _service().register_fido_key(g.terminal, v.did(did), point, fido_id, _presence(body))
     return jsonify(citizen_did=did, registered=created), 201 if created else 200
+
+
+#: The answer to every lost-card report, found or not (docs/server.md §Lost-card report).
+LOST_CARD_ANSWER = {
+    "result": "received",
+    "message": "if these details match a card, its credentials and card keys are now revoked",
+}
+
+
+@bp.post("/lost-card-reports")
+def lost_card_report() -> ResponseReturnValue:
+    """A clerk reports a card lost from the citizen's name, birth date and revocation password."""
+    body = _json()
+    v.only_keys(body, ("family_name", "given_name", "birthdate", "password"))
+    _service().report_lost(
+        g.terminal, body["family_name"], body["given_name"], body["birthdate"], body["password"]
+    )
+    return jsonify(LOST_CARD_ANSWER), 200

@@ -38,6 +38,7 @@ from server.service.errors import (
 )
 from server.service.fido import FidoKeys
 from server.service.issuer import IssuerNotReadyError, IssuerReadiness
+from server.service.lost_card import LostCards
 from server.service.scope import Actor, Presence, Scopes
 from server.service.status import CredentialInfo, StatusChanges, sweep_pending
 
@@ -59,6 +60,7 @@ class IssuerService:
         self.enrollments = Enrollments(self.ctx, self.issuer.require_ready, self.scopes)
         self.statuses = StatusChanges(self.ctx, self.scopes)
         self.fido = FidoKeys(self.ctx, self.scopes)
+        self.lost_cards = LostCards(self.ctx, self.statuses)
 
     # --- shared state -------------------------------------------------------------------------------
 
@@ -116,10 +118,23 @@ class IssuerService:
         card_serial: bytes,
         citizen_did: str | None = None,
         presence: Presence | None = None,
+        revocation_password: str | None = None,
     ) -> Enrollment:
-        return self.enrollments.enroll(
+        """Enroll; with ``revocation_password`` the citizen can later report the card lost without its id."""
+        if revocation_password is not None:
+            self.lost_cards.lookup_hash("x", "x", "2000-01-01", revocation_password)  # checked before issuing
+        result = self.enrollments.enroll(
             actor, idempotency_key, claims, card_point, card_serial, citizen_did, presence
         )
+        if revocation_password is not None:
+            assert isinstance(claims, dict)  # validated by the enrollment
+            self.lost_cards.remember(actor, result.citizen_did, claims, revocation_password)
+        return result
+
+    def report_lost(
+        self, actor: Actor | str, family_name: object, given_name: object, birthdate: object, password: object
+    ) -> int:
+        return self.lost_cards.report(actor, family_name, given_name, birthdate, password)
 
     def reissue(
         self,

@@ -51,15 +51,29 @@ class StatusChanges:
         """Revoke a batch: status bits in one chain call per list; for lost cards also the card keys.
 
         Every credential must be in the actor's scope, or nothing is revoked (§Scopes)."""
+        return self._revoke(self.scopes.resolve(actor), credential_ids, reason, presence, scoped=True)
+
+    def revoke_unscoped(self, actor: Actor | str, credential_ids: Sequence[str], reason: str) -> list[str]:
+        """Revoke on the citizen's own authority (lost-card report with the revocation password)."""
+        return self._revoke(self.scopes.resolve(actor), credential_ids, reason, None, scoped=False)
+
+    def _revoke(
+        self,
+        terminal: Actor,
+        credential_ids: Sequence[str],
+        reason: str,
+        presence: Presence | None,
+        scoped: bool,
+    ) -> list[str]:
         ctx = self.ctx
-        terminal = self.scopes.resolve(actor)
         if reason not in ("lost", "revoked"):
             raise ValidationError("reason must be 'lost' or 'revoked'")
         with ctx.db.sessions() as s:
             rows = ctx.load(s, list(dict.fromkeys(credential_ids)))
             todo = [r for r in rows if r.state in _REVOCABLE]
             identities = ctx.identities(s, rows)
-        self.scopes.check_credentials(terminal, "revoke", rows, presence)
+        if scoped:
+            self.scopes.check_credentials(terminal, "revoke", rows, presence)
         ctx.set_status_bits("revoke", todo, CredentialStatus.REVOKED, terminal)
         if reason == "lost":
             # A lost card's key is revoked even if the credential was already revoked/superseded.
