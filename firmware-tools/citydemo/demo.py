@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import shutil
 import subprocess
 import tempfile
@@ -344,7 +345,9 @@ def build(
         progress("starting the city server")
         db_url = f"sqlite:///{workdir / 'city-server.db'}"
         db = Database.from_url(db_url)
-        server_app = create_server_app(ServerConfig(database_url=db_url), chain=gateway, signer=signer, db=db)
+        # a fresh lost-card HMAC key per demo run (docs/server.md §Lost-card report)
+        server_config = ServerConfig(database_url=db_url, revocation_secret=secrets.token_hex(32))
+        server_app = create_server_app(server_config, chain=gateway, signer=signer, db=db)
         terminal_key = ec.generate_private_key(ec.SECP256R1())
         pem = terminal_key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo

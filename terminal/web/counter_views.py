@@ -59,6 +59,7 @@ class Field:
     options: tuple[tuple[str, str], ...] = ()
     autocomplete: str = "off"
     hint: str | None = None
+    optional: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +90,13 @@ FORMS: dict[str, Form] = {
             Field("pin2", "counter.field.repeat_pin", "pin"),
             Field("puk", "counter.field.new_puk", "pin", hint="counter.hint.puk"),
             Field("puk2", "counter.field.repeat_puk", "pin"),
+            Field(
+                "revocation_password",
+                "counter.field.revocation_password",
+                "pin",
+                hint="counter.hint.revocation_password",
+                optional=True,
+            ),
         ),
         "counter.enroll.submit",
         intro="counter.enroll.intro",
@@ -129,6 +137,19 @@ FORMS: dict[str, Form] = {
         ),
         "counter.revoke.submit",
         intro="counter.revoke.intro",
+        danger=True,
+    ),
+    "lost": Form(
+        "counter.lost.title",
+        (
+            Field("family_name", "claim.family_name"),
+            Field("given_name", "claim.given_name"),
+            Field("birthdate", "claim.birthdate", "date"),
+            Field("revocation_password", "counter.field.revocation_password", "pin"),
+            Field("confirm", "counter.field.confirm_revoke", "checkbox"),
+        ),
+        "counter.revoke.submit",
+        intro="counter.lost.intro",
         danger=True,
     ),
     "abandon": Form(
@@ -275,7 +296,7 @@ def _render_form(
     return html, status
 
 
-@bp.get("/<any(enroll, fido, unblock, revoke, abandon, status):action>")
+@bp.get("/<any(enroll, fido, unblock, revoke, lost, abandon, status):action>")
 def form(action: str) -> tuple[str, int]:
     return _render_form(action)
 
@@ -320,19 +341,30 @@ def _validate(action: str, f: dict[str, str]) -> dict[str, str]:
             errors["card_pin"] = "counter.error.pin"
         if not f.get("key_reader"):
             errors["key_reader"] = "counter.error.reader"
+    chosen = f.get("revocation_password", "")
+    if (action == "lost" or chosen) and not 6 <= len(chosen) <= 128:
+        errors["revocation_password"] = "counter.error.revocation_password"  # noqa: S105 - an error key
+    if action == "lost":
+        for name in ("family_name", "given_name"):
+            if not _NAME.match(f.get(name, "").strip()):
+                errors[name] = "counter.error.name"
+        try:
+            dt.date.fromisoformat(f.get("birthdate", ""))
+        except ValueError:
+            errors["birthdate"] = "counter.error.birthdate"
     if action in ("revoke", "status") and not _CRED_ID.match(f.get("credential_id", "").strip()):
         errors["credential_id"] = "counter.error.credential_id"
     if action == "revoke" and f.get("reason") not in REVOKE_REASONS:
         errors["reason"] = "counter.error.reason"
-    if action in ("revoke", "abandon") and f.get("confirm") != "on":
+    if action in ("revoke", "lost", "abandon") and f.get("confirm") != "on":
         errors["confirm"] = "counter.error.confirm"
     return errors
 
 
-_SECRET_FIELDS = ("pin", "pin2", "puk", "puk2", "card_pin")
+_SECRET_FIELDS = ("pin", "pin2", "puk", "puk2", "card_pin", "revocation_password")
 
 
-@bp.post("/<any(enroll, fido, unblock, revoke, abandon, status):action>")
+@bp.post("/<any(enroll, fido, unblock, revoke, lost, abandon, status):action>")
 def form_post(action: str) -> tuple[str, int]:
     f = {k: v for k, v in request.form.items() if k != "csrf_token"}
     keep = {k: v for k, v in f.items() if k not in _SECRET_FIELDS}  # secrets are never echoed back
@@ -347,6 +379,7 @@ def form_post(action: str) -> tuple[str, int]:
         "revoke": lambda: _state(
             "counter.revoke.done", backend.revoke(f["credential_id"].strip(), f["reason"])
         ),
+        "lost": lambda: _lost(backend, f),
         "status": lambda: _state("counter.status.done", backend.status(f["credential_id"].strip())),
         "abandon": lambda: (
             "counter.abandon.done",
@@ -404,6 +437,7 @@ def _enroll(backend: CounterBackend, f: dict[str, str]) -> tuple[str, list[tuple
         resident=f.get("resident") == "on",
         pin=f["pin"],
         puk=f["puk"],
+        revocation_password=f.get("revocation_password", ""),
     )
     r = backend.enroll(f["reader"], enrollment)
     rows = [
@@ -413,6 +447,14 @@ def _enroll(backend: CounterBackend, f: dict[str, str]) -> tuple[str, list[tuple
         ("counter.field.self_check", "value.ok" if r.self_check_ok else "value.failed"),
     ]
     return "counter.enroll.done", rows
+
+
+def _lost(backend: CounterBackend, f: dict[str, str]) -> tuple[str, list[tuple[str, str]]]:
+    """Lost-card report by revocation password: the same answer whether or not the details match."""
+    backend.report_lost(
+        f["family_name"].strip(), f["given_name"].strip(), f["birthdate"], f["revocation_password"]
+    )
+    return "counter.lost.done", [("counter.field.lost_result", "value.lost_received")]
 
 
 def _fido(backend: CounterBackend, f: dict[str, str]) -> tuple[str, list[tuple[str, str]]]:
