@@ -358,7 +358,7 @@ def build(
         http, http_thread = _serve(server_app)
         closers.append(lambda: (http.shutdown(), http.server_close(), http_thread.join(5)))
         server_url = f"http://127.0.0.1:{http.server_port}"
-        client = ServerClient(server_url, "demo-counter", terminal_key, timeout=60)
+        client = ServerClient(server_url, "demo-counter", terminal_key, timeout=60, clerk=DEMO_CLERK)
 
         kiosk_view = LiveChainView(chain.client(), chain.network)
         counter_view = LiveChainView(chain.client(), chain.network)
