@@ -155,7 +155,7 @@ class ServerRig:
 
 
 def make_rig(db_url: str, signer=None, chain=None, publish: bool = True, office: str = "main",  # type: ignore[no-untyped-def]
-             **config) -> ServerRig:  # fmt: skip
+             role: str = "counter", **config) -> ServerRig:  # fmt: skip
     """``publish``: run the root's issuer ceremony first (as ``city-server issuer publish`` would)."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -182,7 +182,7 @@ def make_rig(db_url: str, signer=None, chain=None, publish: bool = True, office:
         .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         .decode()
     )
-    db.add_terminal("counter-1", pem, office=office)
+    db.add_terminal("counter-1", pem, office=office, role=role)
     transport = FlaskTransport(app)
     client = ServerClient("http://city.test", "counter-1", tkey, session=transport, clerk="clerk-a")
     return ServerRig(app, chain, client, transport, signer, tkey, db)
