@@ -55,6 +55,12 @@ def create_app(
 
     app.register_blueprint(bp)
 
+    from server.api.citizen import RateLimit
+    from server.api.citizen import bp as citizen_bp
+
+    app.extensions["cityid.lost_card_limit"] = RateLimit(config.lost_card_rate_per_minute)
+    app.register_blueprint(citizen_bp)
+
     from server.api.certificates import install as install_certificates
 
     install_certificates(app, db, chain)  # printed certificates: anchoring queue + verification (13)

@@ -15,6 +15,7 @@ from pathlib import Path
 from cityid.cli_util import port_number, progress, stop_signals
 from cityid.errors import CityIdError
 from server.config import DEFAULT_DB_URL, ServerConfig, load_config
+from server.models import TerminalRole
 
 logger = logging.getLogger(__name__)
 
@@ -99,8 +100,8 @@ def cmd_terminal_add(args: argparse.Namespace) -> int:
             raise CityIdError(f"public key file {args.public_key} does not exist") from None
         except (OSError, UnicodeDecodeError) as exc:
             raise CityIdError(f"cannot read public key file {args.public_key}: {exc}") from None
-    t = _db(args).add_terminal(args.name, pem)
-    print(f"terminal {t.name} registered")
+    t = _db(args).add_terminal(args.name, pem, office=args.office, role=args.role)
+    print(f"terminal {t.name} registered (office {t.office}, role {t.role})")
     return 0
 
 
@@ -150,11 +151,16 @@ def cmd_terminal_keygen(args: argparse.Namespace) -> int:
 def cmd_terminal_list(args: argparse.Namespace) -> int:
     rows = _db(args).list_terminals()
     if args.json:
-        out = [{"name": t.name, "active": t.active, "created_at": t.created_at.isoformat()} for t in rows]
+        out = [
+            {"name": t.name, "active": t.active, "office": t.office, "role": t.role,
+             "created_at": t.created_at.isoformat()}
+            for t in rows
+        ]  # fmt: skip
         print(json.dumps(out, indent=2))
     else:
         for t in rows:
-            print(f"{t.name}\t{'active' if t.active else 'disabled'}\t{t.created_at:%Y-%m-%d %H:%M}")
+            state = "active" if t.active else "disabled"
+            print(f"{t.name}\t{t.office}\t{t.role}\t{state}\t{t.created_at:%Y-%m-%d %H:%M}")
         if not rows:
             print("no terminals registered", file=sys.stderr)
     return 0
@@ -355,6 +361,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--name", required=True, help="terminal id (letters, digits, . _ -)")
     q.add_argument(
         "--public-key", required=True, metavar="PEM_FILE", help="public key PEM file, or - for stdin"
+    )
+    q.add_argument("--office", default="main", help="the office the terminal stands in (default: main)")
+    q.add_argument(
+        "--role",
+        choices=[r.value for r in TerminalRole],
+        default=TerminalRole.COUNTER.value,
+        help="counter: own credentials or citizens present; supervisor: also its office's (§Scopes)",
     )
     q.set_defaults(func=cmd_terminal_add)
     q = tsub.add_parser("keygen", help="create a counter terminal's key pair and print what to register")

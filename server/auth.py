@@ -20,6 +20,8 @@ from cityid.errors import CityIdError
 from cityid.jose import JoseError, b64url_decode
 from cityid.keys import KeyFormatError, P256PublicKey
 from cityid.requestsig import (
+    CLERK_PATTERN,
+    HEADER_CLERK,
     HEADER_NONCE,
     HEADER_SIGNATURE,
     HEADER_TERMINAL,
@@ -29,6 +31,7 @@ from cityid.requestsig import (
 )
 from server.db import Database
 from server.models import AuditEntry, Terminal, UsedNonce, utcnow
+from server.service.scope import Actor
 
 logger = logging.getLogger(__name__)
 
@@ -61,9 +64,12 @@ class RequestAuthenticator:
         self._keys: dict[str, tuple[str, P256PublicKey]] = {}
         self._last_prune = 0.0
 
-    def authenticate(self, req: SignedRequest) -> str:
-        """Return the terminal name, or raise :class:`AuthError`."""
+    def authenticate(self, req: SignedRequest) -> Actor:
+        """Return the caller (terminal, office, role and the signed clerk id), or raise :class:`AuthError`."""
         terminal = req.headers.get(HEADER_TERMINAL, "")
+        clerk = req.headers.get(HEADER_CLERK, "") or None
+        if clerk is not None and not CLERK_PATTERN.match(clerk):
+            raise AuthError("bad_clerk", "clerk id: 1-64 letters, digits, '.', '_', '@' or '-'")
         ts_text = req.headers.get(HEADER_TIMESTAMP, "")
         nonce = req.headers.get(HEADER_NONCE, "")
         sig_text = req.headers.get(HEADER_SIGNATURE, "")
@@ -101,7 +107,7 @@ class RequestAuthenticator:
                 raise AuthError("unknown_terminal", "terminal unknown or disabled") from exc
             cached = (t.public_key_pem, key)
             self._keys[terminal] = cached
-        message = canonical_request(req.method, req.path, ts, nonce, req.body)
+        message = canonical_request(req.method, req.path, ts, nonce, req.body, clerk)
         if not cached[1].verify_raw(raw, message):
             self._audit(terminal, "bad_signature")
             raise AuthError("bad_signature", "signature does not verify")
@@ -115,7 +121,7 @@ class RequestAuthenticator:
         except SQLAlchemyError as exc:
             raise AuthError("unavailable", "authentication store unavailable") from exc
         self._prune(now)
-        return terminal
+        return Actor(t.name, t.office, t.role, clerk or "")
 
     def _audit(self, terminal: str, reason: str) -> None:
         try:

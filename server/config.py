@@ -51,6 +51,10 @@ class ServerConfig:
     credential_validity_days: int = 5 * 365
     auth_window_seconds: int = 60
     max_body_bytes: int = 64 * 1024
+    #: HMAC key of the lost-card lookup (env CITY_REVOCATION_SECRET; docs/server.md §Lost-card report).
+    revocation_secret: str | None = field(default=None, repr=False)
+    #: Citizen-facing lost-card reports allowed per client address and minute.
+    lost_card_rate_per_minute: int = 5
 
     def with_overrides(self, **changes: object) -> ServerConfig:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -100,7 +104,7 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
     key = data.get("issuer_key", {})
     if not isinstance(server, dict) or not isinstance(key, dict):
         raise ConfigError("[server] and [issuer_key] must be tables")
-    for secret in ("keystore_password", "pkcs11_pin", "chain_private_key"):
+    for secret in ("keystore_password", "pkcs11_pin", "chain_private_key", "revocation_secret"):
         if secret in key or secret in server:
             raise ConfigError(f"{secret} must come from the environment, not the config file")
     unknown = set(server) - set(SERVER_KEYS)
@@ -129,6 +133,10 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
             values[k] = _int(env[var], var)
     if env.get("CITY_CHAIN_PRIVATE_KEY"):
         values["chain_private_key"] = env["CITY_CHAIN_PRIVATE_KEY"]
+    if env.get("CITY_REVOCATION_SECRET"):
+        if len(env["CITY_REVOCATION_SECRET"]) < 32:
+            raise ConfigError("CITY_REVOCATION_SECRET must be at least 32 characters")
+        values["revocation_secret"] = env["CITY_REVOCATION_SECRET"]
 
     key_values = dict(key)
     if env.get("CITY_ISSUER_KEY_SOURCE"):

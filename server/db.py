@@ -6,14 +6,14 @@ import logging
 import re
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, create_engine, event, select
+from sqlalchemy import Engine, create_engine, event, inspect, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
 from cityid.errors import CityIdError
 from cityid.keys import KeyFormatError, P256PublicKey
-from server.models import AuditEntry, Base, StatusAllocator, Terminal
+from server.models import AuditEntry, Base, StatusAllocator, Terminal, TerminalRole
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +82,7 @@ class Database:
         """Create tables (idempotent) and the allocator row of the status list."""
         try:
             Base.metadata.create_all(self.engine)
+            self._add_missing_columns()
             with self.sessions.begin() as s:
                 if s.get(StatusAllocator, status_list_id) is None:
                     s.add(StatusAllocator(list_id=status_list_id, next_index=0, capacity=capacity))
@@ -89,21 +90,42 @@ class Database:
             reason = str(getattr(exc, "orig", None) or exc.__class__.__name__).strip().splitlines()[0][:200]
             raise StorageError(f"cannot initialise the database: {reason}") from exc
 
+    #: Columns added after the first release: (table, column, DDL) — added in place by ``init``.
+    _LATER_COLUMNS = (
+        ("terminals", "office", "VARCHAR(64) NOT NULL DEFAULT 'main'"),
+        ("terminals", "role", "VARCHAR(16) NOT NULL DEFAULT 'counter'"),
+        ("audit_log", "clerk", "VARCHAR(64) NOT NULL DEFAULT ''"),
+    )
+
+    def _add_missing_columns(self) -> None:
+        insp = inspect(self.engine)
+        for table, column, ddl in self._LATER_COLUMNS:
+            if column not in {c["name"] for c in insp.get_columns(table)}:
+                with self.engine.begin() as conn:
+                    conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}"))
+
     def session(self) -> Session:
         return self.sessions()
 
     # --- terminal administration (city-server terminal add|list|disable) ---------------------------
 
-    def add_terminal(self, name: str, public_key_pem: str) -> Terminal:
+    def add_terminal(
+        self, name: str, public_key_pem: str, office: str = "main", role: str = TerminalRole.COUNTER
+    ) -> Terminal:
         if not _TERMINAL_NAME.match(name):
             raise TerminalAdminError("terminal name: 1-64 letters, digits, '.', '_' or '-'")
+        if not _TERMINAL_NAME.match(office):
+            raise TerminalAdminError("office: 1-64 letters, digits, '.', '_' or '-'")
+        if role not in {r.value for r in TerminalRole}:
+            raise TerminalAdminError(f"role must be one of {', '.join(r.value for r in TerminalRole)}")
         pem = normalise_terminal_key(public_key_pem)
         with self.sessions.begin() as s:
             if s.get(Terminal, name) is not None:
                 raise TerminalAdminError(f"terminal {name!r} already exists")
-            t = Terminal(name=name, public_key_pem=pem, active=True)
+            t = Terminal(name=name, public_key_pem=pem, active=True, office=office, role=str(role))
             s.add(t)
-            s.add(AuditEntry(actor="admin", action="terminal.add", outcome="ok", detail=name))
+            detail = f"{name} office={office} role={role}"
+            s.add(AuditEntry(actor="admin", action="terminal.add", outcome="ok", detail=detail))
         return t
 
     def list_terminals(self) -> list[Terminal]:

@@ -44,14 +44,24 @@ class CredentialState(StrEnum):
         return self in (CredentialState.PENDING, CredentialState.ISSUED, CredentialState.SUSPENDED)
 
 
+class TerminalRole(StrEnum):
+    """What a terminal may act on (docs/server.md §Scopes)."""
+
+    COUNTER = "counter"
+    SUPERVISOR = "supervisor"
+
+
 class Terminal(Base):
-    """A counter terminal allowed to call the API; requests are signed with its P-256 key."""
+    """A counter terminal allowed to call the API; requests are signed with its P-256 key. It belongs to an
+    ``office`` and has a ``role`` (docs/server.md §Scopes)."""
 
     __tablename__ = "terminals"
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     public_key_pem: Mapped[str] = mapped_column(Text)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
+    office: Mapped[str] = mapped_column(String(64), default="main", server_default="main")
+    role: Mapped[str] = mapped_column(String(16), default="counter", server_default="counter")
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -124,7 +134,8 @@ class AuditEntry(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
-    actor: Mapped[str] = mapped_column(String(64))
+    actor: Mapped[str] = mapped_column(String(64))  # the terminal (or "admin")
+    clerk: Mapped[str] = mapped_column(String(64), default="", server_default="")  # signed-in clerk
     action: Mapped[str] = mapped_column(String(32))
     credential_id: Mapped[str | None] = mapped_column(String(36), default=None)
     citizen_did: Mapped[str | None] = mapped_column(String(128), default=None)
@@ -140,3 +151,15 @@ class UsedNonce(Base):
     terminal: Mapped[str] = mapped_column(String(64), primary_key=True)
     nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
     seen_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+
+
+class RevocationLookup(Base):
+    """A citizen's lost-card lookup: HMAC(server secret, normalised family name, given name, birth date and
+    the revocation password) → DID. Neither the claims nor the password are stored (docs/server.md
+    §Lost-card report)."""
+
+    __tablename__ = "revocation_lookups"
+
+    lookup: Mapped[str] = mapped_column(String(64), primary_key=True)
+    citizen_did: Mapped[str] = mapped_column(ForeignKey("citizens.did"), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -6,11 +6,13 @@ anything with ``request(method, url, data=, headers=, timeout=)`` returning a re
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,14 +25,28 @@ from cityid.citizen import CredentialRecord
 from cityid.errors import CityIdError, DecodeError
 from cityid.jose import b64url_decode, b64url_encode, der_to_raw_p256, jwk_from_point
 from cityid.requestsig import (
+    HEADER_CLERK,
     HEADER_NONCE,
     HEADER_SIGNATURE,
     HEADER_TERMINAL,
     HEADER_TIMESTAMP,
+    canonical_presence,
     canonical_request,
 )
 
 logger = logging.getLogger(__name__)
+
+_ACTING_CLERK: contextvars.ContextVar[str | None] = contextvars.ContextVar("cityid_clerk", default=None)
+
+
+@contextlib.contextmanager
+def acting_clerk(clerk: str | None) -> Iterator[None]:
+    """Name ``clerk`` in every server request made inside the block (the counter's signed-in clerk)."""
+    token = _ACTING_CLERK.set(clerk)
+    try:
+        yield
+    finally:
+        _ACTING_CLERK.reset(token)
 
 
 class ServerError(CityIdError):
@@ -93,17 +109,37 @@ def sign_request(
     path: str,
     body: bytes,
     now: float | None = None,
+    clerk: str | None = None,
 ) -> dict[str, str]:
-    """The four authentication headers for one request (fresh 128-bit nonce)."""
+    """The authentication headers for one request (fresh 128-bit nonce); ``clerk`` is signed too."""
     ts = int(time.time() if now is None else now)
     nonce = b64url_encode(secrets.token_bytes(16))
-    der = key.sign(canonical_request(method, path, ts, nonce, body), ec.ECDSA(hashes.SHA256()))
-    return {
+    der = key.sign(canonical_request(method, path, ts, nonce, body, clerk), ec.ECDSA(hashes.SHA256()))
+    headers = {
         HEADER_TERMINAL: terminal,
         HEADER_TIMESTAMP: str(ts),
         HEADER_NONCE: nonce,
         HEADER_SIGNATURE: b64url_encode(der_to_raw_p256(der)),
     }
+    if clerk:
+        headers[HEADER_CLERK] = clerk
+    return headers
+
+
+def presence_proof(
+    sign_raw: Callable[[bytes], bytes],
+    point: bytes,
+    terminal: str,
+    citizen_did: str,
+    action: str,
+    now: float | None = None,
+) -> dict[str, Any]:
+    """The citizen's ``presence`` object: ``sign_raw(message)`` is an ES256 signature (raw r||s) by the
+    citizen's current card or FIDO key over :func:`cityid.requestsig.canonical_presence`."""
+    ts = int(time.time() if now is None else now)
+    nonce = b64url_encode(secrets.token_bytes(16))
+    sig = sign_raw(canonical_presence(terminal, citizen_did, action, ts, nonce))
+    return {"key": jwk_from_point(point), "timestamp": ts, "nonce": nonce, "signature": b64url_encode(sig)}
 
 
 class ServerClient:
@@ -118,7 +154,10 @@ class ServerClient:
         timeout: float = 30.0,
         session: Any | None = None,
         clock: Callable[[], float] = time.time,
+        clerk: str | None = None,
     ) -> None:
+        #: The signed-in clerk named (and signed) in every request; set by the counter per request.
+        self.clerk = clerk
         self.base_url = base_url.rstrip("/")
         self._prefix = urlsplit(self.base_url).path
         self.terminal = terminal
@@ -129,7 +168,10 @@ class ServerClient:
 
     def _call(self, method: str, route: str, payload: dict[str, Any] | None = None) -> tuple[int, dict]:
         body = b"" if payload is None else json.dumps(payload, separators=(",", ":")).encode()
-        headers = sign_request(self._key, self.terminal, method, self._prefix + route, body, self._clock())
+        headers = sign_request(
+            self._key, self.terminal, method, self._prefix + route, body, self._clock(),
+            _ACTING_CLERK.get() or self.clerk,
+        )  # fmt: skip
         if payload is not None:
             headers["Content-Type"] = "application/json"
         try:
@@ -157,6 +199,8 @@ class ServerClient:
         card_point: bytes,
         card_serial: bytes,
         citizen_did: str | None = None,
+        presence: dict[str, Any] | None = None,
+        revocation_password: str | None = None,
     ) -> EnrollmentResult:
         payload: dict[str, Any] = {
             "idempotency_key": idempotency_key,
@@ -166,27 +210,68 @@ class ServerClient:
         }
         if citizen_did:
             payload["citizen_did"] = citizen_did
+        if presence:
+            payload["presence"] = presence
+        if revocation_password:
+            payload["revocation_password"] = revocation_password  # never logged
         return EnrollmentResult.from_json(self._call("POST", "/v1/enrollments", payload)[1])
 
-    def reissue(self, credential_id: str, idempotency_key: str, claims: dict[str, Any]) -> EnrollmentResult:
+    def report_lost(self, family_name: str, given_name: str, birthdate: str, password: str) -> str:
+        """Lost-card report from the citizen's details and revocation password; the server answers the
+        same whether or not they match (docs/server.md §Lost-card report)."""
+        payload = {
+            "family_name": family_name,
+            "given_name": given_name,
+            "birthdate": birthdate,
+            "password": password,
+        }
+        return str(self._call("POST", "/v1/lost-card-reports", payload)[1].get("message", ""))
+
+    def reissue(
+        self,
+        credential_id: str,
+        idempotency_key: str,
+        claims: dict[str, Any],
+        presence: dict[str, Any] | None = None,
+    ) -> EnrollmentResult:
         route = f"/v1/credentials/{credential_id}/reissue"
-        payload = {"idempotency_key": idempotency_key, "claims": claims}
+        payload: dict[str, Any] = {"idempotency_key": idempotency_key, "claims": claims}
+        if presence:
+            payload["presence"] = presence
         return EnrollmentResult.from_json(self._call("POST", route, payload)[1])
 
-    def revoke(self, credential_ids: list[str], reason: str) -> list[str]:
-        data = self._call("POST", "/v1/revocations", {"credential_ids": credential_ids, "reason": reason})[1]
+    def revoke(
+        self, credential_ids: list[str], reason: str, presence: dict[str, Any] | None = None
+    ) -> list[str]:
+        payload: dict[str, Any] = {"credential_ids": credential_ids, "reason": reason}
+        if presence:
+            payload["presence"] = presence
+        data = self._call("POST", "/v1/revocations", payload)[1]
         return list(data.get("revoked", []))
 
-    def suspend(self, credential_id: str) -> dict[str, Any]:
-        return self._call("POST", f"/v1/credentials/{credential_id}/suspend", {})[1]
+    def suspend(self, credential_id: str, presence: dict[str, Any] | None = None) -> dict[str, Any]:
+        body = {"presence": presence} if presence else {}
+        return self._call("POST", f"/v1/credentials/{credential_id}/suspend", body)[1]
 
-    def resume(self, credential_id: str) -> dict[str, Any]:
-        return self._call("POST", f"/v1/credentials/{credential_id}/resume", {})[1]
+    def resume(self, credential_id: str, presence: dict[str, Any] | None = None) -> dict[str, Any]:
+        body = {"presence": presence} if presence else {}
+        return self._call("POST", f"/v1/credentials/{credential_id}/resume", body)[1]
 
     def status(self, credential_id: str) -> dict[str, Any]:
         return self._call("GET", f"/v1/credentials/{credential_id}/status")[1]
 
-    def register_fido_key(self, citizen_did: str, point: bytes, fido_credential_id: bytes) -> bool:
-        payload = {"public_key": jwk_from_point(point), "credential_id": b64url_encode(fido_credential_id)}
+    def register_fido_key(
+        self,
+        citizen_did: str,
+        point: bytes,
+        fido_credential_id: bytes,
+        presence: dict[str, Any] | None = None,
+    ) -> bool:
+        payload: dict[str, Any] = {
+            "public_key": jwk_from_point(point),
+            "credential_id": b64url_encode(fido_credential_id),
+        }
+        if presence:
+            payload["presence"] = presence
         status, _ = self._call("POST", f"/v1/citizens/{citizen_did}/fido-keys", payload)
         return status == 201

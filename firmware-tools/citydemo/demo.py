@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import shutil
 import subprocess
 import tempfile
@@ -372,19 +373,23 @@ def build(
         progress("starting the city server")
         db_url = f"sqlite:///{workdir / 'city-server.db'}"
         db = Database.from_url(db_url)
-        server_app = create_server_app(ServerConfig(database_url=db_url), chain=gateway, signer=signer, db=db)
+        # a fresh lost-card HMAC key per demo run (docs/server.md §Lost-card report)
+        server_config = ServerConfig(database_url=db_url, revocation_secret=secrets.token_hex(32))
+        server_app = create_server_app(server_config, chain=gateway, signer=signer, db=db)
         terminal_key = ec.generate_private_key(ec.SECP256R1())
         pem = terminal_key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
-        db.add_terminal("demo-counter", pem.decode())
+        # A supervisor: the counter's FIDO-registration flow adds a key to the citizen's existing DID and
+        # does not yet send the card's presence proof (docs/server.md §Scopes).
+        db.add_terminal("demo-counter", pem.decode(), office="demo", role="supervisor")
         kiosk_key = ec.generate_private_key(ec.SECP256R1())
         db.add_terminal(KIOSK_ID, _public_pem(kiosk_key))  # certificates are signed by the kiosk's key
         server_app.extensions["cityid.certificates"].queue.window_s = CERT_WINDOW_S
         http, http_thread = _serve(server_app)
         closers.append(lambda: (http.shutdown(), http.server_close(), http_thread.join(5)))
         server_url = f"http://127.0.0.1:{http.server_port}"
-        client = ServerClient(server_url, "demo-counter", terminal_key, timeout=60)
+        client = ServerClient(server_url, "demo-counter", terminal_key, timeout=60, clerk=DEMO_CLERK)
 
         kiosk_view = LiveChainView(chain.client(), chain.network)
         counter_view = LiveChainView(chain.client(), chain.network)

@@ -85,7 +85,7 @@ def submit_anchor() -> ResponseReturnValue:
     path = request.path + (f"?{request.query_string.decode('latin-1')}" if request.query_string else "")
     signed = SignedRequest(request.method, path, request.headers, request.get_data(cache=True))
     try:
-        terminal = auth.authenticate(signed)
+        terminal = auth.authenticate(signed).terminal
     except AuthError as exc:
         if exc.reason == "unavailable":
             return _error(503, "storage_unavailable", str(exc))

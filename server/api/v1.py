@@ -10,7 +10,7 @@ from flask.typing import ResponseReturnValue
 from cityid.jose import b64url_encode
 from server.api import validate as v
 from server.auth import AuthError, RequestAuthenticator, SignedRequest
-from server.service import CredentialInfo, Enrollment, IssuerService, ValidationError
+from server.service import CredentialInfo, Enrollment, IssuerService, Presence, ValidationError
 
 bp = Blueprint("v1", __name__, url_prefix="/v1")
 
@@ -30,7 +30,16 @@ def _authenticate() -> ResponseReturnValue | None:
         if exc.reason == "unavailable":
             return jsonify(error="storage_unavailable", message=str(exc)), 503
         return jsonify(error="unauthenticated", reason=exc.reason, message=str(exc)), 401
+    if request.method != "GET" and not g.terminal.clerk:
+        # Every state change names the clerk in the signed request (docs/server.md §Scopes).
+        return jsonify(error="unauthenticated", reason="missing_clerk",
+                       message="state changes need the signed-in clerk (X-CityID-Clerk)"), 401  # fmt: skip
     return None
+
+
+def _presence(body: dict[str, Any]) -> Presence | None:
+    """The optional ``presence`` proof of the citizen (docs/server.md §Scopes)."""
+    return Presence.parse(body["presence"]) if body.get("presence") is not None else None
 
 
 def _json() -> dict[str, Any]:
@@ -68,7 +77,11 @@ def _info_json(i: CredentialInfo) -> dict[str, Any]:
 @bp.post("/enrollments")
 def enroll() -> ResponseReturnValue:
     body = _json()
-    v.only_keys(body, ("idempotency_key", "claims", "card_public_key", "card_serial"), ("citizen_did",))
+    v.only_keys(
+        body,
+        ("idempotency_key", "claims", "card_public_key", "card_serial"),
+        ("citizen_did", "presence", "revocation_password"),
+    )
     did = v.did(body["citizen_did"]) if body.get("citizen_did") is not None else None
     result = _service().enroll(
         g.terminal,
@@ -77,6 +90,8 @@ def enroll() -> ResponseReturnValue:
         v.p256_jwk(body["card_public_key"], "card_public_key"),
         v.card_serial(body["card_serial"]),
         did,
+        _presence(body),
+        body.get("revocation_password"),
     )
     return jsonify(_enrollment_json(result)), 200 if result.retried else 201
 
@@ -84,9 +99,13 @@ def enroll() -> ResponseReturnValue:
 @bp.post("/credentials/<cid>/reissue")
 def reissue(cid: str) -> ResponseReturnValue:
     body = _json()
-    v.only_keys(body, ("idempotency_key", "claims"))
+    v.only_keys(body, ("idempotency_key", "claims"), ("presence",))
     result = _service().reissue(
-        g.terminal, v.credential_id(cid), v.idempotency_key(body["idempotency_key"]), body["claims"]
+        g.terminal,
+        v.credential_id(cid),
+        v.idempotency_key(body["idempotency_key"]),
+        body["claims"],
+        _presence(body),
     )
     return jsonify(_enrollment_json(result)), 200 if result.retried else 201
 
@@ -94,25 +113,34 @@ def reissue(cid: str) -> ResponseReturnValue:
 @bp.post("/revocations")
 def revoke() -> ResponseReturnValue:
     body = _json()
-    v.only_keys(body, ("credential_ids", "reason"))
+    v.only_keys(body, ("credential_ids", "reason"), ("presence",))
     ids = body["credential_ids"]
     if not isinstance(ids, list) or not 0 < len(ids) <= v.MAX_BATCH:
         raise ValidationError(f"credential_ids must be a list of 1-{v.MAX_BATCH} ids")
     ids = [v.credential_id(i) for i in ids]
     if body["reason"] not in ("lost", "revoked"):
         raise ValidationError("reason must be 'lost' or 'revoked'")
-    revoked = _service().revoke(g.terminal, ids, body["reason"])
+    revoked = _service().revoke(g.terminal, ids, body["reason"], _presence(body))
     return jsonify(revoked=revoked, requested=len(set(ids))), 200
+
+
+def _optional_json() -> dict[str, Any]:
+    """Suspend/resume take an empty body or ``{"presence": …}``."""
+    body = _json() if request.get_data(cache=True) else {}
+    v.only_keys(body, (), ("presence",))
+    return body
 
 
 @bp.post("/credentials/<cid>/suspend")
 def suspend(cid: str) -> ResponseReturnValue:
-    return jsonify(_info_json(_service().suspend(g.terminal, v.credential_id(cid)))), 200
+    body = _optional_json()
+    return jsonify(_info_json(_service().suspend(g.terminal, v.credential_id(cid), _presence(body)))), 200
 
 
 @bp.post("/credentials/<cid>/resume")
 def resume(cid: str) -> ResponseReturnValue:
-    return jsonify(_info_json(_service().resume(g.terminal, v.credential_id(cid)))), 200
+    body = _optional_json()
+    return jsonify(_info_json(_service().resume(g.terminal, v.credential_id(cid), _presence(body)))), 200
 
 
 @bp.get("/credentials/<cid>/status")
@@ -123,8 +151,26 @@ def status(cid: str) -> ResponseReturnValue:
 @bp.post("/citizens/<path:did>/fido-keys")
 def fido_key(did: str) -> ResponseReturnValue:
     body = _json()
-    v.only_keys(body, ("public_key", "credential_id"))
+    v.only_keys(body, ("public_key", "credential_id"), ("presence",))
     point = v.p256_jwk(body["public_key"], "public_key")
     fido_id = v.b64url_bytes(body["credential_id"], "credential_id")
-    created = _service().register_fido_key(g.terminal, v.did(did), point, fido_id)
+    created = _service().register_fido_key(g.terminal, v.did(did), point, fido_id, _presence(body))
     return jsonify(citizen_did=did, registered=created), 201 if created else 200
+
+
+#: The answer to every lost-card report, found or not (docs/server.md §Lost-card report).
+LOST_CARD_ANSWER = {
+    "result": "received",
+    "message": "if these details match a card, its credentials and card keys are now revoked",
+}
+
+
+@bp.post("/lost-card-reports")
+def lost_card_report() -> ResponseReturnValue:
+    """A clerk reports a card lost from the citizen's name, birth date and revocation password."""
+    body = _json()
+    v.only_keys(body, ("family_name", "given_name", "birthdate", "password"))
+    _service().report_lost(
+        g.terminal, body["family_name"], body["given_name"], body["birthdate"], body["password"]
+    )
+    return jsonify(LOST_CARD_ANSWER), 200

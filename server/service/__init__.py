@@ -30,6 +30,7 @@ from server.service.errors import (
     CapacityError,
     ChainUnavailableError,
     ConflictError,
+    ForbiddenError,
     NotFoundError,
     ServiceError,
     StorageUnavailableError,
@@ -37,6 +38,8 @@ from server.service.errors import (
 )
 from server.service.fido import FidoKeys
 from server.service.issuer import IssuerNotReadyError, IssuerReadiness
+from server.service.lost_card import LostCards
+from server.service.scope import Actor, Presence, Scopes
 from server.service.status import CredentialInfo, StatusChanges, sweep_pending
 
 
@@ -53,9 +56,11 @@ class IssuerService:
     ) -> None:
         self.ctx = ServiceContext(db, chain, signer, config, clock)
         self.issuer = IssuerReadiness(self.ctx)
-        self.enrollments = Enrollments(self.ctx, self.issuer.require_ready)
-        self.statuses = StatusChanges(self.ctx)
-        self.fido = FidoKeys(self.ctx)
+        self.scopes = Scopes(self.ctx, window_seconds=config.auth_window_seconds)
+        self.enrollments = Enrollments(self.ctx, self.issuer.require_ready, self.scopes)
+        self.statuses = StatusChanges(self.ctx, self.scopes)
+        self.fido = FidoKeys(self.ctx, self.scopes)
+        self.lost_cards = LostCards(self.ctx, self.statuses)
 
     # --- shared state -------------------------------------------------------------------------------
 
@@ -106,48 +111,86 @@ class IssuerService:
 
     def enroll(
         self,
-        terminal: str,
+        actor: Actor | str,
         idempotency_key: str,
         claims: object,
         card_point: bytes,
         card_serial: bytes,
         citizen_did: str | None = None,
+        presence: Presence | None = None,
+        revocation_password: str | None = None,
     ) -> Enrollment:
-        return self.enrollments.enroll(
-            terminal, idempotency_key, claims, card_point, card_serial, citizen_did
+        """Enroll; with ``revocation_password`` the citizen can later report the card lost without its id."""
+        if revocation_password is not None:
+            self.lost_cards.lookup_hash("x", "x", "2000-01-01", revocation_password)  # checked before issuing
+        result = self.enrollments.enroll(
+            actor, idempotency_key, claims, card_point, card_serial, citizen_did, presence
         )
+        if revocation_password is not None:
+            assert isinstance(claims, dict)  # validated by the enrollment
+            self.lost_cards.remember(actor, result.citizen_did, claims, revocation_password)
+        return result
 
-    def reissue(self, terminal: str, credential_id: str, idempotency_key: str, claims: object) -> Enrollment:
-        return self.enrollments.reissue(terminal, credential_id, idempotency_key, claims)
+    def report_lost(
+        self, actor: Actor | str, family_name: object, given_name: object, birthdate: object, password: object
+    ) -> int:
+        return self.lost_cards.report(actor, family_name, given_name, birthdate, password)
 
-    def revoke(self, terminal: str, credential_ids: Sequence[str], reason: str) -> list[str]:
-        return self.statuses.revoke(terminal, credential_ids, reason)
+    def reissue(
+        self,
+        actor: Actor | str,
+        credential_id: str,
+        idempotency_key: str,
+        claims: object,
+        presence: Presence | None = None,
+    ) -> Enrollment:
+        return self.enrollments.reissue(actor, credential_id, idempotency_key, claims, presence)
 
-    def suspend(self, terminal: str, credential_id: str) -> CredentialInfo:
-        return self.statuses.suspend(terminal, credential_id)
+    def revoke(
+        self,
+        actor: Actor | str,
+        credential_ids: Sequence[str],
+        reason: str,
+        presence: Presence | None = None,
+    ) -> list[str]:
+        return self.statuses.revoke(actor, credential_ids, reason, presence)
 
-    def resume(self, terminal: str, credential_id: str) -> CredentialInfo:
-        return self.statuses.resume(terminal, credential_id)
+    def suspend(
+        self, actor: Actor | str, credential_id: str, presence: Presence | None = None
+    ) -> CredentialInfo:
+        return self.statuses.suspend(actor, credential_id, presence)
+
+    def resume(
+        self, actor: Actor | str, credential_id: str, presence: Presence | None = None
+    ) -> CredentialInfo:
+        return self.statuses.resume(actor, credential_id, presence)
 
     def status(self, credential_id: str) -> CredentialInfo:
         return self.statuses.status(credential_id)
 
     def register_fido_key(
-        self, terminal: str, citizen_did: str, point: bytes, fido_credential_id: bytes
+        self,
+        actor: Actor | str,
+        citizen_did: str,
+        point: bytes,
+        fido_credential_id: bytes,
+        presence: Presence | None = None,
     ) -> bool:
-        return self.fido.register(terminal, citizen_did, point, fido_credential_id)
-
+        return self.fido.register(actor, citizen_did, point, fido_credential_id, presence)
 
 __all__ = [
     "INPUT_CLAIMS",
+    "Actor",
     "CapacityError",
     "ChainUnavailableError",
     "ConflictError",
     "CredentialInfo",
     "Enrollment",
+    "ForbiddenError",
     "IssuerNotReadyError",
     "IssuerService",
     "NotFoundError",
+    "Presence",
     "ServiceError",
     "StorageError",
     "StorageUnavailableError",

@@ -73,17 +73,20 @@ class ServiceContext:
     @staticmethod
     def audit(
         s: Session,
-        actor: str,
+        actor: Any,
         action: str,
         outcome: str = "ok",
         cred: str | None = None,
         did: str | None = None,
         detail: str = "",
     ) -> None:
-        """Add an audit row to the caller's transaction (actions and identifiers, never claims)."""
+        """Add an audit row to the caller's transaction (actions and identifiers, never claims).
+
+        ``actor``: a :class:`server.service.scope.Actor` (terminal and clerk) or a bare name."""
         s.add(
             AuditEntry(
-                actor=actor,
+                actor=getattr(actor, "terminal", actor),
+                clerk=getattr(actor, "clerk", ""),
                 action=action,
                 credential_id=cred,
                 citizen_did=did,
@@ -92,7 +95,7 @@ class ServiceContext:
             )
         )
 
-    def audit_now(self, actor: str, action: str, **kw: Any) -> None:
+    def audit_now(self, actor: Any, action: str, **kw: Any) -> None:
         """Audit in a transaction of its own (a failing audit write is logged, not raised)."""
         try:
             with self.db.sessions.begin() as s:
@@ -102,7 +105,7 @@ class ServiceContext:
 
     # --- chain and storage helpers -------------------------------------------------------------------
 
-    def chain_write(self, what: str, fn: Callable[[], None], actor: str, cred: str | None = None) -> None:
+    def chain_write(self, what: str, fn: Callable[[], None], actor: Any, cred: str | None = None) -> None:
         """Run one idempotent chain write; a chain failure is audited and becomes a 502."""
         try:
             fn()
@@ -111,7 +114,7 @@ class ServiceContext:
             raise ChainUnavailableError(f"chain write failed ({what}); retry later") from exc
 
     def set_status_bits(
-        self, what: str, rows: Iterable[Credential], status: Any, actor: str, cred: str | None = None
+        self, what: str, rows: Iterable[Credential], status: Any, actor: Any, cred: str | None = None
     ) -> None:
         """One ``set_status`` chain call per status list for ``rows``."""
         by_list: dict[int, list[int]] = {}

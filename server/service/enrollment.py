@@ -30,6 +30,7 @@ from server.service.errors import (
     StorageUnavailableError,
     ValidationError,
 )
+from server.service.scope import Actor, Presence, Scopes
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +53,14 @@ class Enrollment:
 class Enrollments:
     """``enroll`` (a new card; new or existing DID) and ``reissue`` (same DID and card key, new id)."""
 
-    def __init__(self, ctx: ServiceContext, require_issuer_ready: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        ctx: ServiceContext,
+        require_issuer_ready: Callable[[], None] = lambda: None,
+        scopes: Scopes | None = None,
+    ) -> None:
         self.ctx = ctx
+        self.scopes = scopes or Scopes(ctx)
         #: Refuses (typed) while kiosks would refuse the issuer's credentials (``issuer.IssuerReadiness``).
         self.require_issuer_ready = require_issuer_ready
 
@@ -61,17 +68,23 @@ class Enrollments:
 
     def enroll(
         self,
-        terminal: str,
+        actor: Actor | str,
         idempotency_key: str,
         claims: object,
         card_point: bytes,
         card_serial: bytes,
         citizen_did: str | None = None,
+        presence: Presence | None = None,
     ) -> Enrollment:
-        """Enroll a card (the clerk checked the citizen in person); safe to retry with the same key."""
+        """Enroll a card (the clerk checked the citizen in person); safe to retry with the same key.
+
+        A card for an existing DID needs the citizen's presence proof or a supervisor (§Scopes)."""
+        terminal = self.scopes.resolve(actor)
         parsed = validate_claims(claims, self.ctx.clock().date())
         self.require_issuer_ready()
         fingerprint = card_fingerprint(card_point, card_serial)
+        if citizen_did is not None and not self._known_key(idempotency_key):
+            self.scopes.check_add_key(terminal, "enroll", citizen_did, presence)
         args = (terminal, idempotency_key, fingerprint, card_point, card_serial, citizen_did)
         try:
             row, retried = self._reserve(*args)
@@ -80,9 +93,15 @@ class Enrollments:
         self.ctx.fault("reserved")
         return self._complete(terminal, row, parsed, card_point, retried)
 
+    def _known_key(self, idempotency_key: str) -> bool:
+        """Whether this idempotency key was already used (a retry; its scope was checked the first time)."""
+        with self.ctx.db.sessions() as s:
+            found = s.scalar(select(Credential.id).where(Credential.idempotency_key == idempotency_key))
+        return found is not None
+
     def _reserve(
         self,
-        terminal: str,
+        terminal: Actor,
         key: str,
         fingerprint: str,
         card_point: bytes,
@@ -94,7 +113,7 @@ class Enrollments:
             with ctx.db.sessions.begin() as s:
                 row = s.scalar(select(Credential).where(Credential.idempotency_key == key))
                 if row is not None:
-                    if row.request_fingerprint != fingerprint or row.terminal != terminal:
+                    if row.request_fingerprint != fingerprint or row.terminal != terminal.terminal:
                         raise ConflictError("idempotency key already used for another card, key or terminal")
                     if row.state not in _REUSABLE:
                         raise ConflictError(f"credential {row.id} is {row.state}; start a new enrollment")
@@ -119,7 +138,7 @@ class Enrollments:
                     status_index=ctx.allocate(s),
                     vct=ctx.vct,
                     state=CredentialState.PENDING.value,
-                    terminal=terminal,
+                    terminal=terminal.terminal,
                 )
                 s.add(row)
                 s.flush()
@@ -139,11 +158,34 @@ class Enrollments:
 
     # --- re-issue ----------------------------------------------------------------------------------
 
-    def reissue(self, terminal: str, credential_id: str, idempotency_key: str, claims: object) -> Enrollment:
-        """New credential (new id and status index) for the same DID and card key; the old one is retired."""
+    def reissue(
+        self,
+        actor: Actor | str,
+        credential_id: str,
+        idempotency_key: str,
+        claims: object,
+        presence: Presence | None = None,
+    ) -> Enrollment:
+        """New credential (new id and status index) for the same DID and card key; the old one is retired.
+
+        Only an *issued* credential is re-issued (a suspended or revoked one is refused: re-issue must not
+        lift a suspension), and only in the actor's scope (§Scopes)."""
         ctx = self.ctx
+        terminal = self.scopes.resolve(actor)
         parsed = validate_claims(claims, ctx.clock().date())
         self.require_issuer_ready()
+        if not self._known_key(idempotency_key):
+            with ctx.db.sessions() as s:
+                old = s.get(Credential, credential_id)
+            if old is None:
+                raise NotFoundError("unknown credential")
+            if old.state != CredentialState.ISSUED.value:
+                ctx.audit_now(
+                    terminal, "reissue", outcome="refused", cred=old.id, did=old.citizen_did,
+                    detail=f"credential is {old.state}",
+                )  # fmt: skip
+                raise ConflictError(f"credential {old.id} is {old.state}; it cannot be re-issued")
+            self.scopes.check_credentials(terminal, "reissue", [old], presence)
         try:
             with ctx.db.sessions.begin() as s:
                 row = s.scalar(select(Credential).where(Credential.idempotency_key == idempotency_key))
@@ -158,7 +200,7 @@ class Enrollments:
                     old = s.get(Credential, credential_id)
                     if old is None:
                         raise NotFoundError("unknown credential")
-                    if old.state not in (CredentialState.ISSUED, CredentialState.SUSPENDED):
+                    if old.state != CredentialState.ISSUED.value:
                         raise ConflictError(f"credential {old.id} is {old.state}; it cannot be re-issued")
                     row = Credential(
                         id=str(uuid.uuid4()),
@@ -173,7 +215,7 @@ class Enrollments:
                         state=CredentialState.PENDING.value,
                         key_on_chain=old.key_on_chain,
                         supersedes=old.id,
-                        terminal=terminal,
+                        terminal=terminal.terminal,
                     )
                     s.add(row)
                     s.flush()
@@ -192,7 +234,7 @@ class Enrollments:
 
     # --- shared completion ---------------------------------------------------------------------------
 
-    def _supersede_others(self, terminal: str, row: Credential) -> None:
+    def _supersede_others(self, terminal: Actor, row: Credential) -> None:
         """Retire other live credentials of this card (or the one re-issued): status bits first."""
         ctx = self.ctx
         with ctx.db.sessions() as s:
@@ -254,7 +296,7 @@ class Enrollments:
             raise ValidationError(f"cannot issue: {exc}") from exc
 
     def _complete(
-        self, terminal: str, row: Credential, claims: Any, card_point: bytes, retried: bool
+        self, terminal: Actor, row: Credential, claims: Any, card_point: bytes, retried: bool
     ) -> Enrollment:
         ctx = self.ctx
         self._supersede_others(terminal, row)

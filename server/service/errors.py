@@ -40,3 +40,10 @@ class ChainUnavailableError(ServiceError):
 class StorageUnavailableError(ServiceError):
     status = 503
     code = "storage_unavailable"
+
+
+class ForbiddenError(ServiceError):
+    """The terminal (and clerk) may not act on this credential or DID (docs/server.md §Scopes)."""
+
+    status = 403
+    code = "out_of_scope"

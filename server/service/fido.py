@@ -11,17 +11,29 @@ from sqlalchemy.exc import IntegrityError
 from server.models import Citizen, FidoKey
 from server.service.context import ServiceContext
 from server.service.errors import ConflictError, NotFoundError
+from server.service.scope import Actor, Presence, Scopes
 
 
 class FidoKeys:
     """Registration of FIDO2 credentials' public keys on citizen DIDs."""
 
-    def __init__(self, ctx: ServiceContext) -> None:
+    def __init__(self, ctx: ServiceContext, scopes: Scopes | None = None) -> None:
         self.ctx = ctx
+        self.scopes = scopes or Scopes(ctx)
 
-    def register(self, terminal: str, citizen_did: str, point: bytes, fido_credential_id: bytes) -> bool:
-        """Add a FIDO2 credential's P-256 key to the citizen DID; returns False if it was already there."""
+    def register(
+        self,
+        actor: Actor | str,
+        citizen_did: str,
+        point: bytes,
+        fido_credential_id: bytes,
+        presence: Presence | None = None,
+    ) -> bool:
+        """Add a FIDO2 credential's P-256 key to the citizen DID; returns False if it was already there.
+
+        Needs the citizen's presence proof (current card or key) or a supervisor (§Scopes)."""
         ctx = self.ctx
+        terminal = self.scopes.resolve(actor)
         with ctx.db.sessions() as s:
             citizen = s.get(Citizen, citizen_did)
             if citizen is None:
@@ -33,6 +45,7 @@ class FidoKeys:
                 raise ConflictError("this FIDO key is registered to another DID")
             ctx.audit_now(terminal, "fido.register", outcome="ok", did=citizen_did, detail="already")
             return False
+        self.scopes.check_add_key(terminal, "fido.register", citizen_did, presence)
         ctx.chain_write("fido.register", lambda: ctx.chain.register_keys([(identity, point)]), terminal)
         try:
             with ctx.db.sessions.begin() as s:

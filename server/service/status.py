@@ -16,6 +16,7 @@ from server.db import Database
 from server.models import AuditEntry, Credential, CredentialState, utcnow
 from server.service.context import ServiceContext, aware
 from server.service.errors import ConflictError, StorageUnavailableError, ValidationError
+from server.service.scope import Actor, Presence, Scopes
 
 _REVOCABLE = (CredentialState.PENDING, CredentialState.ISSUED, CredentialState.SUSPENDED)
 
@@ -36,11 +37,34 @@ class CredentialInfo:
 class StatusChanges:
     """Revocation, suspension and resumption of issued credentials, and their status."""
 
-    def __init__(self, ctx: ServiceContext) -> None:
+    def __init__(self, ctx: ServiceContext, scopes: Scopes | None = None) -> None:
         self.ctx = ctx
+        self.scopes = scopes or Scopes(ctx)
 
-    def revoke(self, terminal: str, credential_ids: Sequence[str], reason: str) -> list[str]:
-        """Revoke a batch: status bits in one chain call per list; for lost cards also the card keys."""
+    def revoke(
+        self,
+        actor: Actor | str,
+        credential_ids: Sequence[str],
+        reason: str,
+        presence: Presence | None = None,
+    ) -> list[str]:
+        """Revoke a batch: status bits in one chain call per list; for lost cards also the card keys.
+
+        Every credential must be in the actor's scope, or nothing is revoked (§Scopes)."""
+        return self._revoke(self.scopes.resolve(actor), credential_ids, reason, presence, scoped=True)
+
+    def revoke_unscoped(self, actor: Actor | str, credential_ids: Sequence[str], reason: str) -> list[str]:
+        """Revoke on the citizen's own authority (lost-card report with the revocation password)."""
+        return self._revoke(self.scopes.resolve(actor), credential_ids, reason, None, scoped=False)
+
+    def _revoke(
+        self,
+        terminal: Actor,
+        credential_ids: Sequence[str],
+        reason: str,
+        presence: Presence | None,
+        scoped: bool,
+    ) -> list[str]:
         ctx = self.ctx
         if reason not in ("lost", "revoked"):
             raise ValidationError("reason must be 'lost' or 'revoked'")
@@ -48,6 +72,8 @@ class StatusChanges:
             rows = ctx.load(s, list(dict.fromkeys(credential_ids)))
             todo = [r for r in rows if r.state in _REVOCABLE]
             identities = ctx.identities(s, rows)
+        if scoped:
+            self.scopes.check_credentials(terminal, "revoke", rows, presence)
         ctx.set_status_bits("revoke", todo, CredentialStatus.REVOKED, terminal)
         if reason == "lost":
             # A lost card's key is revoked even if the credential was already revoked/superseded.
@@ -71,19 +97,27 @@ class StatusChanges:
                 )
         return [r.id for r in todo]
 
-    def suspend(self, terminal: str, credential_id: str) -> CredentialInfo:
-        return self._set(terminal, credential_id, CredentialState.SUSPENDED)
+    def suspend(
+        self, actor: Actor | str, credential_id: str, presence: Presence | None = None
+    ) -> CredentialInfo:
+        return self._set(actor, credential_id, CredentialState.SUSPENDED, presence)
 
-    def resume(self, terminal: str, credential_id: str) -> CredentialInfo:
-        return self._set(terminal, credential_id, CredentialState.ISSUED)
+    def resume(
+        self, actor: Actor | str, credential_id: str, presence: Presence | None = None
+    ) -> CredentialInfo:
+        return self._set(actor, credential_id, CredentialState.ISSUED, presence)
 
-    def _set(self, terminal: str, credential_id: str, to: CredentialState) -> CredentialInfo:
+    def _set(
+        self, actor: Actor | str, credential_id: str, to: CredentialState, presence: Presence | None
+    ) -> CredentialInfo:
         ctx = self.ctx
+        terminal = self.scopes.resolve(actor)
         suspending = to is CredentialState.SUSPENDED
         allowed_from = CredentialState.ISSUED if suspending else CredentialState.SUSPENDED
         with ctx.db.sessions() as s:
             (row,) = ctx.load(s, [credential_id])
         action = "suspend" if suspending else "resume"
+        self.scopes.check_credentials(terminal, action, [row], presence)
         if row.state != to.value:
             if row.state != allowed_from.value:
                 raise ConflictError(f"credential is {row.state}; cannot {action}")

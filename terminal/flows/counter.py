@@ -88,6 +88,7 @@ class CitizenRequest:
     new_puk: str = field(repr=False)
     card_number: str | None = None  # printed card number; default derived from the card serial
     citizen_did: str | None = None  # re-enrollment of a known citizen (new card)
+    revocation_password: str | None = field(default=None, repr=False)  # docs/server.md §Lost-card report
 
     def claims(self, serial: bytes) -> dict[str, Any]:
         return {
@@ -189,7 +190,9 @@ class CounterEnrollment:
                     assert j.key is not None
                     key = self.idempotency_key(serial, j.key.point)
                     j.result = self.server.enroll(
-                        key, request.claims(serial), j.key.point, serial, request.citizen_did
+                        key, request.claims(serial), j.key.point, serial, request.citizen_did,
+                        **({"revocation_password": request.revocation_password}
+                           if request.revocation_password else {}),
                     )
                     j.credential = j.result.record
                 elif step is Step.WRITE:

@@ -59,6 +59,12 @@ class LostCardReport:
                 raise KeyError(credential_id) from None
             raise
 
+    def report_by_password(self, family_name: str, given_name: str, birthdate: str, password: str) -> None:
+        """Lost-card report from the citizen's details and revocation password; the server answers the
+        same whether or not they match, so there is nothing to return."""
+        self.server.report_lost(family_name, given_name, birthdate, password)
+        logger.info("lost-card report by revocation password sent")
+
     def report(self, credential_id: str, reason: str) -> CredentialState:
         """Revoke ``credential_id`` for ``reason`` ("lost", "stolen", …) and return its new state."""
         self.status(credential_id)  # 404 → KeyError before anything is written

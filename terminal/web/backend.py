@@ -130,6 +130,8 @@ class Enrollment:
     resident: bool
     pin: str = field(repr=False)
     puk: str = field(repr=False)
+    #: The citizen's revocation password (docs/server.md §Lost-card report); never logged.
+    revocation_password: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +182,10 @@ class CounterBackend(Protocol):
     def abandon(self, reader: str) -> Sequence[str]:
         """Give up the unfinished enrollment of the card in ``reader``: revoke what the server issued for
         it (credential ids returned) and erase the card's DID and credential."""
+        ...
+
+    def report_lost(self, family_name: str, given_name: str, birthdate: str, password: str) -> None:
+        """Lost-card report from the citizen's details and revocation password (one answer either way)."""
         ...
 
     def status(self, credential_id: str) -> CredentialState:

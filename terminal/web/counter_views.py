@@ -1,21 +1,25 @@
 """Counter screens (clerk): sign-in, enroll a card, register a FIDO2 key, unblock a PIN, revoke, status.
 
 Forms are described once (:data:`FORMS`) and rendered by one accessible template. Clerk passwords are
-checked against salted scrypt hashes from the configuration; five failures lock the clerk id for a minute.
+checked against salted scrypt hashes from the configuration (unknown ids against a dummy hash: same cost);
+five failures lock the clerk id for a minute. Sessions and lockouts live server-side
+(:mod:`terminal.web.clerk_sessions`): logout and 15 minutes idle end a session for every copy of its cookie.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import re
-import threading
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, Response, current_app, redirect, render_template, request, session, url_for
+from flask import Blueprint, Response, current_app, g, redirect, render_template, request, session, url_for
 
 from cityid.errors import (
     BlockedPinError,
@@ -28,9 +32,11 @@ from cityid.errors import (
     ReaderError,
     WrongPinError,
 )
-from terminal.config import TerminalConfig, check_password
+from terminal.config import TerminalConfig, check_password, hash_password
 from terminal.flows.certificate import KST
+from terminal.server_client import acting_clerk
 from terminal.web.backend import CounterBackend, Enrollment
+from terminal.web.clerk_sessions import ClerkSessions
 from terminal.web.verdicts import DISTRICT_KEYS
 
 logger = logging.getLogger(__name__)
@@ -40,6 +46,7 @@ bp = Blueprint("counter", __name__)
 REVOKE_REASONS = ("lost", "revoked")  # server API values (docs/server.md)
 MAX_FAILURES = 5
 LOCKOUT_SECONDS = 60.0
+IDLE_SECONDS = 900.0  # a clerk session ends after 15 minutes without a request
 _NAME = re.compile(r"^[^\x00-\x1f<>]{1,64}$")
 _CRED_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -54,6 +61,7 @@ class Field:
     options: tuple[tuple[str, str], ...] = ()
     autocomplete: str = "off"
     hint: str | None = None
+    optional: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +92,13 @@ FORMS: dict[str, Form] = {
             Field("pin2", "counter.field.repeat_pin", "pin"),
             Field("puk", "counter.field.new_puk", "pin", hint="counter.hint.puk"),
             Field("puk2", "counter.field.repeat_puk", "pin"),
+            Field(
+                "revocation_password",
+                "counter.field.revocation_password",
+                "pin",
+                hint="counter.hint.revocation_password",
+                optional=True,
+            ),
         ),
         "counter.enroll.submit",
         intro="counter.enroll.intro",
@@ -126,6 +141,19 @@ FORMS: dict[str, Form] = {
         intro="counter.revoke.intro",
         danger=True,
     ),
+    "lost": Form(
+        "counter.lost.title",
+        (
+            Field("family_name", "claim.family_name"),
+            Field("given_name", "claim.given_name"),
+            Field("birthdate", "claim.birthdate", "date"),
+            Field("revocation_password", "counter.field.revocation_password", "pin"),
+            Field("confirm", "counter.field.confirm_revoke", "checkbox"),
+        ),
+        "counter.revoke.submit",
+        intro="counter.lost.intro",
+        danger=True,
+    ),
     "abandon": Form(
         "counter.abandon.title",
         (_reader_field(), Field("confirm", "counter.field.confirm_abandon", "checkbox")),
@@ -141,33 +169,34 @@ FORMS: dict[str, Form] = {
 }
 
 
-class _Lockout:
-    """Failed sign-ins per clerk id (in memory)."""
+def _sessions() -> ClerkSessions:
+    """The server-side clerk sessions (``app.config["CITYID_CLERK_DB"]``, else a SQLite file beside the
+    kiosk configuration; in memory for a configuration that is not a file)."""
+    store = current_app.extensions.get("cityid.clerk_sessions")
+    if store is None:
+        path = current_app.config.get("CITYID_CLERK_DB")
+        source = _config().source
+        if path is None:
+            path = (
+                Path(source).with_name("counter-sessions.sqlite")
+                if not source.startswith("<") and Path(source).parent.is_dir()
+                else ":memory:"
+            )
+        store = ClerkSessions(
+            path,
+            idle_seconds=float(current_app.config.get("CITYID_CLERK_IDLE_SECONDS", IDLE_SECONDS)),
+            max_failures=MAX_FAILURES,
+            lockout_seconds=LOCKOUT_SECONDS,
+            **({"clock": current_app.config["CITYID_CLOCK"]} if "CITYID_CLOCK" in current_app.config else {}),
+        )
+        current_app.extensions["cityid.clerk_sessions"] = store
+    return store
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._fails: dict[str, tuple[int, float]] = {}
 
-    def locked(self, clerk: str) -> bool:
-        with self._lock:
-            n, since = self._fails.get(clerk, (0, 0.0))
-            if n >= MAX_FAILURES and time.monotonic() - since < LOCKOUT_SECONDS:
-                return True
-            if n >= MAX_FAILURES:
-                self._fails.pop(clerk, None)
-            return False
-
-    def record(self, clerk: str, ok: bool) -> None:
-        with self._lock:
-            if ok:
-                self._fails.pop(clerk, None)
-            else:
-                n, _ = self._fails.get(clerk, (0, 0.0))
-                self._fails[clerk] = (n + 1, time.monotonic())
-
-
-def _lockout() -> _Lockout:
-    return current_app.extensions.setdefault("cityid.lockout", _Lockout())
+@functools.cache
+def _dummy_hash() -> str:
+    """Checked for unknown clerk ids, so that they cost the same scrypt as a real one."""
+    return hash_password(secrets.token_urlsafe(16))
 
 
 def _config() -> TerminalConfig:
@@ -179,8 +208,14 @@ def _backend() -> CounterBackend:
 
 
 def _clerk() -> str | None:
-    clerk = session.get("clerk")
-    return clerk if isinstance(clerk, str) and clerk in _config().clerks else None
+    """The signed-in clerk: a live server-side session (not ended, not idle) of a configured clerk."""
+    cached = g.get("cityid_clerk")
+    if cached is not None:
+        return cached or None
+    clerk = _sessions().clerk(session.get("sid"))
+    clerk = clerk if clerk is not None and clerk in _config().clerks else None
+    g.cityid_clerk = clerk or ""
+    return clerk
 
 
 @bp.before_request
@@ -202,10 +237,13 @@ def login_post() -> Response | tuple[str, int]:
     clerk = request.form.get("clerk", "").strip()
     password = request.form.get("password", "")
     hashed = _config().clerks.get(clerk)
-    if _lockout().locked(clerk):
+    store = _sessions()
+    if store.locked(clerk):
         return render_template("counter_login.html", error_key="counter.login.locked", clerk=clerk), 429
-    ok = hashed is not None and check_password(password, hashed)
-    _lockout().record(clerk, ok)
+    # An unknown id runs scrypt too (against a dummy hash): the answer time is no oracle for the ids.
+    matches = check_password(password, hashed if hashed is not None else _dummy_hash())
+    ok = hashed is not None and matches
+    store.record(clerk, ok)
     if not ok:
         logger.info("clerk sign-in refused")
         return render_template("counter_login.html", error_key="counter.login.failed", clerk=clerk), 401
@@ -213,13 +251,14 @@ def login_post() -> Response | tuple[str, int]:
     session.clear()  # new session id material: no fixation of a pre-login session
     if lang:
         session["lang"] = lang
-    session["clerk"] = clerk
+    session["sid"] = store.start(clerk)
     logger.info("clerk %s signed in", clerk)
     return redirect(url_for("counter.home"), 303)
 
 
 @bp.post("/logout")
 def logout() -> Response:
+    _sessions().end(session.get("sid"))  # ended server-side: a copied cookie is signed out too
     lang = session.get("lang")
     session.clear()
     if lang:
@@ -259,7 +298,7 @@ def _render_form(
     return html, status
 
 
-@bp.get("/<any(enroll, fido, unblock, revoke, abandon, status):action>")
+@bp.get("/<any(enroll, fido, unblock, revoke, lost, abandon, status):action>")
 def form(action: str) -> tuple[str, int]:
     return _render_form(action)
 
@@ -304,19 +343,30 @@ def _validate(action: str, f: dict[str, str]) -> dict[str, str]:
             errors["card_pin"] = "counter.error.pin"
         if not f.get("key_reader"):
             errors["key_reader"] = "counter.error.reader"
+    chosen = f.get("revocation_password", "")
+    if (action == "lost" or chosen) and not 6 <= len(chosen) <= 128:
+        errors["revocation_password"] = "counter.error.revocation_password"  # noqa: S105 - an error key
+    if action == "lost":
+        for name in ("family_name", "given_name"):
+            if not _NAME.match(f.get(name, "").strip()):
+                errors[name] = "counter.error.name"
+        try:
+            dt.date.fromisoformat(f.get("birthdate", ""))
+        except ValueError:
+            errors["birthdate"] = "counter.error.birthdate"
     if action in ("revoke", "status") and not _CRED_ID.match(f.get("credential_id", "").strip()):
         errors["credential_id"] = "counter.error.credential_id"
     if action == "revoke" and f.get("reason") not in REVOKE_REASONS:
         errors["reason"] = "counter.error.reason"
-    if action in ("revoke", "abandon") and f.get("confirm") != "on":
+    if action in ("revoke", "lost", "abandon") and f.get("confirm") != "on":
         errors["confirm"] = "counter.error.confirm"
     return errors
 
 
-_SECRET_FIELDS = ("pin", "pin2", "puk", "puk2", "card_pin")
+_SECRET_FIELDS = ("pin", "pin2", "puk", "puk2", "card_pin", "revocation_password")
 
 
-@bp.post("/<any(enroll, fido, unblock, revoke, abandon, status):action>")
+@bp.post("/<any(enroll, fido, unblock, revoke, lost, abandon, status):action>")
 def form_post(action: str) -> tuple[str, int]:
     f = {k: v for k, v in request.form.items() if k != "csrf_token"}
     keep = {k: v for k, v in f.items() if k not in _SECRET_FIELDS}  # secrets are never echoed back
@@ -331,6 +381,7 @@ def form_post(action: str) -> tuple[str, int]:
         "revoke": lambda: _state(
             "counter.revoke.done", backend.revoke(f["credential_id"].strip(), f["reason"])
         ),
+        "lost": lambda: _lost(backend, f),
         "status": lambda: _state("counter.status.done", backend.status(f["credential_id"].strip())),
         "abandon": lambda: (
             "counter.abandon.done",
@@ -338,7 +389,8 @@ def form_post(action: str) -> tuple[str, int]:
         ),
     }
     try:
-        done_key, rows = ops[action]()
+        with acting_clerk(_clerk()):  # the clerk is named and signed in every server request
+            done_key, rows = ops[action]()
     except WrongPinError as exc:
         return _render_form(
             action,
@@ -424,6 +476,7 @@ def _enroll(backend: CounterBackend, f: dict[str, str]) -> tuple[str, list[tuple
         resident=f.get("resident") == "on",
         pin=f["pin"],
         puk=f["puk"],
+        revocation_password=f.get("revocation_password", ""),
     )
     r = backend.enroll(f["reader"], enrollment)
     rows = [
@@ -433,6 +486,14 @@ def _enroll(backend: CounterBackend, f: dict[str, str]) -> tuple[str, list[tuple
         ("counter.field.self_check", "value.ok" if r.self_check_ok else "value.failed"),
     ]
     return "counter.enroll.done", rows
+
+
+def _lost(backend: CounterBackend, f: dict[str, str]) -> tuple[str, list[tuple[str, str]]]:
+    """Lost-card report by revocation password: the same answer whether or not the details match."""
+    backend.report_lost(
+        f["family_name"].strip(), f["given_name"].strip(), f["birthdate"], f["revocation_password"]
+    )
+    return "counter.lost.done", [("counter.field.lost_result", "value.lost_received")]
 
 
 def _fido(backend: CounterBackend, f: dict[str, str]) -> tuple[str, list[tuple[str, str]]]:

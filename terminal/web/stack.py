@@ -188,6 +188,7 @@ class CardCounterBackend:
             busan_resident=enrollment.resident,
             new_pin=enrollment.pin,
             new_puk=enrollment.puk,
+            revocation_password=enrollment.revocation_password or None,
         )
         with self._lock:
             try:
@@ -226,6 +227,9 @@ class CardCounterBackend:
 
     def revoke(self, credential_id: str, reason: str) -> CredentialState:
         return self.lost_cards.report(credential_id, reason)
+
+    def report_lost(self, family_name: str, given_name: str, birthdate: str, password: str) -> None:
+        self.lost_cards.report_by_password(family_name, given_name, birthdate, password)
 
     def status(self, credential_id: str) -> CredentialState:
         return self.lost_cards.status(credential_id)

@@ -176,6 +176,9 @@ class FakeCounterBackend:
         card.claims = {}
         return []
 
+    def report_lost(self, family_name: str, given_name: str, birthdate: str, password: str) -> None:
+        self.lost_reports = [*getattr(self, "lost_reports", []), (family_name, given_name, birthdate)]
+
     def status(self, credential_id: str) -> CredentialState:
         try:
             return self.credentials[credential_id]

@@ -56,7 +56,7 @@ def desk(chain_env, tmp_path) -> Iterator[Desk]:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{server.server_port}"
-    client = ServerClient(url, "counter-1", rig.terminal_key)  # real HTTP, signed requests
+    client = ServerClient(url, "counter-1", rig.terminal_key, clerk="clerk-a")  # real HTTP, signed requests
     view = LiveChainView(chain_env.client(), chain_env.network)
     counter = CounterEnrollment(client, Verifier(view, "https://counter.busan.go.kr/c1", NonceStore()))
     try:

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 from server.models import AuditEntry, Credential, StatusAllocator, UsedNonce
 from terminal.server_client import ServerClient, ServerError
-from tests.unit.server_support import CLAIMS, FlaskTransport, make_rig
+from tests.unit.server_support import CLAIMS, Card, FlaskTransport, make_rig
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +30,8 @@ def _point() -> bytes:
 
 
 def _client(rig) -> ServerClient:
-    return ServerClient("http://city.test", "counter-1", rig.terminal_key, session=FlaskTransport(rig.app))
+    return ServerClient("http://city.test", "counter-1", rig.terminal_key, session=FlaskTransport(rig.app),
+                        clerk="clerk-a")
 
 
 def test_enroll_retry_revoke(db_url):
@@ -97,13 +98,15 @@ def test_concurrent_enrollments_get_distinct_gap_free_indexes(db_url):
 
 def test_lifecycle_reissue_suspend_fido_supersede(db_url):
     rig = make_rig(db_url)
-    card = _point()
+    holder = Card()
+    card = holder.point
     a = rig.client.enroll("key-life-00001", CLAIMS, card, b"\x03" * 8)
     b = rig.client.reissue(a.credential_id, "key-life-00002", CLAIMS)
     assert rig.client.status(a.credential_id)["state"] == "superseded"
     assert rig.client.suspend(b.credential_id)["state"] == "suspended"
     assert rig.client.resume(b.credential_id)["state"] == "issued"
-    assert rig.client.register_fido_key(b.citizen_did, _point(), b"fido-1") is True
+    here = holder.presence("counter-1", b.citizen_did, "fido.register")  # the citizen's card, present
+    assert rig.client.register_fido_key(b.citizen_did, _point(), b"fido-1", presence=here) is True
     c = rig.client.enroll("key-life-00003", CLAIMS, _point(), b"\x03" * 8)  # same card, new key
     assert rig.client.status(b.credential_id)["state"] == "superseded"
     assert rig.client.status(c.credential_id)["state"] == "issued"

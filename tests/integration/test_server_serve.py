@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cityid.chain.errors import TransactionRevertedError
 from cityid.chain.view import ChainError, StatusRef
 from terminal.server_client import ServerClient
-from tests.unit.server_support import CLAIMS
+from tests.unit.server_support import CLAIMS, Card
 
 pytestmark = pytest.mark.integration
 
@@ -73,10 +73,12 @@ def test_serve_end_to_end(tmp_path):
                 time.sleep(0.1)
         assert health["issuer_did"].startswith("did:ethr:embedded:0x")
         assert health["issuer_ready"] is True  # the embedded chain is set up in-process at start
-        client = ServerClient(url, "counter-9", tkey)
-        res = client.enroll("serve-enroll-1", CLAIMS, _point(), b"\x05" * 8)
+        client = ServerClient(url, "counter-9", tkey, clerk="clerk-a")
+        holder = Card()
+        res = client.enroll("serve-enroll-1", CLAIMS, holder.point, b"\x05" * 8)
         assert client.status(res.credential_id)["state"] == "issued"
-        assert client.register_fido_key(res.citizen_did, _point(), b"fido-cred") is True
+        here = holder.presence("counter-9", res.citizen_did, "fido.register")
+        assert client.register_fido_key(res.citizen_did, _point(), b"fido-cred", presence=here) is True
         body = {"credential_ids": [res.credential_id], "reason": "lost"}
         r = requests.post(f"{url}/v1/revocations", json=body, timeout=5)
         assert r.status_code == 401 and r.json()["error"] == "unauthenticated"
@@ -229,7 +231,7 @@ def test_network_config_path_on_anvil(anvil_chain, tmp_path, monkeypatch, capsys
     db.add_terminal(
         "c1", tkey.public_key().public_bytes(ser.Encoding.PEM, ser.PublicFormat.SubjectPublicKeyInfo).decode()
     )
-    client = ServerClient("http://x", "c1", tkey, session=FlaskTransport(app))
+    client = ServerClient("http://x", "c1", tkey, session=FlaskTransport(app), clerk="clerk-a")
     card = _point()
     res = client.enroll("anvil-net-00001", CLAIMS, card, b"\x07" * 8)
     issuer = app.extensions["cityid.service"].issuer_did

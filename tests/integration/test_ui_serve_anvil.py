@@ -63,7 +63,7 @@ def city_server(anvil_chain: Any, tmp_path: Path) -> Iterator[tuple[str, ServerC
     thread.start()
     url = f"http://127.0.0.1:{http.server_port}"
     try:
-        yield url, ServerClient(url, "counter-anvil", key)
+        yield url, ServerClient(url, "counter-anvil", key, clerk="clerk-a")
     finally:
         http.shutdown()
         http.server_close()

@@ -102,6 +102,31 @@ class _Resp:
         return data
 
 
+class Card:
+    """A citizen's card (or FIDO key) in a test: a P-256 key that can prove the citizen's presence."""
+
+    def __init__(self) -> None:
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        from cityid.keys import P256PublicKey
+
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        self.point = P256PublicKey.from_crypto(self.key.public_key()).point
+
+    def sign_raw(self, message: bytes) -> bytes:
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        from cityid.keys import es256_der_to_raw
+
+        return es256_der_to_raw(self.key.sign(message, ec.ECDSA(hashes.SHA256())))
+
+    def presence(self, terminal: str, did: str, action: str, now: float | None = None) -> dict:
+        from terminal.server_client import presence_proof
+
+        return presence_proof(self.sign_raw, self.point, terminal, did, action, now)
+
+
 CLAIMS = {
     "family_name": "Kim",
     "given_name": "Minji",
@@ -129,7 +154,8 @@ class ServerRig:
         return self.app.extensions["cityid.service"]  # type: ignore[attr-defined]
 
 
-def make_rig(db_url: str, signer=None, chain=None, publish: bool = True, **config) -> ServerRig:  # type: ignore[no-untyped-def]
+def make_rig(db_url: str, signer=None, chain=None, publish: bool = True, office: str = "main",  # type: ignore[no-untyped-def]
+             role: str = "counter", **config) -> ServerRig:  # fmt: skip
     """``publish``: run the root's issuer ceremony first (as ``city-server issuer publish`` would)."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -156,9 +182,9 @@ def make_rig(db_url: str, signer=None, chain=None, publish: bool = True, **confi
         .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         .decode()
     )
-    db.add_terminal("counter-1", pem)
+    db.add_terminal("counter-1", pem, office=office, role=role)
     transport = FlaskTransport(app)
-    client = ServerClient("http://city.test", "counter-1", tkey, session=transport)
+    client = ServerClient("http://city.test", "counter-1", tkey, session=transport, clerk="clerk-a")
     return ServerRig(app, chain, client, transport, signer, tkey, db)
 
 

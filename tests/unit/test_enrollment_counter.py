@@ -45,7 +45,9 @@ class TearingConnection:
 
 @pytest.fixture
 def desk(tmp_path):
-    rig = make_rig(f"sqlite:///{tmp_path}/server.db")
+    # A supervisor: the FIDO-registration flow adds a key to the citizen's existing DID and does not yet send
+    # the card's presence proof (docs/server.md §Scopes).
+    rig = make_rig(f"sqlite:///{tmp_path}/server.db", role="supervisor")
     view = memory_chain_view(rig.chain)
     counter = CounterEnrollment(rig.client, Verifier(view, AUDIENCE, NonceStore()))
     return rig, view, counter

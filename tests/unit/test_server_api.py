@@ -13,7 +13,7 @@ from cityid.jose import es256_verify, jwk_from_point, parse_compact, point_from_
 from cityid.sdjwt import parse_disclosure
 from server.models import AuditEntry, Credential, StatusAllocator
 from terminal.server_client import ServerClient, ServerError, sign_request
-from tests.unit.server_support import CLAIMS, make_rig
+from tests.unit.server_support import CLAIMS, Card, make_rig
 
 
 def _point() -> bytes:
@@ -118,7 +118,7 @@ def test_idempotency_key_reused_for_other_card_is_refused(rig):
     rig.db.add_terminal(
         "counter-2", other.public_key().public_bytes(serialization.Encoding.PEM, spki).decode()
     )
-    client2 = ServerClient("http://city.test", "counter-2", other, session=rig.transport)
+    client2 = ServerClient("http://city.test", "counter-2", other, session=rig.transport, clerk="clerk-b")
     with pytest.raises(ServerError) as exc:
         client2.enroll("key-00000001", CLAIMS, card, SERIAL)
     assert exc.value.status == 409
@@ -146,8 +146,11 @@ def _old_key(rig, cid: str) -> str:
 
 
 def test_enroll_new_card_for_known_citizen_keeps_the_did(rig):
-    first = rig.client.enroll("key-00000001", CLAIMS, _point(), SERIAL)
-    second = rig.client.enroll("key-00000002", CLAIMS, _point(), b"\x09" * 8, citizen_did=first.citizen_did)
+    card = Card()
+    first = rig.client.enroll("key-00000001", CLAIMS, card.point, SERIAL)
+    here = card.presence("counter-1", first.citizen_did, "enroll")  # the citizen's current card, present
+    second = rig.client.enroll("key-00000002", CLAIMS, _point(), b"\x09" * 8, citizen_did=first.citizen_did,
+                               presence=here)  # fmt: skip
     assert second.citizen_did == first.citizen_did
     with pytest.raises(ServerError) as exc:
         rig.client.enroll("key-00000003", CLAIMS, _point(), b"\x0a" * 8,
@@ -209,9 +212,11 @@ def test_suspend_and_resume(rig):
 
 
 def test_fido_key_registration(rig):
-    c = rig.client.enroll("key-00000001", CLAIMS, _point(), SERIAL)
+    card = Card()
+    c = rig.client.enroll("key-00000001", CLAIMS, card.point, SERIAL)
     fido = _point()
-    assert rig.client.register_fido_key(c.citizen_did, fido, b"cred-id-1") is True
+    here = card.presence("counter-1", c.citizen_did, "fido.register")
+    assert rig.client.register_fido_key(c.citizen_did, fido, b"cred-id-1", presence=here) is True
     assert rig.client.register_fido_key(c.citizen_did, fido, b"cred-id-1") is False
     assert fido in rig.chain.keys[c.citizen_did.rsplit(":", 1)[1]]
     with pytest.raises(ServerError) as exc:
@@ -300,7 +305,7 @@ def test_bad_input_gets_a_clear_400(rig, payload):
     if isinstance(payload, dict) and payload.get("card_public_key") is None and "claims" in payload:
         payload["card_public_key"] = jwk_from_point(_point())
     body = json.dumps(payload).encode()
-    h = sign_request(rig.terminal_key, "counter-1", "POST", "/v1/enrollments", body)
+    h = sign_request(rig.terminal_key, "counter-1", "POST", "/v1/enrollments", body, clerk="clerk-a")
     h["Content-Type"] = "application/json"
     status, resp = _raw(rig, "/v1/enrollments", h, "POST", body)
     assert status == 400, resp
@@ -311,7 +316,7 @@ def test_bad_input_gets_a_clear_400(rig, payload):
 
 
 def test_not_json_and_unknown_route(rig):
-    h = sign_request(rig.terminal_key, "counter-1", "POST", "/v1/enrollments", b"{nope")
+    h = sign_request(rig.terminal_key, "counter-1", "POST", "/v1/enrollments", b"{nope", clerk="clerk-a")
     status, resp = _raw(rig, "/v1/enrollments", h, "POST", b"{nope")
     assert status == 400 and resp["error"] == "invalid_request"
     h = sign_request(rig.terminal_key, "counter-1", "GET", "/v1/nothing", b"")

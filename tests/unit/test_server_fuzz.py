@@ -27,7 +27,7 @@ def rig(tmp_path_factory):
 
 
 def _post(rig, path: str, body: bytes, signed: bool = True, headers: dict | None = None):
-    h = sign_request(rig.terminal_key, "counter-1", "POST", path, body) if signed else {}
+    h = sign_request(rig.terminal_key, "counter-1", "POST", path, body, clerk="clerk-a") if signed else {}
     h.update(headers or {})
     h["Content-Type"] = "application/json"
     resp = rig.transport.client.open(path, method="POST", data=body, headers=h)

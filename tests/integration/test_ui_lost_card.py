@@ -1,0 +1,121 @@
+"""Lost-card report by name, birth date and revocation password at the counter, in headless Chromium on the
+real stack (docs/server.md §Lost-card report; issue 11 item 3): enroll with a revocation password, report
+the card lost without its credential id (a wrong password first: the same answer); the kiosk refuses it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from citydemo import demo
+from emulators.card.citizen_card import make_citizen_card
+
+from tests.integration.ui_support import Slot, World, serving, type_pin, visible_text
+
+pytestmark = [pytest.mark.integration, pytest.mark.browser]
+
+NEW_PIN = "802468"
+NEW_PUK = "13572468"
+REVOCATION_PASSWORD = "heron-over-gwangan"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    env = demo.build(use_pcsc=False, citizens=demo.CITIZENS[:1], workdir=tmp_path_factory.mktemp("demo"))
+    try:
+        yield World(env)
+    finally:
+        env.close()
+
+
+@pytest.fixture
+def slot(vpcd_slot: tuple[int, str]) -> Iterator[Slot]:
+    s = Slot(*vpcd_slot)
+    try:
+        yield s
+    finally:
+        s.clear()
+
+
+def _report(page: Any, family: str, given: str, born: str, password: str) -> str:
+    page.click("#back-home")
+    page.click("#menu-lost")
+    page.wait_for_url("**/counter/lost")
+    page.fill("#f-family_name", family)
+    page.fill("#f-given_name", given)
+    page.fill("#f-birthdate", born)
+    page.fill("#f-revocation_password", password)
+    page.check("#f-confirm")
+    page.click("#submit")
+    page.wait_for_selector("#result", timeout=60_000)
+    return page.inner_text("#result")
+
+
+def test_lost_card_reported_by_name_and_revocation_password(
+    world: World, slot: Slot, page: Any, tmp_path: Path, screenshot: Any
+) -> None:
+    state = tmp_path / "new-card.json"
+    card = slot.insert(lambda: make_citizen_card(state))
+    with serving(world.counter_app(slot.reader), page) as url:
+        page.goto(url + "/counter/login")
+        page.fill("#clerk", demo.DEMO_CLERK)
+        page.fill("#password", demo.DEMO_CLERK_PASSWORD)
+        page.click("#login")
+        page.wait_for_url("**/counter/")
+        page.click("#menu-enroll")
+        page.wait_for_url("**/counter/enroll")
+        page.select_option("#f-reader", slot.reader)
+        page.fill("#f-family_name", "Jung")
+        page.fill("#f-given_name", "Haeun")
+        page.fill("#f-birthdate", "1950-03-01")
+        page.select_option("#f-district", "Saha-gu")
+        page.check("#f-resident")
+        page.fill("#f-pin", NEW_PIN)
+        page.fill("#f-pin2", NEW_PIN)
+        page.fill("#f-puk", NEW_PUK)
+        page.fill("#f-puk2", NEW_PUK)
+        page.fill("#f-revocation_password", REVOCATION_PASSWORD)
+        page.click("#submit")
+        page.wait_for_selector("#result", timeout=60_000)
+        assert "Card enrolled" in visible_text(page)
+        assert REVOCATION_PASSWORD not in page.content()
+        credential_id = page.inner_text('dd[data-field="counter.field.credential_id"]').strip()
+
+        wrong = _report(page, "Jung", "Haeun", "1950-03-01", "not-the-password")
+        unknown = _report(page, "Park", "Sora", "1961-07-07", REVOCATION_PASSWORD)
+        assert wrong == unknown  # nothing tells whether the citizen exists
+        page.click("#back-home")
+        page.click("#menu-status")
+        page.fill("#f-credential_id", credential_id)
+        page.click("#submit")
+        page.wait_for_selector("#result")
+        assert "Valid" in visible_text(page)  # the wrong password revoked nothing
+
+        right = _report(page, "JUNG ", "haeun", "1950-03-01", REVOCATION_PASSWORD)
+        screenshot(page, "lost-card-reported")
+        assert right == wrong and REVOCATION_PASSWORD not in page.content()
+        page.click("#back-home")
+        page.click("#menu-status")
+        page.fill("#f-credential_id", credential_id)
+        page.click("#submit")
+        page.wait_for_selector("#result")
+        assert "Revoked" in visible_text(page)
+    card.stop()
+
+    # The card turns up again and is tried at a kiosk: refused.
+    with serving(world.kiosk_app(slot.reader), page) as url:
+        page.goto(url + "/")
+        page.wait_for_selector("#idle-title")
+        slot.insert(lambda: make_citizen_card(state))
+        page.wait_for_url("**/services")
+        page.click("#service-benefit-check")
+        page.click("#agree")
+        page.wait_for_url("**/pin")
+        type_pin(page, NEW_PIN)
+        page.click("#pin-ok")
+        page.wait_for_url("**/verdict")
+        screenshot(page, "kiosk-verdict-lost-card")
+        text = visible_text(page)
+        assert "We could not verify your card" in text and "You are eligible" not in text
