@@ -30,8 +30,10 @@ EMPTY_CODE_HASH = keccak(b"")
 
 # Solidity storage slots of the state variables the kiosk proves (server/contracts/*.sol declaration order)
 DID_ENTRIES_SLOT = 0  # CityDIDRegistry.entries: address => Entry{address owner; uint64 changed} (one word)
-STATUS_WORDS_SLOT = 2  # CityStatusRegistry.words: listId => word index => uint256 (128 x 2-bit entries)
-ACCREDITATIONS_SLOT = 1  # CityTrustedIssuers.accreditations: issuer => vctHash => {u64 from; u64 until; bool}
+# CityStatusRegistry.words (after listCount, listOwner, pendingListOwner): list => word => 128 x 2 bits
+STATUS_WORDS_SLOT = 3
+# CityTrustedIssuers.accreditations (after root, pendingRoot): issuer => vct => {u64 from, until; bool}
+ACCREDITATIONS_SLOT = 2
 
 
 class ProofError(ChainError):
