@@ -127,6 +127,11 @@ class NoCardError(CardError):
     """No card is present in the reader."""
 
 
+class CardNotFinishedError(NoCardError):
+    """A citizen card whose personalization was not finished (credential not activated, docs/card-profile.md
+    §ACTIVATE): not usable at a kiosk until the counter completes it."""
+
+
 class ReaderError(CardError):
     """The reader or the PC/SC service failed."""
 

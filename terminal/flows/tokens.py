@@ -20,7 +20,8 @@ from enum import StrEnum
 from typing import Any
 
 from cityid.apdu import SmartCardConnection
-from cityid.errors import ApplicationNotFoundError, NoCardError
+from cityid.citizen import CredentialState
+from cityid.errors import ApplicationNotFoundError, CardNotFinishedError, NoCardError
 from terminal.fido.device import CtapSmartCardDevice, NotFidoError
 from terminal.fido.session import FidoSession, PinState
 from terminal.sessions.citizen import CitizenSession
@@ -148,6 +149,10 @@ class Tokens:
                 except (NotFidoError, ApplicationNotFoundError):
                     raise NoCardError("neither a Busan citizen card nor a FIDO2 security key") from None
                 return self._key_status(reader, session)
+            if (
+                info.credential_state == CredentialState.PRESENT
+            ):  # written, not activated (card-profile ACTIVATE)
+                raise CardNotFinishedError("card not finished: return to the counter to complete enrollment")
             return TokenStatus(reader, TokenKind.CARD, info.pin_tries, info.pin_tries == 0)
 
     @staticmethod

@@ -93,3 +93,24 @@ def test_terminal_personalization_activates_last(tmp_path: Path) -> None:
         conn, pin=None, generate_key=False, did=DID, credential=make_terminal_record(result.key.point)
     )
     assert CitizenSession(conn).info().credential_state == CredentialState.PRESENT | CredentialState.ACTIVATED
+
+
+def test_kiosk_probe_says_card_not_finished(tmp_path: Path) -> None:
+    from contextlib import nullcontext
+
+    import pytest
+    from emulators.card.transport import InProcessConnection
+
+    from cityid.errors import CardNotFinishedError
+    from terminal.flows.tokens import TokenKind, Tokens
+
+    card = ActivationCard(tmp_path / "card.json")
+    personalize(card)
+    conn = InProcessConnection(card.card)
+    tokens = Tokens(lambda reader: nullcontext(conn))
+    with pytest.raises(CardNotFinishedError, match="card not finished"):
+        tokens.probe("reader 0")
+    card.select_citizen()
+    assert card.authenticate() == 0x9000
+    assert card.sw(0x80, Ins.ACTIVATE, 0, 0)[1] == 0x9000
+    assert tokens.probe("reader 0").kind is TokenKind.CARD
