@@ -36,6 +36,7 @@ class Ins(IntEnum):
     PUT_CREDENTIAL = 0xD0  # 80 D0 00 00 Lc <credential> (chained, admin only); atomic on last part
     PUT_DID = 0xD2  # 80 D2 00 00 Lc <did utf-8> (admin only)
     ERASE = 0xDE  # 80 DE 00 00: erase DID and credential (admin only)
+    ACTIVATE = 0xD4  # 80 D4 00 00: mark the stored credential usable — the last personalization step (admin)
     # ISO instructions also accepted with CLA 00 by the applet:
     VERIFY = 0x20  # 00 20 00 80 <PIN padded with FF to 8> — the card-wide PIN shared with PIV
     GENERAL_AUTHENTICATE = 0x87  # 00 87 03 9B: management-key challenge/response, as PIV

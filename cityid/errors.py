@@ -140,6 +140,16 @@ class UnusableTokenError(NoCardError):
         self.reason = reason
 
 
+class CardNotFinishedError(UnusableTokenError):
+    """A citizen card whose personalization was not finished (credential written, not activated,
+    docs/card-profile.md §ACTIVATE): refused at tap like a blank card until the counter completes it."""
+
+    def __init__(
+        self, message: str = "card not finished: return to the counter to complete enrollment"
+    ) -> None:
+        super().__init__("blank", message)
+
+
 class ReaderError(CardError):
     """The reader or the PC/SC service failed."""
 

@@ -204,6 +204,7 @@ class CounterEnrollment:
                     )
                 elif step is Step.CHECK:
                     assert j.result is not None
+                    card.activate()  # last card write, after the PINs (docs/card-profile.md §ACTIVATE)
                     verdict = self._self_check(connection, request, serial)
                     timings[step.value] = time.perf_counter() - t0
                     if verdict.ok:

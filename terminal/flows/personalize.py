@@ -248,6 +248,14 @@ class CardPersonalizer:
                 citizen.put_credential(credential)
         self.journal.did, self.journal.written = did, True
 
+    def activate(self) -> None:
+        """ACTIVATE the written credential (docs/card-profile.md §ACTIVATE) — after Step PIN, always last."""
+        citizen = CitizenSession(self.connection)
+        self._piv, self._authenticated = None, False  # the citizen applet is selected now
+        self._progress("activating the credential")
+        citizen.authenticate(self._mgmt, self._mgmt_alg)
+        citizen.activate()
+
     def set_pins(
         self,
         pin: str | None,
@@ -357,6 +365,8 @@ def personalize(
             steps.write(did, credential)
         elif step is Step.PIN:
             steps.set_pins(pin, new_pin, puk, new_puk)
+    if credential is not None:
+        steps.activate()  # last: the credential is usable only once the PINs are the citizen's
     assert journal.key is not None and cert is not None
     identity = card_identity(connection, *mk)
     return PersonalizationResult(journal.key, cert, serial, identity.did, identity.vct)

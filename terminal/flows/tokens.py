@@ -21,7 +21,7 @@ from typing import Any
 
 from cityid.apdu import SmartCardConnection
 from cityid.citizen import CredentialState as CardCredentialState
-from cityid.errors import ApplicationNotFoundError, NoCardError, UnusableTokenError
+from cityid.errors import ApplicationNotFoundError, CardNotFinishedError, NoCardError, UnusableTokenError
 from terminal.fido.device import CtapSmartCardDevice, NotFidoError
 from terminal.fido.session import FidoSession, PinState
 from terminal.sessions.citizen import CitizenSession
@@ -153,6 +153,8 @@ class Tokens:
                     ) from None
                 return self._key_status(reader, session)
             state = info.credential_state
+            if state == CardCredentialState.PRESENT:  # written, not activated (card-profile ACTIVATE)
+                raise CardNotFinishedError()
             if state is not None and not state & CardCredentialState.ACTIVATED:
                 raise UnusableTokenError("blank", "the card holds no usable credential")
             return TokenStatus(reader, TokenKind.CARD, info.pin_tries, info.pin_tries == 0)

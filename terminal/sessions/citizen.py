@@ -205,6 +205,10 @@ class CitizenSession(PinMixin):
             CLA_PROPRIETARY, Ins.PUT_CREDENTIAL, 0, 0, record.encode(), le=None, sensitive=True
         )
 
+    def activate(self) -> None:
+        """ACTIVATE: make the stored credential usable (the last personalization step, admin)."""
+        self.protocol.send_apdu(CLA_PROPRIETARY, Ins.ACTIVATE, 0, 0, le=None)
+
     def erase(self) -> None:
         """ERASE: remove the DID and the credential."""
         self.protocol.send_apdu(CLA_PROPRIETARY, Ins.ERASE, 0, 0, le=None)

@@ -287,3 +287,38 @@ def test_fido_key_registration_rejected_card_discards_its_nonce(desk):
     with pytest.raises(CardDidNotVerifyError, match="status"):
         flow.run(lambda: contextlib.nullcontext(conn), REQUEST.new_pin, no_key, "4321")
     assert len(nonces.issued) == 1 and nonces.outstanding() == []
+
+
+def test_torn_enrollment_never_leaves_a_presentable_card_with_default_pins(tmp_path):
+    """Issue 12 item 3: on a card that needs ACTIVATE, a tear at any APDU leaves the credential inactive
+    unless the citizen's PIN is already set (ACTIVATE is the last write); the retry activates it."""
+    from cityid.citizen import CredentialState
+    from terminal.sessions.citizen import CitizenSession
+
+    def factory(i=[0]):  # noqa: B006
+        i[0] += 1
+        rig = make_rig(f"sqlite:///{tmp_path}/a{i[0]}.db")
+        view = memory_chain_view(rig.chain)
+        return rig, view, CounterEnrollment(rig.client, Verifier(view, AUDIENCE, NonceStore()))
+
+    total = _flow_apdu_count(factory)
+    inactive = 0
+    for tear_at in range(1, total + 1):
+        _rig, _view, counter = factory()
+        inner = InProcessConnection(make_citizen_card(None, activation_required=True))
+        conn = TearingConnection(inner, tear_at)
+        with pytest.raises(EnrollmentInterrupted):
+            counter.run(conn, REQUEST)
+        inner.insert()
+        state = CitizenSession(inner).info().credential_state
+        if state is not None and state & CredentialState.ACTIVATED:
+            PivSession(inner).verify_pin(REQUEST.new_pin)  # activated only after the citizen's PIN
+        else:
+            inactive += 1
+        conn.tear_at = None
+        counter.run(conn, REQUEST)
+        assert (
+            CitizenSession(inner).info().credential_state
+            == CredentialState.PRESENT | CredentialState.ACTIVATED
+        )
+    assert total - inactive <= 5  # only tears at ACTIVATE's answer or in the self-check

@@ -53,7 +53,12 @@ class CitizenApplet(Applet):
     name = "citizen"
 
     def __init__(
-        self, store: CardStore, security: CardSecurity, piv: PivApplet, private_info: bool = False
+        self,
+        store: CardStore,
+        security: CardSecurity,
+        piv: PivApplet,
+        private_info: bool = False,
+        activation_required: bool = False,
     ) -> None:
         self.store = store
         self.security = security
@@ -61,6 +66,9 @@ class CitizenApplet(Applet):
         #: GET INFO answers only its public part (docs/card-profile.md, GET INFO): no serial, DID or claim
         #: names before the PIN; they come from GET IDENTITY. Off = the legacy answer current terminals read.
         self.private_info = private_info
+        #: PUT CREDENTIAL stores the credential inactive; ACTIVATE (the last personalization step) makes it
+        #: usable (docs/card-profile.md, ACTIVATE). Off = legacy: every stored credential is usable.
+        self.activation_required = activation_required
         self._state: dict[str, Any] = store.section(SECTION)
         self._credential: CredentialRecord | None = None
         if self._state.get("credential"):
@@ -72,6 +80,7 @@ class CitizenApplet(Applet):
             (CLA_PROPRIETARY, Ins.PUT_CREDENTIAL): self._put_credential,
             (CLA_PROPRIETARY, Ins.PUT_DID): self._put_did,
             (CLA_PROPRIETARY, Ins.ERASE): self._erase,
+            (CLA_PROPRIETARY, Ins.ACTIVATE): self._activate,
             (0x00, Ins.VERIFY): self._verify,
             (0x00, Ins.GENERAL_AUTHENTICATE): self._general_authenticate,
         }
@@ -117,7 +126,9 @@ class CitizenApplet(Applet):
     def _credential_state(self) -> CredentialState:
         if self._credential is None:
             return CredentialState.NONE
-        return CredentialState.PRESENT | CredentialState.ACTIVATED  # every stored credential is usable
+        if self.activation_required and not self._state.get("activated"):
+            return CredentialState.PRESENT  # written, personalization not finished
+        return CredentialState.PRESENT | CredentialState.ACTIVATED
 
     def _get_info(self, cmd: CommandApdu) -> bytes:
         """GET INFO: version, vct, PIN tries, holder-key slot, credential state — identical on every card of
@@ -175,7 +186,7 @@ class CitizenApplet(Applet):
             record = CredentialRecord.decode(cmd.data)
         except TlvError as exc:
             raise ApduError(SW.INCORRECT_DATA, str(exc)) from exc
-        self._commit(dict(self._state, credential=record.encode().hex()))
+        self._commit(dict(self._state, credential=record.encode().hex(), activated=False))
         self._credential = record
         return b""
 
@@ -200,6 +211,17 @@ class CitizenApplet(Applet):
         self._credential = None
         return b""
 
+    def _activate(self, cmd: CommandApdu) -> bytes:
+        """ACTIVATE (docs/card-profile.md §ACTIVATE): the stored credential becomes usable by PRESENT."""
+        self._p1p2(cmd)
+        if cmd.data:
+            raise ApduError(SW.WRONG_LENGTH)
+        self.security.require_admin()
+        if self._credential is None:
+            raise ApduError(SW.CONDITIONS_NOT_SATISFIED, "no credential to activate")
+        self._commit(dict(self._state, activated=True))
+        return b""
+
     def _present(self, cmd: CommandApdu) -> bytes:
         """PRESENT (docs/card-profile.md §PRESENT): SD-JWT+KB with only the requested disclosures."""
         self._p1p2(cmd)
@@ -217,6 +239,8 @@ class CitizenApplet(Applet):
         cred = self._credential
         if cred is None:
             raise ApduError(SW.CONDITIONS_NOT_SATISFIED, "no credential on the card")
+        if not self._credential_state() & CredentialState.ACTIVATED:
+            raise ApduError(SW.CONDITIONS_NOT_SATISFIED, "credential not activated yet")
         if self.piv.key_algorithm(Slot.AUTHENTICATION) != Algorithm.ECC_P256:
             raise ApduError(SW.CONDITIONS_NOT_SATISFIED, "no P-256 holder key in slot 9A")
         available = {d.claim for d in cred.disclosures}
