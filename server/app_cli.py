@@ -12,7 +12,7 @@ import sys
 import threading
 from pathlib import Path
 
-from cityid.cli_util import port_number, progress, stop_signals
+from cityid.cli_util import Subcommands, port_number, progress, stop_signals
 from cityid.errors import CityIdError
 from server.config import DEFAULT_DB_URL, ServerConfig, load_config
 from server.models import TerminalRole
@@ -333,7 +333,7 @@ def _positive(text: str) -> int:
     return value
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: Subcommands) -> None:
     """Add ``serve``, ``terminal``, ``db`` and ``issuer-key``."""
 
     def common(p: argparse.ArgumentParser) -> None:

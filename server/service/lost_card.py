@@ -41,13 +41,18 @@ def check_password(password: object) -> str:
 
 
 def check_person(family_name: object, given_name: object, birthdate: object) -> tuple[str, str, str]:
-    if not all(isinstance(v, str) and 0 < len(v) <= 100 for v in (family_name, given_name, birthdate)):
+    if not (
+        isinstance(family_name, str)
+        and isinstance(given_name, str)
+        and isinstance(birthdate, str)
+        and all(0 < len(v) <= 100 for v in (family_name, given_name, birthdate))
+    ):
         raise ValidationError("family_name, given_name and birthdate are required strings")
     try:
-        born = dt.date.fromisoformat(birthdate)  # type: ignore[arg-type]
+        born = dt.date.fromisoformat(birthdate)
     except ValueError as exc:
         raise ValidationError("birthdate must be YYYY-MM-DD") from exc
-    return normalise_name(family_name), normalise_name(given_name), born.isoformat()  # type: ignore[arg-type]
+    return normalise_name(family_name), normalise_name(given_name), born.isoformat()
 
 
 class LostCards:
@@ -105,7 +110,7 @@ class LostCards:
                 )
         except SQLAlchemyError as exc:
             raise StorageUnavailableError("database unavailable") from exc
-        if not ids:
+        if row is None or not ids:
             self.ctx.audit_now(actor, "lost_card.report", outcome="none")
             return 0
         # The four values and the password are the citizen's authority: no terminal scope applies.
