@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import os
 import tomllib
-from typing import Any
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from cityid.errors import CityIdError
 from cityid.secrets import with_secrets
