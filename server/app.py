@@ -8,6 +8,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from flask import Flask, jsonify
+from flask.json.provider import DefaultJSONProvider
 from flask.typing import ResponseReturnValue
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
@@ -46,7 +47,8 @@ def create_app(
 
     app = Flask("server")
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
-    app.json.sort_keys = False  # type: ignore[attr-defined]
+    if isinstance(app.json, DefaultJSONProvider):  # Flask's default provider, always used here
+        app.json.sort_keys = False
     app.extensions["cityid.service"] = service
     app.extensions["cityid.auth"] = auth
     app.extensions["cityid.db"] = db

@@ -11,11 +11,17 @@ import os
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cityid.cli_util import port_number, progress, stop_signals
+from cityid.cli_util import Subcommands, port_number, progress, stop_signals
 from cityid.errors import CityIdError
 from server.config import DEFAULT_DB_URL, ServerConfig, load_config
 from server.models import TerminalRole
+
+if TYPE_CHECKING:
+    from eth_account.signers.local import LocalAccount
+
+    from server.chain.registrar import Registrar
 
 logger = logging.getLogger(__name__)
 
@@ -235,7 +241,7 @@ def cmd_key_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _network_registrar(cfg: ServerConfig, account):  # type: ignore[no-untyped-def]
+def _network_registrar(cfg: ServerConfig, account: LocalAccount) -> Registrar:
     from cityid.chain.errors import ChainConfigError
     from cityid.chain.network import NetworkConfig
     from cityid.chain.rpc import HttpTransport, RpcClient
@@ -256,7 +262,7 @@ def _issuer_point(args: argparse.Namespace, cfg: ServerConfig) -> bytes:
     return load_signer(cfg.issuer_key).public_point
 
 
-def _hot_account(cfg: ServerConfig):  # type: ignore[no-untyped-def]
+def _hot_account(cfg: ServerConfig) -> LocalAccount:
     from server.chain.accounts import load_account
 
     env = {"CITY_CHAIN_PRIVATE_KEY": cfg.chain_private_key} if cfg.chain_private_key else {}
@@ -333,7 +339,7 @@ def _positive(text: str) -> int:
     return value
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: Subcommands) -> None:
     """Add ``serve``, ``terminal``, ``db`` and ``issuer-key``."""
 
     def common(p: argparse.ArgumentParser) -> None:

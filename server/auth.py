@@ -10,8 +10,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -44,11 +45,17 @@ class AuthError(CityIdError):
         super().__init__(message)
 
 
+class HeaderLookup(Protocol):
+    """What the authenticator reads from request headers (Flask's ``Headers`` or a plain dict)."""
+
+    def get(self, key: str, default: str, /) -> str: ...
+
+
 @dataclass(frozen=True, slots=True)
 class SignedRequest:
     method: str
     path: str
-    headers: Mapping[str, str]  # case-insensitive in Flask
+    headers: HeaderLookup  # case-insensitive in Flask
     body: bytes
 
 

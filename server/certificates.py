@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sqlalchemy import DateTime, Integer, String, Text, select, update
+from sqlalchemy import DateTime, Integer, String, Table, Text, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -118,7 +118,9 @@ class AnchorQueue:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        CertificateAnchor.__table__.create(db.engine, checkfirst=True)  # type: ignore[attr-defined]
+        table = CertificateAnchor.__table__
+        assert isinstance(table, Table)  # a declarative model's table
+        table.create(db.engine, checkfirst=True)
 
     def _now(self) -> dt.datetime:
         return dt.datetime.fromtimestamp(self.clock(), dt.UTC)
@@ -192,15 +194,23 @@ class AnchorQueue:
                 force = force and self.pending() > 0
         return done
 
+    def _require_anchorer(self) -> Anchorer:
+        """The anchoring account; :meth:`flush` has checked it exists before any batch is sent."""
+        if self.anchorer is None:
+            raise AnchorQueueError("this server has no anchoring account (chain gateway without registrar)")
+        return self.anchorer
+
     def _resume_sending(self) -> int:
         """Rows with a root but no block: a batch whose transaction may or may not have been mined."""
         with self.db.sessions() as s:
-            roots = set(
-                s.scalars(
+            roots: set[str] = set(
+                r
+                for r in s.scalars(
                     select(CertificateAnchor.root).where(
                         CertificateAnchor.root.is_not(None), CertificateAnchor.block.is_(None)
                     )
                 ).all()
+                if r is not None
             )
         done = 0
         for root in roots:
@@ -211,7 +221,7 @@ class AnchorQueue:
                     .order_by(CertificateAnchor.queued_at, CertificateAnchor.document_hash)
                 ).all()
             hashes = [bytes.fromhex(r.document_hash) for r in rows]
-            _ts, block, _who = self.anchorer.anchors.anchor_of(bytes.fromhex(root))  # type: ignore[union-attr]
+            _ts, block, _who = self._require_anchorer().anchors.anchor_of(bytes.fromhex(root))
             if block:
                 logger.info("batch %s… was anchored before a restart; recording its proofs", root[:12])
                 self._record(hashes, block)
@@ -242,7 +252,7 @@ class AnchorQueue:
                 .values(root=root.hex())
             )
         try:
-            batch = self.anchorer.anchor_batch(hashes)  # type: ignore[union-attr]
+            batch = self._require_anchorer().anchor_batch(hashes)
         except CityIdError as exc:
             logger.warning("anchoring a batch of %d failed: %s", len(hashes), type(exc).__name__)
             raise AnchorQueueError(f"anchoring failed: {type(exc).__name__}") from exc

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from cityid.chain.errors import ChainConfigError
 from cityid.chain.rpc import HttpTransport, RpcClient
-from cityid.cli_util import needs_command, progress
+from cityid.cli_util import Subcommands, needs_command, progress
 
 CONTRACTS = Path(__file__).resolve().parent / "contracts"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "cityid" / "chain" / "artifacts"
@@ -141,7 +141,7 @@ def _root(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: Subcommands) -> None:
     """Add ``chain compile|deploy|check|root|accounts``."""
     chain = sub.add_parser("chain", help="chain contracts and account", description=__doc__)
     cmds = chain.add_subparsers(dest="chain_command", metavar="CHAIN_COMMAND")

@@ -11,6 +11,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from cityid.errors import CityIdError
 from cityid.secrets import with_secrets
@@ -92,7 +93,7 @@ def _int(value: object, name: str) -> int:
 def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> ServerConfig:
     """Read the TOML file (if any), then apply environment overrides; raise :class:`ConfigError`."""
     env = with_secrets(SECRET_ENV, os.environ if env is None else env)
-    data: dict = {}
+    data: dict[str, Any] = {}
     if path is not None:
         try:
             data = tomllib.loads(Path(path).read_text())
@@ -117,7 +118,7 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
     if unknown:
         raise ConfigError(f"unknown [issuer_key] settings: {', '.join(sorted(unknown))}")
 
-    values: dict = {}
+    values: dict[str, Any] = {}
     for k in ("database_url", "chain", "issuer_did"):
         if k in server:
             values[k] = str(server[k])

@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from cityid.cli_util import port_number
+from cityid.cli_util import Subcommands, port_number
 from cityid.doctor import (
     Check,
     Fail,
@@ -28,7 +28,7 @@ from cityid.doctor import diagnose as dump
 from cityid.errors import CityIdError
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: Subcommands) -> None:
     """Add ``doctor``."""
     p = sub.add_parser("doctor", help="check this city-server host end to end", description=__doc__)
     p.add_argument("--config", metavar="FILE", help="TOML config (secrets from the environment/credentials)")

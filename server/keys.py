@@ -105,9 +105,12 @@ class Pkcs11Signer:
             lib = pkcs11.lib(module)
             token = lib.get_token(token_label=token_label)
             self._session = token.open(user_pin=pin)
-            self._key = self._session.get_key(
+            key = self._session.get_key(
                 key_type=KeyType.EC, object_class=ObjectClass.PRIVATE_KEY, label=key_label
             )
+            if not isinstance(key, pkcs11.SignMixin):  # python-pkcs11 mixes this in when CKA_SIGN is set
+                raise IssuerKeyError(f"PKCS#11: key {key_label!r} on token {token_label!r} cannot sign")
+            self._key = key
             pub = self._session.get_key(
                 key_type=KeyType.EC, object_class=ObjectClass.PUBLIC_KEY, label=key_label
             )

@@ -12,10 +12,13 @@ import hashlib
 import logging
 import secrets
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cityid.chain.view import ChainError, CredentialStatus
 from server.chain.issuer import IssuerState, check_status_list, default_issuer_did, read_issuer_state
+
+if TYPE_CHECKING:
+    from cityid.chain.embedded import EmbeddedChain
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +61,8 @@ class RegistrarGateway:
     control). The issuer DID is configured (``issuer_did``) or, by default, the trusted-issuer root's DID;
     the gateway only reads it — publishing is the root's ceremony (:mod:`server.chain.issuer`).
     """
+
+    embedded: EmbeddedChain  # set only for the embedded chain: the demo's kiosk reads the same chain
 
     def __init__(self, registrar: Any, issuer_did: str | None = None) -> None:
         self.registrar = registrar
@@ -138,7 +143,7 @@ def open_chain(config: Any, issuer_point: bytes | None = None) -> RegistrarGatew
         chain = start_embedded(registrar_index=HOT_INDEX)
         roles = bootstrap_embedded(chain, issuer_point, config.status_list_id)
         gateway = RegistrarGateway(roles.registrar, roles.issuer_did)
-        gateway.embedded = chain  # type: ignore[attr-defined]  # the demo's kiosk reads the same chain
+        gateway.embedded = chain  # the demo's kiosk reads the same chain
         return gateway
     network = NetworkConfig.load(config.chain)
     if not config.chain_private_key:

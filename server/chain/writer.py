@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from eth_account.signers.local import LocalAccount
 
@@ -43,7 +44,7 @@ class Receipt:
     block_hash: str
     gas_used: int
     contract_address: str | None
-    logs: tuple[dict, ...]
+    logs: tuple[dict[str, Any], ...]
 
 
 def pad_gas(estimate: int) -> int:
@@ -109,7 +110,7 @@ class TxSender:
         """Padded gas for ``req``; a revert is raised now, decoded, before anything is signed."""
         if req.gas is not None:
             return req.gas
-        call: dict = {"from": self.address, "data": "0x" + req.data.hex()}
+        call: dict[str, Any] = {"from": self.address, "data": "0x" + req.data.hex()}
         if req.to:
             call["to"] = req.to
         try:
@@ -121,7 +122,7 @@ class TxSender:
             raise
 
     def _sign(self, req: TxRequest, nonce: int, gas: int, fees: dict[str, int]) -> tuple[str, str]:
-        tx: dict = {
+        tx: dict[str, Any] = {
             "chainId": self.chain_id,
             "nonce": nonce,
             "gas": gas,
@@ -185,7 +186,7 @@ class TxSender:
         )
 
     def _explain_failure(self, tx_hash: str, req: TxRequest, block_number: int) -> ChainError:
-        call: dict = {"from": self.address, "data": "0x" + req.data.hex()}
+        call: dict[str, Any] = {"from": self.address, "data": "0x" + req.data.hex()}
         if req.to:
             call["to"] = req.to
         try:

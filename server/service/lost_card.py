@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import logging
 import unicodedata
+from collections.abc import Mapping
 
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
@@ -21,6 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from server.models import Credential, CredentialState, RevocationLookup
 from server.service.context import ServiceContext
 from server.service.errors import StorageUnavailableError, ValidationError
+from server.service.scope import Actor
 from server.service.status import StatusChanges
 
 logger = logging.getLogger(__name__)
@@ -41,13 +43,18 @@ def check_password(password: object) -> str:
 
 
 def check_person(family_name: object, given_name: object, birthdate: object) -> tuple[str, str, str]:
-    if not all(isinstance(v, str) and 0 < len(v) <= 100 for v in (family_name, given_name, birthdate)):
+    if not (
+        isinstance(family_name, str)
+        and isinstance(given_name, str)
+        and isinstance(birthdate, str)
+        and all(0 < len(v) <= 100 for v in (family_name, given_name, birthdate))
+    ):
         raise ValidationError("family_name, given_name and birthdate are required strings")
     try:
-        born = dt.date.fromisoformat(birthdate)  # type: ignore[arg-type]
+        born = dt.date.fromisoformat(birthdate)
     except ValueError as exc:
         raise ValidationError("birthdate must be YYYY-MM-DD") from exc
-    return normalise_name(family_name), normalise_name(given_name), born.isoformat()  # type: ignore[arg-type]
+    return normalise_name(family_name), normalise_name(given_name), born.isoformat()
 
 
 class LostCards:
@@ -72,9 +79,13 @@ class LostCards:
         msg = b"".join(len(p).to_bytes(4, "big") + p for p in (x.encode() for x in (family, given, born, pw)))
         return hmac.new(self._secret(), b"cityid-lost-card-v1|" + msg, hashlib.sha256).hexdigest()
 
-    def remember(self, actor: object, citizen_did: str, claims: dict, password: str) -> None:
+    def remember(
+        self, actor: Actor | str, citizen_did: str, claims: Mapping[str, object], password: str
+    ) -> None:
         """At enrollment: keep the keyed hash for the citizen's DID (replaces an earlier one)."""
-        lookup = self.lookup_hash(claims["family_name"], claims["given_name"], claims["birthdate"], password)
+        lookup = self.lookup_hash(
+            claims["family_name"], claims["given_name"], claims["birthdate"], password
+        )
         try:
             with self.ctx.db.sessions.begin() as s:
                 row = s.get(RevocationLookup, lookup)
@@ -87,7 +98,7 @@ class LostCards:
             raise StorageUnavailableError("database unavailable") from exc
 
     def report(
-        self, actor: object, family_name: object, given_name: object, birthdate: object, password: object
+        self, actor: Actor | str, family_name: object, given_name: object, birthdate: object, password: object
     ) -> int:
         """Revoke (reason lost) every live credential and card key of the citizen; the count is only
         for the caller's own answer — callers answer the same whether it is 0 or not."""
@@ -105,7 +116,7 @@ class LostCards:
                 )
         except SQLAlchemyError as exc:
             raise StorageUnavailableError("database unavailable") from exc
-        if not ids:
+        if row is None or not ids:
             self.ctx.audit_now(actor, "lost_card.report", outcome="none")
             return 0
         # The four values and the password are the citizen's authority: no terminal scope applies.

@@ -8,7 +8,7 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from cityid.chain.view import CredentialStatus, StatusRef
@@ -124,11 +124,13 @@ class StatusChanges:
             bit = CredentialStatus.SUSPENDED if suspending else CredentialStatus.VALID
             ctx.set_status_bits(action, [row], bit, terminal, row.id)
             with ctx.db.sessions.begin() as s:
-                n = s.execute(
+                result = s.execute(
                     update(Credential)
                     .where(Credential.id == row.id, Credential.state == allowed_from.value)
                     .values(state=to.value, updated_at=utcnow())
-                ).rowcount
+                )
+                assert isinstance(result, CursorResult)  # DML statements return a cursor result
+                n = result.rowcount
                 if n != 1:
                     raise ConflictError("credential changed meanwhile; retry")
                 ctx.audit(s, terminal, action, cred=row.id, did=row.citizen_did)
