@@ -22,6 +22,7 @@ from cityid.certificate import (
     StaticKioskDirectory,
     VerifiedCertificate,
 )
+from cityid.cli_util import Subcommands
 from cityid.errors import CityIdError
 
 EXIT_REFUSED = 3
@@ -141,7 +142,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: Subcommands) -> None:
     """Add ``verify-certificate``."""
     p = sub.add_parser("verify-certificate", help="check a printed certificate (QR text, text file or image)")
     p.add_argument("source", metavar="FILE|QR-TEXT", help="BC1:… text, a file holding it, or a receipt image")

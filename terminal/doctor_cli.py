@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from cityid.cli_util import Subcommands
 from cityid.doctor import (
     Check,
     Fail,
@@ -30,7 +31,7 @@ from cityid.errors import CityIdError
 from cityid.secrets import secret
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: Subcommands) -> None:
     """Add ``doctor``."""
     p = sub.add_parser("doctor", help="check this kiosk/counter host end to end", description=__doc__)
     p.add_argument("--config", required=True, metavar="FILE", help="the terminal's TOML configuration")

@@ -166,7 +166,9 @@ class ServerClient:
         self._http = session or requests.Session()
         self._clock = clock
 
-    def _call(self, method: str, route: str, payload: dict[str, Any] | None = None) -> tuple[int, dict]:
+    def _call(
+        self, method: str, route: str, payload: dict[str, Any] | None = None
+    ) -> tuple[int, dict[str, Any]]:
         body = b"" if payload is None else json.dumps(payload, separators=(",", ":")).encode()
         headers = sign_request(
             self._key, self.terminal, method, self._prefix + route, body, self._clock(),

@@ -10,14 +10,14 @@ import logging
 import os
 from pathlib import Path
 
-from cityid.cli_util import stop_signals
+from cityid.cli_util import Subcommands, stop_signals
 from cityid.errors import CityIdError
 from terminal.config import load_config
 
 logger = logging.getLogger(__name__)
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: Subcommands) -> None:
     """Add ``sync``."""
     p = sub.add_parser("sync", help="follow the chain registries into the local cache", description=__doc__)
     p.add_argument("--config", required=True, metavar="FILE", help="the terminal's TOML configuration")

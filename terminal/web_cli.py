@@ -10,9 +10,9 @@ import sys
 import threading
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
-from cityid.cli_util import port_number, stop_signals
+from cityid.cli_util import Subcommands, port_number, stop_signals
 from cityid.errors import CityIdError
 from cityid.secrets import secret
 from terminal.config import Mode, TerminalConfig, check_bind, hash_password, load_config, parse_config
@@ -20,9 +20,18 @@ from terminal.config import Mode, TerminalConfig, check_bind, hash_password, loa
 if TYPE_CHECKING:
     from cityid.chain.network import NetworkConfig
     from cityid.chain.view import ChainView
+    from terminal.web.backend import CounterBackend, KioskBackend
+    from terminal.web.printing import CounterPrinting, CounterScanning, KioskPrinting
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+class _CounterPeripherals(TypedDict, total=False):
+    """The counter's optional peripherals, as :func:`terminal.web.create_app` keyword arguments."""
+
+    counter_printing: CounterPrinting
+    scanning: CounterScanning
+
+
+def register(sub: Subcommands) -> None:
     """Add ``serve`` and ``clerk-password`` (``demo`` comes from the ``citydemo`` package, an entry point)."""
     p = sub.add_parser("serve", help="serve the kiosk or counter screens", description=_serve.__doc__)
     p.add_argument("--mode", choices=[m.value for m in Mode], help="kiosk (unattended) or counter (clerk)")
@@ -53,14 +62,12 @@ def _serve_until(args: argparse.Namespace, stop: threading.Event) -> int:
     from terminal.web.server import ServerThread
 
     config: TerminalConfig = load_config(args.config) if args.config else parse_config({})
-    overrides: dict[str, object] = {}
     if args.mode:
-        overrides["mode"] = Mode(args.mode)
+        config = replace(config, mode=Mode(args.mode))
     if args.host:
-        overrides["host"] = args.host
+        config = replace(config, host=args.host)
     if args.port is not None:
-        overrides["port"] = args.port
-    config = replace(config, **overrides)  # type: ignore[arg-type]
+        config = replace(config, port=args.port)
     check_bind(config)  # beyond loopback only with TLS + client certificates (docs/ui.md §Security)
     if config.mode is Mode.KIOSK and not config.screen_url_file:
         runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
@@ -107,7 +114,7 @@ def write_browser_url(url: str) -> Path | None:
     return path
 
 
-def _backends(config: TerminalConfig) -> tuple[object | None, object | None]:
+def _backends(config: TerminalConfig) -> tuple[KioskBackend | None, CounterBackend | None]:
     """The real backends for ``config`` (chain view, verifier, readers, server client)."""
     from terminal.flows.kiosk import SERVICES
     from terminal.verifier import NonceStore, Verifier
@@ -132,7 +139,7 @@ def _backends(config: TerminalConfig) -> tuple[object | None, object | None]:
     return None, CardCounterBackend(client, verifier, reader_filter=config.reader)
 
 
-def _printing(config: TerminalConfig, kiosk: object | None) -> object | None:
+def _printing(config: TerminalConfig, kiosk: KioskBackend | None) -> KioskPrinting | None:
     """A kiosk's certificate printer when ``[printer]`` is configured (docs/printer.md): the desk signs with
     the terminal key, queues on the city server and anchors in the chain's anchor registry."""
     if kiosk is None or config.printer is None:
@@ -154,14 +161,14 @@ def _printing(config: TerminalConfig, kiosk: object | None) -> object | None:
     return KioskPrinting(desk)
 
 
-def _counter_peripherals(config: TerminalConfig, counter: object | None) -> dict[str, object]:
+def _counter_peripherals(config: TerminalConfig, counter: CounterBackend | None) -> _CounterPeripherals:
     """A counter's receipt printer (``[printer]``: enrollment receipts) and scanner (``[scanner]``: scanned
     certificates verified against the chain and the city server's kiosk directory)."""
     if counter is None:
         return {}
     from terminal.web.printing import CounterPrinting, CounterScanning
 
-    out: dict[str, object] = {}
+    out: _CounterPeripherals = {}
     if config.printer is not None:
         from terminal.peripherals.printer import ReceiptPrinter
 

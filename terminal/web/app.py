@@ -12,7 +12,8 @@ import logging
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Flask, Response, abort, redirect, render_template, request, session, url_for
+from flask import Flask, abort, redirect, render_template, request, session, url_for
+from werkzeug.wrappers import Response
 
 from terminal.config import LANGUAGES, Mode, TerminalConfig, check_bind
 from terminal.web import counter_views, demo_views, events, kiosk_views, security

@@ -466,23 +466,24 @@ class KioskController:
             service_id = s.service.id
             self._changed()
         verdict: VerdictView | None = None
-        outcome: tuple[str, Any] = ("error", None)
+        kind = "error"
+        tries_left: int | None = None
         try:
             verdict = self.backend.present(service_id, pin)
-            outcome = ("verdict", verdict)
+            kind = "verdict"
         except WrongPinError as exc:
-            outcome = ("wrong-pin", exc.attempts_remaining)
+            kind, tries_left = "wrong-pin", exc.attempts_remaining
         except PinPowerCycleError as exc:  # a FIDO key after 3 wrong PINs in a row: re-insert it
-            outcome = ("power-cycle", exc.attempts_remaining)
+            kind, tries_left = "power-cycle", exc.attempts_remaining
         except BlockedPinError:
-            outcome = ("blocked", None)
+            kind = "blocked"
         except PinNotSetError:
-            outcome = ("not-set", None)
+            kind = "not-set"
         except CardRemovedError:
-            outcome = ("removed", None)
+            kind = "removed"
         except CityIdError as exc:
             logger.warning("presentation failed: %s", type(exc).__name__)
-            outcome = ("error", None)
+            kind = "error"
         finally:
             del pin
         with self._lock:
@@ -491,17 +492,16 @@ class KioskController:
                 return Screen.IDLE  # the card left while we were working: already wiped
             s2.busy = False
             s2.last_activity = self._clock()
-            kind, value = outcome
             if kind == "verdict":
-                s2.verdict = value
+                s2.verdict = verdict
                 s2.pin_error = None
                 s2.screen = Screen.VERDICT
             elif kind == "wrong-pin":
-                s2.tries_left = value
+                s2.tries_left = tries_left
                 s2.pin_error = "pin.error.wrong"
                 s2.screen = self._pin_screen(s2)
             elif kind == "power-cycle":
-                s2.tries_left = value
+                s2.tries_left = tries_left
                 s2.pin_error = "pin.error.power_cycle"
                 s2.screen = Screen.PIN
             elif kind == "blocked":

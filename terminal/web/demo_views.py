@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
-from flask import Blueprint, Response, abort, current_app, redirect, render_template, request
+from flask import Blueprint, abort, current_app, redirect, render_template, request
+from werkzeug.wrappers import Response
 
 bp = Blueprint("demo", __name__)
 
@@ -40,6 +41,23 @@ class DemoPanel(Protocol):
         ...
 
 
+@runtime_checkable
+class DemoPrinterPanel(Protocol):
+    """A demo panel with a virtual receipt printer (optional: the panel shows receipts when it has one)."""
+
+    def receipts(self) -> int:
+        """How many receipts the virtual printer has cut."""
+        ...
+
+    def receipt_png(self, index: int) -> bytes:
+        """Receipt ``index`` (0 = first) as a PNG (IndexError: none)."""
+        ...
+
+    def printer_state(self) -> str | None:
+        """The printer's state (``printer.state.*`` key), None if no printer."""
+        ...
+
+
 def _panel() -> DemoPanel:
     return current_app.extensions["cityid.demo"]
 
@@ -47,8 +65,9 @@ def _panel() -> DemoPanel:
 @bp.get("/")
 def panel() -> str:
     p = _panel()
-    count = p.receipts() if hasattr(p, "receipts") else None  # the virtual printer (None: no printer)
-    state = p.printer_state() if hasattr(p, "printer_state") else None
+    printer = p if isinstance(p, DemoPrinterPanel) else None  # the virtual printer (None: no printer)
+    count = printer.receipts() if printer is not None else None
+    state = printer.printer_state() if printer is not None else None
     return render_template("demo.html", citizens=p.citizens(), tapped=p.tapped(), receipts=count,
                            printer_state=state)  # fmt: skip
 
@@ -57,7 +76,7 @@ def panel() -> str:
 def receipt(index: int) -> Response:
     """Receipt ``index`` (1 = first printed) of the virtual printer, rendered from its ESC/POS stream."""
     p = _panel()
-    if not hasattr(p, "receipt_png") or index < 1:
+    if not isinstance(p, DemoPrinterPanel) or index < 1:
         abort(404)
     try:
         png = p.receipt_png(index - 1)

@@ -57,7 +57,10 @@ def chain_health(view: Any, clock: Callable[[], float] = time.time) -> ChainHeal
         lag = None
         staleness = getattr(view, "staleness", None)
         if callable(staleness):
-            lag = float(staleness())
+            raw = staleness()
+            if not isinstance(raw, int | float | str):
+                raise TypeError("staleness() returned no number")
+            lag = float(raw)
         client = getattr(view, "client", None)
         transport = getattr(client, "transport", None)
         if transport is None:

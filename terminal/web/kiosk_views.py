@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import contextlib
 
-from flask import Blueprint, Response, abort, current_app, jsonify, redirect, render_template, request
+from flask import Blueprint, abort, current_app, jsonify, redirect, render_template, request
+from werkzeug.wrappers import Response
 
 from terminal.web import security
 from terminal.web.controller import FlowError, KioskController, Notice, Screen

@@ -90,7 +90,7 @@ class KioskPrinting:
         try:
             status = self.desk.printer_status()
         except CityIdError as exc:  # never let a printer problem stop the health monitor
-            status = PrinterStatus(PrinterState.DISCONNECTED, type(exc).__name__)
+            status = PrinterStatus(PrinterState.DISCONNECTED, detail=type(exc).__name__)
         self._remember(status)
         return status
 
@@ -210,7 +210,11 @@ class CounterScanning:
                 with self._lock:
                     self._last = ScanView(time.time(), result)
                     self.scans += 1
-                logger.info("certificate scanned: %s", "valid" if result.ok else result.rejected.reason.value)
+                if result.ok:
+                    logger.info("certificate scanned: valid")
+                else:
+                    reason = result.rejected.reason.value if result.rejected is not None else "refused"
+                    logger.info("certificate scanned: %s", reason)
 
     def last(self) -> ScanView | None:
         """The last scan, or None (none yet, or older than ``keep_s``: forgotten)."""

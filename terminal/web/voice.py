@@ -103,7 +103,9 @@ def build(out: Path = VOICE_DIR, jobs: int = 2) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m terminal.web.voice", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m terminal.web.voice", description=__doc__.splitlines()[0] if __doc__ else None
+    )
     parser.add_argument("command", choices=["build"])
     parser.add_argument("--out", type=Path, default=VOICE_DIR)
     args = parser.parse_args(argv)
