@@ -420,7 +420,9 @@ class SyncCache:
             return [("d", checksum(a["identity"]))]
         return []
 
-    def _spot_proofs(self, decoded: list[DecodedEvent], block_raw: object, end: int) -> tuple:
+    def _spot_proofs(
+        self, decoded: list[DecodedEvent], block_raw: object, end: int
+    ) -> tuple[list[tuple[str, object, int]], dict[str, int], int]:
         """Prove (a sample of) the storage the range's events changed, at block ``end`` (1 round trip)."""
         header = verify_header(block_raw, f"block {end}")
         last_change: dict[str, int] = {}  # identity -> last block of ANY of its events (stored or not)
@@ -449,7 +451,7 @@ class SyncCache:
                 for n in names
             ]
         )
-        checks = []
+        checks: list[tuple[str, object, int]] = []
         for name, raw in zip(names, replies, strict=True):
             entries = by_contract[name]
             account = verify_account_proof(
