@@ -19,8 +19,8 @@ from typing import Any
 
 import rlp
 from eth_hash.auto import keccak as _keccak
-from eth_utils import keccak
-from trie import HexaryTrie
+from eth_utils.crypto import keccak
+from trie.hexary import HexaryTrie
 
 from cityid.chain.errors import ChainError, MalformedReplyError
 from cityid.chain.rpc import as_bytes, as_dict, as_int, as_list
@@ -254,7 +254,7 @@ def verify_receipts(
     return logs
 
 
-def proof_request(address: str, slots: Sequence[bytes], block: str) -> tuple[str, list]:
+def proof_request(address: str, slots: Sequence[bytes], block: str) -> tuple[str, list[Any]]:
     """The ``eth_getProof`` (method, params) for ``slots`` of ``address`` at ``block``."""
     return "eth_getProof", [address, ["0x" + s.hex() for s in slots], block]
 

@@ -79,7 +79,7 @@ class QuorumChainView:
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def _each(self, fn: Callable[[RpcClient], object]) -> list:
+    def _each(self, fn: Callable[[RpcClient], object]) -> list[object]:
         def guarded(client: RpcClient) -> object:
             try:
                 return fn(client)

@@ -238,6 +238,8 @@ class HttpTransport:
             except BaseException:
                 self._drop()
                 raise
+        else:  # the second attempt always breaks or raises; this keeps status/data bound for the checker
+            raise NodeUnreachableError(self.url, "no attempt completed")
         if status >= 500 and not data:
             raise NodeUnreachableError(self.url, f"HTTP {status}")
         return decode_json(data, f"{self.url} reply (HTTP {status})", self.max_depth)
@@ -361,13 +363,13 @@ def as_bytes(value: Any, what: str, length: int | None = None) -> bytes:
     raise MalformedReplyError(f"{what}: expected hex data{f' of {length} bytes' if length else ''}")
 
 
-def as_dict(value: Any, what: str) -> dict:
+def as_dict(value: Any, what: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise MalformedReplyError(f"{what}: expected an object, got {type(value).__name__}")
     return value
 
 
-def as_list(value: Any, what: str) -> list:
+def as_list(value: Any, what: str) -> list[Any]:
     if not isinstance(value, list):
         raise MalformedReplyError(f"{what}: expected an array, got {type(value).__name__}")
     return value

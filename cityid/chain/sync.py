@@ -35,6 +35,7 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from cityid.chain.abi import Abi, DecodedEvent
 from cityid.chain.bindings import vct_hash
@@ -224,7 +225,7 @@ class SyncCache:
             with self._guard():
                 synced = self.synced_block
                 stored = self._checkpoint(synced)
-            calls: list[tuple[str, list]] = [("eth_getBlockByNumber", ["latest", False])]
+            calls: list[tuple[str, list[Any]]] = [("eth_getBlockByNumber", ["latest", False])]
             if synced >= self.start_block:
                 calls.append(("eth_getBlockByNumber", [hex(synced), False]))
             replies = self.client.batch(calls)
@@ -313,7 +314,7 @@ class SyncCache:
 
     def _range_replies(self, start: int, end: int) -> tuple[object, object]:
         """(logs, end block) of a range — from the node, or agreed by ``quorum`` of node + peers."""
-        calls: list[tuple[str, list]] = [
+        calls: list[tuple[str, list[Any]]] = [
             (
                 "eth_getLogs",
                 [{"address": list(self._contracts), "fromBlock": hex(start), "toBlock": hex(end)}],
@@ -419,7 +420,9 @@ class SyncCache:
             return [("d", checksum(a["identity"]))]
         return []
 
-    def _spot_proofs(self, decoded: list[DecodedEvent], block_raw: object, end: int) -> tuple:
+    def _spot_proofs(
+        self, decoded: list[DecodedEvent], block_raw: object, end: int
+    ) -> tuple[list[tuple[str, object, int]], dict[str, int], int]:
         """Prove (a sample of) the storage the range's events changed, at block ``end`` (1 round trip)."""
         header = verify_header(block_raw, f"block {end}")
         last_change: dict[str, int] = {}  # identity -> last block of ANY of its events (stored or not)
@@ -448,7 +451,7 @@ class SyncCache:
                 for n in names
             ]
         )
-        checks = []
+        checks: list[tuple[str, object, int]] = []
         for name, raw in zip(names, replies, strict=True):
             entries = by_contract[name]
             account = verify_account_proof(
@@ -481,7 +484,9 @@ class SyncCache:
             )
             return
         blocks = sorted({e.block_number for e in did})
-        calls: list[tuple[str, list]] = [("eth_getBlockByNumber", [hex(n), False]) for n in range(first, end)]
+        calls: list[tuple[str, list[Any]]] = [
+            ("eth_getBlockByNumber", [hex(n), False]) for n in range(first, end)
+        ]
         calls += [("eth_getBlockReceipts", [hex(n)]) for n in blocks]
         replies = self.client.batch(calls)
         headers = {
@@ -652,7 +657,7 @@ class SyncCache:
             raise ChainError(f"status entry has the reserved value {value}")
         return CredentialStatus(value)
 
-    def did_document(self, did: str) -> dict:
+    def did_document(self, did: str) -> dict[str, Any]:
         """The DID document from cached events (same rules as the resolver)."""
         address = address_of(self.network, did)
         with self._guard():
@@ -710,7 +715,9 @@ def _in_range(value: int, what: str) -> int:
 _LOG_FIELDS = ("address", "topics", "data", "blockNumber", "blockHash", "logIndex", "transactionHash")
 
 
-def _agreeable(client: RpcClient, calls: list, end: int) -> tuple[str, object, object] | ChainError:
+def _agreeable(
+    client: RpcClient, calls: list[tuple[str, list[Any]]], end: int
+) -> tuple[str, object, object] | ChainError:
     """One node's (logs, end block) and a canonical digest of them to compare across nodes."""
     try:
         logs_raw, block_raw = client.batch(calls)
