@@ -387,7 +387,13 @@ def build(
         db.add_terminal(KIOSK_ID, _public_pem(kiosk_key))  # certificates are signed by the kiosk's key
         server_app.extensions["cityid.certificates"].queue.window_s = CERT_WINDOW_S
         http, http_thread = _serve(server_app)
-        closers.append(lambda: (http.shutdown(), http.server_close(), http_thread.join(5)))
+
+        def close_http() -> None:
+            http.shutdown()
+            http.server_close()
+            http_thread.join(5)
+
+        closers.append(close_http)
         server_url = f"http://127.0.0.1:{http.server_port}"
         client = ServerClient(server_url, "demo-counter", terminal_key, timeout=60, clerk=DEMO_CLERK)
 

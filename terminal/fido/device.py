@@ -123,12 +123,12 @@ class CtapSmartCardDevice(CtapDevice):
             self.connection.close()
 
     @classmethod
-    def list_devices(cls) -> Iterator[CtapSmartCardDevice]:
+    def list_devices(cls) -> Iterator[CtapDevice]:
         """Keys in PC/SC readers (see :func:`terminal.fido.discovery.discover_pcsc`)."""
         from terminal.fido.discovery import discover_pcsc
 
         for key in discover_pcsc():
-            yield key.open()  # type: ignore[misc]
+            yield key.open()
 
 
 # --- python-fido2's own PC/SC transport -------------------------------------------------------------
@@ -151,7 +151,7 @@ def ensure_pyscard_compat() -> None:
         class PCSCContext:
             instance: Any = None
 
-        module.PCSCContext = PCSCContext  # type: ignore[attr-defined]
+        setattr(module, "PCSCContext", PCSCContext)  # noqa: B010 - a fresh ModuleType has no declared attributes
         sys.modules[name] = module
 
 

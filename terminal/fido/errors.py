@@ -46,7 +46,6 @@ class FidoInvalidPinError(FidoPinError, WrongPinError):
     """Wrong PIN; ``attempts_remaining`` tries are left before the PIN blocks (CTAP2_ERR_PIN_INVALID)."""
 
     what = "key PIN"
-    attempts_remaining: int
 
     def __init__(self, attempts_remaining: int) -> None:
         self.attempts_remaining = attempts_remaining

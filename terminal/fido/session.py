@@ -15,7 +15,7 @@ from enum import Enum
 from typing import Any, TypeVar
 
 from fido2.ctap import CtapDevice, CtapError
-from fido2.ctap2 import AssertionResponse, AttestationResponse, Ctap2, Info
+from fido2.ctap2.base import AssertionResponse, AttestationResponse, Ctap2, Info
 from fido2.ctap2.blob import LargeBlobs
 from fido2.ctap2.credman import CredentialManagement
 from fido2.ctap2.pin import ClientPin, PinProtocol

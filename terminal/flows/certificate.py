@@ -123,7 +123,8 @@ def receipt_blocks(c: cert.Certificate) -> list[Block]:
         Text(en, align="center"),
         Feed(1),
     ]
-    for name, value in p["facts"].items():
+    facts: dict[str, Any] = p["facts"]
+    for name, value in facts.items():
         blocks += [Text(FACT_LABELS.get(name, name)), Text(f"  {_value(value)}", bold=True)]
     blocks += [
         Feed(1),

@@ -191,8 +191,7 @@ class CounterEnrollment:
                     key = self.idempotency_key(serial, j.key.point)
                     j.result = self.server.enroll(
                         key, request.claims(serial), j.key.point, serial, request.citizen_did,
-                        **({"revocation_password": request.revocation_password}
-                           if request.revocation_password else {}),
+                        revocation_password=request.revocation_password or None,
                     )
                     j.credential = j.result.record
                 elif step is Step.WRITE:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from fido2.ctap2 import AssertionResponse
+from fido2.ctap2.base import AssertionResponse
 from fido2.ctap2.pin import ClientPin
 from fido2.webauthn import CollectedClientData
 

@@ -22,6 +22,8 @@ class StatusServer(Protocol):
 
     def status(self, credential_id: str) -> dict[str, Any]: ...
 
+    def report_lost(self, family_name: str, given_name: str, birthdate: str, password: str) -> str: ...
+
 
 @dataclass(frozen=True, slots=True)
 class CredentialState:

@@ -195,7 +195,7 @@ class ReceiptPrinter:
             printer.open()
         except DeviceNotFoundError as exc:
             raise PrinterFault(
-                PrinterStatus(PrinterState.DISCONNECTED, type(exc).__name__), "before"
+                PrinterStatus(PrinterState.DISCONNECTED, detail=type(exc).__name__), "before"
             ) from None
         device = printer.device
         device.rtscts = s.flow_control == "rtscts"
@@ -231,14 +231,14 @@ class ReceiptPrinter:
             if first is None:  # one lost answer is not yet "off" (a busy host, a line glitch): ask again
                 first = self._query(device, 1, self.status_timeout)
             if first is None:
-                return PrinterStatus(PrinterState.NO_ANSWER, "no answer to DLE EOT")
+                return PrinterStatus(PrinterState.NO_ANSWER, detail="no answer to DLE EOT")
             cause = self._query(device, 2, self.status_timeout) or 0
             paper = self._query(device, 4, self.status_timeout) or 0
         except PrinterFault as exc:
             return exc.status
         except (serial.SerialException, OSError) as exc:
             self._drop()
-            return PrinterStatus(PrinterState.DISCONNECTED, type(exc).__name__)
+            return PrinterStatus(PrinterState.DISCONNECTED, detail=type(exc).__name__)
         near_end = bool(paper & 0x0C)
         if paper & 0x60 or cause & 0x20:
             return PrinterStatus(PrinterState.PAPER_OUT, paper_near_end=near_end)
@@ -299,7 +299,7 @@ class ReceiptPrinter:
             self._drop()
             state = PrinterState.NO_ANSWER if isinstance(exc, serial.SerialTimeoutException) else (
                 PrinterState.DISCONNECTED)  # fmt: skip
-            raise PrinterFault(PrinterStatus(state, type(exc).__name__), "printing") from None
+            raise PrinterFault(PrinterStatus(state, detail=type(exc).__name__), "printing") from None
         # the printer answers DLE EOT once it consumed what came before: allow for the line speed
         after = self.status(wait_s=self.status_timeout + 1.5 * len(data) * 10 / self.settings.baudrate)
         logger.info("receipt of %d bytes sent in %.0f ms: %s", len(data), 1e3 * (time.perf_counter() - t0),

@@ -69,7 +69,7 @@ def open_applet(
 
 def _remember(connection: SmartCardConnection, extended: bool) -> None:
     with contextlib.suppress(AttributeError):  # any connection object may remember it (PcscConnection does)
-        connection.extended = extended  # type: ignore[attr-defined]
+        setattr(connection, "extended", extended)  # noqa: B010 - optional attribute outside SmartCardConnection
 
 
 def encode_pin(pin: str | bytes) -> bytes:

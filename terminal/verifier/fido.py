@@ -17,15 +17,16 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from fido2.attestation import AttestationVerifier
-from fido2.attestation.base import InvalidAttestation
+from fido2.attestation.base import AttestationVerifier, InvalidAttestation
 from fido2.cose import CoseKey
 from fido2.server import Fido2Server
 from fido2.webauthn import (
+    AttestationConveyancePreference,
     AttestationObject,
     AttestedCredentialData,
     AuthenticatorData,
     CollectedClientData,
+    PublicKeyCredentialRpEntity,
     PublicKeyCredentialUserEntity,
     UserVerificationRequirement,
 )
@@ -127,8 +128,9 @@ class FidoVerifier:
         self.nonces = nonces if nonces is not None else NonceStore(ttl=120.0)
         self.trusted = bool(trusted_roots)
         self.server = Fido2Server(
-            {"id": rp_id, "name": rp_name},
-            attestation="direct" if trusted_roots else "none",
+            PublicKeyCredentialRpEntity(id=rp_id, name=rp_name),
+            attestation=(AttestationConveyancePreference.DIRECT if trusted_roots
+                         else AttestationConveyancePreference.NONE),
             verify_origin=lambda origin: origin == self.origin,
             verify_attestation=TrustedRootVerifier(trusted_roots) if trusted_roots else None,
         )
