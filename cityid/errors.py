@@ -96,8 +96,6 @@ class PinNotSetError(PinError):
 class InvalidPinError(ApduError, WrongPinError):
     """Wrong PIN/PUK on a card (63Cx); ``attempts_remaining`` tries are left."""
 
-    attempts_remaining: int
-
     def __init__(self, attempts_remaining: int, sw: int | None = None) -> None:
         self.attempts_remaining = attempts_remaining
         super().__init__(

@@ -216,19 +216,19 @@ class WsgiServer:
         def _stop_accepting() -> None:
             from waitress import wasyncore
 
-            server.accepting = False
-            wasyncore.dispatcher.close(server)  # the listening socket only (not the trigger)
+            server.accepting = False  # pyright: ignore[reportAttributeAccessIssue]  # wasyncore.dispatcher
+            wasyncore.dispatcher.close(server)  # pyright: ignore[reportArgumentType]  # listening socket only
             done.set()
 
         self._in_loop(_stop_accepting, done)
         if self._on_stop is not None:
             self._on_stop()
         # Waits for the worker threads (in-flight requests) up to the grace period, then drops queued ones.
-        server.task_dispatcher.shutdown(cancel_pending=True, timeout=self.limits.shutdown_grace_s)
+        server.task_dispatcher.shutdown(cancel_pending=True, timeout=int(self.limits.shutdown_grace_s))
         closed = threading.Event()
 
         def _close_all() -> None:
-            for channel in list(server._map.values()):
+            for channel in list(server._map.values()):  # pyright: ignore[reportAttributeAccessIssue]  # wasyncore
                 channel.handle_close()
             closed.set()
 
@@ -238,7 +238,7 @@ class WsgiServer:
     def _in_loop(self, thunk: Callable[[], None], done: threading.Event) -> None:
         """Run ``thunk`` on the server's event-loop thread (waitress's socket map is not thread-safe)."""
         if self._thread.is_alive():
-            self._server.trigger.pull_trigger(thunk)
+            self._server.trigger.pull_trigger(thunk)  # pyright: ignore[reportAttributeAccessIssue]  # wasyncore
             if done.wait(5):
                 return
         thunk()

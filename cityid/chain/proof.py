@@ -228,14 +228,14 @@ def _receipt_rlp(raw: Any, what: str) -> tuple[bytes, list[tuple[bytes, tuple[by
                 as_bytes(log.get("data"), "data"),
             )
         )
-    body = rlp.encode(
+    body = bytes(rlp.encode(  # rlp.encode is typed loosely; it returns bytes
         [
             status,
             as_int(r.get("cumulativeGasUsed"), f"{what} cumulativeGasUsed"),
             as_bytes(r.get("logsBloom"), f"{what} logsBloom", 256),
             [[a, list(t), d] for a, t, d in logs],
         ]
-    )
+    ))
     return (body if kind == 0 else bytes([kind]) + body), logs
 
 

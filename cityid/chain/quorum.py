@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from typing import TypeVar
 
 from cityid.chain.errors import ChainConfigError, ChainError, StaleChainDataError
 from cityid.chain.live import (
@@ -31,6 +32,8 @@ from cityid.chain.network import NetworkConfig, check_network
 from cityid.chain.proof import Header
 from cityid.chain.rpc import RpcClient
 from cityid.chain.view import StatusRef, VerificationFacts
+
+_T = TypeVar("_T")
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +82,8 @@ class QuorumChainView:
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def _each(self, fn: Callable[[RpcClient], object]) -> list[object]:
-        def guarded(client: RpcClient) -> object:
+    def _each(self, fn: Callable[[RpcClient], _T]) -> list[_T | ChainError]:
+        def guarded(client: RpcClient) -> _T | ChainError:
             try:
                 return fn(client)
             except ChainError as exc:

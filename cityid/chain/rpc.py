@@ -136,11 +136,13 @@ class _DeadlineSocket:
         self._sock.sendall(data, flags)
 
     def makefile(self, mode: str = "rb", buffering: int = -1, **_: Any) -> io.BufferedReader:
-        self._sock._io_refs += 1  # type: ignore[attr-defined]  # like socket.makefile: close waits for it
-        return io.BufferedReader(socket.SocketIO(self, "rb"))  # type: ignore[arg-type]
+        self._sock._io_refs += 1  # like socket.makefile: close waits for it
+        return io.BufferedReader(
+            socket.SocketIO(self, "rb")  # pyright: ignore[reportArgumentType]  # a socket wrapper (duck type)
+        )
 
     def _decref_socketios(self) -> None:
-        self._sock._decref_socketios()  # type: ignore[attr-defined]
+        self._sock._decref_socketios()  # pyright: ignore[reportAttributeAccessIssue]  # CPython socket internal
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
@@ -193,7 +195,7 @@ class HttpTransport:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             if self._https:
-                conn = _HTTPS(self._host, self._port, timeout=timeout, context=self._ssl)
+                conn = _HTTPS(self._host, self._port, timeout=timeout, context=self._ssl)  # pyright: ignore[reportCallIssue]
             else:
                 conn = _HTTP(self._host, self._port, timeout=timeout)
             self._local.conn = conn
@@ -214,7 +216,7 @@ class HttpTransport:
             try:
                 if fresh:
                     conn.connect()
-                conn.sock.deadline = deadline  # type: ignore[union-attr]
+                conn.sock.deadline = deadline  # pyright: ignore[reportAttributeAccessIssue]  # our _DeadlineSocket
                 conn.request("POST", self._path, body, {"Content-Type": "application/json"})
                 reply = conn.getresponse()
                 data = self._read(reply)

@@ -431,7 +431,8 @@ class SyncCache:
             for kind, key in self._event_keys(ev):
                 keys.add((kind, key))
                 if kind == "d":
-                    last_change[key] = max(last_change.get(key, 0), ev.block_number)  # type: ignore[index]
+                    assert isinstance(key, str)  # "d" keys are identities
+                    last_change[key] = max(last_change.get(key, 0), ev.block_number)
         picks = sorted(keys, key=repr)
         if len(picks) > self.spot_checks:
             picks = random.sample(picks, self.spot_checks)
@@ -527,7 +528,8 @@ class SyncCache:
             if (kind, key) in skip:
                 continue
             if kind == "w":
-                list_id, word = key  # type: ignore[misc]
+                assert isinstance(key, tuple)  # "w" keys are (list id, word)
+                list_id, word = key
                 row = self._db.execute(
                     "SELECT value FROM status_words WHERE list_id = ? AND word = ? "
                     "ORDER BY block DESC, log_index DESC LIMIT 1",
@@ -535,7 +537,8 @@ class SyncCache:
                 ).fetchone()
                 ok = (int(row[0], 16) if row else 0) == value
             elif kind == "a":
-                issuer, vh = key  # type: ignore[misc]
+                assert isinstance(key, tuple)  # "a" keys are (issuer, vct hash)
+                issuer, vh = key
                 valid_from, valid_until, revoked = unpack_accreditation(value)
                 ok = self._accreditation(issuer, "0x" + vh.hex()) == (
                     valid_from,
@@ -552,7 +555,8 @@ class SyncCache:
                     for e in map(DidEvent.from_json, (r[0] for r in rows))
                     if e.kind == "DIDOwnerChanged"
                 ]
-                ok = last_change[key] == changed and int(owners[-1] if owners else "0x0", 16) == owner  # type: ignore[index]
+                assert isinstance(key, str)
+                ok = last_change[key] == changed and int(owners[-1] if owners else "0x0", 16) == owner
             if not ok:
                 logger.error(
                     "ALARM chain cache: events up to block %d do not match the proven state (%s)", end, kind

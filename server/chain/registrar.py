@@ -92,6 +92,8 @@ def deploy_all(
     )
     hot = to_checksum_address(registrar or account.address)
     sender.send(DIDRegistry(client, addr["CityDIDRegistry"]).tx("setRegistrar", hot, True))
+    # The hot key also anchors certificate batches (docs/certificates.md); the root grants and can revoke it.
+    sender.send(AnchorRegistry(client, addr["CityAnchorRegistry"]).tx("setAnchorer", hot, True))
     return network
 
 

@@ -96,7 +96,7 @@ def _raise_for_pin(sw: int, puk: bool = False) -> None:
         return
     err = error_for_sw(sw)
     if puk and isinstance(err, InvalidPinError):
-        raise InvalidPukError(err.attempts_remaining, sw)
+        raise InvalidPukError(err.attempts_remaining or 0, sw)
     if puk and isinstance(err, PinBlockedError):
         raise PinBlockedError(sw, what="PUK")
     raise err

@@ -29,7 +29,8 @@ def test_launcher_shows_the_idle_screen(tmp_path: Path) -> None:
     )
     with ServerThread(app, "127.0.0.1", 0) as server:
         url_file = tmp_path / "browser-url"
-        url_file.write_text(f"{server.url}/\n")  # what the kiosk app writes at start (the contract)
+        launch = server.url + app.extensions["cityid.screen"].launch_path()  # the one-use screen URL
+        url_file.write_text(f"{launch}\n")  # what the kiosk app writes at start (the contract)
         env = {
             "PATH": os.environ["PATH"],
             "HOME": str(tmp_path),
@@ -42,7 +43,7 @@ def test_launcher_shows_the_idle_screen(tmp_path: Path) -> None:
             [str(LAUNCHER), "--print"], env=env, capture_output=True, text=True, check=True
         )
         argv = printed.stdout.splitlines()
-        assert argv[0] == str(CHROMIUM) and "--kiosk" in argv and argv[-1] == f"{server.url}/"
+        assert argv[0] == str(CHROMIUM) and "--kiosk" in argv and argv[-1] == launch
         run = subprocess.run([str(LAUNCHER)], env=env, capture_output=True, text=True, timeout=90)
     assert run.returncode == 0, run.stderr[-2000:]
     assert 'data-screen="idle"' in run.stdout

@@ -86,7 +86,7 @@ def test_two_instances_one_postgres(postgres_db_url, tmp_path):
     try:
         for proc, url in zip(procs, urls, strict=True):
             _wait_up(proc, url)
-        clients = [ServerClient(u, "counter-1", tkey) for u in urls]
+        clients = [ServerClient(u, "counter-1", tkey, clerk="clerk-1") for u in urls]
 
         points = [_point() for _ in range(16)]
 
