@@ -161,11 +161,16 @@ def test_every_power_refused_to_the_wrong_role(roles: Roles) -> None:
     refused(lambda: r.send(stranger, StatusRegistry, "acceptListOwner", list_id), "NotPendingListOwner")
     refused(lambda: r.send(hot, StatusRegistry, "proposeListOwner", list_id, ZERO), "ZeroAddress")
 
-    # anchors: admin (root) manages anchorers; only anchorers anchor
+    # anchors: admin (root) manages anchorers; only anchorers anchor (deploy grants the hot key, which
+    # anchors certificate batches; the root can withdraw that)
     for who in (hot, stranger):
         refused(lambda w=who: r.send(w, AnchorRegistry, "proposeAdmin", w.address), "NotAdmin")
         refused(lambda w=who: r.send(w, AnchorRegistry, "setAnchorer", w.address, True), "NotAdmin")
-        refused(lambda w=who: r.send(w, AnchorRegistry, "anchor", os.urandom(32), 1), "NotAnchorer")
+    refused(lambda: r.send(stranger, AnchorRegistry, "anchor", os.urandom(32), 1), "NotAnchorer")
+    r.send(hot, AnchorRegistry, "anchor", os.urandom(32), 1)
+    r.send(root, AnchorRegistry, "setAnchorer", hot.address, False)
+    refused(lambda: r.send(hot, AnchorRegistry, "anchor", os.urandom(32), 1), "NotAnchorer")
+    r.send(root, AnchorRegistry, "setAnchorer", hot.address, True)
     refused(lambda: r.send(stranger, AnchorRegistry, "acceptAdmin"), "NotPendingAdmin")
     refused(lambda: r.send(root, AnchorRegistry, "proposeAdmin", ZERO), "ZeroAddress")
 
