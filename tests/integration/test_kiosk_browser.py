@@ -25,7 +25,8 @@ def test_launcher_shows_the_idle_screen(tmp_path: Path) -> None:
     if not CHROMIUM.exists():
         pytest.fail("Chromium is not installed (apt-get install chromium)")
     app = create_app(
-        parse_config({"terminal": {"mode": "kiosk", "language": "en"}}), kiosk=FakeKioskBackend()
+        parse_config({"terminal": {"mode": "kiosk", "language": "en", "require_clock_sync": False}}),
+        kiosk=FakeKioskBackend(),
     )
     with ServerThread(app, "127.0.0.1", 0) as server:
         url_file = tmp_path / "browser-url"
