@@ -7,18 +7,15 @@ extended APDU, ``61xx`` + GET RESPONSE). It sends NFCCTAP_MSG with P1=0x80 (stat
 ``9100`` answers with NFCCTAP_GETRESPONSE and cancels with ``80 11 11 00`` when the caller's event is set.
 
 :func:`pcsc_device` opens python-fido2's own :class:`fido2.pcsc.CtapPcscDevice` on a reader (used by tests
-and tools that want python-fido2's transport); :func:`ensure_pyscard_compat` lets python-fido2 1.2 import
-with pyscard ≥ 2.3, which dropped ``smartcard.pcsc.PCSCContext``.
+and tools that want python-fido2's transport).
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 import threading
-import types
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from fido2.ctap import STATUS, CtapDevice, CtapError
 from fido2.hid import CAPABILITY, CTAPHID
@@ -35,6 +32,9 @@ from cityid.fido import (
     NfcCtapIns,
 )
 from cityid.iso7816 import SW
+
+if TYPE_CHECKING:
+    from fido2.pcsc import CtapPcscDevice
 
 logger = logging.getLogger(__name__)
 
@@ -134,30 +134,8 @@ class CtapSmartCardDevice(CtapDevice):
 # --- python-fido2's own PC/SC transport -------------------------------------------------------------
 
 
-def ensure_pyscard_compat() -> None:
-    """python-fido2 1.2's ``fido2.pcsc`` imports ``smartcard.pcsc.PCSCContext``, gone in pyscard 2.3.
-
-    It only uses ``PCSCContext.instance = None`` to drop a stale context; an empty stand-in keeps that
-    harmless. Called before importing :mod:`fido2.pcsc`.
-    """
-    name = "smartcard.pcsc.PCSCContext"
-    if name in sys.modules:
-        return
-    try:
-        __import__(name)
-    except ModuleNotFoundError:
-        module = types.ModuleType(name)
-
-        class PCSCContext:
-            instance: Any = None
-
-        setattr(module, "PCSCContext", PCSCContext)  # noqa: B010 - a fresh ModuleType has no declared attributes
-        sys.modules[name] = module
-
-
-def pcsc_device(reader: str) -> Any:
+def pcsc_device(reader: str) -> CtapPcscDevice:
     """python-fido2's :class:`fido2.pcsc.CtapPcscDevice` on the reader whose name contains ``reader``."""
-    ensure_pyscard_compat()
     from fido2.pcsc import CtapPcscDevice
 
     for device in CtapPcscDevice.list_devices(reader):

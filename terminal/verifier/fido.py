@@ -24,10 +24,12 @@ from fido2.webauthn import (
     AttestationConveyancePreference,
     AttestationObject,
     AttestedCredentialData,
+    AuthenticatorAttestationResponse,
     AuthenticatorData,
     CollectedClientData,
     PublicKeyCredentialRpEntity,
     PublicKeyCredentialUserEntity,
+    RegistrationResponse,
     UserVerificationRequirement,
 )
 
@@ -156,7 +158,8 @@ class FidoVerifier:
     ) -> Registration:
         """Register ``session``'s key for a citizen: discoverable, UV by PIN if set, ``cred_protect`` level
         (CTAP 2.1 §12.1: 2 userVerificationOptionalWithCredentialIDList, 3 userVerificationRequired)."""
-        user = PublicKeyCredentialUserEntity(user_name, user_id, display_name or user_name)
+        display = display_name or user_name
+        user = PublicKeyCredentialUserEntity(name=user_name, id=user_id, display_name=display)
         challenge = self._challenge(self.SERVICE_REGISTER)
         uv = UV_REQUIRED if pin is not None else UV_DISCOURAGED
         _options, state = self.server.register_begin(user, challenge=challenge, user_verification=uv)
@@ -164,7 +167,7 @@ class FidoVerifier:
         try:
             response = session.make_credential(
                 {"id": self.rp_id, "name": self.server.rp.name},
-                {"id": user_id, "name": user_name, "displayName": display_name or user_name},
+                {"id": user_id, "name": user_name, "displayName": display},
                 client_data.hash,
                 exclude=exclude,
                 pin=pin,
@@ -176,8 +179,17 @@ class FidoVerifier:
             raise
         self._consume(challenge, self.SERVICE_REGISTER)
         attestation = AttestationObject.create(response.fmt, response.auth_data, response.att_stmt)
+        cred_data = response.auth_data.credential_data
+        if cred_data is None:
+            raise FidoVerificationError("registration rejected: no attested credential data")
+        registration = RegistrationResponse(
+            raw_id=cred_data.credential_id,
+            response=AuthenticatorAttestationResponse(
+                client_data=client_data, attestation_object=attestation
+            ),
+        )
         try:
-            auth_data = self.server.register_complete(state, client_data, attestation)
+            auth_data = self.server.register_complete(state, registration)
         except (ValueError, InvalidAttestation) as exc:
             raise FidoVerificationError(f"registration rejected: {exc}") from None
         cred = auth_data.credential_data

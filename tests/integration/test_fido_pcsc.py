@@ -17,7 +17,7 @@ from emulators.card.transport import TearPoint
 from emulators.fido.attestation import export_root
 from emulators.fido.card import make_fido_card
 from emulators.fido.hid import VirtualHidDevice
-from fido2.client import Fido2Client, UserInteraction
+from fido2.client import DefaultClientDataCollector, Fido2Client, UserInteraction
 from fido2.ctap2 import Ctap2
 from fido2.hid import CtapHidDevice
 from fido2.server import Fido2Server
@@ -25,7 +25,7 @@ from fido2.webauthn import AttestedCredentialData
 
 from cityid.apdu import ApduFormat
 from cityid.errors import CardError
-from terminal.fido.device import CtapSmartCardDevice, ensure_pyscard_compat, pcsc_device
+from terminal.fido.device import CtapSmartCardDevice, pcsc_device
 from terminal.fido.discovery import (
     FidoKeyInserted,
     FidoKeyRemoved,
@@ -43,12 +43,7 @@ from terminal.pcsc.connection import PcscConnection
 from terminal.verifier.fido import FidoVerifier, TrustedRootVerifier
 from tests.unit.fido_support import ES256, RP, cdh, make_auth, user
 
-pytestmark = [
-    pytest.mark.integration,
-    # python-fido2 1.x warns about its own deprecated internals (Fido2Client extensions, dict mapping)
-    pytest.mark.filterwarnings("ignore::DeprecationWarning:fido2"),
-    pytest.mark.filterwarnings("ignore:Deprecated use of webauthn_json_mapping"),
-]
+pytestmark = pytest.mark.integration
 
 ORIGIN = "https://busan.go.kr"
 
@@ -79,7 +74,7 @@ def _client_round_trip(device, root: bytes, pin: str | None) -> None:
         attestation="direct",
         verify_attestation=TrustedRootVerifier([root]),
     )
-    client = Fido2Client(device, ORIGIN, user_interaction=Pin(pin))
+    client = Fido2Client(device, DefaultClientDataCollector(ORIGIN), user_interaction=Pin(pin))
     uv = "required" if pin else "discouraged"
     options, state = server.register_begin(
         {"id": b"citizen-42", "name": "kim", "displayName": "Kim"},
@@ -87,35 +82,21 @@ def _client_round_trip(device, root: bytes, pin: str | None) -> None:
         user_verification=uv,
     )
     result = client.make_credential(options["publicKey"])
-    auth_data = server.register_complete(state, result.client_data, result.attestation_object)
+    auth_data = server.register_complete(state, result)
     assert auth_data.is_user_verified() == bool(pin)
     creds = [auth_data.credential_data]
     counters = [auth_data.counter]
     for _ in range(2):
         options, state = server.authenticate_begin(creds, user_verification=uv)
         response = client.get_assertion(options["publicKey"]).get_response(0)
-        server.authenticate_complete(
-            state,
-            creds,
-            response.credential_id,
-            response.client_data,
-            response.authenticator_data,
-            response.signature,
-        )
-        counters.append(response.authenticator_data.counter)
+        server.authenticate_complete(state, creds, response)
+        counters.append(response.response.authenticator_data.counter)
     assert counters == sorted(set(counters))
     # discoverable: no allow list
     options, state = server.authenticate_begin(user_verification=uv)
     response = client.get_assertion(options["publicKey"]).get_response(0)
-    assert response.user_handle == b"citizen-42"
-    server.authenticate_complete(
-        state,
-        creds,
-        response.credential_id,
-        response.client_data,
-        response.authenticator_data,
-        response.signature,
-    )
+    assert response.response.user_handle == b"citizen-42"
+    server.authenticate_complete(state, creds, response)
 
 
 def test_fido2_client_through_pcscd(fido_key) -> None:
@@ -134,7 +115,6 @@ def test_fido2_client_through_pcscd(fido_key) -> None:
 def _cla80_device(connection, name: str):
     """python-fido2's PC/SC device sending GET RESPONSE as libfido2 >= 1.16 does in CTAP2 mode
     (``80 C0 00 00 xx``, Yubico/libfido2 PR #817) instead of its own ``00 C0``; counts them."""
-    ensure_pyscard_compat()
     from fido2.pcsc import CtapPcscDevice
 
     class Cla80GetResponse(CtapPcscDevice):
@@ -161,7 +141,6 @@ def test_cla80_get_response_registration_through_pcscd(fido_key) -> None:
     from smartcard.System import readers
 
     handle, state = fido_key
-    ensure_pyscard_compat()
     reader = next(r for r in readers() if handle.reader_name in str(r))
     device = _cla80_device(reader.createConnection(), str(reader))
     try:

@@ -30,8 +30,6 @@ from tests.credkit import (
 )
 from tests.doubles.static_view import StaticChainView
 
-pytestmark = pytest.mark.filterwarnings("ignore:Deprecated use of webauthn_json_mapping")
-
 RP_ID = "id.busan.go.kr"
 ORIGIN = f"https://{RP_ID}"
 PIN = "135790"

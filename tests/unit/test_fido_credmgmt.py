@@ -16,8 +16,6 @@ from tests.unit.fido_support import ES256, RP, cdh, ctap_for, make_auth, user
 
 ERR = CtapError.ERR
 
-# python-fido2 1.x warns about its own webauthn dict mapping (used inside Fido2Server / credman)
-pytestmark = pytest.mark.filterwarnings("ignore:Deprecated use of webauthn_json_mapping")
 PERM = ClientPin.PERMISSION
 R = CredentialManagement.RESULT
 

@@ -231,11 +231,11 @@ def test_random_packets_never_break_the_device(packets: list[bytes]) -> None:
     assert hid.ping(b"alive") == b"alive"
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_webauthn_prf_over_hmac_secret_with_python_fido2_client(device) -> None:
-    from fido2.client import Fido2Client
+    from fido2.client import DefaultClientDataCollector, Fido2Client
 
-    client = Fido2Client(CtapHidDevice(device.descriptor, device.open()), "https://busan.go.kr")
+    collector = DefaultClientDataCollector("https://busan.go.kr")
+    client = Fido2Client(CtapHidDevice(device.descriptor, device.open()), collector)
     created = client.make_credential(
         {
             "rp": {"id": "busan.go.kr", "name": "Busan"},
@@ -246,7 +246,7 @@ def test_webauthn_prf_over_hmac_secret_with_python_fido2_client(device) -> None:
             "authenticatorSelection": {"userVerification": "discouraged", "residentKey": "required"},
         }
     )
-    assert created.extension_results == {"prf": {"enabled": True}}
+    assert created.client_extension_results == {"prf": {"enabled": True}}
 
     def prf(salt: bytes) -> str:
         request = {
@@ -255,7 +255,8 @@ def test_webauthn_prf_over_hmac_secret_with_python_fido2_client(device) -> None:
             "userVerification": "discouraged",
             "extensions": {"prf": {"eval": {"first": salt}}},
         }
-        return client.get_assertion(request).get_response(0).extension_results["prf"]["results"]["first"]
+        response = client.get_assertion(request).get_response(0)
+        return response.client_extension_results["prf"]["results"]["first"]
 
     one, two = os.urandom(32), os.urandom(32)
     assert prf(one) == prf(one) != prf(two)

@@ -15,7 +15,7 @@ import pytest
 from emulators.card.transport import InProcessConnection
 from emulators.fido.card import make_fido_card
 from emulators.fido.clientpin import MAX_CONSECUTIVE_FAILS, MAX_PIN_RETRIES
-from fido2.client import ClientError, Fido2Client, UserInteraction
+from fido2.client import ClientError, DefaultClientDataCollector, Fido2Client, UserInteraction
 from fido2.ctap import CtapError
 from fido2.ctap2 import Ctap2
 from fido2.ctap2.blob import LargeBlobs
@@ -30,10 +30,7 @@ PIN = "24681357"
 ORIGIN = "https://busan.go.kr"
 RP_ID = "busan.go.kr"
 
-pytestmark = [
-    pytest.mark.filterwarnings("ignore::DeprecationWarning:fido2"),
-    pytest.mark.filterwarnings("ignore:Deprecated use of webauthn_json_mapping"),
-]
+COLLECTOR = DefaultClientDataCollector(ORIGIN)
 
 
 class Pin(UserInteraction):
@@ -154,10 +151,10 @@ def _register(conn: InProcessConnection, policy: str, user_id: bytes) -> tuple[b
         "enforceCredentialProtectionPolicy": True,
         "largeBlob": {"support": "required"},
     }
-    client = Fido2Client(CtapSmartCardDevice(conn), ORIGIN, user_interaction=Pin(PIN))
+    client = Fido2Client(CtapSmartCardDevice(conn), COLLECTOR, user_interaction=Pin(PIN))
     result = client.make_credential(public_key)
-    auth_data = server.register_complete(state, result.client_data, result.attestation_object)
-    assert result.extension_results["largeBlob"]["supported"] is True
+    auth_data = server.register_complete(state, result)
+    assert result.client_extension_results["largeBlob"]["supported"] is True
     level = {"userVerificationOptionalWithCredentialIDList": 2, "userVerificationRequired": 3}[policy]
     assert auth_data.extensions == {"credProtect": level}
     # the largeBlobKey as the authenticator hands it out with UV (what a kiosk would read the blob with)
@@ -213,14 +210,14 @@ def test_cred_protect_3_needs_the_pin_for_every_use_and_for_the_large_blob_key(k
     public_key["allowCredentials"] = allow
     no_pin = Pin(None)
     with pytest.raises(ClientError):
-        Fido2Client(CtapSmartCardDevice(conn), ORIGIN, user_interaction=no_pin).get_assertion(public_key)
+        Fido2Client(CtapSmartCardDevice(conn), COLLECTOR, user_interaction=no_pin).get_assertion(public_key)
     # with the PIN: the assertion and the key
     public_key["userVerification"] = "required"
     public_key["extensions"] = {"largeBlob": {"read": True}}
-    with_pin = Fido2Client(CtapSmartCardDevice(conn), ORIGIN, user_interaction=Pin(PIN))
+    with_pin = Fido2Client(CtapSmartCardDevice(conn), COLLECTOR, user_interaction=Pin(PIN))
     response = with_pin.get_assertion(public_key).get_response(0)
-    assert response.authenticator_data.is_user_verified()
-    blob = websafe_decode(response.extension_results["largeBlob"]["blob"])  # JSON mapping: base64url
+    assert response.response.authenticator_data.is_user_verified()
+    blob = websafe_decode(response.client_extension_results["largeBlob"]["blob"])  # JSON mapping: base64url
     assert blob == b'{"birth_date":"1950-01-01"}'
 
 

@@ -37,9 +37,6 @@ from terminal.verifier.fido import FidoVerifier
 from terminal.verifier.nonces import NonceStore
 from tests.unit.fido_support import Clock, make_auth
 
-# python-fido2 1.x warns about its own webauthn dict mapping (used inside Fido2Server / credman)
-pytestmark = pytest.mark.filterwarnings("ignore:Deprecated use of webauthn_json_mapping")
-
 
 @pytest.fixture
 def key():

@@ -27,8 +27,6 @@ from tests.credkit import AUDIENCE, CITIZEN, CITIZEN_DID, ISSUER_DID, ISSUER_KEY
 from tests.doubles.fake_backends import screen_client
 from tests.doubles.static_view import StaticChainView
 
-pytestmark = pytest.mark.filterwarnings("ignore:Deprecated use of webauthn_json_mapping")
-
 RP_ID = "id.busan.go.kr"
 KEY_PIN = "4321"
 READER = "Key reader"
