@@ -141,24 +141,43 @@ def receipt_blocks(c: cert.Certificate) -> list[Block]:
     return blocks
 
 
-#: Where the revocation password the citizen chooses at the counter will be printed. That password belongs to
-#: the separation-of-duties issue, which is not built yet: until then the receipt prints this marked slot.
-REVOCATION_PASSWORD_SLOT = "[ 해지 비밀번호 Revocation password: 준비 중 / not yet issued ]"  # noqa: S105 - a label
+#: Printed instead of the revocation password when none was chosen at enrollment, or when it is no longer held
+#: (a copy printed after the first one, or after the counter forgot it: it is never kept beyond the receipt).
+REVOCATION_PASSWORD_SLOT = "[ 해지 비밀번호 Revocation password: 없음 / none on this receipt ]"  # noqa: S105 - a label
+#: Characters per printed line of the password (fits 58 mm paper at font A with the indent; never truncated).
+PASSWORD_LINE = 24
+#: How a lost card is reported (docs/server.md §Lost-card report): with the revocation password the counter's
+#: "lost card" form needs nothing else from the citizen; without it, a clerk revokes by the credential no.
 LOST_CARD_HELP = (
     Text("분실·도난 신고 Lost or stolen card"),
     Text("  부산 120 콜센터 / 가까운 우체국 창구"),
     Text("  Busan 120 call centre or any post-office counter:"),
-    Text("  give the credential no. above"),
+    Text("  give your name, date of birth and the"),
+    Text("  revocation password above (no card needed),"),
+    Text("  or show ID and give the credential no. above"),
 )
+
+
+def revocation_password_blocks(revocation_password: str | None) -> list[Block]:
+    """The password the citizen chose, on lines of :data:`PASSWORD_LINE` characters (never cut short)."""
+    if not revocation_password:
+        return [Text(REVOCATION_PASSWORD_SLOT)]
+    pw = revocation_password
+    return [
+        Text("해지 비밀번호 (분실 신고용)"),
+        Text("Revocation password (for a lost card):"),
+        *(Text(f"  {pw[i : i + PASSWORD_LINE]}", bold=True) for i in range(0, len(pw), PASSWORD_LINE)),
+        Text("  Keep this receipt apart from the card."),
+    ]
 
 
 def enrollment_receipt_blocks(
     credential_id: str, counter_id: str, issued_at: float, revocation_password: str | None = None
 ) -> list[Block]:
     """The counter's enrollment receipt (docs/printer.md §Enrollment receipt): what was issued, when, where,
-    and how to report a lost card — no personal claim (no name, birthdate, district). ``credential_id`` is
-    what the lost-card flow revokes by (counter "revoke"); ``revocation_password`` is the marked slot above
-    while the separation-of-duties issue is open."""
+    the revocation password the citizen chose (separation of duties, docs/server.md §Lost-card report) and how
+    to report a lost card — no personal claim (no name, birthdate, district). ``credential_id`` is what a
+    clerk revokes by (counter "revoke"); the password is what the citizen's own report needs ("lost")."""
     when = dt.datetime.fromtimestamp(issued_at, KST)
     return [
         Text("부산광역시", bold=True, size=2, align="center"),
@@ -173,7 +192,7 @@ def enrollment_receipt_blocks(
         Text(f"Counter   {counter_id}"),
         Text(f"Date      {when:%Y-%m-%d %H:%M} KST"),
         Feed(1),
-        Text(revocation_password if revocation_password else REVOCATION_PASSWORD_SLOT),
+        *revocation_password_blocks(revocation_password),
         Feed(1),
         *LOST_CARD_HELP,
         Feed(1),

@@ -375,6 +375,9 @@ def form_post(action: str) -> tuple[str, int]:
     if errors:
         return _render_form(action, errors, keep, "counter.error.fix", status=400)
     backend = _backend()
+    printing = current_app.extensions.get("cityid.counter_printing")
+    # the enrollment receipt prints the revocation password the citizen chose: held server-side, no cookie
+    chosen = f.get("revocation_password", "") if action == "enroll" and printing is not None else ""
     ops: dict[str, Callable[[], tuple[str, list[tuple[str, str]]]]] = {
         "enroll": lambda: _enroll(backend, f),
         "fido": lambda: _fido(backend, f),
@@ -422,9 +425,10 @@ def form_post(action: str) -> tuple[str, int]:
         f.clear()
     logger.info("clerk %s: %s done", _clerk(), action)
     receipt = None
-    if action == "enroll" and current_app.extensions.get("cityid.counter_printing") is not None:
-        # what the receipt prints: the credential id and the time (no personal claim)
-        receipt = {"credential_id": dict(rows)["counter.field.credential_id"], "at": time.time()}
+    if action == "enroll" and printing is not None:
+        # what the receipt prints: the credential id, the time and the revocation password (no personal claim)
+        token = printing.hold(dict(rows)["counter.field.credential_id"], time.time(), chosen or None)
+        receipt = {"token": token}
         session["receipt"] = receipt
     html = render_template("counter_result.html", clerk=_clerk(), title_key=done_key, rows=rows,
                            receipt=receipt)  # fmt: skip
@@ -439,8 +443,13 @@ def receipt_post() -> tuple[str, int]:
     if printing is None or not isinstance(receipt, dict):
         return render_template("counter_result.html", clerk=_clerk(), title_key="counter.receipt.no_printer",
                                rows=[], receipt=None), 409  # fmt: skip
-    outcome = printing.print_enrollment(str(receipt["credential_id"]), float(receipt["at"]))
-    rows = [("counter.field.credential_id", str(receipt["credential_id"]))]
+    held = printing.held(receipt.get("token"))
+    outcome = printing.print_held(receipt.get("token"))
+    if held is None or outcome is None:  # forgotten (15 min) or another counter app's token
+        session.pop("receipt", None)
+        return render_template("counter_result.html", clerk=_clerk(), title_key="counter.receipt.expired",
+                               rows=[], receipt=None), 410  # fmt: skip
+    rows = [("counter.field.credential_id", held[0])]
     title = "counter.receipt.printed" if outcome.printed else "counter.receipt.failed"
     html = render_template("counter_result.html", clerk=_clerk(), title_key=title, rows=rows,
                            receipt=receipt, print_outcome=outcome)  # fmt: skip

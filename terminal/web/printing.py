@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -145,23 +147,92 @@ class KioskPrinting:
 # --- the counter -------------------------------------------------------------------------------------
 
 
-class CounterPrinting:
-    """The counter's receipt printer: the enrollment receipt after an enrollment (no personal claim)."""
+@dataclass
+class _PendingReceipt:
+    credential_id: str
+    issued_at: float
+    revocation_password: str | None  # held in memory until printed (or ``max_age_s``), never logged
+    held_at: float
+    printed: bool = False
 
-    def __init__(self, printer: ReceiptPrinter, counter_id: str) -> None:
+
+class CounterPrinting:
+    """The counter's receipt printer: the enrollment receipt after an enrollment (no personal claim).
+
+    :meth:`hold` keeps what the receipt prints — credential no., time and the revocation password the citizen
+    chose — **server-side** under a random token (the browser's signed session cookie carries only the
+    token: a cookie is readable, not encrypted). :meth:`print_held` prints it (again after a fault); once a
+    receipt is printed the password is dropped, so a second copy prints :data:`REVOCATION_PASSWORD_SLOT`.
+    Held receipts are forgotten after ``max_age_s`` (15 min, as the kiosk's print jobs) and beyond ``keep``.
+    """
+
+    def __init__(
+        self,
+        printer: ReceiptPrinter,
+        counter_id: str,
+        *,
+        max_age_s: float = 900.0,
+        keep: int = 20,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.printer = printer
         self.counter_id = counter_id
+        self.max_age_s = max_age_s
+        self.keep = keep
+        self.clock = clock
         self._lock = threading.Lock()
+        self._held: OrderedDict[str, _PendingReceipt] = OrderedDict()
 
-    def print_enrollment(self, credential_id: str, issued_at: float) -> PrintOutcome:
-        """Print the receipt of ``credential_id`` (``printer.state.*`` on a fault; call again to reprint)."""
-        blocks = enrollment_receipt_blocks(credential_id, self.counter_id, issued_at)
+    def _prune(self) -> None:
+        cutoff = self.clock() - self.max_age_s
+        for token in [t for t, r in self._held.items() if r.held_at < cutoff]:
+            del self._held[token]
+        while len(self._held) > self.keep:
+            self._held.popitem(last=False)
+
+    def hold(self, credential_id: str, issued_at: float, revocation_password: str | None = None) -> str:
+        """Keep the receipt of an enrollment for printing; returns the token the clerk's session carries."""
+        token = secrets.token_urlsafe(18)
         with self._lock:
-            try:
-                status = self.printer.print(blocks)
-            except PrinterFault as exc:
-                logger.warning("enrollment receipt not printed: %s", exc.status.state.value)
-                return PrintOutcome("failed", exc.status.message_key, printer=exc.status.state)
+            self._held[token] = _PendingReceipt(
+                credential_id, issued_at, revocation_password or None, held_at=self.clock()
+            )
+            self._prune()
+        return token
+
+    def held(self, token: object) -> tuple[str, float] | None:
+        """The credential no. and time of a held receipt (None: unknown or forgotten)."""
+        with self._lock:
+            self._prune()
+            r = self._held.get(token) if isinstance(token, str) else None
+            return None if r is None else (r.credential_id, r.issued_at)
+
+    def print_held(self, token: object) -> PrintOutcome | None:
+        """Print a held receipt (None: unknown or forgotten); after a fault it stays held, password too."""
+        with self._lock:
+            self._prune()
+            r = self._held.get(token) if isinstance(token, str) else None
+            if r is None:
+                return None
+            outcome = self._print(r.credential_id, r.issued_at, r.revocation_password)
+            if outcome.printed:
+                r.printed, r.revocation_password = True, None
+            return outcome
+
+    def print_enrollment(
+        self, credential_id: str, issued_at: float, revocation_password: str | None = None
+    ) -> PrintOutcome:
+        """Print the receipt of ``credential_id`` (``printer.state.*`` on a fault; call again to reprint)."""
+        with self._lock:
+            return self._print(credential_id, issued_at, revocation_password)
+
+    def _print(self, credential_id: str, issued_at: float, revocation_password: str | None) -> PrintOutcome:
+        blocks = enrollment_receipt_blocks(credential_id, self.counter_id, issued_at, revocation_password)
+        try:
+            status = self.printer.print(blocks)
+        except PrinterFault as exc:
+            logger.warning("enrollment receipt not printed: %s", exc.status.state.value)
+            return PrintOutcome("failed", exc.status.message_key, printer=exc.status.state)
         return PrintOutcome("printed", "counter.receipt.printed", printer=status.state)
 
 

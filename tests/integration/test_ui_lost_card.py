@@ -1,6 +1,8 @@
 """Lost-card report by name, birth date and revocation password at the counter, in headless Chromium on the
-real stack (docs/server.md §Lost-card report; issue 11 item 3): enroll with a revocation password, report
-the card lost without its credential id (a wrong password first: the same answer); the kiosk refuses it."""
+real stack (docs/server.md §Lost-card report; issue 11 item 3): enroll with a revocation password, print the
+enrollment receipt on the counter's printer (the ESC/POS emulator on a real pty; issue 13), report the card
+lost without its credential id with what the receipt says (a wrong password first: the same answer); the
+kiosk refuses it."""
 
 from __future__ import annotations
 
@@ -10,8 +12,10 @@ from typing import Any
 
 import pytest
 from citydemo import demo
+from citydemo.printer import VirtualPrinter
 from emulators.card.citizen_card import make_citizen_card
 
+from terminal.web.printing import CounterPrinting
 from tests.integration.ui_support import Slot, World, serving, type_pin, visible_text
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
@@ -39,6 +43,13 @@ def slot(vpcd_slot: tuple[int, str]) -> Iterator[Slot]:
         s.clear()
 
 
+def _receipt_password(lines: list[str]) -> str:
+    """The revocation password as the receipt prints it: the lines after its label, up to the reminder."""
+    start = lines.index("Revocation password (for a lost card):") + 1
+    end = lines.index("  Keep this receipt apart from the card.")
+    return "".join(line.strip() for line in lines[start:end])
+
+
 def _report(page: Any, family: str, given: str, born: str, password: str) -> str:
     page.click("#back-home")
     page.click("#menu-lost")
@@ -58,7 +69,10 @@ def test_lost_card_reported_by_name_and_revocation_password(
 ) -> None:
     state = tmp_path / "new-card.json"
     card = slot.insert(lambda: make_citizen_card(state))
-    with serving(world.counter_app(slot.reader), page) as url:
+    printer = VirtualPrinter(tmp_path)  # the counter's receipt printer
+    receipts = CounterPrinting(printer.printer, "demo-counter")
+    counter = world.counter_app(slot.reader, counter_printing=receipts)
+    with serving(counter, page) as url:
         page.goto(url + "/counter/login")
         page.fill("#clerk", demo.DEMO_CLERK)
         page.fill("#password", demo.DEMO_CLERK_PASSWORD)
@@ -82,6 +96,18 @@ def test_lost_card_reported_by_name_and_revocation_password(
         assert "Card enrolled" in visible_text(page)
         assert REVOCATION_PASSWORD not in page.content()
         credential_id = page.inner_text('dd[data-field="counter.field.credential_id"]').strip()
+        page.click("#print-receipt")
+        page.wait_for_selector("#result")
+        assert "receipt has been printed" in visible_text(page) and REVOCATION_PASSWORD not in page.content()
+        (receipt,) = printer.emulator.wait_receipts(1)
+        assert receipt.complete
+        printed = _receipt_password(receipt.text)
+        assert printed == REVOCATION_PASSWORD and f"  {credential_id}" in receipt.text
+        # the instructions say what the lost-card form asks: name, date of birth, the password — no card
+        help_text = " ".join(receipt.text)
+        assert "name, date of birth and the" in help_text and "revocation password above" in help_text
+        for personal in ("Jung", "Haeun", "1950", "Saha"):
+            assert personal not in help_text, personal
 
         wrong = _report(page, "Jung", "Haeun", "1950-03-01", "not-the-password")
         unknown = _report(page, "Park", "Sora", "1961-07-07", REVOCATION_PASSWORD)
@@ -93,7 +119,7 @@ def test_lost_card_reported_by_name_and_revocation_password(
         page.wait_for_selector("#result")
         assert "Valid" in visible_text(page)  # the wrong password revoked nothing
 
-        right = _report(page, "JUNG ", "haeun", "1950-03-01", REVOCATION_PASSWORD)
+        right = _report(page, "JUNG ", "haeun", "1950-03-01", printed)  # as read off the receipt
         screenshot(page, "lost-card-reported")
         assert right == wrong and REVOCATION_PASSWORD not in page.content()
         page.click("#back-home")
@@ -103,6 +129,7 @@ def test_lost_card_reported_by_name_and_revocation_password(
         page.wait_for_selector("#result")
         assert "Revoked" in visible_text(page)
     card.stop()
+    printer.close()
 
     # The card turns up again and is tried at a kiosk: refused.
     with serving(world.kiosk_app(slot.reader), page) as url:

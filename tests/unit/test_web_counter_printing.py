@@ -20,7 +20,7 @@ from flask.testing import FlaskClient
 from cityid import certificate as c
 from cityid.keys import P256PublicKey
 from terminal.config import hash_password, parse_config
-from terminal.flows.certificate import REVOCATION_PASSWORD_SLOT, enrollment_receipt_blocks
+from terminal.flows.certificate import PASSWORD_LINE, REVOCATION_PASSWORD_SLOT, enrollment_receipt_blocks
 from terminal.flows.kiosk import SERVICES
 from terminal.peripherals.printer import PrinterState, Text
 from terminal.web import create_app, shutdown, start
@@ -65,13 +65,25 @@ def _app(**extra: Any) -> Flask:
     return create_app(config, counter=FakeCounterBackend(), **extra)
 
 
+def _text(blocks: list[Any]) -> str:
+    return "\n".join(b.text for b in blocks if isinstance(b, Text))
+
+
 def test_enrollment_receipt_has_no_personal_claim_and_a_marked_password_slot() -> None:
     blocks = enrollment_receipt_blocks("cred-0042", "counter-3", 1_800_000_000)
-    text = "\n".join(b.text for b in blocks if isinstance(b, Text))
+    text = _text(blocks)
     assert "cred-0042" in text and "counter-3" in text and "2027-01-15" in text
-    assert REVOCATION_PASSWORD_SLOT in text and "not yet issued" in text  # the other issue's slot
+    assert REVOCATION_PASSWORD_SLOT in text and "none on this receipt" in text  # no password chosen
     assert "Lost or stolen" in text
-    assert Text("pw-1") in enrollment_receipt_blocks("c", "k", 0, revocation_password="pw-1")
+    assert Text("  pw-1", bold=True) in enrollment_receipt_blocks("c", "k", 0, revocation_password="pw-1")
+
+
+def test_a_long_revocation_password_is_printed_whole_on_several_lines() -> None:
+    password = "".join(chr(ord("a") + i % 26) for i in range(100))  # 100 characters: the form allows 128
+    blocks = enrollment_receipt_blocks("c", "k", 0, revocation_password=password)
+    lines = [b.text.strip() for b in blocks if isinstance(b, Text) and b.bold and b.text.startswith("  ")]
+    assert "".join(lines[1:]) == password and all(len(x) <= PASSWORD_LINE for x in lines[1:])
+    assert REVOCATION_PASSWORD_SLOT not in _text(blocks)
 
 
 def test_enrollment_receipt_printed_on_request_and_reprinted_after_a_fault() -> None:
@@ -97,6 +109,44 @@ def test_enrollment_receipt_printed_on_request_and_reprinted_after_a_fault() -> 
     assert "cred-0001" in text
     for personal in ("Kim", "Minsu", "1950", "Haeundae"):
         assert personal not in text, personal
+    assert REVOCATION_PASSWORD_SLOT in text  # none chosen in this enrollment
+    shutdown(app)
+
+
+def test_the_chosen_revocation_password_is_printed_once_and_never_put_in_the_cookie() -> None:
+    printer = Printer()
+    clock = [1_800_000_000.0]
+    printing = CounterPrinting(printer, "counter-3", clock=lambda: clock[0])  # type: ignore[arg-type]
+    app = _app(counter_printing=printing)
+    client = app.test_client()
+    tok = _login(client)
+    password = "heron-over-gwangan"
+    form = {"reader": "Fake Counter Reader", "family_name": "Kim", "given_name": "Minsu",
+            "birthdate": "1950-03-01", "district": "Haeundae-gu", "resident": "on", "pin": "135790",
+            "pin2": "135790", "puk": "87654321", "puk2": "87654321", "revocation_password": password,
+            "csrf_token": tok}  # fmt: skip
+    html = client.post("/counter/enroll", data=form).get_data(as_text=True)
+    assert 'id="print-receipt"' in html and password not in html
+    cookie = client.get_cookie("cityid_session")
+    assert cookie is not None
+    from flask.sessions import SecureCookieSessionInterface
+
+    signer = SecureCookieSessionInterface().get_signing_serializer(app)
+    assert signer is not None and password not in repr(signer.loads(cookie.value))  # only a token
+    printer.state = PrinterState.PAPER_OUT
+    assert client.post("/counter/receipt", data={"csrf_token": tok}).status_code == 503
+    printer.state = PrinterState.READY  # after the fault the password is still held: the reprint has it
+    assert client.post("/counter/receipt", data={"csrf_token": tok}).status_code == 200
+    (blocks,) = printer.printed
+    assert Text(f"  {password}", bold=True) in blocks and REVOCATION_PASSWORD_SLOT not in _text(blocks)
+    # a second copy: the password was dropped once printed
+    assert client.post("/counter/receipt", data={"csrf_token": tok}).status_code == 200
+    assert password not in _text(printer.printed[1]) and REVOCATION_PASSWORD_SLOT in _text(printer.printed[1])
+    # 15 minutes later the held receipt is forgotten: a clear answer, nothing printed
+    clock[0] += 901
+    resp = client.post("/counter/receipt", data={"csrf_token": tok})
+    assert resp.status_code == 410 and "no longer held" in resp.get_data(as_text=True)
+    assert len(printer.printed) == 2
     shutdown(app)
 
 
