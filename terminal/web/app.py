@@ -16,7 +16,7 @@ from flask import Flask, abort, redirect, render_template, request, session, url
 from werkzeug.wrappers import Response
 
 from terminal.config import LANGUAGES, Mode, TerminalConfig, check_bind
-from terminal.web import counter_views, demo_views, events, kiosk_views, security
+from terminal.web import counter_views, demo_views, events, kiosk_views, security, staff_views
 from terminal.web.backend import CounterBackend, KioskBackend
 from terminal.web.catalog import catalogue, translate
 from terminal.web.controller import KioskController
@@ -88,6 +88,8 @@ def create_app(
         )
         app.register_blueprint(kiosk_views.bp)
         app.register_blueprint(kiosk_views.screen_bp)
+        app.extensions["cityid.printing"] = printing
+        app.register_blueprint(staff_views.bp, url_prefix="/staff")  # printer state, reprints (staff only)
     elif config.mode is Mode.KIOSK:
         raise ValueError("kiosk mode needs a kiosk backend")
     if counter is not None:
@@ -114,6 +116,7 @@ def create_app(
             "known": lambda key: key in catalogue(lang),
             "terminal_id": config.terminal_id,
             "demo_enabled": demo is not None,
+            "staff_enabled": kiosk is not None and printing is not None,
         }
 
     @app.post("/lang")

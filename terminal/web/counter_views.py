@@ -233,21 +233,31 @@ def login() -> str:
     return render_template("counter_login.html", error_key=None, clerk="")
 
 
-@bp.post("/login")
-def login_post() -> Response | tuple[str, int]:
-    clerk = request.form.get("clerk", "").strip()
-    password = request.form.get("password", "")
-    hashed = _config().clerks.get(clerk)
-    store = _sessions()
+def check_clerk(store: ClerkSessions, clerks: dict[str, str], clerk: str, password: str) -> str | None:
+    """A sign-in attempt against ``clerks`` (id → scrypt hash): None when it succeeds, else the catalogue
+    key of the refusal (``counter.login.locked`` / ``counter.login.failed``); failures count in ``store``.
+    Also the kiosk's staff sign-in (:mod:`terminal.web.staff_views`)."""
     if store.locked(clerk):
-        return render_template("counter_login.html", error_key="counter.login.locked", clerk=clerk), 429
+        return "counter.login.locked"
+    hashed = clerks.get(clerk)
     # An unknown id runs scrypt too (against a dummy hash): the answer time is no oracle for the ids.
     matches = check_password(password, hashed if hashed is not None else _dummy_hash())
     ok = hashed is not None and matches
     store.record(clerk, ok)
     if not ok:
         logger.info("clerk sign-in refused")
-        return render_template("counter_login.html", error_key="counter.login.failed", clerk=clerk), 401
+        return "counter.login.failed"
+    return None
+
+
+@bp.post("/login")
+def login_post() -> Response | tuple[str, int]:
+    clerk = request.form.get("clerk", "").strip()
+    store = _sessions()
+    error = check_clerk(store, _config().clerks, clerk, request.form.get("password", ""))
+    if error is not None:
+        status = 429 if error == "counter.login.locked" else 401
+        return render_template("counter_login.html", error_key=error, clerk=clerk), status
     lang = session.get("lang")
     session.clear()  # new session id material: no fixation of a pre-login session
     if lang:

@@ -63,6 +63,19 @@ class PrintOutcome:
         return self.state == "printed"
 
 
+@dataclass(frozen=True, slots=True)
+class StaffJob:
+    """A kept print job as the staff page lists it: no printed fact, only what identifies the paper."""
+
+    id: str
+    service: str
+    created_at: float
+    state: str  # JobState value
+    attempts: int
+    confirmation: str
+    fault: str | None  # ``printer.state.*`` of the last failure (None: not failed)
+
+
 class KioskPrinting:
     """A kiosk's certificate desk as the web layer uses it (module doc)."""
 
@@ -106,7 +119,9 @@ class KioskPrinting:
         """Issue (once) and print a certificate of ``printable`` for ``service_id``; reprint ``job_id``."""
         if job_id is not None:
             try:
-                job = self.desk.reprint(job_id)
+                kept = self.desk.job(job_id)
+                # staff may have reprinted it meanwhile (the staff page): no second paper for one press
+                job = kept if kept.state is JobState.PRINTED else self.desk.reprint(job_id)
             except CityIdError:
                 job_id = None  # forgotten (too old): issue anew below
             else:
@@ -133,6 +148,24 @@ class KioskPrinting:
             return PrintOutcome("printed", "print.done", job.id, job.certificate.confirmation, state)
         key = job.status.message_key if job.status is not None else "print.unavailable"
         return PrintOutcome("failed", key, job.id, "", state)
+
+    def staff_jobs(self) -> list[StaffJob]:
+        """The jobs the desk keeps (15 min), newest first, for the staff page."""
+        out = []
+        for j in reversed(self.desk.jobs()):
+            fault = j.status.message_key if j.state is JobState.FAILED and j.status is not None else None
+            out.append(StaffJob(j.id, str(j.certificate.payload["svc"]), j.created_at, j.state.value,
+                                j.attempts, j.certificate.confirmation, fault))  # fmt: skip
+        return out
+
+    def reprint(self, job_id: str) -> PrintOutcome:
+        """Staff reprint of a kept job: the same document (anchoring already queued once, never again);
+        ``unavailable`` / ``staff.job_gone`` when the desk no longer holds it."""
+        try:
+            job = self.desk.reprint(job_id)
+        except CityIdError:
+            return PrintOutcome("unavailable", "staff.job_gone")
+        return self._outcome(job)
 
     def health_json(self) -> dict[str, Any]:
         """The printer part of ``/health`` (staff; no personal data)."""
