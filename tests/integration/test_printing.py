@@ -2,8 +2,9 @@
 
 Facts of a verdict → CertificateDesk (signed, queued on the city server) → python-escpos over a pty → the
 printer emulator renders the receipt → zxing-cpp decodes the QR → verified against the chain by the library
-verifier, the city server's page and ``kiosk verify-certificate``; tampered certificates refused by each;
-every printer fault leaves the document for a reprint, printed once, anchored once.
+verifier, the city server's page, the counter's serial scanner and ``kiosk verify-certificate``; tampered
+certificates refused by each; every printer fault leaves the document for a reprint, printed once, anchored
+once.
 """
 
 from __future__ import annotations
@@ -151,7 +152,26 @@ def _edit(qr: str, **changes) -> str:  # type: ignore[no-untyped-def]
     return f"{c.QR_PREFIX}{head}.{payload}.{sig}"
 
 
-def test_tampered_certificates_refused_by_library_server_and_cli(city, tmp_path, capsys) -> None:
+def _scan_all(city: City, codes: list[str]) -> list:  # type: ignore[type-arg]
+    """Scan each code at a counter: scanner emulator → pty → SerialScanner → verify_scan (the counter's
+    verifier: the city server's kiosk directory and proofs, anchors on the chain)."""
+    results = []
+    with PtyPair() as pair:
+        emu = ScannerEmulator(pair.device, terminator=b"\r")
+        scanner = SerialScanner(pair.host, idle_s=0.2)
+        try:
+            for code in codes:
+                emu.scan(code, chunk=64, gap_s=0.001)
+                result = verify_scan(scanner, city.verifier, timeout=3)
+                assert result is not None
+                results.append(result)
+        finally:
+            scanner.close()
+            emu.close()
+    return results
+
+
+def test_tampered_certificates_refused_by_library_server_scanner_and_cli(city, tmp_path, capsys) -> None:
     from terminal.cli import main
 
     good = city.desk.issue_facts(RESIDENCE, FACTS)
@@ -182,6 +202,11 @@ def test_tampered_certificates_refused_by_library_server_and_cli(city, tmp_path,
             city.verifier.verify(text)
         assert exc.value.reason.value == reason, name
         assert city.server_verify(text)["reason"] == reason, name
+    # the counter's scanner: each code scanned on a real pty, read by SerialScanner, verified by verify_scan
+    scanned = _scan_all(city, [good_qr, *(text for text, _ in cases.values())])
+    assert scanned[0].ok and scanned[0].verified.confirmation == good.certificate.confirmation
+    for result, (name, (_, reason)) in zip(scanned[1:], cases.items(), strict=True):
+        assert not result.ok and result.rejected.reason.value == reason, name
     if city.chain_env.kind != "anvil":
         return  # the CLI is a separate process's view: it needs a JSON-RPC node (anvil)
     network = tmp_path / "network.json"
