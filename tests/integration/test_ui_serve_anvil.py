@@ -1,12 +1,13 @@
 """`kiosk serve`'s production wiring on a real node: the kiosk built from a TOML config with a network file
 (anvil over HTTP JSON-RPC), the city server on that chain, a card enrolled there, and a benefit check in
-headless Chromium with the card through pcscd + vpcd."""
+headless Chromium with the card through pcscd + vpcd; with a ``[printer]`` on a real pty (issue 13): card
+tap → verdict → "print my certificate" → the ESC/POS emulator's receipt → zxing-cpp → verified on anvil."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from terminal.flows.counter import CitizenRequest, CounterEnrollment
 from terminal.server_client import ServerClient
 from terminal.verifier import NonceStore, Verifier
 from terminal.web import create_app
-from terminal.web_cli import _backends
+from terminal.web_cli import _backends, _printing
 from tests.integration.ui_support import Slot, serving, type_pin, visible_text
 from tests.unit.server_support import publish_for_tests, registrar_gateway
 
@@ -45,8 +46,16 @@ def slot(vpcd_slot: tuple[int, str]) -> Iterator[Slot]:
         s.clear()
 
 
+@dataclass
+class CityServer:
+    url: str
+    client: ServerClient
+    app: Any
+    db: Database
+
+
 @pytest.fixture
-def city_server(anvil_chain: Any, tmp_path: Path) -> Iterator[tuple[str, ServerClient]]:
+def city_server(anvil_chain: Any, tmp_path: Path) -> Iterator[CityServer]:
     signer = KeystoreSigner(ec.generate_private_key(ec.SECP256R1()))
     gateway = registrar_gateway(anvil_chain.network, anvil_chain.client(), anvil_chain.accounts[0])
     publish_for_tests(gateway, signer.public_point)
@@ -63,17 +72,13 @@ def city_server(anvil_chain: Any, tmp_path: Path) -> Iterator[tuple[str, ServerC
     thread.start()
     url = f"http://127.0.0.1:{http.server_port}"
     try:
-        yield url, ServerClient(url, "counter-anvil", key, clerk="clerk-a")
+        yield CityServer(url, ServerClient(url, "counter-anvil", key, clerk="clerk-a"), app, db)
     finally:
         http.shutdown()
         http.server_close()
 
 
-def test_kiosk_serve_config_on_anvil(
-    anvil_chain: Any, city_server: tuple[str, ServerClient], slot: Slot, page: Any, tmp_path: Path,
-    screenshot: Any,
-) -> None:  # fmt: skip
-    _, client = city_server
+def _kiosk_config(anvil_chain: Any, slot: Slot, tmp_path: Path, extra: str = "") -> Path:
     network_file = tmp_path / "network.json"
     anvil_chain.network.save(network_file)
     config_file = tmp_path / "kiosk.toml"
@@ -81,13 +86,14 @@ def test_kiosk_serve_config_on_anvil(
         "[terminal]\n"
         'mode = "kiosk"\nid = "kiosk-anvil"\naudience = "https://kiosk.busan.go.kr/kiosk-anvil"\n'
         f'language = "en"\nreader = "{slot.reader}"\nrequire_clock_sync = false\n'
-        f'[chain]\nnetwork = "{anvil_chain.network.name}"\nnetwork_file = "network.json"\n',
+        f'[chain]\nnetwork = "{anvil_chain.network.name}"\nnetwork_file = "network.json"\n' + extra,
         "utf-8",
     )
-    config = load_config(config_file)
-    assert config.chain.network_file == str(network_file)
+    return config_file
 
-    # a citizen enrolled at a counter on the same chain
+
+def _enrolled_card(anvil_chain: Any, client: ServerClient, tmp_path: Path) -> Path:
+    """A citizen enrolled at a counter on the same chain; returns the card's state file."""
     card_state = tmp_path / "card.json"
     view = LiveChainView(anvil_chain.client(), anvil_chain.network)
     counter = CounterEnrollment(client, Verifier(view, "https://counter.busan.go.kr/c-anvil", NonceStore()))
@@ -96,19 +102,89 @@ def test_kiosk_serve_config_on_anvil(
         busan_resident=True, new_pin=PIN, new_puk="31415926",
     )  # fmt: skip
     counter.run(InProcessConnection(make_citizen_card(card_state)), request)
+    return card_state
+
+
+def _benefit_check(page: Any, slot: Slot, card_state: Path) -> None:
+    page.wait_for_selector("#idle-title")
+    slot.insert(lambda: make_citizen_card(card_state))
+    page.wait_for_url("**/services")
+    page.click("#service-benefit-check")
+    page.click("#agree")
+    page.wait_for_url("**/pin")
+    type_pin(page, PIN)
+    page.click("#pin-ok")
+    page.wait_for_url("**/verdict")
+
+
+def test_kiosk_serve_config_on_anvil(
+    anvil_chain: Any, city_server: CityServer, slot: Slot, page: Any, tmp_path: Path, screenshot: Any,
+) -> None:  # fmt: skip
+    config = load_config(_kiosk_config(anvil_chain, slot, tmp_path))
+    assert config.chain.network_file == str(tmp_path / "network.json")
+    card_state = _enrolled_card(anvil_chain, city_server.client, tmp_path)
 
     kiosk, none = _backends(config)  # exactly what `kiosk serve --config kiosk.toml` builds
     assert none is None
     with serving(create_app(replace(config, port=0), kiosk=kiosk), page) as url:
         page.goto(url + "/")
-        page.wait_for_selector("#idle-title")
-        slot.insert(lambda: make_citizen_card(card_state))
-        page.wait_for_url("**/services")
-        page.click("#service-benefit-check")
-        page.click("#agree")
-        page.wait_for_url("**/pin")
-        type_pin(page, PIN)
-        page.click("#pin-ok")
-        page.wait_for_url("**/verdict")
+        _benefit_check(page, slot, card_state)
         screenshot(page, "verdict-on-anvil")
         assert "You are eligible" in visible_text(page)
+
+
+def test_print_my_certificate_on_anvil(
+    anvil_chain: Any, city_server: CityServer, slot: Slot, page: Any, tmp_path: Path, screenshot: Any,
+) -> None:  # fmt: skip
+    """Issue 13 end to end on a real node: the kiosk's desk from ``[printer]`` + ``[server]`` (web_cli), the
+    receipt from the ESC/POS stream on a pty, its QR verified against anvil and the city server."""
+    import zxingcpp
+    from emulators.printer import PrinterEmulator
+    from emulators.ptys import PtyPair
+
+    from cityid import certificate as c
+    from terminal.certificate_client import HttpKioskDirectory, HttpProofSource
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    key_file = tmp_path / "kiosk-key.pem"
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))  # fmt: skip
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    pem = key.public_key().public_bytes(serialization.Encoding.PEM, spki)
+    city_server.db.add_terminal("kiosk-anvil", pem.decode())  # the city authorizes the kiosk's key
+    with PtyPair() as pair:
+        emu = PrinterEmulator(pair.device)
+        try:
+            extra = (f'[server]\nurl = "{city_server.url}"\nterminal_key = "{key_file}"\n'
+                     f'[printer]\nport = "{pair.host}"\nbaudrate = 115200\n')  # fmt: skip
+            config = load_config(_kiosk_config(anvil_chain, slot, tmp_path, extra))
+            card_state = _enrolled_card(anvil_chain, city_server.client, tmp_path)
+            kiosk, _ = _backends(config)
+            printing = _printing(config, kiosk)  # what `kiosk serve` builds from [printer]
+            assert printing is not None
+            with serving(create_app(replace(config, port=0), kiosk=kiosk, printing=printing), page) as url:
+                page.goto(url + "/")
+                _benefit_check(page, slot, card_state)
+                assert page.is_visible("#print") and emu.receipts == []  # nothing printed unasked
+                page.click("#print")
+                page.wait_for_selector("#print-confirmation")
+                screenshot(page, "verdict-printed-on-anvil")
+                confirmation = page.inner_text("#print-confirmation").strip()
+            (receipt,) = emu.wait_receipts(1)
+            assert receipt.complete
+            (qr,) = [r.text for r in zxingcpp.read_barcodes(receipt.image().convert("L"))]
+        finally:
+            emu.stop()
+    verifier = c.CertificateVerifier(
+        HttpKioskDirectory(city_server.url),
+        c.ChainAnchorChecker(anvil_chain.client(), anvil_chain.network),
+        HttpProofSource(city_server.url),
+    )
+    with pytest.raises(c.CertificateRejected) as early:
+        verifier.verify(qr)  # queued, not anchored until the batch window closes
+    assert early.value.reason is c.Rejection.PENDING
+    assert city_server.app.extensions["cityid.certificates"].queue.flush(force=True) == 1  # one anvil tx
+    verified = verifier.verify(qr)
+    assert verified.confirmation == confirmation and verified.kiosk == "kiosk-anvil"
+    assert verified.service == "benefit-check"
+    assert verified.facts == {"busan_resident": True, "age_over_65": True}  # exactly what the service got
