@@ -304,6 +304,35 @@ def test_cable_pulled_mid_print(embedded_city) -> None:
     assert receipt.complete and city.anchor_posts() == 1
 
 
+def test_printer_switched_off_mid_print(embedded_city) -> None:
+    """Switched off in the middle of a receipt: no answer → the job fails as ``no_answer`` during printing;
+    switched on again, the same document prints whole, anchored once."""
+    city = embedded_city
+    city.replug(baudrate=9600)
+    city.printer.settings = PrinterSettings(port=city.link, baudrate=9600)
+    job = city.desk.issue_facts(RESIDENCE, FACTS)
+    result: list = []
+    worker = threading.Thread(target=lambda: result.append(city.desk.print(job.id)))
+    worker.start()
+    deadline = time.monotonic() + 5
+    while city.emu.bytes_received < 500 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert city.emu.bytes_received >= 500
+    city.emu.power_off()
+    worker.join(timeout=60)
+    (failed,) = result
+    assert failed.state is JobState.FAILED and failed.status.state is PrinterState.NO_ANSWER
+    assert failed.history[-1] == "failed:no_answer:printing"
+    assert city.emu.receipts == []  # the cut never came
+    city.emu.power_on()
+    again = city.desk.reprint(job.id)
+    assert again.state is JobState.PRINTED
+    assert again.certificate.document_hash == job.certificate.document_hash
+    (receipt,) = city.emu.wait_receipts(1, timeout=30)
+    assert receipt.complete and decode_qr(receipt) == job.certificate.qr_text()
+    assert city.anchor_posts() == 1
+
+
 def test_nothing_printed_when_the_queue_is_unreachable(embedded_city) -> None:
     from terminal.flows.certificate import AnchorUnavailable
 
