@@ -93,7 +93,8 @@ class SerialScanner:
                     return line
             try:
                 chunk = self._port.read(self._port.in_waiting or 1)
-            except (serial.SerialException, OSError) as exc:
+            except (serial.SerialException, OSError, TypeError) as exc:
+                # TypeError: pyserial reading a port another thread closed meanwhile (its fd is None)
                 raise ScannerError(f"scanner went away: {type(exc).__name__}") from None
             now = time.monotonic()
             if chunk:

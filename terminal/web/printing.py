@@ -307,6 +307,8 @@ class CounterScanning:
             try:
                 result = verify_scan(self.scanner, self.verifier, timeout=0.5)
             except CityIdError as exc:  # the scanner went away: say so once a second, keep trying
+                if self._stop.is_set():
+                    break  # closed by stop() while reading
                 logger.warning("counter scanner: %s", type(exc).__name__)
                 self._stop.wait(1.0)
                 continue

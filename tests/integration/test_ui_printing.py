@@ -202,3 +202,50 @@ def test_demo_panel_shows_the_virtual_printers_receipts(world: World) -> None:
     assert c.parse_qr(found).confirmation == job.certificate.confirmation
     assert client.get(f"/demo/receipts/{n + 1}.png").status_code == 404
     assert client.get("/demo/receipts/0.png").status_code == 404
+
+
+def test_staff_reprint_after_paper_ran_out(
+    world: World, kiosk: str, page: Any, slot: Slot, tmp_path: Path, screenshot: Any
+) -> None:
+    """Issue 13 item 5 in Chromium: the paper runs out mid-receipt; staff sign in from the kiosk's footer,
+    reprint the kept job on the staff page (the same document, anchored once), sign out — the citizen's
+    verdict is back on the screen and "try printing again" prints nothing more."""
+    emu = world.env.printer.emulator
+    before = len(emu.receipts)
+    _to_verdict(world, slot, page, tmp_path, "residence")
+    emu.load_paper(rows=200)  # runs out a little way into the receipt
+    try:
+        page.click("#print")
+        page.wait_for_selector("#print-message:has-text('The printer is out of paper.')")
+        (partial,) = emu.wait_receipts(before + 1)[before:]
+        assert not partial.complete
+    finally:
+        emu.load_paper()
+    page.click("#staff-link")
+    page.wait_for_url("**/staff/login")
+    page.fill("#clerk", demo.DEMO_CLERK)
+    page.fill("#password", demo.DEMO_CLERK_PASSWORD)
+    page.click("#login")
+    page.wait_for_url("**/staff/printer")
+    failed = page.locator("#jobs tr[data-state=failed]")
+    assert failed.count() == 1
+    assert "Residence" in failed.inner_text() and "out of paper" in failed.inner_text()
+    assert citizen("kim").given_name not in page.content()  # the kept facts are not shown to staff
+    job_id = (failed.get_attribute("id") or "").removeprefix("job-")
+    page.click(f"#reprint-{job_id}")
+    page.wait_for_selector("#reprint-message[data-state=printed]")
+    screenshot(page, "staff-reprinted")
+    (receipt,) = emu.wait_receipts(before + 2)[before + 1 :]
+    assert receipt.complete
+    (qr,) = [r.text for r in zxingcpp.read_barcodes(receipt.image().convert("L"))]
+    page.click("#staff-logout")
+    page.wait_for_url("**/verdict")  # the screen binding was kept: back to the citizen's verdict
+    assert "Residence confirmed" in visible_text(page)
+    page.click("#print")  # the citizen tries again: already printed by staff
+    page.wait_for_selector("#print-confirmation")
+    time.sleep(0.5)
+    assert len(emu.receipts) == before + 2
+    verified = _verify_when_anchored(_verifier(world), qr)
+    assert verified.confirmation == page.inner_text("#print-confirmation").strip()
+    desk = world.env.printing.desk
+    assert sum(1 for j in desk.jobs() if j.certificate.document_hash == verified.document_hash) == 1

@@ -221,3 +221,35 @@ def test_scanning_a_certificate_shows_its_verification(scanning_app) -> None:  #
     emu.scan("not a certificate")
     html = _scan_page(client, 3, app)
     assert 'data-reason="malformed"' in html
+
+
+def test_a_scanner_closed_under_its_reader_thread_ends_quietly() -> None:
+    """stop() closes the port while the reader may be in read(): pyserial then fails with TypeError (fd None);
+    that is a typed ScannerError, and the counter's thread ends without a traceback."""
+    import threading
+
+    from terminal.peripherals.scanner import ScannerError, SerialScanner
+
+    class ClosedPort:
+        in_waiting = 0
+
+        def read(self, n: int) -> bytes:
+            raise TypeError("'NoneType' object cannot be interpreted as an integer")
+
+        def close(self) -> None:
+            pass
+
+    scanner = SerialScanner("/dev/null", serial_factory=lambda *a, **k: ClosedPort())
+    with pytest.raises(ScannerError):
+        scanner.read_line(0.1)
+    crashes: list[Any] = []
+    previous, threading.excepthook = threading.excepthook, crashes.append
+    try:
+        scanning = CounterScanning(scanner, verifier=None)
+        scanning.start()
+        scanning._stop.set()  # stop() as it runs: the flag first, the port closed under the reader
+        assert scanning._thread is not None
+        scanning._thread.join(timeout=3)
+        assert not scanning._thread.is_alive() and crashes == []
+    finally:
+        threading.excepthook = previous
