@@ -270,6 +270,10 @@ def login_post() -> Response | tuple[str, int]:
 @bp.post("/logout")
 def logout() -> Response:
     _sessions().end(session.get("sid"))  # ended server-side: a copied cookie is signed out too
+    printing = current_app.extensions.get("cityid.counter_printing")
+    receipt = session.get("receipt")
+    if printing is not None and isinstance(receipt, dict):
+        printing.forget(receipt.get("token"))  # a receipt not printed by now keeps no password
     lang = session.get("lang")
     session.clear()
     if lang:

@@ -252,6 +252,12 @@ class CounterPrinting:
                 r.printed, r.revocation_password = True, None
             return outcome
 
+    def forget(self, token: object) -> None:
+        """Drop a held receipt (the clerk signed out): its password leaves memory now, not in 15 minutes."""
+        with self._lock:
+            if isinstance(token, str):
+                self._held.pop(token, None)
+
     def print_enrollment(
         self, credential_id: str, issued_at: float, revocation_password: str | None = None
     ) -> PrintOutcome:

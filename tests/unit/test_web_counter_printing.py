@@ -147,6 +147,11 @@ def test_the_chosen_revocation_password_is_printed_once_and_never_put_in_the_coo
     resp = client.post("/counter/receipt", data={"csrf_token": tok})
     assert resp.status_code == 410 and "no longer held" in resp.get_data(as_text=True)
     assert len(printer.printed) == 2
+    # signing out drops a receipt that was never printed (and its password) at once
+    html = client.post("/counter/enroll", data={**form, "csrf_token": tok}).get_data(as_text=True)
+    assert 'id="print-receipt"' in html and len(printing._held) == 1
+    client.post("/counter/logout", data={"csrf_token": tok})
+    assert len(printing._held) == 0
     shutdown(app)
 
 
