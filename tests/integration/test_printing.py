@@ -109,7 +109,7 @@ def decode_qr(receipt) -> str:  # type: ignore[no-untyped-def]
     return found[0]
 
 
-def test_print_decode_verify_on_both_chains(city, tmp_path) -> None:
+def test_print_decode_verify_on_both_chains(city, tmp_path, capsys) -> None:
     job = city.desk.issue_facts(RESIDENCE, FACTS)
     assert job.certificate.payload["facts"] == {k: FACTS[k] for k in RESIDENCE.claims}  # never more
     assert city.desk.print(job.id).state is JobState.PRINTED
@@ -143,6 +143,18 @@ def test_print_decode_verify_on_both_chains(city, tmp_path) -> None:
     assert city.anchor_posts() == 1  # issued once, printed twice, anchored once
     city.emu.save(tmp_path / "receipts")
     assert (tmp_path / "receipts" / "receipt-001.png").is_file()
+    if city.chain_env.kind == "anvil":  # the CLI on the receipt image (a photo or scan of the paper)
+        from terminal.cli import main
+
+        network = tmp_path / "network.json"
+        city.chain_env.network.save(network)
+        kiosks = tmp_path / "kiosks.json"
+        kiosks.write_text(json.dumps({"kiosk-1": P256PublicKey.from_crypto(city.key.public_key()).jwk()}))
+        png = tmp_path / "receipts" / "receipt-002.png"  # the reprint: its QR carries the proof
+        args = ["verify-certificate", "--network", str(network), "--kiosks", str(kiosks), "--json", str(png)]
+        assert main(args) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["valid"] is True and out["confirmation"] == job.certificate.confirmation
 
 
 def _edit(qr: str, **changes) -> str:  # type: ignore[no-untyped-def]
