@@ -223,6 +223,10 @@ def test_staff_reprint_after_paper_ran_out(
         emu.load_paper()
     page.click("#staff-link")
     page.wait_for_url("**/staff/login")
+    from tests.integration.test_ui_kiosk_axe import serious
+
+    checked: list[str] = []
+    serious(page, "staff sign-in", checked)
     page.fill("#clerk", demo.DEMO_CLERK)
     page.fill("#password", demo.DEMO_CLERK_PASSWORD)
     page.click("#login")
@@ -231,10 +235,12 @@ def test_staff_reprint_after_paper_ran_out(
     assert failed.count() == 1
     assert "Residence" in failed.inner_text() and "out of paper" in failed.inner_text()
     assert citizen("kim").given_name not in page.content()  # the kept facts are not shown to staff
+    serious(page, "staff printer page", checked)
     job_id = (failed.get_attribute("id") or "").removeprefix("job-")
     page.click(f"#reprint-{job_id}")
     page.wait_for_selector("#reprint-message[data-state=printed]")
     screenshot(page, "staff-reprinted")
+    serious(page, "staff reprinted", checked)
     (receipt,) = emu.wait_receipts(before + 2)[before + 1 :]
     assert receipt.complete
     (qr,) = [r.text for r in zxingcpp.read_barcodes(receipt.image().convert("L"))]
