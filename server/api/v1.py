@@ -11,6 +11,7 @@ from cityid.jose import b64url_encode
 from server.api import validate as v
 from server.auth import AuthError, RequestAuthenticator, SignedRequest
 from server.service import CredentialInfo, Enrollment, IssuerService, Presence, ValidationError
+from server.service.card_keys import CardKeyService
 
 bp = Blueprint("v1", __name__, url_prefix="/v1")
 
@@ -174,3 +175,35 @@ def lost_card_report() -> ResponseReturnValue:
         g.terminal, body["family_name"], body["given_name"], body["birthdate"], body["password"]
     )
     return jsonify(LOST_CARD_ANSWER), 200
+
+
+def _card_keys() -> CardKeyService:
+    return current_app.extensions["cityid.card_keys"]
+
+
+@bp.post("/cards/<serial>/management-key/authenticate")
+def card_key_authenticate(serial: str) -> ResponseReturnValue:
+    """Answer a card's 9B witness (docs/server.md §Card management keys): the counter relays the card's
+    step-1 answer and sends ``7C{80 witness, 81 challenge}``, then checks the card answered ``response``."""
+    body = _json()
+    v.only_keys(body, ("algorithm", "witness"))
+    algorithm = body["algorithm"]
+    if not isinstance(algorithm, int) or isinstance(algorithm, bool):
+        raise ValidationError("algorithm must be an integer (8: AES-128)")
+    answer = _card_keys().authenticate(
+        g.terminal, v.card_serial(serial), algorithm, v.b64url_bytes(body["witness"], "witness")
+    )
+    return jsonify(
+        witness=b64url_encode(answer.witness),
+        challenge=b64url_encode(answer.challenge),
+        response=b64url_encode(answer.expected),
+    ), 200
+
+
+@bp.post("/cards/<serial>/management-key")
+def card_key_set(serial: str) -> ResponseReturnValue:
+    """The SET MANAGEMENT KEY data for a card not enrolled yet (the counter relays it, never keeps it)."""
+    body = _json()
+    v.only_keys(body, ())
+    data = _card_keys().set_key_data(g.terminal, v.card_serial(serial))
+    return jsonify(set_management_key=b64url_encode(data)), 200
