@@ -284,9 +284,12 @@ class ServerClient:
 
     def card_key_answer(self, card_serial: bytes, algorithm: int, encrypted_witness: bytes) -> Exchange:
         """The city HSM's answer to the card's 9B witness (the counter relays it; no key reaches it)."""
-        route = f"/v1/cards/{card_serial.hex()}/management-key/authenticate"
-        payload = {"algorithm": int(algorithm), "witness": b64url_encode(encrypted_witness)}
-        data = self._call("POST", route, payload)[1]
+        payload = {
+            "card_serial": card_serial.hex(),
+            "algorithm": int(algorithm),
+            "witness": b64url_encode(encrypted_witness),
+        }
+        data = self._call("POST", "/v1/card-keys/authenticate", payload)[1]
         try:
             witness, challenge = b64url_decode(data["witness"]), b64url_decode(data["challenge"])
             return Exchange(witness, challenge, b64url_decode(data["response"]))
@@ -296,7 +299,7 @@ class ServerClient:
     def card_key_set_data(self, card_serial: bytes) -> bytes:
         """The SET MANAGEMENT KEY data ``08 9B 10 K_card`` for a card not yet enrolled. It carries the card's
         key in the clear (the APDU does): send it to the card at once and drop it — never keep or log it."""
-        data = self._call("POST", f"/v1/cards/{card_serial.hex()}/management-key", {})[1]
+        data = self._call("POST", "/v1/card-keys/set", {"card_serial": card_serial.hex()})[1]
         try:
             return b64url_decode(data["set_management_key"])
         except (KeyError, TypeError, ValueError) as exc:
