@@ -102,7 +102,7 @@ class Pkcs11CardKeys:
         try:
             import pkcs11
             from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
-            from pkcs11.exceptions import PKCS11Error
+            from pkcs11.exceptions import PKCS11Error, UserAlreadyLoggedIn
         except ImportError as exc:
             raise CardKeyError("python-pkcs11 is not installed") from exc
         self._lock = threading.Lock()
@@ -110,16 +110,29 @@ class Pkcs11CardKeys:
         self._error: type[Exception] = PKCS11Error
         try:
             token = pkcs11.lib(module).get_token(token_label=token_label)
-            self._session = token.open(user_pin=pin)
+            try:
+                self._session = token.open(user_pin=pin)
+            except UserAlreadyLoggedIn:  # login is per process and token (e.g. shared with the issuer key)
+                self._session = token.open()
             self._master: Any = self._session.get_key(
                 key_type=KeyType.AES, object_class=ObjectClass.SECRET_KEY, label=key_label
             )
         except (PKCS11Error, RuntimeError, OSError) as exc:
+            self._close_quietly()
             raise CardKeyError(
                 f"PKCS#11: cannot use key {key_label!r} on token {token_label!r}: {type(exc).__name__}"
             ) from exc
         if not self._master[Attribute.DERIVE]:
+            self._close_quietly()
             raise CardKeyError(f"PKCS#11: key {key_label!r} has no CKA_DERIVE")
+
+    def _close_quietly(self) -> None:
+        session = getattr(self, "_session", None)
+        if session is not None:
+            try:
+                session.close()
+            except self._error:
+                logger.warning("PKCS#11: could not close a session")
 
     @staticmethod
     def generate(module: str, token_label: str, key_label: str, pin: str) -> None:
