@@ -192,3 +192,24 @@ def test_config(tmp_path: Path) -> None:
             load_config(f, env={})
     with pytest.raises(CityIdError):
         load_card_keys(ManagementKeyConfig("software", software_master_key="zz"))
+
+
+def test_city_server_management_key_generate(
+    hsm: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The admin's one-time ceremony: the key is made in the token, a second run is refused."""
+    from server.cli import main
+
+    monkeypatch.setenv("CITY_MGMT_KEY_SOURCE", "pkcs11")
+    monkeypatch.setenv("CITY_MGMT_PKCS11_TOKEN", TOKEN)
+    monkeypatch.setenv("CITY_MGMT_PKCS11_KEY_LABEL", "ceremony-master")
+    assert main(["management-key", "generate"]) == 1  # no PIN
+    assert "CITY_MGMT_PKCS11_PIN" in capsys.readouterr().err
+    monkeypatch.setenv("CITY_MGMT_PKCS11_PIN", USER_PIN)
+    assert main(["management-key", "generate"]) == 0
+    assert "never extractable" in capsys.readouterr().out
+    assert main(["management-key", "generate"]) == 1
+    assert "already holds" in capsys.readouterr().err
+    keys = load_card_keys(_config("ceremony-master"))
+    assert keys is not None and len(keys.card_key(bytes(8))) == 16
+    keys.close()  # type: ignore[attr-defined]
