@@ -270,7 +270,7 @@ class CounterEnrollment:
         serial: bytes | None = None
         try:
             serial = self.card_serial(connection, expect_serial)
-            serial_text = serial.hex().upper()
+            serial_text = serial.hex()
             if expect_serial is not None and serial != expect_serial:
                 raise CardMismatchError("another card was inserted; put back the card being enrolled")
             j = self._load(serial) or _Journal()
