@@ -20,7 +20,7 @@ from cityid.errors import SecurityStatusError
 from cityid.piv import Algorithm, Slot
 from server.config import ManagementKeyConfig
 from server.management_keys import Pkcs11CardKeys
-from terminal.flows.counter import CounterEnrollment
+from terminal.flows.counter import CounterEnrollment, EnrollmentInterrupted
 from terminal.flows.counter_journal import JournalStore
 from terminal.pcsc.connection import PcscConnection
 from terminal.server_client import ServerCardKey, ServerClient
@@ -124,3 +124,65 @@ def test_cardtool_server_sets_and_uses_the_cards_key(
     assert main(["personalize", "--reader", reader, "--keep-pin", "--did", DID, *server]) == 0
     assert f"DID: {DID}" in capsys.readouterr().out
     _opens_nothing_without_the_cards_key(reader, client, serial)
+
+
+#: Commands torn through pcscd (the card did it, the answer never came back), then the counter restarts.
+TEARS = {
+    "set-management-key": 0xFF,
+    "generate": 0x47,
+    "put-credential": 0xD0,
+    "change-pin": 0x24,
+    "activate": 0xD4,
+}
+
+
+@pytest.mark.parametrize("what", list(TEARS))
+def test_card_pulled_mid_command_then_counter_restart(
+    vpcd_card_factory, tmp_path: Path, city, what: str
+) -> None:
+    """A tear through pcscd, then a *new* counter process state (same journal file, new clerk session):
+    the card ends on the DID of the first attempt, with one live credential and no default key."""
+    from emulators.card.transport import TearPoint
+    from sqlalchemy import select
+
+    from server.models import Credential
+    from server.service import serial_hash
+
+    rig, client, _key = city
+    state = tmp_path / "card.json"
+    handle = vpcd_card_factory(lambda: make_citizen_card(state, private_info=True), state)
+    journal = tmp_path / "journal.sqlite"
+
+    def counter() -> CounterEnrollment:
+        view = memory_chain_view(rig.chain)  # type: ignore[attr-defined]
+        return CounterEnrollment(
+            client, Verifier(view, AUDIENCE, NonceStore()), journal=JournalStore(journal)
+        )
+
+    fired: list[bytes] = []
+
+    def on_apdu(raw: bytes) -> TearPoint | None:
+        if not fired and len(raw) > 1 and raw[1] == TEARS[what]:
+            fired.append(raw[:4])
+            return TearPoint.AFTER_PROCESSING
+        return None
+
+    handle.on_apdu = on_apdu
+    with pytest.raises(EnrollmentInterrupted), PcscConnection(handle.reader_name) as conn:
+        counter().run(conn, REQUEST)
+    assert fired
+    handle.on_apdu = None
+    handle.wait_torn()
+    handle.insert()
+    with rig.db.sessions() as s:  # type: ignore[attr-defined]
+        before = {r.citizen_did for r in s.scalars(select(Credential))}
+    with PcscConnection(handle.reader_name) as conn:
+        out = counter().run(conn, REQUEST)  # the restarted counter
+    serial = bytes.fromhex(out.card_serial)
+    with rig.db.sessions() as s:  # type: ignore[attr-defined]
+        rows = list(s.scalars(select(Credential).where(Credential.card_serial_hash == serial_hash(serial))))
+    assert {r.citizen_did for r in rows} == {out.citizen_did}
+    assert [r.id for r in rows if r.state == "issued"] == [out.credential_id]
+    assert out.citizen_did in before or what in ("set-management-key", "generate")
+    assert JournalStore(journal).serials() == []
+    _opens_nothing_without_the_cards_key(handle.reader_name, client, serial)
