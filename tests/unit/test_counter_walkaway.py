@@ -233,3 +233,31 @@ def _pull_at(conn: InProcessConnection, step: Step) -> Callable[[Step], None]:
             conn.remove()
 
     return hook
+
+
+def test_journal_store_and_unusable_entries(tmp_path: Path) -> None:
+    """Rows survive a reopen, newest first; an unreadable row or entry starts that card over (logged),
+    never a traceback at the counter."""
+    import sqlite3
+    import time
+
+    from terminal.flows.counter import _Journal
+
+    path = tmp_path / "j.sqlite"
+    store = JournalStore(path)
+    a, b = bytes(8), bytes.fromhex("0102030405060708")
+    store.put(a, {"pin_set": True})
+    time.sleep(0.01)
+    store.put(b, {"pin_set": False})
+    store.close()
+    store = JournalStore(path)
+    assert store.serials() == [b, a] and store.get(a) == {"pin_set": True}
+    store.delete(b)
+    assert store.serials() == [a] and store.get(b) is None
+    sqlite3.connect(path).execute("UPDATE enrollment_journal SET progress = '{not json'").connection.commit()
+    assert store.get(a) is None
+    assert _Journal.from_record({"key": "zz", "pin_set": True}).next_step((Step.CARD_KEY, Step.KEY)) is (
+        Step.CARD_KEY
+    )
+    restored = _Journal.from_record({"card_key_set": True, "key": None, "certified": True, "pin_set": True})
+    assert restored.card_key_set and not restored.certified and restored.enrollment_key is None
