@@ -65,6 +65,7 @@ class _Host:
         self.p.select(CITIZEN_AID)
         self.authenticate()
         self.p.send_apdu(0x80, Ins.PUT_CREDENTIAL, 0, 0, record.encode())
+        self.p.send_apdu(0x80, Ins.ACTIVATE, 0, 0)  # last (docs/card-profile.md, ACTIVATE)
 
     def verify(self) -> None:
         self.p.send_apdu(0, 0x20, 0, 0x80, pad_pin(b"123456"), sensitive=True)

@@ -18,6 +18,7 @@ from server.chain.gateway import ChainGateway, open_chain
 from server.config import ServerConfig
 from server.db import Database
 from server.keys import IssuerSigner, load_signer
+from server.management_keys import CardKeys, load_card_keys
 from server.service import IssuerService, ServiceError
 
 logger = logging.getLogger(__name__)
@@ -28,12 +29,14 @@ def create_app(
     *,
     chain: ChainGateway | None = None,
     signer: IssuerSigner | None = None,
+    card_keys: CardKeys | None = None,
     db: Database | None = None,
     clock: Callable[[], datetime] | None = None,
     auth_clock: Callable[[], float] | None = None,
 ) -> Flask:
-    """Build the app: open the database (creating the schema), the issuer key and the chain, and read the
-    issuer's state on chain (no transaction: docs/chain.md §Roles). Components can be injected (tests)."""
+    """Build the app: open the database (creating the schema), the issuer key, the management master key
+    (``card_keys``, else from ``config.management_key``) and the chain, and read the issuer's state on
+    chain (no transaction: docs/chain.md §Roles). Components can be injected (tests)."""
     db = db or Database.from_url(config.database_url)
     db.init(config.status_list_id, config.status_list_capacity)
     signer = signer or load_signer(config.issuer_key)
@@ -41,6 +44,11 @@ def create_app(
     kwargs = {"clock": clock} if clock else {}
     service = IssuerService(db, chain, signer, config, **kwargs)
     service.start()
+    from server.service.card_keys import CardKeyService
+
+    card_key_service = CardKeyService(
+        service.ctx, card_keys if card_keys is not None else load_card_keys(config.management_key)
+    )
     auth = RequestAuthenticator(
         db, config.auth_window_seconds, **({"clock": auth_clock} if auth_clock else {})
     )
@@ -51,6 +59,7 @@ def create_app(
         app.json.sort_keys = False
     app.extensions["cityid.service"] = service
     app.extensions["cityid.auth"] = auth
+    app.extensions["cityid.card_keys"] = card_key_service
     app.extensions["cityid.db"] = db
 
     from server.api.v1 import bp

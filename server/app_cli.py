@@ -241,6 +241,30 @@ def cmd_key_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_management_key_generate(args: argparse.Namespace) -> int:
+    """Create the AES-256 management master key in the HSM (docs/operations.md §HSM); refuse a second one."""
+    from server.management_keys import CardKeyError, Pkcs11CardKeys
+
+    cfg = _config(args).management_key
+    if cfg.source != "pkcs11":
+        raise ValueError("management_key.source must be 'pkcs11' (CITY_MGMT_KEY_SOURCE) for an HSM key")
+    if not cfg.pkcs11_pin:
+        raise ValueError("PKCS#11 user PIN missing (env CITY_MGMT_PKCS11_PIN)")
+    where = (cfg.pkcs11_module, cfg.pkcs11_token, cfg.pkcs11_key_label, cfg.pkcs11_pin)
+    try:
+        Pkcs11CardKeys(*where).close()
+    except CardKeyError:
+        pass
+    else:
+        raise ValueError(f"token {cfg.pkcs11_token!r} already holds {cfg.pkcs11_key_label!r}: every card key "
+                         "depends on it — keep it (and its HSM backup)")  # fmt: skip
+    Pkcs11CardKeys.generate(*where)
+    Pkcs11CardKeys(*where).close()  # usable: found, CKA_DERIVE
+    print(f"generated AES-256 management master key {cfg.pkcs11_key_label!r} on token {cfg.pkcs11_token!r} "
+          "(sensitive, never extractable, derive only)")  # fmt: skip
+    return 0
+
+
 def _network_registrar(cfg: ServerConfig, account: LocalAccount) -> Registrar:
     from cityid.chain.errors import ChainConfigError
     from cityid.chain.network import NetworkConfig
@@ -436,3 +460,9 @@ def register(sub: Subcommands) -> None:
     q = ksub.add_parser("generate", help="create the issuer P-256 key (keystore file or PKCS#11 token)")
     common(q)
     q.set_defaults(func=cmd_key_generate)
+
+    p = sub.add_parser("management-key", help="the management master key of per-card 9B keys (HSM)")
+    msub = p.add_subparsers(dest="management_key_command", metavar="COMMAND", required=True)
+    q = msub.add_parser("generate", help="create the AES-256 master key in the [management_key] token")
+    common(q)
+    q.set_defaults(func=cmd_management_key_generate)

@@ -39,6 +39,23 @@ class IssuerKeyConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ManagementKeyConfig:
+    """Where the city's AES-256 management master key lives (docs/card-profile.md, "Per-card management
+    key"; docs/operations.md §HSM): a PKCS#11 token, or — demo and tests only — a key from the environment."""
+
+    source: str = "none"  # "none" | "pkcs11" | "software"
+    pkcs11_module: str = "/usr/lib/softhsm/libsofthsm2.so"
+    pkcs11_token: str = "city-hsm"  # noqa: S105 - a token label, not a secret
+    pkcs11_key_label: str = "city-9b-master"
+    pkcs11_pin: str | None = field(default=None, repr=False)  # env CITY_MGMT_PKCS11_PIN
+    software_master_key: str | None = field(default=None, repr=False)  # env CITY_MANAGEMENT_MASTER_KEY
+
+
+MANAGEMENT_KEY_SOURCES = ("none", "pkcs11", "software")
+_MANAGEMENT_SECRETS = ("pkcs11_pin", "software_master_key")
+
+
+@dataclass(frozen=True, slots=True)
 class ServerConfig:
     """Everything ``create_app`` needs."""
 
@@ -47,6 +64,7 @@ class ServerConfig:
     chain_private_key: str | None = field(default=None, repr=False)  # env CITY_CHAIN_PRIVATE_KEY
     issuer_did: str = ""  # default: the trusted-issuer root's own DID (docs/chain.md §Roles)
     issuer_key: IssuerKeyConfig = field(default_factory=IssuerKeyConfig)
+    management_key: ManagementKeyConfig = field(default_factory=ManagementKeyConfig)
     status_list_id: int = 1
     status_list_capacity: int = 1 << 20
     credential_validity_days: int = 5 * 365
@@ -62,7 +80,10 @@ class ServerConfig:
 
 
 # Secret variables; each may also be a credential file $CREDENTIALS_DIRECTORY/<name> (LoadCredential=).
-SECRET_ENV = ("CITY_ISSUER_KEY_PASSWORD", "CITY_PKCS11_PIN", "CITY_CHAIN_PRIVATE_KEY")
+SECRET_ENV = (
+    "CITY_ISSUER_KEY_PASSWORD", "CITY_PKCS11_PIN", "CITY_CHAIN_PRIVATE_KEY", "CITY_MGMT_PKCS11_PIN",
+    "CITY_MANAGEMENT_MASTER_KEY",
+)  # fmt: skip
 
 # The [server] table's settings (docs/server.md §Configuration is tested against these and IssuerKeyConfig).
 SERVER_KEYS = (
@@ -90,6 +111,21 @@ def _int(value: object, name: str) -> int:
         raise ConfigError(f"{name} must be an integer, not {value!r}") from exc
 
 
+def _management_key(table: dict[str, Any], env: Mapping[str, str]) -> ManagementKeyConfig:
+    values = {k: str(v) for k, v in table.items()}
+    for var, k in (
+        ("CITY_MGMT_KEY_SOURCE", "source"), ("CITY_MGMT_PKCS11_MODULE", "pkcs11_module"),
+        ("CITY_MGMT_PKCS11_TOKEN", "pkcs11_token"), ("CITY_MGMT_PKCS11_KEY_LABEL", "pkcs11_key_label"),
+        ("CITY_MGMT_PKCS11_PIN", "pkcs11_pin"), ("CITY_MANAGEMENT_MASTER_KEY", "software_master_key"),
+    ):  # fmt: skip
+        if env.get(var):
+            values[k] = env[var]
+    cfg = ManagementKeyConfig(**values)
+    if cfg.source not in MANAGEMENT_KEY_SOURCES:
+        raise ConfigError(f"management_key.source must be one of {', '.join(MANAGEMENT_KEY_SOURCES)}")
+    return cfg
+
+
 def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> ServerConfig:
     """Read the TOML file (if any), then apply environment overrides; raise :class:`ConfigError`."""
     env = with_secrets(SECRET_ENV, os.environ if env is None else env)
@@ -103,8 +139,16 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
             raise ConfigError(f"config {path} is not valid TOML: {exc}") from exc
     server = data.get("server", {})
     key = data.get("issuer_key", {})
-    if not isinstance(server, dict) or not isinstance(key, dict):
-        raise ConfigError("[server] and [issuer_key] must be tables")
+    mgmt = data.get("management_key", {})
+    if not isinstance(server, dict) or not isinstance(key, dict) or not isinstance(mgmt, dict):
+        raise ConfigError("[server], [issuer_key] and [management_key] must be tables")
+    for secret in _MANAGEMENT_SECRETS:
+        if secret in mgmt:
+            raise ConfigError(f"management_key.{secret} must come from the environment, not the config file")
+    settable = {f for f in ManagementKeyConfig.__dataclass_fields__ if f not in _MANAGEMENT_SECRETS}
+    unknown = set(mgmt) - settable
+    if unknown:
+        raise ConfigError(f"unknown [management_key] settings: {', '.join(sorted(unknown))}")
     for secret in ("keystore_password", "pkcs11_pin", "chain_private_key", "revocation_secret"):
         if secret in key or secret in server:
             raise ConfigError(f"{secret} must come from the environment, not the config file")
@@ -156,6 +200,7 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
     if issuer.source not in ("keystore", "pkcs11"):
         raise ConfigError(f"issuer_key.source must be 'keystore' or 'pkcs11', not {issuer.source!r}")
     values["issuer_key"] = issuer
+    values["management_key"] = _management_key(mgmt, env)
     cfg = ServerConfig(**values)
     if not 1 <= cfg.auth_window_seconds <= 600:
         raise ConfigError("auth_window_seconds must be within 1..600")

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cityid.citizen import CredentialRecord
 from cityid.errors import CityIdError, DecodeError
 from cityid.jose import b64url_decode, b64url_encode, der_to_raw_p256, jwk_from_point
+from cityid.piv import CARD_MANAGEMENT_KEY_ALGORITHM, Algorithm
 from cityid.requestsig import (
     HEADER_CLERK,
     HEADER_NONCE,
@@ -33,6 +34,7 @@ from cityid.requestsig import (
     canonical_presence,
     canonical_request,
 )
+from terminal.sessions.mgmt import Exchange
 
 logger = logging.getLogger(__name__)
 
@@ -277,3 +279,55 @@ class ServerClient:
             payload["presence"] = presence
         status, _ = self._call("POST", f"/v1/citizens/{citizen_did}/fido-keys", payload)
         return status == 201
+
+    # --- per-card management keys (docs/server.md §Card management keys) ----------------------------
+
+    def card_key_answer(self, card_serial: bytes, algorithm: int, encrypted_witness: bytes) -> Exchange:
+        """The city HSM's answer to the card's 9B witness (the counter relays it; no key reaches it)."""
+        payload = {
+            "card_serial": card_serial.hex(),
+            "algorithm": int(algorithm),
+            "witness": b64url_encode(encrypted_witness),
+        }
+        data = self._call("POST", "/v1/card-keys/authenticate", payload)[1]
+        try:
+            witness, challenge = b64url_decode(data["witness"]), b64url_decode(data["challenge"])
+            return Exchange(witness, challenge, b64url_decode(data["response"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DecodeError(f"malformed management-key answer: {exc}") from exc
+
+    def card_key_set_data(self, card_serial: bytes) -> bytes:
+        """The SET MANAGEMENT KEY data ``08 9B 10 K_card`` for a card not yet enrolled. It carries the card's
+        key in the clear (the APDU does): send it to the card at once and drop it — never keep or log it."""
+        data = self._call("POST", "/v1/card-keys/set", {"card_serial": card_serial.hex()})[1]
+        try:
+            return b64url_decode(data["set_management_key"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DecodeError(f"malformed management-key answer: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class ServerCardKey:
+    """The card's own management key, answered by the city HSM through ``server`` (a
+    :class:`terminal.sessions.mgmt.Responder`): the counter relays the 9B exchange without holding it."""
+
+    server: ServerClient
+    serial: bytes
+    algorithm: Algorithm = CARD_MANAGEMENT_KEY_ALGORITHM
+
+    def respond(self, encrypted_witness: bytes) -> Exchange:
+        return self.server.card_key_answer(self.serial, self.algorithm, encrypted_witness)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerCardKeys:
+    """Every card's own management key through the city HSM (a
+    :class:`terminal.flows.personalize.CardKeySource`): what the counter and ``cardtool --server`` use."""
+
+    server: ServerClient
+
+    def responder(self, serial: bytes) -> ServerCardKey:
+        return ServerCardKey(self.server, serial)
+
+    def set_key_data(self, serial: bytes) -> bytes:
+        return self.server.card_key_set_data(serial)

@@ -114,6 +114,10 @@ def write_browser_url(url: str) -> Path | None:
     return path
 
 
+#: The counter's enrollment journal (terminal/flows/counter_journal.py), beside the kiosk configuration.
+JOURNAL_FILE = "counter-journal.sqlite"
+
+
 def _backends(config: TerminalConfig) -> tuple[KioskBackend | None, CounterBackend | None]:
     """The real backends for ``config`` (chain view, verifier, readers, server client)."""
     from terminal.flows.kiosk import SERVICES
@@ -136,7 +140,13 @@ def _backends(config: TerminalConfig) -> tuple[KioskBackend | None, CounterBacke
         raise CityIdError(f"{config.source}: server.terminal_key: a counter terminal needs its signing key")
     key = load_terminal_key(config.terminal_key, secret("CITYID_TERMINAL_KEY_PASSWORD"))
     client = ServerClient(config.server_url, config.terminal_id, key)
-    return None, CardCounterBackend(client, verifier, reader_filter=config.reader)
+    from terminal.flows.counter_journal import JournalStore
+
+    # The enrollment journal survives a counter restart: a SQLite file beside counter-sessions.sqlite.
+    source = Path(config.source)
+    on_disk = not config.source.startswith("<") and source.parent.is_dir()
+    journal = JournalStore(source.with_name(JOURNAL_FILE) if on_disk else ":memory:")
+    return None, CardCounterBackend(client, verifier, reader_filter=config.reader, journal=journal)
 
 
 def _printing(config: TerminalConfig, kiosk: KioskBackend | None) -> KioskPrinting | None:

@@ -58,6 +58,7 @@ def personalize(
     citizen.authenticate()
     citizen.put_did(citizen_did)
     citizen.put_credential(cred.record)
+    citizen.activate()  # the last personalization step (docs/card-profile.md, ACTIVATE)
     return cred
 
 

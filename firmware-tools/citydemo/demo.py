@@ -331,6 +331,7 @@ def build(
     from server.config import ServerConfig
     from server.db import Database
     from server.keys import KeystoreSigner
+    from terminal.flows.counter_journal import JournalStore
     from terminal.flows.tokens import pcsc_connect
     from terminal.server_client import ServerClient
     from terminal.verifier import NonceStore, Verifier
@@ -374,7 +375,11 @@ def build(
         db_url = f"sqlite:///{workdir / 'city-server.db'}"
         db = Database.from_url(db_url)
         # a fresh lost-card HMAC key per demo run (docs/server.md §Lost-card report)
-        server_config = ServerConfig(database_url=db_url, revocation_secret=secrets.token_hex(32))
+        server_config = ServerConfig(
+            database_url=db_url,
+            revocation_secret=secrets.token_hex(32),
+            management_key=demo_management_key(),
+        )
         server_app = create_server_app(server_config, chain=gateway, signer=signer, db=db)
         terminal_key = ec.generate_private_key(ec.SECP256R1())
         pem = terminal_key.public_key().public_bytes(
@@ -402,7 +407,9 @@ def build(
         counter_verifier = Verifier(counter_view, COUNTER_AUDIENCE, NonceStore())
 
         progress(f"enrolling {len(citizens)} demo citizens on virtual cards through the counter flow")
-        enrollment = CounterEnrollment(client, counter_verifier)
+        journal = JournalStore(workdir / "counter-journal.sqlite")  # survives a counter restart
+        closers.append(journal.close)
+        enrollment = CounterEnrollment(client, counter_verifier, journal=journal)
         cards: dict[str, Path] = {}
         enrolled: dict[str, str] = {}
         dids: dict[str, str] = {}
@@ -440,7 +447,7 @@ def build(
         if use_pcsc:
             kiosk_backend: Any = PcscKioskBackend(kiosk_verifier, services, reader_filter=KIOSK_READER)
             counter_backend = CardCounterBackend(
-                client, counter_verifier, connect=pcsc_connect, reader_filter=COUNTER_READER
+                client, counter_verifier, connect=pcsc_connect, reader_filter=COUNTER_READER, journal=journal
             )
         else:
             kiosk_backend = CardKioskBackend(kiosk_verifier, services, kiosk_slot.connect)
@@ -449,6 +456,7 @@ def build(
                 counter_verifier,
                 connect=counter_slot.connect,
                 readers=lambda: [counter_slot.reader] if counter_slot.card is not None else [],
+                journal=journal,
             )
         from citydemo.printer import VirtualPrinter, make_printing
 
@@ -478,6 +486,20 @@ def build(
             pcsc.stop()
         shutil.rmtree(workdir, ignore_errors=True)
         raise
+
+
+def demo_management_key() -> Any:
+    """The demo's management master key (docs/card-profile.md, "Per-card management key").
+
+    DEMO ONLY — never for real cards: a software AES-256 master key, fresh per run (or
+    ``CITY_MANAGEMENT_MASTER_KEY`` to keep the demo cards' keys across runs), so that no demo card
+    keeps the published default management key. A city server uses an HSM (``source = "pkcs11"``).
+    """
+    from server.config import ManagementKeyConfig
+
+    master = os.environ.get("CITY_MANAGEMENT_MASTER_KEY") or secrets.token_hex(32)
+    progress("DEMO ONLY: per-card management keys from a software master key (a city server uses its HSM)")
+    return ManagementKeyConfig(source="software", software_master_key=master)
 
 
 def _make_key(workdir: Path, client: Any, citizen: Citizen, did: str) -> Path:

@@ -4,6 +4,9 @@ A host tool: it uses the terminal's PC/SC layer and applet sessions (never the e
 the environment (``CARDTOOL_PIN``, ``CARDTOOL_NEW_PIN``, ``CARDTOOL_PUK``, ``CARDTOOL_NEW_PUK``,
 ``CARDTOOL_MANAGEMENT_KEY``, ``CARDTOOL_NEW_MANAGEMENT_KEY``, ``CARDTOOL_MANAGEMENT_MASTER_KEY``) or an
 interactive prompt — never from the command line (``--management-key`` is the one exception, for test cards).
+``--server URL`` (with ``--terminal NAME --terminal-key FILE --clerk ID``; key password in
+``CITYID_TERMINAL_KEY_PASSWORD``) has the city server's HSM answer the card's management-key challenge and
+supply its own key, as the counter does (docs/card-profile.md, "Per-card management key").
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from cityid.piv import (
     Slot,
     derive_management_key,
 )
-from terminal.flows.personalize import load_credential, personalize
+from terminal.flows.personalize import card_identity, load_credential, personalize
 from terminal.flows.pin import unblock_pin
 from terminal.pcsc.connection import (
     PcscConnection,
@@ -41,6 +44,8 @@ from terminal.pcsc.connection import (
     open_connection,
     release_context,
 )
+from terminal.server_client import ServerCardKeys
+from terminal.sessions import mgmt
 from terminal.sessions.citizen import CitizenSession
 from terminal.sessions.piv import PivSession
 
@@ -99,6 +104,20 @@ def _hex_secret(env: str, prompt: str, length: int) -> bytes:
     if len(value) != length:
         raise ValueError(f"{env} must be {length} bytes ({2 * length} hex digits)")
     return value
+
+
+def _server_keys(args: argparse.Namespace) -> ServerCardKeys | None:
+    """``--server``: every card's own key through the city HSM (signed requests as a counter terminal)."""
+    url = getattr(args, "server", None)
+    if not url:
+        return None
+    from cityid.secrets import secret
+    from terminal.server_client import ServerClient, load_terminal_key
+
+    if not (args.terminal and args.terminal_key and args.clerk):
+        raise ValueError("--server needs --terminal, --terminal-key and --clerk (a counter terminal)")
+    key = load_terminal_key(args.terminal_key, secret("CITYID_TERMINAL_KEY_PASSWORD"))
+    return ServerCardKeys(ServerClient(url, args.terminal, key, clerk=args.clerk))
 
 
 def _open(args: argparse.Namespace) -> PcscConnection:
@@ -209,6 +228,7 @@ def cmd_personalize(args: argparse.Namespace) -> int:
     if args.credential:
         credential = load_credential(Path(args.credential).read_text(encoding="ascii"))
     key, algorithm = _current_management_key(args)
+    card_keys = _server_keys(args)
     pin = _secret("CARDTOOL_PIN", "current PIN: ") if not (args.keep_key and args.keep_pin) else None
     new_pin = new_puk = puk = None
     if not args.keep_pin:
@@ -229,6 +249,7 @@ def cmd_personalize(args: argparse.Namespace) -> int:
             credential=credential,
             progress=progress,
             management_key_algorithm=algorithm,
+            card_keys=card_keys,
         )
     print(f"card {result.serial} personalized")
     print(f"holder key (9A, P-256): {result.key.hex()}")
@@ -252,6 +273,11 @@ def cmd_management_key_set(args: argparse.Namespace) -> int:
     """
     current = _current_management_key(args)
     algorithm = CARD_MANAGEMENT_KEY_ALGORITHM
+    server_keys = _server_keys(args)
+    if server_keys is not None:
+        if args.derive:
+            raise ValueError("--derive and --server exclude each other")
+        return _set_through_server(args, current, server_keys)
     master = None
     if args.derive:
         master = _hex_secret(
@@ -275,6 +301,22 @@ def cmd_management_key_set(args: argparse.Namespace) -> int:
         PivSession(conn).authenticate_management_key(new, algorithm)  # the card took it
     how = "derived from the city master key and the serial" if master is not None else "explicit key"
     print(f"card {serial}: management key set ({algorithm.name}, {how}); the old key is refused now")
+    return 0
+
+
+def _set_through_server(
+    args: argparse.Namespace, current: tuple[bytes, Algorithm], keys: ServerCardKeys
+) -> int:
+    """The counter's way: the city HSM supplies the SET MANAGEMENT KEY data (relayed, never printed or
+    kept) and then answers the card's challenge with the card's own key."""
+    with _open(args) as conn:
+        initial = mgmt.HostKey(*current)
+        serial = bytes.fromhex(card_identity(conn, initial).serial)
+        piv = PivSession(conn)
+        piv.authenticate_management_key(initial)
+        piv.send_management_key(keys.set_key_data(serial))
+        PivSession(conn).authenticate_management_key(keys.responder(serial))  # the card took it
+    print(f"card {serial.hex()}: management key set (AES_128, from the city HSM); the old key is refused now")
     return 0
 
 
@@ -323,6 +365,13 @@ def register(sub: Subcommands) -> None:
             "--reader", metavar="NAME", help="reader name or a unique part of it (default: first card)"
         )
 
+    def server_opts(p: argparse.ArgumentParser) -> None:
+        g = p.add_argument_group("city server (the card's own key from the HSM, as at the counter)")
+        g.add_argument("--server", metavar="URL", help="city server base URL")
+        g.add_argument("--terminal", metavar="NAME", help="this counter terminal's registered name")
+        g.add_argument("--terminal-key", metavar="FILE", help="its P-256 signing key (PEM)")
+        g.add_argument("--clerk", metavar="ID", help="the signed-in clerk named in every request")
+
     p = sub.add_parser("readers", help="list PC/SC readers and their cards")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_readers)
@@ -353,6 +402,7 @@ def register(sub: Subcommands) -> None:
     )
     p.add_argument("--did", help="citizen DID to store on the card")
     p.add_argument("--credential", metavar="FILE", help="SD-JWT credential file (<jwt>~<disclosure>~…~)")
+    server_opts(p)
     p.set_defaults(func=cmd_personalize)
 
     mk = sub.add_parser("management-key", help="the card's 9B management key")
@@ -369,6 +419,7 @@ def register(sub: Subcommands) -> None:
     q.add_argument("--management-key", metavar="HEX", help="current management key (default: env or default)")
     q.add_argument("--management-key-algorithm", choices=sorted(MGMT_ALGORITHMS), help="of the current key")
     q.add_argument("--derive", action="store_true", help="derive from the city master key and the serial")
+    server_opts(q)
     q.set_defaults(func=cmd_management_key_set)
 
     pin = sub.add_parser("pin", help="PIN management (change, unblock, change-puk, status)")

@@ -11,6 +11,7 @@ from cityid.jose import b64url_encode
 from server.api import validate as v
 from server.auth import AuthError, RequestAuthenticator, SignedRequest
 from server.service import CredentialInfo, Enrollment, IssuerService, Presence, ValidationError
+from server.service.card_keys import CardKeyService
 
 bp = Blueprint("v1", __name__, url_prefix="/v1")
 
@@ -174,3 +175,36 @@ def lost_card_report() -> ResponseReturnValue:
         g.terminal, body["family_name"], body["given_name"], body["birthdate"], body["password"]
     )
     return jsonify(LOST_CARD_ANSWER), 200
+
+
+def _card_keys() -> CardKeyService:
+    return current_app.extensions["cityid.card_keys"]
+
+
+@bp.post("/card-keys/authenticate")
+def card_key_authenticate() -> ResponseReturnValue:
+    """Answer a card's 9B witness (docs/server.md §Card management keys): the counter relays the card's
+    step-1 answer and sends ``7C{80 witness, 81 challenge}``, then checks the card answered ``response``.
+    The serial travels in the body, not the path, to stay out of access logs."""
+    body = _json()
+    v.only_keys(body, ("card_serial", "algorithm", "witness"))
+    algorithm = body["algorithm"]
+    if not isinstance(algorithm, int) or isinstance(algorithm, bool):
+        raise ValidationError("algorithm must be an integer (8: AES-128)")
+    answer = _card_keys().authenticate(
+        g.terminal, v.card_serial(body["card_serial"]), algorithm, v.b64url_bytes(body["witness"], "witness")
+    )
+    return jsonify(
+        witness=b64url_encode(answer.witness),
+        challenge=b64url_encode(answer.challenge),
+        response=b64url_encode(answer.expected),
+    ), 200
+
+
+@bp.post("/card-keys/set")
+def card_key_set() -> ResponseReturnValue:
+    """The SET MANAGEMENT KEY data for a card not enrolled yet (the counter relays it, never keeps it)."""
+    body = _json()
+    v.only_keys(body, ("card_serial",))
+    data = _card_keys().set_key_data(g.terminal, v.card_serial(body["card_serial"]))
+    return jsonify(set_management_key=b64url_encode(data)), 200

@@ -4,14 +4,19 @@ The clerk has checked the citizen in person. The steps are the personalization s
 :mod:`terminal.flows.personalize` (the same code ``cardtool personalize`` runs), with the server and the
 self-check in between::
 
+    CARD_KEY     the card's own management key from the city HSM replaces the published default (SET
+                 MANAGEMENT KEY); from here on every management-key authentication is answered by the HSM
+                 through the server (docs/card-profile.md, "Per-card management key")
     KEY          generate the holder key on the card (PIV 9A, management key)
     CERTIFICATE  the card signs its own 9A certificate (initial PIN) so OpenSC/PKCS#11 lists the key
     ENROLL       the server registers DID + card key on chain, allocates a status index, signs the SD-JWT VC
     WRITE        write the DID and the credential to the citizen applet (PUT CREDENTIAL is atomic on the card)
     PIN          replace the initial PUK and PIN with the citizen's
-    CHECK        self-check: PIN → PRESENT of every claim → full verification against the chain
+    CHECK        ACTIVATE (last card write), then self-check: PIN → PRESENT of every claim → verification
 
-Resumable: progress is journalled per card serial in memory (never the claims or PINs). A card pulled at
+Resumable: progress is journalled per card serial (never the claims or PINs) in a
+:class:`terminal.flows.counter_journal.JournalStore` — a SQLite file beside the clerk sessions in
+``kiosk serve``, so a counter restart resumes the same enrollment on the same DID. A card pulled at
 any step raises :class:`EnrollmentInterrupted`; calling :meth:`CounterEnrollment.run` again with the card
 back finishes the work — each step re-checks the card and the server is idempotent under the key derived
 from the card serial, the clerk session and the card key. If the card's key is not the one enrolled (a pull
@@ -33,9 +38,12 @@ from typing import Any
 from cityid.apdu import SmartCardConnection
 from cityid.credential import CLAIM_NAMES
 from cityid.errors import CardRemovedError, CityIdError, DecodeError, WrongPinError
+from cityid.keys import P256PublicKey
 from cityid.piv import DEFAULT_MANAGEMENT_KEY
-from terminal.flows.personalize import CardPersonalizer, Journal, PinStateError, Step
-from terminal.server_client import EnrollmentResult, ServerClient, ServerError
+from terminal.flows.counter_journal import JournalStore
+from terminal.flows.personalize import CardKeySource, CardPersonalizer, Journal, PinStateError, Step
+from terminal.server_client import EnrollmentResult, ServerCardKeys, ServerClient, ServerError
+from terminal.sessions import mgmt
 from terminal.sessions.citizen import CitizenSession
 from terminal.verifier import CheckName, Verdict, Verifier
 
@@ -47,7 +55,7 @@ SELF_CHECK_SERVICE = "counter-self-check"
 
 
 #: The counter's steps (names from :class:`terminal.flows.personalize.Step`).
-COUNTER_STEPS = (Step.KEY, Step.CERTIFICATE, Step.ENROLL, Step.WRITE, Step.PIN, Step.CHECK)
+COUNTER_STEPS = (Step.CARD_KEY, Step.KEY, Step.CERTIFICATE, Step.ENROLL, Step.WRITE, Step.PIN, Step.CHECK)
 
 
 class EnrollmentInterrupted(CityIdError):
@@ -73,6 +81,11 @@ class SelfCheckError(CityIdError):
 
 class CardMismatchError(CityIdError):
     """A different card is in the reader than the one this enrollment started with."""
+
+
+class CardNotIdentifiedError(CityIdError):
+    """The card keeps its serial private and has its own management key, and no unfinished enrollment of
+    this counter matches it: it was personalized before (the citizen's PIN reveals it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,10 +116,45 @@ class CitizenRequest:
 
 @dataclass
 class _Journal(Journal):
-    """Progress for one card (identifiers and public material only): the personalization journal and the
-    server's answer."""
+    """Progress for one card (identifiers and public material only): the personalization journal, the
+    enrollment's idempotency key and the server's answer (the credential record only in memory)."""
 
     result: EnrollmentResult | None = None
+    enrollment_key: str | None = None
+
+    def to_record(self) -> dict[str, Any]:
+        """What the journal file keeps: no claims (the credential record), no PINs, no key material."""
+        r = self.result
+        return {
+            "card_key_set": self.card_key_set,
+            "key": self.key.point.hex() if self.key is not None else None,
+            "certified": self.certified,
+            "did": self.did,
+            "written": self.written,
+            "pin_set": self.pin_set,
+            "restarts": self.restarts,
+            "enrollment_key": self.enrollment_key,
+            "credential_id": r.credential_id if r is not None else None,
+            "citizen_did": r.citizen_did if r is not None else None,
+        }
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any]) -> _Journal:
+        """Back from the file. The credential record is not there: ENROLL runs again under the same
+        idempotency key (the server answers the same credential and DID) and WRITE writes its answer."""
+        try:
+            key = P256PublicKey.from_point(bytes.fromhex(data["key"])) if data.get("key") else None
+            return cls(
+                card_key_set=bool(data.get("card_key_set")),
+                key=key,
+                certified=bool(data.get("certified")) and key is not None,
+                pin_set=bool(data.get("pin_set")),
+                restarts=int(data.get("restarts") or 0),
+                enrollment_key=data.get("enrollment_key") if key is not None else None,
+            )
+        except (KeyError, TypeError, ValueError, DecodeError):
+            logger.error("unusable journal entry for a card; starting its enrollment over")
+            return cls()
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,14 +180,21 @@ class CounterEnrollment:
         initial_pin: str = INITIAL_PIN,
         initial_puk: str = INITIAL_PUK,
         clock: Callable[[], float] = time.time,
+        journal: JournalStore | None = None,
+        card_keys: CardKeySource | None = None,
     ) -> None:
+        """``management_key``: the key fresh cards have (the published default). ``card_keys``: each card's
+        own key (default: the city HSM through ``server``). ``journal``: where progress survives a restart
+        (default: in memory only)."""
         self.server = server
         self.verifier = verifier
         self.clerk_session = clerk_session or secrets.token_hex(16)
         self._mgmt = management_key
+        self._card_keys: CardKeySource = card_keys if card_keys is not None else ServerCardKeys(server)
         self._initial_pin = initial_pin
         self._initial_puk = initial_puk
         self._clock = clock
+        self._store = journal if journal is not None else JournalStore()
         self._journal: dict[bytes, _Journal] = {}
         #: Test hook: called with each step name before it runs (raise CardRemovedError to simulate a pull).
         self.before_step: Callable[[Step], None] = lambda step: None
@@ -150,8 +205,59 @@ class CounterEnrollment:
 
     def progress(self, serial: bytes) -> Step:
         """The next step for the card with ``serial``."""
+        j = self._load(serial)
+        return COUNTER_STEPS[0] if j is None else j.next_step(COUNTER_STEPS)
+
+    def _load(self, serial: bytes) -> _Journal | None:
         j = self._journal.get(serial)
-        return Step.KEY if j is None else j.next_step(COUNTER_STEPS)
+        if j is None:
+            data = self._store.get(serial)
+            if data is not None:
+                j = self._journal[serial] = _Journal.from_record(data)
+                logger.info("resuming an enrollment from the journal")
+        return j
+
+    def _save(self, serial: bytes, j: _Journal) -> None:
+        self._journal[serial] = j
+        self._store.put(serial, j.to_record())
+
+    def _forget(self, serial: bytes) -> _Journal | None:
+        j = self._load(serial)
+        self._journal.pop(serial, None)
+        self._store.delete(serial)
+        return j
+
+    def _personalizer(self, connection: SmartCardConnection, j: _Journal, serial: bytes) -> CardPersonalizer:
+        return CardPersonalizer(
+            connection, j, management_key=self._mgmt, card_keys=self._card_keys, serial=serial
+        )
+
+    def card_serial(self, connection: SmartCardConnection, expect_serial: bytes | None = None) -> bytes:
+        """The serial of the card in ``connection`` without the citizen's PIN: from GET INFO on a card that
+        shows it; else GET IDENTITY behind the default key (a fresh card) or behind the own key of a card
+        this counter has an unfinished enrollment for (``expect_serial`` first). A 9B attempt with the
+        wrong card's key costs the card nothing (the management key has no retry counter)."""
+        citizen = CitizenSession(connection)
+        info = citizen.info()
+        if info.reveals_identity:
+            return bytes.fromhex(info.serial)
+        try:
+            citizen.authenticate(self._mgmt)
+            return bytes.fromhex(citizen.identity().serial)
+        except mgmt.ManagementKeyAlgorithmError:
+            pass
+        candidates = ([expect_serial] if expect_serial else []) + self._store.serials()
+        for candidate in dict.fromkeys(candidates):
+            try:
+                citizen.authenticate(self._card_keys.responder(candidate))
+            except mgmt.ManagementKeyError:
+                continue
+            serial = bytes.fromhex(citizen.identity().serial)
+            if serial == candidate:
+                return serial
+        raise CardNotIdentifiedError(
+            "this card was personalized before and keeps its serial private: use the citizen's PIN"
+        )
 
     # --- the flow ----------------------------------------------------------------------------------
 
@@ -160,20 +266,23 @@ class CounterEnrollment:
     ) -> EnrollmentOutcome:
         """Enroll the card in ``connection`` (or finish its interrupted enrollment)."""
         timings: dict[str, float] = {}
-        step = Step.KEY
+        step = COUNTER_STEPS[0]
+        serial: bytes | None = None
         try:
-            citizen = CitizenSession(connection)
-            serial_text = citizen.info().serial
-            serial = bytes.fromhex(serial_text)
+            serial = self.card_serial(connection, expect_serial)
+            serial_text = serial.hex()
             if expect_serial is not None and serial != expect_serial:
                 raise CardMismatchError("another card was inserted; put back the card being enrolled")
-            j = self._journal.setdefault(serial, _Journal())
-            card = CardPersonalizer(connection, j, management_key=self._mgmt)
+            j = self._load(serial) or _Journal()
+            self._journal[serial] = j
+            card = self._personalizer(connection, j, serial)
             while True:
-                step = self.progress(serial)
+                step = j.next_step(COUNTER_STEPS)
                 self.before_step(step)
                 t0 = time.perf_counter()
-                if step is Step.KEY:
+                if step is Step.CARD_KEY:
+                    card.set_card_key()
+                elif step is Step.KEY:
                     card.generate_key()
                 elif step is Step.CERTIFICATE:
                     try:
@@ -183,12 +292,16 @@ class CounterEnrollment:
                             raise
                         # the card's key is not the one generated (a pull during GENERATE): start over
                         logger.warning("certificate: card key differs from the generated key; new key")
-                        self._journal[serial] = j = _Journal(restarts=1, pin_set=j.pin_set)
-                        card = CardPersonalizer(connection, j, management_key=self._mgmt)
+                        j = _Journal(restarts=1, pin_set=j.pin_set, card_key_set=j.card_key_set)
+                        self._save(serial, j)
+                        card = self._personalizer(connection, j, serial)
                         continue
                 elif step is Step.ENROLL:
                     assert j.key is not None
-                    key = self.idempotency_key(serial, j.key.point)
+                    if j.enrollment_key is None:  # journalled before the call: a restart reuses it
+                        j.enrollment_key = self.idempotency_key(serial, j.key.point)
+                        self._save(serial, j)
+                    key = j.enrollment_key
                     j.result = self.server.enroll(
                         key, request.claims(serial), j.key.point, serial, request.citizen_did,
                         revocation_password=request.revocation_password or None,
@@ -207,7 +320,7 @@ class CounterEnrollment:
                     verdict = self._self_check(connection, request, serial)
                     timings[step.value] = time.perf_counter() - t0
                     if verdict.ok:
-                        self._journal.pop(serial, None)
+                        self._forget(serial)
                         logger.info("enrolled card, credential %s", j.result.credential_id)
                         r = j.result
                         return EnrollmentOutcome(
@@ -216,12 +329,16 @@ class CounterEnrollment:
                     if verdict.failed in (CheckName.KEY_BINDING, CheckName.HOLDER_KEY) and j.restarts == 0:
                         # The card holds another key than the one enrolled: start over with a fresh key.
                         logger.warning("self-check: card key differs from the enrolled key; re-enrolling")
-                        self._journal[serial] = j = _Journal(restarts=1, pin_set=True)
-                        card = CardPersonalizer(connection, j, management_key=self._mgmt)
+                        j = _Journal(restarts=1, pin_set=True, card_key_set=True)
+                        self._save(serial, j)
+                        card = self._personalizer(connection, j, serial)
                         continue
                     raise SelfCheckError(verdict)
+                self._save(serial, j)
                 timings[step.value] = time.perf_counter() - t0
         except CardRemovedError as exc:
+            if serial is not None and serial in self._journal:
+                self._save(serial, self._journal[serial])  # what the personalizer recorded before the pull
             raise EnrollmentInterrupted(step, exc) from exc
         except ServerError as exc:
             if exc.retryable:
@@ -255,16 +372,25 @@ class CounterEnrollment:
 
     def abandon_card(self, connection: SmartCardConnection) -> list[str]:
         """:meth:`abandon` for the card in ``connection`` (its serial read from the card)."""
-        return self.abandon(bytes.fromhex(CitizenSession(connection).info().serial), connection)
+        return self.abandon(self.card_serial(connection), connection)
 
     def abandon(self, serial: bytes, connection: SmartCardConnection | None = None) -> list[str]:
-        """Give up an unfinished enrollment: revoke its credential; erase the card if present."""
-        j = self._journal.pop(serial, None)
+        """Give up an unfinished enrollment: revoke its credential; erase the card if present (with the
+        card's own key through the server, or the default key of a card not keyed yet)."""
+        j = self._load(serial)
         revoked: list[str] = []
-        if j is not None and j.result is not None:
-            revoked = self.server.revoke([j.result.credential_id], "revoked")
+        credential_id = self._credential_id(serial, j)
+        if credential_id is not None:
+            revoked = self.server.revoke([credential_id], "revoked")
+        self._forget(serial)
         if connection is not None:
-            citizen = CitizenSession(connection)
-            citizen.authenticate(self._mgmt)
-            citizen.erase()
+            card = self._personalizer(connection, j or _Journal(card_key_set=True), serial)
+            card.citizen_admin().erase()
         return revoked
+
+    def _credential_id(self, serial: bytes, j: _Journal | None) -> str | None:
+        """The credential of an unfinished enrollment (after a restart, from the journal file)."""
+        if j is not None and j.result is not None:
+            return j.result.credential_id
+        data = self._store.get(serial)
+        return str(data["credential_id"]) if data and data.get("credential_id") else None

@@ -2,6 +2,9 @@
 
 :class:`Step` names them in order (SP 800-73-4 Part 2 for the PIV commands)::
 
+    CARD_KEY     (with a :class:`CardKeySource`) replace the published default management key by the card's
+                 own AES-128 key, SET MANAGEMENT KEY with data from the city HSM (docs/card-profile.md,
+                 "Per-card management key"); every later step authenticates with the card's key
     KEY          management-key authentication (Appendix A.1), GENERATE ASYMMETRIC KEY PAIR P-256 in 9A
                  (the holder key; it never leaves the card)
     CERTIFICATE  VERIFY the current PIN and let the card sign a TBSCertificate for its own key: a
@@ -29,6 +32,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -40,9 +44,16 @@ from cityid.citizen import CredentialRecord, StoredDisclosure
 from cityid.errors import BlockedPinError, CityIdError, DecodeError, WrongPinError
 from cityid.jose import JoseError, b64url_decode, json_loads
 from cityid.keys import P256PublicKey
-from cityid.piv import DEFAULT_MANAGEMENT_KEY, Algorithm, Slot
+from cityid.piv import (
+    CARD_MANAGEMENT_KEY_ALGORITHM,
+    DEFAULT_MANAGEMENT_KEY,
+    Algorithm,
+    Slot,
+    derive_management_key,
+)
 from cityid.sdjwt import parse_disclosure, split
 from cityid.tlv import encode_length
+from terminal.sessions import mgmt
 from terminal.sessions.base import InvalidPukError
 from terminal.sessions.citizen import CardIdentity, CitizenSession
 from terminal.sessions.piv import PivSession
@@ -53,6 +64,7 @@ logger = logging.getLogger(__name__)
 class Step(StrEnum):
     """The personalization steps, in order (module docstring)."""
 
+    CARD_KEY = "card-key"
     KEY = "key"
     CERTIFICATE = "certificate"
     ENROLL = "enroll"
@@ -62,8 +74,45 @@ class Step(StrEnum):
     DONE = "done"
 
 
-#: The steps ``cardtool personalize`` runs (no server, no self-check).
+#: The steps ``cardtool personalize`` runs (no server, no self-check); CARD_KEY first with a key source.
 CARD_STEPS = (Step.KEY, Step.CERTIFICATE, Step.WRITE, Step.PIN)
+
+
+class CardKeySource(Protocol):
+    """Where a card's own management key comes from (docs/card-profile.md, "Per-card management key"):
+    the city HSM through the server (:class:`terminal.server_client.ServerCardKeys`) or, for test cards,
+    a key the host holds (:class:`HostCardKeys`)."""
+
+    def responder(self, serial: bytes) -> mgmt.Responder:
+        """Answers the 9B challenge of the card with ``serial``."""
+        ...
+
+    def set_key_data(self, serial: bytes) -> bytes:
+        """SET MANAGEMENT KEY data ``<alg> 9B <len> <key>`` for that card (relayed, never kept)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class HostCardKeys:
+    """Test cards: the card key is ``key`` itself, or derived in software from ``master``
+    (``cityid.piv.derive_management_key``; never a production master key)."""
+
+    key: bytes | None = field(default=None, repr=False)
+    master: bytes | None = field(default=None, repr=False)
+
+    def _key(self, serial: bytes) -> bytes:
+        if self.key is not None:
+            return self.key
+        if self.master is None:
+            raise ValueError("HostCardKeys needs a key or a master key")
+        return derive_management_key(self.master, serial)
+
+    def responder(self, serial: bytes) -> mgmt.Responder:
+        return mgmt.HostKey(self._key(serial), CARD_MANAGEMENT_KEY_ALGORITHM)
+
+    def set_key_data(self, serial: bytes) -> bytes:
+        key = self._key(serial)
+        return bytes([CARD_MANAGEMENT_KEY_ALGORITHM, Slot.CARD_MANAGEMENT, len(key)]) + key
 
 
 class PinStateError(CityIdError):
@@ -140,6 +189,7 @@ def load_credential(text: str) -> CredentialRecord:
 class Journal:
     """What is done on one card (identifiers and public material only)."""
 
+    card_key_set: bool = False
     key: P256PublicKey | None = None
     certified: bool = False
     did: str | None = None
@@ -152,6 +202,7 @@ class Journal:
     def next_step(self, steps: tuple[Step, ...]) -> Step:
         """The first of ``steps`` not done yet (``Step.DONE`` when all are)."""
         done = {
+            Step.CARD_KEY: self.card_key_set,
             Step.KEY: self.key is not None,
             Step.CERTIFICATE: self.certified,
             Step.ENROLL: self.credential is not None,
@@ -167,6 +218,12 @@ class CardPersonalizer:
 
     Keeps, for this connection, whether the management key is authenticated, so KEY then CERTIFICATE on
     one connection authenticate once (a resumed CERTIFICATE authenticates itself).
+
+    Management key: ``management_key``/``management_key_algorithm`` (the key a fresh card has: the
+    published default). With ``card_keys`` and the card's ``serial``, the card's own key answers once it is
+    set (step CARD_KEY): each authentication tries the key the card should have and falls back to the
+    other when the card answers "another algorithm" (``6A86``) — so a card pulled during SET MANAGEMENT KEY
+    works with whichever key it kept.
     """
 
     def __init__(
@@ -176,12 +233,18 @@ class CardPersonalizer:
         *,
         management_key: bytes = DEFAULT_MANAGEMENT_KEY,
         management_key_algorithm: Algorithm = Algorithm.TDEA_3KEY,
+        card_keys: CardKeySource | None = None,
+        serial: bytes | None = None,
         progress: Callable[[str], None] = lambda _msg: None,
     ) -> None:
         self.connection = connection
         self.journal = journal
-        self._mgmt = management_key
-        self._mgmt_alg = management_key_algorithm
+        self._initial = mgmt.HostKey(management_key, Algorithm(management_key_algorithm))
+        if card_keys is not None and serial is None:
+            raise ValueError("a card key source needs the card serial")
+        self._card_keys = card_keys
+        self._serial = serial
+        self._own: mgmt.Responder | None = None
         self._progress = progress
         self._piv: PivSession | None = None
         self._authenticated = False
@@ -191,13 +254,49 @@ class CardPersonalizer:
             self._piv = PivSession(self.connection)
         return self._piv
 
+    def _own_key(self) -> mgmt.Responder:
+        if self._own is None:
+            assert self._card_keys is not None and self._serial is not None
+            self._own = self._card_keys.responder(self._serial)
+        return self._own
+
+    def _key_authenticate(self, authenticate: Callable[[mgmt.Responder], None]) -> None:
+        """Authenticate with the key the card should have; on ``6A86`` with the other one."""
+        if self._card_keys is None:
+            authenticate(self._initial)
+            return
+        keys = [self._own_key(), self._initial]
+        if not self.journal.card_key_set:
+            keys.reverse()
+        try:
+            authenticate(keys[0])
+        except mgmt.ManagementKeyAlgorithmError:
+            authenticate(keys[1])
+            self.journal.card_key_set = keys[1] is not self._initial
+
     def _authenticate(self) -> PivSession:
         piv = self._piv_session()
         if not self._authenticated:
             self._progress("authenticating with the management key")
-            piv.authenticate_management_key(self._mgmt, self._mgmt_alg)
+            self._key_authenticate(piv.authenticate_management_key)
             self._authenticated = True
         return piv
+
+    def set_card_key(self) -> None:
+        """Step CARD_KEY: the card's own management key replaces the default (docs/card-profile.md).
+
+        The SET MANAGEMENT KEY data comes from the key source (the city HSM) and goes to the card at once;
+        nothing keeps or logs it (the APDU is sent as sensitive). A card that already has its own key (an
+        earlier attempt whose answer was lost) is left as it is.
+        """
+        if self._card_keys is None or self._serial is None:
+            raise ValueError("setting the card's own key needs a card key source and the serial")
+        piv = self._authenticate()
+        if not self.journal.card_key_set:
+            self._progress("setting the card's own management key")
+            piv.send_management_key(self._card_keys.set_key_data(self._serial))
+            self.journal.card_key_set = True
+        self._authenticated = False  # the next step authenticates with the card's own key, proving it
 
     def generate_key(self) -> P256PublicKey:
         """Step KEY: a fresh P-256 holder key in 9A."""
@@ -233,13 +332,20 @@ class CardPersonalizer:
         self.journal.certified = True
         return cert
 
+    def citizen_admin(self) -> CitizenSession:
+        """The citizen applet, management key authenticated (re-personalization: ERASE at the counter)."""
+        citizen = CitizenSession(self.connection)
+        self._piv, self._authenticated = None, False
+        self._key_authenticate(citizen.authenticate)
+        return citizen
+
     def write(self, did: str | None, credential: CredentialRecord | None) -> None:
         """Step WRITE: the DID and the credential into the citizen applet (PUT CREDENTIAL is atomic)."""
         if did is not None or credential is not None:
             citizen = CitizenSession(self.connection)
-            self._piv = None  # the citizen applet is selected now
+            self._piv, self._authenticated = None, False  # the citizen applet is selected now
             self._progress("authenticating the citizen applet")
-            citizen.authenticate(self._mgmt, self._mgmt_alg)
+            self._key_authenticate(citizen.authenticate)
             if did is not None:
                 self._progress("writing the DID")
                 citizen.put_did(did)
@@ -253,7 +359,7 @@ class CardPersonalizer:
         citizen = CitizenSession(self.connection)
         self._piv, self._authenticated = None, False  # the citizen applet is selected now
         self._progress("activating the credential")
-        citizen.authenticate(self._mgmt, self._mgmt_alg)
+        self._key_authenticate(citizen.authenticate)
         citizen.activate()
 
     def set_pins(
@@ -332,28 +438,36 @@ def personalize(
     credential: CredentialRecord | None = None,
     progress: Callable[[str], None] = lambda _msg: None,
     management_key_algorithm: Algorithm = Algorithm.TDEA_3KEY,
+    card_keys: CardKeySource | None = None,
 ) -> PersonalizationResult:
     """Run :data:`CARD_STEPS` on one connected card (``cardtool personalize``).
 
     ``generate_key=False`` keeps the existing 9A key and certificate (e.g. to write the credential the
     issuer made for that key in a second pass). ``management_key_algorithm``: the card's current 9B key
-    (AES-128 once the per-card key is set, docs/card-profile.md).
+    (AES-128 once the per-card key is set, docs/card-profile.md). ``card_keys``: the card's own key (the
+    city HSM through the server, or a test card's key) — set first (step CARD_KEY) when the card still has
+    ``management_key``, and used for every step after.
     """
-    mk = (management_key, management_key_algorithm)
-    serial = card_identity(connection, *mk).serial
+    initial = mgmt.HostKey(management_key, Algorithm(management_key_algorithm))
+    serial = card_identity(connection, initial, pin=pin, card_keys=card_keys).serial
     journal = Journal()
     steps = CardPersonalizer(
         connection,
         journal,
         management_key=management_key,
         management_key_algorithm=management_key_algorithm,
+        card_keys=card_keys,
+        serial=bytes.fromhex(serial) if card_keys is not None else None,
         progress=progress,
     )
     if generate_key and pin is None:
         raise ValueError("generating the key needs the PIN (the card signs its certificate)")
     cert: x509.Certificate | None = None
-    while (step := journal.next_step(CARD_STEPS)) is not Step.DONE:
-        if step is Step.KEY:
+    order = (Step.CARD_KEY, *CARD_STEPS) if card_keys is not None else CARD_STEPS
+    while (step := journal.next_step(order)) is not Step.DONE:
+        if step is Step.CARD_KEY:
+            steps.set_card_key()
+        elif step is Step.KEY:
             if generate_key:
                 steps.generate_key()
             else:
@@ -368,15 +482,35 @@ def personalize(
     if credential is not None:
         steps.activate()  # last: the credential is usable only once the PINs are the citizen's
     assert journal.key is not None and cert is not None
-    identity = card_identity(connection, *mk)
+    identity = card_identity(
+        connection, initial, pin=new_pin or pin, card_keys=card_keys, serial=bytes.fromhex(serial)
+    )
     return PersonalizationResult(journal.key, cert, serial, identity.did, identity.vct)
 
 
-def card_identity(connection: SmartCardConnection, key: bytes, algorithm: Algorithm) -> CardIdentity:
-    """Serial, DID, vct: from GET INFO on a legacy card, else GET IDENTITY behind the management key."""
+def card_identity(
+    connection: SmartCardConnection,
+    key: mgmt.Responder | bytes,
+    algorithm: Algorithm = Algorithm.TDEA_3KEY,
+    *,
+    pin: str | None = None,
+    card_keys: CardKeySource | None = None,
+    serial: bytes | None = None,
+) -> CardIdentity:
+    """Serial, DID, vct: from GET INFO on a legacy card, else GET IDENTITY behind the management key
+    ``key`` — or, on a card that has its own key already, behind that key when ``serial`` is known, else
+    behind ``pin``."""
     citizen = CitizenSession(connection)
     info = citizen.info()
     if info.identity_in_info is not None:
         return info.identity_in_info
-    citizen.authenticate(key, algorithm)
+    try:
+        citizen.authenticate(key, algorithm)
+    except mgmt.ManagementKeyAlgorithmError:
+        if card_keys is not None and serial is not None:
+            citizen.authenticate(card_keys.responder(serial))
+        elif pin is not None:
+            citizen.verify_pin(pin)
+        else:
+            raise
     return citizen.identity()

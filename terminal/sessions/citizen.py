@@ -187,7 +187,7 @@ class CitizenSession(PinMixin):
     # --- admin verbs (behind the management key) -----------------------------------------------
 
     def authenticate(
-        self, key: bytes = DEFAULT_MANAGEMENT_KEY, algorithm: Algorithm = Algorithm.TDEA_3KEY
+        self, key: bytes | mgmt.Responder = DEFAULT_MANAGEMENT_KEY, algorithm: Algorithm = Algorithm.TDEA_3KEY
     ) -> None:
         """Management-key mutual authentication (same key and flow as PIV 9B)."""
         mgmt.authenticate(self.protocol, key, algorithm)

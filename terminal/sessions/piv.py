@@ -50,9 +50,10 @@ class PivSession(PinMixin):
     # --- management key --------------------------------------------------------------------------
 
     def authenticate_management_key(
-        self, key: bytes = DEFAULT_MANAGEMENT_KEY, algorithm: Algorithm = Algorithm.TDEA_3KEY
+        self, key: bytes | mgmt.Responder = DEFAULT_MANAGEMENT_KEY, algorithm: Algorithm = Algorithm.TDEA_3KEY
     ) -> None:
-        """Mutual authentication with the 9B management key (Part 2 Appendix A.1, 3DES by default)."""
+        """Mutual authentication with the 9B management key (Part 2 Appendix A.1, 3DES by default); ``key``
+        may be a :class:`terminal.sessions.mgmt.Responder` (the city HSM through the server)."""
         mgmt.authenticate(self.protocol, key, algorithm)
 
     def set_management_key(self, key: bytes, algorithm: Algorithm = CARD_MANAGEMENT_KEY_ALGORITHM) -> None:
@@ -63,7 +64,14 @@ class PivSession(PinMixin):
         """
         algorithm = Algorithm(algorithm)
         mgmt.check_key(key, algorithm)
-        data = bytes([algorithm, Slot.CARD_MANAGEMENT, len(key)]) + key
+        self.send_management_key(bytes([algorithm, Slot.CARD_MANAGEMENT, len(key)]) + key)
+
+    def send_management_key(self, data: bytes) -> None:
+        """SET MANAGEMENT KEY with ready-made data ``<alg> 9B <len> <key>`` (from the city server: the
+        counter relays it without keeping or logging it). ValueError if ``data`` is not of that form."""
+        if len(data) < 3 or data[1] != Slot.CARD_MANAGEMENT or len(data) != 3 + data[2]:
+            raise ValueError("SET MANAGEMENT KEY data must be <alg> 9B <len> <key>")
+        mgmt.check_key(data[3:], Algorithm(data[0]))
         self.protocol.send_apdu(0x00, INS_SET_MANAGEMENT_KEY, 0xFF, 0xFF, data, le=None, sensitive=True)
 
     # --- keys --------------------------------------------------------------------------------------

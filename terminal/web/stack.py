@@ -25,6 +25,7 @@ from typing import Any
 
 from cityid.errors import CardRemovedError
 from terminal.flows.counter import CitizenRequest, CounterEnrollment, EnrollmentInterrupted
+from terminal.flows.counter_journal import JournalStore
 from terminal.flows.fido_registration import FidoKeyRegistration
 from terminal.flows.kiosk import KioskTerminal, Service
 from terminal.flows.lost_card import LostCardReport
@@ -166,9 +167,12 @@ class CardCounterBackend:
         *,
         rp_id: str = DEFAULT_RP_ID,
         fido_roots: Sequence[bytes] = (),
+        journal: JournalStore | None = None,
     ) -> None:
         self.server = server
-        self.enrollment = CounterEnrollment(server, verifier)
+        # Each card gets its own management key from the city HSM (through ``server``); progress is
+        # journalled in ``journal`` (a file in ``kiosk serve``) so a restart resumes the same enrollment.
+        self.enrollment = CounterEnrollment(server, verifier, journal=journal)
         self.fido = FidoKeyRegistration(server, verifier, rp_id=rp_id, trusted_roots=fido_roots)
         self.lost_cards = LostCardReport(server)
         self.tokens = Tokens(connect)

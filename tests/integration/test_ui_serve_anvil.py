@@ -20,7 +20,7 @@ from werkzeug.serving import make_server
 
 from cityid.chain.live import LiveChainView
 from server.app import create_app as create_server_app
-from server.config import ServerConfig
+from server.config import ManagementKeyConfig, ServerConfig
 from server.db import Database
 from server.keys import KeystoreSigner
 from terminal.config import load_config
@@ -30,7 +30,7 @@ from terminal.verifier import NonceStore, Verifier
 from terminal.web import create_app
 from terminal.web_cli import _backends, _printing
 from tests.integration.ui_support import Slot, serving, type_pin, visible_text
-from tests.unit.server_support import publish_for_tests, registrar_gateway
+from tests.unit.server_support import TEST_MASTER_KEY, publish_for_tests, registrar_gateway
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser, pytest.mark.anvil]
 
@@ -61,7 +61,11 @@ def city_server(anvil_chain: Any, tmp_path: Path) -> Iterator[CityServer]:
     publish_for_tests(gateway, signer.public_point)
     db_url = f"sqlite:///{tmp_path / 'server.db'}"
     db = Database.from_url(db_url)
-    app = create_server_app(ServerConfig(database_url=db_url), chain=gateway, signer=signer, db=db)
+    # per-card management keys (docs/card-profile.md): a software master key, tests only
+    card_keys = ManagementKeyConfig("software", software_master_key=TEST_MASTER_KEY.hex())
+    app = create_server_app(
+        ServerConfig(database_url=db_url, management_key=card_keys), chain=gateway, signer=signer, db=db
+    )
     key = ec.generate_private_key(ec.SECP256R1())
     pem = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo

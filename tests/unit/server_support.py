@@ -127,6 +127,9 @@ class Card:
         return presence_proof(self.sign_raw, self.point, terminal, did, action, now)
 
 
+#: The management master key of the test servers (software; docs/card-profile.md "Per-card management key").
+TEST_MASTER_KEY = bytes(range(32))
+
 CLAIMS = {
     "family_name": "Kim",
     "given_name": "Minji",
@@ -163,7 +166,7 @@ def make_rig(db_url: str, signer=None, chain=None, publish: bool = True, office:
     from cityid.credential import LocalSigner
     from cityid.keys import P256PublicKey
     from server.app import create_app
-    from server.config import ServerConfig
+    from server.config import ManagementKeyConfig, ServerConfig
     from server.db import Database
     from terminal.server_client import ServerClient
 
@@ -175,6 +178,10 @@ def make_rig(db_url: str, signer=None, chain=None, publish: bool = True, office:
     chain = chain if chain is not None else MemoryChain()
     if publish:
         publish_for_tests(chain, signer.public_point)
+    # per-card management keys (issue 12 item 2): a software master key, as the demo (tests only)
+    config.setdefault(
+        "management_key", ManagementKeyConfig("software", software_master_key=TEST_MASTER_KEY.hex())
+    )
     app = create_app(ServerConfig(database_url=db_url, **config), chain=chain, signer=signer, db=db)
     tkey = ec.generate_private_key(ec.SECP256R1())
     pem = (

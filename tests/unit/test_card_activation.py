@@ -1,4 +1,5 @@
-"""Activated last (docs/card-profile.md, ACTIVATE; issue 12 item 3): on a card with ``activation_required``,
+"""Activated last (docs/card-profile.md, ACTIVATE; issue 12 item 3): on a card with ``activation_required``
+(the emulator's default),
 PUT CREDENTIAL stores the credential inactive (GET INFO ``C7`` = ``01``), PRESENT refuses it with ``6985``
 until ACTIVATE (admin) flips the state to ``03``; a new PUT CREDENTIAL makes it inactive again."""
 
@@ -34,7 +35,7 @@ def _state(card: Card) -> int:
 
 def test_credential_is_unusable_until_activated(tmp_path: Path) -> None:
     card = ActivationCard(tmp_path / "card.json")
-    personalize(card)  # PUT DID + PUT CREDENTIAL, no ACTIVATE
+    personalize(card, activate=False)  # PUT DID + PUT CREDENTIAL, no ACTIVATE
     assert _state(card) == CredentialState.PRESENT
     assert card.verify() == 0x9000
     assert _present(card, ("age_over_65",))[1] == 0x6985
@@ -53,14 +54,14 @@ def test_credential_is_unusable_until_activated(tmp_path: Path) -> None:
 def test_activation_survives_power_loss_and_rewrite_deactivates(tmp_path: Path) -> None:
     state = tmp_path / "card.json"
     card = ActivationCard(state)
-    personalize(card)
+    personalize(card, activate=False)
     card.select_citizen()
     assert card.authenticate() == 0x9000
     assert card.sw(0x80, Ins.ACTIVATE, 0, 0)[1] == 0x9000
     again = ActivationCard(state)  # same persistent state, new power-up
     again.select_citizen()
     assert _state(again) == CredentialState.PRESENT | CredentialState.ACTIVATED
-    personalize(again)  # a rewrite starts inactive again
+    personalize(again, activate=False)  # a rewrite starts inactive again
     assert _state(again) == CredentialState.PRESENT
 
 
@@ -72,8 +73,15 @@ def test_activate_without_credential_is_refused(tmp_path: Path) -> None:
 
 
 def test_legacy_cards_need_no_activation(tmp_path: Path) -> None:
+    from emulators.card.transport import InProcessConnection
+
+    from cityid.apdu import SmartCardProtocol
+
     card = Card(tmp_path / "card.json")
-    personalize(card)
+    card.card = make_citizen_card(tmp_path / "legacy.json", activation_required=False)
+    card.conn = InProcessConnection(card.card)
+    card.p = SmartCardProtocol(card.conn)
+    personalize(card, activate=False)
     assert _state(card) == CredentialState.PRESENT | CredentialState.ACTIVATED
 
 
@@ -105,7 +113,7 @@ def test_kiosk_probe_says_card_not_finished(tmp_path: Path) -> None:
     from terminal.flows.tokens import TokenKind, Tokens
 
     card = ActivationCard(tmp_path / "card.json")
-    personalize(card)
+    personalize(card, activate=False)
     conn = InProcessConnection(card.card)
     tokens = Tokens(lambda reader: nullcontext(conn))
     with pytest.raises(CardNotFinishedError, match="card not finished"):

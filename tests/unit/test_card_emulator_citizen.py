@@ -44,7 +44,7 @@ def make_record(holder_point: bytes) -> CredentialRecord:
     )
 
 
-def personalize(card: Card) -> tuple[CredentialRecord, bytes]:
+def personalize(card: Card, activate: bool = True) -> tuple[CredentialRecord, bytes]:
     card.select_piv()
     assert card.authenticate() == 0x9000
     resp, sw = card.generate()
@@ -55,6 +55,8 @@ def personalize(card: Card) -> tuple[CredentialRecord, bytes]:
     assert card.authenticate() == 0x9000
     assert card.sw(0x80, Ins.PUT_DID, 0, 0, DID.encode())[1] == 0x9000
     assert card.sw(0x80, Ins.PUT_CREDENTIAL, 0, 0, record.encode())[1] == 0x9000
+    if activate:
+        assert card.sw(0x80, Ins.ACTIVATE, 0, 0)[1] == 0x9000  # the last personalization step
     return record, point
 
 
@@ -215,6 +217,7 @@ def test_long_credential_through_chaining(card: Card) -> None:
     card.select_citizen()
     card.authenticate()
     assert card.sw(0x80, Ins.PUT_CREDENTIAL, 0, 0, record.encode())[1] == 0x9000
+    assert card.sw(0x80, Ins.ACTIVATE, 0, 0)[1] == 0x9000
     card.verify()
     claims = tuple(f"extra_{i}" for i in range(10))
     data, sw = _present(card, claims)

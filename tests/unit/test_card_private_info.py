@@ -48,6 +48,7 @@ def _personalize(card: Card, did: str) -> None:
     assert card.authenticate() == 0x9000
     assert card.sw(0x80, Ins.PUT_DID, 0, 0, did.encode())[1] == 0x9000
     assert card.sw(0x80, Ins.PUT_CREDENTIAL, 0, 0, make_record(point).encode())[1] == 0x9000
+    assert card.sw(0x80, Ins.ACTIVATE, 0, 0)[1] == 0x9000  # the last step (docs/card-profile.md)
 
 
 def _fresh_session_info(card: Card) -> bytes:

@@ -95,7 +95,7 @@ def test_terminal_environment_is_documented() -> None:
 
 
 def test_server_reference_matches_the_schema(tmp_path: Path) -> None:
-    from server.config import SERVER_KEYS, IssuerKeyConfig, load_config
+    from server.config import SERVER_KEYS, IssuerKeyConfig, ManagementKeyConfig, load_config
 
     block = _toml_block("server.md", "## Configuration")
     example = tomllib.loads(block)
@@ -103,6 +103,11 @@ def test_server_reference_matches_the_schema(tmp_path: Path) -> None:
     secret_fields = {"keystore_password", "pkcs11_pin"}
     schema = {"server", "issuer_key"} | {f"server.{k}" for k in SERVER_KEYS}
     schema |= {f"issuer_key.{f}" for f in IssuerKeyConfig.__dataclass_fields__ if f not in secret_fields}
+    schema |= {"management_key"} | {
+        f"management_key.{f}"
+        for f in ManagementKeyConfig.__dataclass_fields__
+        if f not in secret_fields | {"software_master_key"}
+    }
     assert documented - schema == set(), "documented but not accepted"
     assert {k for k in schema if k not in documented and not _mentioned(block, k)} == set()
     (tmp_path / "server.toml").write_text(block)

@@ -11,7 +11,7 @@ from cityid.chain.live import LiveChainView
 from server.chain.registrar import start_embedded
 from terminal.flows.counter import CitizenRequest, CounterEnrollment, SelfCheckError
 from terminal.flows.kiosk import KioskVerification, service
-from terminal.server_client import ServerError
+from terminal.server_client import ServerCardKey, ServerError
 from terminal.sessions.citizen import CitizenSession
 from terminal.verifier import CheckName, NonceStore, Verifier
 from tests.unit.server_support import make_rig, registrar_gateway
@@ -94,8 +94,11 @@ def test_reissue_on_chain_old_credential_refused(world):
         {**_request(20).claims(bytes.fromhex(out.card_serial)), "district": "Suyeong-gu"},
     )
     assert _kiosk(view, conn, "residence")[0].failed is CheckName.STATUS  # old one still on the card
-    old_record.authenticate()
+    # re-personalization: the card's own key, answered by the city HSM through the server
+    old_record = CitizenSession(conn)
+    old_record.authenticate(ServerCardKey(rig.client, bytes.fromhex(out.card_serial)))
     old_record.put_credential(new.record)
+    old_record.activate()
     verdict, claims = _kiosk(view, conn, "residence")
     assert verdict.ok and claims["district"] == "Suyeong-gu"
 

@@ -10,14 +10,14 @@ from sqlalchemy import select
 
 from cityid.chain.view import CredentialStatus
 from cityid.errors import CardRemovedError
-from cityid.piv import Slot
+from cityid.piv import Algorithm, Slot, derive_management_key
 from server.models import Credential
 from terminal.flows.counter import CitizenRequest, CounterEnrollment, EnrollmentInterrupted, Step
 from terminal.flows.kiosk import KioskVerification, service
 from terminal.sessions.citizen import CitizenSession
 from terminal.sessions.piv import PivSession
 from terminal.verifier import NonceStore, Verifier
-from tests.unit.server_support import make_rig, memory_chain_view
+from tests.unit.server_support import TEST_MASTER_KEY, make_rig, memory_chain_view
 
 AUDIENCE = "https://counter.busan.go.kr/counter-1"
 REQUEST = CitizenRequest(
@@ -149,8 +149,10 @@ def test_key_changed_behind_our_back_is_detected_and_reenrolled(desk):
     counter.before_step = lambda s: None
     conn.insert()
     piv = PivSession(conn)
-    piv.authenticate_management_key()
-    piv.generate_key(Slot.AUTHENTICATION)  # someone replaced the key
+    serial = bytes.fromhex(CitizenSession(conn).info().serial)
+    piv = PivSession(conn)
+    piv.authenticate_management_key(derive_management_key(TEST_MASTER_KEY, serial), Algorithm.AES_128)
+    piv.generate_key(Slot.AUTHENTICATION)  # someone with the card's key replaced the holder key
     out = counter.run(conn, REQUEST)
     assert out.verdict.ok
     with rig.db.sessions() as s:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -47,30 +44,11 @@ def test_load_signer_needs_password(tmp_path):
 @pytest.fixture(scope="module")
 def softhsm_token(tmp_path_factory):
     """Two SoftHSM2 tokens (the library reads SOFTHSM2_CONF once per process: one set-up per module)."""
-    if not shutil.which("softhsm2-util"):
-        pytest.fail("softhsm2 is not installed (apt-get install softhsm2)")
-    base = tmp_path_factory.mktemp("softhsm")
-    (base / "tokens").mkdir()
-    conf = base / "softhsm2.conf"
-    conf.write_text(f"directories.tokendir = {base}/tokens\nobjectstore.backend = file\nlog.level = ERROR\n")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("SOFTHSM2_CONF", str(conf))
-    for label in ("city-issuer", "city-spare"):
-        cmd = [
-            "softhsm2-util",
-            "--init-token",
-            "--free",
-            "--label",
-            label,
-            "--pin",
-            "1234",
-            "--so-pin",
-            "5678",
-        ]
-        subprocess.run(cmd, check=True, capture_output=True)
-    Pkcs11Signer.generate(SOFTHSM_MODULE, "city-issuer", "issuer", "1234")
-    yield "city-issuer"
-    mp.undo()
+    from tests.softhsm import softhsm_tokens
+
+    with softhsm_tokens(tmp_path_factory.mktemp("softhsm"), ("city-issuer", "city-spare")):
+        Pkcs11Signer.generate(SOFTHSM_MODULE, "city-issuer", "issuer", "1234")
+        yield "city-issuer"
 
 
 def test_pkcs11_signer_signs_credentials(tmp_path, softhsm_token):

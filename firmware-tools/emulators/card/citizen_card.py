@@ -49,14 +49,15 @@ def make_citizen_card(
     with_fido: bool = False,
     fido_state: str | os.PathLike[str] | None = None,
     private_info: bool = False,
-    activation_required: bool = False,
+    activation_required: bool = True,
 ) -> VirtualCard:
     """A citizen card whose state lives in ``state`` (None = in memory); FIDO applet optional.
 
     ``private_info``: GET INFO without serial, DID and claim names (docs/card-profile.md, GET INFO); they
     come from GET IDENTITY after the PIN. Off until the terminal reads them from there.
-    ``activation_required``: PUT CREDENTIAL stores the credential inactive until ACTIVATE
-    (docs/card-profile.md, ACTIVATE) — a card abandoned mid-personalization cannot PRESENT.
+    ``activation_required`` (default): PUT CREDENTIAL stores the credential inactive until ACTIVATE
+    (docs/card-profile.md, ACTIVATE) — a card abandoned mid-personalization cannot PRESENT. ``False`` is
+    the legacy card that reads every stored credential as activated.
     """
     store = CardStore(state)
     security = CardSecurity(store)
