@@ -1,4 +1,3 @@
-# ruff: noqa: F811 (the fixtures come from test_ui_kiosk)
 """Issue 15 closing figures: how long a keyboard-only and an audio-only citizen take to finish "benefit check"
 in the demo stack. Keyboard: real key presses, no pauses. Audio: the same presses, each made only after the
 screen's (or the keypad's) guidance has been played to its end (the WAV durations of what the page asked for).
@@ -15,8 +14,7 @@ from typing import Any
 import pytest
 
 from terminal.web import voice
-from tests.integration.test_ui_kiosk import kiosk, slot, tap, world  # noqa: F401 (fixtures)
-from tests.integration.ui_support import Slot, World, citizen
+from tests.integration.ui_support import Slot, World, citizen, tap
 
 pytestmark = [
     pytest.mark.integration,

@@ -1,4 +1,3 @@
-# ruff: noqa: F811 (the fixtures come from test_ui_kiosk)
 """Issue 15 item 3 in Chromium: the page asks for the right voice file on every screen change and keypad
 press, in the page's language; PIN digits are never spoken; voice can be turned off."""
 
@@ -12,8 +11,7 @@ from typing import Any
 import pytest
 
 from terminal.web import voice
-from tests.integration.test_ui_kiosk import kiosk, slot, tap, world  # noqa: F401 (fixtures)
-from tests.integration.ui_support import Slot, World, citizen
+from tests.integration.ui_support import Slot, World, citizen, tap
 
 pytestmark = [
     pytest.mark.integration,

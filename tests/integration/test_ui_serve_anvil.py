@@ -37,15 +37,6 @@ PIN = "192837"
 
 
 @pytest.fixture
-def slot(vpcd_slot: tuple[int, str]) -> Iterator[Slot]:
-    s = Slot(*vpcd_slot)
-    try:
-        yield s
-    finally:
-        s.clear()
-
-
-@pytest.fixture
 def city_server(anvil_chain: Any, tmp_path: Path) -> Iterator[tuple[str, ServerClient]]:
     signer = KeystoreSigner(ec.generate_private_key(ec.SECP256R1()))
     gateway = registrar_gateway(anvil_chain.network, anvil_chain.client(), anvil_chain.accounts[0])
