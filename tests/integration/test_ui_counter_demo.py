@@ -333,6 +333,8 @@ def test_register_a_security_key_and_use_it_at_the_kiosk(
     panel("#new-key")
     key = site.env.key_slot.owner
     assert key is not None and key.startswith("newkey-")
+    screenshot(panel.page, "demo-panel-card-and-key-at-the-counter")  # type: ignore[attr-defined]
+    assert panel.page.get_attribute("#reader-counter", "data-token") == "kim"  # type: ignore[attr-defined]
     submit(clerk, "#result")  # the same form again: nothing retyped
     screenshot(clerk, "key-registered")
     assert "Security key registered" in visible_text(clerk) and "did:ethr:" in visible_text(clerk)
