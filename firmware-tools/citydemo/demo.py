@@ -369,18 +369,17 @@ class DemoPanel:
 
     def new_blank_card(self) -> str:
         """A fresh, blank card on the counter reader (for enrollment at the counter screen); its id."""
-        token = f"blank-{len(self._new) + 1}"
-        self.env.cards[token] = self.env.workdir / "cards" / f"{token}-{time.time_ns()}.json"
-        self._new[token] = "blank"
-        self.put(token, "counter")
-        return token
+        return self._new_token("blank", self.env.cards, "counter")
 
     def new_key(self) -> str:
         """A fresh FIDO2 security key (no PIN yet) on the counter's key reader, to register; its id."""
-        token = f"newkey-{len(self._new) + 1}"
-        self.env.keys[token] = self.env.workdir / "cards" / f"{token}-{time.time_ns()}.json"
-        self._new[token] = "new_key"
-        self.put(token, "key")
+        return self._new_token("new_key", self.env.keys, "key")
+
+    def _new_token(self, kind: str, files: dict[str, Path], reader: str) -> str:
+        token = f"{'blank' if kind == 'blank' else 'newkey'}-{len(self._new) + 1}"
+        files[token] = self.env.workdir / "cards" / f"{token}-{time.time_ns()}.json"
+        self._new[token] = kind
+        self.put(token, reader)
         return token
 
 

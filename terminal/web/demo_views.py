@@ -138,14 +138,18 @@ def blank() -> Response:
     return redirect("/demo/", 303)
 
 
-@bp.post("/put")
-def put() -> Response:
-    """Put a token on a reader (``token``, ``reader`` form fields)."""
+def _reader_panel() -> DemoReaderPanel:
     p = _panel()
     if not isinstance(p, DemoReaderPanel):
         abort(404)
+    return p
+
+
+@bp.post("/put")
+def put() -> Response:
+    """Put a token on a reader (``token``, ``reader`` form fields)."""
     try:
-        p.put(request.form.get("token", ""), request.form.get("reader", ""))
+        _reader_panel().put(request.form.get("token", ""), request.form.get("reader", ""))
     except KeyError:
         abort(400)
     return redirect("/demo/", 303)
@@ -154,11 +158,8 @@ def put() -> Response:
 @bp.post("/take")
 def take() -> Response:
     """Take the token off a reader (``reader`` form field)."""
-    p = _panel()
-    if not isinstance(p, DemoReaderPanel):
-        abort(404)
     try:
-        p.take(request.form.get("reader", ""))
+        _reader_panel().take(request.form.get("reader", ""))
     except KeyError:
         abort(400)
     return redirect("/demo/", 303)
@@ -167,8 +168,5 @@ def take() -> Response:
 @bp.post("/new-key")
 def new_key() -> Response:
     """A fresh security key on the counter's key reader."""
-    p = _panel()
-    if not isinstance(p, DemoReaderPanel):
-        abort(404)
-    p.new_key()
+    _reader_panel().new_key()
     return redirect("/demo/", 303)
