@@ -294,8 +294,10 @@ class DemoPanel:
         ]
         if KEY_ID in self.env.keys:
             out.append(self._entry(self._citizens["kim"], KEY_ID, KEY_PIN, "fido", where.get(KEY_ID)))
-        for n, (token, kind) in enumerate(self._new.items(), 1):
-            out.append(DemoCitizen(token, "", "", kind, where=where.get(token), number=n))
+        numbers: dict[str, int] = {}
+        for token, kind in self._new.items():  # "New card 1, 2, …", "New security key 1, …"
+            numbers[kind] = numbers.get(kind, 0) + 1
+            out.append(DemoCitizen(token, "", "", kind, where=where.get(token), number=numbers[kind]))
         return out
 
     @staticmethod
