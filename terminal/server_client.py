@@ -51,6 +51,12 @@ def acting_clerk(clerk: str | None) -> Iterator[None]:
         _ACTING_CLERK.reset(token)
 
 
+#: How long the counter waits for the city server before the clerk is told and offered a retry (issue 15
+#: item 4): a frozen server is an error on screen within this time. Requests are idempotent (enrollment
+#: under its idempotency key), so the retry finishes what the server may have done meanwhile.
+COUNTER_TIMEOUT = 5.0
+
+
 class ServerError(CityIdError):
     """The city server refused the request or was unreachable; ``status``: HTTP status (0: none)."""
 
@@ -182,6 +188,8 @@ class ServerClient:
             resp = self._http.request(
                 method, self.base_url + route, data=body, headers=headers, timeout=self.timeout
             )
+        except requests.Timeout as exc:  # per socket operation: connect, then each read (not the total)
+            raise ServerError(0, "timeout", f"no answer within {self.timeout:g} s") from exc
         except requests.RequestException as exc:
             raise ServerError(0, "unreachable", type(exc).__name__) from exc
         try:

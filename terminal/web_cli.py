@@ -134,12 +134,12 @@ def _backends(config: TerminalConfig) -> tuple[KioskBackend | None, CounterBacke
         from terminal.fido.discovery import system_hid_devices
 
         return PcscKioskBackend(verifier, services, config.reader, hid_lister=system_hid_devices), None
-    from terminal.server_client import ServerClient, load_terminal_key
+    from terminal.server_client import COUNTER_TIMEOUT, ServerClient, load_terminal_key
 
     if not config.terminal_key:
         raise CityIdError(f"{config.source}: server.terminal_key: a counter terminal needs its signing key")
     key = load_terminal_key(config.terminal_key, secret("CITYID_TERMINAL_KEY_PASSWORD"))
-    client = ServerClient(config.server_url, config.terminal_id, key)
+    client = ServerClient(config.server_url, config.terminal_id, key, timeout=COUNTER_TIMEOUT)
     from terminal.flows.counter_journal import JournalStore
 
     # The enrollment journal survives a counter restart: a SQLite file beside counter-sessions.sqlite.

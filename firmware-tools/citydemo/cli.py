@@ -64,7 +64,7 @@ def _run_demo(args: argparse.Namespace, stop: threading.Event) -> int:
             "",
             f"Busan citizen-ID demo is running on {url}/",
             f"  kiosk screen:    {screen}   (binds this browser as the kiosk's screen)",
-            f"  demo panel:      {url}/demo/   (tap / remove each citizen's virtual card)",
+            f"  demo panel:      {url}/demo/   (any card or key on any reader: kiosk, counter, key reader)",
             f"  counter screen:  {url}/counter/   ({clerk})",
             f"  city server:     {env.server_url}",
             f"  card transport:  {transport}",
@@ -73,6 +73,7 @@ def _run_demo(args: argparse.Namespace, stop: threading.Event) -> int:
         ]
         for c in demo.CITIZENS:
             lines.append(f"  {c.id:<5} {c.label:<52} PIN {c.pin}")
+        lines.append(f"  (every demo card's PUK, for unblocking at the counter: {demo.DEMO_PUK})")
         lines += [
             "",
             "Open the kiosk screen URL, then press 'Tap card' for a citizen on the demo panel.",

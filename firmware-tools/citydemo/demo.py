@@ -14,11 +14,14 @@ What runs:
   lost (revoked) card;
 * the terminal app on 127.0.0.1 — kiosk screens at ``/`` (opened through the printed screen URL, which binds
   that browser as the kiosk's screen), counter screens at ``/counter/``, and the demo panel at ``/demo/``
-  with a button to tap or remove each citizen's card.
+  that puts any card or key on any of the three readers (kiosk, counter card reader, counter key reader) or
+  takes it out, so every clerk task can be shown: unblock a card blocked at the kiosk, register a new
+  security key, carry a newly enrolled card to the kiosk (docs/ui.md §Demo panel).
 
-Cards reach the kiosk through pcscd + vpcd when available (the kiosk reader is ``Virtual PCD 00 00``, the
-counter's ``Virtual PCD 00 01``; a pcscd is started when the vpcd driver is installed and none runs), else
-through the in-process transport (``--no-pcsc``).
+Cards reach the kiosk and the counter's card reader through pcscd + vpcd when available (the kiosk reader
+is ``Virtual PCD 00 00``, the counter's ``Virtual PCD 00 01``; a pcscd is started when the vpcd driver is
+installed and none runs), else through the in-process transport (``--no-pcsc``). vpcd has two readers: the
+counter's key reader is always in-process.
 """
 
 from __future__ import annotations
@@ -58,18 +61,20 @@ from werkzeug.serving import BaseWSGIServer, make_server
 
 from cityid.apdu import SmartCardConnection
 from cityid.cli_util import progress
-from cityid.errors import CityIdError, NoCardError
+from cityid.errors import CityIdError, NoCardError, NoReaderError
 from terminal.config import TerminalConfig, hash_password
 from terminal.flows.counter import CitizenRequest, CounterEnrollment
 from terminal.flows.kiosk import SERVICES
 from terminal.web.backend import TokenKind, TokenPresent, TokenRemoved
-from terminal.web.demo_views import DemoCitizen
+from terminal.web.demo_views import DemoCitizen, DemoReader
 from terminal.web.verdicts import DISTRICT_KEYS
 
 logger = logging.getLogger(__name__)
 
 KIOSK_READER = VPCD_SLOTS[DEFAULT_VPCD_PORT]
 COUNTER_READER = VPCD_SLOTS[DEFAULT_VPCD_PORT + 1]
+KEY_READER = "Demo key reader"  # the counter's security-key reader (in-process: vpcd has two readers)
+READERS = ("kiosk", "counter", "key")  # the demo panel's reader ids
 KIOSK_AUDIENCE = "https://kiosk.busan.go.kr/demo-kiosk"
 COUNTER_AUDIENCE = "https://counter.busan.go.kr/demo-counter"
 DEMO_CLERK = "demo"
@@ -242,6 +247,13 @@ class DemoEnvironment:
     printer: Any = None  # citydemo.printer.VirtualPrinter (the kiosk's receipt printer)
     printing: Any = None  # terminal.web.printing.KioskPrinting on it
     kiosk_key: Any = None  # the demo kiosk's terminal key (signs certificates)
+    key_slot: CardSlot = field(default_factory=lambda: CardSlot(KEY_READER, None))  # the counter's key reader
+    server_app: Any = None  # the city server's Flask app (tests wrap its wsgi_app, e.g. to freeze it)
+
+    @property
+    def slots(self) -> dict[str, CardSlot]:
+        """The readers by demo id: ``kiosk``, ``counter`` (citizen cards) and ``key`` (security keys)."""
+        return {"kiosk": self.kiosk_slot, "counter": self.counter_slot, "key": self.key_slot}
 
     def card(self, citizen_id: str) -> VirtualCard:
         """A fresh card (or key) object for the state file (as a freshly powered card)."""
@@ -252,7 +264,7 @@ class DemoEnvironment:
         return make_citizen_card(self.cards[citizen_id])
 
     def close(self) -> None:
-        for slot in (self.kiosk_slot, self.counter_slot):
+        for slot in (self.kiosk_slot, self.counter_slot, self.key_slot):
             with contextlib.suppress(CityIdError):
                 slot.remove()
         for closer in reversed(self._closers):
@@ -264,39 +276,83 @@ class DemoEnvironment:
 
 
 class DemoPanel:
-    """The demo panel's actions (terminal.web.demo_views.DemoPanel)."""
+    """The demo panel's actions (terminal.web.demo_views.DemoPanel): every card and key — the demo
+    citizens', the new blank cards and the new security keys — can be put on any reader or taken out."""
 
     def __init__(self, env: DemoEnvironment, citizens: Sequence[Citizen] = CITIZENS) -> None:
         self.env = env
         self._citizens = {c.id: c for c in citizens}
+        self._new: dict[str, str] = {}  # blank cards and new keys: token id → kind ("blank" / "new_key")
+        self._lock = threading.Lock()
 
     def citizens(self) -> Sequence[DemoCitizen]:
-        out = [self._entry(c, c.id, c.pin) for c in self._citizens.values() if c.id in self.env.cards]
+        where = {slot.owner: rid for rid, slot in self.env.slots.items() if slot.owner is not None}
+        out = [
+            self._entry(c, c.id, c.pin, where=where.get(c.id))
+            for c in self._citizens.values()
+            if c.id in self.env.cards
+        ]
         if KEY_ID in self.env.keys:
-            out.append(self._entry(self._citizens["kim"], KEY_ID, KEY_PIN, "fido"))
+            out.append(self._entry(self._citizens["kim"], KEY_ID, KEY_PIN, "fido", where.get(KEY_ID)))
+        numbers: dict[str, int] = {}
+        for token, kind in self._new.items():  # "New card 1, 2, …", "New security key 1, …"
+            numbers[kind] = numbers.get(kind, 0) + 1
+            out.append(DemoCitizen(token, "", "", kind, where=where.get(token), number=numbers[kind]))
         return out
 
     @staticmethod
-    def _entry(c: Citizen, entry_id: str, pin: str, kind: str = "card") -> DemoCitizen:
+    def _entry(
+        c: Citizen, entry_id: str, pin: str, kind: str = "card", where: str | None = None
+    ) -> DemoCitizen:
         notes = ([] if c.resident else ["demo.note.moved"]) + (["demo.note.lost"] if c.lost else [])
         name = f"{c.family_name} {c.given_name}"
-        return DemoCitizen(entry_id, name, pin, kind, c.age, DISTRICT_KEYS.get(c.district, ""), tuple(notes))
+        puk = DEMO_PUK if kind == "card" else ""
+        return DemoCitizen(
+            entry_id, name, pin, kind, c.age, DISTRICT_KEYS.get(c.district, ""), tuple(notes), where, puk=puk
+        )
+
+    def readers(self) -> Sequence[DemoReader]:
+        return [DemoReader(rid, slot.reader, slot.owner) for rid, slot in self.env.slots.items()]
+
+    def put(self, token: str, reader: str) -> None:
+        """Put ``token`` on ``reader`` (taken from where it was; the reader's token goes back on the desk)."""
+        if reader not in self.env.slots:
+            raise KeyError(reader)
+        if token not in self.env.cards and token not in self.env.keys:
+            raise KeyError(token)
+        with self._lock:
+            for rid, slot in self.env.slots.items():
+                if slot.owner == token or rid == reader:
+                    self._take(rid)
+            slot = self.env.slots[reader]
+            slot.insert(self.env.card(token), token)
+            if reader == "kiosk" and slot.port is None:
+                kind = TokenKind.FIDO if token in self.env.keys else TokenKind.CARD
+                self.env.kiosk_backend.feed(TokenPresent(slot.reader, kind, time.monotonic()))
+
+    def take(self, reader: str) -> None:
+        """Take whatever is on ``reader`` off it."""
+        if reader not in self.env.slots:
+            raise KeyError(reader)
+        with self._lock:
+            self._take(reader)
+
+    def _take(self, reader: str) -> None:
+        slot = self.env.slots[reader]
+        if slot.owner is None:
+            return
+        slot.remove()
+        if reader == "kiosk" and slot.port is None:
+            self.env.kiosk_backend.feed(TokenRemoved(slot.reader, time.monotonic()))
 
     def tapped(self) -> str | None:
         return self.env.kiosk_slot.owner
 
     def tap(self, citizen_id: str) -> None:
-        slot = self.env.kiosk_slot
-        slot.insert(self.env.card(citizen_id), citizen_id)
-        if slot.port is None:
-            kind = TokenKind.FIDO if citizen_id in self.env.keys else TokenKind.CARD
-            self.env.kiosk_backend.feed(TokenPresent(slot.reader, kind, time.monotonic()))
+        self.put(citizen_id, "kiosk")
 
     def remove(self) -> None:
-        slot = self.env.kiosk_slot
-        slot.remove()
-        if slot.port is None:
-            self.env.kiosk_backend.feed(TokenRemoved(slot.reader, time.monotonic()))
+        self.take("kiosk")
 
     def receipts(self) -> int:
         """How many receipts the virtual printer has cut."""
@@ -313,10 +369,20 @@ class DemoPanel:
         status = None if self.env.printing is None else self.env.printing.last_status
         return None if status is None else status.message_key
 
-    def new_blank_card(self) -> None:
-        """Put a fresh, blank card in the counter reader (for enrollment at the counter screen)."""
-        path = self.env.workdir / "cards" / f"blank-{time.time_ns()}.json"
-        self.env.counter_slot.insert(make_citizen_card(path), "blank")
+    def new_blank_card(self) -> str:
+        """A fresh, blank card on the counter reader (for enrollment at the counter screen); its id."""
+        return self._new_token("blank", self.env.cards, "counter")
+
+    def new_key(self) -> str:
+        """A fresh FIDO2 security key (no PIN yet) on the counter's key reader, to register; its id."""
+        return self._new_token("new_key", self.env.keys, "key")
+
+    def _new_token(self, kind: str, files: dict[str, Path], reader: str) -> str:
+        token = f"{'blank' if kind == 'blank' else 'newkey'}-{len(self._new) + 1}"
+        files[token] = self.env.workdir / "cards" / f"{token}-{time.time_ns()}.json"
+        self._new[token] = kind
+        self.put(token, reader)
+        return token
 
 
 def build(
@@ -333,7 +399,7 @@ def build(
     from server.keys import KeystoreSigner
     from terminal.flows.counter_journal import JournalStore
     from terminal.flows.tokens import pcsc_connect
-    from terminal.server_client import ServerClient
+    from terminal.server_client import COUNTER_TIMEOUT, ServerClient
     from terminal.verifier import NonceStore, Verifier
     from terminal.web.stack import CardCounterBackend, CardKioskBackend, PcscKioskBackend
 
@@ -400,7 +466,9 @@ def build(
 
         closers.append(close_http)
         server_url = f"http://127.0.0.1:{http.server_port}"
+        # the set-up enrolls with a patient client; the counter screens wait as a real counter does
         client = ServerClient(server_url, "demo-counter", terminal_key, timeout=60, clerk=DEMO_CLERK)
+        counter_client = ServerClient(server_url, "demo-counter", terminal_key, timeout=COUNTER_TIMEOUT)
 
         kiosk_view = LiveChainView(chain.client(), chain.network)
         counter_view = LiveChainView(chain.client(), chain.network)
@@ -442,22 +510,28 @@ def build(
         counter_slot = CardSlot(
             COUNTER_READER if use_pcsc else "Demo counter reader", DEFAULT_VPCD_PORT + 1 if use_pcsc else None
         )
+        key_slot = CardSlot(KEY_READER, None)
         kiosk_verifier = Verifier(kiosk_view, KIOSK_AUDIENCE, NonceStore())
         services = list(SERVICES.values())
+
+        def counter_connect(reader: str) -> AbstractContextManager[SmartCardConnection]:
+            """The counter's two readers: the card reader (vpcd or in-process) and the key reader."""
+            for slot in (counter_slot, key_slot):
+                if reader == slot.reader:
+                    return pcsc_connect(reader) if slot.port is not None else slot.connect(reader)
+            raise NoReaderError(f"no reader {reader!r} at the demo counter")
+
+        counter_backend = CardCounterBackend(
+            counter_client,
+            counter_verifier,
+            connect=counter_connect,
+            readers=lambda: [counter_slot.reader, key_slot.reader],
+            journal=journal,
+        )
         if use_pcsc:
             kiosk_backend: Any = PcscKioskBackend(kiosk_verifier, services, reader_filter=KIOSK_READER)
-            counter_backend = CardCounterBackend(
-                client, counter_verifier, connect=pcsc_connect, reader_filter=COUNTER_READER, journal=journal
-            )
         else:
             kiosk_backend = CardKioskBackend(kiosk_verifier, services, kiosk_slot.connect)
-            counter_backend = CardCounterBackend(
-                client,
-                counter_verifier,
-                connect=counter_slot.connect,
-                readers=lambda: [counter_slot.reader] if counter_slot.card is not None else [],
-                journal=journal,
-            )
         from citydemo.printer import VirtualPrinter, make_printing
 
         printer = VirtualPrinter(workdir)
@@ -475,6 +549,7 @@ def build(
         env = DemoEnvironment(
             workdir, chain, server_url, kiosk_slot, counter_slot, cards, enrolled, keys, kiosk_backend,
             counter_backend, config, pcsc, closers, printer=printer, printing=printing, kiosk_key=kiosk_key,
+            key_slot=key_slot, server_app=server_app,
         )  # fmt: skip
         pcsc = None  # owned by env now
         return env

@@ -388,6 +388,11 @@ class CounterEnrollment:
             card.citizen_admin().erase()
         return revoked
 
+    def erase_card(self, connection: SmartCardConnection, serial: bytes) -> None:
+        """ERASE the citizen applet of the card with ``serial`` (its own key through the server, or the
+        default key of a card not keyed yet) — the clerk confirmed replacing the citizen on it."""
+        self._personalizer(connection, _Journal(card_key_set=True), serial).citizen_admin().erase()
+
     def _credential_id(self, serial: bytes, j: _Journal | None) -> str | None:
         """The credential of an unfinished enrollment (after a restart, from the journal file)."""
         if j is not None and j.result is not None:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from cityid.errors import CardError
 from terminal.flows.lost_card import CredentialState
 from terminal.flows.tokens import TokenEvent, TokenKind, TokenPresent, TokenRemoved
 
@@ -153,6 +154,35 @@ class FidoRegistration:
     citizen_credential_id: str = ""  # the city credential issued to the key
 
 
+@dataclass(frozen=True, slots=True)
+class CardHolder:
+    """The citizen a card already holds, shown to the clerk before enrolling over it (identifiers only)."""
+
+    serial: str  # hex; the confirmation names it and the enrollment checks the same card is still there
+    card_number: str
+    did: str | None
+    finished: bool  # personalization finished: its credential is valid on the server
+
+
+@dataclass(frozen=True, slots=True)
+class Replacement:
+    """The clerk's confirmation to enroll over the citizen on card ``serial``; ``current_puk`` is the card's
+    PUK (typed by the citizen), which resets PIN and PUK to the initial values first."""
+
+    serial: str
+    current_puk: str = field(repr=False)
+
+
+class TokenMissingError(CardError):
+    """No usable token on a reader the clerk chose. ``role``: ``"card"`` (the citizen-card reader) or
+    ``"key"`` (the security-key reader); ``wrong_kind``: a token is there, but not of that kind."""
+
+    def __init__(self, role: str, reader: str, wrong_kind: bool = False) -> None:
+        self.role, self.reader, self.wrong_kind = role, reader, wrong_kind
+        what = "citizen card" if role == "card" else "FIDO2 security key"
+        super().__init__(f"{'not a ' + what if wrong_kind else 'no ' + what} in {reader!r}")
+
+
 class CounterBackend(Protocol):
     """The clerk's operations at a post-office counter."""
 
@@ -160,8 +190,16 @@ class CounterBackend(Protocol):
         """Readers the counter can use (for the reader choice)."""
         ...
 
-    def enroll(self, reader: str, enrollment: Enrollment) -> EnrollmentResult:
-        """Generate the key on the card, enroll with the server, write the credential, set PIN/PUK."""
+    def card_holder(self, reader: str) -> CardHolder | None:
+        """The citizen the card in ``reader`` already holds — None for a blank card or one whose enrollment
+        this counter has started (enrolling it again resumes)."""
+        ...
+
+    def enroll(
+        self, reader: str, enrollment: Enrollment, replace: Replacement | None = None
+    ) -> EnrollmentResult:
+        """Generate the key on the card, enroll with the server, write the credential, set PIN/PUK.
+        ``replace``: the card holds a citizen and the clerk confirmed replacing them (same card serial)."""
         ...
 
     def register_fido(
@@ -181,7 +219,9 @@ class CounterBackend(Protocol):
 
     def abandon(self, reader: str) -> Sequence[str]:
         """Give up the unfinished enrollment of the card in ``reader``: revoke what the server issued for
-        it (credential ids returned) and erase the card's DID and credential."""
+        it (credential ids returned) and erase the card's DID and credential. A finished card raises
+        ``EnrollmentFinishedError``, one with nothing to abandon ``NothingToAbandonError``
+        (:mod:`terminal.flows.counter_card`); neither is changed."""
         ...
 
     def report_lost(self, family_name: str, given_name: str, birthdate: str, password: str) -> None:
@@ -195,15 +235,18 @@ class CounterBackend(Protocol):
 
 __all__ = [
     "BackendEvent",
+    "CardHolder",
     "CounterBackend",
     "CredentialState",
     "Enrollment",
     "EnrollmentResult",
     "FidoRegistration",
     "KioskBackend",
+    "Replacement",
     "ServiceInfo",
     "SessionInfo",
     "TokenKind",
+    "TokenMissingError",
     "TokenPresent",
     "TokenRemoved",
     "VerdictView",

@@ -4,6 +4,14 @@ Forms are described once (:data:`FORMS`) and rendered by one accessible template
 checked against salted scrypt hashes from the configuration (unknown ids against a dummy hash: same cost);
 five failures lock the clerk id for a minute. Sessions and lockouts live server-side
 (:mod:`terminal.web.clerk_sessions`): logout and 15 minutes idle end a session for every copy of its cookie.
+
+Messages name the real cause (docs/ui.md §Counter, issue 15 item 4): which reader is empty or holds the
+wrong kind of token, which characters a name may not contain, a city server that did not answer within
+:data:`~terminal.server_client.COUNTER_TIMEOUT` (with a retry). Secrets are never echoed back into the page;
+the page's script (``counter.js``) keeps what the clerk typed and clears only the fields marked
+``data-clear`` (the wrong or invalid ones). Enrolling a card that already holds a citizen first shows what
+will be replaced and needs the clerk's confirmation and the card's PUK; abandoning works only on an
+unfinished enrollment.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from flask import Blueprint, current_app, g, redirect, render_template, request,
 from werkzeug.wrappers import Response
 
 from cityid.errors import (
+    ApplicationNotFoundError,
     BlockedPinError,
     CardRemovedError,
     CityIdError,
@@ -35,8 +44,10 @@ from cityid.errors import (
 )
 from terminal.config import TerminalConfig, check_password, hash_password
 from terminal.flows.certificate import KST
-from terminal.server_client import acting_clerk
-from terminal.web.backend import CounterBackend, Enrollment
+from terminal.flows.counter import CardMismatchError
+from terminal.flows.counter_card import EnrollmentFinishedError, NothingToAbandonError
+from terminal.server_client import ServerError, acting_clerk
+from terminal.web.backend import CardHolder, CounterBackend, Enrollment, Replacement, TokenMissingError
 from terminal.web.clerk_sessions import ClerkSessions
 from terminal.web.verdicts import DISTRICT_KEYS
 
@@ -48,7 +59,7 @@ REVOKE_REASONS = ("lost", "revoked")  # server API values (docs/server.md)
 MAX_FAILURES = 5
 LOCKOUT_SECONDS = 60.0
 IDLE_SECONDS = 900.0  # a clerk session ends after 15 minutes without a request
-_NAME = re.compile(r"^[^\x00-\x1f<>]{1,64}$")
+_NOT_IN_NAMES = re.compile(r"[\x00-\x1f\x7f<>]")  # markup and control characters
 _CRED_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -230,7 +241,8 @@ def _require_clerk() -> Response | None:
 
 @bp.get("/login")
 def login() -> str:
-    return render_template("counter_login.html", error_key=None, clerk="")
+    # ``clerk`` (the signed-in clerk, for the menu bar) stays unset: nobody is signed in on this page
+    return render_template("counter_login.html", error_key=None, clerk_id="")
 
 
 def check_clerk(store: ClerkSessions, clerks: dict[str, str], clerk: str, password: str) -> str | None:
@@ -257,7 +269,7 @@ def login_post() -> Response | tuple[str, int]:
     error = check_clerk(store, _config().clerks, clerk, request.form.get("password", ""))
     if error is not None:
         status = 429 if error == "counter.login.locked" else 401
-        return render_template("counter_login.html", error_key=error, clerk=clerk), status
+        return render_template("counter_login.html", error_key=error, clerk_id=clerk), status
     lang = session.get("lang")
     session.clear()  # new session id material: no fixation of a pre-login session
     if lang:
@@ -286,14 +298,25 @@ def home() -> str:
     return render_template("counter_home.html", clerk=_clerk(), actions=tuple(FORMS))
 
 
+#: A field error: a catalogue key, or a key with its parameters.
+FieldError = str | tuple[str, dict[str, Any]]
+
+
 def _render_form(
     name: str,
-    errors: dict[str, str] | None = None,
+    errors: dict[str, FieldError] | None = None,
     values: dict[str, str] | None = None,
     message: str | None = None,
     message_params: dict[str, Any] | None = None,
     status: int = 200,
+    *,
+    clear: tuple[str, ...] = (),
+    retry: bool = False,
+    replace: CardHolder | None = None,
 ) -> tuple[str, int]:
+    """The form ``name`` again. ``clear``: secret fields the page must empty (wrong or invalid ones; the
+    others keep what was typed); ``retry``: offer a retry button (the server did not answer);
+    ``replace``: the citizen the card holds, for the clerk's confirmation before enrolling over it."""
     readers: list[str] = []
     try:
         readers = list(_backend().readers())
@@ -305,10 +328,13 @@ def _render_form(
         action=name,
         form=FORMS[name],
         readers=readers,
-        errors=errors or {},
+        errors={k: (v, {}) if isinstance(v, str) else v for k, v in (errors or {}).items()},
         values=values or {},
         message_key=message,
         message_params=message_params or {},
+        clear=set(clear) | set(errors or {}),
+        retry=retry,
+        replace=replace,
     )
     return html, status
 
@@ -322,15 +348,28 @@ def _digits(value: str, lo: int, hi: int) -> bool:
     return value.isascii() and value.isdigit() and lo <= len(value) <= hi
 
 
-def _validate(action: str, f: dict[str, str]) -> dict[str, str]:
-    """Field errors (name → catalogue key)."""
-    errors: dict[str, str] = {}
+def _name_error(value: str) -> FieldError | None:
+    """Why ``value`` is not a name: its length, or the characters it may not contain (named)."""
+    value = value.strip()
+    if not 1 <= len(value) <= 64:
+        return "counter.error.name"
+    bad = sorted(set(_NOT_IN_NAMES.findall(value)))
+    if bad:
+        shown = " ".join(c if c.isprintable() else f"U+{ord(c):04X}" for c in bad)
+        return ("counter.error.name_chars", {"chars": shown})
+    return None
+
+
+def _validate(action: str, f: dict[str, str]) -> dict[str, FieldError]:
+    """Field errors (name → catalogue key, or key and parameters)."""
+    errors: dict[str, FieldError] = {}
     if any(x.kind == "readers" for x in FORMS[action].fields) and not f.get("reader"):
         errors["reader"] = "counter.error.reader"
-    if action == "enroll":
+    if action in ("enroll", "lost"):
         for name in ("family_name", "given_name"):
-            if not _NAME.match(f.get(name, "").strip()):
-                errors[name] = "counter.error.name"
+            if (err := _name_error(f.get(name, ""))) is not None:
+                errors[name] = err
+    if action == "enroll":
         try:
             born = dt.date.fromisoformat(f.get("birthdate", ""))
             if not dt.date(1900, 1, 1) <= born <= dt.date.today():
@@ -362,9 +401,6 @@ def _validate(action: str, f: dict[str, str]) -> dict[str, str]:
     if (action == "lost" or chosen) and not 6 <= len(chosen) <= 128:
         errors["revocation_password"] = "counter.error.revocation_password"  # noqa: S105 - an error key
     if action == "lost":
-        for name in ("family_name", "given_name"):
-            if not _NAME.match(f.get(name, "").strip()):
-                errors[name] = "counter.error.name"
         try:
             dt.date.fromisoformat(f.get("birthdate", ""))
         except ValueError:
@@ -375,10 +411,23 @@ def _validate(action: str, f: dict[str, str]) -> dict[str, str]:
         errors["reason"] = "counter.error.reason"
     if action in ("revoke", "lost", "abandon") and f.get("confirm") != "on":
         errors["confirm"] = "counter.error.confirm"
+    if action == "enroll" and f.get("replace_serial"):  # the confirmation of enrolling over a citizen
+        if not _digits(f.get("current_puk", ""), 8, 8):
+            errors["current_puk"] = "counter.error.puk"
+        if f.get("replace_confirm") != "on":
+            errors["replace_confirm"] = "counter.error.confirm"
     return errors
 
 
-_SECRET_FIELDS = ("pin", "pin2", "puk", "puk2", "card_pin", "revocation_password")
+_SECRET_FIELDS = ("pin", "pin2", "puk", "puk2", "card_pin", "revocation_password", "current_puk")
+
+#: Which secret field was wrong, for a ``WrongPinError`` in each form (the field the page clears).
+_WRONG_FIELD = {
+    ("enroll", "puk"): "current_puk",  # only the confirmation asks for a current secret
+    ("unblock", "puk"): "puk",
+    ("fido", "pin"): "card_pin",
+    ("fido", "key_pin"): "pin",
+}
 
 
 @bp.post("/<any(enroll, fido, unblock, revoke, lost, abandon, status):action>")
@@ -386,8 +435,11 @@ def form_post(action: str) -> tuple[str, int]:
     f = {k: v for k, v in request.form.items() if k != "csrf_token"}
     keep = {k: v for k, v in f.items() if k not in _SECRET_FIELDS}  # secrets are never echoed back
     errors = _validate(action, f)
+    replace: CardHolder | None = None
     if errors:
-        return _render_form(action, errors, keep, "counter.error.fix", status=400)
+        if "replace_serial" in f:  # still confirming: show again what will be replaced
+            replace = _holder_or_none(f)
+        return _render_form(action, errors, keep, "counter.error.fix", status=400, replace=replace)
     backend = _backend()
     printing = current_app.extensions.get("cityid.counter_printing")
     # the enrollment receipt prints the revocation password the citizen chose: held server-side, no cookie
@@ -408,16 +460,20 @@ def form_post(action: str) -> tuple[str, int]:
     }
     try:
         with acting_clerk(_clerk()):  # the clerk is named and signed in every server request
+            if action == "enroll" and not f.get("replace_serial"):
+                replace = backend.card_holder(f["reader"])
+                if replace is not None:  # the card holds a citizen: the clerk confirms first
+                    return _render_form(action, {}, keep, None, status=409, replace=replace)
             done_key, rows = ops[action]()
     except WrongPinError as exc:
+        kind = _secret_kind(action, exc)
+        wrong = _WRONG_FIELD.get((action, kind), "pin")
+        if wrong == "current_puk":
+            replace = _holder_or_none(f)
         return _render_form(
-            action,
-            {},
-            keep,
-            f"counter.error.wrong_{_secret_kind(action, exc)}",
-            {"n": exc.attempts_remaining},
-            400,
-        )
+            action, {}, keep, f"counter.error.wrong_{kind}", {"n": exc.attempts_remaining}, 400,
+            clear=(wrong,), replace=replace,
+        )  # fmt: skip
     except PinPowerCycleError:
         return _render_form(action, {}, keep, "counter.error.power_cycle", status=409)
     except BlockedPinError as exc:
@@ -428,10 +484,39 @@ def form_post(action: str) -> tuple[str, int]:
         return _render_form(action, {}, keep, "counter.error.technical", status=409)
     except CardRemovedError:
         return _render_form(action, {}, keep, "counter.error.removed", status=409)
+    except TokenMissingError as exc:
+        key = {"card": "counter.error.no_card", "key": "counter.error.no_key"}[exc.role]
+        if exc.wrong_kind:
+            key = "counter.error.not_a_key" if exc.role == "key" else "counter.error.not_citizen_card"
+        field_name = "key_reader" if exc.role == "key" else "reader"
+        return _render_form(action, {}, keep, key, {"reader": exc.reader}, 409, clear=(field_name,))
+    except ApplicationNotFoundError:  # e.g. a security key on the citizen-card reader
+        return _render_form(action, {}, keep, "counter.error.not_citizen_card", {"reader": f.get("reader")},
+                            409)  # fmt: skip
     except (NoCardError, ReaderError):
-        return _render_form(action, {}, keep, "counter.error.no_card", status=409)
+        return _render_form(action, {}, keep, "counter.error.no_card", {"reader": f.get("reader")}, 409)
+    except CardMismatchError:
+        return _render_form(action, {}, keep, "counter.error.card_changed", status=409)
+    except EnrollmentFinishedError as exc:
+        h = exc.holding
+        return _render_form(action, {}, keep, "counter.error.abandon_finished",
+                            {"card": h.card_number, "did": h.did or "-"}, 409)  # fmt: skip
+    except NothingToAbandonError:
+        return _render_form(action, {}, keep, "counter.error.abandon_nothing", status=409)
     except KeyError:
         return _render_form(action, {}, keep, "counter.error.not_found", status=404)
+    except ServerError as exc:
+        logger.warning("counter %s: city server: %s", action, exc.code)
+        if exc.retryable:
+            if exc.code == "timeout":
+                key, status = "counter.error.server_timeout", 504
+            else:
+                key, status = (
+                    ("counter.error.server_down" if exc.status == 0 else "counter.error.server_busy"),
+                    503,
+                )
+            return _render_form(action, {}, keep, key, status=status, retry=True)
+        return _render_form(action, {}, keep, "counter.error.technical", status=502)
     except CityIdError as exc:
         logger.warning("counter %s failed: %s", action, type(exc).__name__)
         return _render_form(action, {}, keep, "counter.error.technical", status=502)
@@ -488,7 +573,18 @@ def scan() -> str:
 def _secret_kind(action: str, exc: PinError | None = None) -> str:
     if exc is not None and exc.what == "key PIN":
         return "key_pin"
+    if exc is not None and exc.what == "PUK":
+        return "puk"
     return "puk" if action == "unblock" else "pin"
+
+
+def _holder_or_none(f: dict[str, str]) -> CardHolder | None:
+    """The citizen on the card being confirmed for replacement (None: the card is gone or changed)."""
+    try:
+        holder = _backend().card_holder(f.get("reader", ""))
+    except CityIdError:
+        return None
+    return holder if holder is not None and holder.serial == f.get("replace_serial") else None
 
 
 def _enroll(backend: CounterBackend, f: dict[str, str]) -> tuple[str, list[tuple[str, str]]]:
@@ -502,7 +598,9 @@ def _enroll(backend: CounterBackend, f: dict[str, str]) -> tuple[str, list[tuple
         puk=f["puk"],
         revocation_password=f.get("revocation_password", ""),
     )
-    r = backend.enroll(f["reader"], enrollment)
+    serial = f.get("replace_serial", "")
+    replace = Replacement(serial, f["current_puk"]) if serial else None
+    r = backend.enroll(f["reader"], enrollment, replace)
     rows = [
         ("counter.field.credential_id", r.credential_id),
         ("counter.field.did", r.did),

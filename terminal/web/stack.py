@@ -20,29 +20,40 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
-from cityid.errors import CardRemovedError
-from terminal.flows.counter import CitizenRequest, CounterEnrollment, EnrollmentInterrupted
+from cityid.apdu import SmartCardConnection
+from cityid.errors import CardRemovedError, NoCardError
+from terminal.flows.counter import CardMismatchError, CitizenRequest, CounterEnrollment, EnrollmentInterrupted
+from terminal.flows.counter_card import (
+    abandon_unfinished,
+    enrollment_started_here,
+    inspect_card,
+    reset_for_replacement,
+)
 from terminal.flows.counter_journal import JournalStore
 from terminal.flows.fido_registration import FidoKeyRegistration
 from terminal.flows.kiosk import KioskTerminal, Service
 from terminal.flows.lost_card import LostCardReport
 from terminal.flows.pin import unblock_pin
-from terminal.flows.tokens import Connect, Tokens, TokenWatcher, pcsc_connect, pcsc_readers
+from terminal.flows.tokens import Connect, Tokens, TokenWatcher, open_fido, pcsc_connect, pcsc_readers
 from terminal.server_client import ServerClient, ServerError
 from terminal.verifier import Verdict, Verifier
 from terminal.verifier.verifier import DEFAULT_RP_ID
 from terminal.web.backend import (
     BackendEvent,
     BackendHealth,
+    CardHolder,
     CredentialState,
     Enrollment,
     EnrollmentResult,
     FidoRegistration,
+    Replacement,
     ServiceInfo,
     SessionInfo,
+    TokenMissingError,
     VerdictView,
 )
 from terminal.web.verdicts import view_for
@@ -183,7 +194,45 @@ class CardCounterBackend:
     def readers(self) -> Sequence[str]:
         return [r for r in self._readers() if self.reader_filter in r]
 
-    def enroll(self, reader: str, enrollment: Enrollment) -> EnrollmentResult:
+    @contextmanager
+    def _card(self, reader: str) -> Iterator[SmartCardConnection]:
+        """The card in ``reader``; :class:`TokenMissingError` (role "card") when there is none."""
+        with ExitStack() as stack:
+            try:
+                conn = stack.enter_context(self.tokens.connect(reader))
+            except NoCardError as exc:
+                raise TokenMissingError("card", reader) from exc
+            yield conn
+
+    @contextmanager
+    def _key(self, reader: str) -> Iterator[Any]:
+        """The FIDO2 key in ``reader``; :class:`TokenMissingError` (role "key") when the reader is empty or
+        holds something else than a security key."""
+        if self.tokens.is_hid(reader):
+            with self.tokens.fido(reader) as session:
+                yield session
+            return
+        with ExitStack() as stack:
+            try:
+                conn = stack.enter_context(self.tokens.connect(reader))
+            except NoCardError as exc:
+                raise TokenMissingError("key", reader) from exc
+            try:
+                session = open_fido(conn)
+            except NoCardError as exc:
+                raise TokenMissingError("key", reader, wrong_kind=True) from exc
+            yield session
+
+    def card_holder(self, reader: str) -> CardHolder | None:
+        with self._lock, self._card(reader) as conn:
+            holding = inspect_card(conn, self.enrollment)
+        if not holding.written or enrollment_started_here(self.enrollment, holding):
+            return None
+        return CardHolder(holding.serial, holding.card_number, holding.did, holding.finished)
+
+    def enroll(
+        self, reader: str, enrollment: Enrollment, replace: Replacement | None = None
+    ) -> EnrollmentResult:
         request = CitizenRequest(
             family_name=enrollment.family_name,
             given_name=enrollment.given_name,
@@ -196,8 +245,17 @@ class CardCounterBackend:
         )
         with self._lock:
             try:
-                with self.tokens.connect(reader) as conn:
-                    outcome = self.enrollment.run(conn, request)
+                with self._card(reader) as conn:
+                    expect: bytes | None = None
+                    if replace is not None:
+                        holding = inspect_card(conn, self.enrollment)
+                        if holding.serial != replace.serial:
+                            raise CardMismatchError("another card is in the reader than the one confirmed")
+                        # a retry after the reset (e.g. the server timed out later) must not reset again
+                        if holding.written and not enrollment_started_here(self.enrollment, holding):
+                            reset_for_replacement(conn, replace.current_puk, self.enrollment)
+                        expect = bytes.fromhex(replace.serial)
+                    outcome = self.enrollment.run(conn, request, expect_serial=expect)
             except EnrollmentInterrupted as exc:
                 # The journal keeps the progress: the same request with the card back resumes.
                 logger.warning("enrollment interrupted at step %s", exc.step)
@@ -214,19 +272,16 @@ class CardCounterBackend:
         """Register the key in ``key_reader`` for the citizen whose card is in ``card_reader``."""
         with self._lock:
             reg = self.fido.run(
-                lambda: self.tokens.connect(card_reader),
-                card_pin,
-                lambda: self.tokens.fido(key_reader),
-                key_pin,
+                lambda: self._card(card_reader), card_pin, lambda: self._key(key_reader), key_pin
             )
         return FidoRegistration(reg.did, reg.credential_id, reg.citizen_credential_id)
 
     def abandon(self, reader: str) -> Sequence[str]:
-        with self._lock, self.tokens.connect(reader) as conn:
-            return self.enrollment.abandon_card(conn)
+        with self._lock, self._card(reader) as conn:
+            return abandon_unfinished(self.enrollment, conn)
 
     def unblock_pin(self, reader: str, puk: str, new_pin: str) -> None:
-        with self._lock, self.tokens.connect(reader) as conn:
+        with self._lock, self._card(reader) as conn:
             unblock_pin(conn, puk, new_pin)
 
     def revoke(self, credential_id: str, reason: str) -> CredentialState:

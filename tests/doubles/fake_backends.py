@@ -12,13 +12,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cityid.errors import CardRemovedError, InvalidPinError, NoCardError, PinBlockedError, UnusableTokenError
+from terminal.flows.counter import CardMismatchError
+from terminal.flows.counter_card import CardHolding, EnrollmentFinishedError
+from terminal.sessions.base import InvalidPukError
 from terminal.web.backend import (
     BackendEvent,
     BackendHealth,
+    CardHolder,
     CredentialState,
     Enrollment,
     EnrollmentResult,
     FidoRegistration,
+    Replacement,
     ServiceInfo,
     SessionInfo,
     TokenKind,
@@ -41,6 +46,8 @@ class FakeToken:
     delay: float = 0.0  # seconds "signing" takes
     puk: str = "12345678"
     refuse: str | None = None  # UnusableTokenError reason raised at tap ("blank", "foreign", ...)
+    did: str | None = None  # the citizen a counter enrolled on it (a finished enrollment)
+    serial: str = "0011223344556677"
 
 
 class FakeKioskBackend:
@@ -138,8 +145,21 @@ class FakeCounterBackend:
             raise NoCardError("no card")
         return card
 
-    def enroll(self, reader: str, enrollment: Enrollment) -> EnrollmentResult:
+    def card_holder(self, reader: str) -> CardHolder | None:
         card = self._card(reader)
+        if card.did is None:
+            return None
+        return CardHolder(card.serial, f"BSN-{card.serial.upper()}", card.did, True)
+
+    def enroll(
+        self, reader: str, enrollment: Enrollment, replace: Replacement | None = None
+    ) -> EnrollmentResult:
+        card = self._card(reader)
+        if replace is not None:
+            if replace.serial != card.serial:
+                raise CardMismatchError("another card")
+            if replace.current_puk != card.puk:
+                raise InvalidPukError(2)
         with self._lock:
             n = len(self.credentials)
             cred_id = f"cred-{n + 1:04d}"
@@ -147,6 +167,7 @@ class FakeCounterBackend:
             self.credentials[cred_id] = CredentialState(cred_id, "issued", did, n)
         card.pin, card.puk, card.tries = enrollment.pin, enrollment.puk, 3
         card.claims = {"busan_resident": enrollment.resident}
+        card.did = did
         return EnrollmentResult(cred_id, did, n, True)
 
     def register_fido(
@@ -173,6 +194,8 @@ class FakeCounterBackend:
 
     def abandon(self, reader: str) -> Sequence[str]:
         card = self._card(reader)
+        if card.did is not None:  # finished: the real backend refuses too (terminal.flows.counter_card)
+            raise EnrollmentFinishedError(CardHolding(card.serial, card.did, None))
         card.claims = {}
         return []
 

@@ -5,7 +5,6 @@ looks the credential up, and the new card then passes a benefit check at a kiosk
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,15 @@ from citydemo import demo
 from emulators.card.citizen_card import make_citizen_card
 
 from cityid.errors import CityIdError
-from tests.integration.ui_support import Slot, World, serving, type_pin, visible_text
+from tests.integration.ui_support import (
+    Slot,
+    World,
+    fill_enrollment,
+    serving,
+    sign_in,
+    type_pin,
+    visible_text,
+)
 
 pytestmark = [
     pytest.mark.integration,
@@ -22,26 +29,9 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:Deprecated use of webauthn_json_mapping"),
 ]
 
+WORLD_CITIZENS = demo.CITIZENS[:1]  # the shared ``world`` fixture enrolls only Kim
 NEW_PIN = "802468"
 NEW_PUK = "13572468"
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    env = demo.build(use_pcsc=False, citizens=demo.CITIZENS[:1], workdir=tmp_path_factory.mktemp("demo"))
-    try:
-        yield World(env)
-    finally:
-        env.close()
-
-
-@pytest.fixture
-def slot(vpcd_slot: tuple[int, str]) -> Iterator[Slot]:
-    s = Slot(*vpcd_slot)
-    try:
-        yield s
-    finally:
-        s.clear()
 
 
 def test_counter_enrollment_end_to_end(
@@ -57,6 +47,7 @@ def test_counter_enrollment_end_to_end(
         page.fill("#password", "wrong password")
         page.click("#login")
         assert "Wrong clerk ID or password" in visible_text(page)
+        assert page.query_selector("#logout") is None and "Clerk:" not in page.inner_text("body")
         page.fill("#clerk", demo.DEMO_CLERK)
         page.fill("#password", demo.DEMO_CLERK_PASSWORD)
         page.click("#login")
@@ -64,25 +55,15 @@ def test_counter_enrollment_end_to_end(
         screenshot(page, "home")
         page.click("#menu-enroll")
         page.wait_for_url("**/counter/enroll")
-        page.select_option("#f-reader", slot.reader)
-        page.fill("#f-family_name", "Jung")
-        page.fill("#f-given_name", "Haeun")
-        page.fill("#f-birthdate", "1950-03-01")
-        page.select_option("#f-district", "Saha-gu")
-        page.check("#f-resident")
-        page.fill("#f-pin", NEW_PIN)
-        page.fill("#f-pin2", "000000")  # the citizen mistypes the repetition
-        page.fill("#f-puk", NEW_PUK)
-        page.fill("#f-puk2", NEW_PUK)
+        fill_enrollment(page, slot.reader, "Jung", "Haeun", NEW_PIN, NEW_PUK, pin2="000000")  # mistyped
         screenshot(page, "enroll-form")
         page.click("#submit")
         page.wait_for_selector("#err-pin2")
         screenshot(page, "enroll-form-error")
-        assert page.input_value("#f-family_name") == "Jung" and page.input_value("#f-pin") == ""
-        page.fill("#f-pin", NEW_PIN)
+        # only the mistyped repetition is typed again (issue 15: secrets kept, the bad one cleared)
+        assert page.input_value("#f-family_name") == "Jung" and page.input_value("#f-pin2") == ""
+        assert page.input_value("#f-pin") == NEW_PIN and page.input_value("#f-puk2") == NEW_PUK
         page.fill("#f-pin2", NEW_PIN)
-        page.fill("#f-puk", NEW_PUK)
-        page.fill("#f-puk2", NEW_PUK)
         page.click("#submit")
         page.wait_for_selector("#result", timeout=60_000)
         screenshot(page, "enrolled")
@@ -115,14 +96,6 @@ def test_counter_enrollment_end_to_end(
         assert "You are eligible" in visible_text(page)
 
 
-def _login(page: Any, url: str) -> None:
-    page.goto(url + "/counter/login")
-    page.fill("#clerk", demo.DEMO_CLERK)
-    page.fill("#password", demo.DEMO_CLERK_PASSWORD)
-    page.click("#login")
-    page.wait_for_url("**/counter/")
-
-
 def test_counter_unblock_register_key_and_revoke(
     world: World, slot: Slot, page: Any, tmp_path: Path, screenshot: Any, vpcd_card_factory: Any
 ) -> None:
@@ -143,7 +116,7 @@ def test_counter_unblock_register_key_and_revoke(
     key_state = tmp_path / "new-key.json"
     key = vpcd_card_factory(lambda: make_fido_card(key_state)[0])  # a new key, in the other reader
     with serving(world.counter_app(), page) as url:
-        _login(page, url)
+        sign_in(page, url)
         page.click("#menu-unblock")
         page.select_option("#f-reader", slot.reader)
         page.fill("#f-puk", "11112222")
@@ -193,7 +166,7 @@ def test_counter_unblock_register_key_and_revoke(
     key.stop()
 
     with serving(world.counter_app(), page) as url:
-        _login(page, url)
+        sign_in(page, url)
         page.click("#menu-revoke")
         page.fill("#f-credential_id", credential_id)
         page.select_option("#f-reason", "lost")
@@ -221,16 +194,9 @@ def test_interrupted_enrollment_then_abandon(
 
     enrollment.before_step = pull_before_write
     with serving(app, page) as url:
-        _login(page, url)
+        sign_in(page, url)
         page.click("#menu-enroll")
-        page.select_option("#f-reader", slot.reader)
-        page.fill("#f-family_name", "Han")
-        page.fill("#f-given_name", "Jisoo")
-        page.fill("#f-birthdate", "1980-02-02")
-        page.select_option("#f-district", "Buk-gu")
-        page.check("#f-resident")
-        for field, value in (("pin", NEW_PIN), ("pin2", NEW_PIN), ("puk", NEW_PUK), ("puk2", NEW_PUK)):
-            page.fill(f"#f-{field}", value)
+        fill_enrollment(page, slot.reader, "Han", "Jisoo", NEW_PIN, NEW_PUK, "1980-02-02", "Buk-gu")
         page.click("#submit")
         page.wait_for_selector("#form-message", timeout=30_000)
         screenshot(page, "enroll-interrupted")

@@ -3,63 +3,19 @@ with the contracts, the city server's credentials. Screenshots of every screen i
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from citydemo import demo
 
-from tests.integration.ui_support import Slot, World, citizen, serving, type_pin, visible_text
+from tests.integration.ui_support import Slot, World, citizen, serving, tap, to_pin, type_pin, visible_text
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.browser,
     pytest.mark.filterwarnings("ignore:Deprecated use of webauthn_json_mapping"),
 ]
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    env = demo.build(use_pcsc=False, workdir=tmp_path_factory.mktemp("demo"))
-    try:
-        yield World(env)
-    finally:
-        env.close()
-
-
-@pytest.fixture
-def slot(vpcd_slot: tuple[int, str]) -> Iterator[Slot]:
-    s = Slot(*vpcd_slot)
-    try:
-        yield s
-    finally:
-        s.clear()
-
-
-@pytest.fixture
-def kiosk(world: World, slot: Slot, page: Any) -> Iterator[str]:
-    """The kiosk app serving on the test's own vpcd reader, its idle screen open in the browser.
-
-    Torn down first: the page leaves, then the server stops, before the reader is released.
-    """
-    with serving(world.kiosk_app(slot.reader, language="en"), page) as url:
-        page.goto(url + "/")
-        page.wait_for_selector("#idle-title")
-        page.wait_for_function("() => document.readyState === 'complete'")
-        yield url
-
-
-def tap(world: World, slot: Slot, tmp_path: Path, who: str) -> Any:
-    return slot.insert(world.card_copy(who, tmp_path))
-
-
-def to_pin(page: Any, service: str) -> None:
-    page.wait_for_url("**/services")
-    page.click(f"#service-{service}")
-    page.wait_for_url("**/consent")
-    page.click("#agree")
-    page.wait_for_url("**/pin")
 
 
 def test_full_kiosk_flow_tap_service_consent_pin_verdict_removal_idle(

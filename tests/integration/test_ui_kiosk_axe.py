@@ -1,4 +1,3 @@
-# ruff: noqa: F811 (the fixtures come from test_ui_kiosk)
 """Issue 15: axe-core (npm, pinned in package.json) finds no serious or critical violation on any kiosk
 screen, in both languages and in the high-contrast mode. Screenshots in tests/artifacts/."""
 
@@ -10,8 +9,7 @@ from typing import Any
 import pytest
 from emulators.card.citizen_card import make_citizen_card
 
-from tests.integration.test_ui_kiosk import kiosk, slot, tap, to_pin, world  # noqa: F401 (fixtures)
-from tests.integration.ui_support import Slot, World, citizen, type_pin
+from tests.integration.ui_support import Slot, World, axe_serious, citizen, tap, to_pin, type_pin
 
 pytestmark = [
     pytest.mark.integration,
@@ -19,25 +17,15 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:Deprecated use of webauthn_json_mapping"),
 ]
 
-AXE = Path(__file__).resolve().parents[2] / "node_modules" / "axe-core" / "axe.min.js"
-RUN = """() => axe.run(document, {resultTypes: ['violations']}).then(r => r.violations
-    .filter(v => v.impact === 'serious' || v.impact === 'critical')
-    .map(v => v.id + ': ' + v.nodes.map(n => n.target.join(' ')).join(', ')))"""
-
 
 def serious(page: Any, where: str, checked: list[str]) -> None:
-    if not page.evaluate("() => !!window.axe"):
-        page.evaluate("() => { " + AXE.read_text("utf-8") + "\n}")  # devtools evaluation: not subject to CSP
-    found = page.evaluate(RUN)
-    checked.append(where)
-    assert found == [], f"axe on {where}: {found}"
+    axe_serious(page, where, checked)
 
 
 @pytest.mark.parametrize("lang", ["en", "ko"])
 def test_no_serious_or_critical_violation_on_any_kiosk_screen(
     world: World, kiosk: str, page: Any, slot: Slot, tmp_path: Path, screenshot: Any, lang: str
 ) -> None:
-    assert AXE.exists(), "npm install (package.json pins axe-core)"
     checked: list[str] = []
     page.click(f"#lang-{lang}")
     page.wait_for_selector(f"html[lang={lang}]")

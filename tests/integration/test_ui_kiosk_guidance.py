@@ -1,4 +1,3 @@
-# ruff: noqa: F811 (the fixtures come from test_ui_kiosk)
 """Issue 15 item 1 in Chromium on the real stack: the countdown and "more time" on every session screen, a
 blank card refused at tap, the last-try screen, "done" with the card still in the reader, consent declined.
 Screenshots in tests/artifacts/screenshots/."""
@@ -13,8 +12,7 @@ from typing import Any
 import pytest
 from emulators.card.citizen_card import make_citizen_card
 
-from tests.integration.test_ui_kiosk import kiosk, slot, tap, to_pin, world  # noqa: F401 (fixtures)
-from tests.integration.ui_support import Slot, World, citizen, serving, type_pin, visible_text
+from tests.integration.ui_support import Slot, World, citizen, serving, tap, to_pin, type_pin, visible_text
 
 pytestmark = [
     pytest.mark.integration,

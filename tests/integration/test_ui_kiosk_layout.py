@@ -1,4 +1,3 @@
-# ruff: noqa: F811 (the fixtures come from test_ui_kiosk)
 """Issue 15 item 2 in Chromium: every kiosk screen fits 1366×768, 1920×1080, 768×1024 and 1080×1920 without
 scrolling (OK and every key inside the viewport, after a wrong PIN too), scrolls in one direction only at
 200 % zoom, and the low-reach and high-contrast modes are one tap away. Screenshots in tests/artifacts/."""
@@ -10,8 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_ui_kiosk import kiosk, slot, tap, to_pin, world  # noqa: F401 (fixtures)
-from tests.integration.ui_support import Slot, World, citizen, type_pin
+from tests.integration.ui_support import Slot, World, citizen, tap, type_pin
 
 pytestmark = [
     pytest.mark.integration,

@@ -1,4 +1,3 @@
-# ruff: noqa: F811 (the fixtures come from test_ui_kiosk)
 """Issue 15 closing figures: how long a keyboard-only and an audio-only citizen take to finish "benefit check"
 in the demo stack. Keyboard: real key presses, no pauses. Audio: the same presses, each made only after the
 screen's (or the keypad's) guidance has been played to its end (the WAV durations of what the page asked for).
@@ -7,7 +6,6 @@ Figures in tests/artifacts/kiosk-timing.json."""
 from __future__ import annotations
 
 import json
-import re
 import time
 import wave
 from pathlib import Path
@@ -16,8 +14,7 @@ from typing import Any
 import pytest
 
 from terminal.web import voice
-from tests.integration.test_ui_kiosk import kiosk, slot, tap, world  # noqa: F401 (fixtures)
-from tests.integration.ui_support import Slot, World, citizen
+from tests.integration.ui_support import Slot, World, citizen, tap
 
 pytestmark = [
     pytest.mark.integration,
@@ -67,18 +64,15 @@ def run(page: Any, world: World, slot: Slot, tmp_path: Path, listen: bool) -> fl
     return time.monotonic() - t0
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="a measurement, not a check: once aborted by a navigation race (page.goto vs the SSE redirect) "
-    "after the merges; to be made robust next session",
-)
 def test_benefit_check_keyboard_only_and_audio_only(
     world: World, kiosk: str, page: Any, slot: Slot, tmp_path: Path
 ) -> None:
     keyboard = run(page, world, slot, tmp_path, listen=False)
-    slot.clear()
-    page.goto(kiosk + "/")
-    page.wait_for_url(re.compile(r".*/$"))
+    slot.clear()  # the citizen takes the card: the page's event stream goes back to the idle screen
+    # Wait for that navigation instead of starting one (a page.goto here raced the stream's redirect and
+    # was aborted, net::ERR_ABORTED, when the redirect came second).
+    page.wait_for_url(kiosk + "/")
+    page.wait_for_selector("#idle-title")
     again = tmp_path / "again"
     again.mkdir()
     audio = run(page, world, slot, again, listen=True)

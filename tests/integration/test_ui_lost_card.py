@@ -6,7 +6,6 @@ kiosk refuses it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,31 +15,22 @@ from citydemo.printer import VirtualPrinter
 from emulators.card.citizen_card import make_citizen_card
 
 from terminal.web.printing import CounterPrinting
-from tests.integration.ui_support import Slot, World, serving, type_pin, visible_text
+from tests.integration.ui_support import (
+    Slot,
+    World,
+    fill_enrollment,
+    serving,
+    sign_in,
+    type_pin,
+    visible_text,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
+WORLD_CITIZENS = demo.CITIZENS[:1]  # the shared ``world`` fixture enrolls only Kim
 NEW_PIN = "802468"
 NEW_PUK = "13572468"
 REVOCATION_PASSWORD = "heron-over-gwangan"
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    env = demo.build(use_pcsc=False, citizens=demo.CITIZENS[:1], workdir=tmp_path_factory.mktemp("demo"))
-    try:
-        yield World(env)
-    finally:
-        env.close()
-
-
-@pytest.fixture
-def slot(vpcd_slot: tuple[int, str]) -> Iterator[Slot]:
-    s = Slot(*vpcd_slot)
-    try:
-        yield s
-    finally:
-        s.clear()
 
 
 def _receipt_password(lines: list[str]) -> str:
@@ -73,24 +63,11 @@ def test_lost_card_reported_by_name_and_revocation_password(
     receipts = CounterPrinting(printer.printer, "demo-counter")
     counter = world.counter_app(slot.reader, counter_printing=receipts)
     with serving(counter, page) as url:
-        page.goto(url + "/counter/login")
-        page.fill("#clerk", demo.DEMO_CLERK)
-        page.fill("#password", demo.DEMO_CLERK_PASSWORD)
-        page.click("#login")
-        page.wait_for_url("**/counter/")
+        sign_in(page, url)
         page.click("#menu-enroll")
         page.wait_for_url("**/counter/enroll")
-        page.select_option("#f-reader", slot.reader)
-        page.fill("#f-family_name", "Jung")
-        page.fill("#f-given_name", "Haeun")
-        page.fill("#f-birthdate", "1950-03-01")
-        page.select_option("#f-district", "Saha-gu")
-        page.check("#f-resident")
-        page.fill("#f-pin", NEW_PIN)
-        page.fill("#f-pin2", NEW_PIN)
-        page.fill("#f-puk", NEW_PUK)
-        page.fill("#f-puk2", NEW_PUK)
-        page.fill("#f-revocation_password", REVOCATION_PASSWORD)
+        fill_enrollment(page, slot.reader, "Jung", "Haeun", NEW_PIN, NEW_PUK,
+                        revocation_password=REVOCATION_PASSWORD)  # fmt: skip
         page.click("#submit")
         page.wait_for_selector("#result", timeout=60_000)
         assert "Card enrolled" in visible_text(page)

@@ -5,7 +5,6 @@ decodes its QR → verified against the chain and the city server; printer fault
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,35 +14,12 @@ from citydemo import demo
 
 from cityid import certificate as c
 from terminal.certificate_client import HttpKioskDirectory, HttpProofSource
-from tests.integration.ui_support import Slot, World, citizen, serving, type_pin, visible_text
+from tests.integration.ui_support import Slot, World, citizen, serving, sign_in, type_pin, visible_text
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    env = demo.build(use_pcsc=False, workdir=tmp_path_factory.mktemp("demo"))
-    try:
-        yield World(env)
-    finally:
-        env.close()
-
-
-@pytest.fixture
-def slot(vpcd_slot: tuple[int, str]) -> Iterator[Slot]:
-    s = Slot(*vpcd_slot)
-    try:
-        yield s
-    finally:
-        s.clear()
-
-
-@pytest.fixture
-def kiosk(world: World, slot: Slot, page: Any) -> Iterator[str]:
-    with serving(world.kiosk_app(slot.reader, language="en", printing=True), page) as url:
-        page.goto(url + "/")
-        page.wait_for_selector("#idle-title")
-        yield url
+KIOSK_PRINTING = True  # the shared ``kiosk`` fixture with the virtual receipt printer
 
 
 def _to_verdict(world: World, slot: Slot, page: Any, tmp_path: Path, service: str) -> None:
@@ -156,11 +132,7 @@ def test_counter_scan_shows_the_verification(world: World, page: Any, screenshot
         start(app)
         try:
             with serving(app, page) as url:
-                page.goto(url + "/counter/login")
-                page.fill("#clerk", demo.DEMO_CLERK)
-                page.fill("#password", demo.DEMO_CLERK_PASSWORD)
-                page.click("#login")
-                page.wait_for_url("**/counter/")
+                sign_in(page, url)
                 page.click("#menu-scan")
                 page.wait_for_selector("#scan-none")
                 emu.scan(qr)

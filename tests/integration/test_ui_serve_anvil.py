@@ -37,15 +37,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.browser, pytest.mark.anvil]
 PIN = "192837"
 
 
-@pytest.fixture
-def slot(vpcd_slot: tuple[int, str]) -> Iterator[Slot]:
-    s = Slot(*vpcd_slot)
-    try:
-        yield s
-    finally:
-        s.clear()
-
-
 @dataclass
 class CityServer:
     url: str

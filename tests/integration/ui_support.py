@@ -1,16 +1,29 @@
 """Shared set-up of the browser tests: the real stack (embedded chain, city server over HTTP, demo citizens
-enrolled through the counter flow) with kiosk/counter apps whose cards go through pcscd + vpcd."""
+enrolled through the counter flow) with kiosk/counter apps whose cards go through pcscd + vpcd.
+
+Fixtures (import them into a test module, ``from tests.integration.ui_support import world, slot``):
+
+* ``world`` (module): the demo environment; a module may set ``WORLD_CITIZENS`` (default: every demo
+  citizen) to enroll fewer.
+* ``slot``: the test's own vpcd reader (``vpcd_slot``) as a :class:`Slot`.
+* ``kiosk``: the kiosk app on that reader, its idle screen open in ``page``; a module may set
+  ``KIOSK_PRINTING = True`` for the demo's virtual receipt printer.
+
+Helpers: :func:`tap`, :func:`to_pin`, :func:`type_pin`, :func:`sign_in` (the demo clerk),
+:func:`fill_enrollment`, :func:`axe_serious` (axe-core: serious or critical violations).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import re
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import pytest
 from citydemo import demo
 from emulators.card.citizen_card import make_citizen_card
 from emulators.card.transport import VpcdCard
@@ -104,3 +117,105 @@ def serving(app: Any, page: Any) -> Iterator[str]:
         with contextlib.suppress(Exception):
             page.goto("about:blank", wait_until="commit", timeout=5000)
         server.stop()
+
+
+# --- fixtures --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    """The demo environment (in-process cards for its own readers); ``WORLD_CITIZENS`` in the module."""
+    citizens: Sequence[demo.Citizen] = getattr(request.module, "WORLD_CITIZENS", demo.CITIZENS)
+    env = demo.build(use_pcsc=False, citizens=citizens, workdir=tmp_path_factory.mktemp("demo"))
+    try:
+        yield World(env)
+    finally:
+        env.close()
+
+
+@pytest.fixture
+def slot(vpcd_slot: tuple[int, str]) -> Iterator[Slot]:
+    s = Slot(*vpcd_slot)
+    try:
+        yield s
+    finally:
+        s.clear()
+
+
+@pytest.fixture
+def kiosk(request: pytest.FixtureRequest, world: World, slot: Slot, page: Any) -> Iterator[str]:
+    """The kiosk app serving on the test's own vpcd reader, its idle screen open in the browser.
+
+    Torn down first: the page leaves, then the server stops, before the reader is released.
+    """
+    printing = bool(getattr(request.module, "KIOSK_PRINTING", False))
+    with serving(world.kiosk_app(slot.reader, language="en", printing=printing), page) as url:
+        page.goto(url + "/")
+        page.wait_for_selector("#idle-title")
+        page.wait_for_function("() => document.readyState === 'complete'")
+        yield url
+
+
+# --- steps -----------------------------------------------------------------------------------------
+
+
+def tap(world: World, slot: Slot, tmp_path: Path, who: str) -> Any:
+    """A private copy of ``who``'s card (or key) put on the test's reader."""
+    return slot.insert(world.card_copy(who, tmp_path))
+
+
+def to_pin(page: Any, service: str) -> None:
+    """From the services screen to the PIN screen of ``service`` (consent given)."""
+    page.wait_for_url("**/services")
+    page.click(f"#service-{service}")
+    page.wait_for_url("**/consent")
+    page.click("#agree")
+    page.wait_for_url("**/pin")
+
+
+def sign_in(page: Any, url: str, password: str = demo.DEMO_CLERK_PASSWORD) -> None:
+    """The demo clerk signs in at the counter ``url`` (waits for the menu unless the password is wrong)."""
+    page.goto(url + "/counter/login")
+    page.fill("#clerk", demo.DEMO_CLERK)
+    page.fill("#password", password)
+    page.click("#login")
+    if password == demo.DEMO_CLERK_PASSWORD:
+        page.wait_for_url("**/counter/")
+
+
+def fill_enrollment(
+    page: Any,
+    reader: str,
+    family: str,
+    given: str,
+    pin: str,
+    puk: str,
+    born: str = "1950-03-01",
+    district: str = "Saha-gu",
+    **more: str,
+) -> None:
+    """Fill the open enrollment form (resident of Busan; PIN and PUK typed twice; ``more``: other fields)."""
+    page.select_option("#f-reader", reader)
+    page.fill("#f-family_name", family)
+    page.fill("#f-given_name", given)
+    page.fill("#f-birthdate", born)
+    page.select_option("#f-district", district)
+    page.check("#f-resident")
+    for name, value in {"pin": pin, "pin2": pin, "puk": puk, "puk2": puk, **more}.items():
+        page.fill(f"#f-{name}", value)
+
+
+AXE = Path(__file__).resolve().parents[2] / "node_modules" / "axe-core" / "axe.min.js"
+_AXE_RUN = """() => axe.run(document, {resultTypes: ['violations']}).then(r => r.violations
+    .filter(v => v.impact === 'serious' || v.impact === 'critical')
+    .map(v => v.id + ': ' + v.nodes.map(n => n.target.join(' ')).join(', ')))"""
+
+
+def axe_serious(page: Any, where: str, checked: list[str]) -> None:
+    """axe-core on the page as it is now: no serious or critical violation (``where`` names the screen)."""
+    assert AXE.exists(), "npm install (package.json pins axe-core)"
+    if not page.evaluate("() => !!window.axe"):
+        page.evaluate("() => { " + AXE.read_text("utf-8") + "\n}")  # devtools evaluation: not subject to CSP
+    found = page.evaluate(_AXE_RUN)
+    checked.append(where)
+    assert found == [], f"axe on {where}: {found}"

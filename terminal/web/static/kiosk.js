@@ -218,15 +218,7 @@
       pinForm.classList.add("busy");
     });
   }
-  var counterForm = document.getElementById("counter-form");
-  if (counterForm) {
-    counterForm.addEventListener("submit", function () {
-      var progress = document.getElementById("progress");
-      if (progress) { progress.hidden = false; }
-      var submit = document.getElementById("submit");
-      if (submit) { submit.disabled = true; }
-    });
-  }
+  // The counter's forms: terminal/web/static/counter.js.
 
   // Move focus to the main heading (or the error) so screen readers announce the new screen.
   var alertEl = document.querySelector('[role="alert"]');
