@@ -208,6 +208,10 @@ class CounterEnrollment:
         j = self._load(serial)
         return COUNTER_STEPS[0] if j is None else j.next_step(COUNTER_STEPS)
 
+    def started(self, serial: bytes) -> bool:
+        """This counter's journal holds progress for the card with ``serial`` (enrolling it resumes)."""
+        return self._load(serial) is not None
+
     def _load(self, serial: bytes) -> _Journal | None:
         j = self._journal.get(serial)
         if j is None:

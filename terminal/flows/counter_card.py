@@ -21,7 +21,7 @@ from cityid.apdu import SmartCardConnection
 from cityid.citizen import CredentialState
 from cityid.errors import CityIdError
 from cityid.piv import DEFAULT_MANAGEMENT_KEY
-from terminal.flows.counter import INITIAL_PIN, INITIAL_PUK, CounterEnrollment, Step
+from terminal.flows.counter import INITIAL_PIN, INITIAL_PUK, CounterEnrollment
 from terminal.sessions.citizen import CitizenSession
 from terminal.sessions.piv import PivSession
 
@@ -85,7 +85,7 @@ def inspect_card(connection: SmartCardConnection, enrollment: CounterEnrollment 
 
 def enrollment_started_here(enrollment: CounterEnrollment, holding: CardHolding) -> bool:
     """This counter's journal has progress for the card: enrolling it again resumes, abandoning is allowed."""
-    return enrollment.progress(bytes.fromhex(holding.serial)) is not Step.KEY
+    return enrollment.started(bytes.fromhex(holding.serial))
 
 
 def abandon_unfinished(
@@ -127,7 +127,7 @@ def reset_for_replacement(
     if info.reveals_identity:
         serial = info.serial
     else:  # a private card names its serial after the PIN (now the initial one)
-        PivSession(connection).verify_pin(initial_pin)
-        serial = CitizenSession(connection).identity().serial
+        citizen.verify_pin(initial_pin)
+        serial = citizen.identity().serial
     enrollment.erase_card(connection, bytes.fromhex(serial))
     logger.info("card reset for a new enrollment (PIN and PUK initial, DID and credential erased)")
