@@ -175,7 +175,11 @@ def make_rig(db_url: str, signer=None, chain=None, publish: bool = True, office:
     chain = chain if chain is not None else MemoryChain()
     if publish:
         publish_for_tests(chain, signer.public_point)
-    app = create_app(ServerConfig(database_url=db_url, **config), chain=chain, signer=signer, db=db)
+    # Requests wait for their chain writes (run in the request's thread: no writer thread), so the tests
+    # can look at the chain right after an answer (docs/server.md §Chain outbox).
+    config.setdefault("chain_wait_ms", 5000)
+    app = create_app(ServerConfig(database_url=db_url, **config), chain=chain, signer=signer, db=db,
+                     start_writer=False)  # fmt: skip
     tkey = ec.generate_private_key(ec.SECP256R1())
     pem = (
         tkey.public_key()
