@@ -72,9 +72,8 @@ def key_events(city: City) -> dict[str, int]:
     """DIDAttributeChanged events per identity (a key added or revoked twice shows up as an extra one)."""
     reg = city.registrar()
     topic = "0x" + reg.dids.abi.event_topics["DIDAttributeChanged"].hex()
-    logs = city.client().request(
-        "eth_getLogs", [{"fromBlock": "0x0", "toBlock": "latest", "address": reg.dids.address, "topics": [topic]}]
-    )
+    query = {"fromBlock": "0x0", "toBlock": "latest", "address": reg.dids.address, "topics": [topic]}
+    logs = city.client().request("eth_getLogs", [query])
     out: dict[str, int] = {}
     for log in logs:
         identity = "0x" + log["topics"][1][-40:]

@@ -71,7 +71,8 @@ def test_node_restored_from_older_state_gets_the_revocations_again(tmp_path):
         city = build_city(node.url, tmp_path)
         app, client = _server(city, tmp_path)
         writer = app.extensions["cityid.outbox"]
-        creds = [client.enroll(f"fault-key-{i:04d}", CLAIMS, Card().point, bytes([i]) * 8, wait=20) for i in range(6)]
+        creds = [client.enroll(f"fault-key-{i:04d}", CLAIMS, Card().point, bytes([i]) * 8, wait=20)
+                 for i in range(6)]  # fmt: skip
         assert all(c.on_chain for c in creds)
         _dump(node, tmp_path / "older.json")  # the snapshot the node will come back from
         client.revoke([c.credential_id for c in creds[:3]], "lost")
@@ -83,7 +84,8 @@ def test_node_restored_from_older_state_gets_the_revocations_again(tmp_path):
         node = AnvilNode(port=port, extra_args=("--load-state", str(tmp_path / "older.json")))
         # (the revocations are gone from the node now; the writer's `reapplied` count below proves it)
         view = LiveChainView(city.client(), city.network)
-        ref = StatusRef(city.network.chain_id, city.network.address("status_registry"), 1, creds[0].status_index)
+        registry = city.network.address("status_registry")
+        ref = StatusRef(city.network.chain_id, registry, 1, creds[0].status_index)
         t0 = time.monotonic()
         while city.registrar().status.status_of(1, creds[0].status_index) != CredentialStatus.REVOKED:
             assert time.monotonic() - t0 < 10, "revocation not re-applied"
@@ -121,7 +123,8 @@ def test_chain_reset_under_a_running_server_recovers_without_restart(tmp_path):
         city = build_city(node.url, tmp_path)
         _dump(node, tmp_path / "fresh.json")  # right after the ceremonies: contracts, list, issuer
         app, client = _server(city, tmp_path)
-        first = [client.enroll(f"reset-key-{i:04d}", CLAIMS, Card().point, bytes([i]) * 8, wait=20) for i in range(4)]
+        first = [client.enroll(f"reset-key-{i:04d}", CLAIMS, Card().point, bytes([i]) * 8, wait=20)
+                 for i in range(4)]  # fmt: skip
         assert all(c.on_chain for c in first)
         node.stop()
         node = AnvilNode(port=port, extra_args=("--load-state", str(tmp_path / "fresh.json")))
