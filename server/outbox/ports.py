@@ -210,6 +210,35 @@ class TxPort:
         self.sender.resync_nonce()
 
     # ---- reading back (``city-server chain check``) ----
+    def keys(self, identities: Sequence[str]) -> dict[str, set[bytes]]:
+        """Current citizen keys per identity, replayed from the DID registry's DIDAttributeChanged events
+        (one ``eth_getLogs`` per 100 identities; a key with validTo 0 is revoked)."""
+        from server.chain.registrar import CITIZEN_KEY_ATTR
+
+        dids = self.registrar.dids
+        topic = "0x" + dids.abi.event_topics["DIDAttributeChanged"].hex()
+        out: dict[str, set[bytes]] = {i.lower(): set() for i in identities}
+        ids = sorted(out)
+        for k in range(0, len(ids), 100):
+            chunk = ["0x" + "00" * 12 + i[2:] for i in ids[k : k + 100]]
+            logs = self.client.request("eth_getLogs", [{"fromBlock": "0x0", "toBlock": "latest",
+                                       "address": dids.address, "topics": [topic, chunk]}])  # fmt: skip
+            for log in logs:
+                ev = dids.abi.decode_log(log)
+                if ev is None or ev.name != "DIDAttributeChanged":
+                    continue
+                name = bytes(ev.args["name"]).rstrip(b"\0").decode(errors="replace")
+                if name != CITIZEN_KEY_ATTR:
+                    continue
+                who = str(ev.args["identity"]).lower()
+                keys = out.setdefault(who, set())
+                value = bytes(ev.args["value"])
+                if int(ev.args["validTo"]) == 0:
+                    keys.discard(value)
+                else:
+                    keys.add(value)
+        return out
+
     def statuses(self, list_id: int, indexes: Sequence[int]) -> list[int]:
         out: list[int] = []
         for i in range(0, len(indexes), 500):
@@ -233,6 +262,10 @@ class DirectPort:
         else:
             status = CredentialStatus(items[0].status)
             self.gateway.set_status(items[0].list_id, [it.index for it in items], status)
+
+    def keys(self, identities: Sequence[str]) -> dict[str, set[bytes]]:
+        table = getattr(self.gateway, "keys", {})
+        return {i.lower(): set(table.get(i, ())) for i in identities}
 
     def statuses(self, list_id: int, indexes: Sequence[int]) -> list[int]:
         table = getattr(self.gateway, "status", {})

@@ -10,6 +10,8 @@
 from __future__ import annotations
 
 import gzip
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -136,6 +138,12 @@ def test_chain_reset_under_a_running_server_recovers_without_restart(tmp_path):
         events = key_events(city)
         for c in [*first, after]:
             assert events.get(c.citizen_did.rsplit(":", 1)[1].lower()) == 1
+        checked = subprocess.run(
+            [sys.executable, "-m", "server.cli", "chain", "check", str(city.network_path),
+             "--db", f"sqlite:///{tmp_path}/server.db"], capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        out = checked.stdout + checked.stderr
+        assert checked.returncode == 0 and "0 disagreement(s)" in checked.stdout, out
     finally:
         if app is not None:
             app.extensions["cityid.outbox"].stop()

@@ -79,13 +79,15 @@ def test_four_instances_one_writer_under_load(postgres_db_url, tmp_path):
         tkey = ec.generate_private_key(ec.SECP256R1())
         (tmp_path / "t.pem").write_bytes(tkey.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))  # fmt: skip
-        subprocess.run([*CLI, "terminal", "add", "--name", "counter-1", "--public-key", str(tmp_path / "t.pem")],
-                       env=env, check=True, capture_output=True)  # fmt: skip
+        add = [*CLI, "terminal", "add", "--name", "counter-1", "--public-key", str(tmp_path / "t.pem")]
+        subprocess.run(add, env=env, check=True, capture_output=True)
         ports = [free_port() for _ in range(INSTANCES)]
         logs = [open(tmp_path / f"serve-{k}.log", "w+b") for k in range(INSTANCES)]  # noqa: SIM115
-        procs = [subprocess.Popen([*CLI, "serve", "--port", str(p), "--threads", "8", "--no-access-log"],
-                                  env=env, stdout=subprocess.DEVNULL, stderr=logs[k])  # fmt: skip
-                 for k, p in enumerate(ports)]
+        serve = [*CLI, "serve", "--threads", "8", "--no-access-log", "--port"]
+        procs = [
+            subprocess.Popen([*serve, str(p)], env=env, stdout=subprocess.DEVNULL, stderr=logs[k])
+            for k, p in enumerate(ports)
+        ]
         urls = [f"http://127.0.0.1:{p}" for p in ports]
         for proc, url in zip(procs, urls, strict=True):
             _wait_up(proc, url)
@@ -148,7 +150,8 @@ def test_four_instances_one_writer_under_load(postgres_db_url, tmp_path):
             abandoned = conn.scalar(
                 select(func.count()).where(OutboxBatch.state == BatchState.ABANDONED.value)
             )
-            open_rows = conn.scalar(select(func.count()).where(OutboxEntry.state != OutboxState.CONFIRMED.value))
+            unconfirmed = OutboxEntry.state != OutboxState.CONFIRMED.value
+            open_rows = conn.scalar(select(func.count()).where(unconfirmed))
             batches = conn.execute(select(OutboxBatch.kind, OutboxBatch.items, OutboxBatch.gas_used)).all()
         engine.dispose()
         assert nonces == [] and abandoned == 0 and open_rows == 0
@@ -161,8 +164,9 @@ def test_four_instances_one_writer_under_load(postgres_db_url, tmp_path):
         assert "nonce too" not in text.lower() and "Traceback" not in text, text[-3000:]
         enroll_gas = sum(g for k, n, g in batches if k == "enroll") / N
         status_gas = sum(g for k, n, g in batches if k == "status") / N
-        print(f"\n{N} enrollments in {enroll_s:.1f}s ({N / enroll_s:.0f}/s), {N} revocations in {revoke_s:.1f}s;"
-              f" {len(batches)} batches; gas/enrollment {enroll_gas:.0f}, gas/revocation {status_gas:.0f}")
+        print(f"\n{N} enrollments in {enroll_s:.1f}s ({N / enroll_s:.0f}/s), {N} revocations in "
+              f"{revoke_s:.1f}s; {len(batches)} batches; gas/enrollment {enroll_gas:.0f}, "
+              f"gas/revocation {status_gas:.0f}")
     finally:
         for proc in procs:
             if proc.poll() is None:
