@@ -273,12 +273,18 @@ class ServerClient:
         return EnrollmentResult.from_json(self._call("POST", route, payload)[1])
 
     def revoke(
-        self, credential_ids: list[str], reason: str, presence: dict[str, Any] | None = None
+        self,
+        credential_ids: list[str],
+        reason: str,
+        presence: dict[str, Any] | None = None,
+        wait: float | None = None,
     ) -> list[str]:
+        """Revoke; ``last_chain`` then says whether kiosks already see it (``wait`` seconds for that)."""
         payload: dict[str, Any] = {"credential_ids": credential_ids, "reason": reason}
         if presence:
             payload["presence"] = presence
-        data = self._call("POST", "/v1/revocations", payload)[1]
+        route = "/v1/revocations" + (f"?wait={wait:g}" if wait is not None else "")
+        data = self._call("POST", route, payload)[1]
         self.last_chain = dict(data.get("chain") or {})  # kiosks refuse the card once this is confirmed
         return list(data.get("revoked", []))
 

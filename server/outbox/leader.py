@@ -2,7 +2,7 @@
 
 PostgreSQL: a session-level advisory lock (``pg_try_advisory_lock``) held on a dedicated connection. If the
 process dies or its connection drops, PostgreSQL releases the lock and another instance's next attempt (every
-window, i.e. within about a second) takes it. SQLite: one process; a lock per database engine inside it.
+window, i.e. within about a second) takes it. SQLite: one process; a lock per database file (per engine for an in-memory one) inside it.
 """
 
 from __future__ import annotations
@@ -43,7 +43,10 @@ class Leadership:
             return self.check()
         if not self.postgres:
             with _local_guard:
-                lock = _local_locks.setdefault(str(id(self.engine)), threading.Lock())
+                url = self.engine.url
+                file_db = url.database not in (None, "", ":memory:")
+                name = url.render_as_string(hide_password=True) if file_db else f"memory:{id(self.engine)}"
+                lock = _local_locks.setdefault(name, threading.Lock())
             if lock.acquire(blocking=False):
                 self._local = lock
                 return True

@@ -115,21 +115,26 @@ class OutboxWriter:
         self._wake.set()
 
     def _loop(self) -> None:
+        failures = 0
         while not self._stop.is_set():
             busy = False
             with self._cycle_lock:
                 if self.leader.acquire():
                     try:
                         busy = self.cycle()
-                        self.last_error = ""
+                        self.last_error, failures = "", 0
                     except (ChainError, SQLAlchemyError, OSError) as exc:
+                        failures += 1
                         self.last_error = type(exc).__name__
-                        logger.warning("chain writer cycle failed, will retry: %s: %s", type(exc).__name__,
-                                       str(exc)[:200])  # fmt: skip
+                        if failures & (failures - 1) == 0:  # 1st, 2nd, 4th, 8th … failure in a row
+                            logger.warning("chain writer cycle failed (%d in a row), will retry: %s: %s",
+                                           failures, type(exc).__name__, str(exc)[:200])  # fmt: skip
                     except Exception:
+                        failures += 1
                         self.last_error = "unexpected"
                         logger.exception("chain writer cycle failed unexpectedly")
-            self._wake.wait(min(self.window_s, 0.05) if busy else self.window_s)
+            pause = min(self.window_s, 0.05) if busy else self.window_s
+            self._wake.wait(min(pause * (2 ** min(failures, 4)), 5.0))
             self._wake.clear()
 
     def run_once(self) -> bool:

@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from cityid import credential as vc
 from cityid.chain.view import CredentialStatus, StatusRef
@@ -152,6 +153,7 @@ class Enrollments:
                     did=row.citizen_did,
                     detail=f"status index {row.status_index}",
                 )
+                self._queue_in(s, terminal, row, card_point)  # same transaction (§Chain outbox)
                 return row, False
         except IntegrityError:
             raise
@@ -237,9 +239,8 @@ class Enrollments:
     # --- shared completion ---------------------------------------------------------------------------
 
     def _queue_chain(self, terminal: Actor, row: Credential, card_point: bytes) -> None:
-        """ONE transaction: retire other live credentials of this card (or the one re-issued) — state
-        superseded, status bits and stale keys queued — and queue the card key unless already queued
-        (``key_on_chain``: the key's outbox row exists; docs/server.md §Chain outbox)."""
+        """ONE transaction: :meth:`_queue_in` for ``row`` (a retry or a re-issue; a fresh enrollment did it
+        in its reserving transaction)."""
         ctx = self.ctx
         try:
             with ctx.db.sessions.begin() as s:
@@ -247,38 +248,43 @@ class Enrollments:
                 assert current is not None
                 if current.state not in _REUSABLE:
                     raise ConflictError(f"credential {row.id} is {current.state}; start a new enrollment")
-                others = list(
-                    s.scalars(
-                        select(Credential).where(
-                            Credential.card_serial_hash == row.card_serial_hash,
-                            Credential.id != row.id,
-                            Credential.created_at <= row.created_at,
-                            Credential.state.in_([st.value for st in CredentialState if st.live]),
-                        )
-                    )
-                )
-                if row.supersedes:
-                    prev = s.get(Credential, row.supersedes)
-                    if prev is not None and CredentialState(prev.state).live and prev not in others:
-                        others.append(prev)
-                identities = ctx.identities(s, [*others, current])
-                # Tagged with THIS credential: its answer waits for (and reports) the retirement too.
-                for o in others:
-                    enqueue_status(s, o.status_list_id, o.status_index, CredentialStatus.REVOKED, row.id)
-                stale = {
-                    (identities[o.citizen_did], o.card_key) for o in others if o.card_key != row.card_key
-                }
-                for identity, key in sorted(stale):
-                    enqueue_revoke_key(s, identity, bytes.fromhex(key), row.id)
-                for o in others:
-                    o.state = CredentialState.SUPERSEDED.value
-                    o.updated_at = utcnow()
-                    ctx.audit(s, terminal, "supersede", cred=o.id, did=o.citizen_did, detail=f"by {row.id}")
-                if not current.key_on_chain:
-                    enqueue_key(s, identities[current.citizen_did], card_point, current.id)
-                    current.key_on_chain = True
+                self._queue_in(s, terminal, current, card_point)
         except SQLAlchemyError as exc:
             raise StorageUnavailableError("database unavailable") from exc
+
+    def _queue_in(self, s: Session, terminal: Actor, current: Credential, card_point: bytes) -> None:
+        """In the caller's transaction: retire other live credentials of this card (or the one re-issued) —
+        state superseded, status bits and stale keys queued — and queue the card key unless already queued
+        (``key_on_chain``: the key's outbox row exists; docs/server.md §Chain outbox)."""
+        ctx = self.ctx
+        others = list(
+            s.scalars(
+                select(Credential).where(
+                    Credential.card_serial_hash == current.card_serial_hash,
+                    Credential.id != current.id,
+                    Credential.created_at <= current.created_at,
+                    Credential.state.in_([st.value for st in CredentialState if st.live]),
+                )
+            )
+        )
+        if current.supersedes:
+            prev = s.get(Credential, current.supersedes)
+            if prev is not None and CredentialState(prev.state).live and prev not in others:
+                others.append(prev)
+        identities = ctx.identities(s, [*others, current])
+        # Tagged with THIS credential: its answer waits for (and reports) the retirement too.
+        for o in others:
+            enqueue_status(s, o.status_list_id, o.status_index, CredentialStatus.REVOKED, current.id)
+        stale = {(identities[o.citizen_did], o.card_key) for o in others if o.card_key != current.card_key}
+        for identity, key in sorted(stale):
+            enqueue_revoke_key(s, identity, bytes.fromhex(key), current.id)
+        for o in others:
+            o.state = CredentialState.SUPERSEDED.value
+            o.updated_at = utcnow()
+            ctx.audit(s, terminal, "supersede", cred=o.id, did=o.citizen_did, detail=f"by {current.id}")
+        if not current.key_on_chain:
+            enqueue_key(s, identities[current.citizen_did], card_point, current.id)
+            current.key_on_chain = True
 
     def _sign(
         self,
@@ -307,7 +313,8 @@ class Enrollments:
         self, terminal: Actor, row: Credential, claims: Any, card_point: bytes, retried: bool
     ) -> Enrollment:
         ctx = self.ctx
-        self._queue_chain(terminal, row, card_point)
+        if retried or row.supersedes:  # a fresh enrollment queued its chain writes while reserving
+            self._queue_chain(terminal, row, card_point)
         ctx.fault("superseded")
         ctx.fault("chain")
         issued_at = aware(row.issued_at) or ctx.clock().replace(microsecond=0)

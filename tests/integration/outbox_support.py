@@ -79,3 +79,29 @@ def key_events(city: City) -> dict[str, int]:
         identity = "0x" + log["topics"][1][-40:]
         out[identity.lower()] = out.get(identity.lower(), 0) + 1
     return out
+
+
+def in_process_server(city: City, db_url: str, window_ms: int = 300, start_writer: bool = True) -> Any:
+    """``(app, client)``: the server app on this city (its writer thread running unless ``start_writer`` is
+    False) and a signed counter client talking to it through Flask's test client (no sockets)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from server.app import create_app
+    from server.config import IssuerKeyConfig, ServerConfig
+    from terminal.server_client import ServerClient
+    from tests.unit.server_support import FlaskTransport
+
+    cfg = ServerConfig(
+        database_url=db_url, chain=str(city.network_path), chain_private_key=city.hot_key,
+        chain_window_ms=window_ms,
+        issuer_key=IssuerKeyConfig(keystore_path=str(city.keystore), keystore_password=KEYSTORE_PASSWORD),
+    )  # fmt: skip
+    app = create_app(cfg, start_writer=start_writer)
+    tkey = ec.generate_private_key(ec.SECP256R1())
+    pem = tkey.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
+    app.extensions["cityid.db"].add_terminal("counter-1", pem)
+    client = ServerClient("http://city.test", "counter-1", tkey, session=FlaskTransport(app), clerk="clerk-f")
+    return app, client

@@ -20,8 +20,8 @@ import pytest
 from cityid.chain.live import LiveChainView
 from cityid.chain.view import CredentialStatus, StatusRef
 from tests.fixtures.anvil_node import AnvilNode
-from tests.integration.outbox_support import build_city, key_events
-from tests.unit.server_support import CLAIMS, Card, FlaskTransport
+from tests.integration.outbox_support import build_city, in_process_server, key_events
+from tests.unit.server_support import CLAIMS, Card
 
 pytestmark = pytest.mark.integration
 
@@ -37,28 +37,7 @@ def _dump(node: AnvilNode, path: Path) -> None:
 
 
 def _server(city, tmp_path):  # type: ignore[no-untyped-def]
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    from server.app import create_app
-    from server.config import IssuerKeyConfig, ServerConfig
-    from terminal.server_client import ServerClient
-
-    env = city.env(f"sqlite:///{tmp_path}/server.db")
-    cfg = ServerConfig(
-        database_url=env["CITY_SERVER_DB_URL"], chain=env["CITY_SERVER_CHAIN"],
-        chain_private_key=env["CITY_CHAIN_PRIVATE_KEY"], chain_window_ms=WINDOW_MS,
-        issuer_key=IssuerKeyConfig(keystore_path=env["CITY_ISSUER_KEYSTORE"],
-                                   keystore_password=env["CITY_ISSUER_KEY_PASSWORD"]),
-    )  # fmt: skip
-    app = create_app(cfg)  # the writer thread runs, as under `city-server serve`
-    tkey = ec.generate_private_key(ec.SECP256R1())
-    pem = tkey.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
-    app.extensions["cityid.db"].add_terminal("counter-1", pem)
-    client = ServerClient("http://city.test", "counter-1", tkey, session=FlaskTransport(app), clerk="clerk-f")
-    return app, client
+    return in_process_server(city, f"sqlite:///{tmp_path}/server.db", WINDOW_MS)
 
 
 def _statuses(city, creds) -> list[int]:  # type: ignore[no-untyped-def]
