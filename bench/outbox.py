@@ -166,14 +166,15 @@ def _throughput(city: Any, tmp: Path, n: int, instances: int) -> None:
                     break
                 time.sleep(0.05)
             confirmed = time.monotonic() - t0
-            print(f"   enrollments/s, {instances} instances on PostgreSQL, anvil   {n / answered:>9,.0f} issued/s, "
-                  f"{n / confirmed:,.0f} confirmed on chain/s   (goal ≥ 200/s; n={n})")  # fmt: skip
+            print(f"   enrollments/s, {instances} instances on PostgreSQL, anvil   {n / answered:>9,.0f} "
+                  f"issued/s, {n / confirmed:,.0f} confirmed on chain/s   (goal ≥ 200/s; n={n})")  # fmt: skip
             _fmt("clerk-visible latency until 'issued' under that load", latency)
             # until confirmed, one clerk at a time (the batch window dominates)
             chain_wait = []
             for k in range(10):
                 t0 = time.perf_counter()
-                r = clients[0].enroll(f"tpw-{k:06d}", CLAIMS, _point(), (10**6 + k).to_bytes(8, "big"), wait=30)
+                serial = (10**6 + k).to_bytes(8, "big")
+                r = clients[0].enroll(f"tpw-{k:06d}", CLAIMS, _point(), serial, wait=30)
                 assert r.on_chain
                 chain_wait.append(time.perf_counter() - t0)
             _fmt("one enrollment until confirmed on chain (window 500 ms)", chain_wait)

@@ -2,7 +2,8 @@
 
 PostgreSQL: a session-level advisory lock (``pg_try_advisory_lock``) held on a dedicated connection. If the
 process dies or its connection drops, PostgreSQL releases the lock and another instance's next attempt (every
-window, i.e. within about a second) takes it. SQLite: one process; a lock per database file (per engine for an in-memory one) inside it.
+window, i.e. within about a second) takes it. SQLite: one process; a lock per database file (per engine for
+an in-memory one) inside it.
 """
 
 from __future__ import annotations
