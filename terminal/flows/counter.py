@@ -242,10 +242,15 @@ class CounterEnrollment:
         logger.info("credential %s issued; waiting for the chain (~%ss)", result.credential_id,
                     chain.get("eta_seconds"))  # fmt: skip
         deadline = time.monotonic() + self.CHAIN_WAIT_S
+        state = chain.get("state")
         while time.monotonic() < deadline:
-            got = self.server.outbox(ids, wait=min(10.0, max(0.1, deadline - time.monotonic())))
-            if got.get("state") in ("confirmed", "failed"):
-                return
+            state = self.server.outbox(ids, wait=min(10.0, max(0.1, deadline - time.monotonic())))["state"]
+            if state in ("confirmed", "failed"):
+                break
+        if state != "confirmed":
+            # Not a card problem: the self-check would fail on the missing key and re-key the card. The clerk
+            # resumes later (same journal, same credential).
+            raise ServerError(503, "chain_pending", f"card key not on chain yet ({state}); resume shortly")
 
     def _certify(self, card: CardPersonalizer, request: CitizenRequest, serial: str) -> None:
         """CERTIFICATE with the PIN the card has now: the initial one, or the citizen's after a restart."""
