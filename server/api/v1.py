@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from flask import Blueprint, current_app, g, jsonify, request
@@ -62,7 +63,7 @@ def _writer() -> OutboxWriter:
     return current_app.extensions["cityid.outbox"]
 
 
-def _chain(credential_ids: list[str] = [], point: bytes | None = None) -> dict[str, Any]:  # noqa: B006
+def _chain(credential_ids: Sequence[str] = (), point: bytes | None = None) -> dict[str, Any]:
     """Where the request's chain writes stand (docs/server.md §Chain outbox). ``?wait=<seconds>`` (≤ 30;
     default the server's ``chain_wait_ms``) waits for them to be confirmed first."""
     writer = _writer()
