@@ -112,6 +112,19 @@ def _postgres() -> Any:
         yield url
 
 
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes (Linux /proc), to separate cost from machine contention."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
 def _throughput(city: Any, tmp: Path, n: int, instances: int) -> None:
     import requests
     from cryptography.hazmat.primitives import serialization
@@ -157,10 +170,12 @@ def _throughput(city: Any, tmp: Path, n: int, instances: int) -> None:
                 latency.append(time.perf_counter() - t0)
                 return r
 
+            cpu0 = _cpu_seconds([p.pid for p in procs])
             t0 = time.monotonic()
             with ThreadPoolExecutor(max_workers=8 * instances) as pool:
                 results = list(pool.map(enroll, range(n)))
             answered = time.monotonic() - t0
+            server_cpu = _cpu_seconds([p.pid for p in procs]) - cpu0
             while requests.get(f"{urls[0]}/health", timeout=5).json()["outbox"]["depth"] > 0:
                 if time.monotonic() - t0 > 300:
                     break
@@ -168,6 +183,10 @@ def _throughput(city: Any, tmp: Path, n: int, instances: int) -> None:
             confirmed = time.monotonic() - t0
             print(f"   enrollments/s, {instances} instances on PostgreSQL, anvil   {n / answered:>9,.0f} "
                   f"issued/s, {n / confirmed:,.0f} confirmed on chain/s   (goal ≥ 200/s; n={n})")  # fmt: skip
+            load, cores = os.getloadavg()[0], os.cpu_count() or 1
+            per = server_cpu / n
+            print(f"   server CPU per enrollment (all instances, incl. the writer) {per * 1e3:>7.1f} ms"
+                  f"   → {cores} idle cores would serve ≤ {cores / per:,.0f}/s (load average now {load:.1f})")
             _fmt("clerk-visible latency until 'issued' under that load", latency)
             # until confirmed, one clerk at a time (the batch window dominates)
             chain_wait = []
