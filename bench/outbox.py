@@ -146,19 +146,22 @@ def _throughput(city: Any, tmp: Path, n: int, instances: int) -> None:
                        env=env, check=True, capture_output=True)  # fmt: skip
         ports = [free_port() for _ in range(instances)]
         serve = [*cli, "serve", "--threads", "8", "--no-access-log", "--port"]
-        procs = [subprocess.Popen([*serve, str(p)], env=env, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL) for p in ports]  # fmt: skip
+        logs = [open(tmp / f"serve-{p}.log", "wb") for p in ports]  # noqa: SIM115
+        procs = [subprocess.Popen([*serve, str(p)], env=env, stdout=subprocess.DEVNULL, stderr=log)
+                 for p, log in zip(ports, logs, strict=True)]  # fmt: skip
         urls = [f"http://127.0.0.1:{p}" for p in ports]
         try:
-            for url in urls:
-                deadline = time.monotonic() + 90
+            for proc, url, log in zip(procs, urls, logs, strict=True):
+                deadline = time.monotonic() + 180
                 while True:
                     try:
-                        requests.get(f"{url}/health", timeout=1).raise_for_status()
+                        requests.get(f"{url}/health", timeout=2).raise_for_status()
                         break
                     except requests.RequestException:
-                        if time.monotonic() > deadline:
-                            raise
+                        if proc.poll() is not None or time.monotonic() > deadline:
+                            log.flush()
+                            tail = Path(log.name).read_text()[-1500:]
+                            raise RuntimeError("serve did not start: " + tail) from None
                         time.sleep(0.2)
             clients = [ServerClient(u, "counter-1", tkey, clerk="clerk-bench", timeout=60) for u in urls]
             points = [_point() for _ in range(n)]

@@ -12,7 +12,7 @@ from cityid.jose import b64url_encode
 from server.api import validate as v
 from server.auth import AuthError, RequestAuthenticator, SignedRequest
 from server.outbox import OutboxWriter, progress
-from server.outbox.store import ids_for
+from server.outbox.store import progress_for
 from server.service import (
     CredentialInfo,
     Enrollment,
@@ -67,7 +67,6 @@ def _chain(credential_ids: Sequence[str] = (), point: bytes | None = None) -> di
     """Where the request's chain writes stand (docs/server.md §Chain outbox). ``?wait=<seconds>`` (≤ 30;
     default the server's ``chain_wait_ms``) waits for them to be confirmed first."""
     writer = _writer()
-    ids = ids_for(writer.db, credential_ids, point)
     raw = request.args.get("wait")
     try:
         wait = float(raw) if raw is not None else _service().config.chain_wait_ms / 1000
@@ -75,10 +74,12 @@ def _chain(credential_ids: Sequence[str] = (), point: bytes | None = None) -> di
         raise ValidationError("wait must be a number of seconds") from exc
     if not 0 <= wait <= 30:
         raise ValidationError("wait must be within 0..30 seconds")
-    if wait > 0:
-        return writer.wait(ids, wait).to_json()
-    writer.nudge()
-    return progress(writer.db, ids, writer.window_s).to_json()
+    now = progress_for(writer.db, credential_ids, point, writer.window_s)  # one query
+    if wait > 0 and not now.final:
+        return writer.wait(now.ids, wait).to_json()
+    if not now.final:
+        writer.nudge()
+    return now.to_json()
 
 
 def _enrollment_json(e: Enrollment) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from server.db import Database
@@ -59,16 +59,9 @@ class ChainWrite:
         return {"state": self.state, "outbox_ids": list(self.ids), "eta_seconds": round(self.eta_seconds, 1)}
 
 
-def progress(db: Database, ids: Sequence[int], window_s: float = 1.0) -> ChainWrite:
-    """Aggregate state of outbox rows ``ids`` (an empty set is ``confirmed``: nothing to write)."""
-    if not ids:
-        return ChainWrite((), OutboxState.CONFIRMED.value, 0.0)
-    with db.sessions() as s:
-        states = list(s.scalars(select(OutboxEntry.state).where(OutboxEntry.id.in_(list(ids)))))
-    if len(states) != len(set(ids)):
-        raise KeyError("unknown outbox id")
-    if OutboxState.FAILED.value in states:
-        state = OutboxState.FAILED.value
+def _aggregate(ids: Sequence[int], states: Sequence[str], window_s: float) -> ChainWrite:
+    if FAILED in states:
+        state = FAILED
     elif all(st == OutboxState.CONFIRMED.value for st in states):
         state = OutboxState.CONFIRMED.value
     elif OutboxState.PENDING.value in states:
@@ -79,19 +72,38 @@ def progress(db: Database, ids: Sequence[int], window_s: float = 1.0) -> ChainWr
     return ChainWrite(tuple(ids), state, eta)
 
 
-def ids_for(db: Database, credential_ids: Sequence[str] = (), point: bytes | None = None) -> list[int]:
-    """Outbox rows of these credentials (and of a key, e.g. a FIDO key) — what a request waits for."""
+FAILED = OutboxState.FAILED.value
+
+
+def progress(db: Database, ids: Sequence[int], window_s: float = 1.0) -> ChainWrite:
+    """Aggregate state of outbox rows ``ids`` (an empty set is ``confirmed``: nothing to write)."""
+    if not ids:
+        return ChainWrite((), OutboxState.CONFIRMED.value, 0.0)
+    with db.sessions() as s:
+        states = list(s.scalars(select(OutboxEntry.state).where(OutboxEntry.id.in_(list(ids)))))
+    if len(states) != len(set(ids)):
+        raise KeyError("unknown outbox id")
+    return _aggregate(ids, states, window_s)
+
+
+def progress_for(
+    db: Database, credential_ids: Sequence[str] = (), point: bytes | None = None, window_s: float = 1.0
+) -> ChainWrite:
+    """:func:`progress` of every outbox row of these credentials (and of a key), in one query."""
     conds = []
     if credential_ids:
         conds.append(OutboxEntry.credential_id.in_(list(credential_ids)))
     if point is not None:
         conds.append(OutboxEntry.point == point.hex())
     if not conds:
-        return []
-    from sqlalchemy import or_
-
+        return ChainWrite((), OutboxState.CONFIRMED.value, 0.0)
     with db.sessions() as s:
-        return list(s.scalars(select(OutboxEntry.id).where(or_(*conds)).order_by(OutboxEntry.id)))
+        query = select(OutboxEntry.id, OutboxEntry.state).where(or_(*conds)).order_by(OutboxEntry.id)
+        rows = s.execute(query)
+        pairs = [(int(i), str(st)) for i, st in rows]
+    if not pairs:
+        return ChainWrite((), OutboxState.CONFIRMED.value, 0.0)
+    return _aggregate([i for i, _ in pairs], [st for _, st in pairs], window_s)
 
 
 def credential_chain_state(s: Session, credential_id: str) -> str:
