@@ -138,11 +138,16 @@ class Enrollments:
                     card_key=card_point.hex(),
                     card_serial_hash=serial_hash(card_serial),
                     status_list_id=ctx.config.status_list_id,
-                    status_index=ctx.allocate(s),
                     vct=ctx.vct,
                     state=CredentialState.PENDING.value,
                     terminal=terminal.terminal,
+                    created_at=utcnow(),
                 )
+                # Chain writes first (same transaction, §Chain outbox), the status index last: the allocator
+                # row is the one every enrollment of the city updates, so its lock is held only for the
+                # inserts that follow it.
+                self._queue_in(s, terminal, row, card_point, citizen.identity)
+                row.status_index = ctx.allocate(s)
                 s.add(row)
                 s.flush()
                 ctx.audit(
@@ -153,7 +158,6 @@ class Enrollments:
                     did=row.citizen_did,
                     detail=f"status index {row.status_index}",
                 )
-                self._queue_in(s, terminal, row, card_point)  # same transaction (§Chain outbox)
                 return row, False
         except IntegrityError:
             raise
@@ -252,10 +256,13 @@ class Enrollments:
         except SQLAlchemyError as exc:
             raise StorageUnavailableError("database unavailable") from exc
 
-    def _queue_in(self, s: Session, terminal: Actor, current: Credential, card_point: bytes) -> None:
+    def _queue_in(
+        self, s: Session, terminal: Actor, current: Credential, card_point: bytes, identity: str | None = None
+    ) -> None:
         """In the caller's transaction: retire other live credentials of this card (or the one re-issued) —
         state superseded, status bits and stale keys queued — and queue the card key unless already queued
-        (``key_on_chain``: the key's outbox row exists; docs/server.md §Chain outbox)."""
+        (``key_on_chain``: the key's outbox row exists; docs/server.md §Chain outbox). ``identity``: the
+        citizen's identity address when ``current`` is not in the session yet (a fresh enrollment)."""
         ctx = self.ctx
         others = list(
             s.scalars(
@@ -271,7 +278,9 @@ class Enrollments:
             prev = s.get(Credential, current.supersedes)
             if prev is not None and CredentialState(prev.state).live and prev not in others:
                 others.append(prev)
-        identities = ctx.identities(s, [*others, current])
+        identities = ctx.identities(s, others if identity else [*others, current])
+        if identity:
+            identities[current.citizen_did] = identity
         # Tagged with THIS credential: its answer waits for (and reports) the retirement too.
         for o in others:
             enqueue_status(s, o.status_list_id, o.status_index, CredentialStatus.REVOKED, current.id)
