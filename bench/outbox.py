@@ -188,8 +188,10 @@ def _throughput(city: Any, tmp: Path, n: int, instances: int) -> None:
                   f"issued/s, {n / confirmed:,.0f} confirmed on chain/s   (goal ≥ 200/s; n={n})")  # fmt: skip
             load, cores = os.getloadavg()[0], os.cpu_count() or 1
             per = server_cpu / n
-            print(f"   server CPU per enrollment (all instances, incl. the writer) {per * 1e3:>7.1f} ms"
-                  f"   → {cores} idle cores would serve ≤ {cores / per:,.0f}/s (load average now {load:.1f})")
+            print(
+                f"   server CPU per enrollment (all instances, incl. the writer) {per * 1e3:>7.1f} ms"
+                f"   → {cores} idle cores would serve ≤ {cores / per:,.0f}/s (load average now {load:.1f})"
+            )
             _fmt("clerk-visible latency until 'issued' under that load", latency)
             # until confirmed, one clerk at a time (the batch window dominates)
             chain_wait = []
