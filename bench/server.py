@@ -1,5 +1,7 @@
-"""City server figures: enrollment latency (server side, embedded chain, SQLite), retry cost, batched
-revocation, request-authentication cost, and the whole counter flow with the in-process emulated card."""
+"""City server figures: enrollment latency (server side, embedded chain, SQLite; the request waits for its
+chain write, docs/server.md §Chain outbox — bench/outbox.py has the answered-at-once and city-scale figures),
+retry cost, batched revocation, request-authentication cost, and the whole counter flow with the in-process
+emulated card."""
 
 from __future__ import annotations
 
@@ -55,7 +57,7 @@ def run(args: Any) -> None:
             t0 = time.perf_counter()
             rig.client.enroll(f"bench-enroll-{i:06d}", CLAIMS, card, i.to_bytes(8, "big"))
             retry.append(time.perf_counter() - t0)
-        _fmt("enroll (sign + chain enroll + 3 DB txns)", enroll)
+        _fmt("enroll, until its key is on chain (?wait, inline window)", enroll)
         _fmt("enroll retry, same idempotency key", retry)
 
         before = chain.client().request("eth_blockNumber")

@@ -33,10 +33,15 @@ def create_app(
     db: Database | None = None,
     clock: Callable[[], datetime] | None = None,
     auth_clock: Callable[[], float] | None = None,
+    start_writer: bool = True,
 ) -> Flask:
     """Build the app: open the database (creating the schema), the issuer key, the management master key
     (``card_keys``, else from ``config.management_key``) and the chain, and read the issuer's state on
-    chain (no transaction: docs/chain.md §Roles). Components can be injected (tests)."""
+    chain (no transaction: docs/chain.md §Roles). Components can be injected (tests).
+
+    ``start_writer``: run the chain writer thread (docs/server.md §Chain outbox; it writes only while this
+    instance holds the writer lock). Without it, requests that wait for the chain run the windows
+    themselves (tests)."""
     db = db or Database.from_url(config.database_url)
     db.init(config.status_list_id, config.status_list_capacity)
     signer = signer or load_signer(config.issuer_key)
@@ -74,7 +79,19 @@ def create_app(
 
     from server.api.certificates import install as install_certificates
 
-    install_certificates(app, db, chain)  # printed certificates: anchoring queue + verification (13)
+    certs = install_certificates(app, db, chain, start=False)  # printed certificates: anchors (13)
+    from server.outbox import OutboxWriter
+
+    writer = OutboxWriter(
+        db,
+        chain,
+        window_s=config.chain_window_ms / 1000,
+        confirmations=config.chain_confirmations,
+        anchor_queue=certs.queue if certs.queue.anchorer is not None else None,
+    )
+    app.extensions["cityid.outbox"] = writer
+    if start_writer:
+        writer.start()
 
     @app.get("/health")
     def health() -> ResponseReturnValue:
@@ -83,7 +100,19 @@ def create_app(
         except ServiceError:
             logger.warning("health: issuer state unavailable (chain)")
             return jsonify(ok=False, issuer_did=service.issuer_did, vct=service.vct, issuer_ready=None), 503
-        return jsonify(ok=True, issuer_did=current.did, vct=service.vct, issuer_ready=current.ready)
+        return jsonify(ok=True, issuer_did=current.did, vct=service.vct, issuer_ready=current.ready,
+                       outbox=_outbox_health())  # fmt: skip
+
+    def _outbox_health() -> dict[str, object]:
+        from server.outbox import stats
+
+        try:
+            out = stats(db)
+        except SQLAlchemyError:
+            return {"ok": False}
+        out["writer"] = {"leader": writer.leader.held, "running": writer.running,
+                         "last_error": writer.last_error, "reapplied": writer.reapplied}  # fmt: skip
+        return out
 
     @app.errorhandler(ServiceError)
     def _service_error(exc: ServiceError) -> ResponseReturnValue:

@@ -99,7 +99,23 @@ def _check(args: argparse.Namespace) -> int:
     url = args.rpc or network.rpc_url
     block = check_network(_client(url, args.timeout), network.with_rpc(url))
     print(f"{network.name}: chain {network.chain_id} at block {block}; all contracts present")
-    return 0
+    if not args.db:
+        return 0
+    # The server database against the chain (docs/server.md §Chain outbox): every disagreement, one a line.
+    from eth_account import Account
+
+    from server.chain.registrar import Registrar
+    from server.db import Database
+    from server.outbox.check import check
+    from server.outbox.ports import TxPort
+
+    reader = Registrar(network.with_rpc(url), _client(url, args.timeout), Account.create())  # reads only
+    problems = check(Database.from_url(args.db), TxPort(reader))
+    for problem in problems:
+        print(problem)
+    wrong = [p for p in problems if p.kind != "open"]
+    print(f"{len(wrong)} disagreement(s), {len(problems) - len(wrong)} chain write(s) not yet confirmed")
+    return 1 if wrong else 0
 
 
 def _root_registrar(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -173,6 +189,7 @@ def register(sub: Subcommands) -> None:
     p.add_argument("network_file", help="network config JSON written by deploy")
     p.add_argument("--rpc", help="node URL (default: the config's rpc_url)")
     p.add_argument("--timeout", type=float, default=10.0, help="JSON-RPC timeout in seconds")
+    p.add_argument("--db", help="also compare this server database (URL) with the chain, list disagreements")
     p.set_defaults(func=_check)
 
     root = cmds.add_parser("root", help="CEREMONIES with the city root key (registrars, root rotation)")

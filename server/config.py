@@ -74,6 +74,12 @@ class ServerConfig:
     revocation_secret: str | None = field(default=None, repr=False)
     #: Citizen-facing lost-card reports allowed per client address and minute.
     lost_card_rate_per_minute: int = 5
+    #: Chain outbox (docs/server.md §Chain outbox): batch window of the chain writer, blocks on top of a
+    #: write before it counts as confirmed (1 = mined), and how long a request waits for its chain writes
+    #: by default (0: answer at once; a request's ``?wait=`` overrides).
+    chain_window_ms: int = 500
+    chain_confirmations: int = 1
+    chain_wait_ms: int = 0
 
     def with_overrides(self, **changes: object) -> ServerConfig:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -89,6 +95,7 @@ SECRET_ENV = (
 SERVER_KEYS = (
     "database_url", "chain", "issuer_did", "status_list_id", "status_list_capacity",
     "credential_validity_days", "auth_window_seconds", "max_body_bytes",
+    "chain_window_ms", "chain_confirmations", "chain_wait_ms",
 )  # fmt: skip
 
 _ENV_STR = {
@@ -99,6 +106,9 @@ _ENV_STR = {
 _ENV_INT = {
     "CITY_SERVER_STATUS_LIST": "status_list_id",
     "CITY_SERVER_AUTH_WINDOW": "auth_window_seconds",
+    "CITY_CHAIN_WINDOW_MS": "chain_window_ms",
+    "CITY_CHAIN_CONFIRMATIONS": "chain_confirmations",
+    "CITY_CHAIN_WAIT_MS": "chain_wait_ms",
 }
 
 
@@ -167,7 +177,8 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
         if k in server:
             values[k] = str(server[k])
     for k in ("status_list_id", "status_list_capacity", "credential_validity_days",
-              "auth_window_seconds", "max_body_bytes"):  # fmt: skip
+              "auth_window_seconds", "max_body_bytes", "chain_window_ms", "chain_confirmations",
+              "chain_wait_ms"):  # fmt: skip
         if k in server:
             values[k] = _int(server[k], k)
     for var, k in _ENV_STR.items():
@@ -204,4 +215,8 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
     cfg = ServerConfig(**values)
     if not 1 <= cfg.auth_window_seconds <= 600:
         raise ConfigError("auth_window_seconds must be within 1..600")
+    if not 10 <= cfg.chain_window_ms <= 60_000 or not 1 <= cfg.chain_confirmations <= 64:
+        raise ConfigError("chain_window_ms must be within 10..60000, chain_confirmations within 1..64")
+    if not 0 <= cfg.chain_wait_ms <= 60_000:
+        raise ConfigError("chain_wait_ms must be within 0..60000")
     return cfg

@@ -163,3 +163,72 @@ class RevocationLookup(Base):
     lookup: Mapped[str] = mapped_column(String(64), primary_key=True)
     citizen_did: Mapped[str] = mapped_column(ForeignKey("citizens.did"), index=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class OutboxKind(StrEnum):
+    """What an outbox row asks the chain writer to do (docs/server.md §Chain outbox)."""
+
+    ENROLL = "enroll"  # publish a P-256 key on a citizen identity (enrollBatch)
+    REVOKE_KEY = "revoke_key"  # revoke a key attribute (revokeKeysBatch)
+    STATUS = "status"  # set a status-list entry (setStatus, many bits per storage word)
+
+
+class OutboxState(StrEnum):
+    PENDING = "pending"  # waiting for the next batch window
+    SENT = "sent"  # in a signed batch transaction (broadcast or about to be)
+    CONFIRMED = "confirmed"  # mined and buried under the configured depth
+    FAILED = "failed"  # the chain refuses this row on its own (e.g. resume of a revoked entry)
+
+
+class OutboxEntry(Base):
+    """One chain write, added in the same database transaction as the server state it mirrors."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_state", "state", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16), default=OutboxState.PENDING.value)
+    identity: Mapped[str | None] = mapped_column(String(42), default=None)  # enroll / revoke_key
+    point: Mapped[str | None] = mapped_column(String(130), default=None)  # hex SEC1 P-256 point
+    list_id: Mapped[int | None] = mapped_column(Integer, default=None)  # status
+    status_index: Mapped[int | None] = mapped_column(Integer, default=None)
+    status_value: Mapped[int | None] = mapped_column(Integer, default=None)
+    credential_id: Mapped[str | None] = mapped_column(String(36), default=None, index=True)
+    batch_id: Mapped[int | None] = mapped_column(ForeignKey("outbox_batches.id"), default=None, index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    done_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+
+class BatchState(StrEnum):
+    SIGNED = "signed"  # signed bytes stored; broadcast may or may not have happened
+    SENT = "sent"  # the node accepted the bytes
+    MINED = "mined"  # receipt seen, not yet deep enough
+    CONFIRMED = "confirmed"  # receipt at the configured depth
+    ABANDONED = "abandoned"  # its nonce went to something else: rows went back to pending
+
+
+class OutboxBatch(Base):
+    """One signed transaction of the chain writer: the exact bytes are stored BEFORE broadcasting, so a
+    retry or a new writer after a crash re-sends the same bytes (one nonce, one hash, never two effects)."""
+
+    __tablename__ = "outbox_batches"
+    __table_args__ = (Index("ix_outbox_batches_state", "state", "nonce"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    sender: Mapped[str] = mapped_column(String(42))
+    nonce: Mapped[int] = mapped_column(Integer)
+    tx_hash: Mapped[str] = mapped_column(String(66), unique=True)
+    raw_tx: Mapped[str] = mapped_column(Text)
+    gas_limit: Mapped[int] = mapped_column(Integer)
+    items: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16), default=BatchState.SIGNED.value)
+    block_number: Mapped[int | None] = mapped_column(Integer, default=None)
+    block_hash: Mapped[str | None] = mapped_column(String(66), default=None)
+    gas_used: Mapped[int | None] = mapped_column(Integer, default=None)
+    reapplied: Mapped[int] = mapped_column(Integer, default=0)  # times re-sent after a reorg / lost state
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    confirmed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), default=None)

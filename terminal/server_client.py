@@ -13,7 +13,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -84,6 +84,12 @@ class EnrollmentResult:
     credential_hash: str
     record: CredentialRecord
     retried: bool
+    #: Where the chain writes stand (docs/server.md §Chain outbox): ``{state, outbox_ids, eta_seconds}``.
+    chain: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def on_chain(self) -> bool:
+        return self.chain.get("state", "confirmed") == "confirmed"
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> EnrollmentResult:
@@ -96,9 +102,20 @@ class EnrollmentResult:
                 credential_hash=str(data["credential_hash"]),
                 record=CredentialRecord.decode(b64url_decode(data["card_record"])),
                 retried=bool(data["retried"]),
+                chain=dict(data.get("chain") or {}),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise DecodeError(f"malformed enrollment answer: {exc}") from exc
+
+
+def chain_note(chain: dict[str, Any]) -> str:
+    """The clerk's line for a chain write: "on chain" or "on chain in ~N s" (docs/server.md §Chain outbox)."""
+    state = chain.get("state", "confirmed")
+    if state == "confirmed":
+        return "on chain"
+    if state == "failed":
+        return "chain write refused — see the server log"
+    return f"on chain in ~{max(1, round(float(chain.get('eta_seconds', 1))))} s"
 
 
 def load_terminal_key(path: str, password: str | None = None) -> ec.EllipticCurvePrivateKey:
@@ -173,6 +190,7 @@ class ServerClient:
         self.timeout = timeout
         self._http = session or requests.Session()
         self._clock = clock
+        self.last_chain: dict[str, Any] = {}
 
     def _call(
         self, method: str, route: str, payload: dict[str, Any] | None = None
@@ -213,7 +231,10 @@ class ServerClient:
         citizen_did: str | None = None,
         presence: dict[str, Any] | None = None,
         revocation_password: str | None = None,
+        wait: float | None = None,
     ) -> EnrollmentResult:
+        """Enroll; the answer comes at once (``chain.state`` pending) unless ``wait`` seconds are given, then
+        after the card key is confirmed on chain (or the wait ran out)."""
         payload: dict[str, Any] = {
             "idempotency_key": idempotency_key,
             "claims": claims,
@@ -226,7 +247,16 @@ class ServerClient:
             payload["presence"] = presence
         if revocation_password:
             payload["revocation_password"] = revocation_password  # never logged
-        return EnrollmentResult.from_json(self._call("POST", "/v1/enrollments", payload)[1])
+        route = "/v1/enrollments" + (f"?wait={wait:g}" if wait is not None else "")
+        return EnrollmentResult.from_json(self._call("POST", route, payload)[1])
+
+    def outbox(self, outbox_ids: list[int], wait: float | None = None) -> dict[str, Any]:
+        """Where chain writes stand: ``{"state": pending|sent|confirmed|failed, …}``; ``wait`` seconds for
+        them to be confirmed first."""
+        route = "/v1/outbox?ids=" + ",".join(str(int(i)) for i in outbox_ids)
+        if wait is not None:
+            route += f"&wait={wait:g}"
+        return self._call("GET", route)[1]
 
     def report_lost(self, family_name: str, given_name: str, birthdate: str, password: str) -> str:
         """Lost-card report from the citizen's details and revocation password; the server answers the
@@ -253,12 +283,19 @@ class ServerClient:
         return EnrollmentResult.from_json(self._call("POST", route, payload)[1])
 
     def revoke(
-        self, credential_ids: list[str], reason: str, presence: dict[str, Any] | None = None
+        self,
+        credential_ids: list[str],
+        reason: str,
+        presence: dict[str, Any] | None = None,
+        wait: float | None = None,
     ) -> list[str]:
+        """Revoke; ``last_chain`` then says whether kiosks already see it (``wait`` seconds for that)."""
         payload: dict[str, Any] = {"credential_ids": credential_ids, "reason": reason}
         if presence:
             payload["presence"] = presence
-        data = self._call("POST", "/v1/revocations", payload)[1]
+        route = "/v1/revocations" + (f"?wait={wait:g}" if wait is not None else "")
+        data = self._call("POST", route, payload)[1]
+        self.last_chain = dict(data.get("chain") or {})  # kiosks refuse the card once this is confirmed
         return list(data.get("revoked", []))
 
     def suspend(self, credential_id: str, presence: dict[str, Any] | None = None) -> dict[str, Any]:

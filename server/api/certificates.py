@@ -49,9 +49,10 @@ class CertificateServices:
         self.verifier = verifier
 
 
-def install(app: Flask, db: Database, chain: Any) -> CertificateServices:
+def install(app: Flask, db: Database, chain: Any, start: bool = True) -> CertificateServices:
     """Register the blueprint and start the queue (window/batch from env ``CITY_CERT_WINDOW_S`` /
-    ``CITY_CERT_MAX_BATCH``). ``chain`` is the server's gateway; anchoring needs its ``registrar``."""
+    ``CITY_CERT_MAX_BATCH``). ``chain`` is the server's gateway; anchoring needs its ``registrar``.
+    ``start=False``: the chain writer flushes the queue in its windows (docs/server.md §Chain outbox)."""
     registrar = getattr(chain, "registrar", None)
     queue = AnchorQueue(
         db,
@@ -67,7 +68,8 @@ def install(app: Flask, db: Database, chain: Any) -> CertificateServices:
     services = CertificateServices(queue, kiosks, verifier)
     app.extensions[_EXT] = services
     app.register_blueprint(bp)
-    queue.start()
+    if start:
+        queue.start()
     return services
 
 

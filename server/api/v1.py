@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from flask import Blueprint, current_app, g, jsonify, request
@@ -10,7 +11,16 @@ from flask.typing import ResponseReturnValue
 from cityid.jose import b64url_encode
 from server.api import validate as v
 from server.auth import AuthError, RequestAuthenticator, SignedRequest
-from server.service import CredentialInfo, Enrollment, IssuerService, Presence, ValidationError
+from server.outbox import OutboxWriter, progress
+from server.outbox.store import progress_for
+from server.service import (
+    CredentialInfo,
+    Enrollment,
+    IssuerService,
+    NotFoundError,
+    Presence,
+    ValidationError,
+)
 from server.service.card_keys import CardKeyService
 
 bp = Blueprint("v1", __name__, url_prefix="/v1")
@@ -50,6 +60,29 @@ def _json() -> dict[str, Any]:
     return v.body_object(data)
 
 
+def _writer() -> OutboxWriter:
+    return current_app.extensions["cityid.outbox"]
+
+
+def _chain(credential_ids: Sequence[str] = (), point: bytes | None = None) -> dict[str, Any]:
+    """Where the request's chain writes stand (docs/server.md §Chain outbox). ``?wait=<seconds>`` (≤ 30;
+    default the server's ``chain_wait_ms``) waits for them to be confirmed first."""
+    writer = _writer()
+    raw = request.args.get("wait")
+    try:
+        wait = float(raw) if raw is not None else _service().config.chain_wait_ms / 1000
+    except ValueError as exc:
+        raise ValidationError("wait must be a number of seconds") from exc
+    if not 0 <= wait <= 30:
+        raise ValidationError("wait must be within 0..30 seconds")
+    now = progress_for(writer.db, credential_ids, point, writer.window_s)  # one query
+    if wait > 0 and not now.final:
+        return writer.wait(now.ids, wait).to_json()
+    if not now.final:
+        writer.nudge()
+    return now.to_json()
+
+
 def _enrollment_json(e: Enrollment) -> dict[str, Any]:
     return {
         "credential_id": e.credential_id,
@@ -60,6 +93,7 @@ def _enrollment_json(e: Enrollment) -> dict[str, Any]:
         "vct": e.record.vct,
         "card_record": b64url_encode(e.record.encode()),
         "retried": e.retried,
+        "chain": _chain([e.credential_id]),
     }
 
 
@@ -72,6 +106,7 @@ def _info_json(i: CredentialInfo) -> dict[str, Any]:
         "vct": i.vct,
         "issued_at": i.issued_at.isoformat() if i.issued_at else None,
         "expires_at": i.expires_at.isoformat() if i.expires_at else None,
+        "chain": {"state": i.chain},
     }
 
 
@@ -122,7 +157,9 @@ def revoke() -> ResponseReturnValue:
     if body["reason"] not in ("lost", "revoked"):
         raise ValidationError("reason must be 'lost' or 'revoked'")
     revoked = _service().revoke(g.terminal, ids, body["reason"], _presence(body))
-    return jsonify(revoked=revoked, requested=len(set(ids))), 200
+    # "revoked" here is the database's word; chain.state says whether kiosks already see it (never
+    # "confirmed" before the status bits are mined at the configured depth).
+    return jsonify(revoked=revoked, requested=len(set(ids)), chain=_chain(ids)), 200
 
 
 def _optional_json() -> dict[str, Any]:
@@ -132,21 +169,56 @@ def _optional_json() -> dict[str, Any]:
     return body
 
 
+def _changed(info: CredentialInfo) -> ResponseReturnValue:
+    chain = _chain([info.credential_id])
+    return jsonify({**_info_json(_service().status(info.credential_id)), "chain": chain}), 200
+
+
 @bp.post("/credentials/<cid>/suspend")
 def suspend(cid: str) -> ResponseReturnValue:
     body = _optional_json()
-    return jsonify(_info_json(_service().suspend(g.terminal, v.credential_id(cid), _presence(body)))), 200
+    return _changed(_service().suspend(g.terminal, v.credential_id(cid), _presence(body)))
 
 
 @bp.post("/credentials/<cid>/resume")
 def resume(cid: str) -> ResponseReturnValue:
     body = _optional_json()
-    return jsonify(_info_json(_service().resume(g.terminal, v.credential_id(cid), _presence(body)))), 200
+    return _changed(_service().resume(g.terminal, v.credential_id(cid), _presence(body)))
+
+
+@bp.get("/outbox")
+def outbox() -> ResponseReturnValue:
+    """``?ids=1,2,3[&wait=s]`` → where these chain writes stand (``confirmed`` only at the set depth)."""
+    raw = request.args.get("ids", "")
+    try:
+        ids = [int(x) for x in raw.split(",") if x]
+    except ValueError as exc:
+        raise ValidationError("ids must be comma-separated integers") from exc
+    if not 0 < len(ids) <= v.MAX_BATCH * 2:
+        raise ValidationError("1-1000 outbox ids")
+    wait = request.args.get("wait")
+    writer = _writer()
+    try:
+        if wait is not None:
+            try:
+                seconds = float(wait)
+            except ValueError as exc:
+                raise ValidationError("wait must be a number of seconds") from exc
+            if not 0 <= seconds <= 30:
+                raise ValidationError("wait must be within 0..30 seconds")
+            got = writer.wait(ids, seconds)
+        else:
+            got = progress(writer.db, ids, writer.window_s)
+    except KeyError as exc:
+        raise NotFoundError("unknown outbox id") from exc
+    return jsonify(got.to_json()), 200
 
 
 @bp.get("/credentials/<cid>/status")
 def status(cid: str) -> ResponseReturnValue:
-    return jsonify(_info_json(_service().status(v.credential_id(cid)))), 200
+    cid = v.credential_id(cid)
+    chain = _chain([cid])
+    return jsonify({**_info_json(_service().status(cid)), "chain": chain}), 200
 
 
 @bp.post("/citizens/<path:did>/fido-keys")
@@ -156,7 +228,7 @@ def fido_key(did: str) -> ResponseReturnValue:
     point = v.p256_jwk(body["public_key"], "public_key")
     fido_id = v.b64url_bytes(body["credential_id"], "credential_id")
     created = _service().register_fido_key(g.terminal, v.did(did), point, fido_id, _presence(body))
-    return jsonify(citizen_did=did, registered=created), 201 if created else 200
+    return jsonify(citizen_did=did, registered=created, chain=_chain(point=point)), 201 if created else 200
 
 
 #: The answer to every lost-card report, found or not (docs/server.md §Lost-card report).

@@ -18,18 +18,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from cityid import credential as vc
-from cityid.chain.view import ChainError, StatusRef
+from cityid.chain.view import StatusRef
 from server.chain.gateway import ChainGateway
 from server.config import ServerConfig
 from server.db import Database
 from server.keys import IssuerSigner
 from server.models import AuditEntry, Citizen, Credential, StatusAllocator, utcnow
-from server.service.errors import (
-    CapacityError,
-    ChainUnavailableError,
-    NotFoundError,
-    StorageUnavailableError,
-)
+from server.outbox.store import enqueue_status
+from server.service.errors import CapacityError, NotFoundError, StorageUnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -105,25 +101,11 @@ class ServiceContext:
 
     # --- chain and storage helpers -------------------------------------------------------------------
 
-    def chain_write(self, what: str, fn: Callable[[], None], actor: Any, cred: str | None = None) -> None:
-        """Run one idempotent chain write; a chain failure is audited and becomes a 502."""
-        try:
-            fn()
-        except ChainError as exc:
-            self.audit_now(actor, what, outcome="error", cred=cred, detail="chain unavailable")
-            raise ChainUnavailableError(f"chain write failed ({what}); retry later") from exc
-
-    def set_status_bits(
-        self, what: str, rows: Iterable[Credential], status: Any, actor: Any, cred: str | None = None
-    ) -> None:
-        """One ``set_status`` chain call per status list for ``rows``."""
-        by_list: dict[int, list[int]] = {}
+    def queue_status(self, s: Session, rows: Iterable[Credential], status: Any) -> None:
+        """Outbox rows setting ``status`` for ``rows``, in the caller's transaction (docs/server.md §Chain
+        outbox): the chain writer batches them, many entries per storage word."""
         for r in rows:
-            by_list.setdefault(r.status_list_id, []).append(r.status_index)
-        for list_id, indexes in by_list.items():
-            self.chain_write(
-                what, lambda li=list_id, ix=indexes: self.chain.set_status(li, ix, status), actor, cred
-            )
+            enqueue_status(s, r.status_list_id, r.status_index, int(status), r.id)
 
     def allocate(self, s: Session) -> int:
         """Take the next status index inside the caller's transaction (rolled back with it)."""

@@ -1,9 +1,10 @@
 """Enrollment and re-issue: reserve a credential row, put the card key on chain, sign, mark issued.
 
 Crash-safety (docs/server.md §Idempotency): the status index is allocated in the transaction that creates the
-pending row under its idempotency key (unique), so a retry reuses credential id, DID and index; chain writes
-happen between transactions, are idempotent and flagged in the row; a retry after success signs again for
-the same id and index. Other live credentials of the same card are retired first (status bits, then keys).
+pending row under its idempotency key (unique), so a retry reuses credential id, DID and index. The chain
+writes (card key; status bits and stale keys of the card's other live credentials, retired here) are outbox
+rows added in one transaction with the state they mirror (docs/server.md §Chain outbox); the answer does not
+wait for the chain. A retry after success signs again for the same id and index.
 """
 
 from __future__ import annotations
@@ -15,13 +16,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from cityid import credential as vc
 from cityid.chain.view import CredentialStatus, StatusRef
 from cityid.citizen import CredentialRecord
 from server.models import Citizen, Credential, CredentialState, utcnow
+from server.outbox.store import enqueue_key, enqueue_revoke_key, enqueue_status
 from server.service.claims import citizen_claims, validate_claims
 from server.service.context import ServiceContext, aware, card_fingerprint, serial_hash
 from server.service.errors import (
@@ -135,11 +138,16 @@ class Enrollments:
                     card_key=card_point.hex(),
                     card_serial_hash=serial_hash(card_serial),
                     status_list_id=ctx.config.status_list_id,
-                    status_index=ctx.allocate(s),
                     vct=ctx.vct,
                     state=CredentialState.PENDING.value,
                     terminal=terminal.terminal,
+                    created_at=utcnow(),
                 )
+                # Chain writes first (same transaction, §Chain outbox), the status index last: the allocator
+                # row is the one every enrollment of the city updates, so its lock is held only for the
+                # inserts that follow it.
+                self._queue_in(s, terminal, row, card_point, citizen.identity)
+                row.status_index = ctx.allocate(s)
                 s.add(row)
                 s.flush()
                 ctx.audit(
@@ -234,43 +242,58 @@ class Enrollments:
 
     # --- shared completion ---------------------------------------------------------------------------
 
-    def _supersede_others(self, terminal: Actor, row: Credential) -> None:
-        """Retire other live credentials of this card (or the one re-issued): status bits first."""
+    def _queue_chain(self, terminal: Actor, row: Credential, card_point: bytes) -> None:
+        """ONE transaction: :meth:`_queue_in` for ``row`` (a retry or a re-issue; a fresh enrollment did it
+        in its reserving transaction)."""
         ctx = self.ctx
-        with ctx.db.sessions() as s:
-            others = list(
-                s.scalars(
-                    select(Credential).where(
-                        Credential.card_serial_hash == row.card_serial_hash,
-                        Credential.id != row.id,
-                        Credential.created_at <= row.created_at,
-                        Credential.state.in_([st.value for st in CredentialState if st.live]),
-                    )
+        try:
+            with ctx.db.sessions.begin() as s:
+                current = s.get(Credential, row.id, with_for_update=True)
+                assert current is not None
+                if current.state not in _REUSABLE:
+                    raise ConflictError(f"credential {row.id} is {current.state}; start a new enrollment")
+                self._queue_in(s, terminal, current, card_point)
+        except SQLAlchemyError as exc:
+            raise StorageUnavailableError("database unavailable") from exc
+
+    def _queue_in(
+        self, s: Session, terminal: Actor, current: Credential, card_point: bytes, identity: str | None = None
+    ) -> None:
+        """In the caller's transaction: retire other live credentials of this card (or the one re-issued) —
+        state superseded, status bits and stale keys queued — and queue the card key unless already queued
+        (``key_on_chain``: the key's outbox row exists; docs/server.md §Chain outbox). ``identity``: the
+        citizen's identity address when ``current`` is not in the session yet (a fresh enrollment)."""
+        ctx = self.ctx
+        others = list(
+            s.scalars(
+                select(Credential).where(
+                    Credential.card_serial_hash == current.card_serial_hash,
+                    Credential.id != current.id,
+                    Credential.created_at <= current.created_at,
+                    Credential.state.in_([st.value for st in CredentialState if st.live]),
                 )
             )
-            if row.supersedes:
-                prev = s.get(Credential, row.supersedes)
-                if prev is not None and CredentialState(prev.state).live and prev not in others:
-                    others.append(prev)
-            identities = ctx.identities(s, others)
-        if not others:
-            return
-        ctx.set_status_bits("supersede", others, CredentialStatus.REVOKED, terminal, row.id)
-        stale_keys = [
-            (identities[o.citizen_did], bytes.fromhex(o.card_key))
-            for o in others
-            if o.card_key != row.card_key
-        ]
-        if stale_keys:
-            ctx.chain_write("supersede", lambda: ctx.chain.revoke_keys(stale_keys), terminal, row.id)
-        with ctx.db.sessions.begin() as s:
-            for o in others:
-                s.execute(
-                    update(Credential)
-                    .where(Credential.id == o.id)
-                    .values(state=CredentialState.SUPERSEDED.value, updated_at=utcnow())
-                )
-                ctx.audit(s, terminal, "supersede", cred=o.id, did=o.citizen_did, detail=f"by {row.id}")
+        )
+        if current.supersedes:
+            prev = s.get(Credential, current.supersedes)
+            if prev is not None and CredentialState(prev.state).live and prev not in others:
+                others.append(prev)
+        identities = ctx.identities(s, others if identity else [*others, current])
+        if identity:
+            identities[current.citizen_did] = identity
+        # Tagged with THIS credential: its answer waits for (and reports) the retirement too.
+        for o in others:
+            enqueue_status(s, o.status_list_id, o.status_index, CredentialStatus.REVOKED, current.id)
+        stale = {(identities[o.citizen_did], o.card_key) for o in others if o.card_key != current.card_key}
+        for identity, key in sorted(stale):
+            enqueue_revoke_key(s, identity, bytes.fromhex(key), current.id)
+        for o in others:
+            o.state = CredentialState.SUPERSEDED.value
+            o.updated_at = utcnow()
+            ctx.audit(s, terminal, "supersede", cred=o.id, did=o.citizen_did, detail=f"by {current.id}")
+        if not current.key_on_chain:
+            enqueue_key(s, identities[current.citizen_did], card_point, current.id)
+            current.key_on_chain = True
 
     def _sign(
         self,
@@ -299,23 +322,10 @@ class Enrollments:
         self, terminal: Actor, row: Credential, claims: Any, card_point: bytes, retried: bool
     ) -> Enrollment:
         ctx = self.ctx
-        self._supersede_others(terminal, row)
+        if retried or row.supersedes:  # a fresh enrollment queued its chain writes while reserving
+            self._queue_chain(terminal, row, card_point)
         ctx.fault("superseded")
-        with ctx.db.sessions() as s:
-            state = s.scalar(select(Credential.state).where(Credential.id == row.id))
-        if state not in _REUSABLE:
-            raise ConflictError(f"credential {row.id} is {state}; start a new enrollment")
-        if not row.key_on_chain:
-            with ctx.db.sessions() as s:
-                citizen = s.get(Citizen, row.citizen_did)
-                assert citizen is not None
-                identity = citizen.identity
-            ctx.chain_write(
-                "enroll.chain", lambda: ctx.chain.register_keys([(identity, card_point)]), terminal, row.id
-            )
-            ctx.fault("chain")
-            with ctx.db.sessions.begin() as s:
-                s.execute(update(Credential).where(Credential.id == row.id).values(key_on_chain=True))
+        ctx.fault("chain")
         issued_at = aware(row.issued_at) or ctx.clock().replace(microsecond=0)
         expires_at = aware(row.expires_at) or issued_at + dt.timedelta(
             days=ctx.config.credential_validity_days

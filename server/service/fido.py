@@ -9,6 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from server.models import Citizen, FidoKey
+from server.outbox.store import enqueue_key
 from server.service.context import ServiceContext
 from server.service.errors import ConflictError, NotFoundError
 from server.service.scope import Actor, Presence, Scopes
@@ -46,9 +47,8 @@ class FidoKeys:
             ctx.audit_now(terminal, "fido.register", outcome="ok", did=citizen_did, detail="already")
             return False
         self.scopes.check_add_key(terminal, "fido.register", citizen_did, presence)
-        ctx.chain_write("fido.register", lambda: ctx.chain.register_keys([(identity, point)]), terminal)
         try:
-            with ctx.db.sessions.begin() as s:
+            with ctx.db.sessions.begin() as s:  # the key and its outbox row together (§Chain outbox)
                 s.add(
                     FidoKey(
                         citizen_did=citizen_did,
@@ -56,6 +56,8 @@ class FidoKeys:
                         fido_credential_id_hash=hashlib.sha256(fido_credential_id).hexdigest(),
                     )
                 )
+                s.flush()
+                enqueue_key(s, identity, point)
                 ctx.audit(s, terminal, "fido.register", did=citizen_did)
         except IntegrityError:
             return False

@@ -1,6 +1,6 @@
 """Status changes: revoke (batch; lost cards also lose their key), suspend, resume, status lookup, and the
-sweep of enrollments that never completed. Status bits go to chain first, then the database records the
-state (docs/server.md §Status)."""
+sweep of enrollments that never completed. The database records the state and, in the same transaction, the
+outbox rows the chain writer turns into status bits (docs/server.md §Status, §Chain outbox)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from cityid.chain.view import CredentialStatus, StatusRef
 from server.db import Database
 from server.models import AuditEntry, Credential, CredentialState, utcnow
+from server.outbox.store import credential_chain_state, enqueue_revoke_key
 from server.service.context import ServiceContext, aware
 from server.service.errors import ConflictError, StorageUnavailableError, ValidationError
 from server.service.scope import Actor, Presence, Scopes
@@ -32,6 +33,9 @@ class CredentialInfo:
     vct: str
     issued_at: dt.datetime | None
     expires_at: dt.datetime | None
+    #: Where the credential's chain writes stand: ``confirmed`` (none open), ``pending``, ``sent``,
+    #: ``failed``.
+    chain: str = "confirmed"
 
 
 class StatusChanges:
@@ -70,31 +74,39 @@ class StatusChanges:
             raise ValidationError("reason must be 'lost' or 'revoked'")
         with ctx.db.sessions() as s:
             rows = ctx.load(s, list(dict.fromkeys(credential_ids)))
-            todo = [r for r in rows if r.state in _REVOCABLE]
-            identities = ctx.identities(s, rows)
         if scoped:
             self.scopes.check_credentials(terminal, "revoke", rows, presence)
-        ctx.set_status_bits("revoke", todo, CredentialStatus.REVOKED, terminal)
-        if reason == "lost":
-            # A lost card's key is revoked even if the credential was already revoked/superseded.
-            keys = list(dict.fromkeys((identities[r.citizen_did], bytes.fromhex(r.card_key)) for r in rows))
-            ctx.chain_write("revoke.key", lambda: ctx.chain.revoke_keys(keys), terminal)
-        with ctx.db.sessions.begin() as s:
-            for r in rows:
-                if r in todo:
-                    s.execute(
-                        update(Credential)
-                        .where(Credential.id == r.id)
-                        .values(state=CredentialState.REVOKED.value, updated_at=utcnow())
+        # ONE transaction: the new states and their outbox rows (docs/server.md §Chain outbox). The chain
+        # writer sets the bits (one batch per window) and, for a lost card, revokes its key.
+        try:
+            with ctx.db.sessions.begin() as s:
+                order = [r.id for r in rows]
+                for cid in sorted(order):  # lock in one order: concurrent batches never deadlock
+                    s.get(Credential, cid, with_for_update=True)
+                rows = [r for r in (s.get(Credential, cid) for cid in order) if r is not None]
+                todo = [r for r in rows if r.state in _REVOCABLE]
+                identities = ctx.identities(s, rows)
+                ctx.queue_status(s, todo, CredentialStatus.REVOKED)
+                if reason == "lost":
+                    # A lost card's key is revoked even if the credential was already revoked/superseded.
+                    keys = {(identities[r.citizen_did], r.card_key): r.id for r in rows}
+                    for (identity, key), cid in keys.items():
+                        enqueue_revoke_key(s, identity, bytes.fromhex(key), cid)
+                for r in rows:
+                    was = r.state
+                    if r in todo:
+                        r.state = CredentialState.REVOKED.value
+                        r.updated_at = utcnow()
+                    ctx.audit(
+                        s,
+                        terminal,
+                        "revoke",
+                        cred=r.id,
+                        did=r.citizen_did,
+                        detail=f"reason={reason}" + ("" if r in todo else f"; was {was}"),
                     )
-                ctx.audit(
-                    s,
-                    terminal,
-                    "revoke",
-                    cred=r.id,
-                    did=r.citizen_did,
-                    detail=f"reason={reason}" + ("" if r in todo else f"; was {r.state}"),
-                )
+        except SQLAlchemyError as exc:
+            raise StorageUnavailableError("database unavailable") from exc
         return [r.id for r in todo]
 
     def suspend(
@@ -122,7 +134,6 @@ class StatusChanges:
             if row.state != allowed_from.value:
                 raise ConflictError(f"credential is {row.state}; cannot {action}")
             bit = CredentialStatus.SUSPENDED if suspending else CredentialStatus.VALID
-            ctx.set_status_bits(action, [row], bit, terminal, row.id)
             with ctx.db.sessions.begin() as s:
                 result = s.execute(
                     update(Credential)
@@ -133,6 +144,7 @@ class StatusChanges:
                 n = result.rowcount
                 if n != 1:
                     raise ConflictError("credential changed meanwhile; retry")
+                ctx.queue_status(s, [row], bit)  # same transaction (docs/server.md §Chain outbox)
                 ctx.audit(s, terminal, action, cred=row.id, did=row.citizen_did)
         return self.status(credential_id)
 
@@ -141,6 +153,7 @@ class StatusChanges:
         try:
             with ctx.db.sessions() as s:
                 (row,) = ctx.load(s, [credential_id])
+                chain = credential_chain_state(s, row.id)
         except SQLAlchemyError as exc:
             raise StorageUnavailableError("database unavailable") from exc
         return CredentialInfo(
@@ -151,6 +164,7 @@ class StatusChanges:
             row.vct,
             aware(row.issued_at),
             aware(row.expires_at),
+            chain,
         )
 
 

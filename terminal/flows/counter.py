@@ -321,6 +321,7 @@ class CounterEnrollment:
                 elif step is Step.CHECK:
                     assert j.result is not None
                     card.activate()  # last card write, after the PINs (docs/card-profile.md §ACTIVATE)
+                    self._await_chain(j.result)
                     verdict = self._self_check(connection, request, serial)
                     timings[step.value] = time.perf_counter() - t0
                     if verdict.ok:
@@ -348,6 +349,29 @@ class CounterEnrollment:
             if exc.retryable:
                 raise EnrollmentInterrupted(step, exc) from exc
             raise
+
+    #: How long the self-check waits for the card key to be confirmed on chain (docs/server.md §Chain outbox).
+    CHAIN_WAIT_S = 30.0
+
+    def _await_chain(self, result: Any) -> None:
+        """The server answered at once ("issued — on chain in ~N s"); the card was written meanwhile. The
+        self-check reads the chain, so wait here until the key is confirmed (or the wait runs out)."""
+        chain = getattr(result, "chain", None) or {}
+        ids = chain.get("outbox_ids") or []
+        if not ids or chain.get("state") == "confirmed":
+            return
+        logger.info("credential %s issued; waiting for the chain (~%ss)", result.credential_id,
+                    chain.get("eta_seconds"))  # fmt: skip
+        deadline = time.monotonic() + self.CHAIN_WAIT_S
+        state = chain.get("state")
+        while time.monotonic() < deadline:
+            state = self.server.outbox(ids, wait=min(10.0, max(0.1, deadline - time.monotonic())))["state"]
+            if state in ("confirmed", "failed"):
+                break
+        if state != "confirmed":
+            # Not a card problem: the self-check would fail on the missing key and re-key the card. The clerk
+            # resumes later (same journal, same credential).
+            raise ServerError(503, "chain_pending", f"card key not on chain yet ({state}); resume shortly")
 
     def _certify(self, card: CardPersonalizer, request: CitizenRequest, serial: str) -> None:
         """CERTIFICATE with the PIN the card has now: the initial one, or the citizen's after a restart."""

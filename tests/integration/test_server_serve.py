@@ -233,7 +233,7 @@ def test_network_config_path_on_anvil(anvil_chain, tmp_path, monkeypatch, capsys
     )
     client = ServerClient("http://x", "c1", tkey, session=FlaskTransport(app), clerk="clerk-a")
     card = _point()
-    res = client.enroll("anvil-net-00001", CLAIMS, card, b"\x07" * 8)
+    res = client.enroll("anvil-net-00001", CLAIMS, card, b"\x07" * 8, wait=20)  # until on chain
     issuer = app.extensions["cityid.service"].issuer_did
     assert issuer == hot.did_of(root_account.address)  # the root's DID, not the hot key's
     view = LiveChainView(anvil_chain.client(), network)

@@ -182,7 +182,11 @@ def make_rig(db_url: str, signer=None, chain=None, publish: bool = True, office:
     config.setdefault(
         "management_key", ManagementKeyConfig("software", software_master_key=TEST_MASTER_KEY.hex())
     )
-    app = create_app(ServerConfig(database_url=db_url, **config), chain=chain, signer=signer, db=db)
+    # Requests wait for their chain writes (run in the request's thread: no writer thread), so the tests
+    # can look at the chain right after an answer (docs/server.md §Chain outbox).
+    config.setdefault("chain_wait_ms", 5000)
+    app = create_app(ServerConfig(database_url=db_url, **config), chain=chain, signer=signer, db=db,
+                     start_writer=False)  # fmt: skip
     tkey = ec.generate_private_key(ec.SECP256R1())
     pem = (
         tkey.public_key()

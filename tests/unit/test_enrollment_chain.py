@@ -124,3 +124,25 @@ def test_credential_signed_by_a_key_the_root_never_published_is_refused(world, t
     verdict, claims = _kiosk(view, conn, "residence")  # the credential is on the card: a kiosk refuses it
     assert not verdict.ok and verdict.failed is CheckName.ISSUER_SIGNATURE
     assert claims == {}
+
+
+def test_counter_waits_for_the_chain_when_the_server_answers_at_once(tmp_path):
+    """The server answers "issued — on chain in ~N s" (no wait); the counter writes the card meanwhile and
+    waits on /v1/outbox before its self-check reads the chain (docs/server.md §Chain outbox)."""
+    chain = start_embedded()
+    gateway = registrar_gateway(chain.network, chain.client(), chain.accounts[0])
+    rig = make_rig(f"sqlite:///{tmp_path}/server.db", chain=gateway, chain_wait_ms=0)
+    answers = []
+    enroll = rig.client.enroll
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        answers.append(enroll(*args, **kwargs))
+        return answers[-1]
+
+    rig.client.enroll = spy  # type: ignore[method-assign]
+    view = LiveChainView(chain.client(), chain.network)
+    counter = CounterEnrollment(rig.client, Verifier(view, "https://counter.busan.go.kr/c1", NonceStore()))
+    out = counter.run(InProcessConnection(make_citizen_card(None)), _request(40))
+    assert answers[0].chain["state"] == "pending"  # the answer did not wait for the chain
+    assert out.verdict.ok  # the self-check ran after the key was confirmed
+    assert rig.client.status(out.credential_id)["chain"]["state"] == "confirmed"

@@ -92,14 +92,22 @@ def test_crash_after_each_step_then_retry_issues_exactly_one(rig, step):
     assert rig.chain.keys[res.citizen_did.rsplit(":", 1)[1]] == {card}
 
 
-def test_chain_failure_is_retryable_and_burns_nothing(rig):
+def test_chain_failure_is_retried_by_the_writer_and_burns_nothing(rig):
+    """A chain failure no longer fails the clerk's request: the key stays in the outbox and the writer's
+    next window applies it, exactly once (docs/server.md §Chain outbox)."""
     card = _point()
     rig.chain.fail_next = 1
-    with pytest.raises(ServerError) as exc:
-        rig.client.enroll("key-chain-01", CLAIMS, card, SERIAL)
-    assert exc.value.status == 502 and exc.value.code == "chain_unavailable"
+    first = rig.client.enroll("key-chain-01", CLAIMS, card, SERIAL, wait=0)
+    assert first.chain["state"] == "pending" and first.chain["eta_seconds"] > 0
+    assert rig.chain.keys == {}
+    rig.app.extensions["cityid.outbox"].run_once()  # the failing window: the row stays pending
+    assert rig.client.outbox(first.chain["outbox_ids"])["state"] == "pending"
+    done = rig.client.outbox(first.chain["outbox_ids"], wait=5)
+    assert done["state"] == "confirmed"
+    assert rig.chain.keys[first.citizen_did.rsplit(":", 1)[1]] == {card}
+    assert [c for c in rig.chain.calls if c[0] == "register_keys"] == [("register_keys", 1)]
     res = rig.client.enroll("key-chain-01", CLAIMS, card, SERIAL)
-    assert res.status_index == 0
+    assert res.status_index == 0 and res.retried and res.chain["state"] == "confirmed"
     with rig.db.sessions() as s:
         assert s.get(StatusAllocator, 1).next_index == 1
 

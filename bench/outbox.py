@@ -1,0 +1,224 @@
+"""Chain-outbox figures (issue 14), all through the API on a real anvil node — never a direct contract call:
+
+* gas per enrolled citizen at 100 enrollments per batch window (goal ≤ 30,000) and per revoked credential
+  (goal ≤ 3,000), from the receipts of the writer's batches;
+* enrollments per second for one city: four ``city-server serve`` instances on one PostgreSQL, concurrent
+  counters (goal ≥ 200/s), and the clerk-visible latency until "issued" (p50/p95), then until confirmed on
+  chain.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+
+def _pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def _fmt(name: str, values: list[float]) -> None:
+    p50, p95 = statistics.median(values) * 1e3, _pct(values, 95) * 1e3
+    print(f"   {name:<52} p50 {p50:8.1f} ms   p95 {p95:8.1f} ms   (n={len(values)})")
+
+
+def _point() -> bytes:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1()).public_key()
+    return key.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+
+
+def _batch_gas(db: Any, kind: str, since: int) -> list[tuple[int, int]]:
+    """(items, gas used) of the confirmed batches of ``kind`` with id > ``since``."""
+    from sqlalchemy import select
+
+    from server.models import OutboxBatch
+
+    with db.sessions() as s:
+        rows = s.execute(
+            select(OutboxBatch.items, OutboxBatch.gas_used)
+            .where(OutboxBatch.kind == kind, OutboxBatch.id > since, OutboxBatch.state == "confirmed")
+        ).all()  # fmt: skip
+    return [(int(n), int(g)) for n, g in rows]
+
+
+def _last_batch(db: Any) -> int:
+    from sqlalchemy import func, select
+
+    from server.models import OutboxBatch
+
+    with db.sessions() as s:
+        return int(s.scalar(select(func.max(OutboxBatch.id))) or 0)
+
+
+def _gas(city: Any, tmp: Path, windows: int) -> None:
+    from tests.integration.outbox_support import in_process_server
+    from tests.unit.server_support import CLAIMS
+
+    app, client = in_process_server(city, f"sqlite:///{tmp}/gas.db", start_writer=False)
+    writer, db = app.extensions["cityid.outbox"], app.extensions["cityid.db"]
+
+    def window() -> None:  # one batch window: drain, then see the receipts
+        writer.run_once()
+        writer.run_once()
+
+    creds = []
+    since = _last_batch(db)
+    for w in range(windows):
+        for i in range(100):
+            n = w * 100 + i
+            creds.append(client.enroll(f"gas-{n:07d}", CLAIMS, _point(), n.to_bytes(8, "big"), wait=0))
+        window()
+    enrolled = _batch_gas(db, "enroll", since)
+    per = [g / n for n, g in enrolled if n == 100]
+    print(f"   gas per enrolled citizen, 100 per window (API → outbox → enrollBatch)   "
+          f"{statistics.median(per):>9,.0f}   (goal ≤ 30,000; {len(per)} windows)")  # fmt: skip
+
+    for label, size, reason in (("revoked", 100, "revoked"), ("lost (bit + card key)", 100, "lost"),
+                                ("revoked", 1000, "revoked")):  # fmt: skip
+        todo = creds[:size]
+        creds = creds[size:]
+        if len(todo) < size:
+            break
+        since = _last_batch(db)
+        for k in range(0, size, 100):  # revocation requests of 100 (the API's batch limit is 500)
+            client.revoke([c.credential_id for c in todo[k : k + 100]], reason, wait=0)
+        window()
+        window()  # a lost card's key revocation follows its status bit
+        gas = sum(g for _n, g in _batch_gas(db, "status", since))
+        gas += sum(g for _n, g in _batch_gas(db, "revoke_key", since))
+        goal = "   (goal ≤ 3,000)" if reason == "revoked" else ""
+        print(f"   gas per {label} credential, {size} per window{'':<17}{gas / size:>9,.0f}{goal}")
+    writer.stop()
+
+
+@contextlib.contextmanager
+def _postgres() -> Any:
+    from tests.fixtures import postgres as pg
+
+    fn = getattr(pg.postgres_url, "__wrapped__", pg.postgres_url)
+    with contextlib.contextmanager(fn)() as url:
+        yield url
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes (Linux /proc), to separate cost from machine contention."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
+def _throughput(city: Any, tmp: Path, n: int, instances: int) -> None:
+    import requests
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from terminal.server_client import ServerClient
+    from tests.integration.outbox_support import free_port
+    from tests.unit.server_support import CLAIMS
+
+    cli = [sys.executable, "-m", "server.cli"]
+    with _postgres() as db_url:
+        env = {**os.environ, **city.env(db_url), "CITY_CHAIN_WINDOW_MS": "500"}
+        subprocess.run([*cli, "db", "init"], env=env, check=True, capture_output=True)
+        tkey = ec.generate_private_key(ec.SECP256R1())
+        pem = tmp / "t.pem"
+        pem.write_bytes(tkey.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))  # fmt: skip
+        subprocess.run([*cli, "terminal", "add", "--name", "counter-1", "--public-key", str(pem)],
+                       env=env, check=True, capture_output=True)  # fmt: skip
+        ports = [free_port() for _ in range(instances)]
+        serve = [*cli, "serve", "--threads", "8", "--no-access-log", "--port"]
+        logs = [open(tmp / f"serve-{p}.log", "wb") for p in ports]  # noqa: SIM115
+        procs = [subprocess.Popen([*serve, str(p)], env=env, stdout=subprocess.DEVNULL, stderr=log)
+                 for p, log in zip(ports, logs, strict=True)]  # fmt: skip
+        urls = [f"http://127.0.0.1:{p}" for p in ports]
+        try:
+            for proc, url, log in zip(procs, urls, logs, strict=True):
+                deadline = time.monotonic() + 180
+                while True:
+                    try:
+                        requests.get(f"{url}/health", timeout=2).raise_for_status()
+                        break
+                    except requests.RequestException:
+                        if proc.poll() is not None or time.monotonic() > deadline:
+                            log.flush()
+                            tail = Path(log.name).read_text()[-1500:]
+                            raise RuntimeError("serve did not start: " + tail) from None
+                        time.sleep(0.2)
+            clients = [ServerClient(u, "counter-1", tkey, clerk="clerk-bench", timeout=60) for u in urls]
+            points = [_point() for _ in range(n)]
+            latency: list[float] = []
+
+            def enroll(i: int) -> Any:
+                t0 = time.perf_counter()
+                r = clients[i % instances].enroll(f"tp-{i:07d}", CLAIMS, points[i], i.to_bytes(8, "big"))
+                latency.append(time.perf_counter() - t0)
+                return r
+
+            cpu0 = _cpu_seconds([p.pid for p in procs])
+            t0 = time.monotonic()
+            with ThreadPoolExecutor(max_workers=8 * instances) as pool:
+                results = list(pool.map(enroll, range(n)))
+            answered = time.monotonic() - t0
+            server_cpu = _cpu_seconds([p.pid for p in procs]) - cpu0
+            while requests.get(f"{urls[0]}/health", timeout=5).json()["outbox"]["depth"] > 0:
+                if time.monotonic() - t0 > 300:
+                    break
+                time.sleep(0.05)
+            confirmed = time.monotonic() - t0
+            print(f"   enrollments/s, {instances} instances on PostgreSQL, anvil   {n / answered:>9,.0f} "
+                  f"issued/s, {n / confirmed:,.0f} confirmed on chain/s   (goal ≥ 200/s; n={n})")  # fmt: skip
+            load, cores = os.getloadavg()[0], os.cpu_count() or 1
+            per = server_cpu / n
+            print(
+                f"   server CPU per enrollment (all instances, incl. the writer) {per * 1e3:>7.1f} ms"
+                f"   → {cores} idle cores would serve ≤ {cores / per:,.0f}/s (load average now {load:.1f})"
+            )
+            _fmt("clerk-visible latency until 'issued' under that load", latency)
+            # until confirmed, one clerk at a time (the batch window dominates)
+            chain_wait = []
+            for k in range(10):
+                t0 = time.perf_counter()
+                serial = (10**6 + k).to_bytes(8, "big")
+                r = clients[0].enroll(f"tpw-{k:06d}", CLAIMS, _point(), serial, wait=30)
+                assert r.on_chain
+                chain_wait.append(time.perf_counter() - t0)
+            _fmt("one enrollment until confirmed on chain (window 500 ms)", chain_wait)
+            assert len({r.credential_id for r in results}) == n
+        finally:
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                try:
+                    proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+
+def run(args: Any) -> None:
+    from tests.fixtures.anvil_node import AnvilNode
+    from tests.integration.outbox_support import build_city
+
+    quick = getattr(args, "quick", False)
+    with tempfile.TemporaryDirectory() as tmp, AnvilNode() as node:
+        city = build_city(node.url, Path(tmp))
+        _gas(city, Path(tmp), 3 if quick else 14)
+        _throughput(city, Path(tmp), 200 if quick else 1000, 4)
