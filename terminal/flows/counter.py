@@ -33,8 +33,8 @@ from typing import Any
 from cityid.apdu import SmartCardConnection
 from cityid.credential import CLAIM_NAMES
 from cityid.errors import CardRemovedError, CityIdError, DecodeError, WrongPinError
-from cityid.piv import DEFAULT_MANAGEMENT_KEY
-from terminal.flows.personalize import CardPersonalizer, Journal, PinStateError, Step
+from cityid.piv import DEFAULT_MANAGEMENT_KEY, Algorithm
+from terminal.flows.personalize import CardPersonalizer, Journal, PinStateError, Step, card_identity
 from terminal.server_client import EnrollmentResult, ServerClient, ServerError
 from terminal.sessions.citizen import CitizenSession
 from terminal.verifier import CheckName, Verdict, Verifier
@@ -162,8 +162,8 @@ class CounterEnrollment:
         timings: dict[str, float] = {}
         step = Step.KEY
         try:
-            citizen = CitizenSession(connection)
-            serial_text = citizen.info().serial
+            # the private GET INFO has no serial: GET IDENTITY behind the management key (card-profile.md)
+            serial_text = card_identity(connection, self._mgmt, Algorithm.TDEA_3KEY).serial
             serial = bytes.fromhex(serial_text)
             if expect_serial is not None and serial != expect_serial:
                 raise CardMismatchError("another card was inserted; put back the card being enrolled")
@@ -255,7 +255,8 @@ class CounterEnrollment:
 
     def abandon_card(self, connection: SmartCardConnection) -> list[str]:
         """:meth:`abandon` for the card in ``connection`` (its serial read from the card)."""
-        return self.abandon(bytes.fromhex(CitizenSession(connection).info().serial), connection)
+        serial = card_identity(connection, self._mgmt, Algorithm.TDEA_3KEY).serial
+        return self.abandon(bytes.fromhex(serial), connection)
 
     def abandon(self, serial: bytes, connection: SmartCardConnection | None = None) -> list[str]:
         """Give up an unfinished enrollment: revoke its credential; erase the card if present."""
