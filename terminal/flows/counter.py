@@ -33,7 +33,9 @@ from typing import Any
 from cityid.apdu import SmartCardConnection
 from cityid.credential import CLAIM_NAMES
 from cityid.errors import CardRemovedError, CityIdError, DecodeError, WrongPinError
+from cityid.keys import P256PublicKey
 from cityid.piv import DEFAULT_MANAGEMENT_KEY, Algorithm
+from terminal.flows.authorization import TerminalAuthorization
 from terminal.flows.personalize import CardPersonalizer, Journal, PinStateError, Step, card_identity
 from terminal.server_client import EnrollmentResult, ServerClient, ServerError
 from terminal.sessions.citizen import CitizenSession
@@ -48,6 +50,16 @@ SELF_CHECK_SERVICE = "counter-self-check"
 
 #: The counter's steps (names from :class:`terminal.flows.personalize.Step`).
 COUNTER_STEPS = (Step.KEY, Step.CERTIFICATE, Step.ENROLL, Step.WRITE, Step.PIN, Step.CHECK)
+#: … with an authorization root: the card gets the root and its presentation-binding key before ENROLL.
+COUNTER_STEPS_BINDING = (
+    Step.KEY,
+    Step.CERTIFICATE,
+    Step.BINDING,
+    Step.ENROLL,
+    Step.WRITE,
+    Step.PIN,
+    Step.CHECK,
+)
 
 
 class EnrollmentInterrupted(CityIdError):
@@ -132,8 +144,15 @@ class CounterEnrollment:
         initial_pin: str = INITIAL_PIN,
         initial_puk: str = INITIAL_PUK,
         clock: Callable[[], float] = time.time,
+        authorization_root: P256PublicKey | None = None,
+        authorization: TerminalAuthorization | None = None,
     ) -> None:
         self.server = server
+        #: the city's terminal-authorization key written to every card (Step BINDING), and this counter's
+        #: own terminal authorization for the self-check PRESENT (docs/card-profile.md §Terminal auth.)
+        self.authorization_root = authorization_root
+        self.authorization = authorization
+        self._steps = COUNTER_STEPS_BINDING if authorization_root is not None else COUNTER_STEPS
         self.verifier = verifier
         self.clerk_session = clerk_session or secrets.token_hex(16)
         self._mgmt = management_key
@@ -151,7 +170,7 @@ class CounterEnrollment:
     def progress(self, serial: bytes) -> Step:
         """The next step for the card with ``serial``."""
         j = self._journal.get(serial)
-        return Step.KEY if j is None else j.next_step(COUNTER_STEPS)
+        return Step.KEY if j is None else j.next_step(self._steps)
 
     # --- the flow ----------------------------------------------------------------------------------
 
@@ -186,11 +205,19 @@ class CounterEnrollment:
                         self._journal[serial] = j = _Journal(restarts=1, pin_set=j.pin_set)
                         card = CardPersonalizer(connection, j, management_key=self._mgmt)
                         continue
+                elif step is Step.BINDING:
+                    assert self.authorization_root is not None
+                    card.bind(self.authorization_root, int(self._clock()))
                 elif step is Step.ENROLL:
-                    assert j.key is not None
-                    key = self.idempotency_key(serial, j.key.point)
+                    holder = j.holder_key  # the binding key (or 9A on a legacy card): the credential's cnf
+                    assert holder is not None
+                    key = self.idempotency_key(serial, holder.point)
                     j.result = self.server.enroll(
-                        key, request.claims(serial), j.key.point, serial, request.citizen_did,
+                        key,
+                        request.claims(serial),
+                        holder.point,
+                        serial,
+                        request.citizen_did,
                         revocation_password=request.revocation_password or None,
                     )
                     j.credential = j.result.record
@@ -239,6 +266,8 @@ class CounterEnrollment:
     def _self_check(self, connection: SmartCardConnection, request: CitizenRequest, serial: bytes) -> Verdict:
         citizen = CitizenSession(connection)
         nonce = self.verifier.nonce_store.issue(SELF_CHECK_SERVICE)
+        if self.authorization is not None:
+            self.authorization.authenticate(citizen)
         citizen.verify_pin(request.new_pin)
         presentation = citizen.present(CLAIM_NAMES, nonce, self.verifier.audience, int(self._clock()))
         verdict = self.verifier.verify(presentation, CLAIM_NAMES, SELF_CHECK_SERVICE)
