@@ -13,12 +13,14 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
+from cityid.chain.view import ChainView, StatusRef
 from server.auth import RequestAuthenticator
 from server.chain.gateway import ChainGateway, open_chain
 from server.config import ServerConfig
 from server.db import Database
 from server.keys import IssuerSigner, load_signer
 from server.service import IssuerService, ServiceError
+from server.service.terminals import TerminalAuthorizations
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +33,8 @@ def create_app(
     db: Database | None = None,
     clock: Callable[[], datetime] | None = None,
     auth_clock: Callable[[], float] | None = None,
+    authorization_signer: IssuerSigner | None = None,
+    status_view: ChainView | None = None,
 ) -> Flask:
     """Build the app: open the database (creating the schema), the issuer key and the chain, and read the
     issuer's state on chain (no transaction: docs/chain.md §Roles). Components can be injected (tests)."""
@@ -41,6 +45,7 @@ def create_app(
     kwargs = {"clock": clock} if clock else {}
     service = IssuerService(db, chain, signer, config, **kwargs)
     service.start()
+    terminals = _terminal_authorizations(config, db, chain, service, authorization_signer, status_view)
     auth = RequestAuthenticator(
         db, config.auth_window_seconds, **({"clock": auth_clock} if auth_clock else {})
     )
@@ -52,6 +57,7 @@ def create_app(
     app.extensions["cityid.service"] = service
     app.extensions["cityid.auth"] = auth
     app.extensions["cityid.db"] = db
+    app.extensions["cityid.terminals"] = terminals
 
     from server.api.v1 import bp
 
@@ -99,3 +105,33 @@ def create_app(
         return jsonify(error="internal", message="internal error; the request was not completed"), 500
 
     return app
+
+
+def _terminal_authorizations(
+    config: ServerConfig,
+    db: Database,
+    chain: ChainGateway,
+    service: IssuerService,
+    signer: IssuerSigner | None,
+    status_view: ChainView | None,
+) -> TerminalAuthorizations:
+    """Terminal certificates (docs/card-profile.md §Terminal authentication): the authorization key and a
+    chain view to read terminals' on-chain bits (the registrar's own chain unless one is injected)."""
+    if signer is None and config.authorization_key is not None:
+        signer = load_signer(config.authorization_key)
+    if status_view is None:
+        registrar = getattr(chain, "registrar", None)
+        if registrar is not None:
+            from cityid.chain.live import LiveChainView
+
+            status_view = LiveChainView(registrar.client, registrar.network)
+    return TerminalAuthorizations(
+        db,
+        chain,
+        status_view,
+        signer,
+        status_ref=lambda list_id, index: StatusRef(chain.chain_id, chain.status_registry, list_id, index),
+        issuer_did=lambda: service.issuer_did,
+        vct=service.vct,
+        lifetime_seconds=config.terminal_certificate_seconds,
+    )

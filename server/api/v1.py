@@ -11,6 +11,7 @@ from cityid.jose import b64url_encode
 from server.api import validate as v
 from server.auth import AuthError, RequestAuthenticator, SignedRequest
 from server.service import CredentialInfo, Enrollment, IssuerService, Presence, ValidationError
+from server.service.terminals import TerminalAuthorizations
 
 bp = Blueprint("v1", __name__, url_prefix="/v1")
 
@@ -72,6 +73,19 @@ def _info_json(i: CredentialInfo) -> dict[str, Any]:
         "issued_at": i.issued_at.isoformat() if i.issued_at else None,
         "expires_at": i.expires_at.isoformat() if i.expires_at else None,
     }
+
+
+@bp.get("/terminal/certificate")
+def terminal_certificate() -> ResponseReturnValue:
+    """This terminal's current certificate (docs/server.md §Terminal certificates): signed only while its
+    authorization stands on chain; 403 ``terminal_not_authorized`` otherwise."""
+    terminals: TerminalAuthorizations = current_app.extensions["cityid.terminals"]
+    cert = terminals.certificate(g.terminal.terminal)
+    return jsonify(
+        certificate=b64url_encode(cert.encode()),
+        not_after=cert.body.not_after,
+        authority_key=terminals.root.hex(),
+    ), 200
 
 
 @bp.post("/enrollments")
