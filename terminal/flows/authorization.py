@@ -22,6 +22,7 @@ from cityid.errors import CityIdError
 from cityid.jose import es256_sign
 from cityid.keys import P256PublicKey
 from cityid.terminal_cert import TerminalCertificate
+from terminal.server_client import TerminalCertificateAnswer
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,9 @@ class TerminalAuthorization:
         self._clock = clock
         self._lock = threading.Lock()
         self._certificate: TerminalCertificate | None = None
+        #: the city authorization root (from the server's certificate answer): what the counter writes to
+        #: cards at personalization (Step BINDING)
+        self.authority_key: P256PublicKey | None = None
         if certificate is not None:
             self.update(certificate)
 
@@ -84,6 +88,13 @@ class TerminalAuthorization:
         """ES256 (raw r||s) with the terminal key."""
         return es256_sign(self._key, message)
 
+    @property
+    def root(self) -> P256PublicKey:
+        """The authorization root learnt from the server (:class:`TerminalCertificateMissingError` before)."""
+        if self.authority_key is None:
+            raise TerminalCertificateMissingError("the authorization root is not known yet (no renewal)")
+        return self.authority_key
+
     def authenticate(self, session: TerminalAuthenticating) -> None:
         """Terminal authentication with the current certificate and the terminal's clock."""
         session.authenticate_terminal(self.current(), self.sign, int(self._clock()))
@@ -92,14 +103,15 @@ class TerminalAuthorization:
 class CertificateRenewer:
     """Renews ``authorization``'s certificate through ``renew()`` before it expires (a daemon thread).
 
-    ``renew`` is :meth:`terminal.server_client.ServerClient.terminal_certificate` bound to this terminal;
-    failures are logged and retried every ``retry_s``; the old certificate stays in use until it expires.
+    ``renew`` is :meth:`terminal.server_client.ServerClient.terminal_certificate` bound to this terminal
+    (its answer also names the authorization root) or anything returning a certificate; failures are
+    logged and retried every ``retry_s``; the old certificate stays in use until it expires.
     """
 
     def __init__(
         self,
         authorization: TerminalAuthorization,
-        renew: Callable[[], TerminalCertificate],
+        renew: Callable[[], TerminalCertificate | TerminalCertificateAnswer],
         *,
         retry_s: float = 30.0,
         clock: Callable[[], float] = time.time,
@@ -124,7 +136,12 @@ class CertificateRenewer:
     def renew_once(self) -> bool:
         """One renewal attempt; True when a new certificate was installed."""
         try:
-            self.authorization.update(self._renew())
+            answer = self._renew()
+            if isinstance(answer, TerminalCertificate):
+                self.authorization.update(answer)
+            else:
+                self.authorization.update(answer.certificate)
+                self.authorization.authority_key = answer.authority_key
         except CityIdError as exc:  # server refused (revoked on chain, disabled) or unreachable
             self.last_error = exc
             logger.warning("terminal certificate renewal failed: %s", exc)
@@ -142,6 +159,9 @@ class CertificateRenewer:
                 self._stop.wait(self.retry_s)
 
     def start(self) -> None:
+        """Renew once now if due (start-up, never a screen's request), then keep renewing in a thread."""
+        if self.due_in() == 0:
+            self.renew_once()
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="terminal-cert-renewal", daemon=True)
             self._thread.start()

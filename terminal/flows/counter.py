@@ -152,7 +152,8 @@ class CounterEnrollment:
         #: own terminal authorization for the self-check PRESENT (docs/card-profile.md §Terminal auth.)
         self.authorization_root = authorization_root
         self.authorization = authorization
-        self._steps = COUNTER_STEPS_BINDING if authorization_root is not None else COUNTER_STEPS
+        binding = authorization_root is not None or authorization is not None
+        self._steps = COUNTER_STEPS_BINDING if binding else COUNTER_STEPS
         self.verifier = verifier
         self.clerk_session = clerk_session or secrets.token_hex(16)
         self._mgmt = management_key
@@ -206,8 +207,11 @@ class CounterEnrollment:
                         card = CardPersonalizer(connection, j, management_key=self._mgmt)
                         continue
                 elif step is Step.BINDING:
-                    assert self.authorization_root is not None
-                    card.bind(self.authorization_root, int(self._clock()))
+                    root = self.authorization_root
+                    if root is None:
+                        assert self.authorization is not None
+                        root = self.authorization.root  # learnt from the server's certificate answer
+                    card.bind(root, int(self._clock()))
                 elif step is Step.ENROLL:
                     holder = j.holder_key  # the binding key (or 9A on a legacy card): the credential's cnf
                     assert holder is not None

@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from cityid.errors import CardRemovedError
+from terminal.flows.authorization import TerminalAuthorization
 from terminal.flows.counter import CitizenRequest, CounterEnrollment, EnrollmentInterrupted
 from terminal.flows.fido_registration import FidoKeyRegistration
 from terminal.flows.kiosk import KioskTerminal, Service
@@ -61,9 +62,10 @@ class CardKioskBackend:
         connect: Connect,
         clock: Callable[[], float] = time.time,
         rp_id: str = DEFAULT_RP_ID,
+        authorization: TerminalAuthorization | None = None,
     ) -> None:
         self.tokens = Tokens(connect)
-        self.flow = KioskTerminal(verifier, services, self.tokens, clock, rp_id)
+        self.flow = KioskTerminal(verifier, services, self.tokens, clock, rp_id, authorization)
         self._on_event: Callable[[BackendEvent], None] | None = None
 
     @property
@@ -129,8 +131,9 @@ class PcscKioskBackend(CardKioskBackend):
         reader_filter: str = "",
         connect: Connect = pcsc_connect,
         hid_lister: Callable[[], Any] | None = None,
+        authorization: TerminalAuthorization | None = None,
     ) -> None:
-        super().__init__(verifier, services, connect)
+        super().__init__(verifier, services, connect, authorization=authorization)
         self.reader_filter = reader_filter
         self.hid_lister = hid_lister  # USB-HID security keys (terminal.fido.discovery); None: PC/SC only
         self._watcher: TokenWatcher | None = None
@@ -166,9 +169,12 @@ class CardCounterBackend:
         *,
         rp_id: str = DEFAULT_RP_ID,
         fido_roots: Sequence[bytes] = (),
+        authorization: TerminalAuthorization | None = None,
     ) -> None:
         self.server = server
-        self.enrollment = CounterEnrollment(server, verifier)
+        # with a terminal authorization: cards get the city root and a binding key (Step BINDING) and the
+        # self-check authenticates this counter to the card (docs/card-profile.md §Terminal authentication)
+        self.enrollment = CounterEnrollment(server, verifier, authorization=authorization)
         self.fido = FidoKeyRegistration(server, verifier, rp_id=rp_id, trusted_roots=fido_roots)
         self.lost_cards = LostCardReport(server)
         self.tokens = Tokens(connect)
