@@ -384,6 +384,8 @@ def personalize(
     card_steps = CARD_STEPS
     if authorization_root is not None:
         card_steps = (Step.KEY, Step.CERTIFICATE, Step.BINDING, Step.WRITE, Step.PIN)
+        if not generate_key:  # a second pass keeps the binding key the credential was made for
+            journal.binding_key = card_identity(connection, *mk).binding_key
     while (step := journal.next_step(card_steps)) is not Step.DONE:
         if step is Step.KEY:
             if generate_key:

@@ -21,7 +21,7 @@ from terminal.flows.authorization import (
     TerminalAuthorization,
     TerminalCertificateMissingError,
 )
-from terminal.flows.counter import CitizenRequest, CounterEnrollment
+from terminal.flows.counter import CitizenRequest, CounterEnrollment, EnrollmentInterrupted
 from terminal.flows.kiosk import KioskVerification, service
 from terminal.flows.personalize import card_identity
 from terminal.sessions.citizen import CitizenSession, TerminalNotAuthorizedError
@@ -150,3 +150,38 @@ def test_kiosk_terminal_requires_the_audience_to_be_its_id(enrolled) -> None:
         KioskTerminal(
             Verifier(view, "https://kiosk.example/other", NonceStore()), [], None, authorization=auth
         )  # type: ignore[arg-type]
+
+
+def test_counter_with_terminal_authentication_survives_a_pull_at_every_apdu(tmp_path) -> None:
+    """Step BINDING is tear-safe: a pull at any APDU, then a retry, leaves a card that authenticates the
+    kiosk and presents with the binding key the server enrolled (one live credential)."""
+    from tests.unit.test_enrollment_counter import TearingConnection, _live
+
+    def flow(i: int):
+        rig = make_rig(f"sqlite:///{tmp_path}/t{i}.db")
+        view = memory_chain_view(rig.chain)
+        auth, _ = authorization(COUNTER_ID, CLAIM_NAMES)
+        counter = CounterEnrollment(
+            rig.client, Verifier(view, COUNTER_ID, NonceStore()), authorization_root=ROOT, authorization=auth
+        )
+        return rig, view, counter
+
+    _rig, _view, counter = flow(0)
+    probe = TearingConnection(InProcessConnection(make_citizen_card(None)))
+    counter.run(probe, REQUEST)
+    total = probe.count
+    kiosk, _ = authorization(KIOSK_ID, (BUSAN_RESIDENT, AGE_OVER_65))
+    for tear_at in range(1, total + 1):
+        rig, view, counter = flow(tear_at)
+        inner = InProcessConnection(make_citizen_card(None))
+        conn = TearingConnection(inner, tear_at)
+        with pytest.raises(EnrollmentInterrupted):
+            counter.run(conn, REQUEST)
+        inner.insert()
+        conn.tear_at = None
+        out = counter.run(conn, REQUEST)
+        assert [r.id for r in _live(rig, out.card_serial)] == [out.credential_id], f"tear at {tear_at}"
+        inner.reset()
+        verification = KioskVerification(Verifier(view, KIOSK_ID, NonceStore()), service("benefit-check"))
+        assert verification.run_card(CitizenSession(inner), REQUEST.new_pin, kiosk).ok, f"tear at {tear_at}"
+        verification.end()
