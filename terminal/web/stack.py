@@ -175,7 +175,9 @@ class CardCounterBackend:
         # with a terminal authorization: cards get the city root and a binding key (Step BINDING) and the
         # self-check authenticates this counter to the card (docs/card-profile.md §Terminal authentication)
         self.enrollment = CounterEnrollment(server, verifier, authorization=authorization)
-        self.fido = FidoKeyRegistration(server, verifier, rp_id=rp_id, trusted_roots=fido_roots)
+        self.fido = FidoKeyRegistration(
+            server, verifier, rp_id=rp_id, trusted_roots=fido_roots, authorization=authorization
+        )
         self.lost_cards = LostCardReport(server)
         self.tokens = Tokens(connect)
         self._readers = readers
