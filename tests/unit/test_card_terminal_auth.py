@@ -318,3 +318,29 @@ def test_erase_keeps_the_root_and_the_date(card) -> None:
         session.authenticate_terminal(
             cert_for(not_after=NOW - 1, not_before=NOW - 100), signer(KIOSK_KEY), NOW - 50
         )
+
+
+def test_cardtool_personalize_with_an_authorization_root(monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    """``cardtool personalize --authorization-root HEX``: the card gets the root (terminal authentication
+    from then on) and a binding key, printed for the credential; a bad hex value is one clear error."""
+    import contextlib
+
+    from firmware_tools import card_cli
+    from firmware_tools.cli import main
+
+    conn = InProcessConnection(make_citizen_card(None))
+    conn.reader = "in-process"  # type: ignore[attr-defined]
+    monkeypatch.setattr(card_cli, "_open", lambda _args: contextlib.nullcontext(conn))
+    for name, value in (("CARDTOOL_PIN", PIN), ("CARDTOOL_NEW_PIN", "246810"), ("CARDTOOL_PUK", "12345678"),
+                        ("CARDTOOL_NEW_PUK", "97531864")):  # fmt: skip
+        monkeypatch.setenv(name, value)
+    assert main(["personalize", "--authorization-root", ROOT.hex()]) == 0
+    out = capsys.readouterr().out
+    binding = out.split("presentation-binding key (P-256): ")[1].split()[0]
+    conn.reset()
+    session = CitizenSession(conn)
+    assert session.info().authority == authority_id(ROOT)
+    session.authenticate()
+    assert session.identity().binding_key == P256PublicKey.from_point(bytes.fromhex(binding))
+    assert main(["personalize", "--keep-key", "--keep-pin", "--authorization-root", "zz"]) == 1
+    assert "--authorization-root: not a hex P-256 point" in capsys.readouterr().err
