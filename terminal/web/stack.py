@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from cityid.errors import CardRemovedError
+from cityid.errors import CardRemovedError, CityIdError
 from terminal.flows.authorization import TerminalAuthorization
 from terminal.flows.counter import CitizenRequest, CounterEnrollment, EnrollmentInterrupted
 from terminal.flows.fido_registration import FidoKeyRegistration
@@ -115,7 +115,18 @@ class CardKioskBackend:
         """In-process cards: no pcscd to watch; the chain view's health (terminal.web.health)."""
         from terminal.web.health import chain_health
 
-        return BackendHealth(None, (), chain_health(self.verifier.chain_view))
+        return BackendHealth(None, (), chain_health(self.verifier.chain_view), self._authorized())
+
+    def _authorized(self) -> bool | None:
+        """A valid terminal certificate now (None: the kiosk does not authenticate to cards)."""
+        auth = self.flow.authorization
+        if auth is None:
+            return None
+        try:
+            auth.current()
+        except CityIdError:
+            return False
+        return True
 
 
 class PcscKioskBackend(CardKioskBackend):
@@ -153,7 +164,7 @@ class PcscKioskBackend(CardKioskBackend):
         from terminal.web.health import chain_health
 
         pcscd, readers = self._watcher.pcsc_state() if self._watcher is not None else (None, ())
-        return BackendHealth(pcscd, readers, chain_health(self.verifier.chain_view))
+        return BackendHealth(pcscd, readers, chain_health(self.verifier.chain_view), self._authorized())
 
 
 class CardCounterBackend:
