@@ -133,5 +133,6 @@ def _terminal_authorizations(
         status_ref=lambda list_id, index: StatusRef(chain.chain_id, chain.status_registry, list_id, index),
         issuer_did=lambda: service.issuer_did,
         vct=service.vct,
+        citizen_list_id=config.status_list_id,
         lifetime_seconds=config.terminal_certificate_seconds,
     )

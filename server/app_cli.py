@@ -196,7 +196,7 @@ def _terminal_authorizations(args: argparse.Namespace):  # type: ignore[no-untyp
     return TerminalAuthorizations(
         _db(args), gateway, None, None,
         status_ref=lambda lid, i: StatusRef(gateway.chain_id, gateway.status_registry, lid, i),
-        issuer_did=lambda: gateway.issuer_did, vct=VCT,
+        issuer_did=lambda: gateway.issuer_did, vct=VCT, citizen_list_id=cfg.status_list_id,
     )  # fmt: skip
 
 

@@ -69,17 +69,30 @@ class StatusListChain(Protocol):
     def set_status(self, list_id: int, indexes: Sequence[int], status: CredentialStatus) -> None: ...
 
 
-def _create_status_list(chain: Any) -> int:
-    """A new status list owned by the registrar (``Registrar.create_status_list``)."""
+def _create_status_list(chain: Any, citizen_list_id: int) -> int:
+    """A new status list owned by the registrar (``Registrar.create_status_list``) — never the citizens'
+    list: that one must exist first, so the new list cannot take its id."""
+    check = getattr(chain, "check_status_list", None)
+    if check is not None:
+        try:
+            check(citizen_list_id)
+        except ChainError as exc:
+            raise ChainUnavailableError(
+                f"the citizens' status list {citizen_list_id} must exist before the terminal list "
+                f"(city-server status-list ensure): {exc}"
+            ) from exc
     create = getattr(chain, "create_status_list", None)
     if create is None and getattr(chain, "registrar", None) is not None:
         create = chain.registrar.create_status_list
     if create is None:
         raise ChainUnavailableError("the chain gateway cannot create a terminal status list")
     try:
-        return int(create())
+        list_id = int(create())
     except ChainError as exc:
         raise ChainUnavailableError(f"creating the terminal status list failed: {exc}") from exc
+    if list_id == citizen_list_id:
+        raise ChainUnavailableError(f"the new terminal status list got the citizens' id {list_id}")
+    return list_id
 
 
 class TerminalAuthorizations:
@@ -95,6 +108,7 @@ class TerminalAuthorizations:
         status_ref: Callable[[int, int], StatusRef],
         issuer_did: Callable[[], str],
         vct: str,
+        citizen_list_id: int = 1,
         lifetime_seconds: int = DEFAULT_CERTIFICATE_SECONDS,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -105,6 +119,7 @@ class TerminalAuthorizations:
         self._status_ref = status_ref
         self._issuer_did = issuer_did
         self._vct = vct
+        self.citizen_list_id = citizen_list_id
         self.lifetime = lifetime_seconds
         self._clock = clock
 
@@ -135,7 +150,11 @@ class TerminalAuthorizations:
         if row is not None:
             list_id, index = row.status_list_id, row.status_index
         else:
-            list_id = any_row.status_list_id if any_row is not None else _create_status_list(self.chain)
+            list_id = (
+                any_row.status_list_id
+                if any_row is not None
+                else _create_status_list(self.chain, self.citizen_list_id)
+            )
             index = max(taken, default=-1) + 1
         try:
             self.chain.set_status(list_id, [index], CredentialStatus.VALID)

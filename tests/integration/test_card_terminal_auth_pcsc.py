@@ -194,3 +194,53 @@ def test_get_info_before_pin_is_the_same_on_two_cards(city: City, vpcd_card_fact
         assert InfoTag.AUTHORITY in fields
         answers.append(raw)
     assert answers[0] == answers[1]
+
+
+@pytest.mark.anvil
+def test_city_server_terminal_authorize_and_revoke_on_anvil(
+    anvil_chain, tmp_path, monkeypatch, capsys
+) -> None:
+    """``city-server terminal authorize|revoke`` on a network chain: the terminal's bit in the terminal
+    status list is VALID, then REVOKED, as the chain itself says (LiveChainView)."""
+    from cityid.chain.view import CredentialStatus, StatusRef
+    from cityid.credential import VCT
+    from server.chain.registrar import Registrar, deploy_all
+    from server.cli import main
+
+    root_account, hot_account = anvil_chain.accounts[0], anvil_chain.accounts[1]
+    rpc_url = anvil_chain.network.rpc_url
+    network = deploy_all(
+        anvil_chain.client(), root_account, name="anvil", rpc_url=rpc_url, registrar=hot_account.address
+    )
+    network.save(tmp_path / "network.json")
+    monkeypatch.setenv("CITY_SERVER_DB_URL", f"sqlite:///{tmp_path}/s.db")
+    monkeypatch.setenv("CITY_SERVER_CHAIN", str(tmp_path / "network.json"))
+    monkeypatch.setenv("CITY_CHAIN_PRIVATE_KEY", "0x" + bytes(hot_account.key).hex())
+    key = ec.generate_private_key(ec.SECP256R1())
+    (tmp_path / "k.pem").write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    assert main(["db", "init"]) == 0
+    assert main(["terminal", "add", "--name", KIOSK_ID, "--public-key", str(tmp_path / "k.pem")]) == 0
+    authorize = ["terminal", "authorize", "--name", KIOSK_ID, "--claims", "busan_resident,age_over_65"]
+    assert main(authorize) == 1  # the citizens' list must exist first: the terminal list never takes its id
+    assert "status-list ensure" in capsys.readouterr().err
+    assert main(["status-list", "ensure"]) == 0
+    assert main(authorize) == 0
+    out = capsys.readouterr().out
+    list_id = int(out.split("terminal status list ")[1].split(",")[0])
+    index = int(out.split("index ")[1].split(")")[0])
+    view = LiveChainView(anvil_chain.client(), network)
+    did = Registrar(network, anvil_chain.client(), hot_account).did
+    ref = StatusRef(network.chain_id, network.address("status_registry"), list_id, index)
+
+    def bit() -> CredentialStatus:
+        return view.verification_facts(did, did, VCT, ref).status
+
+    assert list_id != 1 and bit() is CredentialStatus.VALID
+    assert main(["terminal", "revoke", "--name", KIOSK_ID]) == 0
+    assert "revoked on chain" in capsys.readouterr().out
+    assert bit() is CredentialStatus.REVOKED
+    assert main(["terminal", "authorize", "--name", KIOSK_ID, "--claims", "not_a_claim"]) == 1
