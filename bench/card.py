@@ -132,9 +132,38 @@ def run(args: argparse.Namespace) -> None:
                 # __del__, it would fail ("Service not available") once a pcscd started here has stopped.
                 conn.release()
 
+    ta_bytes = _bench_terminal_auth(n)
+
     # Model of a real card for PRESENT: 2 APDUs (VERIFY, PRESENT), P-256 sign on card, response bytes over
     # ISO 14443 at 106 / 424 kbit/s (FIELD-NOTES: ~87 / ~22 ms per KiB), contact round trip ~9.5 ms each.
     for rate, per_kib in (("106 kbit/s", 87.0), ("424 kbit/s", 22.0)):
         for chip, sign_ms in (("SECORA ID 24 ms", 24.0), ("JCOP4 32 ms", 32.0), ("old JCOP 88 ms", 88.0)):
             total = 2 * 9.5 + sign_ms + size / 1024 * per_kib
             print(f"   model PRESENT {rate:<11} {chip:<16} ≈ {total:6.1f} ms card side")
+    # Terminal authentication (docs/card-profile.md §Terminal authentication): 3 APDUs, two on-card P-256
+    # verifications (certificate, terminal signature; ~1.25 x a sign, an assumption), one NVM write (date).
+    for rate, per_kib in (("106 kbit/s", 87.0), ("424 kbit/s", 22.0)):
+        for chip, verify_ms in (("SECORA ID 30 ms", 30.0), ("JCOP4 40 ms", 40.0), ("old JCOP 110 ms", 110.0)):
+            total = 3 * 9.5 + 2 * verify_ms + 4.0 + ta_bytes / 1024 * per_kib
+            print(f"   model TERMINAL AUTH {rate:<11} {chip:<16} ≈ {total:6.1f} ms card side")
+
+
+def _bench_terminal_auth(n: int) -> int:
+    """PSO VERIFY CERTIFICATE + GET CHALLENGE + EXTERNAL AUTHENTICATE on the in-process card; bytes moved."""
+    from emulators.card.transport import InProcessConnection
+
+    from cityid.keys import P256PublicKey
+    from cityid.terminal_cert import issue_certificate
+    from terminal.sessions.citizen import CitizenSession
+
+    root_key, kiosk_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    conn = InProcessConnection(make_citizen_card(None))
+    session = CitizenSession(conn)
+    session.authenticate()
+    session.put_authorization_root(P256PublicKey.from_crypto(root_key.public_key()), 1_800_000_000)
+    cert = issue_certificate(root_key, "busan-kiosk-001", P256PublicKey.from_crypto(kiosk_key.public_key()),
+                             REQUEST, 1_800_000_000, 1_800_003_600)  # fmt: skip
+    sign = lambda m: jose.es256_sign(kiosk_key, m)  # noqa: E731
+    times = timed(lambda: session.authenticate_terminal(cert, sign, 1_800_000_100), n)
+    print(f"   {'in process':<22} TERMINAL AUTH (3 APDUs) {summary_ms(times)}")
+    return len(cert.encode()) + 74 + 16 + 3 * 7

@@ -119,7 +119,10 @@ def run(args: Any) -> None:
         shutil.copyfile(env.cards["kim"], card_path)
         pin = demo.CITIZENS[0].pin
         with _reader() as (port, reader):
-            backend = PcscKioskBackend(env.kiosk_backend.verifier, list(SERVICES.values()), reader)
+            backend = PcscKioskBackend(
+                env.kiosk_backend.verifier, list(SERVICES.values()), reader,
+                authorization=env.kiosk_backend.flow.authorization,  # the demo kiosk's certificate
+            )  # fmt: skip
             app = create_app(env.config, kiosk=backend)
             with ServerThread(app) as server:
                 url = server.url

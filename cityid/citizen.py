@@ -37,7 +37,12 @@ class Ins(IntEnum):
     PUT_DID = 0xD2  # 80 D2 00 00 Lc <did utf-8> (admin only)
     ERASE = 0xDE  # 80 DE 00 00: erase DID and credential (admin only)
     ACTIVATE = 0xD4  # 80 D4 00 00: mark the stored credential usable — the last personalization step (admin)
+    PUT_AUTHORIZATION_ROOT = 0xD6  # 80 D6 00 00 Lc 7F49{86 point} [5F25 date]: the city root (admin)
+    GENERATE_BINDING_KEY = 0xD8  # 80 D8 00 00: new presentation-binding key -> 7F49{86 point} (admin)
     # ISO instructions also accepted with CLA 00 by the applet:
+    PSO = 0x2A  # 00 2A 00 BE Lc <terminal certificate>: PSO VERIFY CERTIFICATE (TR-03110 terminal auth)
+    GET_CHALLENGE = 0x84  # 00 84 00 00 10 -> 16-byte card challenge
+    EXTERNAL_AUTHENTICATE = 0x82  # 00 82 00 00 Lc 7C{80 time, 81 signature}: terminal authentication
     VERIFY = 0x20  # 00 20 00 80 <PIN padded with FF to 8> — the card-wide PIN shared with PIV
     GENERAL_AUTHENTICATE = 0x87  # 00 87 03 9B: management-key challenge/response, as PIV
 
@@ -53,6 +58,12 @@ class InfoTag(IntEnum):
     PIN_TRIES = 0xC5  # 1 byte: PIN tries left
     HOLDER_KEY_SLOT = 0xC6  # 1 byte: the PIV slot holding the holder key (9A)
     CREDENTIAL_STATE = 0xC7  # 1 byte, CredentialState bits
+    BINDING_KEY = 0xC8  # GET IDENTITY: the presentation-binding public key, 04||X||Y (absent if none)
+    AUTHORITY = 0xC9  # GET INFO: CAR of the authorization root the card trusts (8 bytes; absent: none)
+
+
+#: P1 P2 of PSO VERIFY CERTIFICATE (ISO/IEC 7816-8 §5.2: P2 BE = certificate in the data field).
+PSO_VERIFY_CERTIFICATE = (0x00, 0xBE)
 
 
 class CredentialState(IntFlag):

@@ -13,6 +13,7 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
+from cityid.chain.view import ChainView, StatusRef
 from server.auth import RequestAuthenticator
 from server.chain.gateway import ChainGateway, open_chain
 from server.config import ServerConfig
@@ -20,6 +21,7 @@ from server.db import Database
 from server.keys import IssuerSigner, load_signer
 from server.management_keys import CardKeys, load_card_keys
 from server.service import IssuerService, ServiceError
+from server.service.terminals import TerminalAuthorizations
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +36,8 @@ def create_app(
     clock: Callable[[], datetime] | None = None,
     auth_clock: Callable[[], float] | None = None,
     start_writer: bool = True,
+    authorization_signer: IssuerSigner | None = None,
+    status_view: ChainView | None = None,
 ) -> Flask:
     """Build the app: open the database (creating the schema), the issuer key, the management master key
     (``card_keys``, else from ``config.management_key``) and the chain, and read the issuer's state on
@@ -54,6 +58,7 @@ def create_app(
     card_key_service = CardKeyService(
         service.ctx, card_keys if card_keys is not None else load_card_keys(config.management_key)
     )
+    terminals = _terminal_authorizations(config, db, chain, service, authorization_signer, status_view)
     auth = RequestAuthenticator(
         db, config.auth_window_seconds, **({"clock": auth_clock} if auth_clock else {})
     )
@@ -66,6 +71,7 @@ def create_app(
     app.extensions["cityid.auth"] = auth
     app.extensions["cityid.card_keys"] = card_key_service
     app.extensions["cityid.db"] = db
+    app.extensions["cityid.terminals"] = terminals
 
     from server.api.v1 import bp
 
@@ -137,3 +143,34 @@ def create_app(
         return jsonify(error="internal", message="internal error; the request was not completed"), 500
 
     return app
+
+
+def _terminal_authorizations(
+    config: ServerConfig,
+    db: Database,
+    chain: ChainGateway,
+    service: IssuerService,
+    signer: IssuerSigner | None,
+    status_view: ChainView | None,
+) -> TerminalAuthorizations:
+    """Terminal certificates (docs/card-profile.md §Terminal authentication): the authorization key and a
+    chain view to read terminals' on-chain bits (the registrar's own chain unless one is injected)."""
+    if signer is None and config.authorization_key is not None:
+        signer = load_signer(config.authorization_key)
+    if status_view is None:
+        registrar = getattr(chain, "registrar", None)
+        if registrar is not None:
+            from cityid.chain.live import LiveChainView
+
+            status_view = LiveChainView(registrar.client, registrar.network)
+    return TerminalAuthorizations(
+        db,
+        chain,
+        status_view,
+        signer,
+        status_ref=lambda list_id, index: StatusRef(chain.chain_id, chain.status_registry, list_id, index),
+        issuer_did=lambda: service.issuer_did,
+        vct=service.vct,
+        citizen_list_id=config.status_list_id,
+        lifetime_seconds=config.terminal_certificate_seconds,
+    )

@@ -184,6 +184,39 @@ def cmd_terminal_enable(args: argparse.Namespace) -> int:
     return 0
 
 
+def _terminal_authorizations(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The terminal-authorization service on the configured network chain (admin commands)."""
+    from cityid.chain.view import StatusRef
+    from cityid.credential import VCT
+    from server.chain.gateway import RegistrarGateway
+    from server.service.terminals import TerminalAuthorizations
+
+    cfg = _config(args)
+    gateway = RegistrarGateway(_network_registrar(cfg, _hot_account(cfg)), cfg.issuer_did or None)
+    return TerminalAuthorizations(
+        _db(args), gateway, None, None,
+        status_ref=lambda lid, i: StatusRef(gateway.chain_id, gateway.status_registry, lid, i),
+        issuer_did=lambda: gateway.issuer_did, vct=VCT, citizen_list_id=cfg.status_list_id,
+    )  # fmt: skip
+
+
+def cmd_terminal_authorize(args: argparse.Namespace) -> int:
+    """Allow a terminal the claims it may ask cards for, recorded on chain (its status bit VALID)."""
+    claims = [c.strip() for c in args.claims.split(",") if c.strip()]
+    row = _terminal_authorizations(args).authorize(args.name, claims)
+    print(f"terminal {args.name} authorized for {', '.join(claims)} "
+          f"(terminal status list {row.status_list_id}, index {row.status_index})")  # fmt: skip
+    return 0
+
+
+def cmd_terminal_revoke(args: argparse.Namespace) -> int:
+    """Take a terminal out of service on chain: no certificate renewal from now on."""
+    row = _terminal_authorizations(args).revoke(args.name)
+    print(f"terminal {args.name} revoked on chain (list {row.status_list_id}, index {row.status_index}); "
+          "cards refuse it once its current certificate expires")  # fmt: skip
+    return 0
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     from sqlalchemy import select
 
@@ -416,6 +449,16 @@ def register(sub: Subcommands) -> None:
         common(q)
         q.add_argument("--name", required=True, help="terminal id")
         q.set_defaults(func=fn)
+
+    q = tsub.add_parser("authorize", help="allow a terminal the claims it may request (on chain)")
+    common(q)
+    q.add_argument("--name", required=True, help="terminal id")
+    q.add_argument("--claims", required=True, help="comma-separated claim names")
+    q.set_defaults(func=cmd_terminal_authorize)
+    q = tsub.add_parser("revoke", help="take a terminal out of service on chain (no certificate renewal)")
+    common(q)
+    q.add_argument("--name", required=True, help="terminal id")
+    q.set_defaults(func=cmd_terminal_revoke)
 
     p = sub.add_parser("audit", help="show the audit log (actions, never claims)")
     common(p)

@@ -80,6 +80,11 @@ class ServerConfig:
     chain_window_ms: int = 500
     chain_confirmations: int = 1
     chain_wait_ms: int = 0
+    #: The city authorization key that signs terminal certificates (docs/card-profile.md §Terminal
+    #: authentication); None: terminal certificates are not issued. Keystore password env
+    #: CITY_AUTHORIZATION_KEY_PASSWORD, PKCS#11 PIN env CITY_PKCS11_PIN.
+    authorization_key: IssuerKeyConfig | None = None
+    terminal_certificate_seconds: int = 3600
 
     def with_overrides(self, **changes: object) -> ServerConfig:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -88,14 +93,14 @@ class ServerConfig:
 # Secret variables; each may also be a credential file $CREDENTIALS_DIRECTORY/<name> (LoadCredential=).
 SECRET_ENV = (
     "CITY_ISSUER_KEY_PASSWORD", "CITY_PKCS11_PIN", "CITY_CHAIN_PRIVATE_KEY", "CITY_MGMT_PKCS11_PIN",
-    "CITY_MANAGEMENT_MASTER_KEY",
+    "CITY_MANAGEMENT_MASTER_KEY", "CITY_AUTHORIZATION_KEY_PASSWORD",
 )  # fmt: skip
 
 # The [server] table's settings (docs/server.md §Configuration is tested against these and IssuerKeyConfig).
 SERVER_KEYS = (
     "database_url", "chain", "issuer_did", "status_list_id", "status_list_capacity",
     "credential_validity_days", "auth_window_seconds", "max_body_bytes",
-    "chain_window_ms", "chain_confirmations", "chain_wait_ms",
+    "chain_window_ms", "chain_confirmations", "chain_wait_ms", "terminal_certificate_seconds",
 )  # fmt: skip
 
 _ENV_STR = {
@@ -150,8 +155,14 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
     server = data.get("server", {})
     key = data.get("issuer_key", {})
     mgmt = data.get("management_key", {})
-    if not isinstance(server, dict) or not isinstance(key, dict) or not isinstance(mgmt, dict):
-        raise ConfigError("[server], [issuer_key] and [management_key] must be tables")
+    auth_key = data.get("authorization_key")
+    if (
+        not isinstance(server, dict)
+        or not isinstance(key, dict)
+        or not isinstance(mgmt, dict)
+        or not isinstance(auth_key, dict | None)
+    ):
+        raise ConfigError("[server], [issuer_key], [management_key] and [authorization_key] must be tables")
     for secret in _MANAGEMENT_SECRETS:
         if secret in mgmt:
             raise ConfigError(f"management_key.{secret} must come from the environment, not the config file")
@@ -160,7 +171,7 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
     if unknown:
         raise ConfigError(f"unknown [management_key] settings: {', '.join(sorted(unknown))}")
     for secret in ("keystore_password", "pkcs11_pin", "chain_private_key", "revocation_secret"):
-        if secret in key or secret in server:
+        if secret in key or secret in server or secret in (auth_key or {}):
             raise ConfigError(f"{secret} must come from the environment, not the config file")
     unknown = set(server) - set(SERVER_KEYS)
     if unknown:
@@ -171,6 +182,9 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
     unknown = set(key) - known_key
     if unknown:
         raise ConfigError(f"unknown [issuer_key] settings: {', '.join(sorted(unknown))}")
+    unknown = set(auth_key or {}) - known_key
+    if unknown:
+        raise ConfigError(f"unknown [authorization_key] settings: {', '.join(sorted(unknown))}")
 
     values: dict[str, Any] = {}
     for k in ("database_url", "chain", "issuer_did"):
@@ -178,7 +192,7 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
             values[k] = str(server[k])
     for k in ("status_list_id", "status_list_capacity", "credential_validity_days",
               "auth_window_seconds", "max_body_bytes", "chain_window_ms", "chain_confirmations",
-              "chain_wait_ms"):  # fmt: skip
+              "chain_wait_ms", "terminal_certificate_seconds"):  # fmt: skip
         if k in server:
             values[k] = _int(server[k], k)
     for var, k in _ENV_STR.items():
@@ -212,7 +226,19 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
         raise ConfigError(f"issuer_key.source must be 'keystore' or 'pkcs11', not {issuer.source!r}")
     values["issuer_key"] = issuer
     values["management_key"] = _management_key(mgmt, env)
+    if auth_key is not None:
+        auth_values = dict(auth_key)
+        if env.get("CITY_AUTHORIZATION_KEY_PASSWORD"):
+            auth_values["keystore_password"] = env["CITY_AUTHORIZATION_KEY_PASSWORD"]
+        if env.get("CITY_PKCS11_PIN"):
+            auth_values["pkcs11_pin"] = env["CITY_PKCS11_PIN"]
+        authorization = IssuerKeyConfig(**auth_values)
+        if authorization.source not in ("keystore", "pkcs11"):
+            raise ConfigError("authorization_key.source must be 'keystore' or 'pkcs11'")
+        values["authorization_key"] = authorization
     cfg = ServerConfig(**values)
+    if not 60 <= cfg.terminal_certificate_seconds <= 7 * 86400:
+        raise ConfigError("terminal_certificate_seconds must be within 60..604800")
     if not 1 <= cfg.auth_window_seconds <= 600:
         raise ConfigError("auth_window_seconds must be within 1..600")
     if not 10 <= cfg.chain_window_ms <= 60_000 or not 1 <= cfg.chain_confirmations <= 64:

@@ -65,6 +65,21 @@ class Terminal(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class TerminalAuthorization(Base):
+    """What a terminal may ask citizen cards for, and where that authorization stands on chain: one bit in
+    the terminal status list of CityStatusRegistry (docs/card-profile.md §Terminal authentication). A set
+    bit (revoked) takes the terminal out of service: its certificate is not renewed."""
+
+    __tablename__ = "terminal_authorizations"
+
+    name: Mapped[str] = mapped_column(ForeignKey("terminals.name"), primary_key=True)
+    claims: Mapped[str] = mapped_column(Text)  # claim names joined by "\n"
+    status_list_id: Mapped[int] = mapped_column(Integer)
+    status_index: Mapped[int] = mapped_column(Integer)
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
 class Citizen(Base):
     """A citizen DID the registrar controls (identity address without a private key)."""
 

@@ -15,6 +15,7 @@ A kiosk or counter terminal reads one file (``kiosk serve --config FILE``)::
     server_names = []              # extra Host names the screen may be reached by (DNS-rebinding check)
     screen_url_file = ""           # write the one-time screen launch URL here (0600); "" = print it
     require_clock_sync = true      # out of service while the kernel says the clock is not synchronised
+    terminal_authentication = false  # authenticate to citizen cards with a city terminal certificate
     tls_cert = ""                  # PEM certificate + key: required (with tls_client_ca) off loopback
     tls_key = ""
     tls_client_ca = ""             # CA whose client certificates may connect (TLS client authentication)
@@ -151,6 +152,9 @@ class TerminalConfig:
     server_names: tuple[str, ...] = ()
     screen_url_file: str = ""
     require_clock_sync: bool = True
+    #: authenticate to citizen cards with a city-issued terminal certificate, renewed from [server] in the
+    #: background (docs/card-profile.md §Terminal authentication); the verifier's audience is then ``id``
+    terminal_authentication: bool = False
     tls_cert: str = ""
     tls_key: str = ""
     tls_client_ca: str = ""
@@ -385,6 +389,7 @@ def parse_config(data: dict[str, Any], source: str = "<dict>") -> TerminalConfig
         {
             "mode", "id", "audience", "language", "idle_timeout", "services", "host", "port", "reader",
             "server_names", "screen_url_file", "require_clock_sync", "tls_cert", "tls_key", "tls_client_ca",
+            "terminal_authentication",
         },
     )  # fmt: skip
     mode_s = _str(term, "mode", source, p, "kiosk")
@@ -427,6 +432,9 @@ def parse_config(data: dict[str, Any], source: str = "<dict>") -> TerminalConfig
     clock_sync = term.get("require_clock_sync", True)
     if not isinstance(clock_sync, bool):
         raise _fail(source, p + "require_clock_sync", "must be true or false")
+    terminal_auth = term.get("terminal_authentication", False)
+    if not isinstance(terminal_auth, bool):
+        raise _fail(source, p + "terminal_authentication", "must be true or false")
     tls = {k: _path(_str(term, k, source, p, ""), source) for k in ("tls_cert", "tls_key", "tls_client_ca")}
     for key, value in tls.items():
         if value and not Path(value).is_file():
@@ -479,6 +487,7 @@ def parse_config(data: dict[str, Any], source: str = "<dict>") -> TerminalConfig
         server_names=tuple(names),
         screen_url_file=screen_url_file,
         require_clock_sync=clock_sync,
+        terminal_authentication=terminal_auth,
         **tls,
         printer=_printer(data.get("printer"), source),
         scanner=_scanner(data.get("scanner"), source),

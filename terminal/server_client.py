@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cityid.citizen import CredentialRecord
 from cityid.errors import CityIdError, DecodeError
 from cityid.jose import b64url_decode, b64url_encode, der_to_raw_p256, jwk_from_point
+from cityid.keys import P256PublicKey
 from cityid.piv import CARD_MANAGEMENT_KEY_ALGORITHM, Algorithm
 from cityid.requestsig import (
     HEADER_CLERK,
@@ -34,6 +35,7 @@ from cityid.requestsig import (
     canonical_presence,
     canonical_request,
 )
+from cityid.terminal_cert import TerminalCertificate
 from terminal.sessions.mgmt import Exchange
 
 logger = logging.getLogger(__name__)
@@ -116,6 +118,23 @@ def chain_note(chain: dict[str, Any]) -> str:
     if state == "failed":
         return "chain write refused — see the server log"
     return f"on chain in ~{max(1, round(float(chain.get('eta_seconds', 1))))} s"
+@dataclass(frozen=True, slots=True)
+class TerminalCertificateAnswer:
+    """The server's answer to a certificate renewal: the certificate and the authorization root key."""
+
+    certificate: TerminalCertificate
+    authority_key: P256PublicKey
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TerminalCertificateAnswer:
+        try:
+            cert = TerminalCertificate.decode(b64url_decode(str(data["certificate"])))
+            root = P256PublicKey.from_point(bytes.fromhex(str(data["authority_key"])))
+        except (KeyError, TypeError, ValueError) as exc:  # DecodeError is a ValueError
+            raise DecodeError(f"malformed terminal certificate answer: {exc}") from exc
+        if not cert.verify(root):
+            raise DecodeError("the terminal certificate does not verify with the authorization key")
+        return cls(cert, root)
 
 
 def load_terminal_key(path: str, password: str | None = None) -> ec.EllipticCurvePrivateKey:
@@ -308,6 +327,11 @@ class ServerClient:
 
     def status(self, credential_id: str) -> dict[str, Any]:
         return self._call("GET", f"/v1/credentials/{credential_id}/status")[1]
+
+    def terminal_certificate(self) -> TerminalCertificateAnswer:
+        """This terminal's fresh certificate (``GET /v1/terminal/certificate``; docs/server.md §Terminal
+        certificates). ServerError 403 ``terminal_not_authorized`` once it is taken out of service."""
+        return TerminalCertificateAnswer.from_json(self._call("GET", "/v1/terminal/certificate")[1])
 
     def register_fido_key(
         self,

@@ -20,6 +20,7 @@ from terminal.config import Mode, TerminalConfig, check_bind, hash_password, loa
 if TYPE_CHECKING:
     from cityid.chain.network import NetworkConfig
     from cityid.chain.view import ChainView
+    from terminal.flows.authorization import TerminalAuthorization
     from terminal.web.backend import CounterBackend, KioskBackend
     from terminal.web.printing import CounterPrinting, CounterScanning, KioskPrinting
 
@@ -125,7 +126,10 @@ def _backends(config: TerminalConfig) -> tuple[KioskBackend | None, CounterBacke
     from terminal.web.stack import CardCounterBackend, PcscKioskBackend
 
     view = _chain_view(config)
-    verifier = Verifier(view, config.audience, NonceStore())
+    authorization = _terminal_authorization(config)
+    # with terminal authentication the card signs aud = the certificate's terminal id (card-profile.md)
+    audience = config.terminal_id if authorization is not None else config.audience
+    verifier = Verifier(view, audience, NonceStore())
     if config.mode is Mode.KIOSK:
         unknown = [s for s in config.services if s not in SERVICES]
         if unknown:
@@ -133,7 +137,10 @@ def _backends(config: TerminalConfig) -> tuple[KioskBackend | None, CounterBacke
         services = [SERVICES[s] for s in config.services]
         from terminal.fido.discovery import system_hid_devices
 
-        return PcscKioskBackend(verifier, services, config.reader, hid_lister=system_hid_devices), None
+        kiosk = PcscKioskBackend(
+            verifier, services, config.reader, hid_lister=system_hid_devices, authorization=authorization
+        )
+        return kiosk, None
     from terminal.server_client import COUNTER_TIMEOUT, ServerClient, load_terminal_key
 
     if not config.terminal_key:
@@ -146,7 +153,28 @@ def _backends(config: TerminalConfig) -> tuple[KioskBackend | None, CounterBacke
     source = Path(config.source)
     on_disk = not config.source.startswith("<") and source.parent.is_dir()
     journal = JournalStore(source.with_name(JOURNAL_FILE) if on_disk else ":memory:")
-    return None, CardCounterBackend(client, verifier, reader_filter=config.reader, journal=journal)
+    return None, CardCounterBackend(
+        client, verifier, reader_filter=config.reader, journal=journal, authorization=authorization
+    )
+
+
+def _terminal_authorization(config: TerminalConfig) -> TerminalAuthorization | None:
+    """This terminal's certificate towards citizen cards, renewed from the city server in the background
+    (docs/card-profile.md §Terminal authentication); None without ``[server] url`` and ``terminal_key``."""
+    if not config.terminal_authentication:
+        return None
+    if not config.server_url or not config.terminal_key:
+        raise CityIdError(
+            f"{config.source}: terminal.terminal_authentication needs [server] url and terminal_key"
+        )
+    from terminal.flows.authorization import CertificateRenewer, TerminalAuthorization
+    from terminal.server_client import ServerClient, load_terminal_key
+
+    key = load_terminal_key(config.terminal_key, secret("CITYID_TERMINAL_KEY_PASSWORD"))
+    client = ServerClient(config.server_url, config.terminal_id, key)
+    authorization = TerminalAuthorization(config.terminal_id, key)
+    CertificateRenewer(authorization, client.terminal_certificate).start()  # daemon thread
+    return authorization
 
 
 def _printing(config: TerminalConfig, kiosk: KioskBackend | None) -> KioskPrinting | None:

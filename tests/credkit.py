@@ -45,17 +45,25 @@ def personalize(
     issuer_key: ec.EllipticCurvePrivateKey = ISSUER_KEY,
     status: StatusRef = STATUS,
     enroll: Callable[[bytes], str] | None = None,
+    authorization_root: P256PublicKey | None = None,
 ) -> IssuedCredential:
     """Generate the card's holder key, ``enroll`` it (→ citizen DID; default: the fixed test DID), issue a
-    credential bound to it and write DID + credential to the card."""
+    credential bound to it and write DID + credential to the card.
+
+    With ``authorization_root`` the card is personalized as the counter does it now: the root is written
+    (terminal authentication required from then on) and the holder key is the citizen applet's own
+    presentation-binding key, not PIV 9A."""
     piv = PivSession(connection)  # type: ignore[arg-type]
     piv.authenticate_management_key()
     holder = P256PublicKey.from_crypto(piv.generate_key(Slot.AUTHENTICATION)).point
+    citizen = CitizenSession(connection)  # type: ignore[arg-type]
+    citizen.authenticate()
+    if authorization_root is not None:
+        holder = citizen.generate_binding_key().point
+        citizen.put_authorization_root(authorization_root, now - 86400)
     citizen_did = enroll(holder) if enroll else CITIZEN_DID
     cred = issue(claims, holder, issuer_did, status, LocalSigner(issuer_key), now - 86400, now + 86400 * 365,
                  citizen_did)  # fmt: skip
-    citizen = CitizenSession(connection)  # type: ignore[arg-type]
-    citizen.authenticate()
     citizen.put_did(citizen_did)
     citizen.put_credential(cred.record)
     citizen.activate()  # the last personalization step (docs/card-profile.md, ACTIVATE)

@@ -32,11 +32,12 @@ def ecb(alg: int, key: bytes, block: bytes, encrypt: bool = True) -> bytes:
 
 
 class Card:
-    """A citizen card in process with a protocol on it."""
+    """A citizen card in process with a protocol on it (``private_info=False``: the legacy GET INFO answer
+    these emulator tests were written against; the private answer is tested in test_card_private_info)."""
 
-    def __init__(self, state: Path | None = None) -> None:
+    def __init__(self, state: Path | None = None, private_info: bool = False) -> None:
         self.state = state
-        self.card: VirtualCard = make_citizen_card(state)
+        self.card: VirtualCard = make_citizen_card(state, private_info=private_info)
         self.conn = InProcessConnection(self.card)
         self.p = SmartCardProtocol(self.conn)
 

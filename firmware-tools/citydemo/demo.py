@@ -75,8 +75,6 @@ KIOSK_READER = VPCD_SLOTS[DEFAULT_VPCD_PORT]
 COUNTER_READER = VPCD_SLOTS[DEFAULT_VPCD_PORT + 1]
 KEY_READER = "Demo key reader"  # the counter's security-key reader (in-process: vpcd has two readers)
 READERS = ("kiosk", "counter", "key")  # the demo panel's reader ids
-KIOSK_AUDIENCE = "https://kiosk.busan.go.kr/demo-kiosk"
-COUNTER_AUDIENCE = "https://counter.busan.go.kr/demo-counter"
 DEMO_CLERK = "demo"
 DEMO_CLERK_PASSWORD = "demo-clerk"  # noqa: S105 - printed for the demo; never a production setting
 DEMO_PUK = "24681357"
@@ -392,11 +390,13 @@ def build(
 ) -> DemoEnvironment:
     """Start the chain and the server, enroll the demo citizens; return the environment (not yet serving)."""
     from cityid.chain.live import LiveChainView
+    from cityid.credential import CLAIM_NAMES
     from server.app import create_app as create_server_app
     from server.chain.registrar import start_embedded
     from server.config import ServerConfig
     from server.db import Database
     from server.keys import KeystoreSigner
+    from terminal.flows.authorization import CertificateRenewer, TerminalAuthorization
     from terminal.flows.counter_journal import JournalStore
     from terminal.flows.tokens import pcsc_connect
     from terminal.server_client import COUNTER_TIMEOUT, ServerClient
@@ -446,7 +446,12 @@ def build(
             revocation_secret=secrets.token_hex(32),
             management_key=demo_management_key(),
         )
-        server_app = create_server_app(server_config, chain=gateway, signer=signer, db=db)
+        # the city authorization key: signs the kiosk's and the counter's terminal certificates, whose
+        # public key every demo card gets at personalization (docs/card-profile.md §Terminal authentication)
+        authorization_signer = KeystoreSigner(ec.generate_private_key(ec.SECP256R1()))
+        server_app = create_server_app(
+            server_config, chain=gateway, signer=signer, db=db, authorization_signer=authorization_signer
+        )
         terminal_key = ec.generate_private_key(ec.SECP256R1())
         pem = terminal_key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -456,6 +461,9 @@ def build(
         db.add_terminal("demo-counter", pem.decode(), office="demo", role="supervisor")
         kiosk_key = ec.generate_private_key(ec.SECP256R1())
         db.add_terminal(KIOSK_ID, _public_pem(kiosk_key))  # certificates are signed by the kiosk's key
+        terminals = server_app.extensions["cityid.terminals"]  # authorizations recorded on chain
+        terminals.authorize("demo-counter", CLAIM_NAMES)  # the self-check presents every claim
+        terminals.authorize(KIOSK_ID, sorted({c for s in SERVICES.values() for c in s.claims}))
         server_app.extensions["cityid.certificates"].queue.window_s = CERT_WINDOW_S
         http, http_thread = _serve(server_app)
 
@@ -472,12 +480,25 @@ def build(
 
         kiosk_view = LiveChainView(chain.client(), chain.network)
         counter_view = LiveChainView(chain.client(), chain.network)
-        counter_verifier = Verifier(counter_view, COUNTER_AUDIENCE, NonceStore())
+        # with terminal authentication the card signs aud = the terminal id of the certificate
+        counter_verifier = Verifier(counter_view, "demo-counter", NonceStore())
+        counter_auth = TerminalAuthorization("demo-counter", terminal_key)
+        kiosk_auth = TerminalAuthorization(KIOSK_ID, kiosk_key)
+        kiosk_client = ServerClient(server_url, KIOSK_ID, kiosk_key, timeout=60)
+        for auth, renew in (
+            (counter_auth, client.terminal_certificate),
+            (kiosk_auth, kiosk_client.terminal_certificate),
+        ):
+            renewer = CertificateRenewer(auth, renew)
+            renewer.start()  # the first renewal now, then in the background before expiry
+            closers.append(renewer.stop)
+            if auth.certificate is None:
+                raise CityIdError(f"no terminal certificate for {auth.terminal_id}: {renewer.last_error}")
 
         progress(f"enrolling {len(citizens)} demo citizens on virtual cards through the counter flow")
         journal = JournalStore(workdir / "counter-journal.sqlite")  # survives a counter restart
         closers.append(journal.close)
-        enrollment = CounterEnrollment(client, counter_verifier, journal=journal)
+        enrollment = CounterEnrollment(client, counter_verifier, journal=journal, authorization=counter_auth)
         cards: dict[str, Path] = {}
         enrolled: dict[str, str] = {}
         dids: dict[str, str] = {}
@@ -511,7 +532,7 @@ def build(
             COUNTER_READER if use_pcsc else "Demo counter reader", DEFAULT_VPCD_PORT + 1 if use_pcsc else None
         )
         key_slot = CardSlot(KEY_READER, None)
-        kiosk_verifier = Verifier(kiosk_view, KIOSK_AUDIENCE, NonceStore())
+        kiosk_verifier = Verifier(kiosk_view, KIOSK_ID, NonceStore())
         services = list(SERVICES.values())
 
         def counter_connect(reader: str) -> AbstractContextManager[SmartCardConnection]:
@@ -527,11 +548,16 @@ def build(
             connect=counter_connect,
             readers=lambda: [counter_slot.reader, key_slot.reader],
             journal=journal,
+            authorization=counter_auth,
         )
         if use_pcsc:
-            kiosk_backend: Any = PcscKioskBackend(kiosk_verifier, services, reader_filter=KIOSK_READER)
+            kiosk_backend: Any = PcscKioskBackend(
+                kiosk_verifier, services, reader_filter=KIOSK_READER, authorization=kiosk_auth
+            )
         else:
-            kiosk_backend = CardKioskBackend(kiosk_verifier, services, kiosk_slot.connect)
+            kiosk_backend = CardKioskBackend(
+                kiosk_verifier, services, kiosk_slot.connect, authorization=kiosk_auth
+            )
         from citydemo.printer import VirtualPrinter, make_printing
 
         printer = VirtualPrinter(workdir)
@@ -540,7 +566,7 @@ def build(
         printing = make_printing(printer, kiosk_key, KIOSK_ID, server_url, chain.network)
         config = TerminalConfig(
             terminal_id=KIOSK_ID,
-            audience=KIOSK_AUDIENCE,
+            audience=KIOSK_ID,  # terminal authentication: the card's aud is the certificate's terminal id
             language="ko",
             server_url=server_url,
             clerks={DEMO_CLERK: hash_password(DEMO_CLERK_PASSWORD)},

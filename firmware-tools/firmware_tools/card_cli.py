@@ -250,15 +250,28 @@ def cmd_personalize(args: argparse.Namespace) -> int:
             progress=progress,
             management_key_algorithm=algorithm,
             card_keys=card_keys,
+            authorization_root=_authorization_root(args.authorization_root),
         )
     print(f"card {result.serial} personalized")
     print(f"holder key (9A, P-256): {result.key.hex()}")
+    if result.binding_key is not None:  # the key a credential for this card must bind (cnf)
+        print(f"presentation-binding key (P-256): {result.binding_key.hex()}")
     print(f"certificate: {result.certificate.subject.rfc4514_string()}")
     if result.did:
         print(f"DID: {result.did}")
     if result.credential_vct:
         print(f"credential: {result.credential_vct}")
     return 0
+
+
+def _authorization_root(text: str | None) -> P256PublicKey | None:
+    """``--authorization-root``: the city root as a hex SEC1 point (the server's ``authority_key``)."""
+    if not text:
+        return None
+    try:
+        return P256PublicKey.from_point(bytes.fromhex(text))
+    except (ValueError, KeyFormatError) as exc:
+        raise CityIdError(f"--authorization-root: not a hex P-256 point ({exc})") from None
 
 
 # --- management key --------------------------------------------------------------------------------
@@ -403,6 +416,12 @@ def register(sub: Subcommands) -> None:
     p.add_argument("--did", help="citizen DID to store on the card")
     p.add_argument("--credential", metavar="FILE", help="SD-JWT credential file (<jwt>~<disclosure>~…~)")
     server_opts(p)
+    p.add_argument(
+        "--authorization-root",
+        metavar="HEX",
+        help="the city terminal-authorization key (hex SEC1 point): the card then requires terminal "
+        "authentication and binds presentations with its own binding key (docs/card-profile.md)",
+    )
     p.set_defaults(func=cmd_personalize)
 
     mk = sub.add_parser("management-key", help="the card's 9B management key")

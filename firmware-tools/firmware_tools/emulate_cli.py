@@ -42,9 +42,17 @@ def register(sub: Subcommands) -> None:
     p.add_argument("--fido-state", type=Path, default=None, help="FIDO applet state file")
     p.add_argument(
         "--private-info",
+        dest="private_info",
         action="store_true",
-        help="GET INFO without serial, DID and claim names (they need the PIN: GET IDENTITY); "
+        default=True,
+        help="GET INFO without serial, DID and claim names (they need the PIN: GET IDENTITY) — the default; "
         "docs/card-profile.md",
+    )
+    p.add_argument(
+        "--legacy-info",
+        dest="private_info",
+        action="store_false",
+        help="the profile 1.0 GET INFO answer with serial, DID and claim names (older terminals)",
     )
     p.set_defaults(func=run_citizen)
 

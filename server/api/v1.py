@@ -22,6 +22,7 @@ from server.service import (
     ValidationError,
 )
 from server.service.card_keys import CardKeyService
+from server.service.terminals import TerminalAuthorizations
 
 bp = Blueprint("v1", __name__, url_prefix="/v1")
 
@@ -108,6 +109,19 @@ def _info_json(i: CredentialInfo) -> dict[str, Any]:
         "expires_at": i.expires_at.isoformat() if i.expires_at else None,
         "chain": {"state": i.chain},
     }
+
+
+@bp.get("/terminal/certificate")
+def terminal_certificate() -> ResponseReturnValue:
+    """This terminal's current certificate (docs/server.md §Terminal certificates): signed only while its
+    authorization stands on chain; 403 ``terminal_not_authorized`` otherwise."""
+    terminals: TerminalAuthorizations = current_app.extensions["cityid.terminals"]
+    cert = terminals.certificate(g.terminal.terminal)
+    return jsonify(
+        certificate=b64url_encode(cert.encode()),
+        not_after=cert.body.not_after,
+        authority_key=terminals.root.hex(),
+    ), 200
 
 
 @bp.post("/enrollments")

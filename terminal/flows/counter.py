@@ -40,6 +40,7 @@ from cityid.credential import CLAIM_NAMES
 from cityid.errors import CardRemovedError, CityIdError, DecodeError, WrongPinError
 from cityid.keys import P256PublicKey
 from cityid.piv import DEFAULT_MANAGEMENT_KEY
+from terminal.flows.authorization import TerminalAuthorization
 from terminal.flows.counter_journal import JournalStore
 from terminal.flows.personalize import CardKeySource, CardPersonalizer, Journal, PinStateError, Step
 from terminal.server_client import EnrollmentResult, ServerCardKeys, ServerClient, ServerError
@@ -56,6 +57,17 @@ SELF_CHECK_SERVICE = "counter-self-check"
 
 #: The counter's steps (names from :class:`terminal.flows.personalize.Step`).
 COUNTER_STEPS = (Step.CARD_KEY, Step.KEY, Step.CERTIFICATE, Step.ENROLL, Step.WRITE, Step.PIN, Step.CHECK)
+#: … with an authorization root: the card gets the root and its presentation-binding key before ENROLL.
+COUNTER_STEPS_BINDING = (
+    Step.CARD_KEY,
+    Step.KEY,
+    Step.CERTIFICATE,
+    Step.BINDING,
+    Step.ENROLL,
+    Step.WRITE,
+    Step.PIN,
+    Step.CHECK,
+)
 
 
 class EnrollmentInterrupted(CityIdError):
@@ -128,6 +140,7 @@ class _Journal(Journal):
         return {
             "card_key_set": self.card_key_set,
             "key": self.key.point.hex() if self.key is not None else None,
+            "binding_key": self.binding_key.point.hex() if self.binding_key is not None else None,
             "certified": self.certified,
             "did": self.did,
             "written": self.written,
@@ -144,9 +157,12 @@ class _Journal(Journal):
         idempotency key (the server answers the same credential and DID) and WRITE writes its answer."""
         try:
             key = P256PublicKey.from_point(bytes.fromhex(data["key"])) if data.get("key") else None
+            bound = data.get("binding_key") if key is not None else None
+            binding_key = P256PublicKey.from_point(bytes.fromhex(bound)) if bound else None
             return cls(
                 card_key_set=bool(data.get("card_key_set")),
                 key=key,
+                binding_key=binding_key,
                 certified=bool(data.get("certified")) and key is not None,
                 pin_set=bool(data.get("pin_set")),
                 restarts=int(data.get("restarts") or 0),
@@ -182,11 +198,19 @@ class CounterEnrollment:
         clock: Callable[[], float] = time.time,
         journal: JournalStore | None = None,
         card_keys: CardKeySource | None = None,
+        authorization_root: P256PublicKey | None = None,
+        authorization: TerminalAuthorization | None = None,
     ) -> None:
         """``management_key``: the key fresh cards have (the published default). ``card_keys``: each card's
         own key (default: the city HSM through ``server``). ``journal``: where progress survives a restart
         (default: in memory only)."""
         self.server = server
+        #: the city's terminal-authorization key written to every card (Step BINDING), and this counter's
+        #: own terminal authorization for the self-check PRESENT (docs/card-profile.md §Terminal auth.)
+        self.authorization_root = authorization_root
+        self.authorization = authorization
+        binding = authorization_root is not None or authorization is not None
+        self._steps = COUNTER_STEPS_BINDING if binding else COUNTER_STEPS
         self.verifier = verifier
         self.clerk_session = clerk_session or secrets.token_hex(16)
         self._mgmt = management_key
@@ -206,7 +230,7 @@ class CounterEnrollment:
     def progress(self, serial: bytes) -> Step:
         """The next step for the card with ``serial``."""
         j = self._load(serial)
-        return COUNTER_STEPS[0] if j is None else j.next_step(COUNTER_STEPS)
+        return self._steps[0] if j is None else j.next_step(self._steps)
 
     def started(self, serial: bytes) -> bool:
         """This counter's journal holds progress for the card with ``serial`` (enrolling it resumes)."""
@@ -270,7 +294,7 @@ class CounterEnrollment:
     ) -> EnrollmentOutcome:
         """Enroll the card in ``connection`` (or finish its interrupted enrollment)."""
         timings: dict[str, float] = {}
-        step = COUNTER_STEPS[0]
+        step = self._steps[0]
         serial: bytes | None = None
         try:
             serial = self.card_serial(connection, expect_serial)
@@ -281,7 +305,7 @@ class CounterEnrollment:
             self._journal[serial] = j
             card = self._personalizer(connection, j, serial)
             while True:
-                step = j.next_step(COUNTER_STEPS)
+                step = j.next_step(self._steps)
                 self.before_step(step)
                 t0 = time.perf_counter()
                 if step is Step.CARD_KEY:
@@ -300,14 +324,25 @@ class CounterEnrollment:
                         self._save(serial, j)
                         card = self._personalizer(connection, j, serial)
                         continue
+                elif step is Step.BINDING:
+                    root = self.authorization_root
+                    if root is None:
+                        assert self.authorization is not None
+                        root = self.authorization.root  # learnt from the server's certificate answer
+                    card.bind(root, int(self._clock()))
                 elif step is Step.ENROLL:
-                    assert j.key is not None
+                    holder = j.holder_key  # the binding key (or 9A on a legacy card): the credential's cnf
+                    assert holder is not None
                     if j.enrollment_key is None:  # journalled before the call: a restart reuses it
-                        j.enrollment_key = self.idempotency_key(serial, j.key.point)
+                        j.enrollment_key = self.idempotency_key(serial, holder.point)
                         self._save(serial, j)
                     key = j.enrollment_key
                     j.result = self.server.enroll(
-                        key, request.claims(serial), j.key.point, serial, request.citizen_did,
+                        key,
+                        request.claims(serial),
+                        holder.point,
+                        serial,
+                        request.citizen_did,
                         revocation_password=request.revocation_password or None,
                     )
                     j.credential = j.result.record
@@ -384,6 +419,8 @@ class CounterEnrollment:
     def _self_check(self, connection: SmartCardConnection, request: CitizenRequest, serial: bytes) -> Verdict:
         citizen = CitizenSession(connection)
         nonce = self.verifier.nonce_store.issue(SELF_CHECK_SERVICE)
+        if self.authorization is not None:
+            self.authorization.authenticate(citizen)
         citizen.verify_pin(request.new_pin)
         presentation = citizen.present(CLAIM_NAMES, nonce, self.verifier.audience, int(self._clock()))
         verdict = self.verifier.verify(presentation, CLAIM_NAMES, SELF_CHECK_SERVICE)

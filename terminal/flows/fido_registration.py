@@ -28,6 +28,7 @@ from cityid.errors import CityIdError, NoCardError, PinError
 from cityid.jose import b64url_encode
 from terminal.fido.errors import FidoError
 from terminal.fido.session import FidoSession
+from terminal.flows.authorization import TerminalAuthorization
 from terminal.flows.kiosk import CitizenCard, KioskVerification, Service
 from terminal.server_client import EnrollmentResult
 from terminal.sessions.citizen import CitizenSession
@@ -72,12 +73,17 @@ class CardDidNotVerifyError(CityIdError):
 
 
 def citizen_claims(
-    verifier: Verifier, card: CitizenCard, pin: str, clock: Callable[[], float] = time.time
+    verifier: Verifier,
+    card: CitizenCard,
+    pin: str,
+    clock: Callable[[], float] = time.time,
+    authorization: TerminalAuthorization | None = None,
 ) -> tuple[dict[str, Any], str]:
-    """The citizen's verified claims (as issued) and DID: the card presents every claim to the counter."""
+    """The citizen's verified claims (as issued) and DID: the card presents every claim to the counter
+    (after terminal authentication with ``authorization``, docs/card-profile.md §Terminal authentication)."""
     verification = KioskVerification(verifier, Service(FIDO_SERVICE, CLAIM_NAMES), clock)
     try:
-        verdict = verification.run_card(card, pin)
+        verdict = verification.run_card(card, pin, authorization)
         if not verdict.ok:
             raise CardDidNotVerifyError(
                 f"the citizen card did not verify ({verdict.failed.value if verdict.failed else '?'})"
@@ -139,9 +145,11 @@ class FidoKeyRegistration:
         rp_id: str = DEFAULT_RP_ID,
         trusted_roots: Sequence[bytes] = (),
         clock: Callable[[], float] = time.time,
+        authorization: TerminalAuthorization | None = None,
     ) -> None:
         self.issuer = issuer
         self.verifier = verifier
+        self.authorization = authorization  # this counter's terminal authorization towards the card
         self.rp_id = rp_id
         self.trusted_roots = tuple(trusted_roots)  # attestation roots (PEM/DER); empty: attestation "none"
         self._clock = clock
@@ -156,7 +164,9 @@ class FidoKeyRegistration:
         """The card from ``open_card()`` presents (card PIN; closed — card reset — right after); then the
         key's :class:`FidoSession` from ``open_key()`` is registered (key PIN)."""
         with open_card() as conn:
-            claims, did = citizen_claims(self.verifier, CitizenSession(conn), card_pin, self._clock)
+            claims, did = citizen_claims(
+                self.verifier, CitizenSession(conn), card_pin, self._clock, self.authorization
+            )
         try:
             with ExitStack() as stack:
                 try:

@@ -4,6 +4,11 @@
 (:meth:`KioskTerminal.start_session`), runs one verification per service chosen
 (:meth:`KioskTerminal.present`) and wipes everything at the end of the session.
 
+With a :class:`terminal.flows.authorization.TerminalAuthorization` the kiosk first authenticates itself to
+the card (its city-issued terminal certificate and a signature over the card's challenge; docs/card-profile.md
+§Terminal authentication): the card then presents only the claims the certificate allows, with ``aud`` = the
+terminal id — which must be the verifier's audience.
+
 A :class:`KioskVerification` lives for one tap. It issues a single-use nonce bound to the service, has the
 card sign a presentation for this kiosk's audience (PIN verified right before: the applet is PIN-always),
 verifies it and keeps the disclosed claims in memory until :meth:`KioskVerification.end` — called on card
@@ -34,8 +39,10 @@ from cityid.credential import (
     fido_presentation,
 )
 from cityid.errors import CardRemovedError, CityIdError, PinError
+from cityid.terminal_cert import TerminalCertificate
 from terminal.fido.errors import FidoError
 from terminal.fido.session import FidoSession
+from terminal.flows.authorization import TerminalAuthorization
 from terminal.flows.tokens import TokenKind, Tokens, TokenStatus
 from terminal.sessions.citizen import CitizenSession
 from terminal.verifier import Verdict, Verifier
@@ -54,6 +61,10 @@ class CitizenCard(Protocol):
     def verify_pin(self, pin: str | bytes) -> None: ...
 
     def present(self, claims: tuple[str, ...], nonce: str, audience: str, iat: int) -> str: ...
+
+    def authenticate_terminal(
+        self, certificate: TerminalCertificate, sign: Callable[[bytes], bytes], when: int
+    ) -> None: ...
 
 
 class UnknownServiceError(CityIdError, KeyError):
@@ -96,16 +107,23 @@ def service(service_id: str) -> Service:
 
 
 class CardPresenter:
-    """A :data:`Presenter` over a citizen-applet session: VERIFY PIN then PRESENT (PIN-always)."""
+    """A :data:`Presenter` over a citizen-applet session: [terminal authentication,] VERIFY PIN, PRESENT."""
 
-    def __init__(self, session: CitizenCard, pin: str | bytes) -> None:
+    def __init__(
+        self, session: CitizenCard, pin: str | bytes, authorization: TerminalAuthorization | None = None
+    ) -> None:
         self._session = session
         self._pin: str | bytes | None = pin
+        self._authorization = authorization
 
     def __call__(self, claims: tuple[str, ...], nonce: str, audience: str, iat: int) -> str:
         pin, self._pin = self._pin, None  # used once, then forgotten
         if pin is None:
             raise CityIdError("the PIN was already used for a presentation")
+        if self._authorization is not None:
+            if audience != self._authorization.terminal_id:
+                raise CityIdError("the verifier's audience must be this terminal's id")
+            self._authorization.authenticate(self._session)
         self._session.verify_pin(pin)
         return self._session.present(claims, nonce, audience, iat)
 
@@ -192,9 +210,12 @@ class KioskVerification:
         )  # fmt: skip
         return verdict
 
-    def run_card(self, session: CitizenCard, pin: str | bytes) -> Verdict:
-        """:meth:`run` with a citizen-applet session (``terminal.sessions.citizen.CitizenSession``)."""
-        return self.run(CardPresenter(session, pin))
+    def run_card(
+        self, session: CitizenCard, pin: str | bytes, authorization: TerminalAuthorization | None = None
+    ) -> Verdict:
+        """:meth:`run` with a citizen-applet session (``terminal.sessions.citizen.CitizenSession``),
+        terminal authentication first when ``authorization`` is given."""
+        return self.run(CardPresenter(session, pin, authorization))
 
     @property
     def claims(self) -> dict[str, object]:
@@ -227,7 +248,11 @@ class KioskTerminal:
         tokens: Tokens,
         clock: Callable[[], float] = time.time,
         rp_id: str = DEFAULT_RP_ID,
+        authorization: TerminalAuthorization | None = None,
     ) -> None:
+        if authorization is not None and authorization.terminal_id != verifier.audience:
+            raise ValueError("the verifier's audience must be the terminal id of the kiosk's certificate")
+        self.authorization = authorization  # terminal authentication to cards (None: legacy cards only)
         self.verifier = verifier
         self.services = tuple(services)
         self.tokens = tokens
@@ -271,7 +296,7 @@ class KioskTerminal:
                     verdict = self._run_fido(verification, session, pin)
             else:
                 with self.tokens.connect(reader) as conn:
-                    verdict = verification.run_card(CitizenSession(conn), pin)
+                    verdict = verification.run_card(CitizenSession(conn), pin, self.authorization)
             del pin
             shown = show(verdict)
         finally:

@@ -12,6 +12,10 @@
                  key is needed, and it carries no personal data (subject: card serial only). Stored as the
                  9A certificate object so standard PIV middleware (OpenSC/PKCS#11) lists the key
                  (docs/card-profile.md)
+    BINDING      citizen applet: PUT AUTHORIZATION ROOT (the city's terminal-authorization key, so the card
+                 checks every kiosk from now on) and GENERATE BINDING KEY — the key the credential's
+                 ``cnf`` and the DID registry name (docs/card-profile.md §Terminal authentication); only
+                 when an authorization root is given (legacy cards bind presentations with 9A)
     ENROLL       (counter) the city server registers the DID and card key and signs the credential
     WRITE        citizen applet: PUT DID and PUT CREDENTIAL (behind the same management key)
     PIN          CHANGE REFERENCE DATA for the PUK, then the PIN
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -67,6 +72,7 @@ class Step(StrEnum):
     CARD_KEY = "card-key"
     KEY = "key"
     CERTIFICATE = "certificate"
+    BINDING = "binding"
     ENROLL = "enroll"
     WRITE = "write"
     PIN = "pin"
@@ -192,6 +198,7 @@ class Journal:
     card_key_set: bool = False
     key: P256PublicKey | None = None
     certified: bool = False
+    binding_key: P256PublicKey | None = None  # Step BINDING: the presentation-binding key
     did: str | None = None
     credential: CredentialRecord | None = field(default=None, repr=False)
     written: bool = False
@@ -205,12 +212,18 @@ class Journal:
             Step.CARD_KEY: self.card_key_set,
             Step.KEY: self.key is not None,
             Step.CERTIFICATE: self.certified,
+            Step.BINDING: self.binding_key is not None,
             Step.ENROLL: self.credential is not None,
             Step.WRITE: self.written,
             Step.PIN: self.pin_set,
             Step.CHECK: self.checked,
         }
         return next((s for s in steps if not done[s]), Step.DONE)
+
+    @property
+    def holder_key(self) -> P256PublicKey | None:
+        """The key the credential binds (``cnf``): the binding key, else (legacy) the 9A key."""
+        return self.binding_key or self.key
 
 
 class CardPersonalizer:
@@ -339,6 +352,16 @@ class CardPersonalizer:
         self._key_authenticate(citizen.authenticate)
         return citizen
 
+    def bind(self, root: P256PublicKey, date: int) -> P256PublicKey:
+        """Step BINDING: the authorization root (with the card's initial date) and a fresh binding key."""
+        citizen = CitizenSession(self.connection)
+        self._piv, self._authenticated = None, False  # the citizen applet is selected now
+        self._progress("writing the authorization root and generating the binding key")
+        self._key_authenticate(citizen.authenticate)
+        citizen.put_authorization_root(root, date)
+        self.journal.binding_key = key = citizen.generate_binding_key()
+        return key
+
     def write(self, did: str | None, credential: CredentialRecord | None) -> None:
         """Step WRITE: the DID and the credential into the citizen applet (PUT CREDENTIAL is atomic)."""
         if did is not None or credential is not None:
@@ -423,6 +446,7 @@ class PersonalizationResult:
     serial: str
     did: str | None
     credential_vct: str | None
+    binding_key: P256PublicKey | None = None  # the credential's holder key when an authorization root was set
 
 
 def personalize(
@@ -439,8 +463,13 @@ def personalize(
     progress: Callable[[str], None] = lambda _msg: None,
     management_key_algorithm: Algorithm = Algorithm.TDEA_3KEY,
     card_keys: CardKeySource | None = None,
+    authorization_root: P256PublicKey | None = None,
+    now: Callable[[], float] = time.time,
 ) -> PersonalizationResult:
     """Run :data:`CARD_STEPS` on one connected card (``cardtool personalize``).
+
+    ``authorization_root``: the city's terminal-authorization key; adds Step BINDING (the card then
+    requires terminal authentication, and the credential must bind :attr:`PersonalizationResult.binding_key`).
 
     ``generate_key=False`` keeps the existing 9A key and certificate (e.g. to write the credential the
     issuer made for that key in a second pass). ``management_key_algorithm``: the card's current 9B key
@@ -463,7 +492,14 @@ def personalize(
     if generate_key and pin is None:
         raise ValueError("generating the key needs the PIN (the card signs its certificate)")
     cert: x509.Certificate | None = None
-    order = (Step.CARD_KEY, *CARD_STEPS) if card_keys is not None else CARD_STEPS
+    card_steps = CARD_STEPS
+    if authorization_root is not None:
+        card_steps = (Step.KEY, Step.CERTIFICATE, Step.BINDING, Step.WRITE, Step.PIN)
+        if not generate_key:  # a second pass keeps the binding key the credential was made for
+            journal.binding_key = card_identity(
+                connection, initial, pin=pin, card_keys=card_keys, serial=bytes.fromhex(serial)
+            ).binding_key
+    order = (Step.CARD_KEY, *card_steps) if card_keys is not None else card_steps
     while (step := journal.next_step(order)) is not Step.DONE:
         if step is Step.CARD_KEY:
             steps.set_card_key()
@@ -475,6 +511,9 @@ def personalize(
         elif step is Step.CERTIFICATE:
             assert pin is not None
             cert = steps.certify(pin, serial)
+        elif step is Step.BINDING:
+            assert authorization_root is not None
+            steps.bind(authorization_root, int(now()))
         elif step is Step.WRITE:
             steps.write(did, credential)
         elif step is Step.PIN:
@@ -485,7 +524,9 @@ def personalize(
     identity = card_identity(
         connection, initial, pin=new_pin or pin, card_keys=card_keys, serial=bytes.fromhex(serial)
     )
-    return PersonalizationResult(journal.key, cert, serial, identity.did, identity.vct)
+    return PersonalizationResult(
+        journal.key, cert, serial, identity.did, identity.vct, identity.binding_key or journal.binding_key
+    )
 
 
 def card_identity(

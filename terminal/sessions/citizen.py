@@ -8,6 +8,7 @@ PRESENT: with extended APDUs each is one exchange; over short APDUs the request 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cityid.apdu import SmartCardConnection
@@ -15,6 +16,7 @@ from cityid.citizen import (
     CITIZEN_AID,
     CLA_PROPRIETARY,
     MAX_DID,
+    PSO_VERIFY_CERTIFICATE,
     CredentialRecord,
     CredentialState,
     InfoTag,
@@ -22,9 +24,18 @@ from cityid.citizen import (
     PresentRequest,
     PresentTag,
 )
-from cityid.errors import CardError, DecodeError, TlvError
+from cityid.errors import ApduError, CardError, DecodeError, TlvError
+from cityid.iso7816 import SW
+from cityid.keys import KeyFormatError, P256PublicKey
 from cityid.piv import DEFAULT_MANAGEMENT_KEY, Algorithm
-from cityid.tlv import Tlv, parse_tlv_list
+from cityid.terminal_cert import (
+    CHALLENGE_BYTES,
+    CertTag,
+    TerminalAuthentication,
+    TerminalCertificate,
+    ta_signing_input,
+)
+from cityid.tlv import Tlv, encode_tlv, parse_tlv_list
 from terminal.sessions import mgmt
 from terminal.sessions.base import PinMixin, open_applet
 
@@ -34,6 +45,20 @@ logger = logging.getLogger(__name__)
 class IdentityNotRevealedError(CardError):
     """The card keeps its serial and DID out of GET INFO (docs/card-profile.md, GET INFO): read them with
     :meth:`CitizenSession.identity` after the PIN (or the management key)."""
+
+
+class TerminalNotAuthorizedError(CardError):
+    """The card refused this terminal (docs/card-profile.md §Terminal authentication): its certificate is
+    not from the card's root, expired, or does not allow the request; or its signature did not verify.
+    ``sw``: the card's status word."""
+
+    def __init__(self, sw: int, message: str) -> None:
+        self.sw = sw
+        super().__init__(f"{message} (SW {sw:04X})")
+
+
+#: Terminal-side signer for EXTERNAL AUTHENTICATE: signing input -> ES256 raw r||s (a key or an HSM).
+TerminalSigner = Callable[[bytes], bytes]
 
 
 def _utf8(fields: dict[int, bytes], tag: int) -> str | None:
@@ -60,6 +85,7 @@ class CardIdentity:
     did: str | None  # None before personalization
     vct: str | None
     claims: tuple[str, ...]
+    binding_key: P256PublicKey | None = None  # the presentation-binding key (None: a legacy card, 9A binds)
 
     @classmethod
     def decode(cls, data: bytes) -> CardIdentity:
@@ -70,7 +96,11 @@ class CardIdentity:
             if len(serial) != 8:
                 raise TlvError("card serial must be 8 bytes")
             did, vct = _utf8(fields, InfoTag.DID), _utf8(fields, InfoTag.CREDENTIAL_VCT)
-            return cls(serial.hex(), did, vct, _claims(fields))
+            raw_key = fields.get(InfoTag.BINDING_KEY)
+            binding = P256PublicKey.from_point(raw_key) if raw_key else None
+            return cls(serial.hex(), did, vct, _claims(fields), binding)
+        except KeyFormatError as exc:
+            raise TlvError(f"card identity: bad binding key: {exc}") from exc
         except KeyError as exc:
             raise TlvError(f"card identity lacks tag {exc}") from exc
         except UnicodeDecodeError as exc:
@@ -91,6 +121,7 @@ class CardInfo:
     pin_tries: int
     holder_key_slot: int | None = None
     credential_state: CredentialState | None = None  # None: the card does not say (older profile)
+    authority: bytes | None = None  # CAR of the card's authorization root: terminal authentication needed
 
     @property
     def serial(self) -> str:
@@ -130,6 +161,9 @@ class CardInfo:
             if state_raw is not None and len(state_raw) != 1:
                 raise TlvError("bad credential-state field")
             vct = _utf8(fields, InfoTag.CREDENTIAL_VCT)
+            authority = fields.get(InfoTag.AUTHORITY)
+            if authority is not None and len(authority) != 8:
+                raise TlvError("bad authority field")
         except KeyError as exc:
             raise TlvError(f"card info lacks tag {exc}") from exc
         except UnicodeDecodeError as exc:
@@ -141,6 +175,7 @@ class CardInfo:
             pin_tries=tries_raw[0],
             holder_key_slot=slot_raw[0] if slot_raw else None,
             credential_state=CredentialState(state_raw[0] & 0x03) if state_raw is not None else None,
+            authority=authority,
         )
 
 
@@ -175,7 +210,14 @@ class CitizenSession(PinMixin):
         request = PresentRequest(tuple(claims), nonce, audience, int(iat))
         PresentRequest.decode(request.encode())  # the profile's limits, checked before the card sees it
         # sensitive: the answer carries the disclosed personal claims, which never go to the logs
-        resp = self.protocol.send_apdu(CLA_PROPRIETARY, Ins.PRESENT, 0, 0, request.encode(), sensitive=True)
+        try:
+            resp = self.protocol.send_apdu(
+                CLA_PROPRIETARY, Ins.PRESENT, 0, 0, request.encode(), sensitive=True
+            )
+        except ApduError as exc:
+            if exc.sw == SW.COMMAND_NOT_ALLOWED:
+                raise TerminalNotAuthorizedError(exc.sw, "the card refused this terminal's request") from None
+            raise
         try:
             text = Tlv.unpack(PresentTag.PRESENTATION, resp).decode("ascii")
         except UnicodeDecodeError as exc:
@@ -184,7 +226,48 @@ class CitizenSession(PinMixin):
             raise DecodeError("card answer is not an SD-JWT+KB presentation")
         return text
 
+    def authenticate_terminal(
+        self, certificate: TerminalCertificate, sign: TerminalSigner, when: int
+    ) -> None:
+        """Terminal authentication (docs/card-profile.md §Terminal authentication): PSO VERIFY CERTIFICATE,
+        GET CHALLENGE, EXTERNAL AUTHENTICATE with ``sign(ta_signing_input(challenge, id, when))``.
+
+        Raises :class:`TerminalNotAuthorizedError` when the card refuses the certificate or the signature.
+        """
+        p1, p2 = PSO_VERIFY_CERTIFICATE
+        try:
+            self.protocol.send_apdu(0x00, Ins.PSO, p1, p2, certificate.encode(), le=None)
+            challenge = self.protocol.send_apdu(0x00, Ins.GET_CHALLENGE, 0, 0, le=CHALLENGE_BYTES)
+            if len(challenge) != CHALLENGE_BYTES:
+                raise DecodeError(f"card challenge must be {CHALLENGE_BYTES} bytes")
+            message = ta_signing_input(challenge, certificate.terminal_id, when)
+            auth = TerminalAuthentication(when, sign(message))
+            self.protocol.send_apdu(0x00, Ins.EXTERNAL_AUTHENTICATE, 0, 0, auth.encode(), le=None)
+        except ApduError as exc:
+            if exc.sw in (
+                SW.REFERENCE_DATA_NOT_FOUND, SW.SECURITY_STATUS_NOT_SATISFIED, SW.CONDITIONS_NOT_SATISFIED,
+                SW.INCORRECT_DATA,
+            ):  # fmt: skip
+                raise TerminalNotAuthorizedError(exc.sw, "the card refused the terminal") from None
+            raise
+        logger.debug("terminal authenticated to the card")
+
     # --- admin verbs (behind the management key) -----------------------------------------------
+
+    def generate_binding_key(self) -> P256PublicKey:
+        """GENERATE BINDING KEY: a fresh presentation-binding key on the card (admin); its public key."""
+        resp = self.protocol.send_apdu(CLA_PROPRIETARY, Ins.GENERATE_BINDING_KEY, 0, 0)
+        try:
+            return P256PublicKey.from_point(Tlv.unpack(CertTag.POINT, Tlv.unpack(CertTag.PUBLIC_KEY, resp)))
+        except (TlvError, KeyFormatError) as exc:
+            raise DecodeError(f"bad binding key answer: {exc}") from exc
+
+    def put_authorization_root(self, root: P256PublicKey, date: int) -> None:
+        """PUT AUTHORIZATION ROOT: the city's terminal-authorization key and the card's initial date."""
+        data = encode_tlv(CertTag.PUBLIC_KEY, encode_tlv(CertTag.POINT, root.point)) + encode_tlv(
+            CertTag.NOT_BEFORE, int(date).to_bytes(4, "big")
+        )
+        self.protocol.send_apdu(CLA_PROPRIETARY, Ins.PUT_AUTHORIZATION_ROOT, 0, 0, data, le=None)
 
     def authenticate(
         self, key: bytes | mgmt.Responder = DEFAULT_MANAGEMENT_KEY, algorithm: Algorithm = Algorithm.TDEA_3KEY

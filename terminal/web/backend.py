@@ -76,11 +76,13 @@ class BackendHealth:
 
     ``pcscd``: True running, False gone, None not used (in-process cards) or not known yet.
     ``readers``: the readers this kiosk would use. ``chain``: None when the backend does not know.
+    ``authorized``: the kiosk holds a valid terminal certificate (None: terminal authentication is off).
     """
 
     pcscd: bool | None
     readers: tuple[str, ...]
     chain: ChainHealth | None = None
+    authorized: bool | None = None
 
 
 class KioskBackend(Protocol):

@@ -37,6 +37,7 @@ class Problem(StrEnum):
     READER = "reader"  # no card reader connected
     CHAIN = "chain"  # the city registry cannot be reached, or its data is too old
     CLOCK = "clock"  # the system clock is not synchronised
+    AUTHORIZATION = "authorization"  # no valid terminal certificate: cards would refuse this kiosk
 
 
 class ChainHealthSource(Protocol):
@@ -273,6 +274,8 @@ class HealthMonitor:
                 details[Problem.CHAIN] = f"cache {chain.cache_lag:.0f}s behind"
         if clock_synced is False:
             problems.add(Problem.CLOCK)
+        if backend.authorized is False:
+            problems.add(Problem.AUTHORIZATION)
         printer, warnings = self._printer(now)
         report = HealthReport(frozenset(problems), backend, clock_synced, now, details, printer, warnings)
         with self._lock:

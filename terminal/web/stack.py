@@ -25,7 +25,8 @@ from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from cityid.apdu import SmartCardConnection
-from cityid.errors import CardRemovedError, NoCardError
+from cityid.errors import CardRemovedError, CityIdError, NoCardError
+from terminal.flows.authorization import TerminalAuthorization
 from terminal.flows.counter import CardMismatchError, CitizenRequest, CounterEnrollment, EnrollmentInterrupted
 from terminal.flows.counter_card import (
     abandon_unfinished,
@@ -73,9 +74,10 @@ class CardKioskBackend:
         connect: Connect,
         clock: Callable[[], float] = time.time,
         rp_id: str = DEFAULT_RP_ID,
+        authorization: TerminalAuthorization | None = None,
     ) -> None:
         self.tokens = Tokens(connect)
-        self.flow = KioskTerminal(verifier, services, self.tokens, clock, rp_id)
+        self.flow = KioskTerminal(verifier, services, self.tokens, clock, rp_id, authorization)
         self._on_event: Callable[[BackendEvent], None] | None = None
 
     @property
@@ -125,7 +127,18 @@ class CardKioskBackend:
         """In-process cards: no pcscd to watch; the chain view's health (terminal.web.health)."""
         from terminal.web.health import chain_health
 
-        return BackendHealth(None, (), chain_health(self.verifier.chain_view))
+        return BackendHealth(None, (), chain_health(self.verifier.chain_view), self._authorized())
+
+    def _authorized(self) -> bool | None:
+        """A valid terminal certificate now (None: the kiosk does not authenticate to cards)."""
+        auth = self.flow.authorization
+        if auth is None:
+            return None
+        try:
+            auth.current()
+        except CityIdError:
+            return False
+        return True
 
 
 class PcscKioskBackend(CardKioskBackend):
@@ -141,8 +154,9 @@ class PcscKioskBackend(CardKioskBackend):
         reader_filter: str = "",
         connect: Connect = pcsc_connect,
         hid_lister: Callable[[], Any] | None = None,
+        authorization: TerminalAuthorization | None = None,
     ) -> None:
-        super().__init__(verifier, services, connect)
+        super().__init__(verifier, services, connect, authorization=authorization)
         self.reader_filter = reader_filter
         self.hid_lister = hid_lister  # USB-HID security keys (terminal.fido.discovery); None: PC/SC only
         self._watcher: TokenWatcher | None = None
@@ -162,7 +176,7 @@ class PcscKioskBackend(CardKioskBackend):
         from terminal.web.health import chain_health
 
         pcscd, readers = self._watcher.pcsc_state() if self._watcher is not None else (None, ())
-        return BackendHealth(pcscd, readers, chain_health(self.verifier.chain_view))
+        return BackendHealth(pcscd, readers, chain_health(self.verifier.chain_view), self._authorized())
 
 
 class CardCounterBackend:
@@ -179,12 +193,17 @@ class CardCounterBackend:
         rp_id: str = DEFAULT_RP_ID,
         fido_roots: Sequence[bytes] = (),
         journal: JournalStore | None = None,
+        authorization: TerminalAuthorization | None = None,
     ) -> None:
         self.server = server
         # Each card gets its own management key from the city HSM (through ``server``); progress is
         # journalled in ``journal`` (a file in ``kiosk serve``) so a restart resumes the same enrollment.
-        self.enrollment = CounterEnrollment(server, verifier, journal=journal)
-        self.fido = FidoKeyRegistration(server, verifier, rp_id=rp_id, trusted_roots=fido_roots)
+        # With a terminal authorization: cards get the city root and a binding key (Step BINDING) and the
+        # self-check authenticates this counter to the card (docs/card-profile.md §Terminal authentication)
+        self.enrollment = CounterEnrollment(server, verifier, journal=journal, authorization=authorization)
+        self.fido = FidoKeyRegistration(
+            server, verifier, rp_id=rp_id, trusted_roots=fido_roots, authorization=authorization
+        )
         self.lost_cards = LostCardReport(server)
         self.tokens = Tokens(connect)
         self._readers = readers

@@ -45,6 +45,14 @@ CLAIMS = ["age_over_65", "district"]
 CARDTOOL = Path(sys.executable).with_name("cardtool")
 
 
+def _identity(conn):  # type: ignore[no-untyped-def]
+    """GET IDENTITY behind the (default) management key: the private GET INFO has no serial or DID."""
+    from cityid.piv import DEFAULT_MANAGEMENT_KEY, Algorithm
+    from terminal.flows.personalize import card_identity
+
+    return card_identity(conn, DEFAULT_MANAGEMENT_KEY, Algorithm.TDEA_3KEY)
+
+
 def _point(key: object) -> bytes:
     return key.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)  # type: ignore[attr-defined]
 
@@ -75,7 +83,8 @@ def test_personalize_and_present_through_pcscd(virtual_card) -> None:
     with open_connection(reader) as conn:
         personalize(conn, pin=None, generate_key=False, credential=make_record(point))
         info = CitizenSession(conn).info()
-        assert info.did == DID and info.vct == VCT and info.pin_tries == 3
+        assert info.vct == VCT and info.pin_tries == 3 and not info.reveals_identity  # private GET INFO
+        assert _identity(conn).did == DID
         cert = PivSession(conn).get_certificate(Slot.AUTHENTICATION)
         cert.verify_directly_issued_by(cert)
     text = _present(reader)
@@ -137,7 +146,8 @@ def test_cardtool_emulate_and_info_personalize_pin(vpcd_slot, tmp_path: Path) ->
         assert out.returncode == 0, out.stderr
         assert reader in out.stdout and "PIN tries:   3" in out.stdout
         assert "PIV" in out.stdout and "citizen" in out.stdout
-        assert "(not personalized)" in out.stdout
+        # the private GET INFO: no serial or DID before the PIN, and no credential yet
+        assert "revealed only after the PIN" in out.stdout and "credential:  (none)" in out.stdout
 
         secrets = {
             "CARDTOOL_PIN": PIN,
@@ -161,9 +171,13 @@ def test_cardtool_emulate_and_info_personalize_pin(vpcd_slot, tmp_path: Path) ->
 
         out = _cardtool("info", "--reader", reader, "--json")
         info = json.loads(out.stdout)
-        assert info["did"] == DID and info["credential_vct"] == VCT and info["pin_tries"] == 3
-        assert info["piv_9a_public_key"] == point.hex()
-        assert "given_name" in info["claims"] and "Kim" not in out.stdout  # names only, no values
+        # the private GET INFO: vct and tries, no DID or claim names before the PIN / management key
+        assert info["identity_hidden"] and info["did"] is None and info["claims"] == []
+        assert info["credential_vct"] == VCT and info["pin_tries"] == 3
+        assert info["piv_9a_public_key"] == point.hex() and "Kim" not in out.stdout
+        with open_connection(reader) as conn:
+            ident = _identity(conn)
+        assert ident.did == DID and "given_name" in ident.claims  # names only, no values
 
         out = _cardtool(
             "pin", "change", "--reader", reader, env={"CARDTOOL_PIN": "000000", "CARDTOOL_NEW_PIN": PIN}
@@ -270,7 +284,7 @@ def test_card_pulled_during_each_personalization_command(vpcd_card_factory, tmp_
         if done < pin_at:  # once the PIN changed (the last write) the card is personalized
             _personalize_run(reader, PIN, NEW_PUK if done >= puk_at else PUK)
         with open_connection(reader) as conn:
-            assert CitizenSession(conn).info().did == DID
+            assert _identity(conn).did == DID
             piv = PivSession(conn)
             piv.verify_pin(NEW_PIN)
             cert = piv.get_certificate(Slot.AUTHENTICATION)

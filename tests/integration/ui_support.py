@@ -44,14 +44,20 @@ class World:
         self, reader: str, language: str = "en", idle_timeout: float = 30.0, printing: bool = False
     ) -> Any:
         """``printing``: with the demo's virtual receipt printer ("print my certificate")."""
-        backend = PcscKioskBackend(self.env.kiosk_backend.verifier, list(SERVICES.values()), reader)
+        backend = PcscKioskBackend(
+            self.env.kiosk_backend.verifier, list(SERVICES.values()), reader,
+            authorization=self.env.kiosk_backend.flow.authorization,  # the demo kiosk's certificate
+        )  # fmt: skip
         config = replace(self.env.config, language=language, idle_timeout=idle_timeout)
         return create_app(config, kiosk=backend, printing=self.env.printing if printing else None)
 
     def counter_app(self, reader: str = "Virtual PCD", language: str = "en", **peripherals: Any) -> Any:
         """``peripherals``: ``counter_printing`` / ``scanning`` (terminal.web.printing) for create_app."""
         counter = self.env.counter_backend
-        backend = CardCounterBackend(counter.server, counter.enrollment.verifier, reader_filter=reader)
+        backend = CardCounterBackend(
+            counter.server, counter.enrollment.verifier, reader_filter=reader,
+            authorization=counter.enrollment.authorization,  # the demo counter's certificate
+        )  # fmt: skip
         config = replace(self.env.config, mode=Mode.COUNTER, language=language, terminal_id="demo-counter")
         return create_app(config, counter=backend, **peripherals)
 

@@ -46,6 +46,12 @@ class MemoryChain:
             self.keys.get(identity, set()).discard(point)
             self.revoked_keys.setdefault(identity, set()).add(point)
 
+    def create_status_list(self) -> int:
+        """``Registrar.create_status_list`` in memory: a new list id (the citizen list is 1)."""
+        self._write("create_status_list", 1)
+        self._lists = getattr(self, "_lists", 1) + 1
+        return self._lists
+
     def set_status(self, list_id: int, indexes: Sequence[int], status: CredentialStatus) -> None:
         self._write("set_status", len(indexes))
         for i in indexes:
@@ -158,7 +164,7 @@ class ServerRig:
 
 
 def make_rig(db_url: str, signer=None, chain=None, publish: bool = True, office: str = "main",  # type: ignore[no-untyped-def]
-             role: str = "counter", **config) -> ServerRig:  # fmt: skip
+             role: str = "counter", app_kwargs=None, **config) -> ServerRig:  # fmt: skip
     """``publish``: run the root's issuer ceremony first (as ``city-server issuer publish`` would)."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -186,7 +192,7 @@ def make_rig(db_url: str, signer=None, chain=None, publish: bool = True, office:
     # can look at the chain right after an answer (docs/server.md §Chain outbox).
     config.setdefault("chain_wait_ms", 5000)
     app = create_app(ServerConfig(database_url=db_url, **config), chain=chain, signer=signer, db=db,
-                     start_writer=False)  # fmt: skip
+                     start_writer=False, **(app_kwargs or {}))  # fmt: skip
     tkey = ec.generate_private_key(ec.SECP256R1())
     pem = (
         tkey.public_key()

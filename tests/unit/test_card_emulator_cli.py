@@ -74,7 +74,9 @@ def test_second_emulator_on_the_same_state_is_refused(
         os.close(fd)
 
 
-@pytest.mark.parametrize(("flag", "private"), [([], False), (["--private-info"], True)])
+@pytest.mark.parametrize(
+    ("flag", "private"), [([], True), (["--private-info"], True), (["--legacy-info"], False)]
+)
 def test_private_info_option_reaches_the_card(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, flag: list[str], private: bool
 ) -> None:

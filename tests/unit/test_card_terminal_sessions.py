@@ -23,7 +23,7 @@ from cityid.errors import (
 )
 from cityid.piv import Slot
 from terminal.flows.personalize import load_credential, personalize
-from terminal.sessions.citizen import CitizenSession
+from terminal.sessions.citizen import CardIdentity, CitizenSession
 from terminal.sessions.mgmt import ManagementKeyError
 from terminal.sessions.piv import PivSession
 from tests.card_terminal_support import (
@@ -74,17 +74,26 @@ def _personalized(conn: CountingConnection) -> bytes:
     return point
 
 
+def _identity(conn: CountingConnection) -> CardIdentity:
+    """GET IDENTITY behind the management key (the private GET INFO carries no serial/DID/claims)."""
+    citizen = CitizenSession(conn)
+    citizen.authenticate()
+    return citizen.identity()
+
+
 def test_fresh_card_info(conn: CountingConnection) -> None:
     info = CitizenSession(conn).info()
-    assert info.version[0] >= 1 and len(info.serial) == 16
-    assert info.did is None and info.vct is None and info.claims == ()
+    assert info.version[0] >= 1 and not info.reveals_identity and info.vct is None
+    ident = _identity(conn)
+    assert len(ident.serial) == 16
+    assert ident.did is None and ident.vct is None and ident.claims == ()
     assert info.pin_tries == 3
     assert PivSession(conn).pin_attempts() == 3
 
 
 def test_personalize_then_present(conn: CountingConnection) -> None:
     point = _personalized(conn)
-    info = CitizenSession(conn).info()
+    info = _identity(conn)
     assert info.did == DID and info.vct == VCT and set(info.claims) == set(CLAIMS)
     piv = PivSession(conn)
     cert = piv.get_certificate(Slot.AUTHENTICATION)
@@ -199,8 +208,8 @@ def test_erase(conn: CountingConnection) -> None:
     citizen = CitizenSession(conn)
     citizen.authenticate()
     citizen.erase()
-    info = citizen.info()
-    assert info.did is None and info.vct is None
+    info = citizen.identity()
+    assert info.did is None and info.vct is None and citizen.info().vct is None
 
 
 def test_load_credential_file(conn: CountingConnection) -> None:

@@ -101,13 +101,16 @@ def test_server_reference_matches_the_schema(tmp_path: Path) -> None:
     example = tomllib.loads(block)
     documented = _flatten(example)
     secret_fields = {"keystore_password", "pkcs11_pin"}
-    schema = {"server", "issuer_key"} | {f"server.{k}" for k in SERVER_KEYS}
+    schema = {"server", "issuer_key", "authorization_key"} | {f"server.{k}" for k in SERVER_KEYS}
     schema |= {f"issuer_key.{f}" for f in IssuerKeyConfig.__dataclass_fields__ if f not in secret_fields}
     schema |= {"management_key"} | {
         f"management_key.{f}"
         for f in ManagementKeyConfig.__dataclass_fields__
         if f not in secret_fields | {"software_master_key"}
     }
+    # [authorization_key] (terminal certificates) takes the same settings as [issuer_key]
+    key_fields = [f for f in IssuerKeyConfig.__dataclass_fields__ if f not in secret_fields]
+    schema |= {f"authorization_key.{f}" for f in key_fields}
     assert documented - schema == set(), "documented but not accepted"
     assert {k for k in schema if k not in documented and not _mentioned(block, k)} == set()
     (tmp_path / "server.toml").write_text(block)

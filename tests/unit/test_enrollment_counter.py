@@ -10,14 +10,21 @@ from sqlalchemy import select
 
 from cityid.chain.view import CredentialStatus
 from cityid.errors import CardRemovedError
-from cityid.piv import Algorithm, Slot, derive_management_key
+from cityid.piv import DEFAULT_MANAGEMENT_KEY, Algorithm, Slot, derive_management_key
 from server.models import Credential
 from terminal.flows.counter import CitizenRequest, CounterEnrollment, EnrollmentInterrupted, Step
 from terminal.flows.kiosk import KioskVerification, service
-from terminal.sessions.citizen import CitizenSession
+from terminal.flows.personalize import card_identity
+from terminal.sessions.citizen import CardIdentity, CitizenSession
 from terminal.sessions.piv import PivSession
 from terminal.verifier import NonceStore, Verifier
 from tests.unit.server_support import TEST_MASTER_KEY, make_rig, memory_chain_view
+
+
+def _identity(conn: InProcessConnection) -> CardIdentity:
+    """GET IDENTITY behind the management key (the private GET INFO carries no serial/DID)."""
+    return card_identity(conn, DEFAULT_MANAGEMENT_KEY, Algorithm.TDEA_3KEY)
+
 
 AUDIENCE = "https://counter.busan.go.kr/counter-1"
 REQUEST = CitizenRequest(
@@ -67,7 +74,7 @@ def test_counter_enrollment_then_kiosk_discloses_only_requested(desk):
     conn = InProcessConnection(make_citizen_card(None))
     out = counter.run(conn, REQUEST)
     assert out.verdict.ok and out.verdict.claims == {}  # wiped: the counter keeps identifiers only
-    info = CitizenSession(conn).info()
+    info = _identity(conn)
     assert info.did == out.citizen_did and info.serial == out.card_serial
     kiosk = KioskVerification(
         Verifier(view, "https://kiosk.busan.go.kr/k1", NonceStore()), service("benefit-check")
@@ -167,10 +174,10 @@ def test_abandon_revokes_and_erases(desk):
     with pytest.raises(EnrollmentInterrupted):
         counter.run(conn, REQUEST)
     conn.insert()
-    serial = bytes.fromhex(CitizenSession(conn).info().serial)
+    serial = bytes.fromhex(_identity(conn).serial)
     revoked = counter.abandon(serial, conn)
     assert len(revoked) == 1
-    assert CitizenSession(conn).info().did is None
+    assert _identity(conn).did is None
     assert rig.client.status(revoked[0])["state"] == "revoked"
 
 

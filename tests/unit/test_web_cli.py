@@ -272,3 +272,39 @@ def test_counter_printer_and_scanner_from_config(tmp_path: Path) -> None:
         scanning = _counter_peripherals(parse_config(data), counter)["scanning"]
         assert isinstance(scanning, CounterScanning)
         scanning.stop()
+
+
+def test_terminal_authentication_from_config(tmp_path: Path) -> None:
+    """``terminal_authentication = true``: the kiosk authenticates to cards with its certificate (renewed in
+    the background), its verifier's audience is its terminal id; without [server] it is a config error."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from cityid.chain.network import CONTRACT_KEYS
+    from terminal.web_cli import _backends
+
+    chain = {
+        "network": "metadium", "rpc": "http://127.0.0.1:9", "chain_id": 11,
+        "addresses": {k: "0x" + "7" * 40 for k in CONTRACT_KEYS},
+    }  # fmt: skip
+    with pytest.raises(CityIdError, match="terminal_authentication needs"):
+        _backends(parse_config({"terminal": {"terminal_authentication": True}, "chain": chain}))
+    with pytest.raises(CityIdError, match="true or false"):
+        parse_config({"terminal": {"terminal_authentication": "yes"}, "chain": chain})
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    (tmp_path / "kiosk-key.pem").write_bytes(pem)
+    config = parse_config(
+        {
+            "terminal": {"id": "kiosk-7", "terminal_authentication": True},
+            "server": {"url": "http://127.0.0.1:9", "terminal_key": str(tmp_path / "kiosk-key.pem")},
+            "chain": chain,
+        }
+    )
+    kiosk, _ = _backends(config)  # the first renewal fails (no server): no certificate yet, no crash
+    assert kiosk is not None
+    flow = kiosk.flow  # type: ignore[attr-defined]
+    assert flow.authorization is not None and flow.authorization.terminal_id == "kiosk-7"
+    assert flow.verifier.audience == "kiosk-7" and flow.authorization.certificate is None

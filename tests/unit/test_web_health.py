@@ -59,6 +59,9 @@ def monitor(backend: FakeKioskBackend, clock: Clock, **kw: Any) -> tuple[HealthM
             {Problem.CHAIN},
         ),  # never seen
         (BackendHealth(False, (), ChainHealth(error="x")), {Problem.PCSCD, Problem.CHAIN}),
+        # terminal authentication on, no valid certificate: cards would refuse this kiosk
+        (BackendHealth(True, ("R",), UP.chain, authorized=False), {Problem.AUTHORIZATION}),
+        (BackendHealth(True, ("R",), UP.chain, authorized=True), set()),
     ],
 )
 def test_problems_from_health(health: BackendHealth, problems: set[Problem]) -> None:
@@ -336,3 +339,30 @@ def test_a_card_opening_while_the_kiosk_goes_out_of_service_is_served_on_return(
     while ctl.screen is not Screen.SERVICES and time.monotonic() < deadline:
         time.sleep(0.01)
     assert ctl.screen is Screen.SERVICES
+
+
+def test_kiosk_backend_reports_its_terminal_certificate() -> None:
+    """CardKioskBackend.health: ``authorized`` follows the kiosk's certificate (None without one)."""
+    import contextlib
+
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from cityid.keys import P256PublicKey
+    from cityid.terminal_cert import issue_certificate
+    from terminal.flows.authorization import TerminalAuthorization
+    from terminal.verifier import NonceStore, Verifier
+    from terminal.web.stack import CardKioskBackend
+    from tests.doubles.static_view import StaticChainView
+
+    now = [1_800_000_000.0]
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = issue_certificate(key, "k1", P256PublicKey.from_crypto(key.public_key()), ("busan_resident",),
+                             int(now[0]) - 60, int(now[0]) + 60)  # fmt: skip
+    auth = TerminalAuthorization("k1", key, cert, clock=lambda: now[0])
+    verifier = Verifier(StaticChainView(), "k1", NonceStore())
+    plain = CardKioskBackend(Verifier(StaticChainView(), "k0", NonceStore()), [], contextlib.nullcontext)
+    assert plain.health().authorized is None
+    backend = CardKioskBackend(verifier, [], contextlib.nullcontext, authorization=auth)
+    assert backend.health().authorized is True
+    now[0] += 120
+    assert backend.health().authorized is False

@@ -2,18 +2,26 @@
 
 It holds the citizen DID and one issuer-signed SD-JWT credential with its disclosures, written at
 personalization behind the management key. PRESENT builds an SD-JWT+KB presentation (RFC 9901 §4.3) *on the
-card*: only the requested disclosures, and a KB-JWT signed with the PIV 9A key (ES256, raw r‖s). The card, not
-the terminal, decides what leaves it; the PIN must be verified right before every PRESENT ("PIN always").
-The card has no clock: ``iat`` comes from the terminal, the verifier checks it against its own clock.
+card*: only the requested disclosures, and a KB-JWT signed with the applet's own presentation-binding key
+(generated on the card, usable by nothing but PRESENT; legacy cards without one sign with PIV 9A). The card,
+not the terminal, decides what leaves it; the PIN must be verified right before every PRESENT ("PIN always").
+
+Terminal authentication (docs/card-profile.md §Terminal authentication, after BSI TR-03110 Part 3 §B.11):
+a card holding the city authorization root verifies a terminal certificate (PSO VERIFY CERTIFICATE) and the
+terminal's signature over a card challenge (GET CHALLENGE, EXTERNAL AUTHENTICATE); PRESENT then releases only
+the certificate's claims, with ``aud`` = the certificate's terminal id. The card has no clock: it keeps the
+latest date seen in a valid certificate and refuses certificates that expired before it; the terminal's
+current time comes signed inside EXTERNAL AUTHENTICATE. ``iat`` comes from the terminal as well.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from cityid.apdu import CommandApdu, ResponseApdu
@@ -22,6 +30,7 @@ from cityid.citizen import (
     CLA_PROPRIETARY,
     MAX_CREDENTIAL_BYTES,
     MAX_DID,
+    PSO_VERIFY_CERTIFICATE,
     CredentialRecord,
     CredentialState,
     InfoTag,
@@ -32,9 +41,19 @@ from cityid.citizen import (
 from cityid.errors import ApduError, TlvError
 from cityid.iso7816 import SW
 from cityid.jose import attach_signature, der_to_raw_p256
+from cityid.keys import KeyFormatError, P256PublicKey
 from cityid.piv import Algorithm, Slot
 from cityid.sdjwt import kb_jwt_signing_input, presentation_without_kb, sd_hash
-from cityid.tlv import encode_tlv
+from cityid.terminal_cert import (
+    CHALLENGE_BYTES,
+    CertificateError,
+    CertTag,
+    TerminalAuthentication,
+    TerminalCertificate,
+    authority_id,
+    ta_signing_input,
+)
+from cityid.tlv import encode_tlv, parse_tlv_list
 from emulators.card.os import Applet
 from emulators.card.piv import PivApplet
 from emulators.card.security import CardSecurity
@@ -57,18 +76,28 @@ class CitizenApplet(Applet):
         store: CardStore,
         security: CardSecurity,
         piv: PivApplet,
-        private_info: bool = False,
+        private_info: bool = True,
         activation_required: bool = False,
+        terminal_auth_required: bool = False,
+        rng: Callable[[int], bytes] = os.urandom,
     ) -> None:
         self.store = store
         self.security = security
         self.piv = piv  # the holder key lives in PIV slot 9A
         #: GET INFO answers only its public part (docs/card-profile.md, GET INFO): no serial, DID or claim
-        #: names before the PIN; they come from GET IDENTITY. Off = the legacy answer current terminals read.
+        #: names before the PIN; they come from GET IDENTITY. Off = the legacy answer of older profiles.
         self.private_info = private_info
         #: PUT CREDENTIAL stores the credential inactive; ACTIVATE (the last personalization step) makes it
         #: usable (docs/card-profile.md, ACTIVATE). Off = legacy: every stored credential is usable.
         self.activation_required = activation_required
+        #: PRESENT needs terminal authentication even before an authorization root is written (a card with
+        #: a root always needs it; docs/card-profile.md §Terminal authentication).
+        self.terminal_auth_required = terminal_auth_required
+        self._rng = rng
+        # volatile terminal-authentication state (cleared at power-up and deselection)
+        self._challenge: bytes | None = None
+        self._pending: TerminalCertificate | None = None
+        self._terminal: TerminalCertificate | None = None
         self._state: dict[str, Any] = store.section(SECTION)
         self._credential: CredentialRecord | None = None
         if self._state.get("credential"):
@@ -81,6 +110,11 @@ class CitizenApplet(Applet):
             (CLA_PROPRIETARY, Ins.PUT_DID): self._put_did,
             (CLA_PROPRIETARY, Ins.ERASE): self._erase,
             (CLA_PROPRIETARY, Ins.ACTIVATE): self._activate,
+            (CLA_PROPRIETARY, Ins.PUT_AUTHORIZATION_ROOT): self._put_authorization_root,
+            (CLA_PROPRIETARY, Ins.GENERATE_BINDING_KEY): self._generate_binding_key,
+            (0x00, Ins.PSO): self._verify_certificate,
+            (0x00, Ins.GET_CHALLENGE): self._get_challenge,
+            (0x00, Ins.EXTERNAL_AUTHENTICATE): self._external_authenticate,
             (0x00, Ins.VERIFY): self._verify,
             (0x00, Ins.GENERAL_AUTHENTICATE): self._general_authenticate,
         }
@@ -89,9 +123,14 @@ class CitizenApplet(Applet):
 
     def power_on(self) -> None:
         self.security.clear_session()
+        self._clear_terminal()
 
     def deselect(self) -> None:
         self.security.clear_session()
+        self._clear_terminal()
+
+    def _clear_terminal(self) -> None:
+        self._challenge = self._pending = self._terminal = None
 
     def select(self) -> bytes:
         return encode_tlv(InfoTag.VERSION, bytes(VERSION))
@@ -144,6 +183,9 @@ class CitizenApplet(Applet):
         out += encode_tlv(InfoTag.PIN_TRIES, bytes([self.security.pin_tries]))
         out += encode_tlv(InfoTag.HOLDER_KEY_SLOT, bytes([Slot.AUTHENTICATION]))
         out += encode_tlv(InfoTag.CREDENTIAL_STATE, bytes([self._credential_state()]))
+        root = self._root()
+        if root is not None:  # one value per issuance: which certificates the kiosk must bring
+            out += encode_tlv(InfoTag.AUTHORITY, authority_id(root))
         return out
 
     def _identity_tlvs(self, with_vct: bool = True) -> bytes:
@@ -155,6 +197,9 @@ class CitizenApplet(Applet):
             if cred.vct:
                 out += encode_tlv(InfoTag.CREDENTIAL_VCT, cred.vct.encode())
             out += encode_tlv(InfoTag.CLAIMS, b"\x00".join(d.claim.encode() for d in cred.disclosures))
+        binding = self._binding_key()
+        if binding is not None:
+            out += encode_tlv(InfoTag.BINDING_KEY, P256PublicKey.from_crypto(binding.public_key()).point)
         return out
 
     def _get_identity(self, cmd: CommandApdu) -> bytes:
@@ -207,7 +252,8 @@ class CitizenApplet(Applet):
         if cmd.data:
             raise ApduError(SW.WRONG_LENGTH)
         self.security.require_admin()
-        self._commit({})
+        # the authorization root and the card's date stay (the date never goes back); the binding key goes
+        self._commit({k: v for k, v in self._state.items() if k in ("auth_root", "auth_date")})
         self._credential = None
         return b""
 
@@ -241,8 +287,17 @@ class CitizenApplet(Applet):
             raise ApduError(SW.CONDITIONS_NOT_SATISFIED, "no credential on the card")
         if not self._credential_state() & CredentialState.ACTIVATED:
             raise ApduError(SW.CONDITIONS_NOT_SATISFIED, "credential not activated yet")
-        if self.piv.key_algorithm(Slot.AUTHENTICATION) != Algorithm.ECC_P256:
-            raise ApduError(SW.CONDITIONS_NOT_SATISFIED, "no P-256 holder key in slot 9A")
+        if self._ta_required():
+            terminal = self._terminal
+            if terminal is None:
+                raise ApduError(SW.COMMAND_NOT_ALLOWED, "no terminal authentication")
+            if request.audience != terminal.terminal_id:
+                raise ApduError(SW.COMMAND_NOT_ALLOWED, "aud is not the authenticated terminal")
+            if not set(request.claims) <= set(terminal.body.claims):
+                raise ApduError(SW.COMMAND_NOT_ALLOWED, "claim outside the terminal's certificate")
+        binding = self._binding_key()
+        if binding is None and self.piv.key_algorithm(Slot.AUTHENTICATION) != Algorithm.ECC_P256:
+            raise ApduError(SW.CONDITIONS_NOT_SATISFIED, "no presentation-binding key and no P-256 key in 9A")
         available = {d.claim for d in cred.disclosures}
         if any(claim not in available for claim in request.claims):
             raise ApduError(SW.REFERENCE_DATA_NOT_FOUND, "claim not on the card")
@@ -250,9 +305,114 @@ class CitizenApplet(Applet):
         disclosures = [d.disclosure for d in cred.disclosures if d.claim in wanted]
         sd_part = presentation_without_kb(cred.issuer_jwt, disclosures)
         signing_input = kb_jwt_signing_input(request.audience, request.nonce, request.iat, sd_hash(sd_part))
-        key = self.piv.private_key(Slot.AUTHENTICATION)
+        key = binding if binding is not None else self.piv.private_key(Slot.AUTHENTICATION)
         assert isinstance(key, ec.EllipticCurvePrivateKey)
         der = key.sign(signing_input, ec.ECDSA(hashes.SHA256()))
         kb_jwt = attach_signature(signing_input, der_to_raw_p256(der))
         logger.info("presented %d of %d disclosures", len(disclosures), len(cred.disclosures))
         return encode_tlv(PresentTag.PRESENTATION, (sd_part + kb_jwt).encode("ascii"))
+
+    # --- presentation-binding key and terminal authentication ------------------------------------------
+
+    def _binding_key(self) -> ec.EllipticCurvePrivateKey | None:
+        der = self._state.get("binding_key")
+        if not der:
+            return None
+        key = serialization.load_der_private_key(bytes.fromhex(der), password=None)
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        return key
+
+    def _generate_binding_key(self, cmd: CommandApdu) -> bytes:
+        """GENERATE BINDING KEY: a fresh P-256 key only PRESENT can use; answers its public point."""
+        self._p1p2(cmd)
+        if cmd.data:
+            raise ApduError(SW.WRONG_LENGTH)
+        self.security.require_admin()
+        key = ec.generate_private_key(ec.SECP256R1())
+        der = key.private_bytes(
+            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        self._commit(dict(self._state, binding_key=der.hex()))
+        point = P256PublicKey.from_crypto(key.public_key()).point
+        return encode_tlv(CertTag.PUBLIC_KEY, encode_tlv(CertTag.POINT, point))
+
+    def _root(self) -> P256PublicKey | None:
+        raw = self._state.get("auth_root")
+        return P256PublicKey.from_point(bytes.fromhex(raw)) if raw else None
+
+    def _ta_required(self) -> bool:
+        return self.terminal_auth_required or self._root() is not None
+
+    def _put_authorization_root(self, cmd: CommandApdu) -> bytes:
+        """PUT AUTHORIZATION ROOT: ``7F49 { 86 point }`` [``5F25`` date]; the date only moves forward."""
+        self._p1p2(cmd)
+        self.security.require_admin()
+        try:
+            tlvs = parse_tlv_list(cmd.data)
+            if not 1 <= len(tlvs) <= 2 or tlvs[0].tag != CertTag.PUBLIC_KEY:
+                raise ApduError(SW.INCORRECT_DATA, "expected 7F49 { 86 point } [5F25 date]")
+            inner = tlvs[0].children()
+            if len(inner) != 1 or inner[0].tag != CertTag.POINT:
+                raise ApduError(SW.INCORRECT_DATA, "expected 7F49 { 86 point }")
+            root = P256PublicKey.from_point(inner[0].value)
+            date = 0
+            if len(tlvs) == 2:
+                if tlvs[1].tag != CertTag.NOT_BEFORE or len(tlvs[1].value) != 4:
+                    raise ApduError(SW.INCORRECT_DATA, "date must be 5F25 with 4 bytes")
+                date = int.from_bytes(tlvs[1].value, "big")
+        except (TlvError, KeyFormatError) as exc:
+            raise ApduError(SW.INCORRECT_DATA, str(exc)) from exc
+        state = dict(self._state, auth_root=root.hex(), auth_date=max(date, self._state.get("auth_date", 0)))
+        self._commit(state)
+        self._clear_terminal()
+        return b""
+
+    def _verify_certificate(self, cmd: CommandApdu) -> bytes:
+        """PSO VERIFY CERTIFICATE: check a terminal certificate against the root and the card's date."""
+        self._p1p2(cmd, *PSO_VERIFY_CERTIFICATE)
+        self._pending = self._terminal = None  # a new certificate ends any earlier authentication
+        root = self._root()
+        try:
+            cert = TerminalCertificate.decode(cmd.data)
+        except CertificateError as exc:
+            raise ApduError(SW.INCORRECT_DATA, str(exc)) from exc
+        if root is None or cert.body.authority != authority_id(root):
+            raise ApduError(SW.REFERENCE_DATA_NOT_FOUND, "certificate not issued by the card's root")
+        if not cert.verify(root):
+            raise ApduError(SW.SECURITY_STATUS_NOT_SATISFIED, "certificate signature does not verify")
+        card_date = int(self._state.get("auth_date", 0))
+        if cert.body.not_after < card_date:
+            raise ApduError(SW.CONDITIONS_NOT_SATISFIED, "certificate expired before the card's date")
+        if cert.body.not_before > card_date:  # TR-03110: the card's date advances with valid certificates
+            self._commit(dict(self._state, auth_date=cert.body.not_before))
+        self._pending = cert
+        return b""
+
+    def _get_challenge(self, cmd: CommandApdu) -> bytes:
+        """GET CHALLENGE: 16 fresh random bytes, valid for the next EXTERNAL AUTHENTICATE only."""
+        self._p1p2(cmd)
+        if cmd.data:
+            raise ApduError(SW.WRONG_LENGTH)
+        self._challenge = self._rng(CHALLENGE_BYTES)
+        return self._challenge
+
+    def _external_authenticate(self, cmd: CommandApdu) -> bytes:
+        """EXTERNAL AUTHENTICATE: the terminal's signature over challenge ‖ terminal id ‖ its time."""
+        self._p1p2(cmd)
+        challenge, self._challenge = self._challenge, None  # one answer per challenge, right or wrong
+        cert, self._pending = self._pending, None
+        self._terminal = None
+        if challenge is None or cert is None:
+            raise ApduError(SW.CONDITIONS_NOT_SATISFIED, "GET CHALLENGE and a verified certificate first")
+        try:
+            auth = TerminalAuthentication.decode(cmd.data)
+        except CertificateError as exc:
+            raise ApduError(SW.INCORRECT_DATA, str(exc)) from exc
+        if not cert.valid_at(auth.when) or auth.when < int(self._state.get("auth_date", 0)):
+            raise ApduError(SW.CONDITIONS_NOT_SATISFIED, "terminal time outside the certificate's validity")
+        message = ta_signing_input(challenge, cert.terminal_id, auth.when)
+        if not cert.body.public_key.verify_raw(auth.signature, message):
+            raise ApduError(SW.SECURITY_STATUS_NOT_SATISFIED, "terminal signature does not verify")
+        self._terminal = cert
+        logger.info("terminal authenticated (%d claims authorized)", len(cert.body.claims))
+        return b""

@@ -48,21 +48,27 @@ def make_citizen_card(
     state: str | os.PathLike[str] | None = None,
     with_fido: bool = False,
     fido_state: str | os.PathLike[str] | None = None,
-    private_info: bool = False,
+    private_info: bool = True,
     activation_required: bool = True,
+    terminal_auth_required: bool = False,
 ) -> VirtualCard:
     """A citizen card whose state lives in ``state`` (None = in memory); FIDO applet optional.
 
     ``private_info``: GET INFO without serial, DID and claim names (docs/card-profile.md, GET INFO); they
-    come from GET IDENTITY after the PIN. Off until the terminal reads them from there.
+    come from GET IDENTITY after the PIN (the default; off = the legacy answer of profile 1.0 cards).
     ``activation_required`` (default): PUT CREDENTIAL stores the credential inactive until ACTIVATE
     (docs/card-profile.md, ACTIVATE) — a card abandoned mid-personalization cannot PRESENT. ``False`` is
     the legacy card that reads every stored credential as activated.
+    ``terminal_auth_required``: PRESENT needs terminal authentication even before an authorization root is
+    written (a card holding a root always needs it; docs/card-profile.md §Terminal authentication).
     """
     store = CardStore(state)
     security = CardSecurity(store)
     piv = PivApplet(store, security)
-    applets: list[Applet] = [piv, CitizenApplet(store, security, piv, private_info, activation_required)]
+    applets: list[Applet] = [
+        piv,
+        CitizenApplet(store, security, piv, private_info, activation_required, terminal_auth_required),
+    ]
     if with_fido:
         applets.append(load_fido_applet(fido_state if fido_state is not None else fido_state_for(state)))
     return VirtualCard(applets, CITIZEN_ATR)
