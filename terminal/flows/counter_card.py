@@ -21,8 +21,9 @@ from cityid.apdu import SmartCardConnection
 from cityid.citizen import CredentialState
 from cityid.errors import CityIdError
 from cityid.piv import DEFAULT_MANAGEMENT_KEY
-from terminal.flows.counter import INITIAL_PIN, INITIAL_PUK, CounterEnrollment
+from terminal.flows.counter import INITIAL_PIN, INITIAL_PUK, CardNotIdentifiedError, CounterEnrollment
 from terminal.sessions.citizen import CitizenSession
+from terminal.sessions.mgmt import ManagementKeyError
 from terminal.sessions.piv import PivSession
 
 logger = logging.getLogger(__name__)
@@ -32,14 +33,15 @@ logger = logging.getLogger(__name__)
 class CardHolding:
     """What a citizen card holds now (identifiers only, docs/card-profile.md §GET INFO / GET IDENTITY)."""
 
-    serial: str  # hex
+    serial: str | None  # hex; None: a private-profile card this counter cannot name without PIN or PUK
     did: str | None
     state: CredentialState | None  # None: an older card profile that does not say
 
     @property
     def card_number(self) -> str:
-        """The printed card number the counter derives from the serial (CitizenRequest.claims)."""
-        return f"BSN-{self.serial.upper()}"
+        """The printed card number the counter derives from the serial (CitizenRequest.claims); "-" while
+        the card keeps its serial private."""
+        return f"BSN-{self.serial.upper()}" if self.serial is not None else "-"
 
     @property
     def written(self) -> bool:
@@ -68,24 +70,27 @@ class NothingToAbandonError(CityIdError):
 
 def inspect_card(connection: SmartCardConnection, enrollment: CounterEnrollment | None = None) -> CardHolding:
     """Serial, DID and credential state of the citizen card in ``connection`` (no PIN). A private-profile
-    card shows them only behind its management key: the default key of a fresh card, or the own key of a
-    card ``enrollment``'s journal knows (through the city HSM); any other private card raises
-    :class:`~terminal.flows.counter.CardNotIdentifiedError` (the citizen's PIN or PUK is needed)."""
+    card shows serial and DID only behind its management key: the default key of a fresh card, or the own
+    key of a card ``enrollment``'s journal knows (through the city HSM); any other private card gives a
+    holding with only its credential state (``serial`` None: the citizen's PIN or PUK is needed)."""
     citizen = CitizenSession(connection)
     info = citizen.info()
     if info.reveals_identity:
         return CardHolding(info.serial, info.did, info.credential_state)
-    if enrollment is None:
-        citizen.authenticate(DEFAULT_MANAGEMENT_KEY)
-    else:
-        enrollment.card_serial(connection)  # leaves the citizen applet authenticated
+    try:
+        if enrollment is None:
+            citizen.authenticate(DEFAULT_MANAGEMENT_KEY)
+        else:
+            enrollment.card_serial(connection)  # leaves the citizen applet authenticated
+    except (CardNotIdentifiedError, ManagementKeyError):
+        return CardHolding(None, None, info.credential_state)
     identity = citizen.identity()
     return CardHolding(identity.serial, identity.did, info.credential_state)
 
 
 def enrollment_started_here(enrollment: CounterEnrollment, holding: CardHolding) -> bool:
     """This counter's journal has progress for the card: enrolling it again resumes, abandoning is allowed."""
-    return enrollment.started(bytes.fromhex(holding.serial))
+    return holding.serial is not None and enrollment.started(bytes.fromhex(holding.serial))
 
 
 def abandon_unfinished(
@@ -100,6 +105,9 @@ def abandon_unfinished(
             raise EnrollmentFinishedError(holding)
         if not holding.written:
             raise NothingToAbandonError("the card holds no unfinished enrollment")
+        if holding.serial is None:  # written elsewhere, unfinished, and private: its key is not ours to try
+            raise CardNotIdentifiedError("the card keeps its serial private: abandon it at its own counter")
+    assert holding.serial is not None
     logger.info("abandoning the unfinished enrollment of a card")
     return enrollment.abandon(bytes.fromhex(holding.serial), connection)
 
@@ -111,8 +119,9 @@ def reset_for_replacement(
     *,
     initial_pin: str = INITIAL_PIN,
     initial_puk: str = INITIAL_PUK,
-) -> None:
-    """Make a card that holds a citizen ready for a new enrollment (the clerk confirmed the replacement).
+) -> bytes:
+    """Make a card that holds a citizen ready for a new enrollment (the clerk confirmed the replacement);
+    returns the card's serial (learnt after the PUK on a private-profile card).
 
     ``current_puk`` is the card's PUK (the citizen types it): PUK → initial PUK (CHANGE REFERENCE DATA),
     PIN → initial PIN (RESET RETRY COUNTER), then DID and credential erased with the card's own management
@@ -131,3 +140,4 @@ def reset_for_replacement(
         serial = citizen.identity().serial
     enrollment.erase_card(connection, bytes.fromhex(serial))
     logger.info("card reset for a new enrollment (PIN and PUK initial, DID and credential erased)")
+    return bytes.fromhex(serial)

@@ -61,6 +61,9 @@ from terminal.web.verdicts import view_for
 
 logger = logging.getLogger(__name__)
 
+#: The confirmation's card reference for a private-profile card the counter cannot name before its PUK.
+PRIVATE_CARD = "private"
+
 __all__ = ["CardCounterBackend", "CardKioskBackend", "PcscKioskBackend"]
 
 
@@ -247,7 +250,7 @@ class CardCounterBackend:
             holding = inspect_card(conn, self.enrollment)
         if not holding.written or enrollment_started_here(self.enrollment, holding):
             return None
-        return CardHolder(holding.serial, holding.card_number, holding.did, holding.finished)
+        return CardHolder(holding.serial or PRIVATE_CARD, holding.card_number, holding.did, holding.finished)
 
     def enroll(
         self, reader: str, enrollment: Enrollment, replace: Replacement | None = None
@@ -268,12 +271,13 @@ class CardCounterBackend:
                     expect: bytes | None = None
                     if replace is not None:
                         holding = inspect_card(conn, self.enrollment)
-                        if holding.serial != replace.serial:
+                        if (holding.serial or PRIVATE_CARD) != replace.serial:
                             raise CardMismatchError("another card is in the reader than the one confirmed")
                         # a retry after the reset (e.g. the server timed out later) must not reset again
                         if holding.written and not enrollment_started_here(self.enrollment, holding):
-                            reset_for_replacement(conn, replace.current_puk, self.enrollment)
-                        expect = bytes.fromhex(replace.serial)
+                            expect = reset_for_replacement(conn, replace.current_puk, self.enrollment)
+                        elif holding.serial is not None:
+                            expect = bytes.fromhex(holding.serial)
                     outcome = self.enrollment.run(conn, request, expect_serial=expect)
             except EnrollmentInterrupted as exc:
                 # The journal keeps the progress: the same request with the card back resumes.

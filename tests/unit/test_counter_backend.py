@@ -16,7 +16,7 @@ from emulators.fido.card import make_fido_card
 from cityid.errors import NoCardError
 from terminal.flows.counter import CardMismatchError
 from terminal.web.backend import Enrollment, Replacement, TokenMissingError
-from terminal.web.stack import CardCounterBackend
+from terminal.web.stack import PRIVATE_CARD, CardCounterBackend
 from tests.unit.test_enrollment_counter import REQUEST, desk  # noqa: F401 (fixture)
 
 CARD, KEY = "Counter card reader", "Counter key reader"
@@ -68,14 +68,20 @@ def test_each_missing_token_names_its_reader(counter: Any) -> None:
     assert reg.did.startswith("did:ethr:") and reg.citizen_credential_id
 
 
-def test_card_holder_and_enrolling_over_a_citizen(counter: Any) -> None:
+@pytest.mark.parametrize("private", [False, True], ids=["legacy-info", "private-info"])
+def test_card_holder_and_enrolling_over_a_citizen(counter: Any, private: bool) -> None:
+    """A legacy card is named by serial and DID; a private-profile card (the default) only by its state
+    until the citizen's PUK resets it — the confirmation then refers to it as ``PRIVATE_CARD``."""
     backend, readers, rig = counter
-    readers.put(CARD, make_citizen_card(None))
+    readers.put(CARD, make_citizen_card(None, private_info=private))
     assert backend.card_holder(CARD) is None  # blank: nothing to confirm
     first = backend.enroll(CARD, ENROLLMENT)
     holder = backend.card_holder(CARD)
-    assert holder is not None and holder.did == first.did and holder.finished
-    assert holder.card_number == f"BSN-{holder.serial.upper()}"
+    assert holder is not None and holder.finished
+    if private:
+        assert (holder.serial, holder.did, holder.card_number) == (PRIVATE_CARD, None, "-")
+    else:
+        assert holder.did == first.did and holder.card_number == f"BSN-{holder.serial.upper()}"
     with pytest.raises(CardMismatchError):  # confirmed for another card: nothing touched
         backend.enroll(CARD, ENROLLMENT, Replacement("00" * 8, ENROLLMENT.puk))
     assert backend.card_holder(CARD) == holder

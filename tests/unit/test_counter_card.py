@@ -10,7 +10,7 @@ from emulators.card.transport import InProcessConnection
 
 from cityid.citizen import CredentialState
 from cityid.errors import CardRemovedError, WrongPinError
-from terminal.flows.counter import CardNotIdentifiedError, CitizenRequest, EnrollmentInterrupted, Step
+from terminal.flows.counter import CitizenRequest, EnrollmentInterrupted, Step
 from terminal.flows.counter_card import (
     EnrollmentFinishedError,
     NothingToAbandonError,
@@ -40,7 +40,7 @@ def test_a_blank_card_has_nothing_to_abandon(desk):  # noqa: F811
 
 def test_a_finished_card_is_never_erased_by_abandon(desk):  # noqa: F811
     rig, _view, counter = desk
-    conn = InProcessConnection(make_citizen_card(None))
+    conn = InProcessConnection(make_citizen_card(None, private_info=False))
     out = counter.run(conn, REQUEST)
     holding = inspect_card(conn, counter)
     assert holding.finished and holding.did == out.citizen_did
@@ -54,7 +54,7 @@ def test_a_finished_card_is_never_erased_by_abandon(desk):  # noqa: F811
 
 def test_a_card_written_elsewhere_but_not_activated_is_unfinished(desk):  # noqa: F811
     _rig, _view, counter = desk
-    conn = InProcessConnection(make_citizen_card(None, activation_required=True))
+    conn = InProcessConnection(make_citizen_card(None, activation_required=True, private_info=False))
     counter.before_step = lambda s: (
         (_ for _ in ()).throw(CardRemovedError("pulled")) if s is Step.PIN else None
     )
@@ -73,7 +73,7 @@ def test_a_card_written_elsewhere_but_not_activated_is_unfinished(desk):  # noqa
 
 def test_replacing_the_citizen_on_a_card(desk):  # noqa: F811
     rig, _view, counter = desk
-    conn = InProcessConnection(make_citizen_card(None))
+    conn = InProcessConnection(make_citizen_card(None, private_info=False))
     first = counter.run(conn, REQUEST)
     with pytest.raises(WrongPinError) as wrong:
         reset_for_replacement(conn, "11112222", counter)
@@ -96,11 +96,26 @@ def test_replacing_the_citizen_on_a_private_card_with_its_own_key(desk):  # noqa
     first = counter.run(conn, REQUEST)
     counter._journal.clear()
     counter._store.delete(bytes.fromhex(first.card_serial))  # finished: nothing of it in the journal
-    with pytest.raises(CardNotIdentifiedError):
-        inspect_card(conn, counter)
-    with pytest.raises(CardNotIdentifiedError):
+    assert inspect_card(conn, counter).serial is None  # not named before the PUK
+    with pytest.raises(EnrollmentFinishedError):
         abandon_unfinished(counter, conn)
     reset_for_replacement(conn, REQUEST.new_puk, counter)
     second = counter.run(conn, OTHER, expect_serial=bytes.fromhex(first.card_serial))
     assert second.verdict.ok and second.citizen_did != first.citizen_did
     assert rig.client.status(first.credential_id)["state"] == "superseded"
+
+
+def test_a_finished_private_card_is_refused_by_abandon_without_being_named(desk):  # noqa: F811
+    """The default (private GET INFO) card after its enrollment finished: the counter cannot name it
+    without PIN or PUK, but its credential state says finished — abandon refuses and erases nothing."""
+    rig, _view, counter = desk
+    conn = InProcessConnection(make_citizen_card(None))
+    out = counter.run(conn, REQUEST)
+    holding = inspect_card(conn, counter)
+    assert holding.serial is None and holding.did is None and holding.finished
+    with pytest.raises(EnrollmentFinishedError):
+        abandon_unfinished(counter, conn)
+    citizen = CitizenSession(conn)
+    citizen.verify_pin(REQUEST.new_pin)
+    assert citizen.identity().did == out.citizen_did  # still there
+    assert rig.client.status(out.credential_id)["state"] == "issued"

@@ -192,7 +192,7 @@ def test_restarted_counter_abandons_through_the_journal(tmp_path: Path) -> None:
     revoked and the card erased with its own key (answered by the server)."""
     rig = make_rig(f"sqlite:///{tmp_path}/s.db")
     journal_file = tmp_path / "journal.sqlite"
-    conn = InProcessConnection(make_citizen_card(None))
+    conn = InProcessConnection(make_citizen_card(None, private_info=False))
     first = _counter(rig, JournalStore(journal_file))
     first.before_step = _pull_at(conn, Step.PIN)
     with pytest.raises(EnrollmentInterrupted):
@@ -210,7 +210,7 @@ def test_journal_file_keeps_no_claims_or_pins(tmp_path: Path) -> None:
 
     rig = make_rig(f"sqlite:///{tmp_path}/s.db")
     journal_file = tmp_path / "journal.sqlite"
-    conn = InProcessConnection(make_citizen_card(None))
+    conn = InProcessConnection(make_citizen_card(None, private_info=False))
     counter = _counter(rig, JournalStore(journal_file))
     counter.before_step = _pull_at(conn, Step.CHECK)
     with pytest.raises(EnrollmentInterrupted):

@@ -71,7 +71,7 @@ def _live(rig, serial_hex: str) -> list[Credential]:
 
 def test_counter_enrollment_then_kiosk_discloses_only_requested(desk):
     rig, view, counter = desk
-    conn = InProcessConnection(make_citizen_card(None))
+    conn = InProcessConnection(make_citizen_card(None, private_info=False))
     out = counter.run(conn, REQUEST)
     assert out.verdict.ok and out.verdict.claims == {}  # wiped: the counter keeps identifiers only
     info = _identity(conn)
@@ -149,7 +149,7 @@ def test_card_pulled_before_each_step(desk, step):
 
 def test_key_changed_behind_our_back_is_detected_and_reenrolled(desk):
     rig, _view, counter = desk
-    conn = InProcessConnection(make_citizen_card(None))
+    conn = InProcessConnection(make_citizen_card(None, private_info=False))
     counter.before_step = lambda s: conn.remove() if s is Step.CHECK and not conn.removed else None
     with pytest.raises(EnrollmentInterrupted):
         counter.run(conn, REQUEST)
@@ -169,7 +169,7 @@ def test_key_changed_behind_our_back_is_detected_and_reenrolled(desk):
 
 def test_abandon_revokes_and_erases(desk):
     rig, _view, counter = desk
-    conn = InProcessConnection(make_citizen_card(None))
+    conn = InProcessConnection(make_citizen_card(None, private_info=False))
     counter.before_step = lambda s: conn.remove() if s is Step.PIN and not conn.removed else None
     with pytest.raises(EnrollmentInterrupted):
         counter.run(conn, REQUEST)

@@ -14,7 +14,7 @@ from emulators.card.transport import InProcessConnection
 from cityid.credential import AGE_OVER_65, BUSAN_RESIDENT, CLAIM_NAMES
 from cityid.errors import CityIdError
 from cityid.keys import P256PublicKey
-from cityid.piv import DEFAULT_MANAGEMENT_KEY, Algorithm
+from cityid.piv import DEFAULT_MANAGEMENT_KEY
 from cityid.terminal_cert import issue_certificate
 from terminal.flows.authorization import (
     CertificateRenewer,
@@ -65,7 +65,7 @@ def enrolled(tmp_path):
 
 def test_counter_enrolls_the_binding_key_not_9a(enrolled) -> None:
     _view, conn, _out = enrolled
-    ident = card_identity(conn, DEFAULT_MANAGEMENT_KEY, Algorithm.TDEA_3KEY)
+    ident = card_identity(conn, DEFAULT_MANAGEMENT_KEY, pin=REQUEST.new_pin)  # own 9B key: after the PIN
     assert ident.binding_key is not None
     from cityid.piv import Slot
     from terminal.sessions.piv import PivSession

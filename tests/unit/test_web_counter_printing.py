@@ -25,7 +25,7 @@ from terminal.flows.kiosk import SERVICES
 from terminal.peripherals.printer import PrinterState, Text
 from terminal.web import create_app, shutdown, start
 from terminal.web.printing import CounterPrinting, CounterScanning
-from tests.doubles.fake_backends import FakeCounterBackend
+from tests.doubles.fake_backends import FakeCounterBackend, FakeToken
 from tests.unit.test_web_printing import Printer
 
 PASSWORD = "correct horse"
@@ -148,6 +148,8 @@ def test_the_chosen_revocation_password_is_printed_once_and_never_put_in_the_coo
     assert resp.status_code == 410 and "no longer held" in resp.get_data(as_text=True)
     assert len(printer.printed) == 2
     # signing out drops a receipt that was never printed (and its password) at once
+    backend = app.extensions["cityid.counter"]
+    backend.cards["Fake Counter Reader"] = FakeToken()  # the next citizen's blank card
     html = client.post("/counter/enroll", data={**form, "csrf_token": tok}).get_data(as_text=True)
     assert 'id="print-receipt"' in html and len(printing._held) == 1
     client.post("/counter/logout", data={"csrf_token": tok})
