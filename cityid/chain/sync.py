@@ -37,7 +37,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from cityid.chain.abi import Abi, DecodedEvent
+from cityid.chain.contracts import DecodedEvent, Events
 from cityid.chain.bindings import vct_hash
 from cityid.chain.errors import ChainConfigError, ChainError, MalformedReplyError, StaleChainDataError
 from cityid.chain.live import StatusListMismatchError, check_fresh, check_status_ref, trusted_now
@@ -145,9 +145,9 @@ class SyncCache:
         except sqlite3.Error as exc:
             raise ChainConfigError(f"cannot open the chain cache {path}: {exc}") from exc
         self._contracts = {
-            network.address("did_registry"): Abi.of("CityDIDRegistry"),
-            network.address("status_registry"): Abi.of("CityStatusRegistry"),
-            network.address("trusted_issuers"): Abi.of("CityTrustedIssuers"),
+            network.address("did_registry"): Events.of("CityDIDRegistry"),
+            network.address("status_registry"): Events.of("CityStatusRegistry"),
+            network.address("trusted_issuers"): Events.of("CityTrustedIssuers"),
         }
         self._check_identity()
         self._thread: threading.Thread | None = None
@@ -354,7 +354,7 @@ class SyncCache:
                 abi = None
             if abi is None:
                 raise MalformedReplyError("eth_getLogs returned a log of another contract")
-            ev = abi.decode_log(log)
+            ev = abi.decode(log)
             if ev is None:
                 continue
             if not start <= ev.block_number <= end:
@@ -498,7 +498,7 @@ class SyncCache:
             if headers[n + 1].parent_hash != headers[n].hash or headers[n].number != n:
                 raise ProofError(f"block {n} is not an ancestor of block {end}")
         registry = bytes.fromhex(self.network.address("did_registry")[2:])
-        topics0 = {Abi.of("CityDIDRegistry").event_topics[n] for n in _DID_EVENT_NAMES}
+        topics0 = {Events.of("CityDIDRegistry").topics[n] for n in _DID_EVENT_NAMES}
         for n, raw in zip(blocks, replies[end - first :], strict=True):
             proven = sorted(
                 (t, d)
