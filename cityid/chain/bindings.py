@@ -67,10 +67,13 @@ class _Binding:
 
         return decode
 
+    def encode(self, fn: str, *args: Any) -> bytes:
+        """Calldata of ``fn(*args)`` (web3's ``Contract.encode_abi``)."""
+        return bytes.fromhex(self.contract.encode_abi(fn, args=list(args))[2:])
+
     def _call(self, fn: str, *args: Any) -> Call:
-        """A multicall entry: ``encode_abi`` calldata and web3's codec for the answer."""
-        data = bytes.fromhex(self.contract.encode_abi(fn, args=list(args))[2:])
-        return Call(self.address, data, self.decoder(fn))
+        """A multicall entry: calldata and web3's codec for the answer."""
+        return Call(self.address, self.encode(fn, *args), self.decoder(fn))
 
     def read(self, fn: str, *args: Any, block: str | int = "latest") -> tuple[Any, ...]:
         """``functions.fn(*args).call()`` (one round trip); reverts become TransactionRevertedError."""
@@ -164,8 +167,8 @@ class Multicall(_Binding):
     def aggregate_request(self, calls: Sequence[Call]) -> tuple[str, list[Any]]:
         """The ``eth_call`` (method, params) that runs ``calls`` plus block number and timestamp."""
         entries = [
-            (self.address, False, self._call("getBlockNumber").data),
-            (self.address, False, self._call("getCurrentBlockTimestamp").data),
+            (self.address, False, self.encode("getBlockNumber")),
+            (self.address, False, self.encode("getCurrentBlockTimestamp")),
         ]
         entries += [(c.target, True, c.data) for c in calls]
         data = self.contract.encode_abi("aggregate3", args=[entries])

@@ -25,6 +25,8 @@ from web3._utils.events import get_event_data
 from web3.contract import Contract
 from web3.exceptions import (
     BadFunctionCallOutput,
+    BlockNotFound,
+    TransactionNotFound,
     BadResponseFormat,
     ContractLogicError,
     LogTopicError,
@@ -236,8 +238,8 @@ def web3_errors() -> Iterator[None]:
     """Map web3's exceptions onto :mod:`cityid.chain.errors` (the provider already raises typed errors)."""
     try:
         yield
-    except ChainError:
-        raise
+    except (ChainError, TransactionNotFound, BlockNotFound):
+        raise  # typed already; "not found" is an answer the caller handles
     except ContractLogicError as exc:  # ContractCustomError / ContractPanicError / Error(string)
         revert = revert_of(exc)
         assert revert is not None

@@ -22,9 +22,9 @@ import json
 import logging
 import threading
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from eth_account import Account
@@ -52,7 +52,7 @@ logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 
-class _Reverted(Exception):  # noqa: N818 - carries the EVM's revert data, not a failure of ours
+class _Reverted(Exception):
     """An EVM revert with its raw data (raised by the backend, answered as a JSON-RPC error)."""
 
     def __init__(self, data: bytes) -> None:

@@ -25,8 +25,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from cityid.chain.contracts import Events
 from cityid.chain.bindings import Multicall, StatusRegistry, TrustedIssuers, vct_hash
+from cityid.chain.contracts import Events
 from cityid.chain.errors import ChainError, MalformedReplyError, StaleChainDataError
 from cityid.chain.network import NetworkConfig, check_network, checksum
 from cityid.chain.proof import (

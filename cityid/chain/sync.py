@@ -37,8 +37,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from cityid.chain.contracts import DecodedEvent, Events
 from cityid.chain.bindings import vct_hash
+from cityid.chain.contracts import DecodedEvent, Events
 from cityid.chain.errors import ChainConfigError, ChainError, MalformedReplyError, StaleChainDataError
 from cityid.chain.live import StatusListMismatchError, check_fresh, check_status_ref, trusted_now
 from cityid.chain.network import NetworkConfig, check_network, checksum

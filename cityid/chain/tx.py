@@ -1,6 +1,6 @@
 """What a contract write is before it is signed: a web3 contract function (or constructor) and a label.
 
-The server's ``TxSender`` (server/chain/writer.py) estimates, builds (``build_transaction``), signs and sends it.
+The server's ``TxSender`` (server/chain/writer.py) estimates, builds (``build_transaction``), signs, sends it.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from web3.contract.contract import ContractConstructor, ContractFunction
 
 @dataclass(frozen=True, slots=True)
 class TxRequest:
-    """What to send: a web3 ``ContractFunction`` (a call of a deployed contract) or ``ContractConstructor``."""
+    """What to send: a web3 ``ContractFunction`` (call of a deployed contract) or ``ContractConstructor``."""
 
     function: ContractFunction | ContractConstructor
     gas: int | None = None

@@ -1,9 +1,10 @@
-"""Transaction sender on web3: local nonces for many in-flight transactions, padded gas, receipt checks, retries.
+"""Transaction sender on web3: local nonces for many in-flight transactions, padded gas, receipts, retries.
 
-Built with web3 (``ContractFunction.estimate_gas``/``build_transaction``, ``w3.eth.account.sign_transaction``,
-``w3.eth.send_raw_transaction``, ``w3.eth.get_transaction_receipt``). A transaction is signed ONCE (fixed nonce,
-fixed bytes, so a fixed hash); a retry after a timeout or a dropped connection re-sends those same bytes and
-then looks the hash up, so a retry can never apply a change twice. Reverts are decoded (custom errors,
+Built with web3 (``ContractFunction.estimate_gas``/``build_transaction``,
+``w3.eth.account.sign_transaction``, ``w3.eth.send_raw_transaction``, ``w3.eth.get_transaction_receipt``).
+A transaction is signed ONCE (fixed nonce, fixed bytes, so a fixed hash); a retry after a timeout or a
+dropped connection re-sends those same bytes and then looks the hash up, so a retry can never apply a
+change twice. Reverts are decoded (custom errors,
 ``Error(string)``) into :class:`TransactionRevertedError` before sending (gas estimation replays the call) and
 after mining (the failed transaction is replayed with ``eth_call`` at the block before).
 """
