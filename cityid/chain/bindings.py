@@ -15,6 +15,7 @@ from typing import Any
 from eth_utils.abi import collapse_if_tuple
 from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
+from web3.types import BlockIdentifier
 
 from cityid.chain.contracts import DecodedEvent, Events, load_artifact, web3_errors
 from cityid.chain.errors import MalformedReplyError
@@ -39,7 +40,7 @@ class _Binding:
         self.address = to_checksum_address(address)
         self.contract = client.w3.eth.contract(
             address=self.address,
-            abi=list(load_artifact(self.contract_name).abi),  # pyright: ignore[reportArgumentType]
+            abi=list(load_artifact(self.contract_name).abi),
         )
         self._types: dict[str, list[str]] = {}
 
@@ -75,7 +76,7 @@ class _Binding:
         """A multicall entry: calldata and web3's codec for the answer."""
         return Call(self.address, self.encode(fn, *args), self.decoder(fn))
 
-    def read(self, fn: str, *args: Any, block: str | int = "latest") -> tuple[Any, ...]:
+    def read(self, fn: str, *args: Any, block: BlockIdentifier = "latest") -> tuple[Any, ...]:
         """``functions.fn(*args).call()`` (one round trip); reverts become TransactionRevertedError."""
         with web3_errors():
             out = self.contract.functions[fn](*args).call(block_identifier=block)

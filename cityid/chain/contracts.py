@@ -25,13 +25,13 @@ from web3._utils.events import get_event_data
 from web3.contract import Contract
 from web3.exceptions import (
     BadFunctionCallOutput,
-    BlockNotFound,
-    TransactionNotFound,
     BadResponseFormat,
+    BlockNotFound,
     ContractLogicError,
     LogTopicError,
     MismatchedABI,
     TimeExhausted,
+    TransactionNotFound,
     Web3RPCError,
     Web3ValueError,
 )

@@ -22,7 +22,7 @@ import json
 import logging
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -77,7 +77,7 @@ def _revert_data(error: BaseException | None) -> bytes:
 class _Backend(PyEVMBackend):
     """eth-tester's py-evm backend keeping a revert's data for ``call`` and ``estimate_gas``."""
 
-    def call(self, transaction: dict[str, Any], block_number: Any = "latest") -> bytes:
+    def call(self, transaction: Mapping[str, Any], block_number: Any = "latest") -> bytes:
         tx = dict(transaction)
         tx.setdefault("gas", self._max_available_gas())
         unsigned = self._get_normalized_and_unsigned_evm_transaction(tx, block_number)
@@ -88,7 +88,7 @@ class _Backend(PyEVMBackend):
             raise _Reverted(_revert_data(computation.error))
         return computation.output
 
-    def estimate_gas(self, transaction: dict[str, Any], block_number: Any = "latest") -> int:
+    def estimate_gas(self, transaction: Mapping[str, Any], block_number: Any = "latest") -> int:
         try:
             return super().estimate_gas(transaction, block_number)
         except TransactionFailed as exc:  # raised "from" py-evm's Revert/InvalidInstruction

@@ -200,7 +200,7 @@ class BoundedHTTPProvider(JSONBaseProvider):
 
     # ---- web3 provider interface ----
     def make_request(self, method: RPCEndpoint, params: Any) -> RPCResponse:
-        """One JSON-RPC call, one round trip; the reply envelope is checked (its error is left to the caller)."""
+        """One JSON-RPC call, one round trip; the envelope is checked (its error is left to the caller)."""
         request_id = next(self.request_counter)
         logger.debug("rpc %s", method)
         reply = self.post(_encode(method, params, request_id))

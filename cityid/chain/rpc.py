@@ -33,7 +33,7 @@ from cityid.chain.provider import (
 
 logger = logging.getLogger(__name__)
 
-#: The bounded provider under the name the callers outside ``cityid.chain`` use (``RpcClient(HttpTransport(url))``).
+#: The bounded provider by the name callers outside ``cityid.chain`` use: ``RpcClient(HttpTransport(url))``.
 HttpTransport = BoundedHTTPProvider
 
 __all__ = [
@@ -74,7 +74,8 @@ class RpcClient:
 
     @property
     def url(self) -> str:
-        return str(getattr(self.provider, "url", None) or getattr(self.provider, "endpoint_uri", self.provider))
+        provider = self.provider
+        return str(getattr(provider, "url", None) or getattr(provider, "endpoint_uri", provider))
 
     def count(self) -> None:
         with self._count_lock:
@@ -161,7 +162,7 @@ def as_list(value: Any, what: str) -> list[Any]:
 
 
 def connect(rpc_url: str, timeout: float = 5.0, *, allow_plain: bool = False) -> RpcClient:
-    """A client for an HTTP(S) JSON-RPC URL through the bounded provider (the embedded chain hands out its own).
+    """A client for an HTTP(S) JSON-RPC URL on the bounded provider (the embedded chain hands out its own).
 
     ``https://`` is required off the loopback (:func:`check_rpc_url`).
     """

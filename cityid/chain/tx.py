@@ -28,4 +28,4 @@ class TxRequest:
         """The calldata (or init code) web3 encodes for it."""
         if isinstance(self.function, ContractConstructor):
             return bytes.fromhex(self.function.data_in_transaction[2:])
-        return bytes.fromhex(self.function._encode_transaction_data()[2:])  # pyright: ignore[reportPrivateUsage]  # web3's own encoder of the call
+        return bytes.fromhex(self.function._encode_transaction_data()[2:])  # web3's own encoder of the call

@@ -181,7 +181,7 @@ class Registrar:
     def latest_timestamp(self) -> int:
         """Timestamp of the latest block (the clock contracts compare validity against)."""
         with web3_errors():
-            return int(self.client.w3.eth.get_block("latest")["timestamp"])
+            return int(self.client.w3.eth.get_block("latest").get("timestamp", 0))
 
     # ---- DIDs ----
     def enroll_citizens(

@@ -89,11 +89,11 @@ class TxSender:
     # ---- nonces ----
     def _take_nonce(self) -> int:
         with self._lock:
-            if self._nonce is None:
-                with web3_errors():
-                    self._nonce = self.w3.eth.get_transaction_count(self.account.address, "pending")
             nonce = self._nonce
-            self._nonce += 1
+            if nonce is None:
+                with web3_errors():
+                    nonce = int(self.w3.eth.get_transaction_count(self.account.address, "pending"))
+            self._nonce = nonce + 1
             return nonce
 
     def resync_nonce(self) -> None:
@@ -250,7 +250,7 @@ class TxSender:
         try:
             with web3_errors():
                 block = self.w3.eth.get_block(receipt.block_number)
-            ok = "0x" + bytes(block["hash"]).hex() == receipt.block_hash
+            ok = "0x" + bytes(block.get("hash") or b"").hex() == receipt.block_hash
         except BlockNotFound:
             ok = False
         if not ok:

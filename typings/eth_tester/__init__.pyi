@@ -1,6 +1,7 @@
 # Local stub: eth-tester ships no type information, and pyright's inference from its source types attributes
 # initialised to None (``backend``, ``account_keys``, ``chain``) as None. This declares the part of the API
-# that cityid.chain.embedded uses; eth-tester returns plain dicts/tuples of JSON-like values.
+# that cityid.chain.embedded uses (with the py-evm backend's call building blocks, to keep revert data);
+# eth-tester returns plain dicts/tuples of JSON-like values.
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -8,13 +9,30 @@ from eth_keys.datatypes import PrivateKey
 
 _Block = Mapping[str, Any]
 
+class _DecodedTransaction:
+    nonce: int
+    sender: bytes
+
+class _TransactionBuilder:
+    def decode(self, encoded: bytes) -> _DecodedTransaction: ...
+
+class _VM:
+    def get_transaction_builder(self) -> _TransactionBuilder: ...
+
 class _Chain:
     chain_id: int
+    def get_vm(self) -> _VM: ...
 
 class PyEVMBackend:
     chain: _Chain
     account_keys: Sequence[PrivateKey]
     def __init__(self) -> None: ...
+    def call(self, transaction: Mapping[str, Any], block_number: Any = "latest") -> bytes: ...
+    def estimate_gas(self, transaction: Mapping[str, Any], block_number: Any = "latest") -> int: ...
+    def _max_available_gas(self) -> int: ...
+    def _get_normalized_and_unsigned_evm_transaction(
+        self, transaction: Mapping[str, Any], block_number: Any = "latest"
+    ) -> Any: ...
 
 class EthereumTester:
     backend: PyEVMBackend
