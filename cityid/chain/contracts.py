@@ -106,17 +106,56 @@ class DecodedEvent:
     tx_hash: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class _EventPlan:
+    """How to decode one event, derived once from its ABI (web3's ``get_event_data``: once per log)."""
+
+    abi: AbiItem
+    names: tuple[str, ...]  # every input, in ABI order
+    indexed: tuple[tuple[str, str], ...]  # (name, type) of the topics after topic 0
+    data_names: tuple[str, ...]
+    data_types: tuple[str, ...]
+    addresses: tuple[str, ...]  # inputs of type address (returned checksummed, as web3 does)
+
+    @classmethod
+    def of(cls, item: AbiItem) -> _EventPlan:
+        inputs = item.get("inputs", [])
+        plain = [p for p in inputs if not p.get("indexed")]
+        return cls(
+            abi=item,
+            names=tuple(p["name"] for p in inputs),
+            indexed=tuple((p["name"], collapse_if_tuple(p)) for p in inputs if p.get("indexed")),
+            data_names=tuple(p["name"] for p in plain),
+            data_types=tuple(collapse_if_tuple(p) for p in plain),
+            addresses=tuple(p["name"] for p in inputs if p["type"] == "address"),
+        )
+
+
+def _indexed_value(kind: str, topic: bytes) -> Any:
+    """An indexed argument from its topic (dynamic types are stored hashed: the topic itself)."""
+    if kind in ("string", "bytes") or kind.endswith("]") or kind.startswith("("):
+        return topic
+    return _CODEC.decode([kind], topic)[0]
+
+
 class Events:
-    """The events of one contract by topic 0, decoded with web3's ``get_event_data``."""
+    """The events of one contract by topic 0, decoded with web3's ABI codec.
+
+    Same result as web3's ``get_event_data`` (checked in tests/unit/test_chain_contracts.py) with the
+    decoding plan derived once per event instead of once per log: the kiosk cache ingests millions of logs
+    (bench/chain_sync.py measures both).
+    """
 
     def __init__(self, abi: tuple[AbiItem, ...]) -> None:
-        self.by_topic: dict[bytes, Any] = {}
+        self.by_topic: dict[bytes, AbiItem] = {}
         self.topics: dict[str, bytes] = {}
+        self._plans: dict[bytes, _EventPlan] = {}
         for item in abi:
             if item.get("type") == "event":
                 topic = event_abi_to_log_topic(item)  # pyright: ignore[reportArgumentType]  # solc JSON ABI
                 self.by_topic[topic] = item
                 self.topics[item["name"]] = topic
+                self._plans[topic] = _EventPlan.of(item)
 
     @classmethod
     @cache
@@ -126,12 +165,56 @@ class Events:
     def decode(self, log: dict[str, Any]) -> DecodedEvent | None:
         """Decode a raw JSON-RPC log object; None for events not in this ABI (or malformed for it).
 
-        The log's position fields are checked (hex of the right length) before web3 decodes the payload.
+        The log's position fields are checked (hex of the right length) before its payload is decoded.
         """
         topics = [as_bytes(t, "log topic", 32) for t in as_list(log.get("topics"), "log topics")]
-        if not topics or topics[0] not in self.by_topic:
+        if not topics:
+            return None
+        plan = self._plans.get(topics[0])
+        if plan is None:
             return None
         data = as_bytes(log.get("data"), "log data")
+        return self.decode_fields(
+            topics,
+            data,
+            str(log.get("address", "")),
+            as_int(log.get("blockNumber"), "log blockNumber"),
+            as_bytes(log.get("blockHash"), "log blockHash", 32),
+            as_int(log.get("logIndex"), "log logIndex"),
+            as_bytes(log.get("transactionHash"), "log transactionHash", 32),
+        )
+
+    def decode_fields(
+        self,
+        topics: list[bytes],
+        data: bytes,
+        address: str,
+        block_number: int,
+        block_hash: bytes = b"",
+        log_index: int = 0,
+        tx_hash: bytes = b"",
+    ) -> DecodedEvent | None:
+        """Decode an already-parsed log (topics and data as bytes); None if not one of these events."""
+        plan = self._plans.get(topics[0]) if topics else None
+        if plan is None or len(topics) != 1 + len(plan.indexed):
+            return None
+        try:
+            values = dict(zip(plan.data_names, _CODEC.decode(plan.data_types, data), strict=True))
+            for (name, kind), topic in zip(plan.indexed, topics[1:], strict=True):
+                values[name] = _indexed_value(kind, topic)
+            for name in plan.addresses:
+                values[name] = Web3.to_checksum_address(values[name])
+        except (DecodingError, OverflowError, ValueError, TypeError):
+            return None
+        args = {n: values[n] for n in plan.names}
+        return DecodedEvent(plan.abi["name"], args, address, block_number, block_hash, log_index, tx_hash)
+
+    def decode_with_web3(self, log: dict[str, Any]) -> DecodedEvent | None:
+        """The same through web3's generic ``get_event_data`` (reference for tests and the benchmark)."""
+        topics = [as_bytes(t, "log topic", 32) for t in as_list(log.get("topics"), "log topics")]
+        item = self.by_topic.get(topics[0]) if topics else None
+        if item is None:
+            return None
         where = (
             as_int(log.get("blockNumber"), "log blockNumber"),
             as_bytes(log.get("blockHash"), "log blockHash", 32),
@@ -140,8 +223,8 @@ class Events:
         )
         entry = {
             "topics": topics,
-            "data": data,
-            "address": str(log.get("address", "")),
+            "data": as_bytes(log.get("data"), "log data"),
+            "address": log.get("address"),
             "blockNumber": where[0],
             "blockHash": where[1],
             "logIndex": where[2],
@@ -149,10 +232,10 @@ class Events:
             "transactionIndex": 0,
         }
         try:
-            ev = get_event_data(_CODEC, self.by_topic[topics[0]], entry)  # pyright: ignore[reportArgumentType]
+            ev = get_event_data(_CODEC, item, entry)  # pyright: ignore[reportArgumentType]  # solc JSON ABI
         except (DecodingError, LogTopicError, MismatchedABI, OverflowError, ValueError, TypeError):
             return None
-        return DecodedEvent(ev["event"], dict(ev["args"]), entry["address"], *where)
+        return DecodedEvent(ev["event"], dict(ev["args"]), str(log.get("address", "")), *where)
 
 
 def decode_log(contract_name: str, log: dict[str, Any]) -> DecodedEvent | None:
