@@ -289,3 +289,33 @@ def test_revoke_keys_batch(city, stranger, embedded_chain):
         stranger.revoke_keys([(ids[2], keys[2][0])])
     with pytest.raises(TransactionRevertedError, match="MalformedBatch"):
         city.sender.send(city.dids.tx("revokeKeysBatch", name32(CITIZEN_KEY_ATTR), bytes(83)))
+
+
+def test_calldata_and_event_decoding_match_web3s_own(city):
+    """The per-function / per-event plans give exactly what web3's encode_abi / get_event_data give."""
+    from cityid.chain.contracts import Events
+
+    multicall = city.dids  # any binding
+    identity = new_identity()
+    calls = [
+        ("setAttribute", (identity, name32(CITIZEN_KEY_ATTR), p256(), 3600)),
+        ("changed", (identity,)),
+        ("enrollBatch", (name32(CITIZEN_KEY_ATTR), 60, bytes(85))),
+    ]
+    for fn, args in calls:
+        assert multicall.encode(fn, *args).hex() == multicall.contract.encode_abi(fn, args=list(args))[2:]
+    (receipt,) = city.enroll_citizens([(identity, [p256(), p256()])])
+    events = Events.of("CityDIDRegistry")
+    decoded = [events.decode(dict(log)) for log in receipt.logs]
+    assert [e.name for e in decoded if e] == ["DIDOwnerChanged", "DIDAttributeChanged", "DIDAttributeChanged"]
+    assert decoded == [events.decode_with_web3(dict(log)) for log in receipt.logs]
+    assert decoded[1] is not None and decoded[1].args["identity"] == identity
+
+
+def test_clients_go_through_web3_with_per_client_round_trips(embedded_chain):
+    """RpcClient is a web3 handle: web3 calls and raw batches both count, per client, on one provider."""
+    one, two = embedded_chain.client(), embedded_chain.client()
+    assert one.provider is two.provider  # the same in-process EthereumTesterProvider
+    assert one.w3.eth.chain_id == embedded_chain.network.chain_id  # a web3 call: 1 round trip
+    one.batch([("eth_blockNumber", []), ("eth_chainId", [])])  # a provider batch: 1 round trip
+    assert (one.round_trips, two.round_trips) == (2, 0)
