@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 MAX_REPLY_BYTES = 32 * 1024 * 1024  # an eth_getLogs of a busy registry stays far below this
 MAX_JSON_DEPTH = 64  # JSON-RPC replies of the methods we use nest < 10 levels
-_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')  # unrolled: ~6x faster than (?:[^"\\]|\\.)*
 _BRACKETS = bytes(range(256)).translate(None, b"[]{}")
 
 
@@ -81,7 +81,11 @@ def check_json_nesting(data: bytes, max_depth: int = MAX_JSON_DEPTH) -> None:
     Importing py_ecc raises the recursion limit to 100,000, so CPython's C JSON decoder overflows the C stack
     (SIGSEGV) on deep input instead of raising RecursionError (FIELD-NOTES "Chain trust").
     """
-    brackets = _JSON_STRING.sub(b"", data).translate(None, _BRACKETS)
+    if b"\\" in data:  # escapes: strings found by the (slower) regex
+        outside = _JSON_STRING.sub(b"", data)
+    else:  # no escapes (node replies are hex): strings are exactly every other piece between quotes
+        outside = b"".join(data.split(b'"')[0::2])
+    brackets = outside.translate(None, _BRACKETS)
     if len(brackets) <= 2 * max_depth:
         return  # cannot be deeper than max_depth
     depth = 0
