@@ -364,7 +364,8 @@ def run(args: argparse.Namespace) -> None:
         f"(node {r['delta_node_s']:.2f} s)   peak RSS {r['rss_mib']:.0f} MiB"
     )
     print(
-        f"   lookup (verification read, 0 round trips)  1k citizens: median {small[0]:.3f} ms p95 {small[1]:.3f} ms;"
+        f"   lookup (verification read, 0 round trips)  1k citizens: median {small[0]:.3f} ms "
+        f"p95 {small[1]:.3f} ms;"
         f"  city scale: median {r['lookup_before'][0]:.3f} ms p95 {r['lookup_before'][1]:.3f} ms;"
         f"  after the delta: median {r['lookup_after'][0]:.3f} ms p95 {r['lookup_after'][1]:.3f} ms"
     )

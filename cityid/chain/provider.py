@@ -81,10 +81,9 @@ def check_json_nesting(data: bytes, max_depth: int = MAX_JSON_DEPTH) -> None:
     Importing py_ecc raises the recursion limit to 100,000, so CPython's C JSON decoder overflows the C stack
     (SIGSEGV) on deep input instead of raising RecursionError (FIELD-NOTES "Chain trust").
     """
-    if b"\\" in data:  # escapes: strings found by the (slower) regex
-        outside = _JSON_STRING.sub(b"", data)
-    else:  # no escapes (node replies are hex): strings are exactly every other piece between quotes
-        outside = b"".join(data.split(b'"')[0::2])
+    # Without escapes (node replies are hex) the strings are exactly every other piece between quotes;
+    # with escapes the (slower) regex finds them.
+    outside = _JSON_STRING.sub(b"", data) if b"\\" in data else b"".join(data.split(b'"')[0::2])
     brackets = outside.translate(None, _BRACKETS)
     if len(brackets) <= 2 * max_depth:
         return  # cannot be deeper than max_depth

@@ -334,3 +334,18 @@ def test_legacy_gas_pricing_without_base_fee(embedded_chain):
     list_id = city.create_status_list()
     assert city.status.list_owner(list_id) == city.address
     assert transport.raw and all(raw[:4] in ("0xf8", "0xf9") for raw in transport.raw)  # legacy RLP list
+
+
+@pytest.mark.parametrize("escaped", [False, True])
+def test_nesting_bound_ignores_brackets_in_strings_only(escaped):
+    """Both scanning paths (no escapes: split on quotes; escapes: regex) count only structural brackets."""
+    from cityid.chain.provider import check_json_nesting
+
+    quote = '\\"' if escaped else ""
+    ok = json.dumps({"a": "]]]]" + quote + "[[[[", "b": [[[1]]]}).encode()
+    check_json_nesting(ok, 4)
+    with pytest.raises(MalformedReplyError):
+        check_json_nesting(ok, 3)
+    hiding = ('["' + quote + "]" * 100 + '",' + "[" * 70 + "]" * 70 + "]").encode()  # closers in a string
+    with pytest.raises(MalformedReplyError):
+        check_json_nesting(hiding, 64)
