@@ -11,7 +11,7 @@ import importlib
 import logging
 import sys
 
-AREAS = ("card", "card_terminal", "fido", "chain", "credentials", "ui", "server", "printing")
+AREAS = ("card", "card_terminal", "fido", "chain", "chain_sync", "credentials", "ui", "server", "printing")
 
 
 def main() -> int:
