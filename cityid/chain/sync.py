@@ -164,7 +164,7 @@ class SyncCache:
         self._did_events = self._contracts[network.address("did_registry")]
         did_topics = Events.of("CityDIDRegistry").topics
         self._did_topics = {"0x" + did_topics[n].hex(): n for n in _DID_EVENT_NAMES}
-        self._span = min(max_range, 256)  # blocks per eth_getLogs, adapted to the density (TARGET_LOGS)
+        self._span = min(max_range, 64)  # blocks per eth_getLogs, adapted to the density (TARGET_LOGS)
         self._histories: dict[bytes, tuple[int, list[DidEvent]]] = {}  # identity -> (synced block, events)
         self._check_identity()
         self._thread: threading.Thread | None = None
