@@ -455,7 +455,7 @@ class SyncCache:
             data = as_bytes(log.get("data"), "log data")
             if identity[:12] != _ZERO12 or len(data) < 64 or len(data) % 32:
                 return None
-            topics = [bytes.fromhex(first[2:]), identity] if self.proofs else []
+            topics = [as_bytes(first, "log topic", 32), identity] if self.proofs else []
             number = as_int(log.get("blockNumber"), "log blockNumber")
             ev = DecodedEvent(
                 kind,
