@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import itertools
 import json
+import socket
 import urllib.parse
 from typing import Any
 
@@ -20,6 +21,8 @@ class RawReader:
     def __init__(self, url: str) -> None:
         parts = urllib.parse.urlsplit(url)
         self._conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80, timeout=10)
+        self._conn.connect()
+        self._conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as the project's provider
         self._ids = itertools.count(1)
 
     def _post(self, payload: Any) -> Any:
