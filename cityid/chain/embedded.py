@@ -24,6 +24,7 @@ import threading
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -42,6 +43,7 @@ with warnings.catch_warnings():
     from eth_tester import EthereumTester, PyEVMBackend
     from eth_tester.backends.pyevm.main import EVMSpoofTransaction, _execute_and_revert_transaction
     from eth_tester.exceptions import TransactionFailed, ValidationError
+    from eth_tester.utils.filters import check_if_log_matches
 
 from cityid.chain.network import NetworkConfig
 
@@ -107,12 +109,6 @@ def _send_raw_transaction(tester: EthereumTester, params: Any) -> Any:
     return tester.send_raw_transaction(params[0])
 
 
-def _revert_to_snapshot(tester: EthereumTester, params: Any) -> bool:
-    """``evm_revert`` answering ``true`` as anvil and hardhat do (eth-tester returns nothing)."""
-    tester.revert_to_snapshot(params[0])
-    return True
-
-
 def _hexify(value: Any) -> Any:
     """eth-tester's Python values as JSON-RPC values (QUANTITY and DATA as 0x-hex)."""
     if isinstance(value, bool) or value is None or isinstance(value, str):
@@ -141,7 +137,9 @@ class EmbeddedProvider(EthereumTesterProvider):
         endpoints["eth"]["sendRawTransaction"] = _send_raw_transaction
         chain_id = int(self.backend.chain.chain_id)
         endpoints["eth"]["chainId"] = lambda *_: chain_id
-        endpoints["evm"]["revert"] = _revert_to_snapshot
+        endpoints["evm"]["revert"] = self._revert_to_snapshot
+        endpoints["eth"]["getLogs"] = self._get_logs
+        self._block_logs: dict[int, list[Any]] = {}  # mined block -> its log entries (eth-tester's form)
         super().__init__(EthereumTester(self.backend), api_endpoints=endpoints)
         self.chain_id = chain_id
         self.round_trips = 0
@@ -157,6 +155,48 @@ class EmbeddedProvider(EthereumTesterProvider):
             Web3(self, middleware=[]),
             super().make_request,
         )
+
+    def _revert_to_snapshot(self, tester: EthereumTester, params: Any) -> bool:
+        """``evm_revert`` answering ``true`` as anvil and hardhat do (eth-tester returns nothing)."""
+        tester.revert_to_snapshot(params[0])
+        self._block_logs.clear()
+        return True
+
+    def _get_logs(self, tester: EthereumTester, params: Any) -> list[Any]:
+        """eth-tester's ``get_logs`` with each mined block's log entries kept: eth-tester re-reads every
+        receipt of the range on every call (a verification's registry query from the deployment block took
+        ~180 ms after a few hundred blocks). Matching is eth-tester's own ``check_if_log_matches``."""
+        f = params[0]
+        if f.get("block_hash") or f.get("blockHash"):
+            return list(tester.get_logs(**f))
+        kwargs = {k: f.get(k) for k in ("from_block", "to_block", "address", "topics")}
+        tester.validator.validate_inbound_filter_params(**kwargs)
+        normalizer = tester.normalizer
+        raw_from, raw_to, raw_address, raw_topics = normalizer.normalize_inbound_filter_params(**kwargs)
+        matches = partial(
+            check_if_log_matches,
+            from_block=raw_from,
+            to_block=raw_to,
+            addresses=raw_address,
+            topics=raw_topics,
+        )
+
+        def bound(tag: Any) -> int:
+            return tag if isinstance(tag, int) else int(tester.get_block_by_number(tag or "latest")["number"])
+
+        out = []
+        for number in range(bound(raw_from), bound(raw_to) + 1):
+            entries = self._block_logs.get(number)
+            if entries is None:
+                block = tester.get_block_by_number(number)
+                entries = [
+                    tester.normalizer.normalize_inbound_log_entry(log)
+                    for tx in block["transactions"]
+                    for log in tester.get_transaction_receipt(tx)["logs"]
+                ]
+                self._block_logs[number] = entries
+            out += [tester.normalizer.normalize_outbound_log_entry(e) for e in entries if matches(e)]
+        return out
 
     @property
     def tester(self) -> EthereumTester:
