@@ -11,7 +11,10 @@ import importlib
 import logging
 import sys
 
-AREAS = ("card", "card_terminal", "fido", "chain", "credentials", "ui", "server", "outbox", "printing")
+AREAS = (
+    "card", "card_terminal", "fido", "chain", "chain_sync", "credentials", "ui", "server", "outbox",
+    "printing",
+)  # fmt: skip
 
 
 def main() -> int:

@@ -172,6 +172,69 @@ def _proof_figures(
         )
 
 
+def _web3_overhead(city: Registrar, url: str, runs: int) -> None:
+    """web3 (the project's client) against a minimal raw JSON-RPC reader (bench/raw_rpc.py), same run."""
+    from bench.raw_rpc import RawReader
+    from cityid.chain.contracts import Events
+
+    raw = RawReader(url)
+    client = RpcClient(HttpTransport(url))
+    from cityid.chain.bindings import StatusRegistry
+
+    status = StatusRegistry(client, city.network.address("status_registry"))
+    list_id = city.create_status_list()
+    holder = identity_from_public_hash(os.urandom(32))
+    city.enroll_citizens([(holder, [_p256()])])
+    city.publish_issuer_key(_p256())
+    city.accredit_issuer(city.did, VCT, int(time.time()) + 86400)
+    ref = city.status_ref(list_id, 5)
+    print("   web3 overhead (same anvil node, same run; raw = bench/raw_rpc.py, no limits or checks)")
+    web3_s = timed(lambda: status.status_of(list_id, 5), runs)
+    raw_s = timed(
+        lambda: raw.call(
+            status.address, "statusOf(uint256,uint256)", ["uint256", "uint256"], [list_id, 5], ["uint8"]
+        ),
+        runs,
+    )
+    print(f"   anvil    statusOf() eth_call   web3 contract  {summary_ms(web3_s, 3)}")
+    print(f"   anvil    statusOf() eth_call   raw reader     {summary_ms(raw_s, 3)}")
+    plan = ProvenRead.plan(city.network, city.did, city.did_of(holder), VCT, ref)  # type: ignore[arg-type]
+    now = time.time()
+
+    def via(batch: Callable[[list], list]) -> None:
+        replies = batch(plan.calls())
+        plan.evaluate(plan.header(replies, None), replies, now)
+
+    prov_s = timed(lambda: via(client.batch), runs)  # type: ignore[arg-type]
+    raw_s = timed(lambda: via(raw.batch), runs)  # type: ignore[arg-type]
+    print(f"   anvil    proven verification   bounded web3 provider {summary_ms(prov_s, 3)}")
+    print(f"   anvil    proven verification   raw reader            {summary_ms(raw_s, 3)}")
+    (receipt,) = city.enroll_citizens(_citizens(1))
+    log = dict(receipt.logs[-1])
+    events = Events.of("CityDIDRegistry")
+    assert events.decode(log) == events.decode_with_web3(log)
+    plan_s = timed(lambda: events.decode(log), runs * 3)
+    web3_s = timed(lambda: events.decode_with_web3(log), runs * 3)
+    print(f"   cpu      decode one DID log    web3 get_event_data   {summary_ms(web3_s, 3)}")
+    print(f"   cpu      decode one DID log    plan on web3's codec  {summary_ms(plan_s, 3)}")
+    fn = status.contract.functions.setStatus(list_id, [1, 2, 3], 1)
+    account = city.sender.account
+    fields = {"from": account.address, "chainId": city.network.chain_id, "nonce": 0, "gas": 100_000,
+              "value": 0, "maxFeePerGas": 10**10, "maxPriorityFeePerGas": 10**9}
+    data = status.encode("setStatus", list_id, [1, 2, 3], 1)
+
+    def web3_build() -> None:
+        client.w3.eth.account.sign_transaction(fn.build_transaction(fields), account.key)  # type: ignore[arg-type]
+
+    def raw_build() -> None:
+        tx = {k: v for k, v in fields.items() if k != "from"} | {"to": status.address, "data": data}
+        account.sign_transaction(tx)
+
+    print(f"   cpu      build + sign a tx     web3 build_transaction {summary_ms(timed(web3_build, runs))}")
+    print(f"   cpu      build + sign a tx     dict + eth_account     {summary_ms(timed(raw_build, runs))}")
+    raw.close()
+
+
 def run(args: argparse.Namespace) -> None:
     runs = 30 if args.quick else 300
     print("   gas per operation (whole transaction incl. 21,000 base; goals: <=30k/citizen, <=3k/credential)")
@@ -183,6 +246,7 @@ def run(args: argparse.Namespace) -> None:
         anvil_city = Registrar(network, RpcClient(HttpTransport(node.url)), account)
         if not args.quick:
             _gas(anvil_city, "anvil")
+        _web3_overhead(anvil_city, node.url, runs)
         print("   verification read: issuer keys + trust + holder keys + status")
         _reads(anvil_city, lambda: RpcClient(HttpTransport(node.url)), "anvil", runs, Path(tmp))
         _reads(

@@ -25,8 +25,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from cityid.chain.abi import Abi
 from cityid.chain.bindings import Multicall, StatusRegistry, TrustedIssuers, vct_hash
+from cityid.chain.contracts import Events
 from cityid.chain.errors import ChainError, MalformedReplyError, StaleChainDataError
 from cityid.chain.network import NetworkConfig, check_network, checksum
 from cityid.chain.proof import (
@@ -120,7 +120,7 @@ class IdentityEvents:
 
 def identity_events(network: NetworkConfig, logs: Any, identity: str, head: int) -> IdentityEvents:
     """The registry events of one identity in order; logs beyond ``head`` mean the head moved (raise)."""
-    abi = Abi.of("CityDIDRegistry")
+    abi = Events.of("CityDIDRegistry")
     registry = network.address("did_registry")
     topic = "0x" + bytes(12).hex() + identity[2:].lower()
     decoded = []
@@ -131,7 +131,7 @@ def identity_events(network: NetworkConfig, logs: Any, identity: str, head: int)
             continue
         if not isinstance(log.get("address"), str) or log["address"].lower() != registry.lower():
             raise MalformedReplyError("eth_getLogs returned a log of another contract")
-        ev = abi.decode_log(log)
+        ev = abi.decode(log)
         if ev is None or ev.name not in _DID_EVENTS:
             continue
         if ev.block_number > head:

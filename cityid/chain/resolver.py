@@ -25,7 +25,7 @@ from typing import Any
 from eth_keys.datatypes import PublicKey
 from eth_utils.crypto import keccak
 
-from cityid.chain.abi import Abi, DecodedEvent
+from cityid.chain.contracts import DecodedEvent, Events
 from cityid.chain.errors import ChainError
 from cityid.chain.network import NetworkConfig, checksum
 from cityid.chain.rpc import RpcClient, as_dict, as_int, as_list
@@ -357,7 +357,7 @@ def p256_keys(document: dict[str, Any]) -> tuple[bytes, ...]:
 
 def history_from_logs(logs: Sequence[Any], identity: str) -> list[DidEvent]:
     """Decode and order (block, log index) the registry logs of one identity."""
-    abi = Abi.of("CityDIDRegistry")
+    abi = Events.of("CityDIDRegistry")
     topic = "0x" + bytes(12).hex() + identity[2:].lower()
     events = []
     for log in as_list(logs, "eth_getLogs result"):
@@ -365,7 +365,7 @@ def history_from_logs(logs: Sequence[Any], identity: str) -> list[DidEvent]:
         topics = as_list(log.get("topics"), "log topics")
         if len(topics) < 2 or str(topics[1]).lower() != topic:
             continue
-        decoded = abi.decode_log(log)
+        decoded = abi.decode(log)
         ev = did_event(decoded) if decoded else None
         if ev is not None:
             events.append(ev)
@@ -374,9 +374,9 @@ def history_from_logs(logs: Sequence[Any], identity: str) -> list[DidEvent]:
 
 def did_logs_filter(network: NetworkConfig, identities: Sequence[str]) -> dict[str, Any]:
     """``eth_getLogs`` filter for every ERC-1056 event of some identities since the registry deployment."""
-    abi = Abi.of("CityDIDRegistry")
+    abi = Events.of("CityDIDRegistry")
     topics0 = [
-        ("0x" + abi.event_topics[n].hex())
+        ("0x" + abi.topics[n].hex())
         for n in ("DIDOwnerChanged", "DIDDelegateChanged", "DIDAttributeChanged")
     ]
     idents = ["0x" + bytes(12).hex() + i[2:].lower() for i in identities]

@@ -1,346 +1,130 @@
-"""JSON-RPC 2.0 client for EVM nodes, with timeouts, batches and typed errors.
+"""The project's handle on one chain node: a :class:`web3.Web3` plus raw reads for the verification path.
 
-Every request or batch is exactly one round trip to the node; :attr:`RpcClient.round_trips` counts them (the
-verifier's budget is one per cold verification, see docs/chain.md). Transports: :class:`HttpTransport` for any
-node URL, and the in-process transport of :mod:`cityid.chain.embedded`.
+:class:`RpcClient` holds ``w3`` (contracts, ABI, signing and sending go through web3: :mod:`.bindings`,
+``server.chain.writer``) and exposes the provider's own ``make_request``/``make_batch_request`` for the reads
+whose answers are checked field by field rather than believed (proofs, headers, logs: :mod:`.live`,
+:mod:`.sync`, :mod:`.proof`). Providers: :class:`~cityid.chain.provider.BoundedHTTPProvider` for any node URL
+and :class:`~cityid.chain.embedded.EmbeddedProvider` (web3's ``EthereumTesterProvider``) in process.
 """
 
 from __future__ import annotations
 
-import http.client
-import io
-import ipaddress
-import itertools
-import json
 import logging
-import math
-import re
-import socket
-import ssl
 import threading
-import time
-import urllib.parse
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 
-from cityid.chain.errors import MalformedReplyError, NodeUnreachableError, RpcError, RpcTimeoutError
+from web3 import Web3
+from web3.middleware.base import Web3Middleware
+from web3.providers.base import BaseProvider
+from web3.types import MakeBatchRequestFn, MakeRequestFn, RPCEndpoint, RPCResponse
+
+from cityid.chain.errors import MalformedReplyError
+from cityid.chain.provider import (
+    MAX_JSON_DEPTH,
+    MAX_REPLY_BYTES,
+    BoundedHTTPProvider,
+    check_json_nesting,
+    check_rpc_url,
+    decode_json,
+    is_loopback,
+    result_of,
+)
 
 logger = logging.getLogger(__name__)
 
+#: The bounded provider by the name callers outside ``cityid.chain`` use: ``RpcClient(HttpTransport(url))``.
+HttpTransport = BoundedHTTPProvider
 
-class Transport(Protocol):
-    """Moves one JSON-RPC payload (object or batch array) and returns the decoded JSON reply."""
-
-    url: str
-
-    def send(self, payload: Any) -> Any: ...
-
-
-LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
-MAX_REPLY_BYTES = 32 * 1024 * 1024  # an eth_getLogs of a busy registry stays far below this
-MAX_JSON_DEPTH = 64  # JSON-RPC replies of the methods we use nest < 10 levels
-_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
-_BRACKETS = bytes(range(256)).translate(None, b"[]{}")
-
-
-def is_loopback(host: str) -> bool:
-    """True for localhost and loopback addresses (127.0.0.0/8, ::1)."""
-    host = host.strip("[]").lower()
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def check_rpc_url(url: str, *, allow_plain: bool = False) -> urllib.parse.SplitResult:
-    """``https://``/``wss://`` for any node off the loopback; plain only with ``allow_plain`` (logged loudly).
-
-    Raises :class:`ChainConfigError` otherwise (docs/chain.md, "Transport").
-    """
-    from cityid.chain.errors import ChainConfigError
-
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ChainConfigError(f"rpc_url must be https://host…, not {url!r}")
-    if parts.scheme == "http" and not is_loopback(parts.hostname):
-        if not allow_plain:
-            raise ChainConfigError(
-                f"rpc_url {url!r} is plain http to a node off the loopback: use https:// "
-                "(or the test-only option allow_plain_http)"
-            )
-        logger.warning(
-            "INSECURE: chain node %s is reached over plain http off the loopback (allow_plain_http is set; "
-            "test use only — any host on the path can forge chain answers)",
-            url,
-        )
-    return parts
-
-
-def check_json_nesting(data: bytes, max_depth: int = MAX_JSON_DEPTH) -> None:
-    """Reject JSON nested deeper than ``max_depth`` BEFORE decoding it.
-
-    Importing py_ecc raises the recursion limit to 100,000, so CPython's C JSON decoder overflows the C stack
-    (SIGSEGV) on deep input instead of raising RecursionError (FIELD-NOTES "Chain trust").
-    """
-    brackets = _JSON_STRING.sub(b"", data).translate(None, _BRACKETS)
-    if len(brackets) <= 2 * max_depth:
-        return  # cannot be deeper than max_depth
-    depth = 0
-    for c in brackets:
-        if c in (0x5B, 0x7B):
-            depth += 1
-            if depth > max_depth:
-                raise MalformedReplyError(f"JSON reply nested deeper than {max_depth} levels")
-        else:
-            depth -= 1
-
-
-def decode_json(data: bytes, what: str, max_depth: int = MAX_JSON_DEPTH) -> Any:
-    """Bounded JSON decoding of an untrusted reply; any failure is a :class:`MalformedReplyError`."""
-    check_json_nesting(data, max_depth)
-    try:
-        return json.loads(data)
-    except (ValueError, RecursionError) as exc:
-        raise MalformedReplyError(f"{what} is not JSON ({len(data)} bytes)") from exc
-
-
-class _DeadlineSocket:
-    """Wraps a connected socket so that every receive waits at most until the request's deadline.
-
-    ``requests``/``http.client`` timeouts are per socket read: a node dripping one byte every 0.5 s would hold
-    a verification forever. Here each ``recv_into`` gets the time left until ONE deadline for the request.
-    """
-
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-        self.deadline = math.inf
-
-    def _arm(self) -> None:
-        left = self.deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError("request deadline passed")
-        self._sock.settimeout(left)
-
-    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
-        self._arm()
-        return self._sock.recv_into(buffer, nbytes, flags)
-
-    def recv(self, bufsize: int, flags: int = 0) -> bytes:
-        self._arm()
-        return self._sock.recv(bufsize, flags)
-
-    def sendall(self, data: Any, flags: int = 0) -> None:
-        self._arm()
-        self._sock.sendall(data, flags)
-
-    def makefile(self, mode: str = "rb", buffering: int = -1, **_: Any) -> io.BufferedReader:
-        self._sock._io_refs += 1  # like socket.makefile: close waits for it
-        return io.BufferedReader(
-            socket.SocketIO(self, "rb")  # pyright: ignore[reportArgumentType]  # a socket wrapper (duck type)
-        )
-
-    def _decref_socketios(self) -> None:
-        self._sock._decref_socketios()  # pyright: ignore[reportAttributeAccessIssue]  # CPython socket internal
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._sock, name)
-
-
-def _deadline_connection(base: type[http.client.HTTPConnection]) -> type[http.client.HTTPConnection]:
-    class Conn(base):  # type: ignore[misc, valid-type]
-        def connect(self) -> None:
-            super().connect()
-            self.sock = _DeadlineSocket(self.sock)  # type: ignore[assignment]
-            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    return Conn
-
-
-_HTTP = _deadline_connection(http.client.HTTPConnection)
-_HTTPS = _deadline_connection(http.client.HTTPSConnection)
-
-
-class HttpTransport:
-    """HTTP(S) POST transport: one deadline per request, bounded reply size and nesting, keep-alive.
-
-    ``timeout`` bounds the whole request (connect, send, every byte of the reply), not each socket read.
-    Plain ``http://`` only on the loopback unless ``allow_plain`` (test option, logged loudly).
-    """
-
-    def __init__(
-        self,
-        url: str,
-        timeout: float = 5.0,
-        *,
-        max_reply_bytes: int = MAX_REPLY_BYTES,
-        max_depth: int = MAX_JSON_DEPTH,
-        allow_plain: bool = False,
-        ssl_context: ssl.SSLContext | None = None,
-    ) -> None:
-        parts = check_rpc_url(url, allow_plain=allow_plain)
-        self.url = url
-        self.timeout = timeout
-        self.max_reply_bytes = max_reply_bytes
-        self.max_depth = max_depth
-        self._https = parts.scheme == "https"
-        self._host = parts.hostname or ""
-        self._port = parts.port or (443 if self._https else 80)
-        self._path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        self._ssl = ssl_context or (ssl.create_default_context() if self._https else None)
-        self._local = threading.local()  # one keep-alive connection per thread
-
-    def _connection(self, timeout: float) -> http.client.HTTPConnection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            if self._https:
-                conn = _HTTPS(self._host, self._port, timeout=timeout, context=self._ssl)  # pyright: ignore[reportCallIssue]
-            else:
-                conn = _HTTP(self._host, self._port, timeout=timeout)
-            self._local.conn = conn
-        return conn
-
-    def _drop(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        self._local.conn = None
-        if conn is not None:
-            conn.close()
-
-    def send(self, payload: Any) -> Any:
-        body = json.dumps(payload).encode()
-        deadline = time.monotonic() + self.timeout
-        for attempt in (0, 1):  # a keep-alive connection the node closed meanwhile is retried once
-            conn = self._connection(self.timeout)
-            fresh = conn.sock is None
-            try:
-                if fresh:
-                    conn.connect()
-                conn.sock.deadline = deadline  # pyright: ignore[reportAttributeAccessIssue]  # our _DeadlineSocket
-                conn.request("POST", self._path, body, {"Content-Type": "application/json"})
-                reply = conn.getresponse()
-                data = self._read(reply)
-                status = reply.status
-                if reply.will_close:
-                    self._drop()
-                break
-            except TimeoutError as exc:
-                self._drop()
-                raise RpcTimeoutError(self.url, self.timeout) from exc
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
-                self._drop()
-                if fresh or attempt or time.monotonic() >= deadline:
-                    raise NodeUnreachableError(self.url, type(exc).__name__) from exc
-            except ssl.SSLError as exc:
-                self._drop()
-                raise NodeUnreachableError(self.url, f"TLS: {exc.reason or exc}") from exc
-            except (OSError, http.client.HTTPException) as exc:
-                self._drop()
-                raise NodeUnreachableError(self.url, type(exc).__name__) from exc
-            except BaseException:
-                self._drop()
-                raise
-        else:  # the second attempt always breaks or raises; this keeps status/data bound for the checker
-            raise NodeUnreachableError(self.url, "no attempt completed")
-        if status >= 500 and not data:
-            raise NodeUnreachableError(self.url, f"HTTP {status}")
-        return decode_json(data, f"{self.url} reply (HTTP {status})", self.max_depth)
-
-    def _read(self, reply: http.client.HTTPResponse) -> bytes:
-        length = reply.getheader("Content-Length")
-        if length is not None and length.isdigit() and int(length) > self.max_reply_bytes:
-            raise MalformedReplyError(f"{self.url} reply of {length} bytes exceeds {self.max_reply_bytes}")
-        chunks: list[bytes] = []
-        size = 0
-        try:
-            while reply.length != 0:
-                chunk = reply.read1(65536)
-                if not chunk:
-                    break
-                size += len(chunk)
-                if size > self.max_reply_bytes:
-                    raise MalformedReplyError(f"{self.url} reply exceeds {self.max_reply_bytes} bytes")
-                chunks.append(chunk)
-        finally:
-            reply.close()  # frees the keep-alive connection for the next request
-        return b"".join(chunks)
-
-    def close(self) -> None:
-        self._drop()
-
-
-def _id_of(reply: Any) -> int | None:
-    """The integer id of a reply object (ours are positive ints); anything else (lists, dicts…) is None."""
-    rid = reply.get("id") if isinstance(reply, dict) else None
-    return rid if isinstance(rid, int) and not isinstance(rid, bool) else None
-
-
-def _result_of(reply: Any, request_id: int | None) -> Any:
-    if not isinstance(reply, dict) or reply.get("jsonrpc") != "2.0":
-        raise MalformedReplyError(f"not a JSON-RPC 2.0 response: {str(reply)[:120]}")
-    if "error" in reply and reply["error"] is not None:
-        err = reply["error"]
-        if not isinstance(err, dict) or not isinstance(err.get("code"), int):
-            raise MalformedReplyError(f"malformed JSON-RPC error object: {str(err)[:120]}")
-        raise RpcError(err["code"], str(err.get("message", ""))[:500], err.get("data"))
-    if "result" not in reply:
-        raise MalformedReplyError("JSON-RPC response has neither result nor error")
-    if _id_of(reply) != request_id:
-        shown = str(reply.get("id"))[:40]
-        raise MalformedReplyError(f"JSON-RPC response id {shown} does not match {request_id}")
-    return reply["result"]
+__all__ = [
+    "MAX_JSON_DEPTH",
+    "MAX_REPLY_BYTES",
+    "BoundedHTTPProvider",
+    "HttpTransport",
+    "RpcClient",
+    "as_bytes",
+    "as_dict",
+    "as_int",
+    "as_list",
+    "check_json_nesting",
+    "check_rpc_url",
+    "connect",
+    "decode_json",
+    "is_loopback",
+]
 
 
 class RpcClient:
-    """Thread-safe JSON-RPC client over a :class:`Transport`."""
+    """One node: ``w3`` for web3's API, :meth:`request`/:meth:`batch` for raw checked reads (thread-safe).
 
-    def __init__(self, transport: Transport) -> None:
-        self.transport = transport
-        self.round_trips = 0
-        self._ids = itertools.count(1)
-        self._lock = threading.Lock()
+    Built without web3's default middleware (no hidden extra round trips: chain-id validation, gas
+    buffering); its only middleware counts :attr:`round_trips` per client.
+    """
+
+    def __init__(self, provider: BaseProvider) -> None:
+        self.provider = provider
+        self.round_trips = 0  # requests + batches sent through THIS client (raw reads and web3 calls)
+        self._count_lock = threading.Lock()
+        self.w3 = Web3(provider, middleware=[_round_trip_counter(self)])
+
+    @property
+    def transport(self) -> BaseProvider:
+        """The provider (``trusted`` tells whether its answers need proofs)."""
+        return self.provider
 
     @property
     def url(self) -> str:
-        return self.transport.url
+        provider = self.provider
+        return str(getattr(provider, "url", None) or getattr(provider, "endpoint_uri", provider))
 
-    def _send(self, payload: Any) -> Any:
-        with self._lock:
+    def count(self) -> None:
+        with self._count_lock:
             self.round_trips += 1
-        return self.transport.send(payload)
 
     def request(self, method: str, params: Sequence[Any] = ()) -> Any:
-        """One call, one round trip; raises a :class:`ChainError` subclass on any failure."""
-        request_id = next(self._ids)
-        logger.debug("rpc %s", method)
-        reply = self._send({"jsonrpc": "2.0", "id": request_id, "method": method, "params": list(params)})
-        return _result_of(reply, request_id)
+        """One call, one round trip, raw result; raises a :class:`ChainError` subclass on any failure."""
+        self.count()
+        return result_of(self.provider.make_request(RPCEndpoint(method), list(params)))
 
     def batch(self, calls: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
-        """Several calls in ONE round trip (JSON-RPC 2.0 §6); results in call order.
+        """Several calls in ONE round trip (the provider's JSON-RPC batch); raw results in call order.
 
         The first failing call's error is raised (all or nothing).
         """
         if not calls:
             return []
-        ids = [next(self._ids) for _ in calls]
-        payload = [
-            {"jsonrpc": "2.0", "id": i, "method": m, "params": list(p)}
-            for i, (m, p) in zip(ids, calls, strict=True)
-        ]
-        logger.debug("rpc batch %s", [m for m, _ in calls])
-        reply = self._send(payload)
-        if isinstance(reply, dict) and "error" in reply:
-            _result_of(reply, _id_of(reply))  # raises RpcError for a whole-batch error
-        if not isinstance(reply, list) or len(reply) != len(calls):
-            raise MalformedReplyError(f"batch of {len(calls)} answered with {str(reply)[:120]}")
-        by_id = {_id_of(r): r for r in reply}
-        if set(by_id) != set(ids):
-            raise MalformedReplyError("batch response ids do not match the request ids")
-        return [_result_of(by_id[i], i) for i in ids]
+        make_batch = getattr(self.provider, "make_batch_request", None)
+        if make_batch is None:  # pragma: no cover - both project providers batch
+            raise MalformedReplyError(f"provider {self.provider} cannot batch")
+        self.count()
+        replies = make_batch([(RPCEndpoint(m), list(p)) for m, p in calls])
+        if not isinstance(replies, list) or len(replies) != len(calls):
+            raise MalformedReplyError(f"batch of {len(calls)} answered with {str(replies)[:120]}")
+        return [result_of(r) for r in replies]
 
 
-# ---- reply validation helpers (a malformed reply must never turn into a wrong answer) ----
+def _round_trip_counter(client: RpcClient) -> type[Web3Middleware]:
+    """web3 middleware counting this client's requests and batches (the only middleware it runs)."""
+
+    class RoundTrips(Web3Middleware):
+        def wrap_make_request(self, make_request: MakeRequestFn) -> MakeRequestFn:
+            def counted(method: RPCEndpoint, params: Any) -> RPCResponse:
+                client.count()
+                return make_request(method, params)
+
+            return counted
+
+        def wrap_make_batch_request(self, make_batch_request: MakeBatchRequestFn) -> MakeBatchRequestFn:
+            def counted(requests: list[tuple[RPCEndpoint, Any]]) -> Any:
+                client.count()
+                return make_batch_request(requests)
+
+            return counted
+
+    return RoundTrips
+
+
+# ---- raw reply validation helpers (a malformed reply must never turn into a wrong answer) ----
 
 
 def as_int(value: Any, what: str) -> int:
@@ -378,8 +162,8 @@ def as_list(value: Any, what: str) -> list[Any]:
 
 
 def connect(rpc_url: str, timeout: float = 5.0, *, allow_plain: bool = False) -> RpcClient:
-    """A client for an HTTP(S) JSON-RPC URL (the embedded chain hands out its own clients).
+    """A client for an HTTP(S) JSON-RPC URL on the bounded provider (the embedded chain hands out its own).
 
     ``https://`` is required off the loopback (:func:`check_rpc_url`).
     """
-    return RpcClient(HttpTransport(rpc_url, timeout=timeout, allow_plain=allow_plain))
+    return RpcClient(BoundedHTTPProvider(rpc_url, timeout=timeout, allow_plain=allow_plain))

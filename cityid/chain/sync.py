@@ -37,8 +37,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from cityid.chain.abi import Abi, DecodedEvent
 from cityid.chain.bindings import vct_hash
+from cityid.chain.contracts import DecodedEvent, Events
 from cityid.chain.errors import ChainConfigError, ChainError, MalformedReplyError, StaleChainDataError
 from cityid.chain.live import StatusListMismatchError, check_fresh, check_status_ref, trusted_now
 from cityid.chain.network import NetworkConfig, check_network, checksum
@@ -61,23 +61,29 @@ from cityid.chain.view import CredentialStatus, StatusRef, VerificationFacts
 
 logger = logging.getLogger(__name__)
 
+# Storage at city scale (bench/chain_sync.py: 3.3 M DIDs): clustered WITHOUT ROWID tables keyed the way
+# they are read (one identity's events are neighbours on disk), DID events stored as the log's own bytes
+# (topic 0 kind + ABI data) and decoded only when an identity is read — ingestion parses no ABI for them.
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS checkpoints (number INTEGER PRIMARY KEY, hash TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS did_events (
-    block INTEGER NOT NULL, log_index INTEGER NOT NULL, identity TEXT NOT NULL, event TEXT NOT NULL,
-    PRIMARY KEY (block, log_index));
-CREATE INDEX IF NOT EXISTS did_events_identity ON did_events (identity, block, log_index);
+CREATE TABLE IF NOT EXISTS did_logs (
+    identity BLOB NOT NULL, block INTEGER NOT NULL, log_index INTEGER NOT NULL, kind INTEGER NOT NULL,
+    data BLOB NOT NULL, PRIMARY KEY (identity, block, log_index)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS status_words (
-    block INTEGER NOT NULL, log_index INTEGER NOT NULL, list_id INTEGER NOT NULL, word INTEGER NOT NULL,
-    value TEXT NOT NULL, PRIMARY KEY (list_id, word, block, log_index));
+    list_id INTEGER NOT NULL, word INTEGER NOT NULL, block INTEGER NOT NULL, log_index INTEGER NOT NULL,
+    value TEXT NOT NULL, PRIMARY KEY (list_id, word, block, log_index)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS accreditations (
-    block INTEGER NOT NULL, log_index INTEGER NOT NULL, issuer TEXT NOT NULL, vct_hash TEXT NOT NULL,
+    issuer TEXT NOT NULL, vct_hash TEXT NOT NULL, block INTEGER NOT NULL, log_index INTEGER NOT NULL,
     valid_from INTEGER NOT NULL, valid_until INTEGER NOT NULL, revoked INTEGER NOT NULL,
-    PRIMARY KEY (issuer, vct_hash, block, log_index));
+    PRIMARY KEY (issuer, vct_hash, block, log_index)) WITHOUT ROWID;
 """
-_STATE_TABLES = ("did_events", "status_words", "accreditations")
+_STATE_TABLES = ("did_logs", "status_words", "accreditations")
 _DID_EVENT_NAMES = ("DIDOwnerChanged", "DIDDelegateChanged", "DIDAttributeChanged")
+_DID_KIND = {name: i for i, name in enumerate(_DID_EVENT_NAMES)}
+_ZERO12 = bytes(12)
+TARGET_LOGS = 10_000  # logs per eth_getLogs the range is sized for (replies stay far below 32 MiB)
 KEEP_CHECKPOINTS = 256
 SQL_INT_MAX = (1 << 63) - 1  # SQLite INTEGER range
 FOREVER = SQL_INT_MAX  # validUntil at or beyond this (uint64 max = "no end") is stored as this
@@ -113,6 +119,7 @@ class SyncCache:
         peers: Sequence[RpcClient] = (),
         quorum: int = 1,
         receipt_depth: int = 256,
+        cache_kib: int = 32 * 1024,
     ) -> None:
         self.client = client
         self.network = network.require_complete()
@@ -141,20 +148,40 @@ class SyncCache:
         try:
             self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at checkpoints, never corrupt
+            self._db.execute(f"PRAGMA cache_size=-{cache_kib}")
+            self._check_schema()
             self._db.executescript(_SCHEMA)
         except sqlite3.Error as exc:
             raise ChainConfigError(f"cannot open the chain cache {path}: {exc}") from exc
         self._contracts = {
-            network.address("did_registry"): Abi.of("CityDIDRegistry"),
-            network.address("status_registry"): Abi.of("CityStatusRegistry"),
-            network.address("trusted_issuers"): Abi.of("CityTrustedIssuers"),
+            network.address("did_registry"): Events.of("CityDIDRegistry"),
+            network.address("status_registry"): Events.of("CityStatusRegistry"),
+            network.address("trusted_issuers"): Events.of("CityTrustedIssuers"),
         }
+        self._by_lower = {a.lower(): e for a, e in self._contracts.items()}
+        self._did_registry = network.address("did_registry").lower()
+        self._did_events = self._contracts[network.address("did_registry")]
+        did_topics = Events.of("CityDIDRegistry").topics
+        self._did_topics = {"0x" + did_topics[n].hex(): n for n in _DID_EVENT_NAMES}
+        self._span = min(max_range, 64)  # blocks per eth_getLogs, adapted to the density (TARGET_LOGS)
+        self._histories: dict[bytes, tuple[int, list[DidEvent]]] = {}  # identity -> (synced block, events)
         self._check_identity()
         self._thread: threading.Thread | None = None
         self._checked = False  # check_network() once per process before the first sync
         self._stop = threading.Event()
 
     # ---- bookkeeping ----
+    def _check_schema(self) -> None:
+        """A cache file of an earlier layout is emptied (it is rebuilt from the chain)."""
+        old = self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'did_events'"
+        ).fetchone()
+        if old:
+            logger.warning("chain cache %s has an older layout; rebuilding it from the chain", self)
+            for table in ("did_events", "status_words", "accreditations", "checkpoints", "meta"):
+                self._db.execute(f"DROP TABLE IF EXISTS {table}")
+
     def _meta(self, key: str) -> str | None:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
@@ -165,7 +192,8 @@ class SyncCache:
     def _check_identity(self) -> None:
         scope = [sorted(self.status_lists or []), sorted(self.issuers or [])]
         ident = json.dumps(
-            [self.network.chain_id, self.network.addresses, self.start_block, scope], sort_keys=True
+            [SCHEMA_VERSION, self.network.chain_id, self.network.addresses, self.start_block, scope],
+            sort_keys=True,
         )
         with self._guard():
             stored = self._meta("network")
@@ -237,8 +265,15 @@ class SyncCache:
                 synced = self._rollback()
             target = head - self.confirmations
             while synced < target:
-                end = min(target, synced + self.max_range)
-                self._apply_range(synced + 1, end)
+                start, end = synced + 1, min(target, synced + self._span)
+                try:
+                    count = self._apply_range(start, end)
+                except MalformedReplyError as exc:
+                    if "exceeds" not in str(exc) or end == start:
+                        raise
+                    self._span = max(1, (end - start + 1) // 4)  # a reply over the size bound: ask for less
+                    continue
+                self._span = self._next_span(end - start + 1, count)
                 synced = end
             with self._guard():
                 resync = self._meta("resync_to")
@@ -252,6 +287,12 @@ class SyncCache:
             with self._guard():
                 self._set_meta("synced_at", started)
             return synced
+
+    def _next_span(self, blocks: int, logs: int) -> int:
+        """Blocks for the next eth_getLogs: about TARGET_LOGS logs at the density just seen (≤ max_range)."""
+        if logs == 0:
+            return min(self.max_range, 2 * blocks)
+        return max(1, min(self.max_range, blocks * TARGET_LOGS // logs))
 
     def _alarm(self, synced: int, head: int) -> None:
         """A rewind/reset under the cache: refuse to answer until caught up to ``synced`` again."""
@@ -340,32 +381,14 @@ class SyncCache:
         )
         raise ChainError(f"fewer than {self.quorum} chain nodes agree on the events of blocks {start}-{end}")
 
-    def _apply_range(self, start: int, end: int) -> None:
+    def _apply_range(self, start: int, end: int) -> int:
+        """Fetch, check and store the events of blocks ``start..end`` in one transaction; the log count."""
         logs_raw, block_raw = self._range_replies(start, end)
         end_hash = self._block_hash(block_raw, end)
         if end_hash is None:
             raise ChainError(f"block {end} vanished while syncing (reorg in progress)")
-        decoded = []
-        for raw in as_list(logs_raw, "eth_getLogs result"):
-            log = as_dict(raw, "log")
-            try:
-                abi = self._contracts.get(checksum(str(log.get("address"))))
-            except ValueError:
-                abi = None
-            if abi is None:
-                raise MalformedReplyError("eth_getLogs returned a log of another contract")
-            ev = abi.decode_log(log)
-            if ev is None:
-                continue
-            if not start <= ev.block_number <= end:
-                raise MalformedReplyError("eth_getLogs returned a log outside the asked range")
-            if ev.block_number == end and "0x" + ev.block_hash.hex() != end_hash:
-                raise ChainError(f"block {end} changed while syncing (reorg in progress)")
-            decoded.append(ev)
-            self._raw_logs[(ev.block_number, ev.log_index)] = (
-                tuple(as_bytes(t, "log topic", 32) for t in as_list(log.get("topics"), "log topics")),
-                as_bytes(log.get("data"), "log data"),
-            )
+        raw_logs = as_list(logs_raw, "eth_getLogs result")
+        decoded = [ev for ev in (self._parse_log(raw, start, end, end_hash) for raw in raw_logs) if ev]
         try:
             proven = self._spot_proofs(decoded, block_raw, end) if self.proofs and decoded else None
         finally:
@@ -374,7 +397,12 @@ class SyncCache:
             self._db.execute("BEGIN")
             try:
                 rejected: list[DecodedEvent] = []
+                did_rows: list[tuple[bytes, int, int, int, bytes]] = []
                 for ev in decoded:
+                    if ev.name in _DID_KIND:  # stored as the log's bytes, decoded when read
+                        a, kind = ev.args, _DID_KIND[ev.name]
+                        did_rows.append((a["identity"], ev.block_number, ev.log_index, kind, a["data"]))
+                        continue
                     try:
                         self._apply(ev)
                     except (OutOfRangeEventError, OverflowError, KeyError, TypeError, ValueError) as exc:
@@ -387,6 +415,10 @@ class SyncCache:
                             ev.log_index,
                             exc,
                         )
+                did_rows.sort()  # in key order: neighbouring inserts share B-tree pages
+                self._db.executemany("INSERT OR REPLACE INTO did_logs VALUES (?, ?, ?, ?, ?)", did_rows)
+                if did_rows:
+                    self._histories.clear()
                 if proven is not None:
                     self._check_spots(*proven, rejected)
                 self._db.execute(
@@ -403,6 +435,50 @@ class SyncCache:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 raise
+        return len(raw_logs)
+
+    def _parse_log(self, raw: object, start: int, end: int, end_hash: str) -> DecodedEvent | None:
+        """One eth_getLogs entry checked (contract, range, end block hash). DID-registry events keep their raw
+        data (``args``: identity as 20 bytes, ``data``); other events are decoded (None: not ours)."""
+        log = as_dict(raw, "log")
+        events = self._by_lower.get(str(log.get("address")).lower())
+        if events is None:
+            raise MalformedReplyError("eth_getLogs returned a log of another contract")
+        topics_raw = as_list(log.get("topics"), "log topics")
+        first = topics_raw[0] if topics_raw else None
+        kind = self._did_topics.get(first.lower()) if isinstance(first, str) else None
+        if kind is not None and events is self._did_events:
+            # the fast path of city-scale syncs: no ABI decoding (the stored bytes are decoded when read)
+            if len(topics_raw) != 2:
+                return None  # not a well-formed ERC-1056 event (skipped, as the resolver skips it)
+            identity = as_bytes(topics_raw[1], "log topic", 32)
+            data = as_bytes(log.get("data"), "log data")
+            if identity[:12] != _ZERO12 or len(data) < 64 or len(data) % 32:
+                return None
+            topics = [as_bytes(first, "log topic", 32), identity] if self.proofs else []
+            number = as_int(log.get("blockNumber"), "log blockNumber")
+            ev = DecodedEvent(
+                kind,
+                {"identity": identity[12:], "data": data},
+                self._did_registry,
+                number,
+                as_bytes(log.get("blockHash"), "log blockHash", 32) if number == end else b"",
+                as_int(log.get("logIndex"), "log logIndex"),
+                b"",  # not used for DID events
+            )
+        else:
+            ev = events.decode(log)
+            if ev is None:
+                return None
+            topics = [as_bytes(t, "log topic", 32) for t in topics_raw]
+            data = as_bytes(log.get("data"), "log data")
+        if not start <= ev.block_number <= end:
+            raise MalformedReplyError("eth_getLogs returned a log outside the asked range")
+        if ev.block_number == end and "0x" + ev.block_hash.hex() != end_hash:
+            raise ChainError(f"block {end} changed while syncing (reorg in progress)")
+        if self.proofs:
+            self._raw_logs[(ev.block_number, ev.log_index)] = (tuple(topics), data)
+        return ev
 
     # ---- proofs: event-derived state spot-checked against the state root (docs/chain.md, "Kiosk cache") ----
     def _event_keys(self, ev: DecodedEvent) -> list[tuple[str, object]]:
@@ -416,8 +492,8 @@ class SyncCache:
             issuer = checksum(a["issuer"])
             if self.issuers is None or issuer in self.issuers:
                 return [("a", (issuer, bytes(a["vctHash"])))]
-        elif ev.name in ("DIDOwnerChanged", "DIDDelegateChanged", "DIDAttributeChanged"):
-            return [("d", checksum(a["identity"]))]
+        elif ev.name in _DID_KIND:
+            return [("d", checksum("0x" + bytes(a["identity"]).hex()))]
         return []
 
     def _spot_proofs(
@@ -498,7 +574,7 @@ class SyncCache:
             if headers[n + 1].parent_hash != headers[n].hash or headers[n].number != n:
                 raise ProofError(f"block {n} is not an ancestor of block {end}")
         registry = bytes.fromhex(self.network.address("did_registry")[2:])
-        topics0 = {Abi.of("CityDIDRegistry").event_topics[n] for n in _DID_EVENT_NAMES}
+        topics0 = {Events.of("CityDIDRegistry").topics[n] for n in _DID_EVENT_NAMES}
         for n, raw in zip(blocks, replies[end - first :], strict=True):
             proven = sorted(
                 (t, d)
@@ -547,15 +623,8 @@ class SyncCache:
                 )
             else:
                 owner, changed = unpack_did_entry(value)
-                rows = self._db.execute(
-                    "SELECT event FROM did_events WHERE identity = ? ORDER BY block, log_index", (key,)
-                ).fetchall()
-                owners = [
-                    e.owner
-                    for e in map(DidEvent.from_json, (r[0] for r in rows))
-                    if e.kind == "DIDOwnerChanged"
-                ]
                 assert isinstance(key, str)
+                owners = [e.owner for e in self._history(key) if e.kind == "DIDOwnerChanged"]
                 ok = last_change[key] == changed and int(owners[-1] if owners else "0x0", 16) == owner
             if not ok:
                 logger.error(
@@ -577,30 +646,22 @@ class SyncCache:
             and checksum(ev.args["issuer"]) not in self.issuers
         ):
             return  # not one of the configured issuers
-        if ev.name in ("DIDOwnerChanged", "DIDDelegateChanged", "DIDAttributeChanged"):
-            did_ev = did_event(ev)
-            if did_ev is not None:
-                identity = checksum(ev.args["identity"])
-                self._db.execute(
-                    "INSERT OR REPLACE INTO did_events VALUES (?, ?, ?, ?)",
-                    (*key, identity, did_ev.to_json()),
-                )
-        elif ev.name == "StatusWordsChanged":
+        if ev.name == "StatusWordsChanged":
             pairs = list(zip(ev.args["wordIndexes"], ev.args["words"], strict=True))
             for word, _value in pairs:
                 _in_range(int(word), "word index")
-            for word, value in pairs:
-                self._db.execute(
-                    "INSERT OR REPLACE INTO status_words VALUES (?, ?, ?, ?, ?)",
-                    (*key, int(ev.args["listId"]), int(word), hex(value)),
-                )
+            list_id = int(ev.args["listId"])
+            self._db.executemany(
+                "INSERT OR REPLACE INTO status_words VALUES (?, ?, ?, ?, ?)",
+                [(list_id, int(word), *key, hex(value)) for word, value in pairs],
+            )
         elif ev.name == "IssuerAccredited":
             self._db.execute(
                 "INSERT OR REPLACE INTO accreditations VALUES (?, ?, ?, ?, ?, ?, 0)",
                 (
-                    *key,
                     checksum(ev.args["issuer"]),
                     "0x" + ev.args["vctHash"].hex(),
+                    *key,
                     _in_range(int(ev.args["validFrom"]), "validFrom"),
                     min(int(ev.args["validUntil"]), FOREVER),
                 ),
@@ -610,7 +671,7 @@ class SyncCache:
             prev = self._accreditation(issuer, vh)
             self._db.execute(
                 "INSERT OR REPLACE INTO accreditations VALUES (?, ?, ?, ?, ?, ?, 1)",
-                (*key, issuer, vh, prev[0], prev[1]),
+                (issuer, vh, *key, prev[0], prev[1]),
             )
 
     # ---- background following ----
@@ -667,11 +728,34 @@ class SyncCache:
         with self._guard():
             return self._build(did, address).document
 
-    def _build(self, did: str, address: str) -> BuiltDocument:
+    def _history(self, address: str) -> list[DidEvent]:
+        """One identity's ERC-1056 events from its stored logs, decoded now (memoised until the next sync
+        changes DID events; a log that does not decode is skipped, as the resolver skips it)."""
+        identity = bytes.fromhex(address[2:])
+        synced = self.synced_block
+        memo = self._histories.get(identity)
+        if memo is not None and memo[0] == synced:
+            return memo[1]
         rows = self._db.execute(
-            "SELECT event FROM did_events WHERE identity = ? ORDER BY block, log_index", (address,)
+            "SELECT block, log_index, kind, data FROM did_logs WHERE identity = ? ORDER BY block, log_index",
+            (identity,),
         ).fetchall()
-        history = [DidEvent.from_json(r[0]) for r in rows]
+        events = Events.of("CityDIDRegistry")
+        topic1 = bytes(12) + identity
+        history = []
+        for block, log_index, kind, data in rows:
+            topic0 = events.topics[_DID_EVENT_NAMES[kind]]
+            ev = events.decode_fields([topic0, topic1], data, self._did_registry, block, b"", log_index)
+            did_ev = did_event(ev) if ev is not None else None
+            if did_ev is not None:
+                history.append(did_ev)
+        if len(self._histories) > 1024:
+            self._histories.clear()
+        self._histories[identity] = (synced, history)
+        return history
+
+    def _build(self, did: str, address: str) -> BuiltDocument:
+        history = self._history(address)
         return build_document(did, address, history, self.network.chain_id, int(self.clock()))
 
     def verification_facts(

@@ -1,40 +1,31 @@
-"""What a contract write is before it is signed (:class:`TxRequest`) and how a node's revert is decoded.
+"""What a contract write is before it is signed: a web3 contract function (or constructor) and a label.
 
-Shared by the read bindings (a reverted ``eth_call``) and the server's transaction sender.
+The server's ``TxSender`` (server/chain/writer.py) estimates, builds (``build_transaction``), signs, sends it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cityid.chain.abi import Abi, decode_revert_any
-from cityid.chain.errors import RpcError, TransactionRevertedError
+from web3.contract.contract import ContractConstructor, ContractFunction
 
 
 @dataclass(frozen=True, slots=True)
 class TxRequest:
-    """What to send: target (None = contract creation), calldata, and the ABI to decode its reverts."""
+    """What to send: a web3 ``ContractFunction`` (call of a deployed contract) or ``ContractConstructor``."""
 
-    to: str | None
-    data: bytes
-    abi: Abi | None = None
+    function: ContractFunction | ContractConstructor
     gas: int | None = None
     label: str = ""
 
+    @property
+    def to(self) -> str | None:
+        """Target address (None for a contract creation)."""
+        return None if isinstance(self.function, ContractConstructor) else str(self.function.address)
 
-
-def revert_from_rpc(exc: RpcError, abi: Abi | None) -> TransactionRevertedError | None:
-    """The decoded revert behind a JSON-RPC error (geth/anvil: code 3 + data), or None if it is not one."""
-    if exc.code != 3 and "revert" not in exc.message.lower():
-        return None
-    data = exc.data
-    if isinstance(data, dict):  # some nodes nest it: {"data": "0x..."}
-        data = data.get("data")
-    if isinstance(data, str) and data.startswith("0x"):
-        try:
-            raw = bytes.fromhex(data[2:])
-        except ValueError:
-            raw = b""
-        reason = abi.decode_revert(raw) if abi else decode_revert_any(raw)
-        return TransactionRevertedError(reason, raw)
-    return TransactionRevertedError(exc.message)
+    @property
+    def data(self) -> bytes:
+        """The calldata (or init code) web3 encodes for it."""
+        if isinstance(self.function, ContractConstructor):
+            return bytes.fromhex(self.function.data_in_transaction[2:])
+        return bytes.fromhex(self.function._encode_transaction_data()[2:])  # web3's own encoder of the call

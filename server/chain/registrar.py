@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING
 from eth_account.signers.local import LocalAccount
 from eth_utils.address import to_checksum_address
 
-from cityid.chain.abi import Abi, load_artifact
 from cityid.chain.bindings import (
     AnchorRegistry,
     DIDRegistry,
@@ -27,11 +26,12 @@ from cityid.chain.bindings import (
     name32,
     vct_hash,
 )
+from cityid.chain.contracts import contract, decode_log, web3_errors
 from cityid.chain.errors import ChainError
 from cityid.chain.merkle import build_tree
 from cityid.chain.network import NetworkConfig
 from cityid.chain.resolver import address_of, did_for
-from cityid.chain.rpc import RpcClient, as_dict, as_int
+from cityid.chain.rpc import RpcClient
 from cityid.chain.tx import TxRequest
 from cityid.chain.view import CredentialStatus, StatusRef
 from cityid.keys import KeyFormatError, P256PublicKey
@@ -69,12 +69,13 @@ def deploy_all(
     """Deploy the registries (and a multicall unless one is given) from ``account`` — which becomes the city
     root: registry admin, trusted-issuer root, anchor admin — and grant the registrar role to ``registrar``
     (the server's hot key; default ``account`` itself, the single-key set-up of tests and the demo)."""
-    chain_id = as_int(client.request("eth_chainId"), "chain id")
+    with web3_errors():
+        chain_id = client.w3.eth.chain_id
     sender = TxSender(client, account, chain_id)
     names = ["CityDIDRegistry", "CityStatusRegistry", "CityTrustedIssuers", "CityAnchorRegistry"]
     if multicall is None:
         names.append("CityMulticall")
-    reqs = [TxRequest(None, load_artifact(n).bytecode, Abi.of(n), label=f"deploy {n}") for n in names]
+    reqs = [TxRequest(contract(client.w3, n).constructor(), label=f"deploy {n}") for n in names]
     receipts = sender.send_many(reqs)
     addr = {n: to_checksum_address(r.contract_address or "") for n, r in zip(names, receipts, strict=True)}
     network = NetworkConfig(
@@ -106,7 +107,7 @@ def start_embedded(name: str = "embedded", registrar_index: int = 0) -> Embedded
     url = chain.network.rpc_url
     hot = chain.accounts[registrar_index].address
     chain.network = deploy_all(
-        RpcClient(chain.node), chain.accounts[0], name=name, rpc_url=url, registrar=hot
+        chain.client(), chain.accounts[0], name=name, rpc_url=url, registrar=hot
     )
     return chain
 
@@ -179,8 +180,8 @@ class Registrar:
 
     def latest_timestamp(self) -> int:
         """Timestamp of the latest block (the clock contracts compare validity against)."""
-        block = as_dict(self.client.request("eth_getBlockByNumber", ["latest", False]), "block")
-        return as_int(block.get("timestamp"), "block timestamp")
+        with web3_errors():
+            return int(self.client.w3.eth.get_block("latest").get("timestamp", 0))
 
     # ---- DIDs ----
     def enroll_citizens(
@@ -296,10 +297,11 @@ class Registrar:
     def create_status_list(self) -> int:
         """Create a list owned by this account; returns its id."""
         receipt = self.sender.send(self.status.tx("createList"))
-        topic = self.status.abi.event_topics["ListCreated"]
         for log in receipt.logs:
-            ev = self.status.abi.decode_log(log)
-            if ev and ev.name == "ListCreated" and bytes.fromhex(log["topics"][0][2:]) == topic:
+            if str(log.get("address", "")).lower() != self.status.address.lower():
+                continue
+            ev = decode_log("CityStatusRegistry", log)
+            if ev is not None and ev.name == "ListCreated":
                 return int(ev.args["listId"])
         raise ChainError("createList receipt has no ListCreated event")
 

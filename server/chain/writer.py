@@ -1,9 +1,12 @@
-"""Transaction sender: local nonces for many in-flight transactions, padded gas, receipt checks, safe retries.
+"""Transaction sender on web3: local nonces for many in-flight transactions, padded gas, receipts, retries.
 
-A transaction is signed ONCE (fixed nonce, fixed bytes, so a fixed hash); a retry after a timeout or a dropped
-connection re-sends those same bytes and then looks the hash up, so a retry can never apply a change twice.
-Reverts are decoded (custom errors, ``Error(string)``) into :class:`TransactionRevertedError` before sending
-(gas estimation replays the call) and after mining (the failed transaction is replayed with ``eth_call``).
+Built with web3 (``ContractFunction.estimate_gas``/``build_transaction``,
+``w3.eth.account.sign_transaction``, ``w3.eth.send_raw_transaction``, ``w3.eth.get_transaction_receipt``).
+A transaction is signed ONCE (fixed nonce, fixed bytes, so a fixed hash); a retry after a timeout or a
+dropped connection re-sends those same bytes and then looks the hash up, so a retry can never apply a
+change twice. Reverts are decoded (custom errors,
+``Error(string)``) into :class:`TransactionRevertedError` before sending (gas estimation replays the call) and
+after mining (the failed transaction is replayed with ``eth_call`` at the block before).
 """
 
 from __future__ import annotations
@@ -13,21 +16,25 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from eth_account.signers.local import LocalAccount
+from hexbytes import HexBytes
+from web3.exceptions import TransactionNotFound
+from web3.types import TxParams, TxReceipt
 
-from cityid.chain.abi import Abi
+from cityid.chain.contracts import web3_errors
 from cityid.chain.errors import (
     ChainError,
+    MalformedReplyError,
     NodeUnreachableError,
     RpcError,
     RpcTimeoutError,
     TransactionFailedError,
     TransactionRevertedError,
 )
-from cityid.chain.rpc import RpcClient, as_bytes, as_dict, as_int, as_list
-from cityid.chain.tx import TxRequest, revert_from_rpc
+from cityid.chain.rpc import RpcClient
+from cityid.chain.tx import TxRequest
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +78,7 @@ class TxSender:
         self.receipt_timeout = receipt_timeout
         self.poll_interval = poll_interval
         self.send_retries = send_retries
+        self.w3 = client.w3
         self._lock = threading.Lock()
         self._nonce: int | None = None
 
@@ -81,12 +89,11 @@ class TxSender:
     # ---- nonces ----
     def _take_nonce(self) -> int:
         with self._lock:
-            if self._nonce is None:
-                self._nonce = as_int(
-                    self.client.request("eth_getTransactionCount", [self.address, "pending"]), "nonce"
-                )
             nonce = self._nonce
-            self._nonce += 1
+            if nonce is None:
+                with web3_errors():
+                    nonce = int(self.w3.eth.get_transaction_count(self.account.address, "pending"))
+            self._nonce = nonce + 1
             return nonce
 
     def resync_nonce(self) -> None:
@@ -96,52 +103,42 @@ class TxSender:
 
     # ---- building ----
     def _fees(self) -> dict[str, int]:
-        block, tip = self.client.batch([("eth_getBlockByNumber", ["latest", False]), ("eth_gasPrice", [])])
-        block = as_dict(block, "latest block")
-        gas_price = as_int(tip, "gasPrice")
+        """EIP-1559 fees from the latest block's base fee (legacy ``gasPrice`` before London)."""
+        with web3_errors():
+            block = self.w3.eth.get_block("latest")
+            gas_price = self.w3.eth.gas_price
         base = block.get("baseFeePerGas")
         if base is None:  # pre-London chain: legacy pricing
             return {"gasPrice": gas_price}
-        base_fee = as_int(base, "baseFeePerGas")
-        priority = max(gas_price - base_fee, 10**9 // 1000)
-        return {"maxFeePerGas": 2 * base_fee + priority, "maxPriorityFeePerGas": priority}
+        priority = max(gas_price - base, 10**9 // 1000)
+        return {"maxFeePerGas": 2 * base + priority, "maxPriorityFeePerGas": priority}
 
     def estimate(self, req: TxRequest) -> int:
         """Padded gas for ``req``; a revert is raised now, decoded, before anything is signed."""
         if req.gas is not None:
             return req.gas
-        call: dict[str, Any] = {"from": self.address, "data": "0x" + req.data.hex()}
-        if req.to:
-            call["to"] = req.to
-        try:
-            return pad_gas(as_int(self.client.request("eth_estimateGas", [call]), "gas estimate"))
-        except RpcError as exc:
-            revert = revert_from_rpc(exc, req.abi)
-            if revert is not None:
-                raise revert from exc
-            raise
+        with web3_errors():
+            return pad_gas(req.function.estimate_gas({"from": self.account.address}))
 
-    def _sign(self, req: TxRequest, nonce: int, gas: int, fees: dict[str, int]) -> tuple[str, str]:
-        tx: dict[str, Any] = {
-            "chainId": self.chain_id,
-            "nonce": nonce,
-            "gas": gas,
-            "value": 0,
-            "data": req.data,
-            **fees,
-        }
-        if req.to:
-            tx["to"] = req.to
-        signed = self.account.sign_transaction(tx)
-        return "0x" + signed.raw_transaction.hex(), "0x" + signed.hash.hex()
+    def _sign(self, req: TxRequest, nonce: int, gas: int, fees: dict[str, int]) -> tuple[HexBytes, str]:
+        fields = cast(
+            TxParams,
+            {"from": self.account.address, "chainId": self.chain_id, "nonce": nonce, "gas": gas, "value": 0}
+            | fees,
+        )
+        with web3_errors():
+            tx = req.function.build_transaction(fields)  # all fields given: no node round trip
+        signed = self.w3.eth.account.sign_transaction(tx, self.account.key)
+        return HexBytes(signed.raw_transaction), "0x" + signed.hash.hex()
 
     # ---- sending ----
-    def _broadcast(self, raw: str, tx_hash: str) -> None:
+    def _broadcast(self, raw: HexBytes, tx_hash: str) -> None:
         """Send signed bytes; retry the SAME bytes on transport failures (cannot double-apply)."""
         for attempt in range(self.send_retries + 1):
             try:
-                got = self.client.request("eth_sendRawTransaction", [raw])
-                if isinstance(got, str) and got.lower() != tx_hash.lower():
+                with web3_errors():
+                    got = "0x" + bytes(self.w3.eth.send_raw_transaction(raw)).hex()
+                if got.lower() != tx_hash.lower():
                     raise TransactionFailedError(f"node returned hash {got}, expected {tx_hash}")
                 return
             except (NodeUnreachableError, RpcTimeoutError):
@@ -162,39 +159,46 @@ class TxSender:
     def _receipt(self, tx_hash: str, req: TxRequest) -> Receipt:
         deadline = time.monotonic() + self.receipt_timeout
         while True:
-            raw = self.client.request("eth_getTransactionReceipt", [tx_hash])
-            if raw is not None:
-                break
+            try:
+                with web3_errors():
+                    r: TxReceipt = self.w3.eth.get_transaction_receipt(HexBytes(tx_hash))
+                if r.get("blockNumber") is not None:
+                    break
+            except TransactionNotFound:
+                pass
             if time.monotonic() > deadline:
                 raise TransactionFailedError(
                     f"{req.label or 'transaction'} {tx_hash} not mined within {self.receipt_timeout:g}s"
                 )
             time.sleep(self.poll_interval)
-        r = as_dict(raw, "receipt")
-        status = as_int(r.get("status"), "receipt status")
-        block_number = as_int(r.get("blockNumber"), "receipt blockNumber")
+        try:
+            status, block_number = int(r["status"]), int(r["blockNumber"])
+            block_hash = bytes(r["blockHash"])
+            gas_used = int(r["gasUsed"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MalformedReplyError(f"receipt of {tx_hash} is malformed") from exc
         if status != 1:
             raise self._explain_failure(tx_hash, req, block_number)
         contract = r.get("contractAddress")
         return Receipt(
             tx_hash=tx_hash,
             block_number=block_number,
-            block_hash="0x" + as_bytes(r.get("blockHash"), "receipt blockHash", 32).hex(),
-            gas_used=as_int(r.get("gasUsed"), "receipt gasUsed"),
-            contract_address=contract if isinstance(contract, str) else None,
-            logs=tuple(as_list(r.get("logs", []), "receipt logs")),
+            block_hash="0x" + block_hash.hex(),
+            gas_used=gas_used,
+            contract_address=str(contract) if contract else None,
+            logs=tuple(_raw_log(log) for log in r.get("logs", [])),
         )
 
     def _explain_failure(self, tx_hash: str, req: TxRequest, block_number: int) -> ChainError:
-        call: dict[str, Any] = {"from": self.address, "data": "0x" + req.data.hex()}
+        """Replay the failed transaction with ``eth_call`` at the block before to decode its revert."""
+        call: dict[str, Any] = {"from": self.account.address, "data": "0x" + req.data.hex()}
         if req.to:
             call["to"] = req.to
         try:
-            self.client.request("eth_call", [call, hex(block_number - 1)])
-        except RpcError as exc:
-            revert = revert_from_rpc(exc, req.abi)
-            if revert is not None:
-                return TransactionRevertedError(revert.reason, revert.data, tx_hash)
+            with web3_errors():
+                self.w3.eth.call(cast(TxParams, call), block_number - 1)
+        except TransactionRevertedError as revert:
+            return TransactionRevertedError(revert.reason, revert.data, tx_hash)
         except ChainError:
             pass
         return TransactionRevertedError(
@@ -241,16 +245,37 @@ class TxSender:
 
         False after a reorg dropped it: the local nonce is resynchronised so the change can be sent again.
         """
-        block = self.client.request("eth_getBlockByNumber", [hex(receipt.block_number), False])
-        ok = block is not None and (
-            "0x" + as_bytes(as_dict(block, "block").get("hash"), "block hash", 32).hex() == receipt.block_hash
-        )
+        from web3.exceptions import BlockNotFound
+
+        try:
+            with web3_errors():
+                block = self.w3.eth.get_block(receipt.block_number)
+            ok = "0x" + bytes(block.get("hash") or b"").hex() == receipt.block_hash
+        except BlockNotFound:
+            ok = False
         if not ok:
             self.resync_nonce()
         return ok
 
-    def deploy(self, bytecode: bytes, abi: Abi | None = None, label: str = "deploy") -> Receipt:
-        receipt = self.send(TxRequest(None, bytecode, abi, label=label))
+    def deploy(self, name: str, label: str = "") -> Receipt:
+        """Deploy the city contract ``name`` (its committed artifact)."""
+        from cityid.chain.contracts import contract
+
+        receipt = self.send(TxRequest(contract(self.w3, name).constructor(), label=label or f"deploy {name}"))
         if not receipt.contract_address:
             raise TransactionFailedError(f"{label}: receipt has no contract address")
         return receipt
+
+
+def _raw_log(log: Any) -> dict[str, Any]:
+    """A receipt log (web3-formatted) back as a JSON-RPC log object, as :func:`decode_log` reads them."""
+    def hexed(v: Any) -> Any:
+        if isinstance(v, bytes | bytearray):
+            return "0x" + bytes(v).hex()
+        if isinstance(v, int) and not isinstance(v, bool):
+            return hex(v)
+        return v
+
+    out = {k: hexed(v) for k, v in dict(log).items() if k != "topics"}
+    out["topics"] = [hexed(t) for t in log.get("topics", [])]
+    return out

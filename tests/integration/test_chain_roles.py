@@ -251,11 +251,11 @@ def test_multicall_cannot_act_as_anyone(roles: Roles) -> None:
     dids = DIDRegistry(r.env.client(), r.network.address("did_registry"))
     count = status.list_count()
     writes = [
-        (status.address, status.abi.encode_call("createList")),
-        (dids.address, dids.abi.encode_call("changeOwner", mc.address, r.stranger.address)),
+        (status.address, status.encode("createList")),
+        (dids.address, dids.encode("changeOwner", mc.address, r.stranger.address)),
         (
             dids.address,
-            dids.abi.encode_call("setAttribute", mc.address, name32(ISSUER_KEY_ATTR), p256(), HOUR),
+            dids.encode("setAttribute", mc.address, name32(ISSUER_KEY_ATTR), p256(), HOUR),
         ),
     ]
     for target, data in writes:

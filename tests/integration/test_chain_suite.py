@@ -218,7 +218,7 @@ def rpc_url(chain_env):
         return
     from cityid.chain.embedded import serve_http
 
-    server, url = serve_http(chain_env.client().transport)
+    server, url = serve_http(chain_env.client().provider)
     yield url
     server.shutdown()
     server.server_close()

@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from eth_abi import encode
 
-from cityid.chain.abi import Abi
-from cityid.chain.bindings import DIDRegistry, name32, vct_hash
+from cityid.chain.bindings import DIDRegistry, Multicall, name32, vct_hash
+from cityid.chain.contracts import Events
 from cityid.chain.errors import ChainConfigError, MalformedReplyError, RpcTimeoutError, StaleChainDataError
 from cityid.chain.live import ClockSkewError, InconsistentHistoryError, LiveChainView, RewoundChainError
 from cityid.chain.proof import ProofError, accreditation_slot, did_entry_slot, status_word_slot
@@ -169,12 +169,12 @@ def test_rewritten_eth_call_is_not_believed(world):
     """A node rewriting aggregate3 answers fools an unproven view; the proven view never uses eth_call."""
     world.city.revoke(world.ref.list_id, [world.ref.index])
     proxy = world.proxy()
-    mc = Abi.of("CityMulticall")
+    mc = Multicall(world.env.client(), world.city.network.address("multicall"))
 
     def status_zero(call, result):
         if call["method"] != "eth_call":
             return result
-        (results,) = mc.decode_output("aggregate3", bytes.fromhex(result[2:]))
+        (results,) = mc.decoder("aggregate3")(bytes.fromhex(result[2:]))
         forged = [results[0], results[1], (True, encode(["uint8"], [0])), results[3]]
         return "0x" + encode(["(bool,bytes)[]"], [forged]).hex()
 
@@ -187,7 +187,7 @@ def test_rewritten_eth_call_is_not_believed(world):
 
 
 def _attribute_log(world, identity: str, key: bytes, block: int, previous: int) -> dict:
-    abi = Abi.of("CityDIDRegistry")
+    abi = Events.of("CityDIDRegistry")
     data = encode(
         ["bytes32", "bytes", "uint256", "uint256"],
         [name32("did/pub/Multikey/sigAuth/hex"), key, int(time.time()) + 86400, previous],
@@ -195,7 +195,7 @@ def _attribute_log(world, identity: str, key: bytes, block: int, previous: int) 
     return {
         "address": world.city.network.address("did_registry").lower(),
         "topics": [
-            "0x" + abi.event_topics["DIDAttributeChanged"].hex(),
+            "0x" + abi.topics["DIDAttributeChanged"].hex(),
             "0x" + bytes(12).hex() + identity[2:].lower(),
         ],
         "data": "0x" + data.hex(),

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from cityid.chain.abi import CONTRACT_NAMES, load_artifact
+from cityid.chain.contracts import CONTRACT_NAMES, load_artifact
 from cityid.chain.errors import ChainConfigError
 from cityid.chain.network import NetworkConfig
 from server.chain.accounts import create_keystore, load_account

@@ -48,7 +48,7 @@ def test_enroll_batch_sets_owner_changed_and_events(city):
     for identity in ids:
         assert city.dids.identity_owner(identity) == city.address
         assert city.dids.changed(identity) == receipt.block_number
-    events = [city.dids.abi.decode_log(log) for log in receipt.logs]
+    events = [city.dids.decode_log(log) for log in receipt.logs]
     assert [e.name for e in events] == ["DIDOwnerChanged", "DIDAttributeChanged"] * 5
     attr = events[1].args
     assert attr["name"] == name32(CITIZEN_KEY_ATTR)
@@ -88,7 +88,7 @@ def test_re_enroll_adds_keys_and_links_previous_change(city):
     identity = new_identity()
     (first,) = city.enroll_citizens([(identity, [p256()])])
     (second,) = city.enroll_citizens([(identity, [p256(), p256()])])
-    events = [city.dids.abi.decode_log(log) for log in second.logs]
+    events = [city.dids.decode_log(log) for log in second.logs]
     assert [e.name for e in events] == ["DIDAttributeChanged"] * 2
     assert all(e.args["previousChange"] == first.block_number for e in events)
 
@@ -100,7 +100,7 @@ def test_owner_only_attribute_changes(city, stranger):
     with pytest.raises(TransactionRevertedError, match="NotOwner"):
         stranger.revoke_key(identity, key)
     receipt = city.revoke_key(identity, key)
-    (ev,) = [city.dids.abi.decode_log(log) for log in receipt.logs]
+    (ev,) = [city.dids.decode_log(log) for log in receipt.logs]
     assert ev.args["validTo"] == 0
 
 
@@ -220,7 +220,7 @@ def test_status_batch_matches_model(embedded_chain, indexes, status):
 def test_status_event_carries_words(city):
     list_id = city.create_status_list()
     (receipt,) = city.revoke(list_id, [0, 3, 200])
-    (ev,) = [city.status.abi.decode_log(log) for log in receipt.logs]
+    (ev,) = [city.status.decode_log(log) for log in receipt.logs]
     assert ev.name == "StatusWordsChanged"
     assert list(ev.args["wordIndexes"]) == [0, 1]
     assert list(ev.args["words"]) == [(1 << 0) | (1 << 6), 1 << ((200 - 128) * 2)]
@@ -279,7 +279,7 @@ def test_revoke_keys_batch(city, stranger, embedded_chain):
     keys = [[p256(), p256()] for _ in ids]
     city.enroll_citizens(list(zip(ids, keys, strict=True)))
     (receipt,) = city.revoke_keys([(ids[0], keys[0][0]), (ids[1], keys[1][1]), (ids[1], keys[1][0])])
-    events = [city.dids.abi.decode_log(log) for log in receipt.logs]
+    events = [city.dids.decode_log(log) for log in receipt.logs]
     assert [e.args["validTo"] for e in events] == [0, 0, 0]
     resolver = DIDResolver(embedded_chain.client(), city.network)
     assert p256_keys(resolver.document(city.did_of(ids[0]))) == (keys[0][1],)
@@ -289,3 +289,33 @@ def test_revoke_keys_batch(city, stranger, embedded_chain):
         stranger.revoke_keys([(ids[2], keys[2][0])])
     with pytest.raises(TransactionRevertedError, match="MalformedBatch"):
         city.sender.send(city.dids.tx("revokeKeysBatch", name32(CITIZEN_KEY_ATTR), bytes(83)))
+
+
+def test_calldata_and_event_decoding_match_web3s_own(city):
+    """The per-function / per-event plans give exactly what web3's encode_abi / get_event_data give."""
+    from cityid.chain.contracts import Events
+
+    multicall = city.dids  # any binding
+    identity = new_identity()
+    calls = [
+        ("setAttribute", (identity, name32(CITIZEN_KEY_ATTR), p256(), 3600)),
+        ("changed", (identity,)),
+        ("enrollBatch", (name32(CITIZEN_KEY_ATTR), 60, bytes(85))),
+    ]
+    for fn, args in calls:
+        assert multicall.encode(fn, *args).hex() == multicall.contract.encode_abi(fn, args=list(args))[2:]
+    (receipt,) = city.enroll_citizens([(identity, [p256(), p256()])])
+    events = Events.of("CityDIDRegistry")
+    decoded = [events.decode(dict(log)) for log in receipt.logs]
+    assert [e.name for e in decoded if e] == ["DIDOwnerChanged", "DIDAttributeChanged", "DIDAttributeChanged"]
+    assert decoded == [events.decode_with_web3(dict(log)) for log in receipt.logs]
+    assert decoded[1] is not None and decoded[1].args["identity"] == identity
+
+
+def test_clients_go_through_web3_with_per_client_round_trips(embedded_chain):
+    """RpcClient is a web3 handle: web3 calls and raw batches both count, per client, on one provider."""
+    one, two = embedded_chain.client(), embedded_chain.client()
+    assert one.provider is two.provider  # the same in-process EthereumTesterProvider
+    assert one.w3.eth.chain_id == embedded_chain.network.chain_id  # a web3 call: 1 round trip
+    one.batch([("eth_blockNumber", []), ("eth_chainId", [])])  # a provider batch: 1 round trip
+    assert (one.round_trips, two.round_trips) == (2, 0)

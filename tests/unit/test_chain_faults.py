@@ -13,7 +13,9 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from web3.providers.base import BaseProvider
 
+from cityid.chain.embedded import EmbeddedProvider, forward
 from cityid.chain.errors import (
     MalformedReplyError,
     NodeUnreachableError,
@@ -43,8 +45,8 @@ def p256() -> bytes:
 class FakeNode:
     """An HTTP JSON-RPC endpoint that forwards to the embedded node unless a fault mode is set."""
 
-    def __init__(self, backend: Any) -> None:
-        self.backend = backend
+    def __init__(self, provider: Any) -> None:
+        self.provider = provider
         self.mode = "ok"
         self.waiting = threading.Event()  # set while a "slow" request is being held
         fake = self
@@ -71,20 +73,21 @@ class FakeNode:
                     self.wfile.write(b"<html>bad gateway</html>")
                     return
                 elif mode == "wrong-shape":
-                    reply = fake.backend.send(body)
+                    reply = forward(fake.provider, body)
                     for r in reply if isinstance(reply, list) else [reply]:
                         if isinstance(r.get("result"), str):
                             r["result"] = "0xnothex"
                         elif isinstance(r.get("result"), list):
                             r["result"] = [{"topics": "nope"}]
                 elif mode == "short-batch":
-                    reply = fake.backend.send(body)[:1] if isinstance(body, list) else fake.backend.send(body)
+                    reply = forward(fake.provider, body)
+                    reply = reply[:1] if isinstance(body, list) else reply
                 elif mode == "wrong-id":
-                    reply = fake.backend.send(body)
+                    reply = forward(fake.provider, body)
                     if isinstance(reply, dict):
                         reply["id"] = 999
                 else:
-                    reply = fake.backend.send(body)
+                    reply = forward(fake.provider, body)
                 data = json.dumps(reply).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -106,10 +109,8 @@ class FakeNode:
 
 @pytest.fixture
 def setup(embedded_chain):
-    from cityid.chain.embedded import EmbeddedNode
-
-    node = embedded_chain.client().transport
-    assert isinstance(node, EmbeddedNode)
+    node = embedded_chain.client().provider
+    assert isinstance(node, EmbeddedProvider)
     fake = FakeNode(node)
     city = Registrar(embedded_chain.network, embedded_chain.client(), embedded_chain.accounts[0])
     holder = identity_from_public_hash(os.urandom(32))
@@ -195,19 +196,40 @@ def test_sync_cache_survives_faults_then_fails_closed(setup, tmp_path):
     assert cache.verification_facts(city.did, holder_did, VCT, ref).status is CredentialStatus.REVOKED
 
 
-class LosingTransport:
+class Wrapped(BaseProvider):
+    """A web3 provider forwarding to another one (the embedded chain), for fault injection."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__()
+        self.inner = inner
+        self.url = "wrapped://"
+
+    def reply(self, method: str, params: Any) -> Any:
+        return self.inner.make_request(method, params)
+
+    def make_request(self, method: Any, params: Any) -> Any:
+        return self.reply(method, params)
+
+    def make_batch_request(self, requests: Any) -> Any:
+        return [self.reply(m, p) for m, p in requests]
+
+    def is_connected(self, show_traceback: bool = False) -> bool:
+        return True
+
+
+class LosingTransport(Wrapped):
     """Forwards to the node but loses the reply of the first eth_sendRawTransaction (like a timeout)."""
 
-    def __init__(self, node: Any) -> None:
-        self.node = node
+    def __init__(self, inner: Any) -> None:
+        super().__init__(inner)
         self.url = "lossy://"
         self.sent: list[str] = []
         self.lost = False
 
-    def send(self, payload: Any) -> Any:
-        reply = self.node.send(payload)
-        if isinstance(payload, dict) and payload["method"] == "eth_sendRawTransaction":
-            self.sent.append(payload["params"][0])
+    def reply(self, method: str, params: Any) -> Any:
+        reply = self.inner.make_request(method, params)
+        if method == "eth_sendRawTransaction":
+            self.sent.append(params[0])
             if not self.lost:
                 self.lost = True
                 raise RpcTimeoutError(self.url, 0.1)
@@ -215,7 +237,7 @@ class LosingTransport:
 
 
 def test_retry_after_lost_reply_never_double_applies(embedded_chain):
-    lossy = LosingTransport(embedded_chain.client().transport)
+    lossy = LosingTransport(embedded_chain.client().provider)
     city = Registrar(embedded_chain.network, RpcClient(lossy), embedded_chain.accounts[0])
     before = city.status.list_count()
     list_id = city.create_status_list()
@@ -290,31 +312,40 @@ def test_unreadable_cache_file_is_a_clear_error(embedded_chain, tmp_path):
         SyncCache(embedded_chain.client(), embedded_chain.network, bad)
 
 
-class PreLondonView:
+class PreLondonView(Wrapped):
     """Presents the node as a pre-London chain (no baseFeePerGas in blocks), like some geth forks."""
 
-    def __init__(self, node: Any) -> None:
-        self.node = node
-        self.url = node.url
+    def __init__(self, inner: Any) -> None:
+        super().__init__(inner)
         self.raw: list[str] = []
 
-    def send(self, payload: Any) -> Any:
-        reply = self.node.send(payload)
-        for req, rep in zip(
-            payload if isinstance(payload, list) else [payload],
-            reply if isinstance(reply, list) else [reply],
-            strict=True,
-        ):
-            if req["method"] == "eth_getBlockByNumber" and isinstance(rep.get("result"), dict):
-                rep["result"].pop("baseFeePerGas", None)
-            if req["method"] == "eth_sendRawTransaction":
-                self.raw.append(req["params"][0])
-        return reply
+    def reply(self, method: str, params: Any) -> Any:
+        rep = dict(self.inner.make_request(method, params))
+        if method == "eth_getBlockByNumber" and isinstance(rep.get("result"), dict):
+            rep["result"] = {k: v for k, v in rep["result"].items() if k != "baseFeePerGas"}
+        if method == "eth_sendRawTransaction":
+            self.raw.append("0x" + bytes(params[0]).hex() if isinstance(params[0], bytes) else params[0])
+        return rep
 
 
 def test_legacy_gas_pricing_without_base_fee(embedded_chain):
-    transport = PreLondonView(embedded_chain.client().transport)
+    transport = PreLondonView(embedded_chain.client().provider)
     city = Registrar(embedded_chain.network, RpcClient(transport), embedded_chain.accounts[0])
     list_id = city.create_status_list()
     assert city.status.list_owner(list_id) == city.address
     assert transport.raw and all(raw[:4] in ("0xf8", "0xf9") for raw in transport.raw)  # legacy RLP list
+
+
+@pytest.mark.parametrize("escaped", [False, True])
+def test_nesting_bound_ignores_brackets_in_strings_only(escaped):
+    """Both scanning paths (no escapes: split on quotes; escapes: regex) count only structural brackets."""
+    from cityid.chain.provider import check_json_nesting
+
+    quote = '\\"' if escaped else ""
+    ok = json.dumps({"a": "]]]]" + quote + "[[[[", "b": [[[1]]]}).encode()
+    check_json_nesting(ok, 4)
+    with pytest.raises(MalformedReplyError):
+        check_json_nesting(ok, 3)
+    hiding = ('["' + quote + "]" * 100 + '",' + "[" * 70 + "]" * 70 + "]").encode()  # closers in a string
+    with pytest.raises(MalformedReplyError):
+        check_json_nesting(hiding, 64)

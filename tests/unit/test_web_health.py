@@ -120,17 +120,20 @@ def test_one_log_line_per_change(caplog: pytest.LogCaptureFixture) -> None:
 
 
 def test_chain_health_from_a_live_view_reads_the_head_block_on_its_own_client() -> None:
+    from web3.providers.base import BaseProvider
+
     from cityid.chain.rpc import RpcClient
 
-    class Transport:
+    class Transport(BaseProvider):  # a web3 provider, as the chain clients are built on
         url = "fake://"
 
         def __init__(self, reply: Any) -> None:
+            super().__init__()
             self.reply, self.sent = reply, []
 
-        def send(self, payload: Any) -> Any:
-            self.sent.append(payload)
-            return {"jsonrpc": "2.0", "id": payload["id"], "result": self.reply}
+        def make_request(self, method: str, params: Any) -> Any:
+            self.sent.append({"method": method, "params": params})
+            return {"jsonrpc": "2.0", "id": 1, "result": self.reply}
 
     class View:
         def __init__(self, transport: Transport) -> None:

@@ -1,6 +1,7 @@
 # Local stub: eth-tester ships no type information, and pyright's inference from its source types attributes
 # initialised to None (``backend``, ``account_keys``, ``chain``) as None. This declares the part of the API
-# that cityid.chain.embedded uses; eth-tester returns plain dicts/tuples of JSON-like values.
+# that cityid.chain.embedded uses (with the py-evm backend's call building blocks, to keep revert data);
+# eth-tester returns plain dicts/tuples of JSON-like values.
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -8,16 +9,47 @@ from eth_keys.datatypes import PrivateKey
 
 _Block = Mapping[str, Any]
 
+class _DecodedTransaction:
+    nonce: int
+    sender: bytes
+
+class _TransactionBuilder:
+    def decode(self, encoded: bytes) -> _DecodedTransaction: ...
+
+class _VM:
+    def get_transaction_builder(self) -> _TransactionBuilder: ...
+
 class _Chain:
     chain_id: int
+    def get_vm(self) -> _VM: ...
 
 class PyEVMBackend:
     chain: _Chain
     account_keys: Sequence[PrivateKey]
     def __init__(self) -> None: ...
+    def call(self, transaction: Mapping[str, Any], block_number: Any = "latest") -> bytes: ...
+    def estimate_gas(self, transaction: Mapping[str, Any], block_number: Any = "latest") -> int: ...
+    def _max_available_gas(self) -> int: ...
+    def _get_normalized_and_unsigned_evm_transaction(
+        self, transaction: Mapping[str, Any], block_number: Any = "latest"
+    ) -> Any: ...
+
+class _Validator:
+    def validate_inbound_filter_params(
+        self, from_block: Any = None, to_block: Any = None, address: Any = None, topics: Any = None
+    ) -> None: ...
+
+class _Normalizer:
+    def normalize_inbound_filter_params(
+        self, from_block: Any = None, to_block: Any = None, address: Any = None, topics: Any = None
+    ) -> tuple[Any, Any, Any, Any]: ...
+    def normalize_inbound_log_entry(self, log_entry: Mapping[str, Any]) -> Any: ...
+    def normalize_outbound_log_entry(self, log_entry: Any) -> Mapping[str, Any]: ...
 
 class EthereumTester:
     backend: PyEVMBackend
+    validator: _Validator
+    normalizer: _Normalizer
     def __init__(self, backend: PyEVMBackend | None = None) -> None: ...
     def time_travel(self, to_timestamp: int) -> None: ...
     def get_accounts(self) -> tuple[str, ...]: ...
