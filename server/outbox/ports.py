@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cityid.chain.contracts import Events
 from cityid.chain.errors import ChainError, RpcError
 from cityid.chain.view import CredentialStatus
 from server.models import OutboxKind
@@ -216,7 +217,7 @@ class TxPort:
         from server.chain.registrar import CITIZEN_KEY_ATTR
 
         dids = self.registrar.dids
-        topic = "0x" + dids.abi.event_topics["DIDAttributeChanged"].hex()
+        topic = "0x" + Events.of(dids.contract_name).topics["DIDAttributeChanged"].hex()
         out: dict[str, set[bytes]] = {i.lower(): set() for i in identities}
         ids = sorted(out)
         for k in range(0, len(ids), 100):
@@ -224,7 +225,7 @@ class TxPort:
             logs = self.client.request("eth_getLogs", [{"fromBlock": "0x0", "toBlock": "latest",
                                        "address": dids.address, "topics": [topic, chunk]}])  # fmt: skip
             for log in logs:
-                ev = dids.abi.decode_log(log)
+                ev = dids.decode_log(log)
                 if ev is None or ev.name != "DIDAttributeChanged":
                     continue
                 name = bytes(ev.args["name"]).rstrip(b"\0").decode(errors="replace")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
+from cityid.chain.contracts import Events
 from cityid.chain.view import CredentialStatus
 from server.chain.registrar import start_embedded
 from server.models import BatchState, OutboxBatch, OutboxEntry, OutboxState
@@ -36,7 +37,7 @@ def _enroll(rig, n: int, prefix: str = "ob") -> list:  # type: ignore[no-untyped
 def _key_events(gateway, identity: str) -> int:  # type: ignore[no-untyped-def]
     """DIDAttributeChanged events of ``identity`` on chain (a double-applied enrollment shows up here)."""
     reg = gateway.registrar
-    topic = "0x" + reg.dids.abi.event_topics["DIDAttributeChanged"].hex()
+    topic = "0x" + Events.of(reg.dids.contract_name).topics["DIDAttributeChanged"].hex()
     logs = reg.client.request("eth_getLogs", [{
         "fromBlock": "0x0", "toBlock": "latest", "address": reg.dids.address,
         "topics": [topic, "0x" + "00" * 12 + identity[2:].lower()],
