@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cityid.chain.contracts import Events
 from cityid.chain.network import NetworkConfig
 from cityid.chain.rpc import HttpTransport, RpcClient
 from tests.fixtures.anvil_node import anvil_accounts
@@ -71,7 +72,7 @@ def build_city(rpc_url: str, tmp: Path) -> City:
 def key_events(city: City) -> dict[str, int]:
     """DIDAttributeChanged events per identity (a key added or revoked twice shows up as an extra one)."""
     reg = city.registrar()
-    topic = "0x" + reg.dids.abi.event_topics["DIDAttributeChanged"].hex()
+    topic = "0x" + Events.of(reg.dids.contract_name).topics["DIDAttributeChanged"].hex()
     query = {"fromBlock": "0x0", "toBlock": "latest", "address": reg.dids.address, "topics": [topic]}
     logs = city.client().request("eth_getLogs", [query])
     out: dict[str, int] = {}
