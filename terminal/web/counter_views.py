@@ -262,14 +262,25 @@ def check_clerk(store: ClerkSessions, clerks: dict[str, str], clerk: str, passwo
     return None
 
 
+def sign_in_attempt(
+    store: ClerkSessions, clerks: dict[str, str], template: str
+) -> tuple[str, tuple[str, int] | None]:
+    """The posted sign-in form checked (:func:`check_clerk`): the clerk id and, when refused, the page
+    ``template`` re-rendered with the reason (429 locked, 401 failed). Counter and kiosk staff sign-in."""
+    clerk = request.form.get("clerk", "").strip()
+    error = check_clerk(store, clerks, clerk, request.form.get("password", ""))
+    if error is None:
+        return clerk, None
+    status = 429 if error == "counter.login.locked" else 401
+    return clerk, (render_template(template, error_key=error, clerk_id=clerk), status)
+
+
 @bp.post("/login")
 def login_post() -> Response | tuple[str, int]:
-    clerk = request.form.get("clerk", "").strip()
     store = _sessions()
-    error = check_clerk(store, _config().clerks, clerk, request.form.get("password", ""))
-    if error is not None:
-        status = 429 if error == "counter.login.locked" else 401
-        return render_template("counter_login.html", error_key=error, clerk_id=clerk), status
+    clerk, refused = sign_in_attempt(store, _config().clerks, "counter_login.html")
+    if refused is not None:
+        return refused
     lang = session.get("lang")
     session.clear()  # new session id material: no fixation of a pre-login session
     if lang:

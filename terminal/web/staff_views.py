@@ -24,7 +24,7 @@ from werkzeug.wrappers import Response
 from terminal.config import TerminalConfig
 from terminal.flows.certificate import KST
 from terminal.web.clerk_sessions import ClerkSessions
-from terminal.web.counter_views import LOCKOUT_SECONDS, MAX_FAILURES, check_clerk
+from terminal.web.counter_views import LOCKOUT_SECONDS, MAX_FAILURES, sign_in_attempt
 from terminal.web.printing import KioskPrinting, PrintOutcome
 
 logger = logging.getLogger(__name__)
@@ -87,17 +87,15 @@ def _require_staff() -> Response | None:
 
 @bp.get("/login")
 def login() -> str:
-    return render_template("staff_login.html", error_key=None, clerk="")
+    return render_template("staff_login.html", error_key=None, clerk_id="")
 
 
 @bp.post("/login")
 def login_post() -> Response | tuple[str, int]:
-    clerk = request.form.get("clerk", "").strip()
     store = _sessions()
-    error = check_clerk(store, _config().clerks, clerk, request.form.get("password", ""))
-    if error is not None:
-        status = 429 if error == "counter.login.locked" else 401
-        return render_template("staff_login.html", error_key=error, clerk=clerk), status
+    clerk, refused = sign_in_attempt(store, _config().clerks, "staff_login.html")
+    if refused is not None:
+        return refused
     old = session.pop(SESSION_FIELD, None)
     store.end(old)
     session[SESSION_FIELD] = store.start(clerk)  # the screen binding and the CSRF token stay
