@@ -510,6 +510,8 @@ def form_post(action: str) -> tuple[str, int]:
         return _render_form(action, {}, keep, "counter.error.card_changed", status=409)
     except EnrollmentFinishedError as exc:
         h = exc.holding
+        if h.serial is None:  # a private-profile card: not named before the citizen's PIN
+            return _render_form(action, {}, keep, "counter.error.abandon_finished_private", status=409)
         return _render_form(action, {}, keep, "counter.error.abandon_finished",
                             {"card": h.card_number, "did": h.did or "-"}, 409)  # fmt: skip
     except NothingToAbandonError:
