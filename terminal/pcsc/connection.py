@@ -29,12 +29,16 @@ from terminal.pcsc.atr import parse_atr
 
 logger = logging.getLogger(__name__)
 
-_SERVICE_GONE = {
+#: The PC/SC service is gone or unusable for this process. "Access denied" (SCARD_W_SECURITY_VIOLATION)
+#: is what pcsc-lite clients get from a daemon that is shutting down (seen here) or that refuses this user
+#: (polkit): either way the terminal must rebuild its context later, not treat it as a card error.
+SERVICE_GONE = frozenset({
     scard.SCARD_E_NO_SERVICE,
     scard.SCARD_E_SERVICE_STOPPED,
     scard.SCARD_E_INVALID_HANDLE,
     scard.SCARD_F_COMM_ERROR,
-}
+    scard.SCARD_W_SECURITY_VIOLATION,
+})  # fmt: skip
 _CARD_GONE = {
     scard.SCARD_W_REMOVED_CARD,
     scard.SCARD_E_NO_SMARTCARD,
@@ -61,7 +65,7 @@ def pcsc_message(hresult: int) -> str:
 def pcsc_error(hresult: int, what: str) -> CardError:
     """Map a failing PC/SC return code to a typed error (PC/SC part 5 §3.4 return codes)."""
     msg = f"{what}: {pcsc_message(hresult)}"
-    if hresult in _SERVICE_GONE:
+    if hresult in SERVICE_GONE:
         return PcscUnavailableError(msg)
     if hresult in _NO_READER:
         return NoReaderError(msg)

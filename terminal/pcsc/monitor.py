@@ -25,17 +25,17 @@ from typing import Any
 from smartcard import scard
 
 from cityid.errors import PcscUnavailableError
-from terminal.pcsc.connection import establish_context, list_readers, pcsc_message, release_context
+from terminal.pcsc.connection import (
+    SERVICE_GONE,
+    establish_context,
+    list_readers,
+    pcsc_message,
+    release_context,
+)
 
 logger = logging.getLogger(__name__)
 
 PNP_READER = "\\\\?PnP?\\Notification"
-_SERVICE_GONE = {
-    scard.SCARD_E_NO_SERVICE,
-    scard.SCARD_E_SERVICE_STOPPED,
-    scard.SCARD_E_INVALID_HANDLE,
-    scard.SCARD_F_COMM_ERROR,
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,7 +243,7 @@ class ReaderMonitor:
             self._pnp = hr in (scard.SCARD_S_SUCCESS, scard.SCARD_E_TIMEOUT) and not (
                 states and states[0][1] & scard.SCARD_STATE_UNKNOWN
             )
-            if hr in _SERVICE_GONE:
+            if hr in SERVICE_GONE:
                 raise PcscUnavailableError(pcsc_message(hr))
             logger.debug("PnP reader notification %s", "supported" if self._pnp else "not supported")
         return self._pnp
@@ -272,7 +272,7 @@ class ReaderMonitor:
             return
         if hr in (scard.SCARD_E_UNKNOWN_READER, scard.SCARD_E_READER_UNAVAILABLE):
             return  # a reader vanished between listing and waiting: list again
-        if hr in _SERVICE_GONE:
+        if hr in SERVICE_GONE:
             raise PcscUnavailableError(f"PC/SC service lost: {pcsc_message(hr)}")
         if hr != scard.SCARD_S_SUCCESS:
             logger.warning("SCardGetStatusChange failed: %s", pcsc_message(hr))
