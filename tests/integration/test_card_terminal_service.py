@@ -76,6 +76,30 @@ def _wait_event(q: queue.Queue[ReaderEvent], want: Callable[[ReaderEvent], bool]
     raise AssertionError(f"expected event not seen; got {seen}")
 
 
+def _restart_pcscd(pcscd, request) -> subprocess.Popen:
+    """Start pcscd again after the test stopped it; stopped at the very end of the session unless someone
+    else uses it then."""
+    exe = shutil.which("pcscd") or "/usr/sbin/pcscd"
+    log = open(LOCK_DIR / f"cityid-pcscd-{os.getpid()}-restart.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen([exe, "--foreground"], stdout=log, stderr=subprocess.STDOUT)
+    pcscd.process = proc
+
+    def stop_restarted() -> None:
+        fd = os.open(USERS_LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return
+        finally:
+            os.close(fd)
+        proc.terminate()
+        proc.wait(10)
+        log.close()
+
+    request.config.add_cleanup(stop_restarted)
+    return proc
+
+
 def test_pcscd_stops_and_comes_back(pcscd, vpcd_card_factory, tmp_path, request) -> None:
     if pcscd.process is None:
         pytest.skip("pcscd was not started by this test session; stopping it would disturb its owner")
@@ -91,32 +115,17 @@ def test_pcscd_stops_and_comes_back(pcscd, vpcd_card_factory, tmp_path, request)
 
         pcscd.process.terminate()
         pcscd.process.wait(10)
-        _wait_event(q, lambda e: isinstance(e, ServiceLost), 10)
-        with pytest.raises(PcscUnavailableError):
-            list_readers()
-        assert monitor.cards() == {}
-
-        exe = shutil.which("pcscd") or "/usr/sbin/pcscd"
-        log = open(LOCK_DIR / f"cityid-pcscd-{os.getpid()}-restart.log", "wb")  # noqa: SIM115
-        proc = subprocess.Popen([exe, "--foreground"], stdout=log, stderr=subprocess.STDOUT)
-        pcscd.process = proc
-
-        def stop_restarted() -> None:  # at the very end of the session, unless someone else uses it
-            fd = os.open(USERS_LOCK, os.O_RDWR | os.O_CREAT, 0o666)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return
-            finally:
-                os.close(fd)
-            proc.terminate()
-            proc.wait(10)
-            log.close()
-
-        request.config.add_cleanup(stop_restarted)
+        try:
+            _wait_event(q, lambda e: isinstance(e, ServiceLost), 10)
+            with pytest.raises(PcscUnavailableError):
+                list_readers()
+            assert monitor.cards() == {}
+        finally:  # whatever failed above, pcscd comes back: every later PC/SC test needs it
+            proc = _restart_pcscd(pcscd, request)
         wait_for(lambda: VPCD_READER in vpcd_readers(), 15, "pcscd back with the vpcd readers")
         _wait_event(q, lambda e: isinstance(e, ServiceRestored), 10)
         _wait_event(q, lambda e: isinstance(e, CardInserted) and e.reader == reader, 15)  # card reconnected
+        assert proc.poll() is None
 
     with open_connection(reader) as conn:  # same process, fresh context: the card answers again
         assert CitizenSession(conn).info().pin_tries == 3
