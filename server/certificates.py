@@ -8,6 +8,9 @@ the same entry and is never anchored twice. The rows of a batch get their root *
 sent;
 a flush that finds rows with a root but no block first asks the chain whether that root is anchored (the
 server died after sending) and only re-sends when it is not — so a crash cannot anchor a document twice.
+Anchored roots are checked again by the chain writer every window (:meth:`AnchorQueue.reconcile`): a root the
+chain no longer has (a reorg, a node restored from an older snapshot, a chain reset) goes back to "sending"
+and the same hashes — the same root, so every printed proof stays valid — are anchored again.
 No certificate content reaches the server: only its salted hash and the submitting kiosk.
 """
 
@@ -36,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_WINDOW_S = 60.0
 DEFAULT_MAX_BATCH = 1000
+RECHECK_ROOTS = 8  # the most recent anchored roots checked every window (all of them after a state loss)
 
 
 class CertificateAnchor(Base):
@@ -258,6 +262,39 @@ class AnchorQueue:
             raise AnchorQueueError(f"anchoring failed: {type(exc).__name__}") from exc
         self._record(hashes, int(batch.receipt.block_number))
         logger.info("anchored %d certificate(s) in block %d", len(hashes), batch.receipt.block_number)
+
+    def reconcile(self, *, everything: bool = False, recent: int = RECHECK_ROOTS) -> int:
+        """Check anchored roots are still on chain: the ``recent`` latest ones, or all of them when
+        ``everything`` (the writer saw the node lose state). A lost root's rows go back to "sending" (root
+        kept, block cleared), so the next :meth:`flush` anchors the same batch again; a root the chain now has
+        in another block (re-mined after a reorg) gets that block. Returns how many roots were lost."""
+        anchorer = self._require_anchorer()
+        with self.db.sessions() as s:
+            query = (
+                select(CertificateAnchor.root, CertificateAnchor.block)
+                .where(CertificateAnchor.block.is_not(None), CertificateAnchor.root.is_not(None))
+                .group_by(CertificateAnchor.root, CertificateAnchor.block)
+                .order_by(CertificateAnchor.block.desc())
+            )
+            rows = s.execute(query if everything else query.limit(recent)).all()
+        lost = 0
+        for root, block in rows:
+            _ts, on_chain, _who = anchorer.anchors.anchor_of(bytes.fromhex(root))
+            if int(on_chain) == int(block):
+                continue
+            if on_chain:
+                logger.info("anchor root %s… moved from block %d to %d", root[:12], block, on_chain)
+            else:
+                lost += 1
+                logger.warning("anchor root %s… (block %d) is no longer on chain; anchoring it again",
+                               root[:12], block)  # fmt: skip
+            with self.db.sessions.begin() as s:
+                s.execute(
+                    update(CertificateAnchor)
+                    .where(CertificateAnchor.root == root)
+                    .values(block=int(on_chain) or None)
+                )
+        return lost
 
     def _record(self, hashes: list[bytes], block: int) -> None:
         root, proofs = build_tree(hashes)

@@ -88,6 +88,7 @@ class OutboxWriter:
         self._cycle_lock = threading.Lock()
         self.last_error = ""
         self.reapplied = 0  # batches re-sent after the chain lost them (reorg / older snapshot)
+        self._state_lost = False  # the node lost confirmed writes: recheck every anchor root next window
 
     # ---- running ----
     @property
@@ -176,13 +177,23 @@ class OutboxWriter:
         inflight = self._reconcile(self.port)
         if self.leader.check():
             inflight |= self._drain(self.port)
-        if self.anchor_queue is not None and self.anchor_queue.due() and self.leader.check():
-            self.port.forget_nonce()  # the queue sends through the registrar's own sender
-            try:
-                self.anchor_queue.flush()
-            except CityIdError as exc:
-                logger.warning("certificate anchoring failed, next window retries: %s", exc)
+        if self.anchor_queue is not None and self.leader.check():
+            self._anchors(self.port)
         return inflight
+
+    def _anchors(self, port: TxPort) -> None:
+        """Certificate anchors: recheck anchored roots (all of them after a state loss), then flush what is
+        due — a lost root is anchored again with the same hashes."""
+        everything, self._state_lost = self._state_lost, False
+        try:
+            lost = self.anchor_queue.reconcile(everything=everything)
+            self.reapplied += lost
+            if lost or self.anchor_queue.due():  # a lost root is re-sent now, not after the window
+                port.forget_nonce()  # the queue sends through the registrar's own sender
+                self.anchor_queue.flush()
+        except CityIdError as exc:
+            logger.warning("certificate anchoring failed, next window retries: %s", exc)
+            self._state_lost = self._state_lost or everything
 
     # ---- selecting rows ----
     def _eligible(self) -> list[OutboxEntry]:
@@ -411,6 +422,7 @@ class OutboxWriter:
                 )
             )
             if recent and recent[0].nonce >= latest:  # the node's account nonce went back: find every loss
+                self._state_lost = True  # anchors too (they share the account)
                 recent = list(
                     s.scalars(
                         select(OutboxBatch).where(
@@ -432,6 +444,7 @@ class OutboxWriter:
         logger.warning("chain writer: %d confirmed batch(es) are no longer on the chain (reorg or node state "
                        "loss); re-sending their signed bytes", len(lost))  # fmt: skip
         self.reapplied += len(lost)
+        self._state_lost = True
         with self.db.sessions.begin() as s:
             for b in lost:
                 s.execute(

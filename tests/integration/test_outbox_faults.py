@@ -2,7 +2,8 @@
 
 * the node is restarted from an older state dump after revocations were confirmed → the writer notices the
   lost blocks, re-sends the same signed transactions, and a kiosk's chain view refuses the card again within
-  one batch window;
+  one batch window; a certificate anchor root lost with the same blocks is anchored again (same root, so
+  the printed proofs stay valid);
 * the chain is reset under the running server (the account nonce falls back) → new writes recover without a
   server restart: no stale nonce, no 60 s timeouts.
 """
@@ -56,6 +57,15 @@ def test_node_restored_from_older_state_gets_the_revocations_again(tmp_path):
                  for i in range(6)]  # fmt: skip
         assert all(c.on_chain for c in creds)
         _dump(node, tmp_path / "older.json")  # the snapshot the node will come back from
+        anchors = app.extensions["cityid.certificates"].queue
+        documents = [bytes([0xA0 + i]) * 32 for i in range(3)]
+        for d in documents:  # certificates printed after the snapshot: their anchor root is lost with it
+            anchors.submit(d, "kiosk-1")
+        anchors.flush(force=True)
+        tickets = [anchors.lookup(d) for d in documents]
+        assert all(t is not None and t.proof is not None for t in tickets)
+        root = tickets[0].proof.root  # type: ignore[union-attr]
+        assert city.registrar().anchors.anchor_of(root)[1] > 0
         client.revoke([c.credential_id for c in creds[:3]], "lost")
         assert client.outbox(client.last_chain["outbox_ids"], wait=20)["state"] == "confirmed"
         assert _statuses(city, creds[:3]) == [CredentialStatus.REVOKED] * 3
@@ -82,6 +92,13 @@ def test_node_restored_from_older_state_gets_the_revocations_again(tmp_path):
             assert time.monotonic() < deadline
             time.sleep(0.05)
         assert key_events(city) == events_before  # keys revoked once again, nothing twice
+        deadline = time.monotonic() + 10  # the lost anchor root is anchored again: same root, same proofs
+        while city.registrar().anchors.anchor_of(root)[1] == 0:
+            assert time.monotonic() < deadline, "lost certificate anchor not re-sent"
+            time.sleep(0.05)
+        again = [anchors.lookup(d) for d in documents]
+        assert [t.proof for t in again] == [t.proof for t in tickets]  # type: ignore[union-attr]
+        assert all(t is not None and t.block == city.registrar().anchors.anchor_of(root)[1] for t in again)
         health = app.test_client().get("/health").get_json()
         assert health["outbox"]["writer"]["reapplied"] >= 1
 

@@ -280,3 +280,54 @@ def test_routes_without_a_registrar_and_authentication(tmp_path) -> None:  # typ
     with pytest.raises(ServerError) as refused:
         queue._call("POST", "/certificates/anchors", {"document_hash": "AB"})  # signed, but not a hash
     assert refused.value.status == 400
+
+
+class _ForgetfulAnchors:
+    """The anchor registry as a node restored from an older snapshot shows it: ``forgotten`` roots read as
+    never anchored, ``moved`` roots in another block."""
+
+    def __init__(self, real) -> None:  # type: ignore[no-untyped-def]
+        self.real = real
+        self.forgotten: set[bytes] = set()
+        self.moved: dict[bytes, int] = {}
+        self.reads = 0
+
+    def anchor_of(self, root: bytes):  # type: ignore[no-untyped-def]
+        self.reads += 1
+        if root in self.forgotten:
+            return 0, 0, "0x" + "00" * 20
+        ts, block, who = self.real.anchor_of(root)
+        return ts, self.moved.get(root, block), who
+
+
+def test_reconcile_reanchors_a_lost_root_and_follows_a_moved_one(world, tmp_path) -> None:
+    db = Database.from_url(f"sqlite:///{tmp_path}/reconcile.db")
+    db.init()
+    counting = CountingRegistrar(world["registrar"].registrar)
+    forgetful = _ForgetfulAnchors(counting.anchors)
+    counting.anchors = forgetful
+    queue = AnchorQueue(db, counting, window_s=60, max_batch=2)
+    docs = [bytes([0x51 + i]) * 32 for i in range(6)]  # three batches of two
+    for d in docs:
+        queue.submit(d, "kiosk-1")
+    queue.flush(force=True)
+    tickets = [queue.lookup(d) for d in docs]
+    roots = sorted({t.proof.root for t in tickets}, key=lambda r: [t.proof.root for t in tickets].index(r))
+    assert len(roots) == 3 and counting.sent == 3
+    assert queue.reconcile() == 0 and counting.sent == 3  # all on chain: nothing re-sent
+
+    lost, moved = roots[0], roots[1]
+    forgetful.forgotten.add(lost)
+    forgetful.moved[moved] = 10**6
+    forgetful.reads = 0
+    assert queue.reconcile(recent=1) == 0  # only the latest root checked: the older loss is not seen yet
+    assert forgetful.reads == 1
+    assert queue.reconcile(everything=True) == 1
+    assert queue.lookup(docs[0]).status == "queued"  # not "anchored" while the chain lacks it
+    assert queue.lookup(docs[2]).block == 10**6
+    forgetful.forgotten.clear()  # the re-send lands on the (real) chain again
+    counting.anchors = counting.registrar.anchors
+    queue.flush()  # resumes the lost batch without waiting for the window
+    again = [queue.lookup(d) for d in docs[:2]]
+    assert [t.proof for t in again] == [t.proof for t in tickets[:2]]  # same root, same printed proofs
+    assert all(t.status == "anchored" for t in again)
