@@ -11,6 +11,7 @@ from pathlib import Path
 from cityid.chain.errors import ChainConfigError
 from cityid.chain.rpc import HttpTransport, RpcClient
 from cityid.cli_util import Subcommands, needs_command, progress
+from cityid.errors import CityIdError
 
 CONTRACTS = Path(__file__).resolve().parent / "contracts"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "cityid" / "chain" / "artifacts"
@@ -99,23 +100,56 @@ def _check(args: argparse.Namespace) -> int:
     url = args.rpc or network.rpc_url
     block = check_network(_client(url, args.timeout), network.with_rpc(url))
     print(f"{network.name}: chain {network.chain_id} at block {block}; all contracts present")
-    if not args.db:
+    if args.db is None:
         return 0
     # The server database against the chain (docs/server.md §Chain outbox): every disagreement, one a line.
     from eth_account import Account
 
     from server.chain.registrar import Registrar
-    from server.db import Database
     from server.outbox.check import check
     from server.outbox.ports import TxPort
 
     reader = Registrar(network.with_rpc(url), _client(url, args.timeout), Account.create())  # reads only
-    problems = check(Database.from_url(args.db), TxPort(reader))
+    problems = check(_outbox_db(args), TxPort(reader))
     for problem in problems:
         print(problem)
     wrong = [p for p in problems if p.kind != "open"]
     print(f"{len(wrong)} disagreement(s), {len(problems) - len(wrong)} chain write(s) not yet confirmed")
     return 1 if wrong else 0
+
+
+def _outbox_db(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The server database: ``--db URL``, or with a bare ``--db`` the configured one (``--config`` /
+    ``CITY_SERVER_DB_URL``, so a password never has to be on the command line)."""
+    from server.config import load_config
+    from server.db import Database
+
+    url = args.db or load_config(args.config).database_url
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        raise CityIdError(f"database {url.removeprefix('sqlite:///')} does not exist")
+    return Database.from_url(url)
+
+
+def _outbox(args: argparse.Namespace) -> int:
+    """Failed outbox rows (the chain refused them), and putting them back in the queue (docs/server.md §Chain
+    outbox)."""
+    from server.outbox.check import failed_rows, retry
+    from server.outbox.store import stats
+
+    db = _outbox_db(args)
+    if args.retry:
+        done = retry(db, args.retry)
+        print(f"{len(done)} row(s) back in the queue: {', '.join(map(str, done))}; the writer's next window "
+              "sends them")  # fmt: skip
+        return 0
+    rows = failed_rows(db)
+    for r in rows:
+        subject = f"{r.list_id}/{r.status_index}" if r.kind == "status" else r.identity
+        print(f"{r.id}\t{r.kind}\t{subject}\tattempts {r.attempts}\t{r.error or '-'}")
+    st = stats(db)
+    print(f"outbox: {st['depth']} open (oldest {st['oldest_pending_age_s']} s), {st['failed']} failed, "
+          f"last confirmed block {st['last_confirmed_block']}")  # fmt: skip
+    return 1 if rows else 0
 
 
 def _root_registrar(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -189,8 +223,17 @@ def register(sub: Subcommands) -> None:
     p.add_argument("network_file", help="network config JSON written by deploy")
     p.add_argument("--rpc", help="node URL (default: the config's rpc_url)")
     p.add_argument("--timeout", type=float, default=10.0, help="JSON-RPC timeout in seconds")
-    p.add_argument("--db", help="also compare this server database (URL) with the chain, list disagreements")
+    p.add_argument("--db", nargs="?", const="", metavar="URL",
+                   help="also compare the server database with the chain, list disagreements (bare --db: the "
+                        "configured database)")  # fmt: skip
+    p.add_argument("--config", help="server config TOML (for a bare --db; default: env / built-in)")
     p.set_defaults(func=_check)
+
+    p = cmds.add_parser("outbox", help="list chain writes the chain refused; --retry ID… queues them again")
+    p.add_argument("--config", help="server config TOML (default: env / built-in)")
+    p.add_argument("--db", metavar="URL", help="database URL (default: the configured one)")
+    p.add_argument("--retry", type=int, nargs="+", metavar="ID", help="queue these failed rows again")
+    p.set_defaults(func=_outbox)
 
     root = cmds.add_parser("root", help="CEREMONIES with the city root key (registrars, root rotation)")
     rsub = root.add_subparsers(dest="root_command", metavar="ROOT_COMMAND", required=True)

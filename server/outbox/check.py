@@ -1,4 +1,5 @@
-"""``city-server chain check --db``: the database against the chain, every disagreement listed
+"""``city-server chain check --db``: the database against the chain, every disagreement listed; and
+``city-server chain outbox``: the rows the chain refused, put back in the queue by an operator
 (docs/server.md §Chain outbox).
 
 Expected on chain = the effect of every *confirmed* outbox row, in id order: the last status value per
@@ -10,8 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 
+from cityid.errors import CityIdError
 from server.db import Database
 from server.models import OutboxEntry, OutboxKind, OutboxState
 from server.outbox.ports import DirectPort, TxPort
@@ -61,3 +63,61 @@ def check(db: Database, port: TxPort | DirectPort) -> list[Disagreement]:
         out += [Disagreement("key-missing", identity, k.hex()[:18], "absent") for k in sorted(want - got)]
         out += [Disagreement("key-extra", identity, "revoked", k.hex()[:18]) for k in sorted(got - want)]
     return out
+
+
+class RetryRefusedError(CityIdError):
+    """An operator's retry that would be wrong (not a failed row, or a later write of the same entry)."""
+
+
+def _subject(r: OutboxEntry) -> str:
+    return f"{r.list_id}/{r.status_index}" if r.kind == OutboxKind.STATUS.value else str(r.identity)
+
+
+def failed_rows(db: Database) -> list[OutboxEntry]:
+    """Rows the chain refused (``failed``), oldest first — what ``/health`` counts as ``failed``."""
+    with db.sessions() as s:
+        return list(
+            s.scalars(
+                select(OutboxEntry)
+                .where(OutboxEntry.state == OutboxState.FAILED.value)
+                .order_by(OutboxEntry.id)
+            )
+        )
+
+
+def retry(db: Database, ids: list[int]) -> list[int]:
+    """Put failed rows back to ``pending`` (attempts reset), all or none. Refused for a row that is not
+    failed, and for one a later row of the same entry supersedes (a status entry, or a card key): re-applying
+    the older write would undo the newer one — a suspension retried over a revocation would un-revoke."""
+    with db.sessions.begin() as s:
+        rows = {r.id: r for r in s.scalars(select(OutboxEntry).where(OutboxEntry.id.in_(ids)))}
+        for i in ids:
+            r = rows.get(i)
+            if r is None:
+                raise RetryRefusedError(f"outbox row {i} does not exist")
+            if r.state != OutboxState.FAILED.value:
+                raise RetryRefusedError(f"outbox row {i} is {r.state}, not failed")
+            same = (
+                (OutboxEntry.list_id == r.list_id) & (OutboxEntry.status_index == r.status_index)
+                if r.kind == OutboxKind.STATUS.value
+                else (OutboxEntry.identity == r.identity) & (OutboxEntry.point == r.point)
+            )
+            kinds = (
+                [OutboxKind.STATUS.value]
+                if r.kind == OutboxKind.STATUS.value
+                else [OutboxKind.ENROLL.value, OutboxKind.REVOKE_KEY.value]
+            )
+            later = s.scalar(
+                select(OutboxEntry.id)
+                .where(OutboxEntry.id > r.id, OutboxEntry.kind.in_(kinds), same)
+                .where(or_(OutboxEntry.state != OutboxState.FAILED.value, OutboxEntry.id.in_(ids)))
+                .order_by(OutboxEntry.id)
+                .limit(1)
+            )
+            if later is not None:
+                raise RetryRefusedError(
+                    f"outbox row {i} ({r.kind} {_subject(r)}) is superseded by row {later}; not retried"
+                )
+        for r in rows.values():
+            r.state, r.attempts, r.error, r.batch_id, r.done_at = OutboxState.PENDING.value, 0, "", None, None
+    return sorted(rows)

@@ -157,3 +157,44 @@ def test_confirmed_revocations_lost_by_the_node_are_reapplied(world):
     # and the writer keeps writing after the rewind (no nonce stuck ahead)
     more = _enroll(rig, 2, prefix="after")
     assert _writer(rig).wait([i for c in more for i in c.chain["outbox_ids"]], 10).state == "confirmed"
+
+
+def test_an_operator_retries_a_failed_row_unless_a_later_write_supersedes_it(world, tmp_path, capsys):
+    from server.cli import main
+    from server.outbox.check import RetryRefusedError, retry
+
+    _chain, gateway, rig = world
+    creds = _enroll(rig, 2, prefix="op")
+    _writer(rig).wait([i for c in creds for i in c.chain["outbox_ids"]], 10)
+    with rig.db.sessions.begin() as s:  # two writes that ran out of attempts (e.g. the node was down long)
+        suspend = CredentialStatus.SUSPENDED
+        first = enqueue_status(s, 1, creds[0].status_index, suspend, creds[0].credential_id)
+        other = enqueue_status(s, 1, creds[1].status_index, suspend, creds[1].credential_id)
+        s.flush()
+        first.state = other.state = OutboxState.FAILED.value
+        first.attempts = other.attempts = 5
+        first_id, other_id = first.id, other.id
+    with rig.db.sessions.begin() as s:  # … and creds[1] was revoked afterwards (confirmed)
+        later = enqueue_status(s, 1, creds[1].status_index, CredentialStatus.REVOKED, creds[1].credential_id)
+        s.flush()
+        later_id = later.id
+    assert _writer(rig).wait([later_id], 10).state == "confirmed"
+
+    url = f"sqlite:///{tmp_path}/server.db"
+    assert main(["chain", "outbox", "--db", url]) == 1  # failed rows listed: a non-zero exit for scripts
+    out = capsys.readouterr().out
+    assert f"{first_id}\tstatus\t1/{creds[0].status_index}\tattempts 5" in out and "2 failed" in out
+
+    with pytest.raises(RetryRefusedError, match=f"superseded by row {later_id}"):
+        retry(rig.db, [other_id])  # re-applying the suspension would un-revoke the card
+    with pytest.raises(RetryRefusedError, match="confirmed, not failed"):
+        retry(rig.db, [later_id])
+    with pytest.raises(RetryRefusedError, match="does not exist"):
+        retry(rig.db, [first_id, 10**9])  # all or none: first stays failed too
+    assert stats(rig.db)["failed"] == 2
+
+    assert main(["chain", "outbox", "--db", url, "--retry", str(first_id)]) == 0
+    assert _writer(rig).wait([first_id], 10).state == "confirmed"
+    assert _status(gateway, 1, creds[0].status_index) == CredentialStatus.SUSPENDED
+    assert _status(gateway, 1, creds[1].status_index) == CredentialStatus.REVOKED  # never undone
+    assert stats(rig.db)["failed"] == 1
