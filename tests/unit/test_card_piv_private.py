@@ -269,3 +269,55 @@ def test_the_terminal_session_reads_the_certificate_after_the_pin_contactless(is
     cert = piv.get_certificate(Slot.AUTHENTICATION)
     der = parse_tlv_dict(written[ObjectId.AUTHENTICATION])[0x70]
     assert cert.public_bytes(serialization.Encoding.DER) == der
+
+
+def test_counter_enrollment_and_kiosk_verification_on_a_contactless_card(tmp_path: Path) -> None:
+    """The counter's personalization and the kiosk's verification never rely on a PIV object read before the
+    PIN or the management key: both work on a card in an RF field, whose 9A certificate a stranger cannot
+    read."""
+    from terminal.flows.counter import CounterEnrollment
+    from terminal.flows.kiosk import KioskVerification, service
+    from terminal.sessions.citizen import CitizenSession
+    from terminal.verifier import NonceStore, Verifier
+    from tests.unit.server_support import make_rig, memory_chain_view
+    from tests.unit.test_enrollment_counter import AUDIENCE, REQUEST
+
+    rig = make_rig(f"sqlite:///{tmp_path}/server.db", role="supervisor")
+    view = memory_chain_view(rig.chain)
+    counter = CounterEnrollment(rig.client, Verifier(view, AUDIENCE, NonceStore()))
+    conn = InProcessConnection(make_citizen_card(tmp_path / "card.json", interface=Interface.CONTACTLESS))
+    out = counter.run(conn, REQUEST)
+    assert out.verdict.ok
+    conn.reset()
+    piv = PivSession(conn)
+    with pytest.raises(ApduError) as refused:
+        piv.get_certificate(Slot.AUTHENTICATION)
+    assert refused.value.sw == SW.SECURITY_STATUS_NOT_SATISFIED
+    kiosk = KioskVerification(
+        Verifier(view, "https://kiosk.busan.go.kr/k1", NonceStore()), service("benefit-check")
+    )
+    verdict = kiosk.run_card(CitizenSession(conn), REQUEST.new_pin)
+    assert verdict.ok, verdict
+    assert verdict.subject == out.citizen_did
+    kiosk.end()
+    # the same card in a contact reader: the 9A certificate (made at the counter) is there for OpenSC
+    contact = InProcessConnection(make_citizen_card(tmp_path / "card.json", interface=Interface.CONTACT))
+    cert = PivSession(contact).get_certificate(Slot.AUTHENTICATION)
+    assert out.card_serial.upper() in cert.subject.rfc4514_string().upper()
+
+
+class _InfoConnection(InProcessConnection):
+    reader = "in-process"
+
+
+@pytest.mark.parametrize("interface", list(Interface))
+def test_cardtool_info_says_the_certificate_is_hidden_contactless(issuance, interface: Interface) -> None:
+    from firmware_tools.card_cli import gather_info
+
+    a, _, _ = issuance
+    shown = gather_info(_InfoConnection(make_citizen_card(a, interface=interface)))  # type: ignore[arg-type]
+    if interface is Interface.CONTACTLESS:
+        assert shown["piv_9a_certificate"] is None and shown["piv_9a_certificate_hidden"] is True
+    else:
+        assert "Busan citizen" in shown["piv_9a_certificate"] and "piv_9a_certificate_hidden" not in shown
+    assert shown["pin_tries"] == 3
