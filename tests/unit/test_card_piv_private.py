@@ -23,7 +23,7 @@ from emulators.card.piv import PivApplet
 from emulators.card.transport import InProcessConnection
 
 from cityid.apdu import SmartCardProtocol
-from cityid.errors import ApduError
+from cityid.errors import SecurityStatusError
 from cityid.iso7816 import SW
 from cityid.piv import PIV_AID, PIV_AID_SHORT, Algorithm, ObjectId, Slot
 from cityid.tlv import Tlv, encode_tag, encode_tlv, parse_tlv_dict
@@ -262,7 +262,7 @@ def test_the_terminal_session_reads_the_certificate_after_the_pin_contactless(is
     a, _, written = issuance
     conn = InProcessConnection(make_citizen_card(a, interface=Interface.CONTACTLESS))
     piv = PivSession(conn)
-    with pytest.raises(ApduError) as refused:
+    with pytest.raises(SecurityStatusError) as refused:  # typed: the PIN or a key comes first
         piv.get_certificate(Slot.AUTHENTICATION)
     assert refused.value.sw == SW.SECURITY_STATUS_NOT_SATISFIED
     piv.verify_pin("123456")
@@ -290,7 +290,7 @@ def test_counter_enrollment_and_kiosk_verification_on_a_contactless_card(tmp_pat
     assert out.verdict.ok
     conn.reset()
     piv = PivSession(conn)
-    with pytest.raises(ApduError) as refused:
+    with pytest.raises(SecurityStatusError) as refused:  # typed: the PIN or a key comes first
         piv.get_certificate(Slot.AUTHENTICATION)
     assert refused.value.sw == SW.SECURITY_STATUS_NOT_SATISFIED
     kiosk = KioskVerification(
