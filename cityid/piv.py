@@ -78,6 +78,10 @@ class ObjectId(IntEnum):
     KEY_HISTORY = 0x5FC10C
     IRIS = 0x5FC121
     BITGT = 0x7F61
+    RETIRED_FIRST = 0x5FC10D  # retired key management certificates (keys 82..95)
+    RETIRED_LAST = 0x5FC120
+    SM_SIGNER = 0x5FC122
+    PAIRING_CODE = 0x5FC123
 
 
 #: Certificate object for each key slot.

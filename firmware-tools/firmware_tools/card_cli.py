@@ -170,9 +170,11 @@ def gather_info(conn: PcscConnection) -> dict[str, Any]:
             except KeyFormatError:
                 out["piv_9a_public_key"] = None  # not a P-256 key: not a card this project personalized
         except ApduError as exc:
-            if exc.sw != SW.FILE_NOT_FOUND:
+            if exc.sw not in (SW.FILE_NOT_FOUND, SW.SECURITY_STATUS_NOT_SATISFIED):
                 raise
             out["piv_9a_certificate"] = None
+            if exc.sw == SW.SECURITY_STATUS_NOT_SATISFIED:  # contactless: after the PIN only (card profile)
+                out["piv_9a_certificate_hidden"] = True
     if _has_applet(conn, CITIZEN_AID):
         out["applets"].append("citizen")
         info = CitizenSession(conn).info()

@@ -54,6 +54,12 @@ def register(sub: Subcommands) -> None:
         action="store_false",
         help="the profile 1.0 GET INFO answer with serial, DID and claim names (older terminals)",
     )
+    p.add_argument(
+        "--contactless",
+        action="store_true",
+        help="the card sits in an RF field, not in contact: SP 800-73-4's contactless PIV access rules "
+        "(no 9A/9C/9D certificates before the PIN; docs/card-profile.md §PIV access rules)",
+    )
     p.set_defaults(func=run_citizen)
 
     from firmware_tools.fido_cli import add_fido_emulate  # cardtool emulate fido (the FIDO helper's)
@@ -80,6 +86,7 @@ def run_citizen(args: argparse.Namespace) -> int:
 
 def _run_citizen(args: argparse.Namespace, stop: threading.Event) -> int:
     from emulators.card.citizen_card import fido_state_for, make_citizen_card
+    from emulators.card.os import Interface
     from emulators.card.transport import VpcdCard
 
     state: Path = args.state or default_state_path()
@@ -88,7 +95,11 @@ def _run_citizen(args: argparse.Namespace, stop: threading.Event) -> int:
         fido_state = fido_state_for(state)
     lock = _lock_state(state)  # held until the process exits
     card = make_citizen_card(
-        state, with_fido=args.with_fido, fido_state=fido_state, private_info=args.private_info
+        state,
+        with_fido=args.with_fido,
+        fido_state=fido_state,
+        private_info=args.private_info,
+        interface=Interface.CONTACTLESS if args.contactless else Interface.CONTACT,
     )
     host, port = args.vpcd
     reader = f"Virtual PCD 00 {port - 35963:02d}" if 35963 <= port < 35963 + 100 else "(vpcd)"

@@ -321,8 +321,12 @@ class CardPersonalizer:
         return key
 
     def keep_key(self) -> x509.Certificate:
-        """KEY and CERTIFICATE already done earlier: the stored 9A certificate (and its key)."""
-        cert = self._piv_session().get_certificate(Slot.AUTHENTICATION)
+        """KEY and CERTIFICATE already done earlier: the stored 9A certificate (and its key).
+
+        Read behind the management key: a contactless card shows it only after the PIN or the key
+        (docs/card-profile.md §PIV access rules).
+        """
+        cert = self._authenticate().get_certificate(Slot.AUTHENTICATION)
         try:
             key = P256PublicKey.from_crypto(cert.public_key())
         except DecodeError:

@@ -197,3 +197,70 @@ def test_counter_enrolled_card_is_listed_and_signs_through_opensc_pkcs11(
     assert len(raw) == 64  # PKCS#11 gives r || s
     assert enrolled.verify_raw(raw, message.read_bytes())
     assert not enrolled.verify_raw(raw, message.read_bytes() + b"!")
+
+
+def test_opensc_over_contactless_sees_no_9a_key_before_or_after_login(
+    vpcd_card_factory, tmp_path: Path
+) -> None:
+    """The contactless rule (docs/card-profile.md §PIV access rules): the 9A certificate answers 6982 before
+    the PIN, and OpenSC builds its PKCS#11 objects from the certificates when it binds, before C_Login — so
+    over contactless it lists no 9A key even after the login, as with any PIV card without VCI. In a contact
+    reader the same card lists and signs as before (why the certificate is not PIN-protected over contact).
+    OpenSC leaves the card with the PIN verified when it exits (SCARD_LEAVE_CARD): each step here starts from
+    a reset card, as a card newly in the field does."""
+    from emulators.card.citizen_card import make_citizen_card
+    from emulators.card.os import Interface
+
+    from cityid.tlv import Tlv, encode_tlv, parse_tlv_dict
+    from tests.emukit import Card
+
+    p11 = _tool("pkcs11-tool")
+    if not OPENSC_PKCS11.exists():
+        pytest.fail(f"{OPENSC_PKCS11} missing (apt-get install opensc)")
+    state = tmp_path / "card.json"
+    setup = Card(state)  # personalized in process, over contact
+    setup.select_piv()
+    assert setup.authenticate() == 0x9000
+    point = parse_tlv_dict(Tlv.unpack(0x7F49, setup.generate()[0]))[0x86]
+    pem = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), point).public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    der = _certificate_for(pem).public_bytes(serialization.Encoding.DER)
+    body = encode_tlv(0x5C, bytes.fromhex("5FC105")) + encode_tlv(
+        0x53, encode_tlv(0x70, der) + encode_tlv(0x71, b"\0")
+    )
+    assert setup.sw(0, 0xDB, 0x3F, 0xFF, body)[1] == 0x9000
+    message = tmp_path / "msg"
+    message.write_bytes(b"contactless")
+    signature = tmp_path / "sig"
+    sign = [p11, "--module", str(OPENSC_PKCS11), "--login", "--pin", "123456", "--sign", "--mechanism",
+            "ECDSA-SHA256", "--id", "01", "--input-file", str(message),
+            "--output-file", str(signature)]  # fmt: skip
+
+    handle = vpcd_card_factory(lambda: make_citizen_card(state, interface=Interface.CONTACTLESS), state)
+    listing = _run(p11, "--module", str(OPENSC_PKCS11), "--login", "--pin", "123456", "--list-objects")
+    assert "Busan citizen test" not in listing and "PIV AUTH" not in listing
+    assert "Card Holder Unique Identifier" in listing  # the public objects are there
+    _reset_card(handle.reader_name)
+    refused = subprocess.run(sign, capture_output=True, timeout=60, check=False)
+    assert refused.returncode != 0 and b"key not found" in refused.stdout + refused.stderr
+    handle.stop()
+
+    vpcd_card_factory(lambda: make_citizen_card(state, interface=Interface.CONTACT), state)
+    assert "PIV AUTH" in _run(p11, "--module", str(OPENSC_PKCS11), "--list-objects")
+    _run(*sign)
+    assert len(signature.read_bytes()) == 64
+
+
+def _reset_card(reader: str) -> None:
+    """Connect and disconnect with SCARD_RESET_CARD: the card's PIN status is cleared (a new power-up)."""
+    from smartcard import scard
+
+    rv, context = scard.SCardEstablishContext(scard.SCARD_SCOPE_USER)
+    assert rv == scard.SCARD_S_SUCCESS
+    try:
+        rv, card, _ = scard.SCardConnect(context, reader, scard.SCARD_SHARE_SHARED, scard.SCARD_PROTOCOL_T1)
+        assert rv == scard.SCARD_S_SUCCESS
+        assert scard.SCardDisconnect(card, scard.SCARD_RESET_CARD) == scard.SCARD_S_SUCCESS
+    finally:
+        scard.SCardReleaseContext(context)

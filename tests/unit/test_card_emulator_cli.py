@@ -91,3 +91,22 @@ def test_private_info_option_reaches_the_card(
     monkeypatch.setattr(citizen_card, "make_citizen_card", fake)
     assert main(["emulate", "citizen", "--state", str(tmp_path / "c.json"), *flag]) == 1
     assert seen["private_info"] is private
+
+
+@pytest.mark.parametrize(("flag", "contactless"), [([], False), (["--contactless"], True)])
+def test_contactless_option_reaches_the_card(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, flag: list[str], contactless: bool
+) -> None:
+    """``--contactless``: SP 800-73-4's contactless PIV access rules (docs/card-profile.md)."""
+    import emulators.card.citizen_card as citizen_card
+    from emulators.card.os import Interface
+
+    seen: dict[str, object] = {}
+
+    def fake(state, **kwargs):
+        seen.update(kwargs)
+        raise CityIdError("stop here")
+
+    monkeypatch.setattr(citizen_card, "make_citizen_card", fake)
+    assert main(["emulate", "citizen", "--state", str(tmp_path / "c.json"), *flag]) == 1
+    assert seen["interface"] is (Interface.CONTACTLESS if contactless else Interface.CONTACT)

@@ -193,15 +193,21 @@ def test_generate_and_sign_p256_with_pin(card: Card) -> None:
     assert card.sw(0, 0x87, 0x11, 0x9A, encode_tlv(0x7C, encode_tlv(0x81, d)))[1] == 0x6A80
 
 
-def test_signature_slot_is_pin_always_and_card_auth_needs_no_pin(card: Card) -> None:
+def test_signature_slot_is_pin_always_and_card_auth_needs_the_pin(card: Card) -> None:
+    """9C: PIN always. 9E: the PIN too on this card (SP 800-73-4 lets anyone use it; a key anyone can make
+    sign is a card identifier — docs/card-profile.md §PIV access rules)."""
     card.authenticate()
     card.generate(Slot.SIGNATURE)
     card.generate(Slot.CARD_AUTH)
     card.verify()
     assert _sign(card, bytes(32), Slot.SIGNATURE)[1] == 0x9000
     assert _sign(card, bytes(32), Slot.SIGNATURE)[1] == 0x6982
-    card.sw(0, 0x20, 0xFF, 0x80)
+    assert _sign(card, bytes(32), Slot.CARD_AUTH)[1] == 0x6982
+    card.verify()
+    assert _sign(card, bytes(32), Slot.CARD_AUTH)[1] == 0x9000  # PIN once, like 9A
     assert _sign(card, bytes(32), Slot.CARD_AUTH)[1] == 0x9000
+    card.sw(0, 0x20, 0xFF, 0x80)
+    assert _sign(card, bytes(32), Slot.CARD_AUTH)[1] == 0x6982
 
 
 def test_ecdh_with_key_management_slot(card: Card) -> None:
@@ -271,6 +277,8 @@ def test_put_data_validation(card: Card) -> None:
 
 def test_yubico_extensions_and_unknown_instructions(card: Card) -> None:
     assert card.p.send_apdu(0, 0xFD, 0, 0) == bytes([1, 0, 0])
+    assert card.sw(0, 0xF8, 0, 0) == (b"", 0x6982)  # GET SERIAL: PIN or management key first
+    card.verify()
     assert len(card.p.send_apdu(0, 0xF8, 0, 0)) == 4
     assert card.sw(0, 0x44, 0, 0)[1] == 0x6D00
     assert card.sw(0x80, 0xCB, 0x3F, 0xFF, bytes.fromhex("5C017E"))[1] == 0x6E00

@@ -56,6 +56,17 @@ def test_get_info_advertises_the_implemented_features() -> None:
     assert len(bytes(info.aaguid)) == 16
 
 
+def test_get_info_is_the_same_on_every_key_of_the_model() -> None:
+    """getInfo needs no PIN: two fresh keys answer it identically — one AAGUID per model, not per key
+    (issue 12: nothing linkable before the PIN)."""
+    from emulators.fido.state import MODEL_AAGUID
+
+    auths = [make_auth(), make_auth()]
+    first, second = (ctap_for(a).info for a in auths)
+    assert first == second and bytes(first.aaguid) == MODEL_AAGUID
+    assert auths[0].state.master_key != auths[1].state.master_key  # two different keys nonetheless
+
+
 @pytest.mark.parametrize("alg", [-7, -8])
 def test_make_credential_packed_attestation_verifies_against_the_root(alg: int) -> None:
     auth = make_auth()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from cityid.errors import CityIdError
 from emulators.card.citizen import CitizenApplet
-from emulators.card.os import Applet, VirtualCard
+from emulators.card.os import Applet, Interface, VirtualCard
 from emulators.card.piv import PivApplet
 from emulators.card.security import CardSecurity
 from emulators.card.store import CardStore
@@ -51,6 +51,7 @@ def make_citizen_card(
     private_info: bool = True,
     activation_required: bool = True,
     terminal_auth_required: bool = False,
+    interface: Interface = Interface.CONTACT,
 ) -> VirtualCard:
     """A citizen card whose state lives in ``state`` (None = in memory); FIDO applet optional.
 
@@ -61,10 +62,12 @@ def make_citizen_card(
     the legacy card that reads every stored credential as activated.
     ``terminal_auth_required``: PRESENT needs terminal authentication even before an authorization root is
     written (a card holding a root always needs it; docs/card-profile.md §Terminal authentication).
+    ``interface``: the card is in a contact reader (default) or in an RF field (``CONTACTLESS``: SP 800-73-4's
+    contactless PIV access rules, docs/card-profile.md §PIV access rules).
     """
     store = CardStore(state)
     security = CardSecurity(store)
-    piv = PivApplet(store, security)
+    piv = PivApplet(store, security, interface=interface)
     applets: list[Applet] = [
         piv,
         CitizenApplet(store, security, piv, private_info, activation_required, terminal_auth_required),

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
+from enum import StrEnum
 
 from cityid.apdu import SHORT_MAX_LE, TRACE, CommandApdu, ResponseApdu
 from cityid.errors import ApduError, MalformedApduError
@@ -94,6 +95,15 @@ def _check_cla(cla: int) -> int | None:
     if cla & 0xC0 == 0x40:  # further interindustry class: logical channels 4-19
         return SW.LOGICAL_CHANNEL_NOT_SUPPORTED
     return SW.CLA_NOT_SUPPORTED
+
+
+class Interface(StrEnum):
+    """How the card is powered and talked to: the contact pads (ISO/IEC 7816-3) or the RF field (ISO/IEC
+    14443-4). A dual-interface card knows which one woke it; SP 800-73-4 Part 1 Table 2 grants access to some
+    PIV objects per interface (docs/card-profile.md §PIV access rules)."""
+
+    CONTACT = "contact"
+    CONTACTLESS = "contactless"
 
 
 class VirtualCard:

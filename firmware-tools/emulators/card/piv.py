@@ -5,8 +5,17 @@ Commands (SP 800-73-4 Part 2 §3): SELECT (application property template), GET D
 (``00 CB|DB 3F FF``), VERIFY, CHANGE REFERENCE DATA, RESET RETRY COUNTER, GENERAL AUTHENTICATE (management
 key 9B challenge/response; sign / ECDH with 9A 9C 9D 9E), GENERATE ASYMMETRIC KEY PAIR (P-256, P-384,
 RSA-2048). Yubico extensions some tools send first: GET VERSION (``FD``), GET SERIAL (``F8``) and SET
-MANAGEMENT KEY (``FF``). Access conditions: PIN for 9A/9D, PIN-always for 9C, none for 9E; management key for
-PUT DATA and key generation; PIN for the biometric and printed-information objects.
+MANAGEMENT KEY (``FF``). Access conditions: PIN for 9A/9D/9E, PIN-always for 9C; management key for PUT DATA
+and key generation; PIN for the biometric and printed-information objects.
+
+Private profile (docs/card-profile.md §PIV access rules, issue 12): before the PIN the applet answers nothing
+that differs between two cards of one issuance. CHUID and CCC are per-issuance constants (all-zero GUID), GET
+SERIAL needs the PIN or the management key, the card-authentication key 9E and its certificate need the PIN
+(a key usable by anyone is a card identifier), and over the contactless interface the certificates of 9A, 9C
+and 9D and the key history need the PIN or the management key — SP 800-73-4's own rule for those objects
+(contact or VCI only). Over the contact interface they stay readable as the standard says: OpenSC builds its
+PKCS#11 objects from them before the login, so hiding them there would hide the 9A key from standard
+middleware even after the PIN.
 
 Key material and data objects persist in section ``piv`` of the card store; every change is one atomic write.
 """
@@ -27,7 +36,7 @@ from cityid.errors import ApduError, TlvError
 from cityid.iso7816 import INS, SW
 from cityid.piv import INS_SET_MANAGEMENT_KEY, PIV_AID, Algorithm, KeyRef, ObjectId, Slot, Tag
 from cityid.tlv import Tlv, encode_tlv, parse_tlv_dict
-from emulators.card.os import Applet
+from emulators.card.os import Applet, Interface
 from emulators.card.security import MGMT_ALG_CURRENT, MGMT_KEY_ALGORITHMS, CardSecurity
 from emulators.card.store import CardStore
 
@@ -49,10 +58,28 @@ RSA_BITS: dict[int, int] = {Algorithm.RSA_2048: 2048}
 #: The key types the applet generates and stores.
 SlotKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
-#: Objects that need the PIN to read (SP 800-73-4 Part 1 Table 2: "PIN" access rule).
+#: Objects that need the PIN to read (SP 800-73-4 Part 1 Table 2: "PIN" access rule; the security object too).
 PIN_PROTECTED_OBJECTS = frozenset(
     {ObjectId.FINGERPRINTS, ObjectId.FACIAL, ObjectId.PRINTED, ObjectId.IRIS, ObjectId.SECURITY}
 )
+#: Readable by anyone on every interface: each is one value per issuance (Discovery, CHUID, CCC).
+PUBLIC_OBJECTS = frozenset({ObjectId.DISCOVERY, ObjectId.CHUID, ObjectId.CAPABILITY})
+#: Readable by anyone over the contact interface only (SP 800-73-4 Part 1 Table 2: "Always", contact / VCI);
+#: contactless they need the PIN or the management key. They hold per-card public keys.
+CONTACT_OBJECTS = frozenset(
+    {ObjectId.AUTHENTICATION, ObjectId.SIGNATURE, ObjectId.KEY_MANAGEMENT, ObjectId.KEY_HISTORY}
+    | set(range(ObjectId.RETIRED_FIRST, ObjectId.RETIRED_LAST + 1))
+)
+#: Every other object (the 9E certificate, the pairing code, BITGT, vendor objects, unknown tags) needs the
+#: PIN or the management key on every interface.
+
+#: Per-issuance constants of a fresh card (docs/card-profile.md §PIV access rules): the FASC-N of a test
+#: agency (agency code 9999), the GUID of a card without a UUID (16 zero bytes; OpenSC then takes the FASC-N
+#: as the token serial), the CHUID expiry, and the CCC card identifier.
+CHUID_FASCN = bytes.fromhex("D4E739DA739CED39CE739D836858210842108421C84210C3EB")
+CHUID_GUID = bytes(16)
+CHUID_EXPIRY = b"20351231"
+CCC_CARD_ID = bytes.fromhex("A000000116FF02") + bytes(14)
 
 #: Discovery object (Part 1 §3.3.2): PIV AID, PIN usage policy "PIV PIN only".
 DISCOVERY = encode_tlv(
@@ -65,24 +92,24 @@ def _writable_tag(tag: int) -> bool:
     return 0x5FC101 <= tag <= 0x5FC1FF or tag == ObjectId.BITGT or 0x5FFF00 <= tag <= 0x5FFFFF
 
 
-def _default_chuid(rng: Callable[[int], bytes]) -> bytes:
-    """A CHUID (Part 1 §3.1.2) with a FASC-N of a test agency, a random GUID, expiry and no signature."""
-    fascn = bytes.fromhex("D4E739DA739CED39CE739D836858210842108421C84210C3EB")
-    body = (
-        encode_tlv(0x30, fascn)
-        + encode_tlv(0x34, rng(16))
-        + encode_tlv(0x35, b"20351231")
+def default_chuid() -> bytes:
+    """The CHUID (Part 1 §3.1.2) of a fresh card: test-agency FASC-N, all-zero GUID, expiry, no signature.
+
+    One value per issuance: nothing in it tells two cards apart (docs/card-profile.md §PIV access rules).
+    """
+    return (
+        encode_tlv(0x30, CHUID_FASCN)
+        + encode_tlv(0x34, CHUID_GUID)
+        + encode_tlv(0x35, CHUID_EXPIRY)
         + encode_tlv(0x3E, b"")
         + encode_tlv(Tag.ERROR_DETECTION, b"")
     )
-    return body
 
 
-def _default_ccc(rng: Callable[[int], bytes]) -> bytes:
-    """A Card Capability Container (Part 1 §3.1.1) as issued by common PIV cards."""
-    card_id = bytes.fromhex("A000000116FF02") + rng(14)
+def default_ccc() -> bytes:
+    """The Card Capability Container (Part 1 §3.1.1) of a fresh card; its card identifier is per issuance."""
     parts = [
-        (0xF0, card_id),
+        (0xF0, CCC_CARD_ID),
         (0xF1, b"\x21"),
         (0xF2, b"\x21"),
         (0xF3, b""),
@@ -106,17 +133,23 @@ class PivApplet(Applet):
     name = "PIV"
 
     def __init__(
-        self, store: CardStore, security: CardSecurity, rng: Callable[[int], bytes] = os.urandom
+        self,
+        store: CardStore,
+        security: CardSecurity,
+        rng: Callable[[int], bytes] = os.urandom,
+        interface: Interface = Interface.CONTACT,
     ) -> None:
         self.store = store
         self.security = security
         self.rng = rng
+        #: The interface the card is powered on (set by the card's owner; a tap makes it CONTACTLESS).
+        self.interface = Interface(interface)
         state = store.section(SECTION)
         if not state:
             state = {
                 "objects": {
-                    f"{ObjectId.CHUID:X}": _default_chuid(rng).hex(),
-                    f"{ObjectId.CAPABILITY:X}": _default_ccc(rng).hex(),
+                    f"{ObjectId.CHUID:X}": default_chuid().hex(),
+                    f"{ObjectId.CAPABILITY:X}": default_ccc().hex(),
                 },
                 "keys": {},
             }
@@ -219,14 +252,35 @@ class PivApplet(Applet):
         if not 1 <= len(tag_bytes) <= 3:
             raise ApduError(SW.INCORRECT_DATA, "bad object tag")
         tag = int.from_bytes(tag_bytes, "big")
+        self._check_read_access(tag)
         if tag == ObjectId.DISCOVERY:
             return DISCOVERY
-        if tag in PIN_PROTECTED_OBJECTS:
-            self.security.require_pin()
         value = self.get_object(tag)
         if value is None:
             raise ApduError(SW.FILE_NOT_FOUND)
         return encode_tlv(Tag.DATA, value)
+
+    def _check_read_access(self, tag: int) -> None:
+        """The read access rule of object ``tag`` (docs/card-profile.md §PIV access rules), checked before
+        whether the object exists, so a protected object answers ``6982`` whether present or not.
+
+        Public objects: always. Certificates of 9A/9C/9D, key history, retired certificates: always over the
+        contact interface (SP 800-73-4), PIN or management key contactless. Biometric, printed information
+        and security object: PIN. Everything else: PIN or management key.
+        """
+        if tag in PUBLIC_OBJECTS:
+            return
+        if tag in PIN_PROTECTED_OBJECTS:
+            self.security.require_pin()
+            return
+        if tag in CONTACT_OBJECTS and self.interface is Interface.CONTACT:
+            return
+        self._require_pin_or_admin()
+
+    def _require_pin_or_admin(self) -> None:
+        """PIN verified (the citizen) or management key authenticated (personalization), else ``6982``."""
+        if not self.security.mgmt_authenticated:
+            self.security.require_pin()
 
     def _put_data(self, cmd: CommandApdu) -> bytes:
         self._p1p2(cmd, 0x3F, 0xFF)
@@ -347,8 +401,9 @@ class PivApplet(Applet):
         return encode_tlv(Tag.DYN_AUTH, encode_tlv(Tag.RESPONSE, result))
 
     def _check_key_access(self, slot: int) -> None:
-        if slot != Slot.CARD_AUTH:
-            self.security.require_pin()
+        """Every private key needs the PIN — 9E too (SP 800-73-4 lets anyone use it): a key anyone can make
+        sign (public-key recovery from two signatures) or compute ECDH with is a card identifier."""
+        self.security.require_pin()
 
     def sign(self, slot: int, data: bytes) -> bytes:
         """ECDSA over a hash (DER signature) or raw RSA over a padded block; no access checks here."""
@@ -389,6 +444,8 @@ class PivApplet(Applet):
         return bytes(VERSION)
 
     def _get_serial(self, cmd: CommandApdu) -> bytes:
+        """Yubico GET SERIAL: the last 4 serial bytes, after the PIN or the management key only (``6982``)."""
+        self._require_pin_or_admin()
         return self.security.serial[-4:]
 
     def _set_management_key(self, cmd: CommandApdu) -> bytes:

@@ -30,6 +30,11 @@ CREDS = "fido_credentials"
 BLOBS = "fido_large_blobs"
 ATTESTATION = "fido_attestation"
 
+#: The AAGUID of this authenticator model (getInfo answers it to anyone, before any PIN): one value for every
+#: emulated key, as WebAuthn §6.1.1 means it — a per-key AAGUID would identify the key to every host
+#: (issue 12; docs/card-profile.md §PIV access rules). States created before keep their stored value.
+MODEL_AAGUID = bytes.fromhex("2ddbe5215cd042eaa89fff70b304fd61")
+
 #: The signature counter is reserved in blocks: a write per block, not per assertion (see next_counter).
 COUNTER_BLOCK = 64
 #: Serialized empty large-blob array: CBOR [] followed by LEFT(SHA-256([]), 16) (CTAP 2.1 §6.10.2).
@@ -56,7 +61,7 @@ class FidoState:
     @staticmethod
     def _fresh_meta(old: dict[str, Any]) -> dict[str, Any]:
         return {
-            "aaguid": old.get("aaguid") or os.urandom(16).hex(),
+            "aaguid": old.get("aaguid") or MODEL_AAGUID.hex(),
             "master_key": os.urandom(32).hex(),
             "pin_salt": os.urandom(16).hex(),
             "pin_retries": 8,
