@@ -85,7 +85,6 @@ def _serve_until(args: argparse.Namespace, stop: threading.Event) -> int:
             config = replace(config, screen_url_file=str(Path(runtime) / "browser-url"))
     if config.mode is Mode.COUNTER and not config.server_url:
         raise CityIdError("a counter terminal needs [server] url in its configuration")
-    check_terminal_authentication(config)  # on by default: [server] url + terminal_key (docs/ui.md)
     if not args.no_access_log:
         logging.getLogger("cityid.access").setLevel(logging.INFO)  # route templates only, no personal data
     sock = bind_listener(config.host, config.port)  # "port in use" before the start-up, not after it
