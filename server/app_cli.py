@@ -292,14 +292,16 @@ def cmd_authorization_key_generate(args: argparse.Namespace) -> int:
     """Create the city authorization key (signs terminal certificates; its public key is the authorization
     root every counter writes to cards: docs/card-profile.md §Terminal authentication)."""
     cfg = _config(args).authorization_key
-    if cfg is None:
+    configured = cfg is not None
+    if cfg is None:  # not configured yet: the default keystore beside the config, as [authorization_key] has
         cfg = IssuerKeyConfig(
             keystore_path=DEFAULT_AUTHORIZATION_KEYSTORE,
             keystore_password=secret("CITY_AUTHORIZATION_KEY_PASSWORD"),
         )
-        print(f"no [authorization_key] configured: the default keystore {cfg.keystore_path}", file=sys.stderr)
     _generate_p256(cfg, "CITY_AUTHORIZATION_KEY_PASSWORD")
-    print("add [authorization_key] to server.toml if it is not there; restart city-server")
+    if not configured:
+        print(f'now add [authorization_key] (keystore_path = "{cfg.keystore_path}") to server.toml')
+    print("restart city-server: counters write this key's public key to every card they personalize")
     return 0
 
 

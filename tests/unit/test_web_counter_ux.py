@@ -213,7 +213,7 @@ def test_a_counter_without_terminal_certificate_says_so_and_offers_a_retry(
     client: FlaskClient, counter: FakeCounterBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """No authorization root from the city server (e.g. it has no [authorization_key]): the counter refuses
-    to personalize (docs/card-profile.md §Terminal authentication) and tells the clerk why, not "technical"."""
+    to personalize (docs/card-profile.md §Terminal authentication) and says why, not "technical"."""
     from terminal.flows.authorization import TerminalCertificateMissingError
 
     tok = signed_in(client)
