@@ -157,7 +157,9 @@ class CertificateRenewer:
         self.authorization.renewal_error = None
         return True
 
-    def _run(self) -> None:
+    def _run(self, first_wait: float = 0.0) -> None:
+        if first_wait:
+            self._stop.wait(first_wait)
         while not self._stop.is_set():
             wait = self.due_in()
             if wait > 0:
@@ -168,10 +170,12 @@ class CertificateRenewer:
 
     def start(self) -> None:
         """Renew once now if due (start-up, never a screen's request), then keep renewing in a thread."""
-        if self.due_in() == 0:
-            self.renew_once()
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="terminal-cert-renewal", daemon=True)
+        failed = self.due_in() == 0 and not self.renew_once()
+        if self._thread is None:  # after a failed first attempt the thread retries in retry_s, not at once
+            self._thread = threading.Thread(
+                target=self._run, args=(self.retry_s if failed else 0.0,), name="terminal-cert-renewal",
+                daemon=True,
+            )  # fmt: skip
             self._thread.start()
 
     def stop(self) -> None:
