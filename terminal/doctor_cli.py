@@ -101,9 +101,9 @@ class _Host:
 
         try:
             load_terminal_key(cfg.terminal_key, secret("CITYID_TERMINAL_KEY_PASSWORD"))
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError) as exc:  # TerminalKeyError names the file and the cause
             raise Fail(
-                f"terminal key {cfg.terminal_key} does not load: {exc}",
+                str(exc),
                 "check CITYID_TERMINAL_KEY_PASSWORD or regenerate the key",
             ) from None
         return detail

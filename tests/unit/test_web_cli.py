@@ -379,3 +379,24 @@ def test_an_explicit_opt_out_is_logged_loudly(
     else:
         assert kiosk is not None and kiosk.flow.authorization is None  # type: ignore[attr-defined]
         assert kiosk.flow.verifier.audience == config.audience  # type: ignore[attr-defined]
+
+
+def test_a_bad_terminal_key_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every terminal loads its key now (terminal authentication): a missing or non-PEM file is one line."""
+    from cityid.chain.network import CONTRACT_KEYS
+
+    addresses = "".join(f'{k} = "0x{str(i + 1) * 40}"\n' for i, k in enumerate(CONTRACT_KEYS))
+    config = tmp_path / "kiosk.toml"
+    for name, content in (("none.pem", None), ("bad.pem", "not a key")):
+        if content is not None:
+            (tmp_path / name).write_text(content)
+        config.write_text(
+            '[terminal]\nport = 0\n[chain]\nnetwork = "metadium"\nrpc = "http://127.0.0.1:9"\nchain_id = 11\n'
+            f'[server]\nurl = "http://127.0.0.1:9"\nterminal_key = "{tmp_path / name}"\n'
+            f"[chain.addresses]\n{addresses}",
+            "utf-8",
+        )
+        assert main(["serve", "--config", str(config)]) == 1
+        err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+        assert len(err) == 1 and f"terminal key {tmp_path / name}" in err[0], err
+        assert "OpenSSLError" not in err[0] and "Traceback" not in err[0]
