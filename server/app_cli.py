@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING
 
 from cityid.cli_util import Subcommands, port_number, progress, stop_signals
 from cityid.errors import CityIdError
-from server.config import DEFAULT_DB_URL, ServerConfig, load_config
+from cityid.secrets import secret
+from server.config import (
+    DEFAULT_AUTHORIZATION_KEYSTORE,
+    DEFAULT_DB_URL,
+    IssuerKeyConfig,
+    ServerConfig,
+    load_config,
+)
 from server.models import TerminalRole
 
 if TYPE_CHECKING:
@@ -74,6 +81,11 @@ def _serve(args: argparse.Namespace, stop: threading.Event) -> int:
         name="city-server-http",
     )
     progress(f"issuer {did}; serving on {http.url} (waitress, {args.threads} threads)")
+    if cfg.authorization_key is None:
+        logger.warning(
+            "no [authorization_key]: no terminal certificates — kiosks cannot authenticate to cards and "
+            "counters refuse to personalize (city-server authorization-key generate; docs/server.md)"
+        )
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         progress("listening beyond localhost: put a TLS-terminating proxy in front (docs/server.md §Ops)")
     with http:
@@ -118,8 +130,6 @@ def cmd_terminal_keygen(args: argparse.Namespace) -> int:
 
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
-
-    from cityid.secrets import secret
 
     if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", args.name):
         raise CityIdError("terminal name: 1-64 letters, digits, '.', '_' or '-'")
@@ -255,10 +265,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_key_generate(args: argparse.Namespace) -> int:
+def _generate_p256(cfg: IssuerKeyConfig, password_env: str) -> None:
+    """Create a P-256 signing key where ``cfg`` says (keystore file or PKCS#11 token); print its point."""
     from server.keys import KeystoreSigner, Pkcs11Signer
 
-    cfg = _config(args).issuer_key
     if cfg.source == "pkcs11":
         if not cfg.pkcs11_pin:
             raise ValueError("PKCS#11 user PIN missing (env CITY_PKCS11_PIN)")
@@ -267,10 +277,31 @@ def cmd_key_generate(args: argparse.Namespace) -> int:
         print(f"generated P-256 key {cfg.pkcs11_key_label!r} on token {cfg.pkcs11_token!r}")
     else:
         if not cfg.keystore_password:
-            raise ValueError("keystore password missing (env CITY_ISSUER_KEY_PASSWORD)")
+            raise ValueError(f"keystore password missing (env {password_env})")
         signer = KeystoreSigner.generate(cfg.keystore_path, cfg.keystore_password)  # type: ignore[assignment]
         print(f"generated encrypted keystore {cfg.keystore_path}")
     print(f"public point {signer.public_point.hex()}")
+
+
+def cmd_key_generate(args: argparse.Namespace) -> int:
+    _generate_p256(_config(args).issuer_key, "CITY_ISSUER_KEY_PASSWORD")
+    return 0
+
+
+def cmd_authorization_key_generate(args: argparse.Namespace) -> int:
+    """Create the city authorization key (signs terminal certificates; its public key is the authorization
+    root every counter writes to cards: docs/card-profile.md §Terminal authentication)."""
+    cfg = _config(args).authorization_key
+    configured = cfg is not None
+    if cfg is None:  # not configured yet: the default keystore beside the config, as [authorization_key] has
+        cfg = IssuerKeyConfig(
+            keystore_path=DEFAULT_AUTHORIZATION_KEYSTORE,
+            keystore_password=secret("CITY_AUTHORIZATION_KEY_PASSWORD"),
+        )
+    _generate_p256(cfg, "CITY_AUTHORIZATION_KEY_PASSWORD")
+    if not configured:
+        print(f'now add [authorization_key] (keystore_path = "{cfg.keystore_path}") to server.toml')
+    print("restart city-server: counters write this key's public key to every card they personalize")
     return 0
 
 
@@ -503,6 +534,14 @@ def register(sub: Subcommands) -> None:
     q = ksub.add_parser("generate", help="create the issuer P-256 key (keystore file or PKCS#11 token)")
     common(q)
     q.set_defaults(func=cmd_key_generate)
+
+    p = sub.add_parser("authorization-key", help="the city authorization key (signs terminal certificates)")
+    asub = p.add_subparsers(dest="authorization_key_command", metavar="COMMAND", required=True)
+    q = asub.add_parser(
+        "generate", help="create the [authorization_key] P-256 key (keystore file or PKCS#11 token)"
+    )
+    common(q)
+    q.set_defaults(func=cmd_authorization_key_generate)
 
     p = sub.add_parser("management-key", help="the management master key of per-card 9B keys (HSM)")
     msub = p.add_subparsers(dest="management_key_command", metavar="COMMAND", required=True)

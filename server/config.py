@@ -18,6 +18,9 @@ from cityid.secrets import with_secrets
 
 DEFAULT_DB_URL = "sqlite:///city-server.db"
 DEFAULT_KEYSTORE = "issuer-key.p8"
+#: [authorization_key] defaults: its own keystore file / PKCS#11 label, never the issuer key's.
+DEFAULT_AUTHORIZATION_KEYSTORE = "authorization-key.p8"
+DEFAULT_AUTHORIZATION_LABEL = "authorization"
 
 
 class ConfigError(CityIdError, ValueError):
@@ -81,8 +84,11 @@ class ServerConfig:
     chain_confirmations: int = 1
     chain_wait_ms: int = 0
     #: The city authorization key that signs terminal certificates (docs/card-profile.md §Terminal
-    #: authentication); None: terminal certificates are not issued. Keystore password env
-    #: CITY_AUTHORIZATION_KEY_PASSWORD, PKCS#11 PIN env CITY_PKCS11_PIN.
+    #: authentication): every default deployment has one (``city-server authorization-key generate``).
+    #: None: no terminal certificates — kiosks cannot authenticate to cards and counters refuse to
+    #: personalize (``serve`` warns, ``doctor`` fails). Keystore (default authorization-key.p8, env
+    #: CITY_AUTHORIZATION_KEYSTORE) password env CITY_AUTHORIZATION_KEY_PASSWORD, PKCS#11 PIN env
+    #: CITY_PKCS11_PIN.
     authorization_key: IssuerKeyConfig | None = None
     terminal_certificate_seconds: int = 3600
 
@@ -226,8 +232,16 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
         raise ConfigError(f"issuer_key.source must be 'keystore' or 'pkcs11', not {issuer.source!r}")
     values["issuer_key"] = issuer
     values["management_key"] = _management_key(mgmt, env)
+    if auth_key is None and env.get("CITY_AUTHORIZATION_KEYSTORE"):
+        auth_key = {}  # configured by the environment alone
     if auth_key is not None:
-        auth_values = dict(auth_key)
+        auth_values = {
+            "keystore_path": DEFAULT_AUTHORIZATION_KEYSTORE,
+            "pkcs11_key_label": DEFAULT_AUTHORIZATION_LABEL,
+            **auth_key,
+        }
+        if env.get("CITY_AUTHORIZATION_KEYSTORE"):
+            auth_values["keystore_path"] = env["CITY_AUTHORIZATION_KEYSTORE"]
         if env.get("CITY_AUTHORIZATION_KEY_PASSWORD"):
             auth_values["keystore_password"] = env["CITY_AUTHORIZATION_KEY_PASSWORD"]
         if env.get("CITY_PKCS11_PIN"):

@@ -92,25 +92,20 @@ class _Host:
         return f"{scheme}, schema present"
 
     def issuer_key_check(self) -> str:
-        from server.keys import KeystoreSigner
+        return _key_check(self._config().issuer_key, "issuer", "CITY_ISSUER_KEY_PASSWORD")
 
-        key = self._config().issuer_key
-        if key.source == "pkcs11":
-            if not Path(key.pkcs11_module).exists():
-                raise Fail(f"PKCS#11 module {key.pkcs11_module} missing", "install the HSM's PKCS#11 library")
-            if not key.pkcs11_pin:
-                raise Fail("PKCS#11 PIN not set", "LoadCredential=CITY_PKCS11_PIN:… in cityid-server.service")
-            return f"PKCS#11 token {key.pkcs11_token!r}, key {key.pkcs11_key_label!r}"
-        detail = check_secret_file(key.keystore_path, "issuer keystore")
-        if not key.keystore_password:
+    def authorization_key_check(self) -> str:
+        """The city authorization key (terminal certificates; docs/card-profile.md §Terminal authentication):
+        without it no kiosk authenticates to a card and no counter personalizes one."""
+        key = self._config().authorization_key
+        if key is None:
             raise Fail(
-                "keystore password not set", "LoadCredential=CITY_ISSUER_KEY_PASSWORD:… (or the env var)"
+                "no [authorization_key]: no terminal certificates — kiosks cannot authenticate to cards and "
+                "counters refuse to personalize",
+                "city-server authorization-key generate, then [authorization_key] in server.toml and "
+                "LoadCredential=CITY_AUTHORIZATION_KEY_PASSWORD:… (docs/server.md)",
             )
-        try:
-            KeystoreSigner.load(key.keystore_path, key.keystore_password)
-        except CityIdError as exc:
-            raise Fail(str(exc), "check CITY_ISSUER_KEY_PASSWORD; restore the keystore from backup") from None
-        return detail
+        return _key_check(key, "authorization", "CITY_AUTHORIZATION_KEY_PASSWORD")
 
     def chain_check(self) -> str:
         from cityid.chain.network import NetworkConfig
@@ -159,11 +154,33 @@ class _Host:
             Check("config", self.config_check),
             Check("database", self.database_check),
             Check("issuer key", self.issuer_key_check),
+            Check("authorization key", self.authorization_key_check),
             Check("chain", self.chain_check),
             Check("registrar", self.registrar_check),
             Check("clock", check_clock),
             Check("port", self.port_check),
         ]
+
+
+def _key_check(key: Any, what: str, password_env: str) -> str:
+    """One P-256 signing key of the server (``IssuerKeyConfig``): the PKCS#11 module and PIN, or the
+    keystore file's permissions, its password and that it opens."""
+    from server.keys import KeystoreSigner
+
+    if key.source == "pkcs11":
+        if not Path(key.pkcs11_module).exists():
+            raise Fail(f"PKCS#11 module {key.pkcs11_module} missing", "install the HSM's PKCS#11 library")
+        if not key.pkcs11_pin:
+            raise Fail("PKCS#11 PIN not set", "LoadCredential=CITY_PKCS11_PIN:… in cityid-server.service")
+        return f"PKCS#11 token {key.pkcs11_token!r}, key {key.pkcs11_key_label!r}"
+    detail = check_secret_file(key.keystore_path, f"{what} keystore")
+    if not key.keystore_password:
+        raise Fail("keystore password not set", f"LoadCredential={password_env}:… (or the env var)")
+    try:
+        KeystoreSigner.load(key.keystore_path, key.keystore_password)
+    except CityIdError as exc:
+        raise Fail(str(exc), f"check {password_env}; restore the keystore from backup") from None
+    return detail
 
 
 def _is_city_server(url: str) -> bool:
@@ -187,11 +204,15 @@ def _doctor(args: argparse.Namespace) -> int:
                 "database": db.split("@")[-1] if "@" in db else db,  # no credentials in the URL part
                 "chain": cfg.chain,
                 "issuer_key_source": cfg.issuer_key.source,
+                "authorization_key_source": getattr(cfg.authorization_key, "source", None),
                 "status_list_id": cfg.status_list_id,
                 "max_body_bytes": cfg.max_body_bytes,
                 "secrets_set": {
                     "issuer_key_password": bool(cfg.issuer_key.keystore_password),
                     "pkcs11_pin": bool(cfg.issuer_key.pkcs11_pin),
+                    "authorization_key_password": bool(
+                        cfg.authorization_key is not None and cfg.authorization_key.keystore_password
+                    ),
                     "chain_private_key": bool(cfg.chain_private_key),
                 },
             }

@@ -15,7 +15,8 @@ A kiosk or counter terminal reads one file (``kiosk serve --config FILE``)::
     server_names = []              # extra Host names the screen may be reached by (DNS-rebinding check)
     screen_url_file = ""           # write the one-time screen launch URL here (0600); "" = print it
     require_clock_sync = true      # out of service while the kernel says the clock is not synchronised
-    terminal_authentication = false  # authenticate to citizen cards with a city terminal certificate
+    terminal_authentication = true   # authenticate to citizen cards with a city terminal certificate
+                                     # (needs [server] url + terminal_key; false: lab/test setups only)
     tls_cert = ""                  # PEM certificate + key: required (with tls_client_ca) off loopback
     tls_key = ""
     tls_client_ca = ""             # CA whose client certificates may connect (TLS client authentication)
@@ -40,7 +41,7 @@ A kiosk or counter terminal reads one file (``kiosk serve --config FILE``)::
     multicall = "0x…"
 
     [server]
-    url = "http://127.0.0.1:8700"  # the city server (counter terminals)
+    url = "http://127.0.0.1:8700"  # the city server (every terminal: certificates; counters: enrollment)
     terminal_key = "counter-key.pem"
 
     [printer]                      # optional: ESC/POS receipt printer (docs/printer.md)
@@ -153,8 +154,9 @@ class TerminalConfig:
     screen_url_file: str = ""
     require_clock_sync: bool = True
     #: authenticate to citizen cards with a city-issued terminal certificate, renewed from [server] in the
-    #: background (docs/card-profile.md §Terminal authentication); the verifier's audience is then ``id``
-    terminal_authentication: bool = False
+    #: background (docs/card-profile.md §Terminal authentication); the verifier's audience is then ``id``.
+    #: On by default; ``false`` is for lab/test setups only (:func:`terminal_authentication_warning`)
+    terminal_authentication: bool = True
     tls_cert: str = ""
     tls_key: str = ""
     tls_client_ca: str = ""
@@ -202,6 +204,37 @@ def check_bind(config: TerminalConfig) -> None:
             f"{config.source}: terminal.host: {config.host!r} is reachable from other machines; set "
             "terminal.tls_cert, tls_key and tls_client_ca (TLS with client certificates) or bind to 127.0.0.1"
         )
+
+
+def check_terminal_authentication(config: TerminalConfig) -> None:
+    """Terminal authentication is on (the default) but ``[server] url`` / ``terminal_key`` are missing: one
+    line saying what to add, or how a lab setup opts out (docs/ui.md; docs/card-profile.md §Terminal
+    authentication)."""
+    if not config.terminal_authentication:
+        return
+    missing = [k for k, v in (("url", config.server_url), ("terminal_key", config.terminal_key)) if not v]
+    if missing:
+        raise ConfigError(
+            f"{config.source}: terminal authentication (the default) needs [server] "
+            f"{' and '.join(missing)}: add the city server URL and this terminal's key (`city-server "
+            "terminal keygen`, `terminal add`, `terminal authorize`), or for a lab/test setup only set "
+            "terminal.terminal_authentication = false"
+        )
+
+
+def terminal_authentication_warning(config: TerminalConfig) -> str | None:
+    """What an explicit opt-out costs, for the start-up log and ``kiosk doctor``; None when it is on."""
+    if config.terminal_authentication:
+        return None
+    if config.mode is Mode.COUNTER:
+        return (
+            "terminal.terminal_authentication = false: this counter writes no authorization root — the cards "
+            "it personalizes answer ANY terminal (a fake kiosk may ask for every claim); lab/test setups only"
+        )
+    return (
+        "terminal.terminal_authentication = false: this kiosk cannot read cards that carry an authorization "
+        "root (every card from a default counter); lab/test setups only"
+    )
 
 
 def _fail(source: str, key: str, why: str) -> ConfigError:
@@ -432,7 +465,7 @@ def parse_config(data: dict[str, Any], source: str = "<dict>") -> TerminalConfig
     clock_sync = term.get("require_clock_sync", True)
     if not isinstance(clock_sync, bool):
         raise _fail(source, p + "require_clock_sync", "must be true or false")
-    terminal_auth = term.get("terminal_authentication", False)
+    terminal_auth = term.get("terminal_authentication", True)
     if not isinstance(terminal_auth, bool):
         raise _fail(source, p + "terminal_authentication", "must be true or false")
     tls = {k: _path(_str(term, k, source, p, ""), source) for k in ("tls_cert", "tls_key", "tls_client_ca")}

@@ -1,9 +1,10 @@
 """``kiosk doctor``: check a kiosk or counter host end to end, one line per check with the fix.
 
-Configuration, session secret, terminal key and its permissions (counter), pcscd and the readers, the chain
-(reachable, chain id, contract code at the configured addresses, head age), the city server (counter), clock
-synchronisation, the listening port, the receipt printer's port (if configured). ``--diagnose``: a JSON dump
-for support. docs/operations.md §Diagnostics.
+Configuration, session secret, terminal key and its permissions, pcscd and the readers, the chain
+(reachable, chain id, contract code at the configured addresses, head age), the city server, terminal
+authentication (a certificate from the city server; an explicit opt-out is a failure: lab/test setups
+only), clock synchronisation, the listening port, the receipt printer's port (if configured).
+``--diagnose``: a JSON dump for support. docs/operations.md §Diagnostics.
 """
 
 from __future__ import annotations
@@ -80,12 +81,17 @@ class _Host:
             ) from None
         return "session secret set"
 
-    def key_check(self) -> str:
+    def _needs_server(self) -> bool:
+        """A counter always talks to the city server; a kiosk does for terminal authentication (default)."""
         from terminal.config import Mode
 
         cfg = self._cfg()
-        if cfg.mode is not Mode.COUNTER:
-            return "not needed (kiosk mode)"
+        return cfg.mode is Mode.COUNTER or cfg.terminal_authentication
+
+    def key_check(self) -> str:
+        cfg = self._cfg()
+        if not self._needs_server():
+            return "not needed (kiosk without terminal authentication)"
         if not cfg.terminal_key:
             raise Fail(
                 "no [server] terminal_key", "city-server terminal keygen --name ID, then set terminal_key"
@@ -95,9 +101,9 @@ class _Host:
 
         try:
             load_terminal_key(cfg.terminal_key, secret("CITYID_TERMINAL_KEY_PASSWORD"))
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError) as exc:  # TerminalKeyError names the file and the cause
             raise Fail(
-                f"terminal key {cfg.terminal_key} does not load: {exc}",
+                str(exc),
                 "check CITYID_TERMINAL_KEY_PASSWORD or regenerate the key",
             ) from None
         return detail
@@ -138,11 +144,11 @@ class _Host:
     def server_check(self) -> str:
         import requests
 
-        from terminal.config import Mode
-
         cfg = self._cfg()
-        if cfg.mode is not Mode.COUNTER:
-            return "not needed (kiosk mode)"
+        if not self._needs_server():
+            return "not needed (kiosk without terminal authentication)"
+        if not cfg.server_url:
+            raise Fail("no [server] url", "set [server] url to the city server (docs/ui.md)")
         try:
             r = requests.get(f"{cfg.server_url.rstrip('/')}/health", timeout=5)
             issuer = r.json().get("issuer_did")
@@ -152,6 +158,55 @@ class _Host:
                 "check [server] url and the network",
             ) from None
         return f"{cfg.server_url} up, issuer {issuer}"
+
+    def terminal_auth_check(self) -> str:
+        """Terminal authentication (docs/card-profile.md §Terminal authentication): on, and the city server
+        issues this terminal a certificate now (the same signed request the renewer sends)."""
+        from cityid.terminal_cert import authority_id
+        from terminal.config import check_terminal_authentication, terminal_authentication_warning
+        from terminal.server_client import ServerClient, ServerError, load_terminal_key
+
+        cfg = self._cfg()
+        warning = terminal_authentication_warning(cfg)
+        if warning is not None:
+            raise Fail(warning, f"remove terminal_authentication = false from {self.path} (production)")
+        try:
+            check_terminal_authentication(cfg)
+        except CityIdError as exc:
+            raise Fail(str(exc), f"add [server] url and terminal_key to {self.path} (docs/ui.md)") from None
+        try:
+            key = load_terminal_key(cfg.terminal_key, secret("CITYID_TERMINAL_KEY_PASSWORD"))
+        except (OSError, ValueError, TypeError):
+            raise Unknown("skipped: the terminal key does not load (see its check)") from None
+        client = ServerClient(cfg.server_url, cfg.terminal_id, key, timeout=5.0)
+        try:
+            answer = client.terminal_certificate()
+        except ServerError as exc:
+            if exc.code == "terminal_certificates_disabled":
+                raise Fail(
+                    "the city server has no [authorization_key]: it issues no terminal certificates, and "
+                    "counters refuse to personalize cards",
+                    "on the server: city-server authorization-key generate, then [authorization_key] in "
+                    "server.toml (docs/server.md)",
+                ) from None
+            if exc.code == "unauthenticated":  # unknown, disabled, or another key registered
+                raise Fail(
+                    f"the city server does not know terminal {cfg.terminal_id!r} with this key: {exc}",
+                    f"city-server terminal add --name {cfg.terminal_id} --public-key <its .pub.pem>",
+                ) from None
+            if exc.code == "terminal_not_authorized":
+                raise Fail(
+                    f"terminal {cfg.terminal_id!r} is not authorized by the city server: {exc}",
+                    f"city-server terminal authorize --name {cfg.terminal_id} --claims …",
+                ) from None
+            raise Fail(str(exc), "check [server] url, the network and the server log") from None
+        except CityIdError as exc:  # a malformed or unverifiable answer
+            raise Fail(f"bad certificate answer: {exc}", "is [server] url the city server?") from None
+        body = answer.certificate.body
+        return (
+            f"certificate for {len(body.claims)} claim(s) until {body.not_after}, authorization root "
+            f"{authority_id(answer.authority_key).hex()}"
+        )
 
     def port_check(self) -> str:
         cfg = self._cfg()
@@ -183,6 +238,7 @@ class _Host:
             Check("readers", self.readers_check),
             Check("chain", self.chain_check),
             Check("city server", self.server_check),
+            Check("terminal authentication", self.terminal_auth_check),
             Check("clock", check_clock),
             Check("port", self.port_check),
             Check("printer", self.printer_check),

@@ -137,12 +137,26 @@ class TerminalCertificateAnswer:
         return cls(cert, root)
 
 
+class TerminalKeyError(CityIdError, ValueError):
+    """The terminal key file is missing, unreadable, not a P-256 PEM private key, or its password is wrong."""
+
+
 def load_terminal_key(path: str, password: str | None = None) -> ec.EllipticCurvePrivateKey:
-    """Read the terminal's PEM private key (optionally encrypted)."""
-    with open(path, "rb") as f:
-        key = serialization.load_pem_private_key(f.read(), password.encode() if password else None)
+    """Read the terminal's PEM private key (maybe encrypted); :class:`TerminalKeyError` names the file."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise TerminalKeyError(f"terminal key {path}: {exc.strerror or exc}") from None
+    try:
+        key = serialization.load_pem_private_key(data, password.encode() if password else None)
+    except (ValueError, TypeError):  # not PEM, unsupported, or a wrong/missing password
+        raise TerminalKeyError(
+            f"terminal key {path} does not load: not a PEM private key, or CITYID_TERMINAL_KEY_PASSWORD "
+            "is wrong or missing"
+        ) from None
     if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
-        raise ValueError("the terminal key must be a P-256 private key")
+        raise TerminalKeyError(f"terminal key {path}: must be a P-256 private key")
     return key
 
 

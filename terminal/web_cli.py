@@ -15,7 +15,16 @@ from typing import TYPE_CHECKING, TypedDict
 from cityid.cli_util import Subcommands, port_number, stop_signals
 from cityid.errors import CityIdError
 from cityid.secrets import secret
-from terminal.config import Mode, TerminalConfig, check_bind, hash_password, load_config, parse_config
+from terminal.config import (
+    Mode,
+    TerminalConfig,
+    check_bind,
+    check_terminal_authentication,
+    hash_password,
+    load_config,
+    parse_config,
+    terminal_authentication_warning,
+)
 
 if TYPE_CHECKING:
     from cityid.chain.network import NetworkConfig
@@ -160,13 +169,13 @@ def _backends(config: TerminalConfig) -> tuple[KioskBackend | None, CounterBacke
 
 def _terminal_authorization(config: TerminalConfig) -> TerminalAuthorization | None:
     """This terminal's certificate towards citizen cards, renewed from the city server in the background
-    (docs/card-profile.md §Terminal authentication); None without ``[server] url`` and ``terminal_key``."""
-    if not config.terminal_authentication:
+    (docs/card-profile.md §Terminal authentication). On by default; None only when the configuration opts
+    out (``terminal_authentication = false``, lab/test setups: logged loudly at every start)."""
+    warning = terminal_authentication_warning(config)
+    if warning is not None:
+        logging.getLogger(__name__).warning("%s: %s", config.source, warning)
         return None
-    if not config.server_url or not config.terminal_key:
-        raise CityIdError(
-            f"{config.source}: terminal.terminal_authentication needs [server] url and terminal_key"
-        )
+    check_terminal_authentication(config)
     from terminal.flows.authorization import CertificateRenewer, TerminalAuthorization
     from terminal.server_client import ServerClient, load_terminal_key
 

@@ -61,6 +61,9 @@ class TerminalAuthorization:
         #: the city authorization root (from the server's certificate answer): what the counter writes to
         #: cards at personalization (Step BINDING)
         self.authority_key: P256PublicKey | None = None
+        #: why the last renewal failed (None: it succeeded, or none was tried): what a counter that cannot
+        #: personalize and ``kiosk doctor`` tell staff
+        self.renewal_error: str | None = None
         if certificate is not None:
             self.update(certificate)
 
@@ -92,7 +95,10 @@ class TerminalAuthorization:
     def root(self) -> P256PublicKey:
         """The authorization root learnt from the server (:class:`TerminalCertificateMissingError` before)."""
         if self.authority_key is None:
-            raise TerminalCertificateMissingError("the authorization root is not known yet (no renewal)")
+            why = f": {self.renewal_error}" if self.renewal_error else " (no renewal yet)"
+            raise TerminalCertificateMissingError(
+                f"the city server has not given this terminal a certificate and authorization root{why}"
+            )
         return self.authority_key
 
     def authenticate(self, session: TerminalAuthenticating) -> None:
@@ -144,12 +150,16 @@ class CertificateRenewer:
                 self.authorization.authority_key = answer.authority_key
         except CityIdError as exc:  # server refused (revoked on chain, disabled) or unreachable
             self.last_error = exc
+            self.authorization.renewal_error = str(exc)
             logger.warning("terminal certificate renewal failed: %s", exc)
             return False
         self.last_error = None
+        self.authorization.renewal_error = None
         return True
 
-    def _run(self) -> None:
+    def _run(self, first_wait: float = 0.0) -> None:
+        if first_wait:
+            self._stop.wait(first_wait)
         while not self._stop.is_set():
             wait = self.due_in()
             if wait > 0:
@@ -160,10 +170,12 @@ class CertificateRenewer:
 
     def start(self) -> None:
         """Renew once now if due (start-up, never a screen's request), then keep renewing in a thread."""
-        if self.due_in() == 0:
-            self.renew_once()
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="terminal-cert-renewal", daemon=True)
+        failed = self.due_in() == 0 and not self.renew_once()
+        if self._thread is None:  # after a failed first attempt the thread retries in retry_s, not at once
+            self._thread = threading.Thread(
+                target=self._run, args=(self.retry_s if failed else 0.0,), name="terminal-cert-renewal",
+                daemon=True,
+            )  # fmt: skip
             self._thread.start()
 
     def stop(self) -> None:

@@ -296,6 +296,10 @@ class CounterEnrollment:
         timings: dict[str, float] = {}
         step = self._steps[0]
         serial: bytes | None = None
+        if self.authorization_root is None and self.authorization is not None:
+            # No card leaves this counter without the city's authorization root: refuse before the first
+            # card write (TerminalCertificateMissingError, e.g. the server has no [authorization_key]).
+            _ = self.authorization.root
         try:
             serial = self.card_serial(connection, expect_serial)
             serial_text = serial.hex()

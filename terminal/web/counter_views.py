@@ -43,6 +43,7 @@ from cityid.errors import (
     WrongPinError,
 )
 from terminal.config import TerminalConfig, check_password, hash_password
+from terminal.flows.authorization import TerminalCertificateMissingError
 from terminal.flows.certificate import KST
 from terminal.flows.counter import CardMismatchError
 from terminal.flows.counter_card import EnrollmentFinishedError, NothingToAbandonError
@@ -518,6 +519,9 @@ def form_post(action: str) -> tuple[str, int]:
         return _render_form(action, {}, keep, "counter.error.abandon_nothing", status=409)
     except KeyError:
         return _render_form(action, {}, keep, "counter.error.not_found", status=404)
+    except TerminalCertificateMissingError as exc:  # no authorization root: no card is personalized
+        logger.warning("counter %s refused: %s", action, exc)
+        return _render_form(action, {}, keep, "counter.error.not_authorized", status=503, retry=True)
     except ServerError as exc:
         logger.warning("counter %s: city server: %s", action, exc.code)
         if exc.retryable:

@@ -322,6 +322,8 @@ STARTUP_HINTS: dict[Problem, str] = {
     Problem.READER: "no card reader is connected (or none matches terminal.reader)",
     Problem.CHAIN: "the chain cannot be read or its head is older than chain.max_staleness",
     Problem.CLOCK: "the system clock is not synchronised (check NTP/chrony; see terminal.require_clock_sync)",
+    Problem.AUTHORIZATION: "a valid terminal certificate: the city server did not issue one (check [server] "
+    "url, and that the city authorized this terminal: `city-server terminal authorize; see kiosk doctor)",
 }
 
 

@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -47,7 +48,7 @@ def _kiosk_config(tmp_path: Path, network_file: Path, port: int, **extra: str) -
     if "terminal_key" in extra:
         lines += [
             "[server]",
-            'url = "http://127.0.0.1:9"',
+            f"url = {json.dumps(extra.get('server_url', 'http://127.0.0.1:9'))}",
             f"terminal_key = {json.dumps(extra['terminal_key'])}",
         ]
     cfg.write_text("\n".join(lines) + "\n")
@@ -65,11 +66,49 @@ def _healthy(lines: dict[str, str], names: list[str]) -> None:
         assert line.startswith("ok ") or (name == "clock" and line.startswith("?? ")), line
 
 
-def test_kiosk_doctor_healthy_and_broken(pcscd, anvil_chain, tmp_path: Path) -> None:
+@pytest.fixture
+def city_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A city server with an authorization key (a default deployment) over HTTP; the kiosk's key registered
+    and authorized. Yields the server URL and the kiosk's key file (0600)."""
+    import threading
+
+    from werkzeug.serving import make_server
+
+    from cityid.credential import AGE_OVER_65, BUSAN_RESIDENT, LocalSigner
+    from cityid.keys import P256PublicKey
+    from tests.unit.server_support import MemoryChain, make_rig, memory_chain_view
+
+    auth_key = ec.generate_private_key(ec.SECP256R1())
+    signer = LocalSigner(auth_key)
+    signer.public_point = P256PublicKey.from_crypto(auth_key.public_key()).point  # type: ignore[attr-defined]
+    chain = MemoryChain()
+    kwargs = {"authorization_signer": signer, "status_view": memory_chain_view(chain)}
+    rig = make_rig(f"sqlite:///{tmp_path}/server.db", chain=chain, app_kwargs=kwargs)
+    key = ec.generate_private_key(ec.SECP256R1())
+    key_file = tmp_path / "kiosk-key.pem"
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))  # fmt: skip
+    key_file.chmod(0o600)
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    pem = key.public_key().public_bytes(serialization.Encoding.PEM, spki)
+    rig.db.add_terminal("busan-kiosk-dev", pem.decode())
+    rig.app.extensions["cityid.terminals"].authorize("busan-kiosk-dev", (BUSAN_RESIDENT, AGE_OVER_65))
+    server = make_server("127.0.0.1", 0, rig.app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}", key_file
+    finally:
+        server.shutdown()
+        thread.join(5)
+
+
+def test_kiosk_doctor_healthy_and_broken(pcscd, anvil_chain, city_server, tmp_path: Path) -> None:
     net = tmp_path / "network.json"
     anvil_chain.network.save(net)
     port = _free_port()
-    cfg = _kiosk_config(tmp_path, net, port)
+    url, key_file = city_server
+    cfg = _kiosk_config(tmp_path, net, port, server_url=url, terminal_key=str(key_file))
     r = subprocess.run([*KIOSK, "--config", str(cfg)], env=_env(), capture_output=True, text=True, timeout=60)
     names = [
         "config",
@@ -79,6 +118,7 @@ def test_kiosk_doctor_healthy_and_broken(pcscd, anvil_chain, tmp_path: Path) -> 
         "readers",
         "chain",
         "city server",
+        "terminal authentication",
         "clock",
         "port",
         "printer",
@@ -109,7 +149,7 @@ def test_kiosk_doctor_healthy_and_broken(pcscd, anvil_chain, tmp_path: Path) -> 
     if shutil.which("unshare") is None or os.geteuid() != 0:
         pytest.skip("needs root and unshare for the pcscd-stopped case")
     script = 'mount -t tmpfs tmpfs /run/pcscd && exec "$@"'
-    cfg = _kiosk_config(tmp_path, net, port)  # the healthy configuration again
+    cfg = _kiosk_config(tmp_path, net, port, server_url=url, terminal_key=str(key_file))  # healthy again
     r = subprocess.run(
         ["unshare", "-m", "sh", "-c", script, "sh", *KIOSK, "--config", str(cfg)],
         env=_env(),
@@ -152,12 +192,15 @@ def test_city_server_doctor_healthy_and_broken(anvil_chain, tmp_path: Path) -> N
     net = tmp_path / "network.json"
     anvil_chain.network.save(net)
     KeystoreSigner.generate(tmp_path / "issuer.p8", "pw")
+    KeystoreSigner.generate(tmp_path / "authorization.p8", "apw")  # [authorization_key]: a default setup
     env = {
         **os.environ,
         "CITY_SERVER_DB_URL": f"sqlite:///{tmp_path}/s.db",
         "CITY_SERVER_CHAIN": str(net),
         "CITY_ISSUER_KEYSTORE": str(tmp_path / "issuer.p8"),
         "CITY_ISSUER_KEY_PASSWORD": "pw",
+        "CITY_AUTHORIZATION_KEYSTORE": str(tmp_path / "authorization.p8"),
+        "CITY_AUTHORIZATION_KEY_PASSWORD": "apw",
         "CITY_CHAIN_PRIVATE_KEY": "0x" + bytes(anvil_chain.accounts[0].key).hex(),
     }
     port = str(_free_port())
@@ -171,13 +214,14 @@ def test_city_server_doctor_healthy_and_broken(anvil_chain, tmp_path: Path) -> N
     r = subprocess.run(
         [*SERVER, "--port", port, "--diagnose"], env=env, capture_output=True, text=True, timeout=60
     )
-    names = ["config", "database", "issuer key", "chain", "registrar", "clock", "port"]
+    names = ["config", "database", "issuer key", "authorization key", "chain", "registrar", "clock", "port"]
     _healthy(_lines(r), names)
     dump = json.loads(r.stdout[r.stdout.index("{") :])
     assert (
         dump["tool"] == "city-server doctor" and dump["config"]["secrets_set"]["issuer_key_password"] is True
     )
     assert "pw" not in json.dumps(dump["config"]) and env["CITY_CHAIN_PRIVATE_KEY"] not in r.stdout
+    assert dump["config"]["secrets_set"]["authorization_key_password"] is True
 
     (tmp_path / "issuer.p8").chmod(0o000 if os.geteuid() != 0 else 0o640)
     r = subprocess.run(
@@ -191,3 +235,9 @@ def test_city_server_doctor_healthy_and_broken(anvil_chain, tmp_path: Path) -> N
     assert r.returncode == 1
     assert lines["issuer key"].startswith("FAIL issuer key:") and "chmod 600" in lines["issuer key"]
     assert lines["chain"].startswith("FAIL chain:")
+    # no [authorization_key]: named, with the command that creates it
+    no_auth = {k: v for k, v in env.items() if not k.startswith("CITY_AUTHORIZATION_")}
+    r = subprocess.run([*SERVER, "--port", port], env=no_auth, capture_output=True, text=True, timeout=60)
+    line = _lines(r)["authorization key"]
+    assert r.returncode == 1 and line.startswith("FAIL authorization key: no [authorization_key]")
+    assert "city-server authorization-key generate" in line

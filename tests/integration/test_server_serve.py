@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from cityid.chain.errors import TransactionRevertedError
 from cityid.chain.view import ChainError, StatusRef
-from terminal.server_client import ServerClient
+from terminal.server_client import ServerClient, ServerError
 from tests.unit.server_support import CLAIMS, Card
 
 pytestmark = pytest.mark.integration
@@ -39,10 +39,13 @@ def test_serve_end_to_end(tmp_path):
         "CITY_SERVER_DB_URL": f"sqlite:///{tmp_path}/server.db",
         "CITY_ISSUER_KEYSTORE": str(tmp_path / "issuer.p8"),
         "CITY_ISSUER_KEY_PASSWORD": "s3cret-test-password",
+        "CITY_AUTHORIZATION_KEYSTORE": str(tmp_path / "authorization.p8"),  # a default deployment has one
+        "CITY_AUTHORIZATION_KEY_PASSWORD": "an0ther-test-password",
         "CITY_SERVER_CHAIN": "embedded",
     }
     cli = [sys.executable, "-m", "server.cli"]
     subprocess.run([*cli, "issuer-key", "generate"], env=env, check=True, capture_output=True)
+    subprocess.run([*cli, "authorization-key", "generate"], env=env, check=True, capture_output=True)
     subprocess.run([*cli, "db", "init"], env=env, check=True, capture_output=True)  # no implicit creation
     tkey = ec.generate_private_key(ec.SECP256R1())
     (tmp_path / "t.pem").write_bytes(
@@ -74,6 +77,9 @@ def test_serve_end_to_end(tmp_path):
         assert health["issuer_did"].startswith("did:ethr:embedded:0x")
         assert health["issuer_ready"] is True  # the embedded chain is set up in-process at start
         client = ServerClient(url, "counter-9", tkey, clerk="clerk-a")
+        with pytest.raises(ServerError) as refused:  # the key is loaded; counter-9 is just not authorized
+            client.terminal_certificate()
+        assert refused.value.status == 403 and refused.value.code == "terminal_not_authorized"
         holder = Card()
         res = client.enroll("serve-enroll-1", CLAIMS, holder.point, b"\x05" * 8)
         assert client.status(res.credential_id)["state"] == "issued"
@@ -89,7 +95,7 @@ def test_serve_end_to_end(tmp_path):
         proc.wait(10)
     logs = proc.stderr.read().decode()
     assert proc.returncode == 0, logs[-2000:]  # SIGTERM: graceful stop
-    assert "Traceback" not in logs
+    assert "Traceback" not in logs and "no [authorization_key]" not in logs
     assert "waitress" in logs and "werkzeug" not in logs.lower()
     # The access log names routes, never their values (credential ids, DIDs) nor query strings.
     assert "GET /v1/credentials/<cid>/status 200" in logs
@@ -99,6 +105,7 @@ def test_serve_end_to_end(tmp_path):
         "1950-03-14",
         "BS-2026-000123",
         "s3cret-test-password",
+        "an0ther-test-password",
         res.credential_id,
         res.citizen_did,
     ):

@@ -1,7 +1,11 @@
 """`kiosk serve`'s production wiring on a real node: the kiosk built from a TOML config with a network file
 (anvil over HTTP JSON-RPC), the city server on that chain, a card enrolled there, and a benefit check in
 headless Chromium with the card through pcscd + vpcd; with a ``[printer]`` on a real pty (issue 13): card
-tap → verdict → "print my certificate" → the ESC/POS emulator's receipt → zxing-cpp → verified on anvil."""
+tap → verdict → "print my certificate" → the ESC/POS emulator's receipt → zxing-cpp → verified on anvil.
+
+As a default deployment: the city server has an authorization key, counter and kiosk are authorized on
+chain, the counter writes the authorization root to the card and the kiosk authenticates to it with the
+certificate ``kiosk serve`` renews from ``[server]`` (docs/card-profile.md §Terminal authentication)."""
 
 from __future__ import annotations
 
@@ -19,11 +23,13 @@ from emulators.card.transport import InProcessConnection
 from werkzeug.serving import make_server
 
 from cityid.chain.live import LiveChainView
+from cityid.credential import AGE_OVER_65, BUSAN_RESIDENT, CLAIM_NAMES
 from server.app import create_app as create_server_app
 from server.config import ManagementKeyConfig, ServerConfig
 from server.db import Database
 from server.keys import KeystoreSigner
 from terminal.config import load_config
+from terminal.flows.authorization import CertificateRenewer, TerminalAuthorization
 from terminal.flows.counter import CitizenRequest, CounterEnrollment
 from terminal.server_client import ServerClient
 from terminal.verifier import NonceStore, Verifier
@@ -43,6 +49,7 @@ class CityServer:
     client: ServerClient
     app: Any
     db: Database
+    counter_auth: TerminalAuthorization  # the counter's certificate and the city's authorization root
 
 
 @pytest.fixture
@@ -54,23 +61,43 @@ def city_server(anvil_chain: Any, tmp_path: Path) -> Iterator[CityServer]:
     db = Database.from_url(db_url)
     # per-card management keys (docs/card-profile.md): a software master key, tests only
     card_keys = ManagementKeyConfig("software", software_master_key=TEST_MASTER_KEY.hex())
+    authorization_key = KeystoreSigner(ec.generate_private_key(ec.SECP256R1()))  # [authorization_key]
     app = create_server_app(
-        ServerConfig(database_url=db_url, management_key=card_keys), chain=gateway, signer=signer, db=db
-    )
+        ServerConfig(database_url=db_url, management_key=card_keys), chain=gateway, signer=signer, db=db,
+        authorization_signer=authorization_key,
+    )  # fmt: skip
     key = ec.generate_private_key(ec.SECP256R1())
     pem = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     db.add_terminal("counter-anvil", pem.decode())
+    app.extensions["cityid.terminals"].authorize("counter-anvil", CLAIM_NAMES)  # on anvil
     http = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=http.serve_forever, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{http.server_port}"
+    client = ServerClient(url, "counter-anvil", key, clerk="clerk-a")
+    counter_auth = TerminalAuthorization("counter-anvil", key)
+    assert CertificateRenewer(counter_auth, client.terminal_certificate).renew_once()
     try:
-        yield CityServer(url, ServerClient(url, "counter-anvil", key, clerk="clerk-a"), app, db)
+        yield CityServer(url, client, app, db, counter_auth)
     finally:
         http.shutdown()
         http.server_close()
+
+
+def _kiosk_key(city: CityServer, tmp_path: Path) -> tuple[ec.EllipticCurvePrivateKey, Path]:
+    """The kiosk's terminal key (file 0600), registered and authorized for the benefit check on chain."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    key_file = tmp_path / "kiosk-key.pem"
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))  # fmt: skip
+    key_file.chmod(0o600)
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    pem = key.public_key().public_bytes(serialization.Encoding.PEM, spki)
+    city.db.add_terminal("kiosk-anvil", pem.decode())
+    city.app.extensions["cityid.terminals"].authorize("kiosk-anvil", (BUSAN_RESIDENT, AGE_OVER_65))
+    return key, key_file
 
 
 def _kiosk_config(anvil_chain: Any, slot: Slot, tmp_path: Path, extra: str = "") -> Path:
@@ -87,11 +114,14 @@ def _kiosk_config(anvil_chain: Any, slot: Slot, tmp_path: Path, extra: str = "")
     return config_file
 
 
-def _enrolled_card(anvil_chain: Any, client: ServerClient, tmp_path: Path) -> Path:
-    """A citizen enrolled at a counter on the same chain; returns the card's state file."""
+def _enrolled_card(anvil_chain: Any, city: CityServer, tmp_path: Path) -> Path:
+    """A citizen enrolled at a counter on the same chain (the card gets the city's authorization root);
+    returns the card's state file."""
     card_state = tmp_path / "card.json"
     view = LiveChainView(anvil_chain.client(), anvil_chain.network)
-    counter = CounterEnrollment(client, Verifier(view, "https://counter.busan.go.kr/c-anvil", NonceStore()))
+    counter = CounterEnrollment(
+        city.client, Verifier(view, "counter-anvil", NonceStore()), authorization=city.counter_auth
+    )
     request = CitizenRequest(
         family_name="Yoon", given_name="Sumin", birthdate="1949-07-07", district="Yeongdo-gu",
         busan_resident=True, new_pin=PIN, new_puk="31415926",
@@ -115,12 +145,17 @@ def _benefit_check(page: Any, slot: Slot, card_state: Path) -> None:
 def test_kiosk_serve_config_on_anvil(
     anvil_chain: Any, city_server: CityServer, slot: Slot, page: Any, tmp_path: Path, screenshot: Any,
 ) -> None:  # fmt: skip
-    config = load_config(_kiosk_config(anvil_chain, slot, tmp_path))
+    _key, key_file = _kiosk_key(city_server, tmp_path)
+    extra = f'[server]\nurl = "{city_server.url}"\nterminal_key = "{key_file}"\n'
+    config = load_config(_kiosk_config(anvil_chain, slot, tmp_path, extra))
     assert config.chain.network_file == str(tmp_path / "network.json")
-    card_state = _enrolled_card(anvil_chain, city_server.client, tmp_path)
+    assert config.terminal_authentication  # the default
+    card_state = _enrolled_card(anvil_chain, city_server, tmp_path)
 
     kiosk, none = _backends(config)  # exactly what `kiosk serve --config kiosk.toml` builds
     assert none is None
+    authorization = kiosk.flow.authorization  # type: ignore[union-attr]
+    assert authorization is not None and authorization.current().body.claims == (BUSAN_RESIDENT, AGE_OVER_65)
     with serving(create_app(replace(config, port=0), kiosk=kiosk), page) as url:
         page.goto(url + "/")
         _benefit_check(page, slot, card_state)
@@ -140,20 +175,14 @@ def test_print_my_certificate_on_anvil(
     from cityid import certificate as c
     from terminal.certificate_client import HttpKioskDirectory, HttpProofSource
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    key_file = tmp_path / "kiosk-key.pem"
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))  # fmt: skip
-    spki = serialization.PublicFormat.SubjectPublicKeyInfo
-    pem = key.public_key().public_bytes(serialization.Encoding.PEM, spki)
-    city_server.db.add_terminal("kiosk-anvil", pem.decode())  # the city authorizes the kiosk's key
+    _key, key_file = _kiosk_key(city_server, tmp_path)  # the city registers and authorizes the kiosk's key
     with PtyPair() as pair:
         emu = PrinterEmulator(pair.device)
         try:
             extra = (f'[server]\nurl = "{city_server.url}"\nterminal_key = "{key_file}"\n'
                      f'[printer]\nport = "{pair.host}"\nbaudrate = 115200\n')  # fmt: skip
             config = load_config(_kiosk_config(anvil_chain, slot, tmp_path, extra))
-            card_state = _enrolled_card(anvil_chain, city_server.client, tmp_path)
+            card_state = _enrolled_card(anvil_chain, city_server, tmp_path)
             kiosk, _ = _backends(config)
             printing = _printing(config, kiosk)  # what `kiosk serve` builds from [printer]
             assert printing is not None

@@ -185,3 +185,32 @@ def test_counter_with_terminal_authentication_survives_a_pull_at_every_apdu(tmp_
         verification = KioskVerification(Verifier(view, KIOSK_ID, NonceStore()), service("benefit-check"))
         assert verification.run_card(CitizenSession(inner), REQUEST.new_pin, kiosk).ok, f"tear at {tear_at}"
         verification.end()
+
+
+def test_renewer_start_tries_once_then_waits_the_retry_interval() -> None:
+    """``kiosk serve`` starts the renewer: one attempt at start-up; after a failure the thread retries
+    after ``retry_s`` (not at once — one warning per attempt, not two at every start)."""
+    import threading
+
+    from cityid.terminal_cert import TerminalCertificate
+    from terminal.server_client import ServerError
+
+    calls: list[float] = []
+    second = threading.Event()
+
+    def down() -> TerminalCertificate:
+        calls.append(time.monotonic())
+        if len(calls) >= 2:
+            second.set()
+        raise ServerError(0, "unreachable", "no server")
+
+    auth = TerminalAuthorization("kiosk-1", ec.generate_private_key(ec.SECP256R1()))
+    renewer = CertificateRenewer(auth, down, retry_s=0.5)
+    t0 = time.monotonic()
+    renewer.start()
+    try:
+        assert len(calls) == 1 and auth.renewal_error and "no server" in auth.renewal_error
+        assert second.wait(5)
+        assert calls[1] - t0 >= 0.45, calls  # the retry waited its interval
+    finally:
+        renewer.stop()

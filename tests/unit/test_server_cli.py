@@ -113,3 +113,31 @@ def test_terminal_keygen_then_add(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("CITYID_TERMINAL_KEY_PASSWORD", "pw-term")
     assert main(["terminal", "keygen", "--name", "counter-4", "--out", str(tmp_path)]) == 0
     load_pem_private_key((tmp_path / "counter-4.key.pem").read_bytes(), b"pw-term")
+
+
+def test_authorization_key_generate_and_config(tmp_path, monkeypatch, capsys):
+    """``city-server authorization-key generate``: the city authorization key (terminal certificates) in its
+    own keystore — never the issuer's — which [authorization_key] (or CITY_AUTHORIZATION_KEYSTORE) loads."""
+    from server.config import load_config
+    from server.keys import KeystoreSigner
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CITY_AUTHORIZATION_KEY_PASSWORD", raising=False)
+    monkeypatch.delenv("CITY_AUTHORIZATION_KEYSTORE", raising=False)
+    assert main(["authorization-key", "generate"]) == 1
+    assert "CITY_AUTHORIZATION_KEY_PASSWORD" in capsys.readouterr().err
+    monkeypatch.setenv("CITY_AUTHORIZATION_KEY_PASSWORD", "auth-pw")
+    assert main(["authorization-key", "generate"]) == 0
+    out = capsys.readouterr().out
+    assert "authorization-key.p8" in out and "[authorization_key]" in out
+    assert main(["authorization-key", "generate"]) == 1  # refuses to overwrite
+    config = tmp_path / "server.toml"
+    config.write_text("[authorization_key]\n")
+    cfg = load_config(config)
+    assert cfg.authorization_key is not None and cfg.authorization_key.keystore_path == "authorization-key.p8"
+    assert cfg.authorization_key.pkcs11_key_label == "authorization"  # not the issuer key's label
+    assert cfg.issuer_key.keystore_path != cfg.authorization_key.keystore_path
+    KeystoreSigner.load(cfg.authorization_key.keystore_path, "auth-pw")
+    assert load_config(None, env={}).authorization_key is None
+    env = {"CITY_AUTHORIZATION_KEYSTORE": "k.p8", "CITY_AUTHORIZATION_KEY_PASSWORD": "x"}
+    assert load_config(None, env=env).authorization_key.keystore_path == "k.p8"  # type: ignore[union-attr]

@@ -159,3 +159,31 @@ def test_no_authorization_key_means_no_certificates(tmp_path) -> None:
     with pytest.raises(ServerError) as exc:
         rig.client.terminal_certificate()  # type: ignore[attr-defined]
     assert exc.value.status == 503 and exc.value.code == "terminal_certificates_disabled"
+
+
+def test_a_counter_refuses_to_personalize_when_the_server_has_no_authorization_key(tmp_path) -> None:
+    """A server without ``[authorization_key]`` answers the renewal with a typed 503; the counter (terminal
+    authentication on: the default) then refuses before its first card write — no root-less card."""
+    from emulators.card.citizen_card import make_citizen_card as fresh_card
+
+    from cityid.piv import DEFAULT_MANAGEMENT_KEY
+
+    rig = make_rig(f"sqlite:///{tmp_path}/server.db")  # no authorization signer, no [authorization_key]
+    auth = TerminalAuthorization("counter-1", rig.terminal_key)  # type: ignore[arg-type]
+    renewer = CertificateRenewer(auth, rig.client.terminal_certificate)  # type: ignore[attr-defined]
+    assert not renewer.renew_once()
+    assert isinstance(renewer.last_error, ServerError) and renewer.last_error.status == 503
+    counter = CounterEnrollment(
+        rig.client, Verifier(memory_chain_view(rig.chain), "counter-1", NonceStore()),  # type: ignore[arg-type]
+        authorization=auth,
+    )  # fmt: skip
+    conn = InProcessConnection(fresh_card(None))
+    before = CitizenSession(conn).info()
+    with pytest.raises(TerminalCertificateMissingError, match="terminal_certificates_disabled"):
+        counter.run(conn, REQUEST)
+    # nothing was written: the same GET INFO (no root, no credential) and the factory key still opens it
+    conn.reset()
+    citizen = CitizenSession(conn)
+    after = citizen.info()
+    assert after == before and after.authority is None
+    citizen.authenticate(DEFAULT_MANAGEMENT_KEY)  # CARD_KEY never ran

@@ -12,6 +12,19 @@ from terminal.config import check_password, parse_config
 from terminal.web_cli import _chain_view
 
 
+def _terminal_key(path: Path) -> str:
+    """A P-256 terminal key file (PKCS#8 PEM), as `city-server terminal keygen` writes it."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    path.write_bytes(pem)
+    path.chmod(0o600)
+    return str(path)
+
+
 def test_serve_reports_config_errors_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "kiosk.toml"
     bad.write_text('[terminal]\nmode = "kiosk"\nidle_timeout = -1\n', "utf-8")
@@ -102,6 +115,9 @@ def test_counter_backends_from_config(tmp_path: Path) -> None:
     kiosk, counter = _backends(config)
     assert kiosk is None and isinstance(counter, CardCounterBackend)
     assert counter.server.terminal == "counter-7" and counter.server.base_url == "http://127.0.0.1:9"
+    # terminal authentication is the default: the counter writes the city's root to every card
+    assert counter.enrollment.authorization is not None
+    assert counter.enrollment.authorization.terminal_id == "counter-7"
 
 
 def test_serve_says_what_is_missing_and_where_the_screen_url_is(tmp_path: Path) -> None:
@@ -117,9 +133,11 @@ def test_serve_says_what_is_missing_and_where_the_screen_url_is(tmp_path: Path) 
 
     addresses = "".join(f'{k} = "0x{str(i + 1) * 40}"\n' for i, k in enumerate(CONTRACT_KEYS))
     config = tmp_path / "kiosk.toml"
+    key = _terminal_key(tmp_path / "kiosk-key.pem")
     config.write_text(
         '[terminal]\nmode = "kiosk"\nport = 0\nscreen_url_file = "screen-url"\nrequire_clock_sync = false\n'
         '[chain]\nnetwork = "metadium"\nrpc = "http://127.0.0.1:9"\nchain_id = 11\n'
+        f'[server]\nurl = "http://127.0.0.1:9"\nterminal_key = "{key}"\n'
         f"[chain.addresses]\n{addresses}",
         "utf-8",
     )
@@ -134,7 +152,7 @@ def test_serve_says_what_is_missing_and_where_the_screen_url_is(tmp_path: Path) 
     try:
         deadline = time.monotonic() + 60
         assert proc.stdout is not None
-        while not any(line.startswith("missing: the chain") for line in lines):
+        while not any(line.startswith("missing: a valid terminal certificate") for line in lines):
             line = proc.stdout.readline()
             assert line and time.monotonic() < deadline, "".join(lines)
             lines.append(line)
@@ -145,6 +163,8 @@ def test_serve_says_what_is_missing_and_where_the_screen_url_is(tmp_path: Path) 
         assert "/screen/" in url_file.read_text()
         assert stat.S_IMODE(url_file.stat().st_mode) == 0o640
         assert "missing: the system clock" not in out  # require_clock_sync = false
+        # on by default: no certificate from the (absent) city server yet, said at start-up
+        assert "missing: a valid terminal certificate" in out, out
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -218,10 +238,11 @@ def test_kiosk_printer_from_config(tmp_path: Path) -> None:
                   "addresses": {k: "0x" + "7" * 40 for k in CONTRACT_KEYS}},
         "printer": {"port": str(tmp_path / "ttyPRN"), "baudrate": 9600},
     }  # fmt: skip
-    kiosk, _ = _backends(parse_config(data))
+    server = {"url": "http://127.0.0.1:9", "terminal_key": str(tmp_path / "kiosk-key.pem")}
+    kiosk, _ = _backends(parse_config({**data, "server": server}))
     with pytest.raises(CityIdError, match=r"\[printer\] needs \[server\]"):
         _printing(parse_config(data), kiosk)
-    data["server"] = {"url": "http://127.0.0.1:9", "terminal_key": str(tmp_path / "kiosk-key.pem")}
+    data["server"] = server
     printing = _printing(parse_config(data), kiosk)
     assert isinstance(printing, KioskPrinting)
     desk = printing.desk
@@ -275,31 +296,28 @@ def test_counter_printer_and_scanner_from_config(tmp_path: Path) -> None:
 
 
 def test_terminal_authentication_from_config(tmp_path: Path) -> None:
-    """``terminal_authentication = true``: the kiosk authenticates to cards with its certificate (renewed in
-    the background), its verifier's audience is its terminal id; without [server] it is a config error."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    from cityid.chain.network import CONTRACT_KEYS
+    """Terminal authentication is the default: the kiosk authenticates to cards with its certificate
+    (renewed in the background), its verifier's audience is its terminal id; without [server] it is a
+    one-line error saying what to add (docs/ui.md)."""
+    from terminal.config import ConfigError
     from terminal.web_cli import _backends
 
-    chain = {
-        "network": "metadium", "rpc": "http://127.0.0.1:9", "chain_id": 11,
-        "addresses": {k: "0x" + "7" * 40 for k in CONTRACT_KEYS},
-    }  # fmt: skip
-    with pytest.raises(CityIdError, match="terminal_authentication needs"):
-        _backends(parse_config({"terminal": {"terminal_authentication": True}, "chain": chain}))
+    chain = _inline_chain()["chain"]
+    assert parse_config({"chain": chain}).terminal_authentication is True  # the default
+    with pytest.raises(ConfigError) as exc:
+        _backends(parse_config({"terminal": {"id": "kiosk-7"}, "chain": chain}, "kiosk.toml"))
+    message = str(exc.value)
+    assert "\n" not in message and message.startswith("kiosk.toml: terminal authentication (the default)")
+    assert "[server] url and terminal_key" in message and "terminal_authentication = false" in message
+    key = _terminal_key(tmp_path / "kiosk-key.pem")
+    with pytest.raises(ConfigError, match=r"needs \[server\] terminal_key:"):  # names only what is missing
+        _backends(parse_config({"server": {"url": "http://127.0.0.1:9"}, "chain": chain}))
     with pytest.raises(CityIdError, match="true or false"):
         parse_config({"terminal": {"terminal_authentication": "yes"}, "chain": chain})
-    key = ec.generate_private_key(ec.SECP256R1())
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    (tmp_path / "kiosk-key.pem").write_bytes(pem)
     config = parse_config(
         {
-            "terminal": {"id": "kiosk-7", "terminal_authentication": True},
-            "server": {"url": "http://127.0.0.1:9", "terminal_key": str(tmp_path / "kiosk-key.pem")},
+            "terminal": {"id": "kiosk-7"},
+            "server": {"url": "http://127.0.0.1:9", "terminal_key": key},
             "chain": chain,
         }
     )
@@ -308,3 +326,77 @@ def test_terminal_authentication_from_config(tmp_path: Path) -> None:
     flow = kiosk.flow  # type: ignore[attr-defined]
     assert flow.authorization is not None and flow.authorization.terminal_id == "kiosk-7"
     assert flow.verifier.audience == "kiosk-7" and flow.authorization.certificate is None
+    assert flow.authorization.renewal_error and "unreachable" in flow.authorization.renewal_error
+
+
+def test_serve_without_a_server_says_what_to_add(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`kiosk serve` with a kiosk configuration that has no [server]: exit 1, one line naming the fix."""
+    from cityid.chain.network import CONTRACT_KEYS
+
+    addresses = "".join(f'{k} = "0x{str(i + 1) * 40}"\n' for i, k in enumerate(CONTRACT_KEYS))
+    config = tmp_path / "kiosk.toml"
+    config.write_text(
+        '[terminal]\nmode = "kiosk"\nport = 0\n'
+        '[chain]\nnetwork = "metadium"\nrpc = "http://127.0.0.1:9"\nchain_id = 11\n'
+        f"[chain.addresses]\n{addresses}",
+        "utf-8",
+    )
+    assert main(["serve", "--config", str(config)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "Traceback" not in err, err
+    assert "terminal authentication (the default) needs [server] url and terminal_key" in err
+    assert "terminal.terminal_authentication = false" in err
+
+
+@pytest.mark.parametrize(
+    ("mode", "says"),
+    [("counter", "answer ANY terminal"), ("kiosk", "cannot read cards that carry an authorization root")],
+)
+def test_an_explicit_opt_out_is_logged_loudly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, mode: str, says: str
+) -> None:
+    """``terminal_authentication = false`` (lab/test setups): no certificate, the configured audience, and a
+    warning at every start that says what it costs."""
+    import logging
+
+    from terminal.web_cli import _backends
+
+    config = parse_config(
+        {
+            "terminal": {"mode": mode, "id": "lab-1", "terminal_authentication": False},
+            "server": {"url": "http://127.0.0.1:9", "terminal_key": _terminal_key(tmp_path / "k.pem")},
+            **_inline_chain(),
+        },
+        "lab.toml",
+    )
+    with caplog.at_level(logging.WARNING, logger="terminal.web_cli"):
+        kiosk, counter = _backends(config)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any(m.startswith("lab.toml: terminal.terminal_authentication = false") and says in m
+               for m in warnings), warnings  # fmt: skip
+    if mode == "counter":
+        assert counter is not None and counter.enrollment.authorization is None  # type: ignore[attr-defined]
+    else:
+        assert kiosk is not None and kiosk.flow.authorization is None  # type: ignore[attr-defined]
+        assert kiosk.flow.verifier.audience == config.audience  # type: ignore[attr-defined]
+
+
+def test_a_bad_terminal_key_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every terminal loads its key now (terminal authentication): a missing or non-PEM file is one line."""
+    from cityid.chain.network import CONTRACT_KEYS
+
+    addresses = "".join(f'{k} = "0x{str(i + 1) * 40}"\n' for i, k in enumerate(CONTRACT_KEYS))
+    config = tmp_path / "kiosk.toml"
+    for name, content in (("none.pem", None), ("bad.pem", "not a key")):
+        if content is not None:
+            (tmp_path / name).write_text(content)
+        config.write_text(
+            '[terminal]\nport = 0\n[chain]\nnetwork = "metadium"\nrpc = "http://127.0.0.1:9"\nchain_id = 11\n'
+            f'[server]\nurl = "http://127.0.0.1:9"\nterminal_key = "{tmp_path / name}"\n'
+            f"[chain.addresses]\n{addresses}",
+            "utf-8",
+        )
+        assert main(["serve", "--config", str(config)]) == 1
+        err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+        assert len(err) == 1 and f"terminal key {tmp_path / name}" in err[0], err
+        assert "OpenSSLError" not in err[0] and "Traceback" not in err[0]

@@ -207,3 +207,23 @@ def test_server_without_answer_is_an_error_with_retry(
     )
     status, html = post(client, "enroll", ENROLL, tok)
     assert status == 503 and "cannot be reached right now" in html and 'id="retry"' in html
+
+
+def test_a_counter_without_terminal_certificate_says_so_and_offers_a_retry(
+    client: FlaskClient, counter: FakeCounterBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No authorization root from the city server (e.g. it has no [authorization_key]): the counter refuses
+    to personalize (docs/card-profile.md §Terminal authentication) and says why, not "technical"."""
+    from terminal.flows.authorization import TerminalCertificateMissingError
+
+    tok = signed_in(client)
+
+    def refused(*_: object) -> None:
+        raise TerminalCertificateMissingError("no root: city server: no authorization key is configured")
+
+    monkeypatch.setattr(counter, "enroll", refused)
+    status, html = post(client, "enroll", ENROLL, tok)
+    assert status == 503 and "no valid terminal certificate from the city server" in text(html)
+    assert "a new card is not touched" in text(html) and 'id="retry"' in html
+    assert "A server or chain problem" not in text(html)
+    assert not any(secret_inputs(html).values())
