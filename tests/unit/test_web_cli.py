@@ -305,9 +305,11 @@ def test_terminal_authentication_from_config(tmp_path: Path) -> None:
     chain = _inline_chain()["chain"]
     assert parse_config({"chain": chain}).terminal_authentication is True  # the default
     with pytest.raises(ConfigError) as exc:
-        _backends(parse_config({"terminal": {"id": "kiosk-7"}, "chain": chain}, "kiosk.toml"))
+        # a file in tmp_path: the cache and journal go beside the config, not into the working directory
+        _backends(parse_config({"terminal": {"id": "kiosk-7"}, "chain": chain}, str(tmp_path / "kiosk.toml")))
     message = str(exc.value)
-    assert "\n" not in message and message.startswith("kiosk.toml: terminal authentication (the default)")
+    assert "\n" not in message
+    assert message.startswith(f"{tmp_path / 'kiosk.toml'}: terminal authentication (the default)")
     assert "[server] url and terminal_key" in message and "terminal_authentication = false" in message
     key = _terminal_key(tmp_path / "kiosk-key.pem")
     with pytest.raises(ConfigError, match=r"needs \[server\] terminal_key:"):  # names only what is missing
