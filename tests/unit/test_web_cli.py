@@ -369,13 +369,13 @@ def test_an_explicit_opt_out_is_logged_loudly(
             "server": {"url": "http://127.0.0.1:9", "terminal_key": _terminal_key(tmp_path / "k.pem")},
             **_inline_chain(),
         },
-        "lab.toml",
+        str(tmp_path / "lab.toml"),  # the cache and journal go beside it, not into the working directory
     )
     with caplog.at_level(logging.WARNING, logger="terminal.web_cli"):
         kiosk, counter = _backends(config)
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-    assert any(m.startswith("lab.toml: terminal.terminal_authentication = false") and says in m
-               for m in warnings), warnings  # fmt: skip
+    start = f"{tmp_path / 'lab.toml'}: terminal.terminal_authentication = false"
+    assert any(m.startswith(start) and says in m for m in warnings), warnings
     if mode == "counter":
         assert counter is not None and counter.enrollment.authorization is None  # type: ignore[attr-defined]
     else:
