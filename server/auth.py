@@ -98,37 +98,44 @@ class RequestAuthenticator:
             raise AuthError("bad_signature", "signature is not base64url") from exc
         if len(raw) != 64:
             raise AuthError("bad_signature", "signature must be a 64-byte ES256 signature")
-        try:
-            with self.db.sessions() as s:
-                t = s.get(Terminal, terminal)
-        except SQLAlchemyError as exc:
-            raise AuthError("unavailable", "authentication store unavailable") from exc
-        if t is None or not t.active:
-            raise AuthError("unknown_terminal", "terminal unknown or disabled")
-        cached = self._keys.get(terminal)
-        if cached is None or cached[0] != t.public_key_pem:
-            try:
-                key = P256PublicKey.from_spki(t.public_key_pem.encode())
-            except KeyFormatError as exc:
-                logger.error("terminal %s has an unusable registered key", terminal[:64])
-                raise AuthError("unknown_terminal", "terminal unknown or disabled") from exc
-            cached = (t.public_key_pem, key)
-            self._keys[terminal] = cached
-        message = canonical_request(req.method, req.path, ts, nonce, req.body, clerk)
-        if not cached[1].verify_raw(raw, message):
-            self._audit(terminal, "bad_signature")
-            raise AuthError("bad_signature", "signature does not verify")
-        # Only after the signature: record the nonce (a forged request cannot burn a terminal's nonces).
+        # ONE short transaction: the terminal's row, the signature checked in memory, then the nonce recorded
+        # (only after the signature: a forged request cannot burn a terminal's nonces).
+        refused: str | None = None
         try:
             with self.db.sessions.begin() as s:
-                s.add(UsedNonce(terminal=terminal, nonce=nonce, seen_at=utcnow()))
+                t = s.get(Terminal, terminal)
+                if t is None or not t.active:
+                    raise AuthError("unknown_terminal", "terminal unknown or disabled")
+                key = self._key(terminal, t.public_key_pem)
+                message = canonical_request(req.method, req.path, ts, nonce, req.body, clerk)
+                if not key.verify_raw(raw, message):
+                    refused = "bad_signature"
+                else:
+                    s.add(UsedNonce(terminal=terminal, nonce=nonce, seen_at=utcnow()))
+                actor = Actor(t.name, t.office, t.role, clerk or "")
         except IntegrityError as exc:
             self._audit(terminal, "replay")
             raise AuthError("replayed", "request replayed (nonce already used)") from exc
         except SQLAlchemyError as exc:
             raise AuthError("unavailable", "authentication store unavailable") from exc
+        if refused:
+            self._audit(terminal, refused)
+            raise AuthError("bad_signature", "signature does not verify")
         self._prune(now)
-        return Actor(t.name, t.office, t.role, clerk or "")
+        return actor
+
+    def _key(self, terminal: str, pem: str) -> P256PublicKey:
+        """The terminal's registered key, parsed once per registered PEM (a re-registration replaces it)."""
+        cached = self._keys.get(terminal)
+        if cached is None or cached[0] != pem:
+            try:
+                key = P256PublicKey.from_spki(pem.encode())
+            except KeyFormatError as exc:
+                logger.error("terminal %s has an unusable registered key", terminal[:64])
+                raise AuthError("unknown_terminal", "terminal unknown or disabled") from exc
+            cached = (pem, key)
+            self._keys[terminal] = cached
+        return cached[1]
 
     def _audit(self, terminal: str, reason: str) -> None:
         try:

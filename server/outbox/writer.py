@@ -86,6 +86,7 @@ class OutboxWriter:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._cycle_lock = threading.Lock()
+        self._last_drain = -float("inf")  # monotonic time of the last drain that found rows
         self.last_error = ""
         self.reapplied = 0  # batches re-sent after the chain lost them (reorg / older snapshot)
 
@@ -111,15 +112,20 @@ class OutboxWriter:
             self.leader.release()
 
     def nudge(self) -> None:
-        """A request queued rows: run the next window now (if this process leads)."""
+        """A request queued rows: an idle leader runs a window now; a busy one keeps its pace (at most one
+        window per ``window_s`` under load — that is what makes batches), and a non-leader ignores it."""
         self._wake.set()
 
     def _loop(self) -> None:
         failures = 0
+        last_start = -float("inf")
         while not self._stop.is_set():
             busy = False
+            leading = False
             with self._cycle_lock:
                 if self.leader.acquire():
+                    leading = True
+                    last_start = time.monotonic()
                     try:
                         busy = self.cycle()
                         self.last_error, failures = "", 0
@@ -133,9 +139,20 @@ class OutboxWriter:
                         failures += 1
                         self.last_error = "unexpected"
                         logger.exception("chain writer cycle failed unexpectedly")
+            if not leading:
+                # Another instance leads: try again next window; a request's nudge does not make every
+                # instance open a connection to ask for the lock (one attempt per window, §Chain outbox).
+                self._stop.wait(self.window_s)
+                self._wake.clear()
+                continue
             pause = min(self.window_s, 0.05) if busy else self.window_s
             self._wake.wait(min(pause * (2 ** min(failures, 4)), 5.0))
             self._wake.clear()
+            # Woken by a nudge: never two cycles closer than the busy pace (receipt polling), whatever the
+            # request rate; the drain itself keeps to one per window under load (``cycle``).
+            gap = min(self.window_s, 0.05) - (time.monotonic() - last_start)
+            if gap > 0:
+                self._stop.wait(gap)
 
     def run_once(self) -> bool:
         """One window in the caller's thread (tests, ``wait`` without a writer thread); False if another
@@ -144,7 +161,7 @@ class OutboxWriter:
             if not self.leader.acquire():
                 return False
             try:
-                self.cycle()
+                self.cycle(force=True)
             finally:
                 if not self.running:
                     self.leader.release()
@@ -169,13 +186,22 @@ class OutboxWriter:
                     time.sleep(0.05)
 
     # ---- one window ----
-    def cycle(self) -> bool:
-        """Reconcile, then drain; True while work is in flight (the loop then polls faster)."""
+    def cycle(self, force: bool = False) -> bool:
+        """Reconcile, then drain (at most once per window unless ``force``: ``run_once``); True while work is
+        in flight (the loop then polls faster)."""
         if isinstance(self.port, DirectPort):
             return self._drain_direct()
         inflight = self._reconcile(self.port)
-        if self.leader.check():
-            inflight |= self._drain(self.port)
+        now = time.monotonic()
+        if (force or now - self._last_drain >= self.window_s) and self.leader.check():
+            # One drain per window under load (the batches), at once when the writer was idle a window.
+            self._last_drain = now
+            drained = self._drain(self.port)
+            inflight |= drained
+            if not drained:
+                self._last_drain = -float("inf")  # nothing was pending: the next nudge drains at once
+        elif not force:
+            inflight = True  # rows may be waiting for the next window: keep the busy pace
         if self.anchor_queue is not None and self.anchor_queue.due() and self.leader.check():
             self.port.forget_nonce()  # the queue sends through the registrar's own sender
             try:
