@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,9 @@ from cityid.keys import KeyFormatError, P256PublicKey
 from server.models import AuditEntry, Base, StatusAllocator, Terminal, TerminalRole
 
 logger = logging.getLogger(__name__)
+
+#: Advisory lock key serialising schema creation across instances (crc32 of a project constant).
+_INIT_LOCK = zlib.crc32(b"cityid-db-init")
 
 _TERMINAL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -83,7 +87,12 @@ class Database:
     def init(self, status_list_id: int = 1, capacity: int = 1 << 20) -> None:
         """Create tables (idempotent) and the allocator row of the status list."""
         try:
-            Base.metadata.create_all(self.engine)
+            with self.engine.begin() as conn:
+                if self.engine.dialect.name == "postgresql":
+                    # Instances started together must not race on CREATE TABLE (pg_type unique violation):
+                    # one at a time, the lock released at commit.
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _INIT_LOCK})
+                Base.metadata.create_all(conn)
             self._add_missing_columns()
             with self.sessions.begin() as s:
                 if s.get(StatusAllocator, status_list_id) is None:
