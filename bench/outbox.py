@@ -145,7 +145,7 @@ class _CpuMeter:
     def __init__(self, servers: list[int], db_url: str, node_pid: int | None) -> None:
         self.servers, self.db_url, self.node = servers, db_url, [node_pid] if node_pid else []
         self.pg0 = _cpu_by_pid(_pg_pids(db_url))
-        self.s0, self.n0 = _cpu_seconds(servers), _cpu_seconds(self.node)
+        self.s0, self.n0 = _cpu_by_pid(servers), _cpu_seconds(self.node)
         self.c0 = self._client()
 
     @staticmethod
@@ -157,8 +157,11 @@ class _CpuMeter:
 
     def stop(self) -> dict[str, float]:
         pg = _cpu_by_pid(_pg_pids(self.db_url))
+        servers = _cpu_by_pid(self.servers)
+        #: per instance, in start order (the chain writer's leader is the busiest)
+        self.instances = [servers.get(p, 0.0) - self.s0.get(p, 0.0) for p in self.servers]
         return {
-            "server": _cpu_seconds(self.servers) - self.s0,
+            "server": sum(self.instances),
             "postgres": sum(v - self.pg0.get(pid, 0.0) for pid, v in pg.items()),
             "node": _cpu_seconds(self.node) - self.n0,
             "client": self._client() - self.c0,
@@ -242,6 +245,8 @@ def _throughput(city: Any, tmp: Path, n: int, instances: int, node_pid: int | No
                 f"   server CPU per enrollment (all instances, incl. the writer) {per * 1e3:>7.1f} ms"
                 f"   → {cores} idle cores would serve ≤ {cores / per:,.0f}/s (load average now {load:.1f})"
             )
+            shares = " / ".join(f"{c / n * 1e3:.1f}" for c in meter.instances)
+            print(f"   … by instance (ms per enrollment of all; the writer runs in one): {shares}")
             whole = sum(cpu.values()) / n
             print(f"   CPU per enrollment, everything: {whole * 1e3:.1f} ms = server {per * 1e3:.1f}"
                   f" + PostgreSQL {cpu['postgres'] / n * 1e3:.1f} + node {cpu['node'] / n * 1e3:.1f}"

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from sqlalchemy import delete
+from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from cityid.errors import CityIdError
@@ -35,6 +35,11 @@ from server.models import AuditEntry, Terminal, UsedNonce, utcnow
 from server.service.scope import Actor
 
 logger = logging.getLogger(__name__)
+
+_TERMINAL_ROW = select(
+    Terminal.name, Terminal.public_key_pem, Terminal.active, Terminal.office, Terminal.role
+)
+_NONCE_INSERT = insert(UsedNonce.__table__)
 
 
 class AuthError(CityIdError):
@@ -102,8 +107,8 @@ class RequestAuthenticator:
         # (only after the signature: a forged request cannot burn a terminal's nonces).
         refused: str | None = None
         try:
-            with self.db.sessions.begin() as s:
-                t = s.get(Terminal, terminal)
+            with self.db.engine.begin() as conn:  # Core statements: the hot path of every request
+                t = conn.execute(_TERMINAL_ROW.where(Terminal.name == terminal)).one_or_none()
                 if t is None or not t.active:
                     raise AuthError("unknown_terminal", "terminal unknown or disabled")
                 key = self._key(terminal, t.public_key_pem)
@@ -111,7 +116,7 @@ class RequestAuthenticator:
                 if not key.verify_raw(raw, message):
                     refused = "bad_signature"
                 else:
-                    s.add(UsedNonce(terminal=terminal, nonce=nonce, seen_at=utcnow()))
+                    conn.execute(_NONCE_INSERT, {"terminal": terminal, "nonce": nonce, "seen_at": utcnow()})
                 actor = Actor(t.name, t.office, t.role, clerk or "")
         except IntegrityError as exc:
             self._audit(terminal, "replay")

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -93,6 +93,19 @@ class ServiceContext:
                 detail=detail[:200],
             )
         )
+
+    @staticmethod
+    def audit_many(
+        s: Session, actor: Any, entries: Sequence[tuple[str, str | None, str | None, str]]
+    ) -> None:
+        """:meth:`audit` for several ``(action, credential id, DID, detail)`` of one actor: one bulk INSERT
+        in the caller's transaction."""
+        terminal, clerk, at = getattr(actor, "terminal", actor), getattr(actor, "clerk", ""), utcnow()
+        s.execute(insert(AuditEntry), [
+            {"at": at, "actor": terminal, "clerk": clerk, "action": action, "credential_id": cred,
+             "citizen_did": did, "outcome": "ok", "detail": detail[:200]}
+            for action, cred, did, detail in entries
+        ])  # fmt: skip
 
     def audit_now(self, actor: Any, action: str, **kw: Any) -> None:
         """Audit in a transaction of its own (a failing audit write is logged, not raised)."""

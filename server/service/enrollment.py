@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -54,6 +54,11 @@ class Enrollment:
     retried: bool
     #: Outbox rows this request created, all pending at the answer (None: look them up, e.g. a retry).
     outbox_ids: tuple[int, ...] | None = None
+
+
+def _values(obj: Any) -> dict[str, Any]:
+    """The column values set on a transient ORM object (for a bulk INSERT; column defaults fill the rest)."""
+    return {c.key: v for c in obj.__table__.columns if (v := getattr(obj, c.key)) is not None}
 
 
 class Enrollments:
@@ -137,8 +142,8 @@ class Enrollments:
                         raise NotFoundError("unknown citizen DID")
                 else:
                     identity = ctx.chain.new_citizen_identity()
-                    citizen = Citizen(did=ctx.chain.did_for(identity), identity=identity)
-                    s.add(citizen)
+                    citizen = Citizen(did=ctx.chain.did_for(identity), identity=identity, created_at=utcnow())
+                    s.execute(insert(Citizen), [_values(citizen)])
                 row = Credential(
                     id=str(uuid.uuid4()),
                     idempotency_key=key,
@@ -151,15 +156,12 @@ class Enrollments:
                     state=CredentialState.PENDING.value,
                     terminal=terminal.terminal,
                     created_at=utcnow(),
-                    issue_count=0,
+                    key_on_chain=False,
                 )
                 # Chain writes in the same transaction (§Chain outbox); the status index last (block size 1:
                 # the allocator row every enrollment updates is locked only for what follows it).
                 queued = self._queue_in(s, terminal, row, card_point, citizen.identity)
                 index = row.status_index = ctx.allocate(s)
-                s.add(row)
-                ctx.audit(s, terminal, "enroll.reserve", cred=row.id, did=row.citizen_did,
-                          detail=f"status index {row.status_index}")  # fmt: skip
                 ctx.fault("reserved")
                 ctx.fault("superseded")
                 ctx.fault("chain")
@@ -172,7 +174,14 @@ class Enrollments:
                 row.credential_hash = issued.credential_hash
                 row.issued_at, row.expires_at = issued_at, expires_at
                 row.issue_count = 1
-                ctx.audit(s, terminal, "enroll.issue", cred=row.id, did=row.citizen_did, detail="issue #1")
+                row.updated_at = row.created_at
+                # Bulk statements, not the unit of work: the row (unique idempotency key: a concurrent
+                # request with the same key fails here) and its two audit entries in one statement.
+                s.execute(insert(Credential), [_values(row)])
+                ctx.audit_many(s, terminal, [
+                    ("enroll.reserve", row.id, row.citizen_did, f"status index {row.status_index}"),
+                    ("enroll.issue", row.id, row.citizen_did, "issue #1"),
+                ])  # fmt: skip
         except BaseException as exc:
             if index is not None:  # rolled back: the index goes to the next enrollment of this instance
                 ctx.unallocate(index)
