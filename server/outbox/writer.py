@@ -87,6 +87,8 @@ class OutboxWriter:
         self._thread: threading.Thread | None = None
         self._cycle_lock = threading.Lock()
         self._last_drain = -float("inf")  # monotonic time of the last drain that found rows
+        self._last_recheck = -float("inf")  # … of the last canonical check of confirmed batches
+        self._skipped = False  # the last cycle left the drain for the next window
         self.last_error = ""
         self.reapplied = 0  # batches re-sent after the chain lost them (reorg / older snapshot)
 
@@ -145,12 +147,15 @@ class OutboxWriter:
                 self._stop.wait(self.window_s)
                 self._wake.clear()
                 continue
-            pause = min(self.window_s, 0.05) if busy else self.window_s
+            poll = min(self.window_s, 0.05)  # receipt polling while batches are in flight
+            due = self._last_drain + self.window_s  # the next drain, when this one was skipped
+            pause = poll if busy else max(0.0, due - time.monotonic()) if self._skipped else self.window_s
             self._wake.wait(min(pause * (2 ** min(failures, 4)), 5.0))
             self._wake.clear()
-            # Woken by a nudge: never two cycles closer than the busy pace (receipt polling), whatever the
-            # request rate; the drain itself keeps to one per window under load (``cycle``).
-            gap = min(self.window_s, 0.05) - (time.monotonic() - last_start)
+            # Woken by a nudge: never two cycles closer than the receipt poll, and no cycle before the
+            # next drain is due when nothing is in flight, whatever the request rate.
+            earliest = last_start + poll if busy or not self._skipped else max(due, last_start + poll)
+            gap = earliest - time.monotonic()
             if gap > 0:
                 self._stop.wait(gap)
 
@@ -191,7 +196,7 @@ class OutboxWriter:
         in flight (the loop then polls faster)."""
         if isinstance(self.port, DirectPort):
             return self._drain_direct()
-        inflight = self._reconcile(self.port)
+        inflight = self._reconcile(self.port, force)
         now = time.monotonic()
         if (force or now - self._last_drain >= self.window_s) and self.leader.check():
             # One drain per window under load (the batches), at once when the writer was idle a window.
@@ -200,8 +205,7 @@ class OutboxWriter:
             inflight |= drained
             if not drained:
                 self._last_drain = -float("inf")  # nothing was pending: the next nudge drains at once
-        elif not force:
-            inflight = True  # rows may be waiting for the next window: keep the busy pace
+        self._skipped = not force and now - self._last_drain < self.window_s
         if self.anchor_queue is not None and self.anchor_queue.due() and self.leader.check():
             self.port.forget_nonce()  # the queue sends through the registrar's own sender
             try:
@@ -363,10 +367,13 @@ class OutboxWriter:
         return max(pending, (top + 1) if top is not None else 0)
 
     # ---- reconciliation ----
-    def _reconcile(self, port: TxPort) -> bool:
+    def _reconcile(self, port: TxPort, force: bool = False) -> bool:
         latest = port.nonce("latest")
         head = port.head()
-        self._recheck_confirmed(port, latest)
+        now = time.monotonic()
+        if force or now - self._last_recheck >= self.window_s:  # every window, not every receipt poll
+            self._last_recheck = now
+            self._recheck_confirmed(port, latest)
         with self.db.sessions() as s:
             batches = list(
                 s.scalars(
