@@ -34,8 +34,12 @@ class TerminalAdminError(CityIdError, ValueError):
     """A terminal registration request is invalid (bad name, bad key, duplicate, unknown)."""
 
 
-def make_engine(url: str) -> Engine:
-    """Create an engine; SQLite gets a busy timeout and foreign keys, PostgreSQL uses psycopg 3."""
+def make_engine(url: str, pool_size: int | None = None) -> Engine:
+    """Create an engine; SQLite gets a busy timeout and foreign keys, PostgreSQL uses psycopg 3.
+
+    ``pool_size``: connections kept open (PostgreSQL): at least the serving threads plus the chain writer's
+    two (its work and its lock), so a busy instance does not open and close overflow connections (a
+    backend process each) between requests."""
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     kwargs: dict[str, Any] = {"future": True}
@@ -45,6 +49,8 @@ def make_engine(url: str) -> Engine:
             kwargs["poolclass"] = StaticPool  # one shared in-memory database
     else:
         kwargs["pool_pre_ping"] = True
+        if pool_size is not None:
+            kwargs["pool_size"] = pool_size
     try:
         engine = create_engine(url, **kwargs)
     except (SQLAlchemyError, ImportError) as exc:
@@ -78,8 +84,8 @@ class Database:
     engine: Engine
 
     @classmethod
-    def from_url(cls, url: str) -> Database:
-        return cls(make_engine(url))
+    def from_url(cls, url: str, pool_size: int | None = None) -> Database:
+        return cls(make_engine(url, pool_size))
 
     def __post_init__(self) -> None:
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
