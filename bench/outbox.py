@@ -138,13 +138,29 @@ def _pg_pids(db_url: str) -> list[int]:
     return [int(r[0]) for r in rows]
 
 
+def _pg_cpu(db_url: str) -> dict[int, float]:
+    """CPU seconds per live PostgreSQL process, and under key 0 the postmaster's own time plus that of its
+    children that have exited (backends of closed connections: ``cutime``/``cstime``)."""
+    pids = _pg_pids(db_url)
+    out = _cpu_by_pid(pids)
+    ticks = os.sysconf("SC_CLK_TCK")
+    for pid in pids[:1]:
+        try:
+            ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            f = Path(f"/proc/{ppid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[0] = sum(int(x) for x in f[11:15]) / ticks
+    return out
+
+
 class _CpuMeter:
     """CPU seconds spent during a run by the server instances, PostgreSQL, the node and this load
     generator (``/proc``, ``getrusage``): a cost per enrollment that others on the same cores do not skew."""
 
     def __init__(self, servers: list[int], db_url: str, node_pid: int | None) -> None:
         self.servers, self.db_url, self.node = servers, db_url, [node_pid] if node_pid else []
-        self.pg0 = _cpu_by_pid(_pg_pids(db_url))
+        self.pg0 = _pg_cpu(db_url)
         self.s0, self.n0 = _cpu_by_pid(servers), _cpu_seconds(self.node)
         self.c0 = self._client()
 
@@ -156,7 +172,7 @@ class _CpuMeter:
         return ru.ru_utime + ru.ru_stime
 
     def stop(self) -> dict[str, float]:
-        pg = _cpu_by_pid(_pg_pids(self.db_url))
+        pg = _pg_cpu(self.db_url)
         servers = _cpu_by_pid(self.servers)
         #: per instance, in start order (the chain writer's leader is the busiest)
         self.instances = [servers.get(p, 0.0) - self.s0.get(p, 0.0) for p in self.servers]
