@@ -114,21 +114,81 @@ def _postgres() -> Any:
 
 def _cpu_seconds(pids: list[int]) -> float:
     """User + system CPU time of these processes (Linux /proc), to separate cost from machine contention."""
+    return sum(_cpu_by_pid(pids).values())
+
+
+def _cpu_by_pid(pids: list[int]) -> dict[int, float]:
     ticks = os.sysconf("SC_CLK_TCK")
-    total = 0.0
+    out = {}
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += (int(fields[11]) + int(fields[12])) / ticks
-    return total
+        out[pid] = (int(fields[11]) + int(fields[12])) / ticks
+    return out
 
 
-def _throughput(city: Any, tmp: Path, n: int, instances: int) -> None:
+def _pg_pids(db_url: str) -> list[int]:
+    """Every process of this PostgreSQL server that has a row in pg_stat_activity (backends, walwriter, …)."""
+    import psycopg
+
+    with psycopg.connect(db_url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as c:
+        rows = c.execute("SELECT pid FROM pg_stat_activity WHERE pid <> pg_backend_pid()").fetchall()
+    return [int(r[0]) for r in rows]
+
+
+def _pg_cpu(db_url: str) -> dict[int, float]:
+    """CPU seconds per live PostgreSQL process, and under key 0 the postmaster's own time plus that of its
+    children that have exited (backends of closed connections: ``cutime``/``cstime``)."""
+    pids = _pg_pids(db_url)
+    out = _cpu_by_pid(pids)
+    ticks = os.sysconf("SC_CLK_TCK")
+    for pid in pids[:1]:
+        try:
+            ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            f = Path(f"/proc/{ppid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[0] = sum(int(x) for x in f[11:15]) / ticks
+    return out
+
+
+class _CpuMeter:
+    """CPU seconds spent during a run by the server instances, PostgreSQL, the node and this load
+    generator (``/proc``, ``getrusage``): a cost per enrollment that others on the same cores do not skew."""
+
+    def __init__(self, servers: list[int], db_url: str, node_pid: int | None) -> None:
+        self.servers, self.db_url, self.node = servers, db_url, [node_pid] if node_pid else []
+        self.pg0 = _pg_cpu(db_url)
+        self.s0, self.n0 = _cpu_by_pid(servers), _cpu_seconds(self.node)
+        self.c0 = self._client()
+
+    @staticmethod
+    def _client() -> float:
+        import resource
+
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        return ru.ru_utime + ru.ru_stime
+
+    def stop(self) -> dict[str, float]:
+        pg = _pg_cpu(self.db_url)
+        servers = _cpu_by_pid(self.servers)
+        #: per instance, in start order (the chain writer's leader is the busiest)
+        self.instances = [servers.get(p, 0.0) - self.s0.get(p, 0.0) for p in self.servers]
+        return {
+            "server": sum(self.instances),
+            "postgres": sum(v - self.pg0.get(pid, 0.0) for pid, v in pg.items()),
+            "node": _cpu_seconds(self.node) - self.n0,
+            "client": self._client() - self.c0,
+        }
+
+
+def _throughput(city: Any, tmp: Path, n: int, instances: int, node_pid: int | None = None) -> None:
     import requests
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
+    from requests.adapters import HTTPAdapter
 
     from terminal.server_client import ServerClient
     from tests.integration.outbox_support import free_port
@@ -163,7 +223,15 @@ def _throughput(city: Any, tmp: Path, n: int, instances: int) -> None:
                             tail = Path(log.name).read_text()[-1500:]
                             raise RuntimeError("serve did not start: " + tail) from None
                         time.sleep(0.2)
-            clients = [ServerClient(u, "counter-1", tkey, clerk="clerk-bench", timeout=60) for u in urls]
+            threads = 8 * instances
+
+            def session() -> requests.Session:  # one kept-alive connection per thread (no reconnects)
+                sess = requests.Session()
+                sess.mount("http://", HTTPAdapter(pool_connections=1, pool_maxsize=threads))
+                return sess
+
+            clients = [ServerClient(u, "counter-1", tkey, clerk="clerk-bench", timeout=60, session=session())
+                       for u in urls]  # fmt: skip
             points = [_point() for _ in range(n)]
             latency: list[float] = []
 
@@ -173,12 +241,13 @@ def _throughput(city: Any, tmp: Path, n: int, instances: int) -> None:
                 latency.append(time.perf_counter() - t0)
                 return r
 
-            cpu0 = _cpu_seconds([p.pid for p in procs])
+            meter = _CpuMeter([p.pid for p in procs], db_url, node_pid)
             t0 = time.monotonic()
-            with ThreadPoolExecutor(max_workers=8 * instances) as pool:
+            with ThreadPoolExecutor(max_workers=threads) as pool:
                 results = list(pool.map(enroll, range(n)))
             answered = time.monotonic() - t0
-            server_cpu = _cpu_seconds([p.pid for p in procs]) - cpu0
+            cpu = meter.stop()
+            server_cpu = cpu["server"]
             while requests.get(f"{urls[0]}/health", timeout=5).json()["outbox"]["depth"] > 0:
                 if time.monotonic() - t0 > 300:
                     break
@@ -192,6 +261,13 @@ def _throughput(city: Any, tmp: Path, n: int, instances: int) -> None:
                 f"   server CPU per enrollment (all instances, incl. the writer) {per * 1e3:>7.1f} ms"
                 f"   → {cores} idle cores would serve ≤ {cores / per:,.0f}/s (load average now {load:.1f})"
             )
+            shares = " / ".join(f"{c / n * 1e3:.1f}" for c in meter.instances)
+            print(f"   … by instance (ms per enrollment of all; the writer runs in one): {shares}")
+            whole = sum(cpu.values()) / n
+            print(f"   CPU per enrollment, everything: {whole * 1e3:.1f} ms = server {per * 1e3:.1f}"
+                  f" + PostgreSQL {cpu['postgres'] / n * 1e3:.1f} + node {cpu['node'] / n * 1e3:.1f}"
+                  f" + load generator {cpu['client'] / n * 1e3:.1f}"
+                  f"   → {cores} idle cores ≤ {cores / whole:,.0f}/s")  # fmt: skip
             _fmt("clerk-visible latency until 'issued' under that load", latency)
             # until confirmed, one clerk at a time (the batch window dominates)
             chain_wait = []
@@ -221,4 +297,4 @@ def run(args: Any) -> None:
     with tempfile.TemporaryDirectory() as tmp, AnvilNode() as node:
         city = build_city(node.url, Path(tmp))
         _gas(city, Path(tmp), 3 if quick else 14)
-        _throughput(city, Path(tmp), 200 if quick else 1000, 4)
+        _throughput(city, Path(tmp), 200 if quick else 1000, 4, node.proc.pid)

@@ -64,13 +64,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace, stop: threading.Event) -> int:
     from cityid.serving import ServingLimits, WsgiServer, bind_listener, flask_route_of
     from server.app import create_app
+    from server.db import Database
 
     cfg = _config(args)
     sock = bind_listener(args.host, args.port)  # "port in use" before the start-up, not after it
     if not args.no_access_log:
         logging.getLogger("cityid.access").setLevel(logging.INFO)  # route templates only, no personal data
     progress(f"opening database, issuer key ({cfg.issuer_key.source}) and chain ({cfg.chain})")
-    app = create_app(cfg)
+    # a kept connection per serving thread, plus the chain writer's work and lock connections
+    app = create_app(cfg, db=Database.from_url(cfg.database_url, pool_size=args.threads + 3))
     did = app.extensions["cityid.service"].issuer_did
     limits = ServingLimits(threads=args.threads, max_body_bytes=cfg.max_body_bytes, idle_timeout_s=30)
     http = WsgiServer(

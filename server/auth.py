@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from sqlalchemy import delete
+from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from cityid.errors import CityIdError
@@ -35,6 +35,11 @@ from server.models import AuditEntry, Terminal, UsedNonce, utcnow
 from server.service.scope import Actor
 
 logger = logging.getLogger(__name__)
+
+_TERMINAL_ROW = select(
+    Terminal.name, Terminal.public_key_pem, Terminal.active, Terminal.office, Terminal.role
+)
+_NONCE_INSERT = insert(UsedNonce.__table__)
 
 
 class AuthError(CityIdError):
@@ -98,37 +103,44 @@ class RequestAuthenticator:
             raise AuthError("bad_signature", "signature is not base64url") from exc
         if len(raw) != 64:
             raise AuthError("bad_signature", "signature must be a 64-byte ES256 signature")
+        # ONE short transaction: the terminal's row, the signature checked in memory, then the nonce recorded
+        # (only after the signature: a forged request cannot burn a terminal's nonces).
+        refused: str | None = None
         try:
-            with self.db.sessions() as s:
-                t = s.get(Terminal, terminal)
-        except SQLAlchemyError as exc:
-            raise AuthError("unavailable", "authentication store unavailable") from exc
-        if t is None or not t.active:
-            raise AuthError("unknown_terminal", "terminal unknown or disabled")
-        cached = self._keys.get(terminal)
-        if cached is None or cached[0] != t.public_key_pem:
-            try:
-                key = P256PublicKey.from_spki(t.public_key_pem.encode())
-            except KeyFormatError as exc:
-                logger.error("terminal %s has an unusable registered key", terminal[:64])
-                raise AuthError("unknown_terminal", "terminal unknown or disabled") from exc
-            cached = (t.public_key_pem, key)
-            self._keys[terminal] = cached
-        message = canonical_request(req.method, req.path, ts, nonce, req.body, clerk)
-        if not cached[1].verify_raw(raw, message):
-            self._audit(terminal, "bad_signature")
-            raise AuthError("bad_signature", "signature does not verify")
-        # Only after the signature: record the nonce (a forged request cannot burn a terminal's nonces).
-        try:
-            with self.db.sessions.begin() as s:
-                s.add(UsedNonce(terminal=terminal, nonce=nonce, seen_at=utcnow()))
+            with self.db.engine.begin() as conn:  # Core statements: the hot path of every request
+                t = conn.execute(_TERMINAL_ROW.where(Terminal.name == terminal)).one_or_none()
+                if t is None or not t.active:
+                    raise AuthError("unknown_terminal", "terminal unknown or disabled")
+                key = self._key(terminal, t.public_key_pem)
+                message = canonical_request(req.method, req.path, ts, nonce, req.body, clerk)
+                if not key.verify_raw(raw, message):
+                    refused = "bad_signature"
+                else:
+                    conn.execute(_NONCE_INSERT, {"terminal": terminal, "nonce": nonce, "seen_at": utcnow()})
+                actor = Actor(t.name, t.office, t.role, clerk or "")
         except IntegrityError as exc:
             self._audit(terminal, "replay")
             raise AuthError("replayed", "request replayed (nonce already used)") from exc
         except SQLAlchemyError as exc:
             raise AuthError("unavailable", "authentication store unavailable") from exc
+        if refused:
+            self._audit(terminal, refused)
+            raise AuthError("bad_signature", "signature does not verify")
         self._prune(now)
-        return Actor(t.name, t.office, t.role, clerk or "")
+        return actor
+
+    def _key(self, terminal: str, pem: str) -> P256PublicKey:
+        """The terminal's registered key, parsed once per registered PEM (a re-registration replaces it)."""
+        cached = self._keys.get(terminal)
+        if cached is None or cached[0] != pem:
+            try:
+                key = P256PublicKey.from_spki(pem.encode())
+            except KeyFormatError as exc:
+                logger.error("terminal %s has an unusable registered key", terminal[:64])
+                raise AuthError("unknown_terminal", "terminal unknown or disabled") from exc
+            cached = (pem, key)
+            self._keys[terminal] = cached
+        return cached[1]
 
     def _audit(self, terminal: str, reason: str) -> None:
         try:

@@ -70,6 +70,9 @@ class ServerConfig:
     management_key: ManagementKeyConfig = field(default_factory=ManagementKeyConfig)
     status_list_id: int = 1
     status_list_capacity: int = 1 << 20
+    #: Status indexes an instance reserves at a time (docs/server.md §Status indexes): 0 = automatic (256 on
+    #: PostgreSQL, where several instances share the allocator row; 1 on SQLite: one process, no gaps).
+    status_index_block: int = 0
     credential_validity_days: int = 5 * 365
     auth_window_seconds: int = 60
     max_body_bytes: int = 64 * 1024
@@ -104,7 +107,7 @@ SECRET_ENV = (
 
 # The [server] table's settings (docs/server.md §Configuration is tested against these and IssuerKeyConfig).
 SERVER_KEYS = (
-    "database_url", "chain", "issuer_did", "status_list_id", "status_list_capacity",
+    "database_url", "chain", "issuer_did", "status_list_id", "status_list_capacity", "status_index_block",
     "credential_validity_days", "auth_window_seconds", "max_body_bytes",
     "chain_window_ms", "chain_confirmations", "chain_wait_ms", "terminal_certificate_seconds",
 )  # fmt: skip
@@ -196,7 +199,7 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
     for k in ("database_url", "chain", "issuer_did"):
         if k in server:
             values[k] = str(server[k])
-    for k in ("status_list_id", "status_list_capacity", "credential_validity_days",
+    for k in ("status_list_id", "status_list_capacity", "status_index_block", "credential_validity_days",
               "auth_window_seconds", "max_body_bytes", "chain_window_ms", "chain_confirmations",
               "chain_wait_ms", "terminal_certificate_seconds"):  # fmt: skip
         if k in server:
@@ -259,4 +262,6 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
         raise ConfigError("chain_window_ms must be within 10..60000, chain_confirmations within 1..64")
     if not 0 <= cfg.chain_wait_ms <= 60_000:
         raise ConfigError("chain_wait_ms must be within 0..60000")
+    if not 0 <= cfg.status_index_block <= 65_536:
+        raise ConfigError("status_index_block must be within 0..65536 (0: automatic)")
     return cfg

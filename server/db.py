@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,9 @@ from server.models import AuditEntry, Base, StatusAllocator, Terminal, TerminalR
 
 logger = logging.getLogger(__name__)
 
+#: Advisory lock key serialising schema creation across instances (crc32 of a project constant).
+_INIT_LOCK = zlib.crc32(b"cityid-db-init")
+
 _TERMINAL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -30,8 +34,12 @@ class TerminalAdminError(CityIdError, ValueError):
     """A terminal registration request is invalid (bad name, bad key, duplicate, unknown)."""
 
 
-def make_engine(url: str) -> Engine:
-    """Create an engine; SQLite gets a busy timeout and foreign keys, PostgreSQL uses psycopg 3."""
+def make_engine(url: str, pool_size: int | None = None) -> Engine:
+    """Create an engine; SQLite gets a busy timeout and foreign keys, PostgreSQL uses psycopg 3.
+
+    ``pool_size``: connections kept open (PostgreSQL): at least the serving threads plus the chain writer's
+    two (its work and its lock), so a busy instance does not open and close overflow connections (a
+    backend process each) between requests."""
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     kwargs: dict[str, Any] = {"future": True}
@@ -41,6 +49,8 @@ def make_engine(url: str) -> Engine:
             kwargs["poolclass"] = StaticPool  # one shared in-memory database
     else:
         kwargs["pool_pre_ping"] = True
+        if pool_size is not None:
+            kwargs["pool_size"] = pool_size
     try:
         engine = create_engine(url, **kwargs)
     except (SQLAlchemyError, ImportError) as exc:
@@ -74,8 +84,8 @@ class Database:
     engine: Engine
 
     @classmethod
-    def from_url(cls, url: str) -> Database:
-        return cls(make_engine(url))
+    def from_url(cls, url: str, pool_size: int | None = None) -> Database:
+        return cls(make_engine(url, pool_size))
 
     def __post_init__(self) -> None:
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
@@ -83,7 +93,12 @@ class Database:
     def init(self, status_list_id: int = 1, capacity: int = 1 << 20) -> None:
         """Create tables (idempotent) and the allocator row of the status list."""
         try:
-            Base.metadata.create_all(self.engine)
+            with self.engine.begin() as conn:
+                if self.engine.dialect.name == "postgresql":
+                    # Instances started together must not race on CREATE TABLE (pg_type unique violation):
+                    # one at a time, the lock released at commit.
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _INIT_LOCK})
+                Base.metadata.create_all(conn)
             self._add_missing_columns()
             with self.sessions.begin() as s:
                 if s.get(StatusAllocator, status_list_id) is None:

@@ -12,7 +12,7 @@ from cityid.jose import b64url_encode
 from server.api import validate as v
 from server.auth import AuthError, RequestAuthenticator, SignedRequest
 from server.outbox import OutboxWriter, progress
-from server.outbox.store import progress_for
+from server.outbox.store import just_queued, progress_for
 from server.service import (
     CredentialInfo,
     Enrollment,
@@ -65,9 +65,12 @@ def _writer() -> OutboxWriter:
     return current_app.extensions["cityid.outbox"]
 
 
-def _chain(credential_ids: Sequence[str] = (), point: bytes | None = None) -> dict[str, Any]:
+def _chain(
+    credential_ids: Sequence[str] = (), point: bytes | None = None, queued: Sequence[int] | None = None
+) -> dict[str, Any]:
     """Where the request's chain writes stand (docs/server.md §Chain outbox). ``?wait=<seconds>`` (≤ 30;
-    default the server's ``chain_wait_ms``) waits for them to be confirmed first."""
+    default the server's ``chain_wait_ms``) waits for them to be confirmed first. ``queued``: the rows this
+    request has just committed (then no query)."""
     writer = _writer()
     raw = request.args.get("wait")
     try:
@@ -76,7 +79,10 @@ def _chain(credential_ids: Sequence[str] = (), point: bytes | None = None) -> di
         raise ValidationError("wait must be a number of seconds") from exc
     if not 0 <= wait <= 30:
         raise ValidationError("wait must be within 0..30 seconds")
-    now = progress_for(writer.db, credential_ids, point, writer.window_s)  # one query
+    if queued is not None:
+        now = just_queued(queued, writer.window_s)
+    else:
+        now = progress_for(writer.db, credential_ids, point, writer.window_s)  # one query
     if wait > 0 and not now.final:
         return writer.wait(now.ids, wait).to_json()
     if not now.final:
@@ -94,7 +100,7 @@ def _enrollment_json(e: Enrollment) -> dict[str, Any]:
         "vct": e.record.vct,
         "card_record": b64url_encode(e.record.encode()),
         "retried": e.retried,
-        "chain": _chain([e.credential_id]),
+        "chain": _chain([e.credential_id], queued=e.outbox_ids),
     }
 
 

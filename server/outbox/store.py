@@ -86,6 +86,13 @@ def progress(db: Database, ids: Sequence[int], window_s: float = 1.0) -> ChainWr
     return _aggregate(ids, states, window_s)
 
 
+def just_queued(ids: Sequence[int], window_s: float = 1.0) -> ChainWrite:
+    """:func:`progress` of rows this request has just committed (pending; no query needed)."""
+    if not ids:
+        return ChainWrite((), OutboxState.CONFIRMED.value, 0.0)
+    return _aggregate(ids, [OutboxState.PENDING.value] * len(ids), window_s)
+
+
 def progress_for(
     db: Database, credential_ids: Sequence[str] = (), point: bytes | None = None, window_s: float = 1.0
 ) -> ChainWrite:

@@ -86,6 +86,10 @@ class OutboxWriter:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._cycle_lock = threading.Lock()
+        self._last_drain = -float("inf")  # monotonic time of the last drain that found rows
+        self._last_recheck = -float("inf")  # … of the last canonical check of confirmed batches
+        self._skipped = False  # the last cycle left the drain for the next window
+        self._last_anchors = -float("inf")  # … of the last anchor recheck and flush
         self.last_error = ""
         self.reapplied = 0  # batches re-sent after the chain lost them (reorg / older snapshot)
         self._state_lost = False  # the node lost confirmed writes: recheck every anchor root next window
@@ -112,15 +116,20 @@ class OutboxWriter:
             self.leader.release()
 
     def nudge(self) -> None:
-        """A request queued rows: run the next window now (if this process leads)."""
+        """A request queued rows: an idle leader runs a window now; a busy one keeps its pace (at most one
+        window per ``window_s`` under load — that is what makes batches), and a non-leader ignores it."""
         self._wake.set()
 
     def _loop(self) -> None:
         failures = 0
+        last_start = -float("inf")
         while not self._stop.is_set():
             busy = False
+            leading = False
             with self._cycle_lock:
                 if self.leader.acquire():
+                    leading = True
+                    last_start = time.monotonic()
                     try:
                         busy = self.cycle()
                         self.last_error, failures = "", 0
@@ -134,9 +143,23 @@ class OutboxWriter:
                         failures += 1
                         self.last_error = "unexpected"
                         logger.exception("chain writer cycle failed unexpectedly")
-            pause = min(self.window_s, 0.05) if busy else self.window_s
+            if not leading:
+                # Another instance leads: try again next window; a request's nudge does not make every
+                # instance open a connection to ask for the lock (one attempt per window, §Chain outbox).
+                self._stop.wait(self.window_s)
+                self._wake.clear()
+                continue
+            poll = min(self.window_s, 0.05)  # receipt polling while batches are in flight
+            due = self._last_drain + self.window_s  # the next drain, when this one was skipped
+            pause = poll if busy else max(0.0, due - time.monotonic()) if self._skipped else self.window_s
             self._wake.wait(min(pause * (2 ** min(failures, 4)), 5.0))
             self._wake.clear()
+            # Woken by a nudge: never two cycles closer than the receipt poll, and no cycle before the
+            # next drain is due when nothing is in flight, whatever the request rate.
+            earliest = last_start + poll if busy or not self._skipped else max(due, last_start + poll)
+            gap = earliest - time.monotonic()
+            if gap > 0:
+                self._stop.wait(gap)
 
     def run_once(self) -> bool:
         """One window in the caller's thread (tests, ``wait`` without a writer thread); False if another
@@ -145,7 +168,7 @@ class OutboxWriter:
             if not self.leader.acquire():
                 return False
             try:
-                self.cycle()
+                self.cycle(force=True)
             finally:
                 if not self.running:
                     self.leader.release()
@@ -170,14 +193,24 @@ class OutboxWriter:
                     time.sleep(0.05)
 
     # ---- one window ----
-    def cycle(self) -> bool:
-        """Reconcile, then drain; True while work is in flight (the loop then polls faster)."""
+    def cycle(self, force: bool = False) -> bool:
+        """Reconcile, then drain (at most once per window unless ``force``: ``run_once``); True while work is
+        in flight (the loop then polls faster)."""
         if isinstance(self.port, DirectPort):
             return self._drain_direct()
-        inflight = self._reconcile(self.port)
-        if self.leader.check():
-            inflight |= self._drain(self.port)
-        if self.anchor_queue is not None and self.leader.check():
+        inflight = self._reconcile(self.port, force)
+        now = time.monotonic()
+        if (force or now - self._last_drain >= self.window_s) and self.leader.check():
+            # One drain per window under load (the batches), at once when the writer was idle a window.
+            self._last_drain = now
+            drained = self._drain(self.port)
+            inflight |= drained
+            if not drained:
+                self._last_drain = -float("inf")  # nothing was pending: the next nudge drains at once
+        self._skipped = not force and now - self._last_drain < self.window_s
+        anchors_due = force or now - self._last_anchors >= self.window_s  # once per window, like the recheck
+        if self.anchor_queue is not None and anchors_due and self.leader.check():
+            self._last_anchors = now
             self._anchors(self.port)
         return inflight
 
@@ -348,10 +381,13 @@ class OutboxWriter:
         return max(pending, (top + 1) if top is not None else 0)
 
     # ---- reconciliation ----
-    def _reconcile(self, port: TxPort) -> bool:
+    def _reconcile(self, port: TxPort, force: bool = False) -> bool:
         latest = port.nonce("latest")
         head = port.head()
-        self._recheck_confirmed(port, latest)
+        now = time.monotonic()
+        if force or now - self._last_recheck >= self.window_s:  # every window, not every receipt poll
+            self._last_recheck = now
+            self._recheck_confirmed(port, latest)
         with self.db.sessions() as s:
             batches = list(
                 s.scalars(

@@ -9,11 +9,12 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -58,6 +59,8 @@ class ServiceContext:
     vct: str = vc.VCT
     issuer_did: str = ""
     fault: Callable[[str], None] = field(default=lambda step: None)
+    _pool: list[int] = field(default_factory=list, init=False, repr=False)  # this instance's block
+    _pool_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def status_ref(self, row: Credential) -> StatusRef:
         return StatusRef(
@@ -91,6 +94,19 @@ class ServiceContext:
             )
         )
 
+    @staticmethod
+    def audit_many(
+        s: Session, actor: Any, entries: Sequence[tuple[str, str | None, str | None, str]]
+    ) -> None:
+        """:meth:`audit` for several ``(action, credential id, DID, detail)`` of one actor: one bulk INSERT
+        in the caller's transaction."""
+        terminal, clerk, at = getattr(actor, "terminal", actor), getattr(actor, "clerk", ""), utcnow()
+        s.execute(insert(AuditEntry), [
+            {"at": at, "actor": terminal, "clerk": clerk, "action": action, "credential_id": cred,
+             "citizen_did": did, "outcome": "ok", "detail": detail[:200]}
+            for action, cred, did, detail in entries
+        ])  # fmt: skip
+
     def audit_now(self, actor: Any, action: str, **kw: Any) -> None:
         """Audit in a transaction of its own (a failing audit write is logged, not raised)."""
         try:
@@ -108,19 +124,49 @@ class ServiceContext:
             enqueue_status(s, r.status_list_id, r.status_index, int(status), r.id)
 
     def allocate(self, s: Session) -> int:
-        """Take the next status index inside the caller's transaction (rolled back with it)."""
+        """A status index for a credential created in the caller's transaction (docs/server.md §Status
+        indexes). Block size 1: taken from the allocator row inside that transaction (rolled back with it,
+        no gap ever). Larger blocks: from this instance's reserved block, refilled in a short transaction of
+        its own, so instances do not queue on the one allocator row; give it back with :meth:`unallocate`
+        if the caller's transaction fails."""
+        if self.index_block <= 1:
+            return self._take(s, 1)[0]
+        with self._pool_lock:
+            if not self._pool:
+                try:
+                    with self.db.sessions.begin() as own:
+                        self._pool.extend(self._take(own, self.index_block))
+                except SQLAlchemyError as exc:
+                    raise StorageUnavailableError("database unavailable") from exc
+            return self._pool.pop(0)
+
+    def unallocate(self, index: int) -> None:
+        """An index from :meth:`allocate` whose credential was rolled back: used for the next one."""
+        if self.index_block > 1:
+            with self._pool_lock:
+                self._pool.insert(0, index)
+
+    @property
+    def index_block(self) -> int:
+        n = self.config.status_index_block
+        return n if n > 0 else (256 if self.db.engine.dialect.name == "postgresql" else 1)
+
+    def _take(self, s: Session, n: int) -> list[int]:
+        """Advance the allocator row by ``n`` in transaction ``s`` (by 1 when fewer than ``n`` are left)."""
         list_id = self.config.status_list_id
-        index = s.execute(
-            update(StatusAllocator)
-            .where(StatusAllocator.list_id == list_id, StatusAllocator.next_index < StatusAllocator.capacity)
-            .values(next_index=StatusAllocator.next_index + 1)
-            .returning(StatusAllocator.next_index)
-        ).scalar_one_or_none()
-        if index is None:
-            if s.get(StatusAllocator, list_id) is None:
-                raise StorageUnavailableError("database not initialised (run: city-server db init)")
-            raise CapacityError(f"status list {list_id} is full")
-        return index - 1
+        for size in dict.fromkeys((n, 1)):
+            stop = s.execute(
+                update(StatusAllocator)
+                .where(StatusAllocator.list_id == list_id,
+                       StatusAllocator.next_index + size <= StatusAllocator.capacity)
+                .values(next_index=StatusAllocator.next_index + size)
+                .returning(StatusAllocator.next_index)
+            ).scalar_one_or_none()  # fmt: skip
+            if stop is not None:
+                return list(range(int(stop) - size, int(stop)))
+        if s.get(StatusAllocator, list_id) is None:
+            raise StorageUnavailableError("database not initialised (run: city-server db init)")
+        raise CapacityError(f"status list {list_id} is full")
 
     @staticmethod
     def load(s: Session, ids: Sequence[str]) -> list[Credential]:

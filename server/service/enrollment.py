@@ -1,10 +1,11 @@
-"""Enrollment and re-issue: reserve a credential row, put the card key on chain, sign, mark issued.
+"""Enrollment and re-issue: the credential row, the card key's outbox row, the signature — then the answer.
 
-Crash-safety (docs/server.md §Idempotency): the status index is allocated in the transaction that creates the
-pending row under its idempotency key (unique), so a retry reuses credential id, DID and index. The chain
-writes (card key; status bits and stale keys of the card's other live credentials, retired here) are outbox
-rows added in one transaction with the state they mirror (docs/server.md §Chain outbox); the answer does not
-wait for the chain. A retry after success signs again for the same id and index.
+Crash-safety (docs/server.md §Idempotency): a new enrollment is ONE transaction — credential row under its
+idempotency key (unique), status index, chain writes as outbox rows (the card key; status bits and stale keys
+of the card's other live credentials, retired here; docs/server.md §Chain outbox), the signature, state
+``issued``. A crash before its commit leaves nothing (the retry is a new enrollment); after it, a retry with
+the same key finds the row and signs again for the same id and index. A re-issue reserves a ``pending`` row
+first (its own transaction), then signs and marks it issued. The answer does not wait for the chain.
 """
 
 from __future__ import annotations
@@ -16,14 +17,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from cityid import credential as vc
 from cityid.chain.view import CredentialStatus, StatusRef
 from cityid.citizen import CredentialRecord
-from server.models import Citizen, Credential, CredentialState, utcnow
+from server.models import Citizen, Credential, CredentialState, OutboxEntry, utcnow
 from server.outbox.store import enqueue_key, enqueue_revoke_key, enqueue_status
 from server.service.claims import citizen_claims, validate_claims
 from server.service.context import ServiceContext, aware, card_fingerprint, serial_hash
@@ -51,6 +52,13 @@ class Enrollment:
     credential_hash: str
     expires_at: dt.datetime
     retried: bool
+    #: Outbox rows this request created, all pending at the answer (None: look them up, e.g. a retry).
+    outbox_ids: tuple[int, ...] | None = None
+
+
+def _values(obj: Any) -> dict[str, Any]:
+    """The column values set on a transient ORM object (for a bulk INSERT; column defaults fill the rest)."""
+    return {c.key: v for c in obj.__table__.columns if (v := getattr(obj, c.key)) is not None}
 
 
 class Enrollments:
@@ -88,13 +96,15 @@ class Enrollments:
         fingerprint = card_fingerprint(card_point, card_serial)
         if citizen_did is not None and not self._known_key(idempotency_key):
             self.scopes.check_add_key(terminal, "enroll", citizen_did, presence)
-        args = (terminal, idempotency_key, fingerprint, card_point, card_serial, citizen_did)
+        args = (terminal, idempotency_key, fingerprint, card_point, card_serial, citizen_did, parsed)
         try:
-            row, retried = self._reserve(*args)
+            done, row = self._enroll_new(*args)
         except IntegrityError:  # a concurrent request with the same key won the insert: it is ours now
-            row, retried = self._reserve(*args)
-        self.ctx.fault("reserved")
-        return self._complete(terminal, row, parsed, card_point, retried)
+            done, row = self._enroll_new(*args)
+        if done is not None:
+            return done
+        assert row is not None
+        return self._complete(terminal, row, parsed, card_point, True)
 
     def _known_key(self, idempotency_key: str) -> bool:
         """Whether this idempotency key was already used (a retry; its scope was checked the first time)."""
@@ -102,7 +112,7 @@ class Enrollments:
             found = s.scalar(select(Credential.id).where(Credential.idempotency_key == idempotency_key))
         return found is not None
 
-    def _reserve(
+    def _enroll_new(
         self,
         terminal: Actor,
         key: str,
@@ -110,10 +120,14 @@ class Enrollments:
         card_point: bytes,
         card_serial: bytes,
         citizen_did: str | None,
-    ) -> tuple[Credential, bool]:
+        claims: Any,
+    ) -> tuple[Enrollment | None, Credential | None]:
+        """ONE transaction: a new credential issued (``(enrollment, None)``), or the row of an earlier request
+        with this key (``(None, row)``: the caller completes the retry)."""
         ctx = self.ctx
+        index: int | None = None
         try:
-            with ctx.db.sessions.begin() as s:
+            with ctx.db.sessions.begin() as s, s.no_autoflush:  # one flush at commit: a statement per table
                 row = s.scalar(select(Credential).where(Credential.idempotency_key == key))
                 if row is not None:
                     if row.request_fingerprint != fingerprint or row.terminal != terminal.terminal:
@@ -121,15 +135,15 @@ class Enrollments:
                     if row.state not in _REUSABLE:
                         raise ConflictError(f"credential {row.id} is {row.state}; start a new enrollment")
                     ctx.audit(s, terminal, "enroll.retry", cred=row.id, did=row.citizen_did)
-                    return row, True
+                    return None, row
                 if citizen_did is not None:
                     citizen = s.get(Citizen, citizen_did)
                     if citizen is None:
                         raise NotFoundError("unknown citizen DID")
                 else:
                     identity = ctx.chain.new_citizen_identity()
-                    citizen = Citizen(did=ctx.chain.did_for(identity), identity=identity)
-                    s.add(citizen)
+                    citizen = Citizen(did=ctx.chain.did_for(identity), identity=identity, created_at=utcnow())
+                    s.execute(insert(Citizen), [_values(citizen)])
                 row = Credential(
                     id=str(uuid.uuid4()),
                     idempotency_key=key,
@@ -142,27 +156,87 @@ class Enrollments:
                     state=CredentialState.PENDING.value,
                     terminal=terminal.terminal,
                     created_at=utcnow(),
+                    key_on_chain=False,
                 )
-                # Chain writes first (same transaction, §Chain outbox), the status index last: the allocator
-                # row is the one every enrollment of the city updates, so its lock is held only for the
-                # inserts that follow it.
-                self._queue_in(s, terminal, row, card_point, citizen.identity)
-                row.status_index = ctx.allocate(s)
-                s.add(row)
-                s.flush()
-                ctx.audit(
-                    s,
-                    terminal,
-                    "enroll.reserve",
-                    cred=row.id,
-                    did=row.citizen_did,
-                    detail=f"status index {row.status_index}",
-                )
-                return row, False
-        except IntegrityError:
+                # Chain writes in the same transaction (§Chain outbox); the status index last (block size 1:
+                # the allocator row every enrollment updates is locked only for what follows it).
+                queued = self._queue_in(s, terminal, row, card_point, citizen.identity)
+                index = row.status_index = ctx.allocate(s)
+                ctx.fault("reserved")
+                ctx.fault("superseded")
+                ctx.fault("chain")
+                issued_at = ctx.clock().replace(microsecond=0)
+                expires_at = issued_at + dt.timedelta(days=ctx.config.credential_validity_days)
+                issued = self._sign(row, claims, card_point, issued_at, expires_at)
+                del claims
+                ctx.fault("signed")
+                row.state = CredentialState.ISSUED.value
+                row.credential_hash = issued.credential_hash
+                row.issued_at, row.expires_at = issued_at, expires_at
+                row.issue_count = 1
+                row.updated_at = row.created_at
+                # Bulk statements, not the unit of work: the row (unique idempotency key: a concurrent
+                # request with the same key fails here) and its two audit entries in one statement.
+                s.execute(insert(Credential), [_values(row)])
+                ctx.audit_many(s, terminal, [
+                    ("enroll.reserve", row.id, row.citizen_did, f"status index {row.status_index}"),
+                    ("enroll.issue", row.id, row.citizen_did, "issue #1"),
+                ])  # fmt: skip
+        except BaseException as exc:
+            if index is not None:  # rolled back: the index goes to the next enrollment of this instance
+                ctx.unallocate(index)
+            if isinstance(exc, SQLAlchemyError) and not isinstance(exc, IntegrityError):
+                raise StorageUnavailableError("database unavailable") from exc
             raise
-        except SQLAlchemyError as exc:
-            raise StorageUnavailableError("database unavailable") from exc
+        ctx.fault("issued")
+        logger.info("issued credential %s (status index %d)", row.id, row.status_index)
+        ids = tuple(sorted(q.id for q in queued))
+        enrollment = Enrollment(row.id, row.citizen_did, ctx.status_ref(row), issued.record,
+                                issued.credential_hash, expires_at, False, ids)  # fmt: skip
+        return enrollment, None
+
+    def _reserve_reissue(
+        self, s: Session, terminal: Actor, idempotency_key: str, credential_id: str
+    ) -> tuple[Credential, bool]:
+        """In the caller's transaction: the re-issue's row under its key (a retry finds it)."""
+        ctx = self.ctx
+        row = s.scalar(select(Credential).where(Credential.idempotency_key == idempotency_key))
+        if row is not None:
+            if row.supersedes != credential_id:
+                raise ConflictError("idempotency key already used for another request")
+            if row.state not in _REUSABLE:
+                raise ConflictError(f"credential {row.id} is {row.state}")
+            ctx.audit(s, terminal, "reissue.retry", cred=row.id, did=row.citizen_did)
+            return row, True
+        old = s.get(Credential, credential_id)
+        if old is None:
+            raise NotFoundError("unknown credential")
+        if old.state != CredentialState.ISSUED.value:
+            raise ConflictError(f"credential {old.id} is {old.state}; it cannot be re-issued")
+        row = Credential(
+            id=str(uuid.uuid4()),
+            idempotency_key=idempotency_key,
+            request_fingerprint=old.request_fingerprint,
+            citizen_did=old.citizen_did,
+            card_key=old.card_key,
+            card_serial_hash=old.card_serial_hash,
+            status_list_id=ctx.config.status_list_id,
+            status_index=ctx.allocate(s),
+            vct=ctx.vct,
+            state=CredentialState.PENDING.value,
+            key_on_chain=old.key_on_chain,
+            supersedes=old.id,
+            terminal=terminal.terminal,
+        )
+        s.add(row)
+        try:
+            s.flush()
+        except BaseException:
+            ctx.unallocate(row.status_index)
+            raise
+        ctx.audit(s, terminal, "reissue.reserve", cred=row.id, did=row.citizen_did,
+                  detail=f"replaces {old.id}")  # fmt: skip
+        return row, False
 
     # --- re-issue ----------------------------------------------------------------------------------
 
@@ -196,46 +270,7 @@ class Enrollments:
             self.scopes.check_credentials(terminal, "reissue", [old], presence)
         try:
             with ctx.db.sessions.begin() as s:
-                row = s.scalar(select(Credential).where(Credential.idempotency_key == idempotency_key))
-                if row is not None:
-                    if row.supersedes != credential_id:
-                        raise ConflictError("idempotency key already used for another request")
-                    if row.state not in _REUSABLE:
-                        raise ConflictError(f"credential {row.id} is {row.state}")
-                    ctx.audit(s, terminal, "reissue.retry", cred=row.id, did=row.citizen_did)
-                    retried = True
-                else:
-                    old = s.get(Credential, credential_id)
-                    if old is None:
-                        raise NotFoundError("unknown credential")
-                    if old.state != CredentialState.ISSUED.value:
-                        raise ConflictError(f"credential {old.id} is {old.state}; it cannot be re-issued")
-                    row = Credential(
-                        id=str(uuid.uuid4()),
-                        idempotency_key=idempotency_key,
-                        request_fingerprint=old.request_fingerprint,
-                        citizen_did=old.citizen_did,
-                        card_key=old.card_key,
-                        card_serial_hash=old.card_serial_hash,
-                        status_list_id=ctx.config.status_list_id,
-                        status_index=ctx.allocate(s),
-                        vct=ctx.vct,
-                        state=CredentialState.PENDING.value,
-                        key_on_chain=old.key_on_chain,
-                        supersedes=old.id,
-                        terminal=terminal.terminal,
-                    )
-                    s.add(row)
-                    s.flush()
-                    ctx.audit(
-                        s,
-                        terminal,
-                        "reissue.reserve",
-                        cred=row.id,
-                        did=row.citizen_did,
-                        detail=f"replaces {old.id}",
-                    )
-                    retried = False
+                row, retried = self._reserve_reissue(s, terminal, idempotency_key, credential_id)
         except (IntegrityError, SQLAlchemyError) as exc:
             raise StorageUnavailableError("database unavailable or concurrent request; retry") from exc
         return self._complete(terminal, row, parsed, bytes.fromhex(row.card_key), retried)
@@ -258,11 +293,12 @@ class Enrollments:
 
     def _queue_in(
         self, s: Session, terminal: Actor, current: Credential, card_point: bytes, identity: str | None = None
-    ) -> None:
+    ) -> list[OutboxEntry]:
         """In the caller's transaction: retire other live credentials of this card (or the one re-issued) —
         state superseded, status bits and stale keys queued — and queue the card key unless already queued
         (``key_on_chain``: the key's outbox row exists; docs/server.md §Chain outbox). ``identity``: the
-        citizen's identity address when ``current`` is not in the session yet (a fresh enrollment)."""
+        citizen's identity address when ``current`` is not in the session yet (a fresh enrollment).
+        Returns the outbox rows added."""
         ctx = self.ctx
         others = list(
             s.scalars(
@@ -278,22 +314,24 @@ class Enrollments:
             prev = s.get(Credential, current.supersedes)
             if prev is not None and CredentialState(prev.state).live and prev not in others:
                 others.append(prev)
-        identities = ctx.identities(s, others if identity else [*others, current])
+        mine = others if identity else [*others, current]
+        identities = ctx.identities(s, mine) if mine else {}
         if identity:
             identities[current.citizen_did] = identity
         # Tagged with THIS credential: its answer waits for (and reports) the retirement too.
-        for o in others:
-            enqueue_status(s, o.status_list_id, o.status_index, CredentialStatus.REVOKED, current.id)
+        queued = [enqueue_status(s, o.status_list_id, o.status_index, CredentialStatus.REVOKED, current.id)
+                  for o in others]  # fmt: skip
         stale = {(identities[o.citizen_did], o.card_key) for o in others if o.card_key != current.card_key}
         for identity, key in sorted(stale):
-            enqueue_revoke_key(s, identity, bytes.fromhex(key), current.id)
+            queued.append(enqueue_revoke_key(s, identity, bytes.fromhex(key), current.id))
         for o in others:
             o.state = CredentialState.SUPERSEDED.value
             o.updated_at = utcnow()
             ctx.audit(s, terminal, "supersede", cred=o.id, did=o.citizen_did, detail=f"by {current.id}")
         if not current.key_on_chain:
-            enqueue_key(s, identities[current.citizen_did], card_point, current.id)
+            queued.append(enqueue_key(s, identities[current.citizen_did], card_point, current.id))
             current.key_on_chain = True
+        return queued
 
     def _sign(
         self,

@@ -29,6 +29,14 @@ def _point() -> bytes:
     return key.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
 
 
+def _reserved(rig, used: int) -> int:
+    """The allocator row after ``used`` indexes: whole blocks on PostgreSQL (docs/server.md §Status indexes),
+    exactly ``used`` on SQLite (block size 1)."""
+    block = rig.service.ctx.index_block
+    assert block == (256 if rig.db.engine.dialect.name == "postgresql" else 1)
+    return -(-used // block) * block
+
+
 def _client(rig) -> ServerClient:
     return ServerClient("http://city.test", "counter-1", rig.terminal_key, session=FlaskTransport(rig.app),
                         clerk="clerk-a")
@@ -70,7 +78,7 @@ def test_concurrent_retries_issue_one_credential(db_url):
     assert len({r.credential_id for r in results}) == 1 and len(results) == 6
     with rig.db.sessions() as s:
         assert s.scalar(select(func.count()).select_from(Credential)) == 1
-        assert s.get(StatusAllocator, 1).next_index == 1
+        assert s.get(StatusAllocator, 1).next_index == _reserved(rig, 1)
 
 
 def test_concurrent_enrollments_get_distinct_gap_free_indexes(db_url):
@@ -93,7 +101,7 @@ def test_concurrent_enrollments_get_distinct_gap_free_indexes(db_url):
     assert not errors, errors
     assert sorted(indexes) == list(range(12))
     with rig.db.sessions() as s:
-        assert s.get(StatusAllocator, 1).next_index == 12
+        assert s.get(StatusAllocator, 1).next_index == _reserved(rig, 12)
 
 
 def test_lifecycle_reissue_suspend_fido_supersede(db_url):
@@ -111,6 +119,71 @@ def test_lifecycle_reissue_suspend_fido_supersede(db_url):
     assert rig.client.status(b.credential_id)["state"] == "superseded"
     assert rig.client.status(c.credential_id)["state"] == "issued"
     with rig.db.sessions() as s:
-        assert s.get(StatusAllocator, 1).next_index == 3
+        assert s.get(StatusAllocator, 1).next_index == _reserved(rig, 3)
         states = sorted(r.state for r in s.scalars(select(Credential)))
     assert states == ["issued", "superseded", "superseded"]
+
+
+def test_instances_take_status_indexes_in_blocks_and_never_share_one(postgres_db_url):
+    """Several instances on one PostgreSQL (docs/server.md §Status indexes): each reserves a block of the
+    allocator row in a short transaction of its own and hands it out; no index is used twice, a rolled-back
+    enrollment gives its index to the next one, and a restarted instance starts a new block (the rest of the
+    old one stays a gap: never issued, so no credential ever points at it)."""
+    from server.app import create_app
+    from server.config import ServerConfig
+    from server.db import Database
+
+    rig = make_rig(postgres_db_url)
+
+    def instance() -> tuple[object, ServerClient]:
+        cfg = ServerConfig(database_url=postgres_db_url, management_key=rig.service.config.management_key,
+                           chain_wait_ms=5000)  # fmt: skip
+        app = create_app(cfg, chain=rig.chain, signer=rig.signer, db=Database.from_url(postgres_db_url),
+                         start_writer=False)  # fmt: skip
+        client = ServerClient("http://city.test", "counter-1", rig.terminal_key, session=FlaskTransport(app),
+                              clerk="clerk-a")  # fmt: skip
+        return app, client
+
+    _app_b, client_b = instance()
+    clients = {"a": _client(rig), "b": client_b}
+    got: dict[str, list[int]] = {"a": [], "b": []}
+    errors: list[Exception] = []
+
+    def worker(i: int) -> None:
+        name = "ab"[i % 2]
+        try:
+            res = clients[name].enroll(f"key-blk-{i:05d}", CLAIMS, _point(), bytes([i]) * 8)
+            got[name].append(res.status_index)
+        except ServerError as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    blocks = {name: {i // 256 for i in idx} for name, idx in got.items()}
+    assert all(len(b) == 1 for b in blocks.values()) and blocks["a"] != blocks["b"]
+    assert sorted(got["a"]) == [256 * min(blocks["a"]) + k for k in range(8)]  # in order, gap-free
+    with rig.db.sessions() as s:
+        assert s.get(StatusAllocator, 1).next_index == 512
+        indexes = list(s.scalars(select(Credential.status_index)))
+    assert len(indexes) == len(set(indexes)) == 16
+
+    # a rolled-back enrollment (crash after signing, before the commit) returns its index to the pool
+    def crash(step: str) -> None:
+        if step == "signed":
+            raise RuntimeError("crash")
+
+    rig.service.fault = crash
+    with pytest.raises(ServerError):
+        clients["a"].enroll("key-blk-crash", CLAIMS, _point(), b"\x7f" * 8)
+    rig.service.fault = lambda step: None
+    again = clients["a"].enroll("key-blk-crash", CLAIMS, _point(), b"\x7f" * 8)
+    assert again.status_index == 256 * min(blocks["a"]) + 8
+
+    # a restarted instance reserves a new block: the rest of the old ones are gaps, never a reuse
+    _app_c, client_c = instance()
+    fresh = client_c.enroll("key-blk-restart", CLAIMS, _point(), b"\x7e" * 8)
+    assert fresh.status_index == 512

@@ -11,7 +11,7 @@ from sqlalchemy import select, text
 from cityid.chain.view import CredentialStatus
 from cityid.jose import es256_verify, jwk_from_point, parse_compact, point_from_jwk
 from cityid.sdjwt import parse_disclosure
-from server.models import AuditEntry, Credential, StatusAllocator
+from server.models import AuditEntry, Credential, OutboxEntry, StatusAllocator
 from terminal.server_client import ServerClient, ServerError, sign_request
 from tests.unit.server_support import CLAIMS, Card, make_rig
 
@@ -69,8 +69,10 @@ def test_retry_with_same_key_reuses_credential_and_index(rig):
     assert [c for c in rig.chain.calls if c[0] == "register_keys"] == [("register_keys", 1)]
 
 
-@pytest.mark.parametrize("step", ["reserved", "superseded", "chain", "signed"])
+@pytest.mark.parametrize("step", ["reserved", "superseded", "chain", "signed", "issued"])
 def test_crash_after_each_step_then_retry_issues_exactly_one(rig, step):
+    """A new enrollment is one transaction (docs/server.md §Idempotency): a crash before its commit leaves
+    nothing and the retry is a new enrollment; after the commit the retry finds it and signs again."""
     card = _point()
     crashed = []
 
@@ -83,12 +85,15 @@ def test_crash_after_each_step_then_retry_issues_exactly_one(rig, step):
     with pytest.raises(ServerError) as exc:
         rig.client.enroll("key-crash-01", CLAIMS, card, SERIAL)
     assert exc.value.status == 500 and exc.value.retryable
+    with rig.db.sessions() as s:
+        assert len(s.scalars(select(Credential)).all()) == (1 if step == "issued" else 0)
     res = rig.client.enroll("key-crash-01", CLAIMS, card, SERIAL)
-    assert res.retried
+    assert res.retried is (step == "issued")
     with rig.db.sessions() as s:
         rows = s.scalars(select(Credential)).all()
-        assert len(rows) == 1 and rows[0].state == "issued"
+        assert len(rows) == 1 and rows[0].state == "issued" and rows[0].status_index == 0
         assert s.get(StatusAllocator, 1).next_index == 1
+        assert len(s.scalars(select(OutboxEntry)).all()) == 1  # one card key queued, not two
     assert rig.chain.keys[res.citizen_did.rsplit(":", 1)[1]] == {card}
 
 
@@ -384,20 +389,22 @@ def test_sweep_closes_abandoned_pending_enrollments(rig):
     from server.service import sweep_pending
 
     def crash(step: str) -> None:
-        if step == "reserved":
+        if step == "signed":
             raise RuntimeError("crash")
 
-    rig.service.fault = crash
     card = _point()
+    first = rig.client.enroll("key-abandon-00", CLAIMS, card, SERIAL)
+    rig.service.fault = crash  # a re-issue reserves its pending row first, then signs: crash in between
     with pytest.raises(ServerError):
-        rig.client.enroll("key-abandon-01", CLAIMS, card, SERIAL)
+        rig.client.reissue(first.credential_id, "key-abandon-01", CLAIMS)
     rig.service.fault = lambda step: None
     assert sweep_pending(rig.db, dt.timedelta(minutes=60)) == []  # too young
     future = dt.datetime.now(dt.UTC) + dt.timedelta(hours=2)
     (cid,) = sweep_pending(rig.db, dt.timedelta(minutes=60), now=future)
+    assert cid != first.credential_id
     assert rig.client.status(cid)["state"] == "revoked"
     with pytest.raises(ServerError) as exc:
-        rig.client.enroll("key-abandon-01", CLAIMS, card, SERIAL)
+        rig.client.reissue(first.credential_id, "key-abandon-01", CLAIMS)
     assert exc.value.status == 409 and "revoked" in str(exc.value)
     with rig.db.sessions() as s:
-        assert s.get(StatusAllocator, 1).next_index == 1  # the index stays accounted for
+        assert s.get(StatusAllocator, 1).next_index == 2  # the index stays accounted for
