@@ -8,7 +8,7 @@ import json
 import pytest
 from cryptography import x509
 from emulators.card.store import CardStore
-from emulators.fido.attestation import OID_FIDO_AAGUID, export_root
+from emulators.fido.attestation import OID_FIDO_AAGUID, AttestationBatch, export_root
 from emulators.fido.presence import UserPresence
 from fido2.attestation import AttestationVerifier
 from fido2.attestation.base import UntrustedAttestation
@@ -86,7 +86,8 @@ def test_make_credential_packed_attestation_verifies_against_the_root(alg: int) 
 
 
 def test_attestation_fails_against_another_root() -> None:
-    auth, other = make_auth(), make_auth()
+    """A key of another batch does not chain to this batch's root."""
+    auth, other = make_auth(), make_auth(attestation=AttestationBatch.generate())
     client_data_hash = cdh()
     att = ctap_for(auth).make_credential(client_data_hash, RP, user(), ES256)
     obj = AttestationObject.create(att.fmt, att.auth_data, att.att_stmt)

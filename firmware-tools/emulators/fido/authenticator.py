@@ -25,7 +25,7 @@ from fido2.ctap import CtapError
 from fido2.webauthn import AttestedCredentialData, AuthenticatorData
 
 from emulators.card.store import CardStore
-from emulators.fido.attestation import AttestationAuthority
+from emulators.fido.attestation import AttestationBatch, bind, default_batch, stored_batch_dir
 from emulators.fido.clientpin import PERMISSION, ClientPinHandler, pin_protocol
 from emulators.fido.credmgmt import CredentialManagement
 from emulators.fido.credstore import (
@@ -95,13 +95,15 @@ class Authenticator:
         up: UserPresence | None = None,
         clock: Callable[[], float] = time.monotonic,
         transports: tuple[str, ...] = ("nfc", "usb"),
+        attestation: AttestationBatch | None = None,
     ) -> None:
         self.store = store
         self.up = up or UserPresence()
         self.clock = clock
         self.transports = list(transports)
         self.state = FidoState(store)
-        self.attestation = AttestationAuthority(store, self.state.aaguid)
+        self.attestation = attestation or self._stored_batch()
+        bind(store, self.attestation)
         self.vault = KeyVault(self.state)
         self.creds = CredentialList(self.state, self.vault)
         self.pin = ClientPinHandler(self.state, clock)
@@ -124,6 +126,13 @@ class Authenticator:
             CMD.SELECTION: self._selection,
             CMD.LARGE_BLOBS: self.large_blobs.process,
         }
+
+    def _stored_batch(self) -> AttestationBatch:
+        """The batch the state names (if its directory still exists), else this process's default batch."""
+        directory = stored_batch_dir(self.store)
+        if directory is not None and directory.is_dir():
+            return AttestationBatch.open(directory, self.state.aaguid)
+        return default_batch(self.state.aaguid)
 
     # --- lifecycle ----------------------------------------------------------------------------------
 
