@@ -213,6 +213,9 @@ def test_cred_protect_levels() -> None:
     assert a.credential["id"] == made[2]
     allow3 = [{"type": "public-key", "id": made[3]}]
     assert _err(ctap.get_assertion, "busan.go.kr", cdh(), allow_list=allow3) == ERR.NO_CREDENTIALS
+    assert _err(ctap.make_credential, cdh(), RP, user(9), ES256, extensions={"credProtect": 7}) == (
+        ERR.INVALID_PARAMETER
+    )
     # with a PIN token (UV) all three are found
     ClientPin(ctap).set_pin("2468")
     client_pin = ClientPin(ctap)
@@ -225,9 +228,11 @@ def test_cred_protect_levels() -> None:
     assert first.number_of_credentials == 3
     assert first.user["name"].startswith("citizen")  # UV: full user entity
     assert first.auth_data.flags & AuthenticatorData.FLAG.UV
+    # with the PIN set, no pinUvAuthParam: refused before anything else is looked at (alwaysUv)
     assert _err(ctap.make_credential, cdh(), RP, user(9), ES256, extensions={"credProtect": 7}) == (
-        ERR.INVALID_PARAMETER
+        ERR.PUAT_REQUIRED
     )
+    assert _err(ctap.get_assertion, "busan.go.kr", cdh(), allow_list=allow3) == ERR.PUAT_REQUIRED
 
 
 def test_hmac_secret_is_stable_per_salt_and_differs_with_uv() -> None:
@@ -274,7 +279,9 @@ def test_hmac_secret_is_stable_per_salt_and_differs_with_uv() -> None:
     # a bad saltAuth is refused
     ext["hmac-secret"][3] = b"\0" * 32
     allow = [{"type": "public-key", "id": cred_id}]
-    assert _err(ctap.get_assertion, "busan.go.kr", cdh(), allow_list=allow, extensions=ext) == (
+    h = cdh()
+    uv = {"pin_uv_param": protocol.authenticate(token, h), "pin_uv_protocol": 2}
+    assert _err(ctap.get_assertion, "busan.go.kr", h, allow_list=allow, extensions=ext, **uv) == (
         ERR.PIN_AUTH_INVALID
     )
 
