@@ -71,9 +71,9 @@ def test_token_permissions_and_rp_binding(protocol) -> None:
     # wrong RP
     mc = cp.get_pin_token("2468", PERM.MAKE_CREDENTIAL, "busan.go.kr")
     h_mc = cdh()
-    made = ctap.make_credential(
-        h_mc, RP, user(), ES256, pin_uv_param=protocol.authenticate(mc, h_mc), pin_uv_protocol=protocol.VERSION
-    )
+    mc_param = protocol.authenticate(mc, h_mc)
+    uv = {"pin_uv_param": mc_param, "pin_uv_protocol": protocol.VERSION}
+    made = ctap.make_credential(h_mc, RP, user(), ES256, **uv)
     cred_id = made.auth_data.credential_data.credential_id
     token = cp.get_pin_token("2468", PERM.GET_ASSERTION, "busan.go.kr")
     param = protocol.authenticate(token, h)
