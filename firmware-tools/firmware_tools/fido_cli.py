@@ -30,7 +30,7 @@ def _default_state() -> Path:
     return default_state_path("fido-key.json")
 
 
-def _default_batch() -> Path:
+def default_batch_dir() -> Path:
     """Where ``cardtool emulate fido`` keeps its attestation batch unless told otherwise."""
     return default_state_path("fido-attestation-batch")
 
@@ -61,7 +61,7 @@ def add_fido_emulate(kinds: Subcommands) -> None:
         default=None,
         metavar="DIR",
         help="attestation batch directory, created if missing (default: the batch the state file names, "
-        f"else {_default_batch()})",
+        f"else {default_batch_dir()})",
     )
     p.add_argument(
         "--touch",
@@ -88,7 +88,7 @@ def _run_emulate_fido(args: argparse.Namespace, stop: threading.Event) -> int:
     if args.touch_delay < 0:
         raise ValueError("--touch-delay must not be negative")
     state: Path = args.state or _default_state()
-    batch_dir: Path = args.attestation_batch or stored_batch_dir(CardStore(state)) or _default_batch()
+    batch_dir: Path = args.attestation_batch or stored_batch_dir(CardStore(state)) or default_batch_dir()
     batch = AttestationBatch.open(batch_dir)
     card, applet = make_fido_card(state, UserPresence(args.touch, args.touch_delay), batch)
     host, port = args.vpcd
@@ -294,8 +294,8 @@ def _root_pem(args: argparse.Namespace) -> str:
 
     if args.batch is not None:
         return export_batch_root(args.batch)
-    if args.state is None and (_default_batch() / "batch.json").exists():
-        return export_batch_root(_default_batch())
+    if args.state is None and (default_batch_dir() / "batch.json").exists():
+        return export_batch_root(default_batch_dir())
     state: Path = args.state or _default_state()
     if not state.exists():
         raise CityIdError(f"no key state at {state} (run 'cardtool emulate fido' first)")

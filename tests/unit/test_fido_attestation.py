@@ -166,3 +166,18 @@ def test_cardtool_batch_create_and_attestation_root(tmp_path, capsys, monkeypatc
     assert capsys.readouterr().out == pem
     assert main(["fido", "attestation-root", "--batch", str(tmp_path / "nothing")]) == 1
     assert "no FIDO attestation batch" in capsys.readouterr().err
+
+
+def test_emulate_citizen_with_fido_joins_the_default_batch(tmp_path, monkeypatch) -> None:
+    """``cardtool emulate citizen --with-fido``: the card's FIDO applet attests like ``emulate fido``."""
+    from emulators.card.citizen_card import make_citizen_card
+    from firmware_tools.emulate_cli import _join_attestation_batch
+    from firmware_tools.fido_cli import default_batch_dir
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    fido_state = tmp_path / "card-fido.json"
+    _join_attestation_batch(fido_state)
+    make_citizen_card(tmp_path / "card.json", with_fido=True, fido_state=fido_state)
+    batch = AttestationBatch.open(default_batch_dir(), create=False)
+    assert CardStore(fido_state).section(ATTESTATION)["batch"] == batch.batch_id
+    assert make_auth(CardStore(fido_state)).attestation.cert_der == batch.cert_der
