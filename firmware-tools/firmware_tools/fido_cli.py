@@ -217,7 +217,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"extensions:   {', '.join(info.extensions)}")
     print(f"transports:   {', '.join(info.transports)}")
     print(f"PIN:          {info.pin.describe()}")
-    print(f"free slots:   {info.remaining_credentials if info.remaining_credentials is not None else '?'}")
+    # a key with a PIN does not tell its free slots to anyone before the PIN (docs/fido.md "Before the PIN")
+    slots = info.remaining_credentials
+    print(f"free slots:   {slots if slots is not None else '? (told only with the PIN)'}")
     print(f"large blobs:  {'yes' if info.large_blobs else 'no'}")
     print(f"cred. mgmt:   {'yes' if info.credential_management else 'no'}")
     return 0

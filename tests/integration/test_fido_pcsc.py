@@ -440,10 +440,12 @@ def test_cardtool_fido_commands(fido_key, monkeypatch, capsys, tmp_path) -> None
     reader = ["--reader", handle.reader_name]
     assert main(["fido", "info", *reader]) == 0
     out = capsys.readouterr().out
-    assert "AAGUID:" in out and "PIN:          PIN not set" in out
+    assert "AAGUID:" in out and "PIN:          PIN not set" in out and "free slots:   50" in out
     monkeypatch.setattr("sys.stdin", io.StringIO("24680\n"))
     assert main(["fido", "pin", "set", *reader, "--pin-stdin"]) == 0
     assert "PIN set, 8 tries left" in capsys.readouterr().out
+    assert main(["fido", "info", *reader]) == 0
+    assert "free slots:   ? (told only with the PIN)" in capsys.readouterr().out
     with PcscConnection(handle.reader_name) as conn:
         verifier = FidoVerifier("busan.go.kr", trusted_roots=[_root(state)])
         reg = verifier.register(FidoSession(CtapSmartCardDevice(conn)), b"citizen-5", "jung", pin="24680")
