@@ -606,15 +606,18 @@ def demo_management_key() -> Any:
 def _make_key(workdir: Path, client: Any, citizen: Citizen, did: str) -> Path:
     """A virtual FIDO2 key for ``citizen``: PIN set, discoverable credential for the city RP, the citizen
     credential issued to the key's public key (cnf) and kept in its largeBlob (docs/credential-format.md)."""
-    from emulators.fido.attestation import export_root
+    from emulators.fido.attestation import AttestationBatch
     from emulators.fido.card import make_fido_card
 
     from terminal.flows.fido_registration import register_key
     from terminal.flows.tokens import open_fido
 
     path = workdir / "cards" / f"{KEY_ID}.json"
-    card, applet = make_fido_card(path)
-    root = export_root(applet.authenticator.store)
+    # The demo's keys share one test attestation batch in the work directory (docs/fido.md "Attestation");
+    # the key's state names it, so the key attests alike when the demo re-creates it from the state file.
+    batch = AttestationBatch.open(workdir / "fido-attestation-batch")
+    card, _applet = make_fido_card(path, attestation=batch)
+    root = batch.root_pem
     request = CitizenRequest(
         family_name=citizen.family_name,
         given_name=citizen.given_name,

@@ -79,6 +79,18 @@ def _lock_state(state: Path) -> int:
     return fd
 
 
+def _join_attestation_batch(fido_state: Path) -> None:
+    """The card's FIDO applet attests with the batch its state names, else ``cardtool emulate fido``'s
+    default batch (docs/fido.md "Attestation") — recorded in its state, where the applet looks for it."""
+    from emulators.card.store import CardStore
+    from emulators.fido.attestation import AttestationBatch, bind, stored_batch_dir
+
+    from firmware_tools.fido_cli import default_batch_dir
+
+    store = CardStore(fido_state)
+    bind(store, AttestationBatch.open(stored_batch_dir(store) or default_batch_dir()))
+
+
 def run_citizen(args: argparse.Namespace) -> int:
     with stop_signals() as stop:  # installed first: a signal during start-up still stops cleanly
         return _run_citizen(args, stop)
@@ -94,6 +106,9 @@ def _run_citizen(args: argparse.Namespace, stop: threading.Event) -> int:
     if args.with_fido and fido_state is None:
         fido_state = fido_state_for(state)
     lock = _lock_state(state)  # held until the process exits
+    if args.with_fido:
+        assert fido_state is not None
+        _join_attestation_batch(fido_state)
     card = make_citizen_card(
         state,
         with_fido=args.with_fido,

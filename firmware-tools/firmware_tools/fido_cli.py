@@ -3,8 +3,10 @@
 * ``emulate fido``: a stand-alone virtual FIDO2 key in pcscd's vpcd reader (the emulator, no terminal code);
 * ``fido info|pin set|pin change|credentials list|credentials delete|reset``: clerk and admin tools using the
   terminal FIDO flows over PC/SC (``--reader``) or USB HID (``--hid``), imported lazily;
-* ``fido attestation-root``: the test attestation root certificate of a virtual key's state file, for relying
-  parties to trust.
+* ``fido batch create DIR``: a test attestation batch (one attestation key + certificate + root shared by
+  every virtual key started with ``--attestation-batch DIR``; docs/fido.md "Attestation");
+* ``fido attestation-root``: the test attestation root certificate of a batch (or of the batch a virtual key's
+  state file belongs to), for relying parties to trust.
 
 PINs are read from the terminal without echo (or one per line from stdin with ``--pin-stdin``), never from the
 command line.
@@ -28,6 +30,11 @@ def _default_state() -> Path:
     return default_state_path("fido-key.json")
 
 
+def default_batch_dir() -> Path:
+    """Where ``cardtool emulate fido`` keeps its attestation batch unless told otherwise."""
+    return default_state_path("fido-attestation-batch")
+
+
 # --- cardtool emulate fido ---------------------------------------------------------------------------
 
 
@@ -37,7 +44,8 @@ def add_fido_emulate(kinds: Subcommands) -> None:
         "fido",
         help="a stand-alone FIDO2 security key (CTAP 2.1 over PC/SC)",
         description="Insert a virtual FIDO2 security key into pcscd's vpcd reader; Ctrl-C removes it. "
-        "Credentials, PIN and the test attestation CA are kept in the state file.",
+        "Credentials and PIN are kept in the state file; the key attests with a test attestation batch "
+        "shared by every key started with the same --attestation-batch.",
     )
     p.add_argument(
         "--vpcd",
@@ -47,6 +55,14 @@ def add_fido_emulate(kinds: Subcommands) -> None:
         help="vpcd reader to connect to (default 127.0.0.1:35963 = 'Virtual PCD 00 00')",
     )
     p.add_argument("--state", type=Path, default=None, help=f"key state file (default {_default_state()})")
+    p.add_argument(
+        "--attestation-batch",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="attestation batch directory, created if missing (default: the batch the state file names, "
+        f"else {default_batch_dir()})",
+    )
     p.add_argument(
         "--touch",
         choices=("approve", "deny", "timeout"),
@@ -63,20 +79,25 @@ def run_emulate_fido(args: argparse.Namespace) -> int:
 
 
 def _run_emulate_fido(args: argparse.Namespace, stop: threading.Event) -> int:
+    from emulators.card.store import CardStore
     from emulators.card.transport import VpcdCard
+    from emulators.fido.attestation import AttestationBatch, stored_batch_dir
     from emulators.fido.card import make_fido_card
     from emulators.fido.presence import UserPresence
 
     if args.touch_delay < 0:
         raise ValueError("--touch-delay must not be negative")
     state: Path = args.state or _default_state()
-    card, applet = make_fido_card(state, UserPresence(args.touch, args.touch_delay))
+    batch_dir: Path = args.attestation_batch or stored_batch_dir(CardStore(state)) or default_batch_dir()
+    batch = AttestationBatch.open(batch_dir)
+    card, applet = make_fido_card(state, UserPresence(args.touch, args.touch_delay), batch)
     host, port = args.vpcd
     vpcd = VpcdCard(card, host, port)
     print(f"ATR:    {card.atr.hex(' ').upper()}")
     print(f"AAGUID: {applet.authenticator.state.aaguid.hex()}")
     print(f"vpcd:   {host}:{port}")
     print(f"state:  {state}")
+    print(f"batch:  {batch_dir} ({batch.label})")
     sys.stdout.flush()
     vpcd.start()
     try:
@@ -137,10 +158,19 @@ def register(sub: Subcommands) -> None:
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.set_defaults(func=cmd_reset)
 
+    batch = cmds.add_parser("batch", help="test attestation batches for virtual keys")
+    bs = batch.add_subparsers(dest="batch_command", metavar="ACTION")
+    batch.set_defaults(func=needs_command(batch))
+    p = bs.add_parser("create", help="create a test attestation batch (key, certificate, root) in DIR")
+    p.add_argument("directory", type=Path, metavar="DIR", help="batch directory (must not hold a batch yet)")
+    p.set_defaults(func=cmd_batch_create)
+
     p = cmds.add_parser(
-        "attestation-root", help="print the test attestation root certificate (PEM) of a virtual key"
+        "attestation-root", help="print the test attestation root certificate (PEM) relying parties trust"
     )
-    p.add_argument("--state", type=Path, default=None, help=f"key state file (default {_default_state()})")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--batch", type=Path, default=None, metavar="DIR", help="attestation batch directory")
+    where.add_argument("--state", type=Path, default=None, help="the batch this key state file belongs to")
     p.add_argument("-o", "--output", type=Path, default=None, help="write to this file instead of stdout")
     p.set_defaults(func=cmd_attestation_root)
 
@@ -187,7 +217,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"extensions:   {', '.join(info.extensions)}")
     print(f"transports:   {', '.join(info.transports)}")
     print(f"PIN:          {info.pin.describe()}")
-    print(f"free slots:   {info.remaining_credentials if info.remaining_credentials is not None else '?'}")
+    # a key with a PIN does not tell its free slots to anyone before the PIN (docs/fido.md "Before the PIN")
+    slots = info.remaining_credentials
+    print(f"free slots:   {slots if slots is not None else '? (told only with the PIN)'}")
     print(f"large blobs:  {'yes' if info.large_blobs else 'no'}")
     print(f"cred. mgmt:   {'yes' if info.credential_management else 'no'}")
     return 0
@@ -247,16 +279,36 @@ def cmd_reset(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_attestation_root(args: argparse.Namespace) -> int:
-    from emulators.card.store import CardStore
-    from emulators.fido.attestation import export_root
+def cmd_batch_create(args: argparse.Namespace) -> int:
+    from emulators.fido.attestation import BATCH_FILE, ROOT_FILE, AttestationBatch
 
+    if (args.directory / BATCH_FILE).exists():
+        raise CityIdError(f"{args.directory} already holds an attestation batch")
+    batch = AttestationBatch.open(args.directory)
+    print(f"batch {batch.label} in {args.directory}; relying parties trust {args.directory / ROOT_FILE}")
+    return 0
+
+
+def _root_pem(args: argparse.Namespace) -> str:
+    """The root of ``--batch``, of the batch ``--state`` belongs to, or of the default batch (or state)."""
+    from emulators.card.store import CardStore
+    from emulators.fido.attestation import export_batch_root, export_root
+
+    if args.batch is not None:
+        return export_batch_root(args.batch)
+    if args.state is None and (default_batch_dir() / "batch.json").exists():
+        return export_batch_root(default_batch_dir())
     state: Path = args.state or _default_state()
     if not state.exists():
         raise CityIdError(f"no key state at {state} (run 'cardtool emulate fido' first)")
     pem = export_root(CardStore(state))
     if pem is None:
         raise CityIdError(f"{state} has no FIDO attestation CA yet")
+    return pem
+
+
+def cmd_attestation_root(args: argparse.Namespace) -> int:
+    pem = _root_pem(args)
     if args.output:
         args.output.write_text(pem)
         progress(f"written to {args.output}")

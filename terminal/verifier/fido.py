@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from fido2.attestation.base import AttestationVerifier, InvalidAttestation
 from fido2.cose import CoseKey
@@ -95,12 +96,20 @@ class TrustedRootVerifier(AttestationVerifier):
         self.roots = [_to_der(r) for r in roots]
 
     def ca_lookup(self, attestation_result: Any, auth_data: AuthenticatorData) -> bytes | None:
+        """The trusted root that signed the chain's last certificate (several batch roots may share a
+        subject; a root that did not sign it is never returned, so the chain check fails)."""
         if not attestation_result.trust_path:
             return None
         leaf = x509.load_der_x509_certificate(attestation_result.trust_path[-1])
         for root in self.roots:
-            if x509.load_der_x509_certificate(root).subject == leaf.issuer:
-                return root
+            cert = x509.load_der_x509_certificate(root)
+            if cert.subject != leaf.issuer:
+                continue
+            try:
+                leaf.verify_directly_issued_by(cert)
+            except (ValueError, TypeError, InvalidSignature):
+                continue
+            return root
         return None
 
 

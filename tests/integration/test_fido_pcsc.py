@@ -14,7 +14,7 @@ import queue
 import pytest
 from emulators.card.store import CardStore
 from emulators.card.transport import TearPoint
-from emulators.fido.attestation import export_root
+from emulators.fido.attestation import AttestationBatch, export_root
 from emulators.fido.card import make_fido_card
 from emulators.fido.hid import VirtualHidDevice
 from fido2.client import DefaultClientDataCollector, Fido2Client, UserInteraction
@@ -150,6 +150,45 @@ def test_cla80_get_response_registration_through_pcscd(fido_key) -> None:
     assert device.get_responses > 0 and device.longest > 256
 
 
+def test_two_keys_of_one_batch_through_pcscd_and_always_uv(vpcd_card_factory, tmp_path) -> None:
+    """Two keys of one attestation batch in the two vpcd readers: identical getInfo and x5c (issue 12). Once a
+    PIN is set, python-fido2's client honours alwaysUv: a "discouraged" registration asks for the PIN and is
+    UV'd; without a PIN to give it fails."""
+    from fido2.client import ClientError
+    from fido2.ctap2.pin import ClientPin
+
+    batch = AttestationBatch.open(tmp_path / "batch")
+    handles = [
+        vpcd_card_factory(lambda n=n: make_fido_card(tmp_path / f"k{n}.json", attestation=batch)[0])
+        for n in (1, 2)
+    ]
+    infos, x5cs = [], []
+    for handle in handles:
+        with PcscConnection(handle.reader_name) as conn:
+            ctap = Ctap2(CtapSmartCardDevice(conn, handle.reader_name))
+            infos.append(ctap.get_info())
+            x5cs.append(ctap.make_credential(cdh(), RP, user(), ES256).att_stmt["x5c"])
+            ClientPin(ctap).set_pin("24680")
+    assert infos[0] == infos[1] and x5cs[0] == x5cs[1] == [batch.cert_der]
+    server = Fido2Server(
+        {"id": "busan.go.kr", "name": "Busan"},
+        attestation="direct",
+        verify_attestation=TrustedRootVerifier([batch.root_pem.encode()]),
+    )
+    device = pcsc_device(handles[0].reader_name)
+    try:
+        options, state = server.register_begin({"id": b"c-1", "name": "kim"}, user_verification="discouraged")
+        no_pin = Fido2Client(device, DefaultClientDataCollector(ORIGIN), user_interaction=Pin(None))
+        with pytest.raises(ClientError):
+            no_pin.make_credential(options["publicKey"])
+        client = Fido2Client(device, DefaultClientDataCollector(ORIGIN), user_interaction=Pin("24680"))
+        options, state = server.register_begin({"id": b"c-1", "name": "kim"}, user_verification="discouraged")
+        auth_data = server.register_complete(state, client.make_credential(options["publicKey"]))
+        assert auth_data.is_user_verified()
+    finally:
+        device.close()
+
+
 def test_fido2_client_through_the_hid_device() -> None:
     auth = make_auth()
     device = VirtualHidDevice(auth)
@@ -249,8 +288,9 @@ def test_a_pcsc_reset_is_not_a_power_cycle(fido_key) -> None:
 
 
 def test_cred_protect_3_through_pcscd_gives_nothing_without_the_pin(fido_key) -> None:
-    """getAssertion(allowList=[id], up=false) with the largeBlobKey extension, no PIN: NO_CREDENTIALS for a
-    credProtect-3 credential (CTAP 2.1 §12.1); with a PIN token: the assertion and the key."""
+    """getAssertion(allowList=[id], up=false) with the largeBlobKey extension, no PIN: refused for a
+    credProtect-3 credential (CTAP 2.1 §12.1) — already by alwaysUv (PUAT_REQUIRED) since the key has a PIN;
+    with a PIN token: the assertion and the key."""
     from fido2.ctap import CtapError
     from fido2.ctap2.pin import ClientPin
 
@@ -277,7 +317,7 @@ def test_cred_protect_3_through_pcscd_gives_nothing_without_the_pin(fido_key) ->
                 extensions={"largeBlobKey": True},
                 options={"up": False},
             )
-        assert info.value.code == CtapError.ERR.NO_CREDENTIALS
+        assert info.value.code == CtapError.ERR.PUAT_REQUIRED
         cp = ClientPin(ctap)
         token = cp.get_pin_token("24681357", ClientPin.PERMISSION.GET_ASSERTION, "busan.go.kr")
         h = cdh()
@@ -400,10 +440,12 @@ def test_cardtool_fido_commands(fido_key, monkeypatch, capsys, tmp_path) -> None
     reader = ["--reader", handle.reader_name]
     assert main(["fido", "info", *reader]) == 0
     out = capsys.readouterr().out
-    assert "AAGUID:" in out and "PIN:          PIN not set" in out
+    assert "AAGUID:" in out and "PIN:          PIN not set" in out and "free slots:   50" in out
     monkeypatch.setattr("sys.stdin", io.StringIO("24680\n"))
     assert main(["fido", "pin", "set", *reader, "--pin-stdin"]) == 0
     assert "PIN set, 8 tries left" in capsys.readouterr().out
+    assert main(["fido", "info", *reader]) == 0
+    assert "free slots:   ? (told only with the PIN)" in capsys.readouterr().out
     with PcscConnection(handle.reader_name) as conn:
         verifier = FidoVerifier("busan.go.kr", trusted_roots=[_root(state)])
         reg = verifier.register(FidoSession(CtapSmartCardDevice(conn)), b"citizen-5", "jung", pin="24680")

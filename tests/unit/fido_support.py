@@ -8,6 +8,7 @@ from threading import Event
 from typing import Any
 
 from emulators.card.store import CardStore
+from emulators.fido.attestation import AttestationBatch
 from emulators.fido.authenticator import Authenticator
 from emulators.fido.presence import UserPresence
 from fido2.ctap import CtapDevice, CtapError
@@ -60,9 +61,13 @@ class DirectDevice(CtapDevice):
 
 
 def make_auth(
-    store: CardStore | None = None, clock: Clock | None = None, up: UserPresence | None = None
+    store: CardStore | None = None,
+    clock: Clock | None = None,
+    up: UserPresence | None = None,
+    attestation: AttestationBatch | None = None,
 ) -> Authenticator:
-    return Authenticator(store or CardStore(None), up=up, clock=clock or Clock())
+    """A key on ``store`` (memory by default); without ``attestation`` it joins the process default batch."""
+    return Authenticator(store or CardStore(None), up=up, clock=clock or Clock(), attestation=attestation)
 
 
 def ctap_for(auth: Authenticator) -> Ctap2:

@@ -13,7 +13,7 @@ from fido2.webauthn import CollectedClientData
 from cityid.citizen import CredentialRecord
 from cityid.credential import VCT, CredentialError, LocalSigner, fido_presentation, issue
 from terminal.fido.device import CtapSmartCardDevice
-from terminal.fido.errors import FidoInvalidPinError
+from terminal.fido.errors import FidoInvalidPinError, FidoPinRequiredError
 from terminal.fido.session import FidoSession
 from terminal.flows.kiosk import FidoPresenter, KioskVerification, service
 from terminal.verifier import CheckName, NonceStore, Verifier
@@ -36,20 +36,25 @@ PIN = "135790"
 CLAIMS = ("busan_resident", "age_over_65")
 
 
-@pytest.fixture(scope="module")
-def key() -> tuple[FidoSession, Registration, bytes]:
+def _make_key(pin: str | None) -> tuple[FidoSession, Registration, bytes]:
     card, applet = make_fido_card(None)
     session = FidoSession(CtapSmartCardDevice(InProcessConnection(card)))
-    session.set_pin(PIN)
+    if pin is not None:
+        session.set_pin(pin)
     rp = FidoVerifier(RP_ID, trusted_roots=[export_root(applet.authenticator.store).encode()])
-    reg = rp.register(session, b"citizen-42", "citizen-42", pin=PIN, large_blob=True)
+    reg = rp.register(session, b"citizen-42", "citizen-42", pin=pin, large_blob=True)
     pk = reg.public_key
     point = b"\x04" + pk[-2] + pk[-3]  # COSE EC2: -2 x, -3 y
     cred = issue(
         CITIZEN, point, ISSUER_DID, STATUS, LocalSigner(ISSUER_KEY), NOW - 3600, NOW + 86400, CITIZEN_DID
     )
-    session.write_blob(reg.large_blob_key, cred.record.encode(), pin=PIN)
+    session.write_blob(reg.large_blob_key, cred.record.encode(), pin=pin)
     return session, reg, point
+
+
+@pytest.fixture(scope="module")
+def key() -> tuple[FidoSession, Registration, bytes]:
+    return _make_key(PIN)
 
 
 def _chain(point: bytes) -> StaticChainView:
@@ -86,8 +91,14 @@ def test_fido_presentation_verifies(key) -> None:
 
 
 def test_fido_without_pin_lacks_user_verification(key) -> None:
+    """A key with a PIN signs nothing without it (alwaysUv); a key that has no PIN signs without UV,
+    and the verifier refuses that presentation."""
     v = _verifier(key[2])
-    verdict = v.verify(_present(key, v.nonce_store.issue("s"), pin=None), CLAIMS, "s")
+    with pytest.raises(FidoPinRequiredError):
+        _present(key, v.nonce_store.issue("s"), pin=None)
+    bare = _make_key(None)
+    v = _verifier(bare[2])
+    verdict = v.verify(_present(bare, v.nonce_store.issue("s"), pin=None), CLAIMS, "s")
     assert verdict.failed == CheckName.USER_VERIFICATION
 
 

@@ -9,7 +9,7 @@ from emulators.card.transport import InProcessConnection
 from sqlalchemy import select
 
 from cityid.chain.view import CredentialStatus
-from cityid.errors import CardRemovedError
+from cityid.errors import CardRemovedError, CityIdError
 from cityid.piv import DEFAULT_MANAGEMENT_KEY, Algorithm, Slot, derive_management_key
 from server.models import Credential
 from terminal.flows.counter import CitizenRequest, CounterEnrollment, EnrollmentInterrupted, Step
@@ -331,3 +331,39 @@ def test_torn_enrollment_never_leaves_a_presentable_card_with_default_pins(tmp_p
             == CredentialState.PRESENT | CredentialState.ACTIVATED
         )
     assert total - inactive <= 5  # only tears at ACTIVATE's answer or in the self-check
+
+
+@pytest.mark.filterwarnings("ignore:Deprecated use of webauthn_json_mapping")
+def test_fido_key_registration_checks_the_batch_attestation(desk, tmp_path):
+    """The counter trusts the attestation batch root (docs/fido.md "Attestation"): a key of that batch
+    registers with a trusted attestation, a key of another batch is refused before anything is issued."""
+    import contextlib
+
+    from emulators.fido.attestation import AttestationBatch
+    from emulators.fido.card import make_fido_card
+
+    from terminal.flows.fido_registration import FidoKeyRegistration
+    from terminal.flows.tokens import open_fido
+
+    rig, _view, counter = desk
+    city_batch = AttestationBatch.open(tmp_path / "city-batch")
+    flow = FidoKeyRegistration(
+        rig.client, Verifier(_view, AUDIENCE, _SpyNonces()), trusted_roots=[city_batch.root_pem.encode()]
+    )
+    conn = InProcessConnection(make_citizen_card(None))
+    counter.run(conn, REQUEST)
+
+    def key_of(batch):
+        card, _ = make_fido_card(None, attestation=batch)
+
+        @contextlib.contextmanager
+        def open_key():
+            yield open_fido(InProcessConnection(card))
+
+        return open_key
+
+    reg = flow.run(lambda: contextlib.nullcontext(conn), REQUEST.new_pin, key_of(city_batch), "4321")
+    assert rig.client.status(reg.citizen_credential_id)["state"] == "issued"
+    stranger = key_of(AttestationBatch.open(tmp_path / "other-batch"))
+    with pytest.raises(CityIdError, match="registration rejected"):
+        flow.run(lambda: contextlib.nullcontext(conn), REQUEST.new_pin, stranger, "4321")

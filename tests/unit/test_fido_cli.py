@@ -18,7 +18,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_emulate_fido_creates_the_state_and_stops_on_sigterm(tmp_path, capsys) -> None:
+def test_emulate_fido_creates_the_state_and_stops_on_sigterm(tmp_path, capsys, monkeypatch) -> None:
+    """The key joins the default attestation batch under the data dir (created on first use)."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
     state = tmp_path / "key.json"
     port = _free_port()  # nobody listens: the key keeps trying to reach vpcd
     proc = subprocess.Popen(
@@ -55,6 +57,10 @@ def test_emulate_fido_creates_the_state_and_stops_on_sigterm(tmp_path, capsys) -
     pem = capsys.readouterr().out
     root = x509.load_pem_x509_certificate(pem.encode())
     assert "Test FIDO Attestation Root" in root.subject.rfc4514_string()
+    batch_root = tmp_path / "xdg" / "cityid" / "fido-attestation-batch" / "root.pem"
+    assert batch_root.read_text() == pem and f"batch:  {batch_root.parent}" in out
+    assert main(["fido", "attestation-root"]) == 0  # no option: the default batch
+    assert capsys.readouterr().out == pem
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys) -> None:

@@ -49,9 +49,10 @@ def test_set_pin_then_token_then_uv_credential(protocol) -> None:
         pin_uv_protocol=protocol.VERSION,
     )
     assert att.auth_data.is_user_verified()
-    # a discoverable credential without the token is refused once a PIN exists; server-side is fine
+    # once a PIN exists nothing is made without the token (alwaysUv), discoverable or server-side
     assert _err(ctap.make_credential, cdh(), RP, user(2), ES256, options={"rk": True}) == ERR.PUAT_REQUIRED
-    assert not ctap.make_credential(cdh(), RP, user(2), ES256).auth_data.is_user_verified()
+    assert _err(ctap.make_credential, cdh(), RP, user(2), ES256) == ERR.PUAT_REQUIRED
+    assert ctap.get_info().options["alwaysUv"] and not ctap.get_info().options["makeCredUvNotRqd"]
 
 
 def test_token_permissions_and_rp_binding(protocol) -> None:
@@ -68,7 +69,14 @@ def test_token_permissions_and_rp_binding(protocol) -> None:
         == ERR.PIN_AUTH_INVALID
     )
     # wrong RP
-    cred_id = ctap.make_credential(cdh(), RP, user(), ES256).auth_data.credential_data.credential_id
+    mc = cp.get_pin_token("2468", PERM.MAKE_CREDENTIAL, "busan.go.kr")
+    h_mc = cdh()
+    mc_param = protocol.authenticate(mc, h_mc)
+    uv = {"pin_uv_param": mc_param, "pin_uv_protocol": protocol.VERSION}
+    made = ctap.make_credential(h_mc, RP, user(), ES256, **uv)
+    cred_id = made.auth_data.credential_data.credential_id
+    token = cp.get_pin_token("2468", PERM.GET_ASSERTION, "busan.go.kr")
+    param = protocol.authenticate(token, h)
     allow = [{"type": "public-key", "id": cred_id}]
     assert (
         _err(ctap.get_assertion, "evil.example", h, pin_uv_param=param, pin_uv_protocol=protocol.VERSION)

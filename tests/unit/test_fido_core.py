@@ -8,7 +8,7 @@ import json
 import pytest
 from cryptography import x509
 from emulators.card.store import CardStore
-from emulators.fido.attestation import OID_FIDO_AAGUID, export_root
+from emulators.fido.attestation import OID_FIDO_AAGUID, AttestationBatch, export_root
 from emulators.fido.presence import UserPresence
 from fido2.attestation import AttestationVerifier
 from fido2.attestation.base import UntrustedAttestation
@@ -86,7 +86,8 @@ def test_make_credential_packed_attestation_verifies_against_the_root(alg: int) 
 
 
 def test_attestation_fails_against_another_root() -> None:
-    auth, other = make_auth(), make_auth()
+    """A key of another batch does not chain to this batch's root."""
+    auth, other = make_auth(), make_auth(attestation=AttestationBatch.generate())
     client_data_hash = cdh()
     att = ctap_for(auth).make_credential(client_data_hash, RP, user(), ES256)
     obj = AttestationObject.create(att.fmt, att.auth_data, att.att_stmt)
@@ -212,6 +213,9 @@ def test_cred_protect_levels() -> None:
     assert a.credential["id"] == made[2]
     allow3 = [{"type": "public-key", "id": made[3]}]
     assert _err(ctap.get_assertion, "busan.go.kr", cdh(), allow_list=allow3) == ERR.NO_CREDENTIALS
+    assert _err(ctap.make_credential, cdh(), RP, user(9), ES256, extensions={"credProtect": 7}) == (
+        ERR.INVALID_PARAMETER
+    )
     # with a PIN token (UV) all three are found
     ClientPin(ctap).set_pin("2468")
     client_pin = ClientPin(ctap)
@@ -224,9 +228,11 @@ def test_cred_protect_levels() -> None:
     assert first.number_of_credentials == 3
     assert first.user["name"].startswith("citizen")  # UV: full user entity
     assert first.auth_data.flags & AuthenticatorData.FLAG.UV
+    # with the PIN set, no pinUvAuthParam: refused before anything else is looked at (alwaysUv)
     assert _err(ctap.make_credential, cdh(), RP, user(9), ES256, extensions={"credProtect": 7}) == (
-        ERR.INVALID_PARAMETER
+        ERR.PUAT_REQUIRED
     )
+    assert _err(ctap.get_assertion, "busan.go.kr", cdh(), allow_list=allow3) == ERR.PUAT_REQUIRED
 
 
 def test_hmac_secret_is_stable_per_salt_and_differs_with_uv() -> None:
@@ -273,7 +279,9 @@ def test_hmac_secret_is_stable_per_salt_and_differs_with_uv() -> None:
     # a bad saltAuth is refused
     ext["hmac-secret"][3] = b"\0" * 32
     allow = [{"type": "public-key", "id": cred_id}]
-    assert _err(ctap.get_assertion, "busan.go.kr", cdh(), allow_list=allow, extensions=ext) == (
+    h = cdh()
+    uv = {"pin_uv_param": protocol.authenticate(token, h), "pin_uv_protocol": 2}
+    assert _err(ctap.get_assertion, "busan.go.kr", h, allow_list=allow, extensions=ext, **uv) == (
         ERR.PIN_AUTH_INVALID
     )
 

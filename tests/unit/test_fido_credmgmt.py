@@ -86,7 +86,10 @@ def test_enumerate_update_and_delete() -> None:
     assert info.value.code == ERR.NO_CREDENTIALS
     # a deleted discoverable credential no longer signs, not even with its id in the allow list
     allow = [{"type": "public-key", "id": target}]
-    assert _err(ctap.get_assertion, "busan.go.kr", cdh(), allow_list=allow) == ERR.NO_CREDENTIALS
+    token = cp.get_pin_token("2468", PERM.GET_ASSERTION, "busan.go.kr")
+    h = cdh()
+    uv = {"pin_uv_param": cp.protocol.authenticate(token, h), "pin_uv_protocol": cp.protocol.VERSION}
+    assert _err(ctap.get_assertion, "busan.go.kr", h, allow_list=allow, **uv) == ERR.NO_CREDENTIALS
 
 
 def test_credential_management_needs_a_cm_token() -> None:

@@ -190,19 +190,30 @@ def test_cred_protect_3_needs_the_pin_for_every_use_and_for_the_large_blob_key(k
     token = cp.get_pin_token(PIN, ClientPin.PERMISSION.LARGE_BLOB_WRITE)
     LargeBlobs(ctap, cp.protocol, token).put_blob(blob_key, b'{"birth_date":"1950-01-01"}')
 
-    # any host that knows the credential id (every kiosk saw it): nothing, silently or with a touch
-    assert _code(_silent, conn, cred_id) == ERR.NO_CREDENTIALS
-    assert _code(_silent, conn, None) == ERR.NO_CREDENTIALS
+    # any host that knows the credential id (every kiosk saw it): nothing, silently or with a touch —
+    # the key has a PIN, so alwaysUv refuses before looking at the allow list at all
+    assert _code(_silent, conn, cred_id) == ERR.PUAT_REQUIRED
+    assert _code(_silent, conn, None) == ERR.PUAT_REQUIRED
     touch = Ctap2(CtapSmartCardDevice(conn))
     allow = [{"type": "public-key", "id": cred_id}]
     lbk = {"largeBlobKey": True}
     with_touch = _code(touch.get_assertion, RP_ID, bytes(32), allow_list=allow, extensions=lbk)
-    assert with_touch == ERR.NO_CREDENTIALS
-    # the blob array itself is readable (CTAP 2.1 §6.10) but only ciphertext without the key
+    assert with_touch == ERR.PUAT_REQUIRED
+    # the blob array: ciphertext while a token is live, the empty array after a power cycle (nothing
+    # per key to recognise it by before the PIN)
     assert LargeBlobs(touch).get_blob(bytes(32)) is None
     assert b"1950" not in b"".join(
         bytes(e[1]) for e in LargeBlobs(touch).read_blob_array() if isinstance(e, dict)
     )
+    conn.remove()
+    conn.insert()
+    fresh = Ctap2(CtapSmartCardDevice(conn))
+    assert LargeBlobs(fresh).read_blob_array() == []  # before the PIN: what every fresh key answers
+    cp = ClientPin(fresh)
+    cp.get_pin_token(PIN, ClientPin.PERMISSION.GET_ASSERTION, RP_ID)
+    assert len(LargeBlobs(fresh).read_blob_array()) == 1  # after it: the stored (encrypted) entry
+    conn.remove()
+    conn.insert()
     # python-fido2's client without UV is refused too
     server = Fido2Server({"id": RP_ID, "name": "Busan"})
     options, _ = server.authenticate_begin(user_verification="discouraged")
@@ -221,10 +232,20 @@ def test_cred_protect_3_needs_the_pin_for_every_use_and_for_the_large_blob_key(k
     assert blob == b'{"birth_date":"1950-01-01"}'
 
 
-def test_cred_protect_2_answers_an_allow_list_without_uv_but_is_not_discoverable(key) -> None:
-    conn, _ = key
-    cred_id, blob_key = _register(conn, "userVerificationOptionalWithCredentialIDList", b"citizen-2")
-    silent = _silent(conn, cred_id)  # §12.1: level 2 is usable with its id, even without UV or touch
-    assert silent.credential["id"] == cred_id and silent.large_blob_key == blob_key
+def test_cred_protect_2_answers_an_allow_list_without_uv_only_on_a_key_without_pin() -> None:
+    """§12.1: level 2 is usable with its id even without UV or touch — on a key that has no PIN. Once a
+    PIN is set, alwaysUv refuses that silent use too (the leak issue 12 names for credProtect 2)."""
+    card, _ = make_fido_card(None)
+    conn = InProcessConnection(card)
+    ctap = Ctap2(CtapSmartCardDevice(conn))
+    made = ctap.make_credential(
+        bytes(32), {"id": RP_ID, "name": "Busan"}, {"id": b"citizen-2", "name": "kim"},
+        [{"type": "public-key", "alg": -7}], extensions={"credProtect": 2}, options={"rk": True},
+    )
+    cred_id = made.auth_data.credential_data.credential_id
+    silent = _silent(conn, cred_id)
+    assert silent.credential["id"] == cred_id
     assert not silent.auth_data.is_user_present() and not silent.auth_data.is_user_verified()
     assert _code(_silent, conn, None) == ERR.NO_CREDENTIALS  # but not found without the list
+    ClientPin(ctap).set_pin(PIN)
+    assert _code(_silent, conn, cred_id) == ERR.PUAT_REQUIRED

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from emulators.card.os import VirtualCard
 from emulators.card.transport import InProcessConnection
-from emulators.fido.attestation import export_root
+from emulators.fido.attestation import AttestationBatch, export_root
 from emulators.fido.card import FIDO_ATR, make_fido_card
 from emulators.fido.hid import VirtualHidDevice
 from emulators.fido.presence import UserPresence
@@ -80,8 +80,8 @@ def test_register_and_authenticate_with_and_without_pin(key) -> None:
 
 def test_untrusted_attestation_and_wrong_keys_are_rejected(key) -> None:
     session, applet, _ = key
-    other_card, other_applet = make_fido_card(None)
-    stranger = _verifier(other_applet)  # trusts only the other key's root
+    other_card, other_applet = make_fido_card(None, attestation=AttestationBatch.generate())
+    stranger = _verifier(other_applet)  # trusts only the other batch's root
     with pytest.raises(FidoVerificationError, match="registration rejected"):
         stranger.register(session, b"citizen-1", "kim")
     verifier = _verifier(applet)

@@ -31,6 +31,7 @@ from cityid.fido import (
 from cityid.iso7816 import CLA, SW
 from emulators.card.os import Applet
 from emulators.card.store import CardStore
+from emulators.fido.attestation import AttestationBatch
 from emulators.fido.authenticator import Authenticator
 from emulators.fido.presence import UserPresence
 
@@ -74,8 +75,11 @@ class FidoApplet(Applet):
         store: CardStore,
         up: UserPresence | None = None,
         authenticator: Authenticator | None = None,
+        attestation: AttestationBatch | None = None,
     ) -> None:
-        self.authenticator = authenticator or Authenticator(store, up, transports=("nfc",))
+        self.authenticator = authenticator or Authenticator(
+            store, up, transports=("nfc",), attestation=attestation
+        )
         self._job: _Job | None = None
         self._inserted = True  # the next power-up follows an insertion (a CTAP "power cycle")
 

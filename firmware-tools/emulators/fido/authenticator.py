@@ -25,7 +25,7 @@ from fido2.ctap import CtapError
 from fido2.webauthn import AttestedCredentialData, AuthenticatorData
 
 from emulators.card.store import CardStore
-from emulators.fido.attestation import AttestationAuthority
+from emulators.fido.attestation import AttestationBatch, bind, default_batch, stored_batch_dir
 from emulators.fido.clientpin import PERMISSION, ClientPinHandler, pin_protocol
 from emulators.fido.credmgmt import CredentialManagement
 from emulators.fido.credstore import (
@@ -51,7 +51,7 @@ from emulators.fido.ctap import (
 )
 from emulators.fido.largeblobs import LargeBlobHandler
 from emulators.fido.presence import Keepalive, UserPresence
-from emulators.fido.state import FidoState
+from emulators.fido.state import EMPTY_BLOB_ARRAY, FidoState
 
 logger = logging.getLogger(__name__)
 
@@ -95,13 +95,15 @@ class Authenticator:
         up: UserPresence | None = None,
         clock: Callable[[], float] = time.monotonic,
         transports: tuple[str, ...] = ("nfc", "usb"),
+        attestation: AttestationBatch | None = None,
     ) -> None:
         self.store = store
         self.up = up or UserPresence()
         self.clock = clock
         self.transports = list(transports)
         self.state = FidoState(store)
-        self.attestation = AttestationAuthority(store, self.state.aaguid)
+        self.attestation = attestation or self._stored_batch()
+        bind(store, self.attestation)
         self.vault = KeyVault(self.state)
         self.creds = CredentialList(self.state, self.vault)
         self.pin = ClientPinHandler(self.state, clock)
@@ -124,6 +126,13 @@ class Authenticator:
             CMD.SELECTION: self._selection,
             CMD.LARGE_BLOBS: self.large_blobs.process,
         }
+
+    def _stored_batch(self) -> AttestationBatch:
+        """The batch the state names (if its directory still exists), else this process's default batch."""
+        directory = stored_batch_dir(self.store)
+        if directory is not None and directory.is_dir():
+            return AttestationBatch.open(directory, self.state.aaguid)
+        return default_batch(self.state.aaguid)
 
     # --- lifecycle ----------------------------------------------------------------------------------
 
@@ -192,9 +201,11 @@ class Authenticator:
             "credMgmt": True,
             "largeBlobs": True,
             "pinUvAuthToken": True,
-            "makeCredUvNotRqd": True,
+            # alwaysUv once a PIN exists (CTAP 2.1 §6.4): no credential is made or used without the PIN
+            "alwaysUv": self.always_uv,
+            "makeCredUvNotRqd": not self.always_uv,
         }
-        return {
+        info: dict[int, Any] = {
             InfoKey.VERSIONS: ["FIDO_2_0", "FIDO_2_1"],
             InfoKey.EXTENSIONS: EXTENSIONS,
             InfoKey.AAGUID: self.state.aaguid,
@@ -209,8 +220,31 @@ class Authenticator:
             InfoKey.FORCE_PIN_CHANGE: False,
             InfoKey.MIN_PIN_LENGTH: 4,
             InfoKey.FIRMWARE_VERSION: FIRMWARE_VERSION,
-            InfoKey.REMAINING_DISCOVERABLE_CREDENTIALS: self.creds.remaining(),
         }
+        if not self.always_uv:
+            # How many discoverable credentials a key holds differs per key and is answered to anyone:
+            # once a PIN protects the key, only credential management (with the PIN) tells it (§6.8.2).
+            info[InfoKey.REMAINING_DISCOVERABLE_CREDENTIALS] = self.creds.remaining()
+        return info
+
+    @property
+    def always_uv(self) -> bool:
+        """alwaysUv (CTAP 2.1 §6.4 options): on as soon as a PIN is set — makeCredential and getAssertion
+        then need a pinUvAuthParam (CTAP2_ERR_PUAT_REQUIRED before anything else is looked at), so before
+        the PIN a host learns nothing of the key's credentials, counter or attestation (issue 12)."""
+        return self.state.pin_set
+
+    def large_blob_array_for_reading(self) -> bytes:
+        """The serialized large-blob array as authenticatorLargeBlobs(get) sees it (§6.10.2).
+
+        Deviation: CTAP 2.1 lets anyone read the array. Its ciphertext is the same on every read and
+        unique to the key, so any host could recognise the key by it. Once a PIN is set, the array is
+        answered only while a pinUvAuthToken of this power cycle is live; before, the reader sees the
+        empty array (what a fresh key answers) — without the PIN no largeBlobKey could decrypt it anyway.
+        """
+        if self.always_uv and not self.pin.token_live:
+            return EMPTY_BLOB_ARRAY
+        return self.state.large_blob_array()
 
     # --- helpers -------------------------------------------------------------------------------------
 
@@ -257,6 +291,8 @@ class Authenticator:
         if pin_param is not None and not pin_param:
             self._empty_pin_auth()
         protocol = pin_protocol(version) if pin_param is not None else None
+        if pin_param is None and self.always_uv:
+            raise fail(ERR.PUAT_REQUIRED)  # alwaysUv: before the exclude list or any other lookup
         if alg is None:
             raise fail(ERR.UNSUPPORTED_ALGORITHM)
         if len(user_id) > 64 or len(cdh) != 32:
@@ -270,8 +306,6 @@ class Authenticator:
         if protocol is not None and pin_param is not None:
             self.pin.verify_token(protocol, pin_param, cdh, PERMISSION.MAKE_CREDENTIAL, rp_id)
             uv = True
-        elif self.state.pin_set and rk:
-            raise fail(ERR.PUAT_REQUIRED)  # discoverable credentials need UV once a PIN exists
         rp_id_hash = sha256(rp_id.encode())
         for cred_id in exclude:
             excluded = self._lookup(cred_id, rp_id_hash)
@@ -346,6 +380,8 @@ class Authenticator:
         if pin_param is not None and not pin_param:
             self._empty_pin_auth()
         protocol = pin_protocol(version) if pin_param is not None else None
+        if pin_param is None and self.always_uv:
+            raise fail(ERR.PUAT_REQUIRED)  # alwaysUv: the same answer whatever the allow list holds
         if len(cdh) != 32:
             raise fail(ERR.INVALID_LENGTH)
         if "rk" in options:

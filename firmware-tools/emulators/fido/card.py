@@ -7,6 +7,7 @@ import os
 from emulators.card.os import VirtualCard
 from emulators.card.store import CardStore
 from emulators.fido.applet import FidoApplet
+from emulators.fido.attestation import AttestationBatch
 from emulators.fido.presence import UserPresence
 
 HISTORICAL_BYTES = b"\x80BusanFIDO"  # category indicator 0x80 (ISO 7816-4 §8.1.1) + name
@@ -25,8 +26,11 @@ FIDO_ATR = _atr()
 
 
 def make_fido_card(
-    state: str | os.PathLike[str] | None = None, up: UserPresence | None = None
+    state: str | os.PathLike[str] | None = None,
+    up: UserPresence | None = None,
+    attestation: AttestationBatch | None = None,
 ) -> tuple[VirtualCard, FidoApplet]:
-    """A FIDO-only virtual card on state file ``state`` (None = memory) and its applet."""
-    applet = FidoApplet(CardStore(state), up)
+    """A FIDO-only virtual card on state file ``state`` (None = memory) and its applet, attesting with
+    ``attestation`` (None: the batch its state names, else the process default, see :mod:`.attestation`)."""
+    applet = FidoApplet(CardStore(state), up, attestation=attestation)
     return VirtualCard([applet], FIDO_ATR), applet

@@ -103,6 +103,12 @@ class ClientPinHandler:
         self.token = PinToken(os.urandom(32))
 
     @property
+    def token_live(self) -> bool:
+        """A PIN was verified in this power cycle and its pinUvAuthToken is still usable (§6.5.2.1)."""
+        tok = self.token
+        return tok.in_use and self.clock() - tok.issued <= TOKEN_LIFETIME
+
+    @property
     def power_cycle_required(self) -> bool:
         return self.consecutive_fails >= MAX_CONSECUTIVE_FAILS
 

@@ -4,7 +4,9 @@ The array is stored whole in the ``fido_large_blobs`` section. A write arrives i
 offsets; it is kept in memory until the last fragment, then its trailing LEFT(SHA-256, 16) is checked and it
 replaces the stored array in one atomic write (a torn write leaves the old array: §6.10.3 step 14).
 Once a PIN is set, writes need a pinUvAuthParam with the ``lbw`` permission over
-``32×0xff || 0x0c 0x00 || uint32LE(offset) || SHA-256(fragment)``.
+``32×0xff || 0x0c 0x00 || uint32LE(offset) || SHA-256(fragment)``, and reads see the stored array only while
+a pinUvAuthToken from this power cycle is live; before that they see the empty array (a deviation, see
+:meth:`Authenticator.large_blob_array_for_reading`).
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ class LargeBlobHandler:
                 raise fail(ERR.INVALID_PARAMETER)
             if get > self.max_fragment:
                 raise fail(ERR.INVALID_LENGTH)
-            stored = self.auth.state.large_blob_array()
+            stored = self.auth.large_blob_array_for_reading()
             if offset > len(stored):
                 raise fail(ERR.INVALID_PARAMETER)
             return {1: stored[offset : offset + get]}

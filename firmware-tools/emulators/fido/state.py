@@ -7,7 +7,9 @@ Sections (all JSON; binary values hex-encoded):
   ``counter`` (the signature counter *reservation*, see :meth:`FidoState.next_counter`);
 * ``fido_credentials`` — ``creds``: the discoverable credentials' metadata (no private keys);
 * ``fido_large_blobs`` — ``array``: the serialized large-blob array (CTAP 2.1 §6.10);
-* ``fido_attestation`` — the test attestation CA and attestation key (see :mod:`.attestation`).
+* ``fido_attestation`` — which attestation batch the key belongs to: batch id, directory, root certificate
+  (see :mod:`.attestation`; states written before batch attestation held a per-key attestation key here,
+  replaced on first use).
 
 Every change is one atomic :meth:`CardStore.commit_many`, so a tear leaves the old or the new state.
 """
@@ -32,7 +34,8 @@ ATTESTATION = "fido_attestation"
 
 #: The AAGUID of this authenticator model (getInfo answers it to anyone, before any PIN): one value for every
 #: emulated key, as WebAuthn §6.1.1 means it — a per-key AAGUID would identify the key to every host
-#: (issue 12; docs/card-profile.md §PIV access rules). States created before keep their stored value.
+#: (issue 12; docs/card-profile.md §PIV access rules). A state created before with its own random AAGUID is
+#: moved to this one on load (credential ids and keys do not depend on the AAGUID).
 MODEL_AAGUID = bytes.fromhex("2ddbe5215cd042eaa89fff70b304fd61")
 
 #: The signature counter is reserved in blocks: a write per block, not per assertion (see next_counter).
@@ -52,6 +55,10 @@ class FidoState:
             meta = self._fresh_meta(meta)
             store.commit(META, meta)
             logger.info("new FIDO authenticator state (AAGUID %s)", meta["aaguid"])
+        elif meta.get("aaguid") != MODEL_AAGUID.hex():
+            meta = dict(meta, aaguid=MODEL_AAGUID.hex())  # migration: a per-key AAGUID identified the key
+            store.commit(META, meta)
+            logger.warning("FIDO state moved to the model AAGUID %s", MODEL_AAGUID.hex())
         self._meta = meta
         self._counter = int(meta.get("counter", 0))  # next value handed out
         self._reserved = self._counter  # values below this are covered by the stored reservation
@@ -61,7 +68,7 @@ class FidoState:
     @staticmethod
     def _fresh_meta(old: dict[str, Any]) -> dict[str, Any]:
         return {
-            "aaguid": old.get("aaguid") or MODEL_AAGUID.hex(),
+            "aaguid": MODEL_AAGUID.hex(),
             "master_key": os.urandom(32).hex(),
             "pin_salt": os.urandom(16).hex(),
             "pin_retries": 8,
