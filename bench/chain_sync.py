@@ -95,6 +95,10 @@ class SyntheticCity:
             "0x" + encode(["bytes32", "bytes", "uint256", "uint256"], [KEY_NAME, p, 2**40, 0]).hex()
             for p in self.points
         ]
+        self.revoke_data = []  # (ABI words before previousChange, after it) of a revocation, per key
+        for p in self.points:
+            words = "0x" + encode(["bytes32", "bytes", "uint256", "uint256"], [KEY_NAME, p, 0, 0]).hex()
+            self.revoke_data.append((words[: 2 + 64 * 3], words[2 + 64 * 4 :]))
         self.revoked_history = citizens // 100  # 1 % of credentials revoked over the years
         self.head = self.history_end + (self._delta_blocks() if delta else 0)
 
@@ -169,15 +173,16 @@ class SyntheticCity:
         return out
 
     def _revoke_keys(self, n: int, first: int) -> list[str]:
+        """setAttribute(key, validity 0): the ABI words around ``previousChange`` are the enrollment's own
+        (built once per key; being the node must not weigh on the cache's figure)."""
         out = []
         for j in range(PER_BLOCK):
             i = first + j * 7  # spread over the city
             enrolled_at = self.first + 1 + 2 * (i // PER_BLOCK)
             topic = "0x" + bytes(12).hex() + _identity(i).hex()
-            data = encode(
-                ["bytes32", "bytes", "uint256", "uint256"], [KEY_NAME, self.points[i % 64], 0, enrolled_at]
-            )
-            out.append(self._log(n, j, ADDR["did_registry"], [T_ATTR, topic], "0x" + data.hex()))
+            head, tail = self.revoke_data[i % 64]
+            data = f"{head}{enrolled_at:064x}{tail}"
+            out.append(self._log(n, j, ADDR["did_registry"], [T_ATTR, topic], data))
         return out
 
     def _status(self, n: int, index: int, indexes: range, value: int) -> str:
