@@ -99,7 +99,7 @@ _STATE_TABLES = tuple(_TABLES)
 _ALL_STATE_TABLES = (*_STATE_TABLES, *(f"{t}_delta" for t in _STATE_TABLES))
 MERGE_ROWS = 100_000  # overlay rows past which a sync merges the overlay into the main tables
 IDLE_MERGE_ROWS = 20_000  # overlay rows a sync that found nothing new merges (the kiosk is idle)
-MERGE_CHUNK = 5_000  # overlay rows per merge transaction (readers wait at most one chunk)
+MERGE_CHUNK = 2_000  # overlay rows per merge transaction (readers wait at most one chunk)
 WAL_PAGES = 16_384  # the WAL's bound (64 MiB) if no merge or idle sync checkpoints it first
 _DID_EVENT_NAMES = ("DIDOwnerChanged", "DIDDelegateChanged", "DIDAttributeChanged")
 _DID_KIND = {name: i for i, name in enumerate(_DID_EVENT_NAMES)}
@@ -173,8 +173,12 @@ class SyncCache:
         self.rejected_events = 0
         self._lock = threading.RLock()  # SQLite access
         self._sync_lock = threading.Lock()  # one sync at a time
+        self._path = str(path)
+        self._wal_pages = int(wal_pages)
+        self._merge_db: sqlite3.Connection | None = None  # the merge's own connection (opened when needed)
         try:
             self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA busy_timeout=10000")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at checkpoints, never corrupt
             self._db.execute(f"PRAGMA cache_size=-{cache_kib}")
@@ -287,6 +291,10 @@ class SyncCache:
     def close(self) -> None:
         self.stop()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._sync_lock:
+            if self._merge_db is not None:
+                self._merge_db.close()
+                self._merge_db = None
         self._db.close()
 
     # ---- syncing ----
@@ -366,48 +374,69 @@ class SyncCache:
     def merge(self, max_rows: int | None = None) -> int:
         """Move (up to ``max_rows``) overlay rows into the main tables; the number moved.
 
-        Runs in key order, ``merge_chunk`` rows per transaction; the database lock is released between
-        chunks, so verifications keep answering. A sync waits for the merge (one writer)."""
+        Runs in key order, ``merge_chunk`` rows per transaction, on a connection of its own: verifications
+        (WAL readers) never wait for it and always see a committed chunk boundary. A sync waits for the
+        merge (one writer)."""
         with self._sync_lock:
             return self._merge(max_rows)
+
+    def _merge_connection(self) -> sqlite3.Connection:
+        """The merge's connection (a small page cache: it walks the overlay in order)."""
+        if self._merge_db is None:
+            db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA busy_timeout=10000")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA cache_size=-8192")
+            db.execute(f"PRAGMA wal_autocheckpoint={self._wal_pages}")
+            self._merge_db = db
+        return self._merge_db
 
     def _merge(self, max_rows: int | None = None) -> int:
         """Each chunk is one transaction that copies rows to the main table and deletes them from the
         overlay: a kill mid-merge leaves every row in exactly one of the two (the answers do not change)."""
         moved = 0
         t = time.perf_counter()
-        for table, (_cols, pk) in _TABLES.items():
-            marks = ", ".join("?" * len(pk.split(",")))
-            while max_rows is None or moved < max_rows:
-                chunk = self.merge_chunk if max_rows is None else min(self.merge_chunk, max_rows - moved)
-                with self._guard():
-                    self._db.execute("BEGIN")
+        try:
+            db = self._merge_connection()
+            with self._guard():
+                synced = self.synced_block
+            for table, (_cols, pk) in _TABLES.items():
+                marks = ", ".join("?" * len(pk.split(",")))
+                while max_rows is None or moved < max_rows:
+                    chunk = self.merge_chunk if max_rows is None else min(self.merge_chunk, max_rows - moved)
+                    db.execute("BEGIN IMMEDIATE")
                     try:
-                        last = self._db.execute(
+                        last = db.execute(
                             f"SELECT {pk} FROM {table}_delta ORDER BY {pk} LIMIT 1 OFFSET ?",  # noqa: S608
                             (chunk - 1,),
                         ).fetchone()
                         where = f"WHERE ({pk}) <= ({marks})" if last else ""
-                        n = self._db.execute(
+                        n = db.execute(
                             f"INSERT OR REPLACE INTO {table} SELECT * FROM {table}_delta {where} "  # noqa: S608
                             f"ORDER BY {pk}",
                             last or (),
                         ).rowcount
-                        self._db.execute(f"DELETE FROM {table}_delta {where}", last or ())  # noqa: S608
-                        main = self._meta("main_through")
-                        if n and main is not None:
-                            self._set_meta("main_through", max(int(main), self.synced_block))
-                        self._db.execute("COMMIT")
+                        db.execute(f"DELETE FROM {table}_delta {where}", last or ())  # noqa: S608
+                        if n:  # main_through = max(itself, synced block); absent (unknown) stays absent
+                            db.execute(
+                                "UPDATE meta SET value = max(CAST(value AS INTEGER), ?) "
+                                "WHERE key = 'main_through'",
+                                (synced,),
+                            )
+                        db.execute("COMMIT")
                     except BaseException:
-                        if self._db.in_transaction:
-                            self._db.execute("ROLLBACK")
+                        if db.in_transaction:
+                            db.execute("ROLLBACK")
                         raise
-                moved += n
-                self._overlay_rows = max(0, self._overlay_rows - n)
-                if last is None:
-                    break
+                    moved += n
+                    self._overlay_rows = max(0, self._overlay_rows - n)
+                    if last is None:
+                        break
+            if moved:
+                db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as exc:
+            raise ChainError(f"kiosk chain cache merge failed: {exc}") from exc
         if moved:
-            self._checkpoint_wal()
             logger.info("chain cache: merged %d overlay rows in %.2f s", moved, time.perf_counter() - t)
         return moved
 

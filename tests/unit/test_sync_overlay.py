@@ -251,7 +251,7 @@ def progress():
     if kill_after and calls[0] >= kill_after:
         os._exit(9)  # killed mid-statement: no rollback, no close
     return 0
-cache._db.set_progress_handler(progress, 50)
+cache._merge_connection().set_progress_handler(progress, 50)
 cache.merge()
 print(calls[0])
 """
