@@ -10,7 +10,9 @@ Semantics (docs/chain.md):
   ``max_staleness`` :meth:`SyncCache.verification_facts` raises :class:`StaleChainDataError` (fail closed: the
   kiosk must not say "valid"). A cache that never synced is infinitely stale.
 - State is stored as append-only rows keyed by (block, log index) and read "latest wins", so rolling back a
-  reorg is a DELETE of rows above the common ancestor.
+  reorg is a DELETE of rows above the common ancestor. Syncs write to overlay tables that every read also
+  consults; :meth:`SyncCache.merge` (a bulk catch-up, idle syncs) folds them into the main tables in key
+  order, one committed chunk at a time (docs/chain.md, "Delta overlay").
 - Rewind / reset (docs/chain.md, "Kiosk cache"): when the checkpoint's hash is no longer canonical or the head
   is below it, the cache logs an ALARM and refuses to answer (:class:`ChainResetError`) until a sync has
   caught up again to the block it had reached; the contracts are re-checked first.
@@ -291,10 +293,9 @@ class SyncCache:
     def close(self) -> None:
         self.stop()
         self._pool.shutdown(wait=False, cancel_futures=True)
-        with self._sync_lock:
-            if self._merge_db is not None:
-                self._merge_db.close()
-                self._merge_db = None
+        if self._merge_db is not None:
+            self._merge_db.close()
+            self._merge_db = None
         self._db.close()
 
     # ---- syncing ----
