@@ -10,7 +10,9 @@ Semantics (docs/chain.md):
   ``max_staleness`` :meth:`SyncCache.verification_facts` raises :class:`StaleChainDataError` (fail closed: the
   kiosk must not say "valid"). A cache that never synced is infinitely stale.
 - State is stored as append-only rows keyed by (block, log index) and read "latest wins", so rolling back a
-  reorg is a DELETE of rows above the common ancestor.
+  reorg is a DELETE of rows above the common ancestor. Syncs write to overlay tables that every read also
+  consults; :meth:`SyncCache.merge` (a bulk catch-up, idle syncs) folds them into the main tables in key
+  order, one committed chunk at a time (docs/chain.md, "Delta overlay").
 - Rewind / reset (docs/chain.md, "Kiosk cache"): when the checkpoint's hash is no longer canonical or the head
   is below it, the cache logs an ALARM and refuses to answer (:class:`ChainResetError`) until a sync has
   caught up again to the block it had reached; the contracts are re-checked first.
@@ -64,22 +66,43 @@ logger = logging.getLogger(__name__)
 # Storage at city scale (bench/chain_sync.py: 3.3 M DIDs): clustered WITHOUT ROWID tables keyed the way
 # they are read (one identity's events are neighbours on disk), DID events stored as the log's own bytes
 # (topic 0 kind + ABI data) and decoded only when an identity is read — ingestion parses no ABI for them.
-SCHEMA_VERSION = 2
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS checkpoints (number INTEGER PRIMARY KEY, hash TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS did_logs (
-    identity BLOB NOT NULL, block INTEGER NOT NULL, log_index INTEGER NOT NULL, kind INTEGER NOT NULL,
-    data BLOB NOT NULL, PRIMARY KEY (identity, block, log_index)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS status_words (
-    list_id INTEGER NOT NULL, word INTEGER NOT NULL, block INTEGER NOT NULL, log_index INTEGER NOT NULL,
-    value TEXT NOT NULL, PRIMARY KEY (list_id, word, block, log_index)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS accreditations (
-    issuer TEXT NOT NULL, vct_hash TEXT NOT NULL, block INTEGER NOT NULL, log_index INTEGER NOT NULL,
-    valid_from INTEGER NOT NULL, valid_until INTEGER NOT NULL, revoked INTEGER NOT NULL,
-    PRIMARY KEY (issuer, vct_hash, block, log_index)) WITHOUT ROWID;
-"""
-_STATE_TABLES = ("did_logs", "status_words", "accreditations")
+# Each state table has an overlay twin ``<table>_delta`` of the same layout (schema 3, docs/chain.md "Delta
+# overlay"): syncs write there (small, hot in the page cache), reads consult both, and merge() moves the
+# overlay into the main tables in key order, chunk by chunk, later.
+SCHEMA_VERSION = 3  # layout (meta "schema"); 3 = version 2 + overlay tables, migrated in place
+ROW_FORMAT = 2  # what the rows mean: part of the cache's identity (a change rebuilds it from the chain)
+_TABLES = {  # name -> (columns, primary key)
+    "did_logs": (
+        "identity BLOB NOT NULL, block INTEGER NOT NULL, log_index INTEGER NOT NULL, kind INTEGER NOT NULL, "
+        "data BLOB NOT NULL",
+        "identity, block, log_index",
+    ),
+    "status_words": (
+        "list_id INTEGER NOT NULL, word INTEGER NOT NULL, block INTEGER NOT NULL, "
+        "log_index INTEGER NOT NULL, value TEXT NOT NULL",
+        "list_id, word, block, log_index",
+    ),
+    "accreditations": (
+        "issuer TEXT NOT NULL, vct_hash TEXT NOT NULL, block INTEGER NOT NULL, log_index INTEGER NOT NULL, "
+        "valid_from INTEGER NOT NULL, valid_until INTEGER NOT NULL, revoked INTEGER NOT NULL",
+        "issuer, vct_hash, block, log_index",
+    ),
+}
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);\n"
+    "CREATE TABLE IF NOT EXISTS checkpoints (number INTEGER PRIMARY KEY, hash TEXT NOT NULL);\n"
+    + "".join(
+        f"CREATE TABLE IF NOT EXISTS {name}{suffix} ({cols}, PRIMARY KEY ({pk})) WITHOUT ROWID;\n"
+        for name, (cols, pk) in _TABLES.items()
+        for suffix in ("", "_delta")
+    )
+)
+_STATE_TABLES = tuple(_TABLES)
+_ALL_STATE_TABLES = (*_STATE_TABLES, *(f"{t}_delta" for t in _STATE_TABLES))
+MERGE_ROWS = 100_000  # overlay rows past which a sync merges the overlay into the main tables
+IDLE_MERGE_ROWS = 20_000  # overlay rows a sync that found nothing new merges (the kiosk is idle)
+MERGE_CHUNK = 2_000  # overlay rows per merge transaction (readers wait at most one chunk)
+WAL_PAGES = 16_384  # the WAL's bound (64 MiB) if no merge or idle sync checkpoints it first
 _DID_EVENT_NAMES = ("DIDOwnerChanged", "DIDDelegateChanged", "DIDAttributeChanged")
 _DID_KIND = {name: i for i, name in enumerate(_DID_EVENT_NAMES)}
 _ZERO12 = bytes(12)
@@ -120,6 +143,10 @@ class SyncCache:
         quorum: int = 1,
         receipt_depth: int = 256,
         cache_kib: int = 32 * 1024,
+        merge_rows: int = MERGE_ROWS,
+        idle_merge_rows: int = IDLE_MERGE_ROWS,
+        merge_chunk: int = MERGE_CHUNK,
+        wal_pages: int = WAL_PAGES,
     ) -> None:
         self.client = client
         self.network = network.require_complete()
@@ -134,6 +161,9 @@ class SyncCache:
         self.proofs = proofs  # spot-check applied events against eth_getProof at the range's last block
         self.spot_checks = spot_checks
         self.receipt_depth = receipt_depth
+        self.merge_rows = merge_rows
+        self.idle_merge_rows = idle_merge_rows
+        self.merge_chunk = max(1, merge_chunk)
         self._raw_logs: dict[
             tuple[int, int], tuple[tuple[bytes, ...], bytes]
         ] = {}  # of the range being applied
@@ -145,13 +175,18 @@ class SyncCache:
         self.rejected_events = 0
         self._lock = threading.RLock()  # SQLite access
         self._sync_lock = threading.Lock()  # one sync at a time
+        self._path = str(path)
+        self._wal_pages = int(wal_pages)
+        self._merge_db: sqlite3.Connection | None = None  # the merge's own connection (opened when needed)
         try:
             self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA busy_timeout=10000")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at checkpoints, never corrupt
             self._db.execute(f"PRAGMA cache_size=-{cache_kib}")
+            # WAL pages are copied back at merges and idle syncs, not in the commit that applies a range
+            self._db.execute(f"PRAGMA wal_autocheckpoint={int(wal_pages)}")
             self._check_schema()
-            self._db.executescript(_SCHEMA)
         except sqlite3.Error as exc:
             raise ChainConfigError(f"cannot open the chain cache {path}: {exc}") from exc
         self._contracts = {
@@ -167,20 +202,50 @@ class SyncCache:
         self._span = min(max_range, 64)  # blocks per eth_getLogs, adapted to the density (TARGET_LOGS)
         self._histories: dict[bytes, tuple[int, list[DidEvent]]] = {}  # identity -> (synced block, events)
         self._check_identity()
+        with self._guard():
+            self._overlay_rows = self._count_overlay()
         self._thread: threading.Thread | None = None
         self._checked = False  # check_network() once per process before the first sync
         self._stop = threading.Event()
 
     # ---- bookkeeping ----
     def _check_schema(self) -> None:
-        """A cache file of an earlier layout is emptied (it is rebuilt from the chain)."""
-        old = self._db.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'did_events'"
-        ).fetchone()
-        if old:
-            logger.warning("chain cache %s has an older layout; rebuilding it from the chain", self)
+        """Bring an existing cache file to this layout (docs/chain.md, "Delta overlay").
+
+        Layout 1 (rowid tables, JSON events) is emptied and rebuilt from the chain; layout 2 (the same main
+        tables without the overlay) is migrated in place: its rows stay valid, the empty overlay tables are
+        created. A file of a newer layout than this code knows is refused."""
+        db = self._db
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "did_events" in tables:
+            logger.warning("chain cache has an older layout; rebuilding it from the chain")
             for table in ("did_events", "status_words", "accreditations", "checkpoints", "meta"):
-                self._db.execute(f"DROP TABLE IF EXISTS {table}")
+                db.execute(f"DROP TABLE IF EXISTS {table}")
+            tables = set()
+        row = (
+            db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() if "meta" in tables else None
+        )
+        if row is not None and int(row[0]) > SCHEMA_VERSION:
+            raise ChainConfigError(
+                f"the chain cache has layout {row[0]}, newer than this kiosk's {SCHEMA_VERSION}"
+            )
+        db.execute("BEGIN")
+        for stmt in _SCHEMA.strip().split(";\n"):
+            db.execute(stmt.rstrip(";"))
+        if row is None and "did_logs" in tables:
+            # every row of a layout-2 file is in the main tables, up to the block it had synced
+            synced = db.execute("SELECT value FROM meta WHERE key = 'synced_block'").fetchone()
+            if synced is not None:
+                db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('main_through', ?)", synced)
+            logger.info("chain cache: layout 2 migrated to %d (overlay tables added)", SCHEMA_VERSION)
+        db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        db.execute("COMMIT")
+
+    def _count_overlay(self) -> int:
+        return sum(
+            self._db.execute(f"SELECT count(*) FROM {t}_delta").fetchone()[0]  # noqa: S608 - fixed names
+            for t in _STATE_TABLES
+        )
 
     def _meta(self, key: str) -> str | None:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -192,7 +257,7 @@ class SyncCache:
     def _check_identity(self) -> None:
         scope = [sorted(self.status_lists or []), sorted(self.issuers or [])]
         ident = json.dumps(
-            [SCHEMA_VERSION, self.network.chain_id, self.network.addresses, self.start_block, scope],
+            [ROW_FORMAT, self.network.chain_id, self.network.addresses, self.start_block, scope],
             sort_keys=True,
         )
         with self._guard():
@@ -201,9 +266,11 @@ class SyncCache:
                 if stored is not None:
                     logger.warning("sync cache belongs to another network or checkpoint; starting over")
                 self._db.execute("BEGIN")
-                for table in (*_STATE_TABLES, "checkpoints", "meta"):
+                for table in (*_ALL_STATE_TABLES, "checkpoints", "meta"):
                     self._db.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed table names
                 self._set_meta("network", ident)
+                self._set_meta("schema", SCHEMA_VERSION)
+                self._set_meta("main_through", -1)  # the main tables hold rows up to this block
                 self._db.execute("COMMIT")
 
     @property
@@ -226,6 +293,9 @@ class SyncCache:
     def close(self) -> None:
         self.stop()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._merge_db is not None:
+            self._merge_db.close()
+            self._merge_db = None
         self._db.close()
 
     # ---- syncing ----
@@ -264,6 +334,7 @@ class SyncCache:
                 self._alarm(synced, head)
                 synced = self._rollback()
             target = head - self.confirmations
+            before, bulk = self._overlay_rows, False
             while synced < target:
                 start, end = synced + 1, min(target, synced + self._span)
                 try:
@@ -275,6 +346,9 @@ class SyncCache:
                     continue
                 self._span = self._next_span(end - start + 1, count)
                 synced = end
+                if self._overlay_rows > self.merge_rows:  # a long catch-up: keep the overlay small
+                    self._merge()
+                    bulk = True
             with self._guard():
                 resync = self._meta("resync_to")
                 if resync is not None and synced >= int(resync):
@@ -286,7 +360,91 @@ class SyncCache:
                 check_fresh(head_time, self.clock(), self.max_chain_age, math.inf)  # stuck node: not current
             with self._guard():
                 self._set_meta("synced_at", started)
+            if bulk:
+                self._merge()  # a bulk catch-up (the first sync) leaves an empty overlay behind
+            elif self._overlay_rows == before and not self._merge(self.idle_merge_rows):
+                self._checkpoint_wal()  # idle (nothing new arrived) and nothing left to fold in
             return synced
+
+    # ---- the delta overlay (docs/chain.md, "Delta overlay") ----
+    @property
+    def overlay_rows(self) -> int:
+        """Rows waiting in the overlay tables (applied and answered from, not yet merged)."""
+        return self._overlay_rows
+
+    def merge(self, max_rows: int | None = None) -> int:
+        """Move (up to ``max_rows``) overlay rows into the main tables; the number moved.
+
+        Runs in key order, ``merge_chunk`` rows per transaction, on a connection of its own: verifications
+        (WAL readers) never wait for it and always see a committed chunk boundary. A sync waits for the
+        merge (one writer)."""
+        with self._sync_lock:
+            return self._merge(max_rows)
+
+    def _merge_connection(self) -> sqlite3.Connection:
+        """The merge's connection (a small page cache: it walks the overlay in order)."""
+        if self._merge_db is None:
+            db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA busy_timeout=10000")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA cache_size=-8192")
+            db.execute(f"PRAGMA wal_autocheckpoint={self._wal_pages}")
+            self._merge_db = db
+        return self._merge_db
+
+    def _merge(self, max_rows: int | None = None) -> int:
+        """Each chunk is one transaction that copies rows to the main table and deletes them from the
+        overlay: a kill mid-merge leaves every row in exactly one of the two (the answers do not change)."""
+        moved = 0
+        t = time.perf_counter()
+        try:
+            db = self._merge_connection()
+            with self._guard():
+                synced = self.synced_block
+            for table, (_cols, pk) in _TABLES.items():
+                marks = ", ".join("?" * len(pk.split(",")))
+                while max_rows is None or moved < max_rows:
+                    chunk = self.merge_chunk if max_rows is None else min(self.merge_chunk, max_rows - moved)
+                    db.execute("BEGIN IMMEDIATE")
+                    try:
+                        last = db.execute(
+                            f"SELECT {pk} FROM {table}_delta ORDER BY {pk} LIMIT 1 OFFSET ?",  # noqa: S608
+                            (chunk - 1,),
+                        ).fetchone()
+                        where = f"WHERE ({pk}) <= ({marks})" if last else ""
+                        n = db.execute(
+                            f"INSERT OR REPLACE INTO {table} SELECT * FROM {table}_delta {where} "  # noqa: S608
+                            f"ORDER BY {pk}",
+                            last or (),
+                        ).rowcount
+                        db.execute(f"DELETE FROM {table}_delta {where}", last or ())  # noqa: S608
+                        if n:  # main_through = max(itself, synced block); absent (unknown) stays absent
+                            db.execute(
+                                "UPDATE meta SET value = max(CAST(value AS INTEGER), ?) "
+                                "WHERE key = 'main_through'",
+                                (synced,),
+                            )
+                        db.execute("COMMIT")
+                    except BaseException:
+                        if db.in_transaction:
+                            db.execute("ROLLBACK")
+                        raise
+                    moved += n
+                    self._overlay_rows = max(0, self._overlay_rows - n)
+                    if last is None:
+                        break
+            if moved:
+                db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as exc:
+            raise ChainError(f"kiosk chain cache merge failed: {exc}") from exc
+        if moved:
+            logger.info("chain cache: merged %d overlay rows in %.2f s", moved, time.perf_counter() - t)
+        return moved
+
+    def _checkpoint_wal(self) -> None:
+        """Copy the WAL back into the file (PASSIVE: never waits for, nor blocks, a reader)."""
+        with self._guard():
+            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def _next_span(self, blocks: int, logs: int) -> int:
         """Blocks for the next eth_getLogs: about TARGET_LOGS logs at the density just seen (≤ max_range)."""
@@ -347,10 +505,17 @@ class SyncCache:
         with self._guard():
             self._db.execute("BEGIN")
             for table in _STATE_TABLES:
-                self._db.execute(f"DELETE FROM {table} WHERE block > ?", (ancestor,))  # noqa: S608
+                self._db.execute(f"DELETE FROM {table}_delta WHERE block > ?", (ancestor,))  # noqa: S608
+            main = self._meta("main_through")
+            if main is None or int(main) > ancestor:  # the main tables hold rows above the ancestor: scan
+                for table in _STATE_TABLES:
+                    self._db.execute(f"DELETE FROM {table} WHERE block > ?", (ancestor,))  # noqa: S608
+                self._set_meta("main_through", ancestor)
             self._db.execute("DELETE FROM checkpoints WHERE number > ?", (ancestor,))
             self._set_meta("synced_block", ancestor)
             self._db.execute("COMMIT")
+            self._overlay_rows = self._count_overlay()
+            self._histories.clear()
         return ancestor
 
     def _range_replies(self, start: int, end: int) -> tuple[object, object]:
@@ -397,6 +562,7 @@ class SyncCache:
             self._db.execute("BEGIN")
             try:
                 rejected: list[DecodedEvent] = []
+                written = 0
                 did_rows: list[tuple[bytes, int, int, int, bytes]] = []
                 for ev in decoded:
                     if ev.name in _DID_KIND:  # stored as the log's bytes, decoded when read
@@ -404,7 +570,7 @@ class SyncCache:
                         did_rows.append((a["identity"], ev.block_number, ev.log_index, kind, a["data"]))
                         continue
                     try:
-                        self._apply(ev)
+                        written += self._apply(ev)
                     except (OutOfRangeEventError, OverflowError, KeyError, TypeError, ValueError) as exc:
                         self.rejected_events += 1
                         rejected.append(ev)
@@ -416,7 +582,7 @@ class SyncCache:
                             exc,
                         )
                 did_rows.sort()  # in key order: neighbouring inserts share B-tree pages
-                self._db.executemany("INSERT OR REPLACE INTO did_logs VALUES (?, ?, ?, ?, ?)", did_rows)
+                self._db.executemany("INSERT OR REPLACE INTO did_logs_delta VALUES (?, ?, ?, ?, ?)", did_rows)
                 if did_rows:
                     self._histories.clear()
                 if proven is not None:
@@ -435,6 +601,7 @@ class SyncCache:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 raise
+            self._overlay_rows += written + len(did_rows)
         return len(raw_logs)
 
     def _parse_log(self, raw: object, start: int, end: int, end_hash: str) -> DecodedEvent | None:
@@ -606,12 +773,7 @@ class SyncCache:
             if kind == "w":
                 assert isinstance(key, tuple)  # "w" keys are (list id, word)
                 list_id, word = key
-                row = self._db.execute(
-                    "SELECT value FROM status_words WHERE list_id = ? AND word = ? "
-                    "ORDER BY block DESC, log_index DESC LIMIT 1",
-                    (list_id, word),
-                ).fetchone()
-                ok = (int(row[0], 16) if row else 0) == value
+                ok = self._word(list_id, word) == value
             elif kind == "a":
                 assert isinstance(key, tuple)  # "a" keys are (issuer, vct hash)
                 issuer, vh = key
@@ -632,32 +794,34 @@ class SyncCache:
                 )
                 raise ProofError(f"events up to block {end} do not match the proven state ({kind} {key!r})")
 
-    def _apply(self, ev: DecodedEvent) -> None:
-        """Store one event (raises OutOfRangeEventError for values the cache cannot hold; nothing stored)."""
+    def _apply(self, ev: DecodedEvent) -> int:
+        """Store one event in the overlay; the rows written (raises OutOfRangeEventError for values the cache
+        cannot hold; nothing stored)."""
         key = (ev.block_number, ev.log_index)
         if "listId" in ev.args:
             list_id = int(ev.args["listId"])
             if self.status_lists is not None and list_id not in self.status_lists:
-                return  # not one of the city's lists
+                return 0  # not one of the city's lists
             _in_range(list_id, "listId")
         if (
             "issuer" in ev.args
             and self.issuers is not None
             and checksum(ev.args["issuer"]) not in self.issuers
         ):
-            return  # not one of the configured issuers
+            return 0  # not one of the configured issuers
         if ev.name == "StatusWordsChanged":
             pairs = list(zip(ev.args["wordIndexes"], ev.args["words"], strict=True))
             for word, _value in pairs:
                 _in_range(int(word), "word index")
             list_id = int(ev.args["listId"])
             self._db.executemany(
-                "INSERT OR REPLACE INTO status_words VALUES (?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO status_words_delta VALUES (?, ?, ?, ?, ?)",
                 [(list_id, int(word), *key, hex(value)) for word, value in pairs],
             )
-        elif ev.name == "IssuerAccredited":
+            return len(pairs)
+        if ev.name == "IssuerAccredited":
             self._db.execute(
-                "INSERT OR REPLACE INTO accreditations VALUES (?, ?, ?, ?, ?, ?, 0)",
+                "INSERT OR REPLACE INTO accreditations_delta VALUES (?, ?, ?, ?, ?, ?, 0)",
                 (
                     checksum(ev.args["issuer"]),
                     "0x" + ev.args["vctHash"].hex(),
@@ -666,13 +830,16 @@ class SyncCache:
                     min(int(ev.args["validUntil"]), FOREVER),
                 ),
             )
-        elif ev.name == "AccreditationRevoked":
+            return 1
+        if ev.name == "AccreditationRevoked":
             issuer, vh = checksum(ev.args["issuer"]), "0x" + ev.args["vctHash"].hex()
             prev = self._accreditation(issuer, vh)
             self._db.execute(
-                "INSERT OR REPLACE INTO accreditations VALUES (?, ?, ?, ?, ?, ?, 1)",
+                "INSERT OR REPLACE INTO accreditations_delta VALUES (?, ?, ?, ?, ?, ?, 1)",
                 (issuer, vh, *key, prev[0], prev[1]),
             )
+            return 1
+        return 0
 
     # ---- background following ----
     def start(self, interval: float = 2.0) -> None:
@@ -701,22 +868,32 @@ class SyncCache:
             self._thread = None
 
     # ---- reads (0 round trips) ----
+    # Every read consults the main table and its overlay, latest (block, log index) wins. A row may be in
+    # both only inside a merge transaction, which readers never see (the lock); UNION would fold it anyway.
     def _accreditation(self, issuer: str, vh: str) -> tuple[int, int, bool]:
         row = self._db.execute(
-            "SELECT valid_from, valid_until, revoked FROM accreditations WHERE issuer = ? AND vct_hash = ? "
-            "ORDER BY block DESC, log_index DESC LIMIT 1",
+            "SELECT valid_from, valid_until, revoked FROM ("
+            "SELECT block, log_index, valid_from, valid_until, revoked FROM accreditations "
+            "WHERE issuer = ?1 AND vct_hash = ?2 UNION ALL "
+            "SELECT block, log_index, valid_from, valid_until, revoked FROM accreditations_delta "
+            "WHERE issuer = ?1 AND vct_hash = ?2) ORDER BY block DESC, log_index DESC LIMIT 1",
             (issuer, vh),
         ).fetchone()
         return (int(row[0]), int(row[1]), bool(row[2])) if row else (0, 0, False)
 
+    def _word(self, list_id: int, word: int) -> int:
+        row = self._db.execute(
+            "SELECT value FROM ("
+            "SELECT block, log_index, value FROM status_words WHERE list_id = ?1 AND word = ?2 UNION ALL "
+            "SELECT block, log_index, value FROM status_words_delta WHERE list_id = ?1 AND word = ?2"
+            ") ORDER BY block DESC, log_index DESC LIMIT 1",
+            (list_id, word),
+        ).fetchone()
+        return int(row[0], 16) if row else 0
+
     def status_of(self, list_id: int, index: int) -> CredentialStatus:
         with self._guard():
-            row = self._db.execute(
-                "SELECT value FROM status_words WHERE list_id = ? AND word = ? "
-                "ORDER BY block DESC, log_index DESC LIMIT 1",
-                (list_id, index >> 7),
-            ).fetchone()
-        word = int(row[0], 16) if row else 0
+            word = self._word(list_id, index >> 7)
         value = (word >> ((index & 127) * 2)) & 3
         if value > CredentialStatus.SUSPENDED:
             raise ChainError(f"status entry has the reserved value {value}")
@@ -737,7 +914,8 @@ class SyncCache:
         if memo is not None and memo[0] == synced:
             return memo[1]
         rows = self._db.execute(
-            "SELECT block, log_index, kind, data FROM did_logs WHERE identity = ? ORDER BY block, log_index",
+            "SELECT block, log_index, kind, data FROM did_logs WHERE identity = ?1 UNION "
+            "SELECT block, log_index, kind, data FROM did_logs_delta WHERE identity = ?1 ORDER BY 1, 2",
             (identity,),
         ).fetchall()
         events = Events.of("CityDIDRegistry")
