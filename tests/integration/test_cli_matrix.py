@@ -95,6 +95,7 @@ def _run(tool: str, argv: list[str], home: Path) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.timeout(900)  # ~150 Python start-ups, 4 at a time: minutes on 2 loaded cores
 def test_every_subcommand_fails_with_one_line(tmp_path: Path) -> None:
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         pytest.skip("needs root and unshare for a daemon-free namespace")
