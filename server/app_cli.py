@@ -440,7 +440,13 @@ def register(sub: Subcommands) -> None:
     common(p)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=port_number, default=8700, help="port (default 8700)")
-    p.add_argument("--threads", type=_positive, default=8, help="worker threads (default 8)")
+    p.add_argument(
+        "--threads",
+        type=_positive,
+        default=8,
+        help="worker threads (default 8; a request waiting with ?wait= holds one). On a 2-core host "
+        "enrollment throughput is best with 2 instances x 4 threads (docs/server.md, Serving capacity)",
+    )
     p.add_argument("--no-access-log", action="store_true", help="no per-request log lines")
     p.set_defaults(func=cmd_serve)
 
