@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 _TERMINAL_ROW = select(
     Terminal.name, Terminal.public_key_pem, Terminal.active, Terminal.office, Terminal.role
 )
-_NONCE_INSERT = insert(UsedNonce.__table__)
+_NONCE_INSERT = insert(UsedNonce)  # Core INSERT on the mapped table (no ORM unit of work)
 
 
 class AuthError(CityIdError):

@@ -278,9 +278,10 @@ class AnchorQueue:
             )
             rows = s.execute(query if everything else query.limit(recent)).all()
         lost = 0
-        for root, block in rows:
+        for root_or_none, block_or_none in rows:
+            root, block = str(root_or_none), int(block_or_none or 0)  # both non-null (the WHERE above)
             _ts, on_chain, _who = anchorer.anchors.anchor_of(bytes.fromhex(root))
-            if int(on_chain) == int(block):
+            if int(on_chain) == block:
                 continue
             if on_chain:
                 logger.info("anchor root %s… moved from block %d to %d", root[:12], block, on_chain)
