@@ -238,9 +238,13 @@ class WsgiServer:
     def _in_loop(self, thunk: Callable[[], None], done: threading.Event) -> None:
         """Run ``thunk`` on the server's event-loop thread (waitress's socket map is not thread-safe)."""
         if self._thread.is_alive():
-            self._server.trigger.pull_trigger(thunk)  # pyright: ignore[reportAttributeAccessIssue]  # wasyncore
-            if done.wait(5):
-                return
+            try:
+                self._server.trigger.pull_trigger(thunk)  # pyright: ignore[reportAttributeAccessIssue]  # wasyncore
+            except OSError:  # the loop closed its trigger between the check and the pull: it is ending
+                logger.debug("server loop already closing; running its stop step here")
+            else:
+                if done.wait(5):
+                    return
         thunk()
 
     def __enter__(self) -> WsgiServer:

@@ -49,6 +49,9 @@ class FakeNode:
         self.provider = provider
         self.mode = "ok"
         self.waiting = threading.Event()  # set while a "slow" request is being held
+        # A "slow" request outlasts the client's default timeout with margin: the forwarded embedded-node
+        # calls themselves can take most of a second on a loaded 2-core CI machine.
+        self.slow_s = 3.0
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -60,7 +63,7 @@ class FakeNode:
                 mode = fake.mode
                 if mode == "slow":
                     fake.waiting.set()
-                    time.sleep(1.0)
+                    time.sleep(fake.slow_s)
                 if mode == "error":
                     reply: Any = {
                         "jsonrpc": "2.0",
@@ -99,7 +102,7 @@ class FakeNode:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
-    def client(self, timeout: float = 0.5) -> RpcClient:
+    def client(self, timeout: float = 1.5) -> RpcClient:
         return RpcClient(HttpTransport(self.url, timeout=timeout))
 
     def close(self) -> None:
@@ -292,7 +295,7 @@ def test_reads_answer_while_a_sync_waits_on_a_slow_node(setup, tmp_path):
     fake, city, holder_did, ref = setup
     cache = SyncCache(fake.client(timeout=5), city.network, tmp_path / "c.sqlite", confirmations=0)
     cache.sync()
-    fake.mode = "slow"  # the node takes 1 s per request
+    fake.mode, fake.slow_s = "slow", 1.0  # the node takes 1 s per request
     syncing = threading.Thread(target=cache.sync)
     fake.waiting.clear()
     syncing.start()
