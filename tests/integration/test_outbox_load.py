@@ -22,7 +22,8 @@ from sqlalchemy import create_engine, func, select
 from server.models import BatchState, OutboxBatch, OutboxEntry, OutboxState
 from terminal.server_client import ServerClient, ServerError
 from tests.fixtures.anvil_node import AnvilNode
-from tests.integration.outbox_support import build_city, free_port, key_events
+from tests.fixtures.serve_proc import start_serve
+from tests.integration.outbox_support import build_city, key_events
 from tests.unit.server_support import CLAIMS
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -39,18 +40,6 @@ def _point() -> bytes:
 
 def _health(url: str) -> dict:
     return requests.get(f"{url}/health", timeout=5).json()
-
-
-def _wait_up(proc: subprocess.Popen, url: str) -> None:
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            requests.get(f"{url}/health", timeout=1).raise_for_status()
-            return
-        except requests.RequestException:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"serve did not come up: {proc.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
-            time.sleep(0.2)
 
 
 def _retrying(clients: list[ServerClient], dead: set[int], i: int, call):  # type: ignore[no-untyped-def]
@@ -72,6 +61,7 @@ def _retrying(clients: list[ServerClient], dead: set[int], i: int, call):  # typ
 def test_four_instances_one_writer_under_load(postgres_db_url, tmp_path):
     node = AnvilNode()
     procs: list[subprocess.Popen] = []
+    urls: list[str] = []
     try:
         city = build_city(node.url, tmp_path)
         env = {**os.environ, **city.env(postgres_db_url), "CITY_CHAIN_WINDOW_MS": "250"}
@@ -81,16 +71,12 @@ def test_four_instances_one_writer_under_load(postgres_db_url, tmp_path):
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))  # fmt: skip
         add = [*CLI, "terminal", "add", "--name", "counter-1", "--public-key", str(tmp_path / "t.pem")]
         subprocess.run(add, env=env, check=True, capture_output=True)
-        ports = [free_port() for _ in range(INSTANCES)]
-        logs = [open(tmp_path / f"serve-{k}.log", "w+b") for k in range(INSTANCES)]  # noqa: SIM115
-        serve = [*CLI, "serve", "--threads", "8", "--no-access-log", "--port"]
-        procs = [
-            subprocess.Popen([*serve, str(p)], env=env, stdout=subprocess.DEVNULL, stderr=logs[k])
-            for k, p in enumerate(ports)
-        ]
-        urls = [f"http://127.0.0.1:{p}" for p in ports]
-        for proc, url in zip(procs, urls, strict=True):
-            _wait_up(proc, url)
+        serve = [*CLI, "serve", "--threads", "8", "--no-access-log"]
+        logs = [tmp_path / f"serve-{k}.log" for k in range(INSTANCES)]
+        for log in logs:
+            proc, url = start_serve(serve, env, log)
+            procs.append(proc)
+            urls.append(url)
         clients = [ServerClient(u, "counter-1", tkey, clerk="clerk-load", timeout=60) for u in urls]
         time.sleep(1.0)
         leaders = [k for k, u in enumerate(urls) if _health(u)["outbox"]["writer"]["leader"]]
@@ -160,13 +146,15 @@ def test_four_instances_one_writer_under_load(postgres_db_url, tmp_path):
                 proc.terminate()
         for proc in procs:
             proc.wait(20)
-        text = b"".join((f.seek(0), f.read())[1] for f in logs).decode(errors="replace")
+        text = b"".join(log.read_bytes() for log in logs).decode(errors="replace")
         assert "nonce too" not in text.lower() and "Traceback" not in text, text[-3000:]
         enroll_gas = sum(g for k, n, g in batches if k == "enroll") / N
         status_gas = sum(g for k, n, g in batches if k == "status") / N
-        print(f"\n{N} enrollments in {enroll_s:.1f}s ({N / enroll_s:.0f}/s), {N} revocations in "
-              f"{revoke_s:.1f}s; {len(batches)} batches; gas/enrollment {enroll_gas:.0f}, "
-              f"gas/revocation {status_gas:.0f}")
+        print(
+            f"\n{N} enrollments in {enroll_s:.1f}s ({N / enroll_s:.0f}/s), {N} revocations in "
+            f"{revoke_s:.1f}s; {len(batches)} batches; gas/enrollment {enroll_gas:.0f}, "
+            f"gas/revocation {status_gas:.0f}"
+        )
     finally:
         for proc in procs:
             if proc.poll() is None:

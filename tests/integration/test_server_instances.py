@@ -5,18 +5,16 @@ retried on the other instance returns the same credential (the idempotency recor
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from terminal.server_client import ServerClient
+from tests.fixtures.serve_proc import start_serve
 from tests.unit.server_support import CLAIMS
 
 pytestmark = pytest.mark.integration
@@ -24,27 +22,9 @@ pytestmark = pytest.mark.integration
 CLI = [sys.executable, "-m", "server.cli"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _point() -> bytes:
     key = ec.generate_private_key(ec.SECP256R1()).public_key()
     return key.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
-
-
-def _wait_up(proc: subprocess.Popen, url: str) -> None:
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            requests.get(f"{url}/health", timeout=1).raise_for_status()
-            return
-        except requests.RequestException:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"serve did not come up: {proc.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
-            time.sleep(0.2)
 
 
 def test_two_instances_one_postgres(postgres_db_url, tmp_path):
@@ -69,22 +49,16 @@ def test_two_instances_one_postgres(postgres_db_url, tmp_path):
         check=True,
         capture_output=True,
     )
-    ports = [_free_port(), _free_port()]
-    procs = [
-        # Several threads each: requests only add outbox rows; the one chain writer (the instance holding
-        # the advisory lock) owns the nonce, so nothing races on it (docs/server.md §Chain outbox).
-        subprocess.Popen(
-            [*CLI, "serve", "--port", str(p), "--threads", "4"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        for p in ports
-    ]
-    urls = [f"http://127.0.0.1:{p}" for p in ports]
+    # Several threads each: requests only add outbox rows; the one chain writer (the instance holding
+    # the advisory lock) owns the nonce, so nothing races on it (docs/server.md §Chain outbox).
+    logs = [tmp_path / f"serve-{k}.log" for k in range(2)]
+    procs: list[subprocess.Popen] = []
+    urls: list[str] = []
     try:
-        for proc, url in zip(procs, urls, strict=True):
-            _wait_up(proc, url)
+        for log in logs:
+            proc, url = start_serve([*CLI, "serve", "--threads", "4"], env, log)
+            procs.append(proc)
+            urls.append(url)
         clients = [ServerClient(u, "counter-1", tkey, clerk="clerk-1") for u in urls]
 
         points = [_point() for _ in range(16)]
@@ -108,6 +82,6 @@ def test_two_instances_one_postgres(postgres_db_url, tmp_path):
             proc.terminate()
         for proc in procs:
             proc.wait(15)
-    for proc in procs:
-        logs = proc.stderr.read().decode()  # type: ignore[union-attr]
-        assert proc.returncode == 0 and "Traceback" not in logs, logs[-2000:]
+    for proc, log in zip(procs, logs, strict=True):
+        text = log.read_text(errors="replace")
+        assert proc.returncode == 0 and "Traceback" not in text, text[-2000:]
