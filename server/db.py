@@ -47,14 +47,14 @@ def make_engine(url: str, pool_size: int | None = None) -> Engine:
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
         if url in ("sqlite://", "sqlite:///:memory:"):
             kwargs["poolclass"] = StaticPool  # one shared in-memory database
-    else:
-        kwargs["pool_pre_ping"] = True
-        if pool_size is not None:
-            kwargs["pool_size"] = pool_size
+    elif pool_size is not None:
+        kwargs["pool_size"] = pool_size
     try:
         engine = create_engine(url, **kwargs)
     except (SQLAlchemyError, ImportError) as exc:
         raise StorageError(f"bad database URL: {exc}") from exc
+    if engine.dialect.name != "sqlite":
+        _ping_after_idle(engine)
     if engine.dialect.name == "sqlite":
 
         @event.listens_for(engine, "connect")
@@ -75,6 +75,41 @@ def make_engine(url: str, pool_size: int | None = None) -> Engine:
             dbapi_conn.isolation_level = None
 
     return engine
+
+
+#: A kept connection idle for longer than this is pinged before it is handed out (see ``_ping_after_idle``).
+PING_AFTER_IDLE_S = 1.0
+
+
+def _ping_after_idle(engine: Engine, idle_s: float = PING_AFTER_IDLE_S) -> None:
+    """Pessimistic disconnect handling, but only for connections that sat idle in the pool.
+
+    ``pool_pre_ping`` pings on every checkout: one more round trip and ~1.5 ms of CPU per transaction, on a
+    path (request signature, enrollment) that checks out twice per request. A connection back in the pool
+    for less than ``idle_s`` was working a moment ago; one idle longer may have outlived a database restart,
+    a fail-over or a proxy's idle timeout, so it is pinged and, if dead, replaced before any statement runs
+    (SQLAlchemy's documented recipe: ``DisconnectionError`` from a checkout handler makes the pool discard it
+    and check out again). A database restart lasts longer than ``idle_s``, so every connection kept across
+    one is pinged; a backend killed under a connection used less than ``idle_s`` ago fails that one
+    transaction (503, the terminal retries with the same idempotency key) and SQLAlchemy invalidates the
+    whole pool on that disconnect error (docs/server.md §Serving capacity)."""
+    import time
+
+    from sqlalchemy.exc import DisconnectionError
+
+    @event.listens_for(engine, "checkin")
+    def _checked_in(_dbapi_conn: DBAPIConnection | None, record: ConnectionPoolEntry) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_conn: DBAPIConnection, record: ConnectionPoolEntry, _proxy: object) -> None:
+        since = record.info.get("idle_since")
+        if since is None or time.monotonic() - since < idle_s:
+            return  # new, or working a moment ago
+        try:
+            engine.dialect.do_ping(dbapi_conn)
+        except Exception as exc:  # any failure of SELECT 1: do not hand this connection out
+            raise DisconnectionError("kept connection is dead") from exc
 
 
 @dataclass

@@ -100,12 +100,19 @@ class ServiceContext:
     ) -> None:
         """:meth:`audit` for several ``(action, credential id, DID, detail)`` of one actor: one bulk INSERT
         in the caller's transaction."""
+        s.execute(insert(AuditEntry), ServiceContext.audit_rows(actor, entries))
+
+    @staticmethod
+    def audit_rows(
+        actor: Any, entries: Sequence[tuple[str, str | None, str | None, str]]
+    ) -> list[dict[str, Any]]:
+        """The audit table's rows for :meth:`audit_many` (outcome ``ok``), every column given."""
         terminal, clerk, at = getattr(actor, "terminal", actor), getattr(actor, "clerk", ""), utcnow()
-        s.execute(insert(AuditEntry), [
+        return [
             {"at": at, "actor": terminal, "clerk": clerk, "action": action, "credential_id": cred,
              "citizen_did": did, "outcome": "ok", "detail": detail[:200]}
             for action, cred, did, detail in entries
-        ])  # fmt: skip
+        ]  # fmt: skip
 
     def audit_now(self, actor: Any, action: str, **kw: Any) -> None:
         """Audit in a transaction of its own (a failing audit write is logged, not raised)."""
@@ -131,6 +138,11 @@ class ServiceContext:
         if the caller's transaction fails."""
         if self.index_block <= 1:
             return self._take(s, 1)[0]
+        return self.allocate_from_block()
+
+    def allocate_from_block(self) -> int:
+        """A status index from this instance's reserved block (``index_block`` > 1; refilled in a short
+        transaction of its own); give it back with :meth:`unallocate` if the caller's transaction fails."""
         with self._pool_lock:
             if not self._pool:
                 try:

@@ -10,7 +10,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import func, select
 
-from server.models import AuditEntry, Credential, StatusAllocator, UsedNonce
+from server.models import AuditEntry, Citizen, Credential, OutboxEntry, StatusAllocator, UsedNonce
+from server.service.enrollment import Enrollments
 from terminal.server_client import ServerClient, ServerError
 from tests.unit.server_support import CLAIMS, Card, FlaskTransport, make_rig
 
@@ -56,6 +57,47 @@ def test_enroll_retry_revoke(db_url):
         assert (
             s.scalar(select(func.count()).select_from(AuditEntry).where(AuditEntry.action == "revoke")) == 1
         )
+
+
+def test_a_new_citizen_writes_the_same_rows_on_both_databases(db_url, monkeypatch):
+    """PostgreSQL runs a new citizen's enrollment as one writable-CTE statement, SQLite as the general
+    transaction (docs/server.md §Serving capacity): the same rows either way, and the answer names the
+    card key's outbox row."""
+    rig = make_rig(db_url)
+    one_statement = []
+    fresh = Enrollments._enroll_fresh
+
+    def spy(self, *args):  # type: ignore[no-untyped-def]
+        one_statement.append(answer := fresh(self, *args))
+        return answer
+
+    monkeypatch.setattr(Enrollments, "_enroll_fresh", spy)
+    card = _point()
+    r = rig.client.enroll("key-rows-00001", CLAIMS, card, b"\x0a" * 8)
+    assert len(one_statement) == (1 if rig.db.engine.dialect.name == "postgresql" else 0)
+    assert all(a is not None for a in one_statement)  # answered by the one statement, not the fallback
+    with rig.db.sessions() as s:
+        citizen = s.get(Citizen, r.citizen_did)
+        cred = s.get(Credential, r.credential_id)
+        outbox = list(s.scalars(select(OutboxEntry).where(OutboxEntry.credential_id == r.credential_id)))
+        audit = list(s.scalars(select(AuditEntry).where(AuditEntry.credential_id == r.credential_id)))
+    assert citizen is not None and cred is not None
+    assert (cred.state, cred.issue_count, cred.key_on_chain, cred.supersedes) == ("issued", 1, True, None)
+    assert cred.citizen_did == r.citizen_did and cred.card_key == card.hex() and cred.terminal == "counter-1"
+    assert cred.status_index == r.status_index and cred.credential_hash and cred.expires_at is not None
+    assert cred.issued_at is not None and cred.updated_at is not None and cred.created_at is not None
+    assert [(o.kind, o.identity, o.point) for o in outbox] == [("enroll", citizen.identity, card.hex())]
+    assert r.chain["outbox_ids"] == [outbox[0].id]
+    assert sorted((a.action, a.outcome, a.clerk, a.citizen_did) for a in audit) == [
+        ("enroll.issue", "ok", "clerk-a", r.citizen_did),
+        ("enroll.reserve", "ok", "clerk-a", r.citizen_did),
+    ]
+    # a retry answers from the row; a second card for the same serial retires the first (the general path)
+    again = rig.client.enroll("key-rows-00001", CLAIMS, card, b"\x0a" * 8)
+    assert again.retried and again.credential_id == r.credential_id
+    other = rig.client.enroll("key-rows-00002", CLAIMS, _point(), b"\x0a" * 8)
+    assert rig.client.status(r.credential_id)["state"] == "superseded"
+    assert rig.client.status(other.credential_id)["state"] == "issued"
 
 
 def test_concurrent_retries_issue_one_credential(db_url):
