@@ -229,3 +229,25 @@ def test_instances_take_status_indexes_in_blocks_and_never_share_one(postgres_db
     _app_c, client_c = instance()
     fresh = client_c.enroll("key-blk-restart", CLAIMS, _point(), b"\x7e" * 8)
     assert fresh.status_index == 512
+
+
+def test_kept_connections_killed_while_idle_are_replaced(postgres_db_url):
+    """Kept connections are pinged after a second idle, not on every checkout (docs/server.md §Serving
+    capacity): backends killed under an idle pool (a PostgreSQL restart, a proxy's idle timeout) cost no
+    request."""
+    import time
+
+    import psycopg
+
+    rig = make_rig(postgres_db_url)
+    rig.client.enroll("key-idle-00001", CLAIMS, _point(), b"\x0b" * 8)
+    url = postgres_db_url.replace("postgresql+psycopg://", "postgresql://", 1)
+    with psycopg.connect(url, autocommit=True) as admin:
+        killed = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchone()
+    assert killed is not None and killed[0] >= 1
+    time.sleep(1.2)
+    r = rig.client.enroll("key-idle-00002", CLAIMS, _point(), b"\x0c" * 8)
+    assert rig.client.status(r.credential_id)["state"] == "issued"
