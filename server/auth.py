@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import DateTime, String, bindparam, delete, exists, insert, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from cityid.errors import CityIdError
@@ -38,8 +38,38 @@ logger = logging.getLogger(__name__)
 
 _TERMINAL_ROW = select(
     Terminal.name, Terminal.public_key_pem, Terminal.active, Terminal.office, Terminal.role
-)
-_NONCE_INSERT = insert(UsedNonce)  # Core INSERT on the mapped table (no ORM unit of work)
+).where(Terminal.name == bindparam("name"))
+_NAME = bindparam("terminal", type_=String)
+#: The nonce, inserted only while the terminal's row is the one the signature was checked against.
+_NONCE_IF_CURRENT = (
+    insert(UsedNonce)
+    .from_select(
+        ["terminal", "nonce", "seen_at"],
+        select(
+            _NAME, bindparam("nonce", type_=String), bindparam("seen_at", type_=DateTime(timezone=True))
+        ).where(
+            exists().where(
+                Terminal.name == _NAME,
+                Terminal.active.is_(True),
+                Terminal.public_key_pem == bindparam("pem"),
+                Terminal.office == bindparam("office"),
+                Terminal.role == bindparam("role"),
+            )
+        ),
+    )
+    .returning(UsedNonce.nonce)
+)  # a row back: recorded (rowcount is not reliable for INSERT … SELECT)
+
+
+@dataclass(frozen=True, slots=True)
+class _TerminalRow:
+    """A registered, active terminal as read from the database."""
+
+    name: str
+    pem: str
+    key: P256PublicKey
+    office: str
+    role: str
 
 
 class AuthError(CityIdError):
@@ -74,6 +104,10 @@ class RequestAuthenticator:
         self.window = window_seconds
         self.clock = clock
         self._keys: dict[str, tuple[str, P256PublicKey]] = {}
+        #: Terminal rows read before, by name (checked again by every nonce insert).
+        self._rows: dict[str, _TerminalRow] = {}
+        pg = db.engine.dialect.name == "postgresql"
+        self._nonce_engine = db.engine.execution_options(isolation_level="AUTOCOMMIT") if pg else db.engine
         self._last_prune = 0.0
 
     def authenticate(self, req: SignedRequest) -> Actor:
@@ -103,31 +137,57 @@ class RequestAuthenticator:
             raise AuthError("bad_signature", "signature is not base64url") from exc
         if len(raw) != 64:
             raise AuthError("bad_signature", "signature must be a 64-byte ES256 signature")
-        # ONE short transaction: the terminal's row, the signature checked in memory, then the nonce recorded
-        # (only after the signature: a forged request cannot burn a terminal's nonces).
+        message = canonical_request(req.method, req.path, ts, nonce, req.body, clerk)
+        # The signature is checked in memory against the terminal's row (kept between requests), then the
+        # nonce recorded in ONE statement that inserts it only while that row is still current — active,
+        # same key, office and role (only after the signature: a forged request cannot burn a terminal's
+        # nonces). A row changed since (disabled, re-keyed, moved) is read again, once.
         refused: str | None = None
+        actor: Actor | None = None
         try:
-            with self.db.engine.begin() as conn:  # Core statements: the hot path of every request
-                t = conn.execute(_TERMINAL_ROW.where(Terminal.name == terminal)).one_or_none()
-                if t is None or not t.active:
-                    raise AuthError("unknown_terminal", "terminal unknown or disabled")
-                key = self._key(terminal, t.public_key_pem)
-                message = canonical_request(req.method, req.path, ts, nonce, req.body, clerk)
-                if not key.verify_raw(raw, message):
+            cached = self._rows.get(terminal)
+            for row in (cached, None) if cached is not None else (None,):
+                if row is None:
+                    row = self._load(terminal)
+                if not row.key.verify_raw(raw, message):
                     refused = "bad_signature"
-                else:
-                    conn.execute(_NONCE_INSERT, {"terminal": terminal, "nonce": nonce, "seen_at": utcnow()})
-                actor = Actor(t.name, t.office, t.role, clerk or "")
+                    continue  # a cached key may be stale: read the row again
+                refused = None
+                if self._record_nonce(row, nonce):
+                    actor = Actor(row.name, row.office, row.role, clerk or "")
+                    break
+                self._rows.pop(terminal, None)
+            if actor is None and refused is None:  # the row changed under a fresh read
+                raise AuthError("unknown_terminal", "terminal unknown or disabled")
         except IntegrityError as exc:
             self._audit(terminal, "replay")
             raise AuthError("replayed", "request replayed (nonce already used)") from exc
         except SQLAlchemyError as exc:
             raise AuthError("unavailable", "authentication store unavailable") from exc
-        if refused:
-            self._audit(terminal, refused)
+        if refused or actor is None:
+            self._audit(terminal, refused or "bad_signature")
             raise AuthError("bad_signature", "signature does not verify")
         self._prune(now)
         return actor
+
+    def _load(self, terminal: str) -> _TerminalRow:
+        """The terminal's row from the database (kept for next time); refused if unknown or disabled."""
+        with self.db.engine.connect() as conn:
+            t = conn.execute(_TERMINAL_ROW, {"name": terminal}).one_or_none()
+        if t is None or not t.active:
+            self._rows.pop(terminal, None)
+            raise AuthError("unknown_terminal", "terminal unknown or disabled")
+        row = _TerminalRow(t.name, t.public_key_pem, self._key(terminal, t.public_key_pem), t.office, t.role)
+        self._rows[terminal] = row
+        return row
+
+    def _record_nonce(self, row: _TerminalRow, nonce: str) -> bool:
+        """Record ``nonce`` if ``row`` is still the terminal's current, active row (one statement; on
+        PostgreSQL in autocommit: no BEGIN/COMMIT round trips); :class:`IntegrityError` on a replay."""
+        params = {"terminal": row.name, "nonce": nonce, "seen_at": utcnow(), "pem": row.pem,
+                  "office": row.office, "role": row.role}  # fmt: skip
+        with self._nonce_engine.begin() as conn:
+            return conn.execute(_NONCE_IF_CURRENT, params).first() is not None
 
     def _key(self, terminal: str, pem: str) -> P256PublicKey:
         """The terminal's registered key, parsed once per registered PEM (a re-registration replaces it)."""

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import select, text
 
 from cityid.chain.view import CredentialStatus
 from cityid.jose import es256_verify, jwk_from_point, parse_compact, point_from_jwk
 from cityid.sdjwt import parse_disclosure
-from server.models import AuditEntry, Credential, OutboxEntry, StatusAllocator
+from server.models import AuditEntry, Credential, OutboxEntry, StatusAllocator, Terminal
 from terminal.server_client import ServerClient, ServerError, sign_request
 from tests.unit.server_support import CLAIMS, Card, make_rig
 
@@ -289,10 +290,32 @@ def test_unknown_and_disabled_terminals_refused(rig):
     with pytest.raises(ServerError) as exc:
         client.status("00000000-0000-0000-0000-000000000000")
     assert exc.value.status == 401
-    rig.db.set_terminal_active("counter-1", False)
+    unknown = "00000000-0000-0000-0000-000000000000"
+    with pytest.raises(ServerError) as exc:  # authenticated (the terminal's row now kept), then 404
+        rig.client.status(unknown)
+    assert exc.value.status == 404
+    rig.db.set_terminal_active("counter-1", False)  # disabled: refused at once, kept row or not
     with pytest.raises(ServerError) as exc:
-        rig.client.status("00000000-0000-0000-0000-000000000000")
+        rig.client.status(unknown)
+    assert exc.value.status == 401 and exc.value.code == "unauthenticated"
+    rig.db.set_terminal_active("counter-1", True)
+    with pytest.raises(ServerError) as exc:
+        rig.client.status(unknown)
+    assert exc.value.status == 404
+    # re-keyed (a new registration under the same name): the old key is refused, the new one accepted
+    new_key = ec.generate_private_key(ec.SECP256R1())
+    pem = new_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
+    with rig.db.sessions.begin() as s:
+        s.get(Terminal, "counter-1").public_key_pem = pem  # type: ignore[union-attr]
+    with pytest.raises(ServerError) as exc:
+        rig.client.status(unknown)
     assert exc.value.status == 401
+    rekeyed = ServerClient("http://city.test", "counter-1", new_key, session=rig.transport)
+    with pytest.raises(ServerError) as exc:
+        rekeyed.status(unknown)
+    assert exc.value.status == 404
 
 
 # --- validation and privacy -----------------------------------------------------------------------
