@@ -312,6 +312,7 @@ class CounterScanning:
         self._thread: threading.Thread | None = None
         self._state = ScannerState.STARTING
         self._down_logged_at = 0.0
+        self.lines_read = 0  # codes read from the port (``scans``: verified and shown)
         self.scans = 0
 
     @property
@@ -362,15 +363,18 @@ class CounterScanning:
             self._set_state(ScannerState.READY)
             if line is None:
                 continue
+            self.lines_read += 1
+            t0 = time.perf_counter()
             result = verify_line(line, self.verifier)
+            ms = 1e3 * (time.perf_counter() - t0)
             with self._lock:
                 self._last = ScanView(time.time(), result)
                 self.scans += 1
             if result.ok:
-                logger.info("certificate scanned: valid")
+                logger.info("certificate scanned: valid (verified in %.0f ms)", ms)
             else:
                 reason = result.rejected.reason.value if result.rejected is not None else "refused"
-                logger.info("certificate scanned: %s", reason)
+                logger.info("certificate scanned: %s (verified in %.0f ms)", reason, ms)
 
     def last(self) -> ScanView | None:
         """The last scan, or None (none yet, or older than ``keep_s``: forgotten)."""

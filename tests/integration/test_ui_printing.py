@@ -139,7 +139,12 @@ def test_counter_scan_shows_the_verification(world: World, page: Any, screenshot
                 page.wait_for_selector("#scanner-state[data-state='ready']", timeout=10000)
                 assert scanning.state.value == "ready"
                 emu.scan(qr)
-                page.wait_for_selector("#scan-result", timeout=15000)  # read and verified; the page refreshes
+                try:  # read and verified; the page refreshes every 2 s
+                    page.wait_for_selector("#scan-result", timeout=15000)
+                except Exception as exc:  # which step did not happen: the read, the verification or the page
+                    counts = f"{scanning.lines_read} read, {scanning.scans} verified"
+                    raise AssertionError(f"no scan result: {counts}, {scanning.scanner.rejected} dropped, "
+                                         f"scanner {scanning.state.value}") from exc  # fmt: skip
                 # on a failure, say which: refused (why), or the scanner dropped something (counted)
                 assert page.get_attribute("#scan-result", "data-valid") == "true", (
                     page.get_attribute("#scan-result", "data-reason"),
