@@ -127,7 +127,7 @@ def test_counter_scan_shows_the_verification(world: World, page: Any, screenshot
     _verify_when_anchored(_verifier(world), qr)  # the demo's batch window closes within seconds
     with PtyPair() as pair:
         emu = ScannerEmulator(pair.device)
-        scanning = CounterScanning(SerialScanner(pair.host, idle_s=0.2), _verifier(world))
+        scanning = CounterScanning(SerialScanner(pair.host), _verifier(world))  # as `kiosk serve` opens it
         app = world.counter_app(scanning=scanning)
         start(app)
         try:

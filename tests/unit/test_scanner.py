@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from cityid import certificate as c
+from cityid.errors import CityIdError
 from terminal.peripherals.scanner import ScannerError, SerialScanner
 from terminal.web.printing import CounterScanning, ScannerState
 
@@ -50,17 +51,16 @@ def _wait(cond: Callable[[], bool], timeout: float = 5.0) -> bool:
 
 class RecordingVerifier:
     """Stands in for the chain verifier (tested elsewhere): records each line, refuses it as malformed;
-    ``fail_first`` makes the first call fail the way a bug or an unmapped error would."""
+    ``fail_first``: the first calls fail the way a bug or an error the verifier did not map would."""
 
-    def __init__(self, fail_first: BaseException | None = None) -> None:
+    def __init__(self, *fail_first: BaseException) -> None:
         self.lines: list[str] = []
-        self._fail = fail_first
+        self._fail = list(fail_first)
 
     def verify(self, line: str) -> Any:
         self.lines.append(line)
-        if self._fail is not None:
-            exc, self._fail = self._fail, None
-            raise exc
+        if self._fail:
+            raise self._fail.pop(0)
         raise c.CertificateRejected(c.Rejection.MALFORMED, "not a certificate")
 
 
@@ -201,7 +201,7 @@ def test_counter_scanning_is_ready_survives_failures_and_reconnects(tmp_path: Pa
     link = str(tmp_path / "ttyACM0")
     first = PtyPair(host_link=link)
     emu = _emulator(first.device)
-    verifier = RecordingVerifier(fail_first=RuntimeError("a bug in the verifier"))
+    verifier = RecordingVerifier(RuntimeError("a bug in the verifier"), CityIdError("an unmapped error"))
     scanning = CounterScanning(SerialScanner(link, idle_s=0.2), verifier, retry_s=0.2)
     crashes: list[Any] = []
     previous, threading.excepthook = threading.excepthook, crashes.append
@@ -214,8 +214,11 @@ def test_counter_scanning_is_ready_survives_failures_and_reconnects(tmp_path: Pa
         last = scanning.last()
         assert last is not None and not last.result.ok
         assert last.result.rejected is not None and last.result.rejected.reason is c.Rejection.UNAVAILABLE
-        emu.scan("SECOND")  # the thread lived on
+        emu.scan("SECOND")  # the thread lived on; an unmapped CityIdError is not "the scanner went away"
         assert _wait(lambda: scanning.scans == 2)
+        last = scanning.last()
+        assert last is not None and last.result.rejected is not None
+        assert last.result.rejected.reason is c.Rejection.UNAVAILABLE and scanning.state is ScannerState.READY
         emu.close()
         first.close()  # pulled
         assert _wait(lambda: scanning.state is ScannerState.UNAVAILABLE)
