@@ -121,12 +121,12 @@ class SerialScanner:
             raise ScannerError(f"scanner port {self.port_name}: {type(exc).__name__}") from None
 
     def _lost(self) -> None:
-        """The port failed: forget it (and the half line read from it); the next read reopens."""
+        """The port failed: forget it; the next read reopens. The half line read so far is kept: the error
+        may be a spurious one (a pty that reported readiness with no data, seen on Linux ptys) with the rest
+        of the code still queued; after a real disconnect the idle rule drops it (reopening takes longer)."""
         import serial
 
         port, self._port = self._port, None
-        self._buf.clear()
-        self._overflow = False
         if port is not None:
             with contextlib.suppress(serial.SerialException, OSError, TypeError):  # dead already (pulled)
                 port.close()
@@ -194,7 +194,7 @@ class SerialScanner:
             except (serial.SerialException, OSError, TypeError) as exc:
                 # TypeError: pyserial reading a port another thread closed meanwhile (its fd is None)
                 self._lost()
-                raise ScannerError(f"scanner went away: {type(exc).__name__}") from None
+                raise ScannerError(f"scanner went away: {type(exc).__name__}: {exc}") from None
             now = time.monotonic()
             if chunk:
                 self._buf += chunk

@@ -357,7 +357,10 @@ class CounterScanning:
             except Exception as exc:  # ScannerError (unplugged) or anything else: retry, never end
                 if self._stop.is_set():
                     break  # closed by stop() while reading
-                self._set_state(ScannerState.UNAVAILABLE, type(exc).__name__)
+                # a ScannerError's message names the port and the failure (never data); others: the type only
+                self._set_state(
+                    ScannerState.UNAVAILABLE, str(exc) if isinstance(exc, CityIdError) else type(exc).__name__
+                )
                 self._stop.wait(self.retry_s)
                 continue
             self._set_state(ScannerState.READY)

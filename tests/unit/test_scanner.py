@@ -234,3 +234,30 @@ def test_counter_scanning_is_ready_survives_failures_and_reconnects(tmp_path: Pa
         scanning.stop()
         first.close()
     assert crashes == []
+
+
+def test_a_port_error_mid_code_keeps_the_half_line_for_the_rest() -> None:
+    """Seen on this project's ptys: pyserial's "device reports readiness to read but returned no data" in the
+    middle of a code, the rest still queued. The port is reopened and the code joined, not cut in two."""
+    import serial
+
+    class Port:
+        def __init__(self, reads: list[Any]) -> None:
+            self.reads = reads
+            self.in_waiting = 0
+
+        def read(self, n: int) -> bytes:
+            item = self.reads.pop(0) if self.reads else b""
+            if isinstance(item, BaseException):
+                raise item
+            return item
+
+        def close(self) -> None:
+            pass
+
+    spurious = serial.SerialException("device reports readiness to read but returned no data")
+    ports = [Port([b"HALF-", spurious]), Port([b"AND-REST\r"])]
+    scanner = SerialScanner("racy", idle_s=0.5, serial_factory=lambda *a, **k: ports.pop(0))
+    with pytest.raises(ScannerError, match="readiness"):
+        scanner.read_line(0.5)
+    assert scanner.read_line(0.5) == "HALF-AND-REST" and scanner.reopened == 1 and scanner.rejected == 0
