@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from functools import lru_cache
@@ -104,6 +105,7 @@ class SerialScanner:
         self._last_byte = 0.0
         self._overflow = False
         self._closed = False
+        self._read_lock = threading.Lock()
         self._port: Any = None
         self._open()
 
@@ -170,7 +172,12 @@ class SerialScanner:
         """The next whole printable line, or None when ``timeout`` passes first.
 
         :class:`ScannerError` when the port is gone (then closed; the next call tries to reopen it).
+        One reader at a time: a second thread waits (two readers of one port split its bytes between them).
         """
+        with self._read_lock:
+            return self._read_line(timeout)
+
+    def _read_line(self, timeout: float) -> str | None:
         import serial
 
         if self._port is None:

@@ -324,8 +324,14 @@ class CounterScanning:
         return self._ready.wait(timeout)
 
     def start(self) -> CounterScanning:
-        self._thread = threading.Thread(target=self._run, name="counter-scanner", daemon=True)
-        self._thread.start()
+        """Start the reader thread; a second call is a no-op (``terminal.web.start(app)`` and
+        :class:`terminal.web.server.ServerThread` may both call it: two readers on one port raced for its
+        bytes — one read nothing and failed, or dropped the other's fresh code as a stale half line)."""
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return self
+            self._thread = threading.Thread(target=self._run, name="counter-scanner", daemon=True)
+            self._thread.start()
         return self
 
     def stop(self) -> None:

@@ -261,3 +261,50 @@ def test_a_port_error_mid_code_keeps_the_half_line_for_the_rest() -> None:
     with pytest.raises(ScannerError, match="readiness"):
         scanner.read_line(0.5)
     assert scanner.read_line(0.5) == "HALF-AND-REST" and scanner.reopened == 1 and scanner.rejected == 0
+
+
+def test_two_readers_of_one_scanner_lose_nothing(pair: Any) -> None:
+    """The lost scan of the UI test: ``start(app)`` and the ServerThread both started the counter's reader,
+    so two threads read one port and one buffer — a thread found nothing to read ("readiness to read but
+    returned no data") or dropped the code the other had just read as a stale half line."""
+    emu = _emulator(pair.device)
+    scanner = SerialScanner(pair.host, idle_s=0.2)
+    got: list[str] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                line = scanner.read_line(0.1)
+            except ScannerError:
+                continue
+            if line is not None:
+                got.append(line)
+
+    threads = [threading.Thread(target=reader, daemon=True) for _ in range(2)]
+    for t in threads:
+        t.start()
+    codes = [f"CODE-{i:02d}-" + "q" * 400 for i in range(25)]
+    try:
+        for i, code in enumerate(codes):
+            emu.scan(code)
+            time.sleep(0.25 + 0.01 * (i % 5))  # past idle_s: the buffered time of the last byte is stale
+        assert _wait(lambda: len(got) >= len(codes), 5)
+        time.sleep(0.3)
+        assert sorted(got) == codes and scanner.rejected == 0
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(2)
+        scanner.close()
+        emu.close()
+
+
+def test_counter_scanning_started_twice_has_one_reader(pair: Any) -> None:
+    scanning = CounterScanning(SerialScanner(pair.host), RecordingVerifier())
+    try:
+        scanning.start()
+        scanning.start()  # terminal.web.start(app), then ServerThread.start() does it again
+        assert sum(t.name == "counter-scanner" for t in threading.enumerate()) == 1
+    finally:
+        scanning.stop()
