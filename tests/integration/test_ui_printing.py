@@ -116,7 +116,6 @@ def test_counter_scan_shows_the_verification(world: World, page: Any, screenshot
 
     from terminal.flows.kiosk import SERVICES
     from terminal.peripherals.scanner import SerialScanner
-    from terminal.web import start
     from terminal.web.printing import CounterScanning
 
     kim = citizen("kim")
@@ -129,8 +128,7 @@ def test_counter_scan_shows_the_verification(world: World, page: Any, screenshot
         emu = ScannerEmulator(pair.device)
         scanning = CounterScanning(SerialScanner(pair.host), _verifier(world))  # as `kiosk serve` opens it
         app = world.counter_app(scanning=scanning)
-        start(app)
-        try:
+        try:  # serving's ServerThread starts the reader thread (terminal.web.start), as `kiosk serve` does
             with serving(app, page) as url:
                 sign_in(page, url)
                 page.click("#menu-scan")
