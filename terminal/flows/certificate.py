@@ -208,12 +208,19 @@ def verify_scan(scanner: Any, verifier: cert.CertificateVerifier, timeout: float
     the verifier (the scanner drops them), and any other text is refused as ``malformed``.
     """
     line = scanner.read_line(timeout)
-    if line is None:
-        return None
+    return None if line is None else verify_line(line, verifier)
+
+
+def verify_line(line: str, verifier: cert.CertificateVerifier) -> ScanResult:
+    """Verify one scanned code; never raises: a failure that is not a refusal (a bug, a lost connection
+    the verifier did not map) is ``unavailable`` — no verdict, never "valid" (docs/certificates.md)."""
     try:
         return ScanResult(verifier.verify(line), None)
     except cert.CertificateRejected as exc:
         return ScanResult(None, exc)
+    except Exception as exc:  # the counter's reader thread must survive any scan
+        logger.warning("scanned code not verified: %s", type(exc).__name__)  # never the code: personal facts
+        return ScanResult(None, cert.CertificateRejected(cert.Rejection.UNAVAILABLE, type(exc).__name__))
 
 
 @dataclass(frozen=True, slots=True)

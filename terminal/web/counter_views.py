@@ -582,9 +582,9 @@ def scan() -> str:
         v = last.result.verified
         issued, expires = (dt.datetime.fromtimestamp(t, KST) for t in (v.issued_at, v.expires_at))
         times = (f"{issued:%Y-%m-%d %H:%M} KST", f"{expires:%Y-%m-%d %H:%M} KST")
-    return render_template(
-        "counter_scan.html", clerk=_clerk(), configured=scanning is not None, last=last, times=times
-    )
+    state = None if scanning is None else scanning.state.value  # ready / starting / unavailable
+    return render_template("counter_scan.html", clerk=_clerk(), configured=scanning is not None, last=last,
+                           times=times, scanner_state=state)  # fmt: skip
 
 
 def _secret_kind(action: str, exc: PinError | None = None) -> str:

@@ -26,6 +26,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from cityid.errors import CityIdError
@@ -35,7 +36,7 @@ from terminal.flows.certificate import (
     JobState,
     ScanResult,
     enrollment_receipt_blocks,
-    verify_scan,
+    verify_line,
 )
 from terminal.flows.kiosk import SERVICES, Service
 from terminal.peripherals.printer import PrinterFault, PrinterState, PrinterStatus, ReceiptPrinter
@@ -283,22 +284,54 @@ class ScanView:
     result: ScanResult
 
 
-class CounterScanning:
-    """Reads the counter's serial scanner in a thread and verifies each code (:func:`verify_scan`)."""
+class ScannerState(StrEnum):
+    """The counter scanner as the clerk's scan page shows it (``#scanner-state[data-state]``)."""
 
-    def __init__(self, scanner: Any, verifier: Any, keep_s: float = 120.0) -> None:
+    STARTING = "starting"  # the reader thread is not reading yet
+    READY = "ready"  # the port is open and read: a scan now shows up on the page
+    UNAVAILABLE = "unavailable"  # the port cannot be opened or went away (cable, power); retried every second
+
+
+class CounterScanning:
+    """Reads the counter's serial scanner in a thread and verifies each code (:func:`verify_line`).
+
+    The thread never ends before :meth:`stop`: a port error closes the port and it is reopened every
+    ``retry_s`` (the clerk's page says "scanner not connected" meanwhile); a failed verification is an
+    ``unavailable`` result on the page, never a silent drop (docs/printer.md §Scanner).
+    """
+
+    def __init__(self, scanner: Any, verifier: Any, keep_s: float = 120.0, retry_s: float = 1.0) -> None:
         self.scanner = scanner
         self.verifier = verifier
         self.keep_s = keep_s
+        self.retry_s = retry_s
         self._last: ScanView | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._ready = threading.Event()
         self._thread: threading.Thread | None = None
+        self._state = ScannerState.STARTING
+        self._down_logged_at = 0.0
+        self.lines_read = 0  # codes read from the port (``scans``: verified and shown)
         self.scans = 0
 
+    @property
+    def state(self) -> ScannerState:
+        return self._state
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Block until the scanner is :attr:`ScannerState.READY` (True) or ``timeout`` passes (False)."""
+        return self._ready.wait(timeout)
+
     def start(self) -> CounterScanning:
-        self._thread = threading.Thread(target=self._run, name="counter-scanner", daemon=True)
-        self._thread.start()
+        """Start the reader thread; a second call is a no-op (``terminal.web.start(app)`` and
+        :class:`terminal.web.server.ServerThread` may both call it: two readers on one port raced for its
+        bytes — one read nothing and failed, or dropped the other's fresh code as a stale half line)."""
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return self
+            self._thread = threading.Thread(target=self._run, name="counter-scanner", daemon=True)
+            self._thread.start()
         return self
 
     def stop(self) -> None:
@@ -308,25 +341,49 @@ class CounterScanning:
         with contextlib.suppress(CityIdError, OSError):
             self.scanner.close()
 
+    def _set_state(self, state: ScannerState, why: str = "") -> None:
+        previous, self._state = self._state, state
+        if state is ScannerState.READY:
+            self._ready.set()
+            if previous is not ScannerState.READY:
+                logger.info("counter scanner: ready")
+            return
+        self._ready.clear()
+        now = time.monotonic()
+        if previous is not state or now - self._down_logged_at > 60:  # once, then once a minute
+            self._down_logged_at = now
+            logger.warning("counter scanner: %s (%s)", state.value, why)
+
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                result = verify_scan(self.scanner, self.verifier, timeout=0.5)
-            except CityIdError as exc:  # the scanner went away: say so once a second, keep trying
+                if self.scanner.is_open:
+                    self._set_state(ScannerState.READY)
+                line = self.scanner.read_line(0.5)
+            except Exception as exc:  # ScannerError (unplugged) or anything else: retry, never end
                 if self._stop.is_set():
                     break  # closed by stop() while reading
-                logger.warning("counter scanner: %s", type(exc).__name__)
-                self._stop.wait(1.0)
+                # a ScannerError's message names the port and the failure (never data); others: the type only
+                self._set_state(
+                    ScannerState.UNAVAILABLE, str(exc) if isinstance(exc, CityIdError) else type(exc).__name__
+                )
+                self._stop.wait(self.retry_s)
                 continue
-            if result is not None:
-                with self._lock:
-                    self._last = ScanView(time.time(), result)
-                    self.scans += 1
-                if result.ok:
-                    logger.info("certificate scanned: valid")
-                else:
-                    reason = result.rejected.reason.value if result.rejected is not None else "refused"
-                    logger.info("certificate scanned: %s", reason)
+            self._set_state(ScannerState.READY)
+            if line is None:
+                continue
+            self.lines_read += 1
+            t0 = time.perf_counter()
+            result = verify_line(line, self.verifier)
+            ms = 1e3 * (time.perf_counter() - t0)
+            with self._lock:
+                self._last = ScanView(time.time(), result)
+                self.scans += 1
+            if result.ok:
+                logger.info("certificate scanned: valid (verified in %.0f ms)", ms)
+            else:
+                reason = result.rejected.reason.value if result.rejected is not None else "refused"
+                logger.info("certificate scanned: %s (verified in %.0f ms)", reason, ms)
 
     def last(self) -> ScanView | None:
         """The last scan, or None (none yet, or older than ``keep_s``: forgotten)."""

@@ -74,25 +74,12 @@ def city_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 
     from werkzeug.serving import make_server
 
-    from cityid.credential import AGE_OVER_65, BUSAN_RESIDENT, LocalSigner
-    from cityid.keys import P256PublicKey
-    from tests.unit.server_support import MemoryChain, make_rig, memory_chain_view
+    from cityid.credential import AGE_OVER_65, BUSAN_RESIDENT
+    from tests.unit.server_support import authorization_rig, terminal_key_file
 
-    auth_key = ec.generate_private_key(ec.SECP256R1())
-    signer = LocalSigner(auth_key)
-    signer.public_point = P256PublicKey.from_crypto(auth_key.public_key()).point  # type: ignore[attr-defined]
-    chain = MemoryChain()
-    kwargs = {"authorization_signer": signer, "status_view": memory_chain_view(chain)}
-    rig = make_rig(f"sqlite:///{tmp_path}/server.db", chain=chain, app_kwargs=kwargs)
-    key = ec.generate_private_key(ec.SECP256R1())
+    rig = authorization_rig(f"sqlite:///{tmp_path}/server.db")
     key_file = tmp_path / "kiosk-key.pem"
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))  # fmt: skip
-    key_file.chmod(0o600)
-    spki = serialization.PublicFormat.SubjectPublicKeyInfo
-    pem = key.public_key().public_bytes(serialization.Encoding.PEM, spki)
-    rig.db.add_terminal("busan-kiosk-dev", pem.decode())
-    rig.app.extensions["cityid.terminals"].authorize("busan-kiosk-dev", (BUSAN_RESIDENT, AGE_OVER_65))
+    terminal_key_file(key_file, rig.db, "busan-kiosk-dev", rig.app, (BUSAN_RESIDENT, AGE_OVER_65))
     server = make_server("127.0.0.1", 0, rig.app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

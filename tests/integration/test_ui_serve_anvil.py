@@ -36,7 +36,12 @@ from terminal.verifier import NonceStore, Verifier
 from terminal.web import create_app
 from terminal.web_cli import _backends, _printing
 from tests.integration.ui_support import Slot, serving, type_pin, visible_text
-from tests.unit.server_support import TEST_MASTER_KEY, publish_for_tests, registrar_gateway
+from tests.unit.server_support import (
+    TEST_MASTER_KEY,
+    publish_for_tests,
+    registrar_gateway,
+    terminal_key_file,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser, pytest.mark.anvil]
 
@@ -88,15 +93,8 @@ def city_server(anvil_chain: Any, tmp_path: Path) -> Iterator[CityServer]:
 
 def _kiosk_key(city: CityServer, tmp_path: Path) -> tuple[ec.EllipticCurvePrivateKey, Path]:
     """The kiosk's terminal key (file 0600), registered and authorized for the benefit check on chain."""
-    key = ec.generate_private_key(ec.SECP256R1())
     key_file = tmp_path / "kiosk-key.pem"
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))  # fmt: skip
-    key_file.chmod(0o600)
-    spki = serialization.PublicFormat.SubjectPublicKeyInfo
-    pem = key.public_key().public_bytes(serialization.Encoding.PEM, spki)
-    city.db.add_terminal("kiosk-anvil", pem.decode())
-    city.app.extensions["cityid.terminals"].authorize("kiosk-anvil", (BUSAN_RESIDENT, AGE_OVER_65))
+    key = terminal_key_file(key_file, city.db, "kiosk-anvil", city.app, (BUSAN_RESIDENT, AGE_OVER_65))
     return key, key_file
 
 

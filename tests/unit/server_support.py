@@ -251,3 +251,38 @@ def publish_for_tests(chain, point: bytes) -> None:  # type: ignore[no-untyped-d
     from server.chain.issuer import publish_issuer
 
     publish_issuer(chain.test_root, point, VCT, chain.issuer_did)
+
+
+def authorization_rig(db_url: str):  # type: ignore[no-untyped-def]
+    """A rig whose server holds a local authorization key (a default deployment: it signs terminal
+    certificates) and reads credential status from its :class:`MemoryChain`."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from cityid.credential import LocalSigner
+    from cityid.keys import P256PublicKey
+
+    auth_key = ec.generate_private_key(ec.SECP256R1())
+    signer = LocalSigner(auth_key)
+    signer.public_point = P256PublicKey.from_crypto(auth_key.public_key()).point  # type: ignore[attr-defined]
+    chain = MemoryChain()
+    kwargs = {"authorization_signer": signer, "status_view": memory_chain_view(chain)}
+    return make_rig(db_url, chain=chain, app_kwargs=kwargs)
+
+
+def terminal_key_file(path, db=None, terminal_id: str = "", app=None, claims: Sequence[str] = ()):  # type: ignore[no-untyped-def]
+    """A terminal's P-256 key written to ``path`` (PKCS#8 PEM, 0600, as ``kiosk doctor`` wants it); with
+    ``db`` registered as ``terminal_id``, and with ``app`` and ``claims`` authorized for those claims.
+    Returns the private key."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))  # fmt: skip
+    path.chmod(0o600)
+    if db is not None:
+        spki = serialization.PublicFormat.SubjectPublicKeyInfo
+        db.add_terminal(terminal_id, key.public_key().public_bytes(serialization.Encoding.PEM, spki).decode())
+    if app is not None and claims:
+        app.extensions["cityid.terminals"].authorize(terminal_id, tuple(claims))
+    return key

@@ -9,15 +9,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from werkzeug.serving import make_server
 
-from cityid.credential import AGE_OVER_65, BUSAN_RESIDENT, LocalSigner
+from cityid.credential import AGE_OVER_65, BUSAN_RESIDENT
 from cityid.doctor import Fail
-from cityid.keys import P256PublicKey
 from terminal.doctor_cli import _Host
-from tests.unit.server_support import MemoryChain, make_rig, memory_chain_view
+from tests.unit.server_support import authorization_rig, make_rig, terminal_key_file
 
 KIOSK_ID = "busan-kiosk-001"
 
@@ -34,17 +31,8 @@ def _serve(rig) -> Iterator[str]:  # type: ignore[no-untyped-def]
 
 
 def _kiosk(tmp_path: Path, rig, url: str | None, **terminal: object) -> _Host:  # type: ignore[no-untyped-def]
-    key = ec.generate_private_key(ec.SECP256R1())
     path = tmp_path / "kiosk-key.pem"
-    path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                          serialization.NoEncryption())
-    )  # fmt: skip
-    path.chmod(0o600)
-    spki = serialization.PublicFormat.SubjectPublicKeyInfo
-    pem = key.public_key().public_bytes(serialization.Encoding.PEM, spki)
-    if url is not None:
-        rig.db.add_terminal(KIOSK_ID, pem.decode())
+    terminal_key_file(path, rig.db if url is not None else None, KIOSK_ID)
     lines = ["[terminal]", f'id = "{KIOSK_ID}"'] + [f"{k} = {str(v).lower()}" for k, v in terminal.items()]
     lines += ["[chain]", 'network = "metadium"', 'rpc = "http://127.0.0.1:9"', "chain_id = 11"]
     lines += ["[chain.addresses]"] + [f'{k} = "0x{"7" * 40}"' for k in (
@@ -60,12 +48,7 @@ def _kiosk(tmp_path: Path, rig, url: str | None, **terminal: object) -> _Host:  
 
 @pytest.fixture
 def city(tmp_path: Path) -> Iterator[tuple[object, str]]:
-    auth_key = ec.generate_private_key(ec.SECP256R1())
-    signer = LocalSigner(auth_key)
-    signer.public_point = P256PublicKey.from_crypto(auth_key.public_key()).point  # type: ignore[attr-defined]
-    chain = MemoryChain()
-    kwargs = {"authorization_signer": signer, "status_view": memory_chain_view(chain)}
-    rig = make_rig(f"sqlite:///{tmp_path}/server.db", chain=chain, app_kwargs=kwargs)
+    rig = authorization_rig(f"sqlite:///{tmp_path}/server.db")
     for url in _serve(rig):
         yield rig, url
 

@@ -204,7 +204,9 @@ def test_scanning_a_certificate_shows_its_verification(scanning_app) -> None:  #
     app, emu, key, chain = scanning_app
     client = app.test_client()
     _login(client)
-    assert 'id="scan-none"' in client.get("/counter/scan").get_data(as_text=True)
+    assert app.extensions["cityid.counter_scanning"].wait_ready(5)  # port open, reader thread reading
+    html = client.get("/counter/scan").get_data(as_text=True)
+    assert 'id="scan-none"' in html and 'data-state="ready"' in html and "Scanner ready" in html
     facts = {"family_name": "김", "given_name": "민지", "district": "Haeundae-gu", "busan_resident": True}
     cert = c.issue(key, kiosk="kiosk-1", service="residence", facts=facts,
                    requested=SERVICES["residence"].claims, anchor=ANCHOR)  # fmt: skip
