@@ -199,6 +199,7 @@ class SyncCache:
         self._did_events = self._contracts[network.address("did_registry")]
         did_topics = Events.of("CityDIDRegistry").topics
         self._did_topics = {"0x" + did_topics[n].hex(): n for n in _DID_EVENT_NAMES}
+        self._did_kinds = {topic: _DID_KIND[n] for topic, n in self._did_topics.items()}  # topic 0 -> kind
         self._span = min(max_range, 64)  # blocks per eth_getLogs, adapted to the density (TARGET_LOGS)
         self._histories: dict[bytes, tuple[int, list[DidEvent]]] = {}  # identity -> (synced block, events)
         self._check_identity()
@@ -553,7 +554,7 @@ class SyncCache:
         if end_hash is None:
             raise ChainError(f"block {end} vanished while syncing (reorg in progress)")
         raw_logs = as_list(logs_raw, "eth_getLogs result")
-        decoded = [ev for ev in (self._parse_log(raw, start, end, end_hash) for raw in raw_logs) if ev]
+        did_rows, decoded = self._parse_logs(raw_logs, start, end, end_hash)
         try:
             proven = self._spot_proofs(decoded, block_raw, end) if self.proofs and decoded else None
         finally:
@@ -563,7 +564,6 @@ class SyncCache:
             try:
                 rejected: list[DecodedEvent] = []
                 written = 0
-                did_rows: list[tuple[bytes, int, int, int, bytes]] = []
                 for ev in decoded:
                     if ev.name in _DID_KIND:  # stored as the log's bytes, decoded when read
                         a, kind = ev.args, _DID_KIND[ev.name]
@@ -603,6 +603,66 @@ class SyncCache:
                 raise
             self._overlay_rows += written + len(did_rows)
         return len(raw_logs)
+
+    def _parse_logs(
+        self, raw_logs: list[Any], start: int, end: int, end_hash: str
+    ) -> tuple[list[tuple[bytes, int, int, int, bytes]], list[DecodedEvent]]:
+        """Every entry of an eth_getLogs reply checked as :meth:`_parse_log` checks it: (DID-registry rows
+        ``(identity, block, log index, kind, data)`` to store, the events decoded by :meth:`_parse_log`).
+
+        The city-scale fast path: a DID-registry log in the shape a node sends (lower-case address and
+        topic 0, an identity topic with 12 zero bytes, hex data of whole words, the block number in the
+        range, the range end's own block hash) becomes its row with the checks done on the JSON strings,
+        the block numbers' hex parsed once per block. Any other entry — another contract, another shape,
+        anything malformed, every log when proofs are on — takes :meth:`_parse_log`, which accepts or
+        rejects it exactly as before (the fast path only accepts what it would accept, with the same row)."""
+        rows: list[tuple[bytes, int, int, int, bytes]] = []
+        if self.proofs:  # the proofs need each log's topics and data (``_raw_logs``): the general path
+            slow = raw_logs
+        else:
+            slow = []
+            did_address = self._did_registry
+            kinds = self._did_kinds
+            prefix = "0x" + "00" * 12
+            numbers: dict[str, int] = {}  # blockNumber text -> its number, checked to be in the range
+            fromhex = bytes.fromhex
+            for raw in raw_logs:
+                try:
+                    topics = raw["topics"]
+                    number = numbers.get(raw["blockNumber"])
+                    if number is None:
+                        number = as_int(raw["blockNumber"], "log blockNumber")
+                        if not start <= number <= end:
+                            raise ValueError("outside the range")  # _parse_log raises it
+                        numbers[raw["blockNumber"]] = number
+                    topic1 = topics[1]
+                    data_hex = raw["data"]
+                    index_hex = raw["logIndex"]
+                    if (
+                        raw["address"] != did_address
+                        or type(topics) is not list
+                        or len(topics) != 2
+                        or type(topic1) is not str
+                        or len(topic1) != 66
+                        or not topic1.startswith(prefix)
+                        or type(data_hex) is not str
+                        or data_hex[:2] != "0x"
+                        or len(data_hex) % 2
+                        or type(index_hex) is not str
+                        or index_hex[:2] != "0x"
+                        or (number == end and raw["blockHash"] != end_hash)
+                    ):
+                        raise ValueError("not the fast path's shape")
+                    kind = kinds[topics[0]]
+                    identity = fromhex(topic1[26:])
+                    data = fromhex(data_hex[2:])
+                    if len(identity) != 20 or len(data) < 64 or len(data) % 32:
+                        raise ValueError("not the fast path's shape")
+                    rows.append((identity, number, int(index_hex, 16), kind, data))
+                except (KeyError, IndexError, TypeError, ValueError, MalformedReplyError):
+                    slow.append(raw)
+        decoded = [ev for ev in (self._parse_log(raw, start, end, end_hash) for raw in slow) if ev]
+        return rows, decoded
 
     def _parse_log(self, raw: object, start: int, end: int, end_hash: str) -> DecodedEvent | None:
         """One eth_getLogs entry checked (contract, range, end block hash). DID-registry events keep their raw
