@@ -15,6 +15,7 @@ Run in a child process (``python -m bench.chain_sync --child N``) so peak RSS is
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -72,6 +73,12 @@ def _identity(i: int) -> bytes:
     return hashlib.blake2b(i.to_bytes(8, "big"), digest_size=20, person=b"citizen").digest()
 
 
+@functools.lru_cache(maxsize=1024)
+def _block_hash(n: int) -> str:
+    """Block ``n``'s hash (a node reads it from its database; memoised: every log of a block repeats it)."""
+    return "0x" + hashlib.blake2b(n.to_bytes(8, "big"), digest_size=32).hexdigest()
+
+
 def _points(n: int) -> list[bytes]:
     return [
         ec.generate_private_key(ec.SECP256R1())
@@ -108,7 +115,7 @@ class SyntheticCity:
         return 200
 
     def block_hash(self, n: int) -> str:
-        return "0x" + hashlib.blake2b(n.to_bytes(8, "big"), digest_size=32).hexdigest()
+        return _block_hash(n)
 
     def block(self, n: int) -> dict[str, Any] | None:
         if n > self.head:
@@ -117,10 +124,16 @@ class SyntheticCity:
 
     def _log(self, n: int, index: int, address: str, topics: list[str], data: str) -> str:
         quoted = '","'.join(topics)
+        before, after = self._around_index(n)
+        return f'{{"address":"{address}","topics":["{quoted}"],"data":"{data}{before}{hex(index)}{after}'
+
+    @functools.lru_cache(maxsize=16)  # noqa: B019 - one city per run; a few blocks at a time
+    def _around_index(self, n: int) -> tuple[str, str]:
+        """The text of a block-``n`` log between its data and its logIndex, and after its logIndex."""
         return (
-            f'{{"address":"{address}","topics":["{quoted}"],"data":"{data}","blockNumber":"{hex(n)}",'
-            f'"blockHash":"{self.block_hash(n)}","logIndex":"{hex(index)}",'
-            f'"transactionHash":"{self.block_hash((n + 1) << 40)}","transactionIndex":"0x0","removed":false}}'
+            f'","blockNumber":"{hex(n)}","blockHash":"{self.block_hash(n)}","logIndex":"',
+            f'","transactionHash":"{self.block_hash((n + 1) << 40)}","transactionIndex":"0x0",'
+            '"removed":false}',
         )
 
     def logs(self, n: int) -> list[str]:
@@ -165,12 +178,18 @@ class SyntheticCity:
         return []
 
     def _enroll(self, n: int, first: int) -> list[str]:
+        """The block's logs as :meth:`_log` writes them, its constant pieces joined once per block."""
+        before, after = self._around_index(n)
+        did = ADDR["did_registry"]
+        owner = f'{{"address":"{did}","topics":["{T_OWNER}","0x{bytes(12).hex()}'
+        owner_data = f'"],"data":"{self.owner_data}{before}'
+        attr = f'{{"address":"{did}","topics":["{T_ATTR}","0x{bytes(12).hex()}'
         out = []
         for j in range(min(PER_BLOCK, self.citizens + (10_000 if self.delta else 0) - first)):
             i = first + j
-            topic = "0x" + bytes(12).hex() + _identity(i).hex()
-            out.append(self._log(n, 2 * j, ADDR["did_registry"], [T_OWNER, topic], self.owner_data))
-            out.append(self._log(n, 2 * j + 1, ADDR["did_registry"], [T_ATTR, topic], self.attr_data[i % 64]))
+            identity = _identity(i).hex()
+            out.append(f"{owner}{identity}{owner_data}{hex(2 * j)}{after}")
+            out.append(f'{attr}{identity}"],"data":"{self.attr_data[i % 64]}{before}{hex(2 * j + 1)}{after}')
         return out
 
     def _revoke_keys(self, n: int, first: int) -> list[str]:

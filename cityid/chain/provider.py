@@ -37,7 +37,9 @@ LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 MAX_REPLY_BYTES = 32 * 1024 * 1024  # an eth_getLogs of a busy registry stays far below this
 MAX_JSON_DEPTH = 64  # JSON-RPC replies of the methods we use nest < 10 levels
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')  # unrolled: ~6x faster than (?:[^"\\]|\\.)*
-_BRACKETS = bytes(range(256)).translate(None, b"[]{}")
+_BRACKETS = bytes(range(256)).translate(None, b"[]{}")  # translate(None, _BRACKETS) keeps the brackets
+_MARKS = bytes(range(256)).translate(None, b'[]{}"')  # ... and this the brackets and quotes
+_SQUARE = bytes.maketrans(b"{}", b"[]")
 
 
 def is_loopback(host: str) -> bool:
@@ -81,12 +83,28 @@ def check_json_nesting(data: bytes, max_depth: int = MAX_JSON_DEPTH) -> None:
     Importing py_ecc raises the recursion limit to 100,000, so CPython's C JSON decoder overflows the C stack
     (SIGSEGV) on deep input instead of raising RecursionError (FIELD-NOTES "Chain trust").
     """
-    # Without escapes (node replies are hex) the strings are exactly every other piece between quotes;
-    # with escapes the (slower) regex finds them.
-    outside = _JSON_STRING.sub(b"", data) if b"\\" in data else b"".join(data.split(b'"')[0::2])
-    brackets = outside.translate(None, _BRACKETS)
+    if b"\\" in data:  # with escapes the (slower) regex finds the strings
+        brackets = _JSON_STRING.sub(b"", data).translate(None, _BRACKETS)
+    else:
+        # Without escapes (node replies are hex) the k-th string lies between quotes 2k-1 and 2k. Keeping only
+        # quotes and brackets, every string without brackets becomes an adjacent pair '""'; removing those
+        # pairs (one left-to-right pass) leaves exactly the structural brackets when no quote is left. (A
+        # string holding a bracket keeps its opening quote: then split on quotes, the exact way.)
+        marks = data.translate(None, _MARKS)
+        brackets = marks.replace(b'""', b"")
+        if b'"' in brackets:
+            brackets = b"".join(marks.split(b'"')[0::2])
     if len(brackets) <= 2 * max_depth:
         return  # cannot be deeper than max_depth
+    # One pass of replace() drops every bracket pair adjacent in its input — the leaves of the nesting tree
+    # (one kind of bracket: the bound counts "[" and "{" alike) — so a balanced sequence is empty after
+    # exactly as many passes as it is deep. What is left after max_depth passes is counted exactly (deeper,
+    # or unbalanced: json.loads rejects it).
+    rest = brackets.translate(_SQUARE)
+    for _ in range(max_depth):
+        rest = rest.replace(b"[]", b"")
+        if not rest:
+            return
     depth = 0
     for c in brackets:
         if c in (0x5B, 0x7B):

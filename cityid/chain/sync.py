@@ -103,6 +103,7 @@ MERGE_ROWS = 100_000  # overlay rows past which a sync merges the overlay into t
 IDLE_MERGE_ROWS = 20_000  # overlay rows a sync that found nothing new merges (the kiosk is idle)
 MERGE_CHUNK = 2_000  # overlay rows per merge transaction (readers wait at most one chunk)
 WAL_PAGES = 16_384  # the WAL's bound (64 MiB) if no merge or idle sync checkpoints it first
+BULK_SUFFIX = "-bulk"  # the first sync's staging file next to the cache (docs/chain.md, "First sync")
 _DID_EVENT_NAMES = ("DIDOwnerChanged", "DIDDelegateChanged", "DIDAttributeChanged")
 _DID_KIND = {name: i for i, name in enumerate(_DID_EVENT_NAMES)}
 _ZERO12 = bytes(12)
@@ -178,6 +179,7 @@ class SyncCache:
         self._path = str(path)
         self._wal_pages = int(wal_pages)
         self._merge_db: sqlite3.Connection | None = None  # the merge's own connection (opened when needed)
+        self._bulk = False  # the first sync stages DID rows in the bulk file (docs/chain.md, "First sync")
         try:
             self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA busy_timeout=10000")
@@ -199,10 +201,13 @@ class SyncCache:
         self._did_events = self._contracts[network.address("did_registry")]
         did_topics = Events.of("CityDIDRegistry").topics
         self._did_topics = {"0x" + did_topics[n].hex(): n for n in _DID_EVENT_NAMES}
+        self._did_kinds = {topic: _DID_KIND[n] for topic, n in self._did_topics.items()}  # topic 0 -> kind
+        self._did_topic0 = [did_topics[n] for n in _DID_EVENT_NAMES]  # kind -> topic 0
         self._span = min(max_range, 64)  # blocks per eth_getLogs, adapted to the density (TARGET_LOGS)
         self._histories: dict[bytes, tuple[int, list[DidEvent]]] = {}  # identity -> (synced block, events)
         self._check_identity()
         with self._guard():
+            self._discard_bulk()
             self._overlay_rows = self._count_overlay()
         self._thread: threading.Thread | None = None
         self._checked = False  # check_network() once per process before the first sync
@@ -349,6 +354,10 @@ class SyncCache:
                 if self._overlay_rows > self.merge_rows:  # a long catch-up: keep the overlay small
                     self._merge()
                     bulk = True
+                    if not self._bulk and self.synced_at is None and not self.proofs:
+                        self._begin_bulk(synced + 1)  # the first sync ever: stage, sort once at the end
+            if self._bulk:
+                self._finish_bulk(synced)
             with self._guard():
                 resync = self._meta("resync_to")
                 if resync is not None and synced >= int(resync):
@@ -503,7 +512,14 @@ class SyncCache:
             "chain reorganised below block %d: rolling the cache back to %d", self.synced_block, ancestor
         )
         with self._guard():
-            self._db.execute("BEGIN")
+            self._drop_above(ancestor)
+        return ancestor
+
+    def _drop_above(self, ancestor: int) -> None:
+        """Delete every row applied above block ``ancestor`` (overlay, main tables if needed, the bulk
+        file's staged rows) in one transaction; the cache is then synced to ``ancestor``."""
+        self._db.execute("BEGIN")
+        try:
             for table in _STATE_TABLES:
                 self._db.execute(f"DELETE FROM {table}_delta WHERE block > ?", (ancestor,))  # noqa: S608
             main = self._meta("main_through")
@@ -511,12 +527,88 @@ class SyncCache:
                 for table in _STATE_TABLES:
                     self._db.execute(f"DELETE FROM {table} WHERE block > ?", (ancestor,))  # noqa: S608
                 self._set_meta("main_through", ancestor)
+            if self._bulk:  # a scan of the staged rows (a reorg during the first sync: rare)
+                self._db.execute("DELETE FROM bulk.did_logs_bulk WHERE block > ?", (ancestor,))
+                bulk_from = self._meta("bulk_from")
+                if bulk_from is not None and int(bulk_from) > ancestor + 1:
+                    self._set_meta("bulk_from", ancestor + 1)
             self._db.execute("DELETE FROM checkpoints WHERE number > ?", (ancestor,))
             self._set_meta("synced_block", ancestor)
             self._db.execute("COMMIT")
-            self._overlay_rows = self._count_overlay()
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
+        self._overlay_rows = self._count_overlay()
+        self._histories.clear()
+
+    # ---- the first sync: DID rows staged in arrival order, sorted once (docs/chain.md, "First sync") ----
+    def _bulk_path(self) -> str:
+        return self._path + BULK_SUFFIX
+
+    def _begin_bulk(self, first: int) -> None:
+        """From block ``first`` on, this first sync appends DID rows to a staging file (no index: sequential
+        writes) instead of inserting them at random keys of a growing B-tree. ``bulk_from`` is committed
+        before any staged row: a cache reopened with it set has lost the staging file's meaning and drops
+        every row from ``first`` on (:meth:`_discard_bulk`)."""
+        with self._guard():
+            self._remove_bulk_file()
+            self._db.execute("ATTACH DATABASE ? AS bulk", (self._bulk_path(),))
+            self._db.execute("PRAGMA bulk.journal_mode=MEMORY")  # rollback of a failed range; crash = discard
+            self._db.execute("PRAGMA bulk.synchronous=OFF")
+            self._db.execute("PRAGMA bulk.cache_size=-2048")  # appends touch only the right edge
+            self._db.execute(
+                "CREATE TABLE bulk.did_logs_bulk (identity BLOB NOT NULL, block INTEGER NOT NULL, "
+                "log_index INTEGER NOT NULL, kind INTEGER NOT NULL, data BLOB NOT NULL)"
+            )
+            self._set_meta("bulk_from", first)
+            self._bulk = True
+        logger.info("chain cache: first sync staging DID events from block %d", first)
+
+    def _finish_bulk(self, synced: int) -> None:
+        """One sorted copy of the staged rows into ``did_logs`` (appends in key order), in one transaction
+        with clearing ``bulk_from``; then the staging file is removed and the WAL truncated."""
+        t = time.perf_counter()
+        with self._guard():
+            self._db.execute("BEGIN")
+            try:
+                n = self._db.execute(
+                    "INSERT OR REPLACE INTO did_logs SELECT identity, block, log_index, kind, data "
+                    "FROM bulk.did_logs_bulk ORDER BY identity, block, log_index, rowid"
+                ).rowcount
+                self._db.execute(
+                    "UPDATE meta SET value = max(CAST(value AS INTEGER), ?) WHERE key = 'main_through'",
+                    (synced,),
+                )
+                self._db.execute("DELETE FROM meta WHERE key = 'bulk_from'")
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+            self._bulk = False
+            self._db.execute("DETACH DATABASE bulk")
+            self._remove_bulk_file()
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._histories.clear()
-        return ancestor
+        logger.info("chain cache: first sync sorted %d DID events in %.1f s", n, time.perf_counter() - t)
+
+    def _discard_bulk(self) -> None:
+        """At open: a first sync that staged rows and did not finish is undone back to where staging began
+        (its staged rows are not trusted); a leftover staging file is removed."""
+        bulk_from = self._meta("bulk_from")
+        if bulk_from is not None:
+            logger.warning(
+                "chain cache: the first sync was interrupted while staging; resuming from block %d",
+                int(bulk_from),
+            )
+            self._drop_above(int(bulk_from) - 1)
+            self._db.execute("DELETE FROM meta WHERE key = 'bulk_from'")
+        self._remove_bulk_file()
+
+    def _remove_bulk_file(self) -> None:
+        for suffix in ("", "-journal"):
+            Path(self._bulk_path() + suffix).unlink(missing_ok=True)
 
     def _range_replies(self, start: int, end: int) -> tuple[object, object]:
         """(logs, end block) of a range — from the node, or agreed by ``quorum`` of node + peers."""
@@ -553,7 +645,7 @@ class SyncCache:
         if end_hash is None:
             raise ChainError(f"block {end} vanished while syncing (reorg in progress)")
         raw_logs = as_list(logs_raw, "eth_getLogs result")
-        decoded = [ev for ev in (self._parse_log(raw, start, end, end_hash) for raw in raw_logs) if ev]
+        did_rows, decoded = self._parse_logs(raw_logs, start, end, end_hash)
         try:
             proven = self._spot_proofs(decoded, block_raw, end) if self.proofs and decoded else None
         finally:
@@ -563,7 +655,6 @@ class SyncCache:
             try:
                 rejected: list[DecodedEvent] = []
                 written = 0
-                did_rows: list[tuple[bytes, int, int, int, bytes]] = []
                 for ev in decoded:
                     if ev.name in _DID_KIND:  # stored as the log's bytes, decoded when read
                         a, kind = ev.args, _DID_KIND[ev.name]
@@ -581,8 +672,13 @@ class SyncCache:
                             ev.log_index,
                             exc,
                         )
-                did_rows.sort()  # in key order: neighbouring inserts share B-tree pages
-                self._db.executemany("INSERT OR REPLACE INTO did_logs_delta VALUES (?, ?, ?, ?, ?)", did_rows)
+                if self._bulk:  # appended in arrival order; sorted once when the first sync ends
+                    self._db.executemany("INSERT INTO bulk.did_logs_bulk VALUES (?, ?, ?, ?, ?)", did_rows)
+                else:
+                    did_rows.sort()  # in key order: neighbouring inserts share B-tree pages
+                    self._db.executemany(
+                        "INSERT OR REPLACE INTO did_logs_delta VALUES (?, ?, ?, ?, ?)", did_rows
+                    )
                 if did_rows:
                     self._histories.clear()
                 if proven is not None:
@@ -601,8 +697,85 @@ class SyncCache:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 raise
-            self._overlay_rows += written + len(did_rows)
+            self._overlay_rows += written + (0 if self._bulk else len(did_rows))
         return len(raw_logs)
+
+    def _parse_logs(
+        self, raw_logs: list[Any], start: int, end: int, end_hash: str
+    ) -> tuple[list[tuple[bytes, int, int, int, bytes]], list[DecodedEvent]]:
+        """Every entry of an eth_getLogs reply checked as :meth:`_parse_log` checks it: (DID-registry rows
+        ``(identity, block, log index, kind, data)`` to store, the events decoded by :meth:`_parse_log`).
+
+        The city-scale fast path: a DID-registry log in the shape a node sends (address in lower case or
+        checksummed, lower-case topic 0, an identity topic with 12 zero bytes, hex data of whole words, the
+        block number in the range, the range end's own block hash) becomes its row with the checks done on
+        the JSON strings, the block numbers' hex parsed once per block. With proofs on, such a log becomes the
+        same event (and ``_raw_logs`` entry) :meth:`_parse_log` makes, not a row. Any other entry — another
+        contract, another shape, anything malformed — takes :meth:`_parse_log`, which accepts or rejects it
+        exactly as before (the fast path only accepts what it would accept, with the same result)."""
+        rows: list[tuple[bytes, int, int, int, bytes]] = []
+        events: list[DecodedEvent] = []
+        proofs = self.proofs
+        end_block_hash = bytes.fromhex(end_hash[2:])
+        did_addresses = {self._did_registry, checksum(self._did_registry)}  # as nodes spell it
+        kinds = self._did_kinds
+        prefix = "0x" + "00" * 12
+        numbers: dict[str, int] = {}  # blockNumber text -> its number, checked to be in the range
+        fromhex = bytes.fromhex
+        for raw in raw_logs:
+            try:
+                topics = raw["topics"]
+                number = numbers.get(raw["blockNumber"])
+                if number is None:
+                    number = as_int(raw["blockNumber"], "log blockNumber")
+                    if not start <= number <= end:
+                        raise ValueError("outside the range")  # _parse_log raises it
+                    numbers[raw["blockNumber"]] = number
+                topic1 = topics[1]
+                data_hex = raw["data"]
+                index_hex = raw["logIndex"]
+                if (
+                    raw["address"] not in did_addresses
+                    or type(topics) is not list
+                    or len(topics) != 2
+                    or type(topic1) is not str
+                    or len(topic1) != 66
+                    or not topic1.startswith(prefix)
+                    or type(data_hex) is not str
+                    or data_hex[:2] != "0x"
+                    or len(data_hex) % 2
+                    or type(index_hex) is not str
+                    or index_hex[:2] != "0x"
+                    or (number == end and raw["blockHash"] != end_hash)
+                ):
+                    raise ValueError("not the fast path's shape")
+                kind = kinds[topics[0]]
+                identity = fromhex(topic1[26:])
+                data = fromhex(data_hex[2:])
+                if len(identity) != 20 or len(data) < 64 or len(data) % 32:
+                    raise ValueError("not the fast path's shape")
+                if proofs:
+                    index = int(index_hex, 16)
+                    ev = DecodedEvent(
+                        _DID_EVENT_NAMES[kind],
+                        {"identity": identity, "data": data},
+                        self._did_registry,
+                        number,
+                        end_block_hash if number == end else b"",
+                        index,
+                        b"",
+                    )
+                    self._raw_logs[(number, index)] = ((self._did_topic0[kind], _ZERO12 + identity), data)
+                    events.append(ev)
+                else:
+                    rows.append((identity, number, int(index_hex, 16), kind, data))
+                continue
+            except (KeyError, IndexError, TypeError, ValueError, MalformedReplyError):
+                pass
+            ev = self._parse_log(raw, start, end, end_hash)  # in reply order, as before
+            if ev is not None:
+                events.append(ev)
+        return rows, events
 
     def _parse_log(self, raw: object, start: int, end: int, end_hash: str) -> DecodedEvent | None:
         """One eth_getLogs entry checked (contract, range, end block hash). DID-registry events keep their raw
@@ -903,6 +1076,8 @@ class SyncCache:
         """The DID document from cached events (same rules as the resolver)."""
         address = address_of(self.network, did)
         with self._guard():
+            if self._bulk:
+                raise StaleChainDataError(math.inf, self.max_staleness)
             return self._build(did, address).document
 
     def _history(self, address: str) -> list[DidEvent]:
@@ -943,6 +1118,8 @@ class SyncCache:
         with self._guard():
             if self._meta("resync_to") is not None:
                 raise ChainResetError("the chain was rewound or reset; the kiosk cache is resyncing")
+            if self._bulk:  # the first sync has not sorted its staged DID events in yet
+                raise StaleChainDataError(math.inf, self.max_staleness)
             age = self.staleness()
             if age > self.max_staleness:
                 raise StaleChainDataError(age, self.max_staleness)
