@@ -151,6 +151,22 @@ def test_reads_during_a_merge_never_see_a_revoked_key(embedded_chain, tmp_path):
     total = cache.overlay_rows
     seen: list[int] = []
     done = threading.Event()
+    merge_db = cache._merge_connection()
+
+    class _Yielding:
+        """The merge's connection, pausing after each chunk's COMMIT so reads run between chunks whatever the
+        scheduler does (the interleaving below was left to the GIL and once did not happen in CI)."""
+
+        def execute(self, sql: str, *args):  # type: ignore[no-untyped-def]
+            result = merge_db.execute(sql, *args)
+            if sql == "COMMIT":
+                time.sleep(0.005)
+            return result
+
+        def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+            return getattr(merge_db, name)
+
+    cache._merge_connection = lambda: _Yielding()  # type: ignore[method-assign]
 
     def merge() -> None:
         try:
