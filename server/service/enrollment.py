@@ -121,6 +121,19 @@ def _fresh_enrollment(dialect: Dialect) -> str:
     return stmt.compile(dialect=dialect).string
 
 
+@dataclass(frozen=True, slots=True)
+class _NewCard:
+    """One enrollment request, validated: what both enrollment paths take."""
+
+    terminal: Actor
+    key: str  # the idempotency key
+    fingerprint: str
+    card_point: bytes
+    card_serial: bytes
+    citizen_did: str | None
+    claims: Any
+
+
 class Enrollments:
     """``enroll`` (a new card; new or existing DID) and ``reissue`` (same DID and card key, new id)."""
 
@@ -156,19 +169,19 @@ class Enrollments:
         fingerprint = card_fingerprint(card_point, card_serial)
         if citizen_did is not None and not self._known_key(idempotency_key):
             self.scopes.check_add_key(terminal, "enroll", citizen_did, presence)
-        args = (terminal, idempotency_key, fingerprint, card_point, card_serial, citizen_did, parsed)
+        req = _NewCard(terminal, idempotency_key, fingerprint, card_point, card_serial, citizen_did, parsed)
         done: Enrollment | None = None
         if citizen_did is None and self._one_statement():
             try:
-                done = self._enroll_fresh(*args)
+                done = self._enroll_fresh(req)
             except IntegrityError:  # this idempotency key exists: a retry (or a concurrent twin)
                 done = None
         row: Credential | None = None
         if done is None:
             try:
-                done, row = self._enroll_new(*args)
+                done, row = self._enroll_new(req)
             except IntegrityError:  # a concurrent request with the same key won the insert: it is ours now
-                done, row = self._enroll_new(*args)
+                done, row = self._enroll_new(req)
         if done is not None:
             return done
         assert row is not None
@@ -180,45 +193,35 @@ class Enrollments:
             found = s.scalar(select(Credential.id).where(Credential.idempotency_key == idempotency_key))
         return found is not None
 
-    def _enroll_new(
-        self,
-        terminal: Actor,
-        key: str,
-        fingerprint: str,
-        card_point: bytes,
-        card_serial: bytes,
-        citizen_did: str | None,
-        claims: Any,
-    ) -> tuple[Enrollment | None, Credential | None]:
+    def _enroll_new(self, req: _NewCard) -> tuple[Enrollment | None, Credential | None]:
         """ONE transaction: a new credential issued (``(enrollment, None)``), or the row of an earlier request
         with this key (``(None, row)``: the caller completes the retry)."""
-        ctx = self.ctx
+        ctx, terminal, key, card_point = self.ctx, req.terminal, req.key, req.card_point
         index: int | None = None
         try:
             with ctx.db.sessions.begin() as s, s.no_autoflush:  # one flush at commit: a statement per table
                 row = s.scalar(select(Credential).where(Credential.idempotency_key == key))
                 if row is not None:
-                    if row.request_fingerprint != fingerprint or row.terminal != terminal.terminal:
+                    if row.request_fingerprint != req.fingerprint or row.terminal != terminal.terminal:
                         raise ConflictError("idempotency key already used for another card, key or terminal")
                     if row.state not in _REUSABLE:
                         raise ConflictError(f"credential {row.id} is {row.state}; start a new enrollment")
                     ctx.audit(s, terminal, "enroll.retry", cred=row.id, did=row.citizen_did)
                     return None, row
-                if citizen_did is not None:
-                    citizen = s.get(Citizen, citizen_did)
+                if req.citizen_did is not None:
+                    citizen = s.get(Citizen, req.citizen_did)
                     if citizen is None:
                         raise NotFoundError("unknown citizen DID")
                 else:
                     identity = ctx.chain.new_citizen_identity()
                     citizen = Citizen(did=ctx.chain.did_for(identity), identity=identity, created_at=utcnow())
                     s.execute(insert(Citizen), [_values(citizen)])
-                row = self._new_row(terminal, key, fingerprint, card_point, card_serial, citizen.did)
+                row = self._new_row(req, citizen.did)
                 # Chain writes in the same transaction (§Chain outbox); the status index last (block size 1:
                 # the allocator row every enrollment updates is locked only for what follows it).
                 queued = self._queue_in(s, terminal, row, card_point, citizen.identity)
                 index = row.status_index = ctx.allocate(s)
-                issued = self._issue(row, claims, card_point)
-                del claims
+                issued = self._issue(row, req.claims, card_point)
                 # Bulk statements, not the unit of work: the row (unique idempotency key: a concurrent
                 # request with the same key fails here) and its two audit entries in one statement.
                 s.execute(insert(Credential), [_values(row)])
@@ -239,32 +242,21 @@ class Enrollments:
         status indexes from this instance's block (taken outside the transaction)."""
         return self.ctx.db.engine.dialect.name == "postgresql" and self.ctx.index_block > 1
 
-    def _enroll_fresh(
-        self,
-        terminal: Actor,
-        key: str,
-        fingerprint: str,
-        card_point: bytes,
-        card_serial: bytes,
-        citizen_did: str | None,
-        claims: Any,
-    ) -> Enrollment | None:
+    def _enroll_fresh(self, req: _NewCard) -> Enrollment | None:
         """A new citizen on PostgreSQL: the transaction of :meth:`_enroll_new` as ONE statement — a writable
         CTE inserting the citizen, the credential, the card key's outbox row and the two audit entries, and
         counting the card's other live credentials. One round trip and one commit instead of eight
         statements (docs/server.md §Serving capacity). ``None`` when the card has other live credentials
         (rolled back: :meth:`_enroll_new` retires them); :class:`IntegrityError` when the idempotency key
         exists (a retry: :meth:`_enroll_new` answers it)."""
-        del citizen_did  # always None here
-        ctx = self.ctx
+        ctx, terminal, card_point = self.ctx, req.terminal, req.card_point
         identity = ctx.chain.new_citizen_identity()
         did = ctx.chain.did_for(identity)
-        row = self._new_row(terminal, key, fingerprint, card_point, card_serial, did)
+        row = self._new_row(req, did)
         row.key_on_chain = True  # its outbox row is in the same statement
         index = row.status_index = ctx.allocate_from_block()
         try:
-            issued = self._issue(row, claims, card_point)
-            del claims
+            issued = self._issue(row, req.claims, card_point)
             audit = ctx.audit_rows(terminal, [
                 ("enroll.reserve", row.id, did, f"status index {index}"),
                 ("enroll.issue", row.id, did, "issue #1"),
@@ -295,28 +287,20 @@ class Enrollments:
             return None
         return self._issued(row, issued, (int(outbox_id),))
 
-    def _new_row(
-        self,
-        terminal: Actor,
-        key: str,
-        fingerprint: str,
-        card_point: bytes,
-        card_serial: bytes,
-        citizen_did: str,
-    ) -> Credential:
+    def _new_row(self, req: _NewCard, citizen_did: str) -> Credential:
         """A transient credential row (pending, no status index yet) for a new enrollment."""
         ctx = self.ctx
         return Credential(
             id=str(uuid.uuid4()),
-            idempotency_key=key,
-            request_fingerprint=fingerprint,
+            idempotency_key=req.key,
+            request_fingerprint=req.fingerprint,
             citizen_did=citizen_did,
-            card_key=card_point.hex(),
-            card_serial_hash=serial_hash(card_serial),
+            card_key=req.card_point.hex(),
+            card_serial_hash=serial_hash(req.card_serial),
             status_list_id=ctx.config.status_list_id,
             vct=ctx.vct,
             state=CredentialState.PENDING.value,
-            terminal=terminal.terminal,
+            terminal=req.terminal.terminal,
             created_at=utcnow(),
             key_on_chain=False,
         )
