@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import statistics
 import subprocess
@@ -191,11 +192,41 @@ SERVE_INSTANCES, SERVE_THREADS = 2, 4
 LOAD_PROCESSES, LOAD_CONCURRENCY = 2, 32
 
 
+class _Answer:
+    """What :class:`terminal.server_client.ServerClient` reads of an answer (``status_code``, ``json()``)."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        self.status_code, self._body = status, body
+
+    def json(self) -> Any:
+        return json.loads(self._body)
+
+
+class _LeanTransport:
+    """The load generator's HTTP transport: urllib3's pool (what ``requests`` stands on) without
+    ``requests``' per-call session, hooks and cookie work, which cost the load generator about as much CPU
+    as the server spends on a third of the enrollment, on the same two cores. Counters are other machines
+    in a city, so their client CPU is not the city's; the server sees byte-identical signed requests.
+    ``TRANSPORT=requests`` in the environment measures with ``requests`` instead (the side-by-side figure)."""
+
+    def __init__(self, maxsize: int) -> None:
+        import urllib3
+
+        self._pool = urllib3.PoolManager(maxsize=maxsize, block=True, retries=False)
+
+    def request(
+        self, method: str, url: str, *, data: bytes, headers: dict[str, str], timeout: float
+    ) -> _Answer:
+        r = self._pool.request(method, url, body=data, headers=headers, timeout=timeout, preload_content=True)
+        return _Answer(r.status, r.data)
+
+
 def _load_worker(
-    args: tuple[list[str], bytes, list[int], list[bytes], int],
+    args: tuple[list[str], bytes, list[int], list[bytes], int, str],
 ) -> tuple[list[Any], list[float], float]:
-    """One load-generator process: ``concurrency`` threads enroll ``indices`` round-robin over ``urls``;
-    returns the answers, the latencies and this process's CPU seconds."""
+    """One load-generator process: ``concurrency`` threads enroll ``indices`` round-robin over ``urls``
+    through the terminal's own :class:`ServerClient`; returns the answers, the latencies and this process's
+    CPU seconds."""
     import resource
 
     import requests
@@ -205,15 +236,17 @@ def _load_worker(
     from terminal.server_client import ServerClient
     from tests.unit.server_support import CLAIMS
 
-    urls, key_pem, indices, points, concurrency = args
+    urls, key_pem, indices, points, concurrency, transport = args
     tkey = serialization.load_pem_private_key(key_pem, None)
 
-    def session() -> requests.Session:  # kept-alive connections (no reconnects)
+    def session() -> Any:  # kept-alive connections (no reconnects)
+        if transport != "requests":
+            return _LeanTransport(concurrency)
         sess = requests.Session()
         sess.mount("http://", HTTPAdapter(pool_connections=1, pool_maxsize=concurrency))
         return sess
 
-    clients = [ServerClient(u, "counter-1", tkey, clerk="clerk-bench", timeout=60, session=session())  # type: ignore[arg-type]
+    clients = [ServerClient(u, "counter-1", tkey, clerk="clerk-bench", timeout=60, session=session())
                for u in urls]  # fmt: skip
     latency: list[float] = []
 
@@ -288,8 +321,9 @@ def _throughput(
                         time.sleep(0.2)
             points = [_point() for _ in range(n)]
             shares = [list(range(w, n, load_processes)) for w in range(load_processes)]
-            jobs = [(urls, key_pem, idx, [points[i] for i in idx], max(1, concurrency // load_processes))
-                    for idx in shares]  # fmt: skip
+            transport = os.environ.get("TRANSPORT", "urllib3")
+            jobs = [(urls, key_pem, idx, [points[i] for i in idx], max(1, concurrency // load_processes),
+                     transport) for idx in shares]  # fmt: skip
             # spawn: the workers start clean (no threads or sockets inherited); started before the clock
             with multiprocessing.get_context("spawn").Pool(load_processes) as workers:
                 workers.map(abs, range(load_processes))  # imported and ready before the meter starts

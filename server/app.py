@@ -39,15 +39,15 @@ def create_app(
     authorization_signer: IssuerSigner | None = None,
     status_view: ChainView | None = None,
 ) -> Flask:
-    """Build the app: open the database (creating the schema), the issuer key, the management master key
-    (``card_keys``, else from ``config.management_key``) and the chain, and read the issuer's state on
-    chain (no transaction: docs/chain.md §Roles). Components can be injected (tests).
+    """Build the app: open the database (its schema made by ``city-server db init``), the issuer key, the
+    management master key (``card_keys``, else from ``config.management_key``) and the chain, and read the
+    issuer's state on chain (no transaction: docs/chain.md §Roles). Components can be injected (tests).
 
     ``start_writer``: run the chain writer thread (docs/server.md §Chain outbox; it writes only while this
     instance holds the writer lock). Without it, requests that wait for the chain run the windows
     themselves (tests)."""
     db = db or Database.from_url(config.database_url)
-    db.init(config.status_list_id, config.status_list_capacity)
+    db.check_schema(config.status_list_id)  # created by `city-server db init`, never here
     signer = signer or load_signer(config.issuer_key)
     chain = chain or open_chain(config, signer.public_point)
     kwargs = {"clock": clock} if clock else {}

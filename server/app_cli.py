@@ -40,17 +40,23 @@ def _config(args: argparse.Namespace) -> ServerConfig:
     return cfg
 
 
+def _require_sqlite_file(url: str) -> None:
+    """A SQLite database must exist already (connecting would create an empty file)."""
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        if not path.exists():
+            raise CityIdError(
+                f"database {path} does not exist: run `city-server db init` with the same settings"
+            )
+
+
 def _db(args: argparse.Namespace, create: bool = False):  # type: ignore[no-untyped-def]
     """The configured database; only ``db init`` (``create``) may create a SQLite file."""
     from server.db import Database
 
     cfg = _config(args)
-    if not create and cfg.database_url.startswith("sqlite:///"):
-        path = Path(cfg.database_url.removeprefix("sqlite:///"))
-        if not path.exists():
-            raise CityIdError(
-                f"database {path} does not exist: run `city-server db init` with the same settings"
-            )
+    if not create:
+        _require_sqlite_file(cfg.database_url)
     db = Database.from_url(cfg.database_url)
     db.init(cfg.status_list_id, cfg.status_list_capacity)
     return db
@@ -67,6 +73,7 @@ def _serve(args: argparse.Namespace, stop: threading.Event) -> int:
     from server.db import Database
 
     cfg = _config(args)
+    _require_sqlite_file(cfg.database_url)  # the schema is `db init`'s, checked by create_app
     sock = bind_listener(args.host, args.port)  # "port in use" before the start-up, not after it
     if not args.no_access_log:
         logging.getLogger("cityid.access").setLevel(logging.INFO)  # route templates only, no personal data

@@ -24,35 +24,21 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sqlalchemy import DateTime, Integer, String, Table, Text, select, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Mapped, mapped_column
 
 from cityid.certificate import AnchorProof
 from cityid.chain.merkle import build_tree
 from cityid.errors import CityIdError
 from cityid.keys import KeyFormatError, P256PublicKey
 from server.db import Database
-from server.models import Base, Terminal
+from server.models import CertificateAnchor, Terminal
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_WINDOW_S = 60.0
 DEFAULT_MAX_BATCH = 1000
 RECHECK_ROOTS = 8  # the most recent anchored roots checked every window (all of them after a state loss)
-
-
-class CertificateAnchor(Base):
-    """One submitted certificate hash: pending (no root), sending (root, no block) or anchored."""
-
-    __tablename__ = "certificate_anchors"
-
-    document_hash: Mapped[str] = mapped_column(String(64), primary_key=True)  # hex SHA-256
-    terminal: Mapped[str] = mapped_column(String(64), index=True)
-    queued_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
-    root: Mapped[str | None] = mapped_column(String(64), index=True, default=None)
-    proof: Mapped[str | None] = mapped_column(Text, default=None)  # hex siblings, concatenated
-    block: Mapped[int | None] = mapped_column(Integer, default=None)
 
 
 class Anchorer(Protocol):
@@ -122,9 +108,6 @@ class AnchorQueue:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        table = CertificateAnchor.__table__
-        assert isinstance(table, Table)  # a declarative model's table
-        table.create(db.engine, checkfirst=True)
 
     def _now(self) -> dt.datetime:
         return dt.datetime.fromtimestamp(self.clock(), dt.UTC)

@@ -142,6 +142,33 @@ class Database:
             reason = str(getattr(exc, "orig", None) or exc.__class__.__name__).strip().splitlines()[0][:200]
             raise StorageError(f"cannot initialise the database: {reason}") from exc
 
+    def check_schema(self, status_list_id: int = 1) -> None:
+        """Read-only: the schema ``init`` creates is all there (tables, later columns, the status list's
+        allocator row); else :class:`StorageError` naming the fix. Serving checks instead of creating, so
+        an app never writes DDL as a side effect (``city-server db init`` does, under a lock)."""
+        try:
+            insp = inspect(self.engine)
+            have = set(insp.get_table_names())
+            missing = sorted(set(Base.metadata.tables) - have)
+            missing += [
+                f"{table}.{column}"
+                for table, column, _ddl in self._LATER_COLUMNS
+                if table in have and column not in {c["name"] for c in insp.get_columns(table)}
+            ]
+            if not missing:
+                with self.sessions() as s:
+                    if s.get(StatusAllocator, status_list_id) is None:
+                        missing.append(f"status list {status_list_id}")
+        except SQLAlchemyError as exc:
+            reason = str(getattr(exc, "orig", None) or exc.__class__.__name__).strip().splitlines()[0][:200]
+            raise StorageError(f"cannot read the database: {reason}") from exc
+        if missing:
+            shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+            raise StorageError(
+                f"the database is not initialised or is out of date (missing {shown}): "
+                "run `city-server db init` with the same settings"
+            )
+
     #: Columns added after the first release: (table, column, DDL) — added in place by ``init``.
     _LATER_COLUMNS = (
         ("terminals", "office", "VARCHAR(64) NOT NULL DEFAULT 'main'"),

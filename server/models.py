@@ -247,3 +247,17 @@ class OutboxBatch(Base):
     reapplied: Mapped[int] = mapped_column(Integer, default=0)  # times re-sent after a reorg / lost state
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     confirmed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+
+class CertificateAnchor(Base):
+    """One submitted certificate hash (docs/certificates.md §Server): pending (no root), sending (root,
+    no block) or anchored."""
+
+    __tablename__ = "certificate_anchors"
+
+    document_hash: Mapped[str] = mapped_column(String(64), primary_key=True)  # hex SHA-256
+    terminal: Mapped[str] = mapped_column(String(64), index=True)
+    queued_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
+    root: Mapped[str | None] = mapped_column(String(64), index=True, default=None)
+    proof: Mapped[str | None] = mapped_column(Text, default=None)  # hex siblings, concatenated
+    block: Mapped[int | None] = mapped_column(Integer, default=None)

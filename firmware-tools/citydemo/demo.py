@@ -449,6 +449,7 @@ def build(
         # the city authorization key: signs the kiosk's and the counter's terminal certificates, whose
         # public key every demo card gets at personalization (docs/card-profile.md §Terminal authentication)
         authorization_signer = KeystoreSigner(ec.generate_private_key(ec.SECP256R1()))
+        db.init(server_config.status_list_id, server_config.status_list_capacity)  # `city-server db init`
         server_app = create_server_app(
             server_config, chain=gateway, signer=signer, db=db, authorization_signer=authorization_signer
         )

@@ -98,6 +98,9 @@ def in_process_server(city: City, db_url: str, window_ms: int = 300, start_write
         chain_window_ms=window_ms,
         issuer_key=IssuerKeyConfig(keystore_path=str(city.keystore), keystore_password=KEYSTORE_PASSWORD),
     )  # fmt: skip
+    from server.db import Database
+
+    Database.from_url(db_url).init()  # `city-server db init` (idempotent)
     app = create_app(cfg, start_writer=start_writer)
     tkey = ec.generate_private_key(ec.SECP256R1())
     pem = tkey.public_key().public_bytes(

@@ -193,6 +193,7 @@ def test_network_config_path_on_anvil(anvil_chain, tmp_path, monkeypatch, capsys
         monkeypatch.setenv(k, val)
     monkeypatch.setenv("CITY_ROOT_PASSWORD", "root-pw")
     signer = KeystoreSigner.generate(tmp_path / "issuer.p8", "pw")
+    assert main(["db", "init"]) == 0
 
     # without the status list and the ceremony, serve refuses / reports the issuer not ready — sending nothing
     before = _tx_count(anvil_chain)

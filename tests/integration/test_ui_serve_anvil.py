@@ -64,6 +64,7 @@ def city_server(anvil_chain: Any, tmp_path: Path) -> Iterator[CityServer]:
     publish_for_tests(gateway, signer.public_point)
     db_url = f"sqlite:///{tmp_path / 'server.db'}"
     db = Database.from_url(db_url)
+    db.init()  # `city-server db init`
     # per-card management keys (docs/card-profile.md): a software master key, tests only
     card_keys = ManagementKeyConfig("software", software_master_key=TEST_MASTER_KEY.hex())
     authorization_key = KeystoreSigner(ec.generate_private_key(ec.SECP256R1()))  # [authorization_key]

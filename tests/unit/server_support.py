@@ -191,8 +191,10 @@ def make_rig(db_url: str, signer=None, chain=None, publish: bool = True, office:
     # Requests wait for their chain writes (run in the request's thread: no writer thread), so the tests
     # can look at the chain right after an answer (docs/server.md §Chain outbox).
     config.setdefault("chain_wait_ms", 5000)
-    app = create_app(ServerConfig(database_url=db_url, **config), chain=chain, signer=signer, db=db,
-                     start_writer=False, **(app_kwargs or {}))  # fmt: skip
+    server_config = ServerConfig(database_url=db_url, **config)
+    db.init(server_config.status_list_id, server_config.status_list_capacity)  # `city-server db init`
+    app = create_app(server_config, chain=chain, signer=signer, db=db, start_writer=False,
+                     **(app_kwargs or {}))  # fmt: skip
     tkey = ec.generate_private_key(ec.SECP256R1())
     pem = (
         tkey.public_key()

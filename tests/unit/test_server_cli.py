@@ -141,3 +141,45 @@ def test_authorization_key_generate_and_config(tmp_path, monkeypatch, capsys):
     assert load_config(None, env={}).authorization_key is None
     env = {"CITY_AUTHORIZATION_KEYSTORE": "k.p8", "CITY_AUTHORIZATION_KEY_PASSWORD": "x"}
     assert load_config(None, env=env).authorization_key.keystore_path == "k.p8"  # type: ignore[union-attr]
+
+
+def test_the_app_checks_the_schema_and_never_writes_it(tmp_path):
+    """``create_app`` (what ``serve`` and ``server.wsgi`` run) issues no DDL: on an empty database it names
+    ``db init``; on an old one missing a later column it names what is missing; after ``db init`` it starts
+    with not one CREATE/ALTER of its own (instances started together cannot race on the schema)."""
+    import pytest
+    from sqlalchemy import event, text
+
+    from cityid.credential import LocalSigner
+    from cityid.keys import P256PublicKey
+    from server.app import create_app
+    from server.config import ServerConfig
+    from server.db import Database, StorageError
+    from tests.unit.server_support import MemoryChain, publish_for_tests
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    db = Database.from_url(url)
+    statements: list[str] = []
+    event.listen(db.engine, "before_cursor_execute", lambda *a: statements.append(a[2].lstrip().upper()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    signer = LocalSigner(key)
+    signer.public_point = P256PublicKey.from_crypto(key.public_key()).point  # type: ignore[attr-defined]
+    chain = MemoryChain()
+    publish_for_tests(chain, signer.public_point)
+
+    def app():  # type: ignore[no-untyped-def]
+        return create_app(
+            ServerConfig(database_url=url), chain=chain, signer=signer, db=db, start_writer=False
+        )
+
+    with pytest.raises(StorageError, match=r"missing audit_log.*run `city-server db init`"):
+        app()
+    db.init()
+    with db.engine.begin() as conn:  # a database from before a later column
+        conn.execute(text("ALTER TABLE audit_log DROP COLUMN clerk"))
+    with pytest.raises(StorageError, match=r"missing audit_log\.clerk"):
+        app()
+    db.init()  # adds it in place
+    statements.clear()
+    app()
+    assert not [s for s in statements if s.startswith(("CREATE", "ALTER", "DROP"))], statements

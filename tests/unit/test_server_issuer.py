@@ -35,6 +35,7 @@ def world(embedded_chain, tmp_path):  # type: ignore[no-untyped-def]
     ensure_status_list(hot, 1)
     signer = KeystoreSigner(ec.generate_private_key(ec.SECP256R1()))
     db_url = f"sqlite:///{tmp_path}/s.db"
+    Database.from_url(db_url).init()  # `city-server db init`, once
 
     def start():  # type: ignore[no-untyped-def]
         """One `serve` start-up on the same chain and database (a restart)."""

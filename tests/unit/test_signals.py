@@ -71,6 +71,7 @@ def test_city_server_serve_stops_with_sigint_ignored_at_start(sig: int, tmp_path
     }
     cli = [sys.executable, "-m", "server.cli"]
     subprocess.run([*cli, "issuer-key", "generate"], env=env, check=True, capture_output=True, timeout=60)
+    subprocess.run([*cli, "db", "init"], env=env, check=True, capture_output=True, timeout=60)
     with running(
         [*cli, "serve", "--port", "0"],
         preexec_fn=_ignore_sigint,
