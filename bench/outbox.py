@@ -118,6 +118,21 @@ def _cpu_seconds(pids: list[int]) -> float:
     return sum(_cpu_by_pid(pids).values())
 
 
+def _with_descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (``/proc/*/task/*/children``): the node's npm wrapper is a
+    ``node`` process whose child is the ``anvil`` binary doing the work."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                todo += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+    return out
+
+
 def _cpu_by_pid(pids: list[int]) -> dict[int, float]:
     ticks = os.sysconf("SC_CLK_TCK")
     out = {}
@@ -160,7 +175,8 @@ class _CpuMeter:
     generator (``/proc``, ``getrusage``): a cost per enrollment that others on the same cores do not skew."""
 
     def __init__(self, servers: list[int], db_url: str, node_pid: int | None) -> None:
-        self.servers, self.db_url, self.node = servers, db_url, [node_pid] if node_pid else []
+        self.servers, self.db_url = servers, db_url
+        self.node = _with_descendants(node_pid) if node_pid else []
         self.pg0 = _pg_cpu(db_url)
         self.s0, self.n0 = _cpu_by_pid(servers), _cpu_seconds(self.node)
         self.c0 = self._client()

@@ -73,8 +73,8 @@ def _serve(args: argparse.Namespace, stop: threading.Event) -> int:
     from server.db import Database
 
     cfg = _config(args)
-    _require_sqlite_file(cfg.database_url)  # the schema is `db init`'s, checked by create_app
     sock = bind_listener(args.host, args.port)  # "port in use" before the start-up, not after it
+    _require_sqlite_file(cfg.database_url)  # the schema is `db init`'s, checked by create_app
     if not args.no_access_log:
         logging.getLogger("cityid.access").setLevel(logging.INFO)  # route templates only, no personal data
     progress(f"opening database, issuer key ({cfg.issuer_key.source}) and chain ({cfg.chain})")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,10 +15,21 @@ from cityid.chain.errors import ChainConfigError
 if TYPE_CHECKING:
     from cityid.chain.rpc import RpcClient
 
-@lru_cache(maxsize=65536)
+_CHECKSUMS: dict[str, str] = {}
+_CHECKSUMS_MAX = 65536
+
+
 def checksum(address: str) -> str:
-    """EIP-55 form of an address (memoised: the kiosk's hot path checks the same few addresses)."""
-    return to_checksum_address(address)
+    """EIP-55 form of an address, memoised under both the given and the EIP-55 spelling (the kiosk's hot
+    path checks the same few addresses; the server derives an identity and then its DID from the result,
+    one keccak instead of two). Bounded: cleared when full (dict operations are atomic under the GIL)."""
+    hit = _CHECKSUMS.get(address)
+    if hit is None:
+        hit = to_checksum_address(address)
+        if len(_CHECKSUMS) >= _CHECKSUMS_MAX:
+            _CHECKSUMS.clear()
+        _CHECKSUMS[address] = _CHECKSUMS[hit] = hit
+    return hit
 
 
 CONTRACT_KEYS = ("did_registry", "status_registry", "trusted_issuers", "anchor_registry", "multicall")

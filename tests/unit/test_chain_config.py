@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 
 import pytest
 
@@ -93,3 +94,21 @@ def test_cli_errors_are_one_line(capsys, monkeypatch):
     monkeypatch.setenv("CITY_CHAIN_PRIVATE_KEY", "0x" + "11" * 32)
     assert city_server(["chain", "deploy", "--rpc", "ftp://x", "--network", "busan"]) == 1
     assert "http(s) URL" in capsys.readouterr().err
+
+
+def test_checksum_is_memoised_under_both_spellings(monkeypatch):  # type: ignore[no-untyped-def]
+    """An identity's DID takes the EIP-55 form of an address already in EIP-55 form: no second keccak."""
+    import cityid.chain.network as net
+
+    calls = []
+    real = net.to_checksum_address
+    monkeypatch.setattr(net, "to_checksum_address", lambda a: calls.append(a) or real(a))
+    monkeypatch.setattr(net, "_CHECKSUMS", {})
+    lower = "0x" + secrets.token_hex(20)
+    eip55 = net.checksum(lower)
+    assert eip55 == real(lower) and eip55 != lower
+    assert net.checksum(eip55) == eip55 and net.checksum(lower.upper().replace("0X", "0x")) == eip55
+    assert calls == [lower, lower.upper().replace("0X", "0x")]  # the EIP-55 spelling was a hit
+    monkeypatch.setattr(net, "_CHECKSUMS_MAX", 2)
+    net.checksum("0x" + secrets.token_hex(20))  # full: cleared, still right
+    assert net.checksum(eip55) == eip55 and len(net._CHECKSUMS) <= 3
