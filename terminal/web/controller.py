@@ -148,9 +148,15 @@ class KioskController:
     # --- lifecycle -------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self.backend.start(self.on_event)
-        self._idle_thread = threading.Thread(target=self._idle_loop, name="kiosk-idle", daemon=True)
-        self._idle_thread.start()
+        """Start the card layer and the idle clock; a second call while running does nothing (one reader
+        loop per kiosk: two would both see every tap)."""
+        with self._lock:
+            if self._idle_thread is not None and self._idle_thread.is_alive():
+                return
+            self._stop.clear()
+            self.backend.start(self.on_event)
+            self._idle_thread = threading.Thread(target=self._idle_loop, name="kiosk-idle", daemon=True)
+            self._idle_thread.start()
 
     def stop(self) -> None:
         self._stop.set()
@@ -159,6 +165,7 @@ class KioskController:
         self.backend.stop()
         if self._idle_thread is not None:
             self._idle_thread.join(timeout=2)
+            self._idle_thread = None
 
     def _idle_loop(self) -> None:
         while not self._stop.wait(0.5):

@@ -222,11 +222,15 @@ class HealthMonitor:
             return self._report
 
     def start(self) -> HealthReport:
-        """Check once now (so ``kiosk serve`` can say what is missing), then every ``interval`` seconds."""
+        """Check once now (so ``kiosk serve`` can say what is missing), then every ``interval`` seconds;
+        called again while running it only checks (one polling thread)."""
         report = self.check()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="kiosk-health", daemon=True)
-        self._thread.start()
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return report
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._loop, name="kiosk-health", daemon=True)
+            self._thread.start()
         return report
 
     def stop(self) -> None:

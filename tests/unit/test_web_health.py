@@ -369,3 +369,40 @@ def test_kiosk_backend_reports_its_terminal_certificate() -> None:
     assert backend.health().authorized is True
     now[0] += 120
     assert backend.health().authorized is False
+
+
+def test_started_twice_runs_one_reader_loop_and_one_health_poller() -> None:
+    """A second ``start()`` (an app factory run twice, a restart path) must not start a second card loop or
+    poller: two card loops would both see every tap. Stopped, they start again."""
+    import threading
+
+    from terminal.web.controller import KioskController
+    from terminal.web.events import EventHub
+
+    class Counting(FakeKioskBackend):
+        starts = 0
+
+        def start(self, on_event: Any) -> None:
+            self.starts += 1
+            super().start(on_event)
+
+    backend = Counting()
+    ctl = KioskController(backend, EventHub())
+    health, _seen = monitor(backend, Clock(), interval=0.05)
+    before = {t.name for t in threading.enumerate()}
+    try:
+        ctl.start()
+        ctl.start()
+        health.start()
+        assert health.start() is not None  # still checks and reports
+        names = [t.name for t in threading.enumerate() if t.name not in before]
+        assert backend.starts == 1
+        assert names.count("kiosk-idle") == 1 and names.count("kiosk-health") == 1, names
+    finally:
+        ctl.stop()
+        health.stop()
+    ctl.start()  # after a stop: running again
+    try:
+        assert backend.starts == 2
+    finally:
+        ctl.stop()
