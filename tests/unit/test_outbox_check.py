@@ -109,7 +109,17 @@ def _mixed(db: Database) -> MemoryChain:
 
 
 def test_streaming_check_reports_what_reading_everything_reported(tmp_path):
-    db = _db(tmp_path)
+    _same_as_reference(_db(tmp_path))
+
+
+@pytest.mark.integration
+def test_streaming_check_on_postgresql(postgres_db_url):
+    db = Database.from_url(postgres_db_url)
+    db.init()
+    _same_as_reference(db)
+
+
+def _same_as_reference(db: Database) -> None:
     port = DirectPort(_mixed(db))
     got = list(check(db, port, page=2, chunk=2))
     assert sorted(got, key=str) == sorted(_reference(db, port), key=str)
@@ -134,6 +144,26 @@ def test_an_agreeing_chain_reports_nothing(tmp_path):
     chain = MemoryChain(keys={"0x" + "aa" * 20: {bytes.fromhex(_point(1))}},
                         status={(1, 4): CredentialStatus(1)})  # fmt: skip
     assert list(check(db, DirectPort(chain))) == []
+
+
+def test_db_init_builds_the_check_indexes_on_an_existing_database(tmp_path):
+    from sqlalchemy import text
+
+    db = _db(tmp_path)
+    names = "SELECT name FROM sqlite_master WHERE name IN ('ix_outbox_entry', 'ix_outbox_identity')"
+    with db.engine.begin() as conn:  # a database created before the indexes
+        conn.execute(text("DROP INDEX ix_outbox_entry"))
+        conn.execute(text("DROP INDEX ix_outbox_identity"))
+        assert conn.execute(text(names)).all() == []
+    db.init()
+    db.init()  # and again: idempotent
+    with db.engine.connect() as conn:
+        assert sorted(n for (n,) in conn.execute(text(names))) == ["ix_outbox_entry", "ix_outbox_identity"]
+        plan = " ".join(str(r) for r in conn.execute(text(
+            "EXPLAIN QUERY PLAN SELECT id FROM outbox WHERE lower(identity) >= '0x' "
+            "ORDER BY lower(identity), id"
+        )))  # fmt: skip
+    assert "ix_outbox_identity" in plan and "TEMP B-TREE" not in plan
 
 
 def _fill(db: Database, n: int) -> None:
