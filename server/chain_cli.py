@@ -106,15 +106,23 @@ def _check(args: argparse.Namespace) -> int:
     from eth_account import Account
 
     from server.chain.registrar import Registrar
-    from server.outbox.check import check
+    from server.outbox.check import Checked, check
     from server.outbox.ports import TxPort
 
     reader = Registrar(network.with_rpc(url), _client(url, args.timeout), Account.create())  # reads only
-    problems = check(_outbox_db(args), TxPort(reader))
-    for problem in problems:
-        print(problem)
-    wrong = [p for p in problems if p.kind != "open"]
-    print(f"{len(wrong)} disagreement(s), {len(problems) - len(wrong)} chain write(s) not yet confirmed")
+    shown = [0]
+
+    def report(done: Checked) -> None:  # every ~50,000 entries / identities compared
+        if (n := done.status_entries + done.identities) >= shown[0] + 50_000:
+            shown[0] = n
+            progress(f"checked {done.status_entries} status entries / {done.identities} identities")
+
+    wrong = unconfirmed = 0
+    for problem in check(_outbox_db(args), TxPort(reader), on_chunk=report):
+        print(problem, flush=True)
+        unconfirmed += problem.kind == "open"
+        wrong += problem.kind != "open"
+    print(f"{wrong} disagreement(s), {unconfirmed} chain write(s) not yet confirmed")
     return 1 if wrong else 0
 
 

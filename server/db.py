@@ -13,6 +13,7 @@ from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
+from sqlalchemy.schema import CreateIndex
 
 from cityid.errors import CityIdError
 from cityid.keys import KeyFormatError, P256PublicKey
@@ -126,7 +127,8 @@ class Database:
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def init(self, status_list_id: int = 1, capacity: int = 1 << 20) -> None:
-        """Create tables (idempotent) and the allocator row of the status list."""
+        """Create tables and indexes (idempotent: an index added later is built on an existing database)
+        and the allocator row of the status list."""
         try:
             with self.engine.begin() as conn:
                 if self.engine.dialect.name == "postgresql":
@@ -134,6 +136,9 @@ class Database:
                     # one at a time, the lock released at commit.
                     conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _INIT_LOCK})
                 Base.metadata.create_all(conn)
+                for table in Base.metadata.sorted_tables:  # indexes added to tables that already existed
+                    for index in table.indexes:
+                        conn.execute(CreateIndex(index, if_not_exists=True))
             self._add_missing_columns()
             with self.sessions.begin() as s:
                 if s.get(StatusAllocator, status_list_id) is None:

@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    func,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -199,7 +200,10 @@ class OutboxEntry(Base):
     """One chain write, added in the same database transaction as the server state it mirrors."""
 
     __tablename__ = "outbox"
-    __table_args__ = (Index("ix_outbox_state", "state", "id"),)
+    __table_args__ = (
+        Index("ix_outbox_state", "state", "id"),
+        Index("ix_outbox_entry", "list_id", "status_index", "id"),  # `chain check`: status entries in order
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     kind: Mapped[str] = mapped_column(String(16))
@@ -215,6 +219,10 @@ class OutboxEntry(Base):
     error: Mapped[str] = mapped_column(String(200), default="")
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     done_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+
+# `chain check`: keys replayed per identity, case-insensitively, in id order (server/outbox/check.py).
+Index("ix_outbox_identity", func.lower(OutboxEntry.identity), OutboxEntry.id)
 
 
 class BatchState(StrEnum):

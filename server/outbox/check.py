@@ -3,20 +3,41 @@
 (docs/server.md §Chain outbox).
 
 Expected on chain = the effect of every *confirmed* outbox row, in id order: the last status value per
-status entry (0 if none) and, per citizen identity, the keys enrolled and not revoked. Rows not yet confirmed
-are listed too (``open``), as are ``failed`` ones; they are not disagreements of the chain.
+status entry (0 if none) and, per citizen identity (case-insensitive), the keys enrolled and not revoked.
+Rows not yet confirmed are listed too (``open``), as are ``failed`` ones; they are not disagreements of the
+chain.
+
+:func:`check` streams: each query reads one page of rows in its own short transaction (keyset pagination on
+the orderings the ``ix_outbox_*`` indexes serve), and the chain is asked about one chunk of entries or
+identities at a time, so memory is bounded by the page and chunk sizes, not by the number of citizens.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import groupby, islice
+from operator import itemgetter
+from typing import Any, TypeVar
 
-from sqlalchemy import or_, select
+from sqlalchemy import Select, func, or_, select, tuple_
 
 from cityid.errors import CityIdError
 from server.db import Database
 from server.models import OutboxEntry, OutboxKind, OutboxState
 from server.outbox.ports import DirectPort, TxPort
+
+logger = logging.getLogger(__name__)
+
+E = OutboxEntry
+T = TypeVar("T")
+
+#: Row states that are not (yet) an effect on the chain, listed in this order by :func:`check`.
+_NOT_CONFIRMED = (OutboxState.PENDING.value, OutboxState.SENT.value, OutboxState.FAILED.value)
+#: Outbox rows read per query, and status entries / identities per chain read (defaults of :func:`check`).
+PAGE = 5000
+CHUNK = 5000
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,39 +51,134 @@ class Disagreement:
         return f"{self.kind}\t{self.subject}\texpected {self.expected}\ton chain {self.on_chain}"
 
 
-def check(db: Database, port: TxPort | DirectPort) -> list[Disagreement]:
-    out: list[Disagreement] = []
-    status: dict[tuple[int, int], int] = {}
-    keys: dict[str, set[bytes]] = {}
-    with db.sessions() as s:
-        rows = list(s.scalars(select(OutboxEntry).order_by(OutboxEntry.id)))
-    for r in rows:
-        if r.state in (OutboxState.PENDING.value, OutboxState.SENT.value, OutboxState.FAILED.value):
-            what = r.identity if r.kind != OutboxKind.STATUS.value else f"{r.list_id}/{r.status_index}"
-            kind = "failed" if r.state == OutboxState.FAILED.value else "open"
-            out.append(Disagreement(kind, f"{what} (outbox {r.id}, {r.kind})", r.state, r.error or "-"))
-            continue
-        if r.kind == OutboxKind.STATUS.value:
-            assert r.list_id is not None and r.status_index is not None and r.status_value is not None
-            status[(r.list_id, r.status_index)] = r.status_value
-        elif r.identity and r.point:
-            held = keys.setdefault(r.identity.lower(), set())
-            (held.add if r.kind == OutboxKind.ENROLL.value else held.discard)(bytes.fromhex(r.point))
-    by_list: dict[int, list[int]] = {}
-    for list_id, index in status:
-        by_list.setdefault(list_id, []).append(index)
-    for list_id, indexes in by_list.items():
-        indexes.sort()
-        for index, got in zip(indexes, port.statuses(list_id, indexes), strict=True):
-            want = status[(list_id, index)]
-            if got != want:
-                out.append(Disagreement("status", f"{list_id}/{index}", str(want), str(got)))
-    chain_keys = port.keys(sorted(keys))
-    for identity, want in sorted(keys.items()):
-        got = chain_keys.get(identity, set())
-        out += [Disagreement("key-missing", identity, k.hex()[:18], "absent") for k in sorted(want - got)]
-        out += [Disagreement("key-extra", identity, "revoked", k.hex()[:18]) for k in sorted(got - want)]
-    return out
+@dataclass(slots=True)
+class Checked:
+    """How far :func:`check` got: status entries and identities compared with the chain so far."""
+
+    status_entries: int = 0
+    identities: int = 0
+
+
+def check(
+    db: Database,
+    port: TxPort | DirectPort,
+    *,
+    page: int = PAGE,
+    chunk: int = CHUNK,
+    on_chunk: Callable[[Checked], None] | None = None,
+) -> Iterator[Disagreement]:
+    """Every disagreement between the database and the chain, as it is found (docs/server.md §Chain outbox).
+
+    Order: rows not confirmed (pending, sent, then failed; each by id), then status entries by (list,
+    index), then identities by lowercased identity (the database's order; hex addresses sort the same
+    everywhere). ``page`` rows are read per query, ``chunk`` entries or identities per chain read;
+    ``on_chunk`` is called after each chain read with the running counts."""
+    done = Checked()
+    yield from _open_rows(db, page)
+    yield from _statuses(db, port, page, chunk, done, on_chunk)
+    yield from _keys(db, port, page, chunk, done, on_chunk)
+    logger.info("chain check: %d status entries, %d identities", done.status_entries, done.identities)
+
+
+def _pages(
+    db: Database, stmt: Select[*tuple[Any, ...]], order: Sequence[Any], page: int
+) -> Iterator[tuple[Any, ...]]:
+    """The rows of ``stmt`` in ``order`` (its first selected columns, a unique key), ``page`` per query, each
+    query in its own short transaction (SQLite takes the write lock at BEGIN: never held for the whole check).
+    Keyset pagination: the leading ``>=`` lets both SQLite and PostgreSQL seek in the index."""
+    stmt = stmt.order_by(*order).limit(page)
+    after: tuple[Any, ...] | None = None
+    while True:
+        q = stmt if after is None else stmt.where(order[0] >= after[0], tuple_(*order) > tuple_(*after))
+        with db.sessions() as s:
+            rows = [tuple(row) for row in s.execute(q)]
+        yield from rows
+        if len(rows) < page:
+            return
+        after = tuple(rows[-1][: len(order)])
+
+
+def _batched(items: Iterable[T], n: int) -> Iterator[list[T]]:
+    it = iter(items)
+    while batch := list(islice(it, n)):
+        yield batch
+
+
+def _open_rows(db: Database, page: int) -> Iterator[Disagreement]:
+    """One line per row not confirmed (``open``) or refused (``failed``), by state then id."""
+    cols = (E.id, E.kind, E.identity, E.list_id, E.status_index, E.error)
+    for state in _NOT_CONFIRMED:
+        for row_id, kind, identity, list_id, index, error in _pages(
+            db, select(*cols).where(E.state == state), (E.id,), page
+        ):
+            what = identity if kind != OutboxKind.STATUS.value else f"{list_id}/{index}"
+            verdict = "failed" if state == OutboxState.FAILED.value else "open"
+            yield Disagreement(verdict, f"{what} (outbox {row_id}, {kind})", state, error or "-")
+
+
+def _statuses(
+    db: Database,
+    port: TxPort | DirectPort,
+    page: int,
+    chunk: int,
+    done: Checked,
+    on_chunk: Callable[[Checked], None] | None,
+) -> Iterator[Disagreement]:
+    """The last confirmed value of each status entry against ``port.statuses``, ``chunk`` entries a read."""
+    order = (E.list_id, E.status_index, E.id)
+    confirmed = select(*order, E.status_value).where(
+        E.kind == OutboxKind.STATUS.value, E.state.notin_(_NOT_CONFIRMED), E.list_id.is_not(None)
+    )
+    rows = _pages(db, confirmed, order, page)
+    last = ((entry, list(run)[-1][3]) for entry, run in groupby(rows, key=itemgetter(0, 1)))
+    for batch in _batched(last, chunk):
+        for list_id, run in groupby(batch, key=lambda e: e[0][0]):
+            entries = list(run)
+            got = port.statuses(list_id, [index for (_l, index), _v in entries])
+            for ((_l, index), want), on_chain in zip(entries, got, strict=True):
+                if on_chain != want:
+                    yield Disagreement("status", f"{list_id}/{index}", str(want), str(on_chain))
+        done.status_entries += len(batch)
+        if on_chunk is not None:
+            on_chunk(done)
+
+
+def _replay(rows: Iterable[tuple[Any, ...]]) -> set[bytes]:
+    """The keys one identity's confirmed enroll / revoke_key rows (in id order) leave on chain."""
+    held: set[bytes] = set()
+    for _identity, _id, kind, point in rows:
+        (held.add if kind == OutboxKind.ENROLL.value else held.discard)(bytes.fromhex(point))
+    return held
+
+
+def _keys(
+    db: Database,
+    port: TxPort | DirectPort,
+    page: int,
+    chunk: int,
+    done: Checked,
+    on_chunk: Callable[[Checked], None] | None,
+) -> Iterator[Disagreement]:
+    """Each identity's replayed keys against ``port.keys``, ``chunk`` identities a read."""
+    identity = func.lower(E.identity)
+    order = (identity, E.id)
+    kinds = (OutboxKind.ENROLL.value, OutboxKind.REVOKE_KEY.value)
+    confirmed = select(*order, E.kind, E.point).where(
+        E.kind.in_(kinds), E.state.notin_(_NOT_CONFIRMED), identity > "", E.point != ""
+    )
+    rows = _pages(db, confirmed, order, page)
+    held = ((who, _replay(run)) for who, run in groupby(rows, key=itemgetter(0)))
+    for batch in _batched(held, chunk):
+        on_chain = port.keys([who for who, _keys in batch])
+        for who, want in batch:
+            got = on_chain.get(who, set())
+            for k in sorted(want - got):
+                yield Disagreement("key-missing", who, k.hex()[:18], "absent")
+            for k in sorted(got - want):
+                yield Disagreement("key-extra", who, "revoked", k.hex()[:18])
+        done.identities += len(batch)
+        if on_chunk is not None:
+            on_chunk(done)
 
 
 class RetryRefusedError(CityIdError):

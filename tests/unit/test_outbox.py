@@ -134,10 +134,10 @@ def test_confirmed_revocations_lost_by_the_node_are_reapplied(world):
     rig.client.revoke([c.credential_id for c in creds[:2]], "lost")
     assert rig.client.outbox(rig.client.last_chain["outbox_ids"], wait=10)["state"] == "confirmed"
     assert _status(gateway, 1, creds[0].status_index) == CredentialStatus.REVOKED
-    assert check(rig.db, TxPort(gateway.registrar)) == []
+    assert list(check(rig.db, TxPort(gateway.registrar))) == []
     chain.client().request("evm_revert", [snap])  # the node comes back from an older snapshot
     assert _status(gateway, 1, creds[0].status_index) == 0  # the kiosk would say VALID again
-    problems = check(rig.db, TxPort(gateway.registrar))  # `city-server chain check --db` lists each one
+    problems = list(check(rig.db, TxPort(gateway.registrar)))  # `city-server chain check --db` lists each one
     assert sorted(p.kind for p in problems) == ["key-extra", "key-extra", "status", "status"]
     assert {p.subject for p in problems if p.kind == "status"} == {f"1/{c.status_index}" for c in creds[:2]}
     with rig.db.sessions() as s:
@@ -153,7 +153,7 @@ def test_confirmed_revocations_lost_by_the_node_are_reapplied(world):
         assert {b.tx_hash for b in batches} == before  # re-applied with the same signed bytes
         assert all(b.state == "confirmed" for b in batches)
         assert sum(b.reapplied for b in batches) == 2
-    assert check(rig.db, TxPort(gateway.registrar)) == []
+    assert list(check(rig.db, TxPort(gateway.registrar))) == []
     # and the writer keeps writing after the rewind (no nonce stuck ahead)
     more = _enroll(rig, 2, prefix="after")
     assert _writer(rig).wait([i for c in more for i in c.chain["outbox_ids"]], 10).state == "confirmed"
