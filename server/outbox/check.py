@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import groupby, islice
 from operator import itemgetter
 from typing import Any, TypeVar
@@ -73,11 +73,32 @@ def check(
     index), then identities by lowercased identity (the database's order; hex addresses sort the same
     everywhere). ``page`` rows are read per query, ``chunk`` entries or identities per chain read;
     ``on_chunk`` is called after each chain read with the running counts."""
-    done = Checked()
+    run = _Run(db, port, page, chunk, on_chunk)
     yield from _open_rows(db, page)
-    yield from _statuses(db, port, page, chunk, done, on_chunk)
-    yield from _keys(db, port, page, chunk, done, on_chunk)
-    logger.info("chain check: %d status entries, %d identities", done.status_entries, done.identities)
+    yield from _statuses(run)
+    yield from _keys(run)
+    logger.info("chain check: %d status entries, %d identities", run.done.status_entries, run.done.identities)
+
+
+@dataclass(slots=True)
+class _Run:
+    """One check's database, chain port, page and chunk sizes, progress callback and running counts."""
+
+    db: Database
+    port: TxPort | DirectPort
+    page: int
+    chunk: int
+    on_chunk: Callable[[Checked], None] | None
+    done: Checked = field(default_factory=Checked)
+
+    def compared(self, n: int, statuses: bool) -> None:
+        """``n`` more status entries (or identities) compared: count them, tell ``on_chunk``."""
+        if statuses:
+            self.done.status_entries += n
+        else:
+            self.done.identities += n
+        if self.on_chunk is not None:
+            self.on_chunk(self.done)
 
 
 def _pages(
@@ -116,31 +137,22 @@ def _open_rows(db: Database, page: int) -> Iterator[Disagreement]:
             yield Disagreement(verdict, f"{what} (outbox {row_id}, {kind})", state, error or "-")
 
 
-def _statuses(
-    db: Database,
-    port: TxPort | DirectPort,
-    page: int,
-    chunk: int,
-    done: Checked,
-    on_chunk: Callable[[Checked], None] | None,
-) -> Iterator[Disagreement]:
+def _statuses(run: _Run) -> Iterator[Disagreement]:
     """The last confirmed value of each status entry against ``port.statuses``, ``chunk`` entries a read."""
     order = (E.list_id, E.status_index, E.id)
     confirmed = select(*order, E.status_value).where(
         E.kind == OutboxKind.STATUS.value, E.state.notin_(_NOT_CONFIRMED), E.list_id.is_not(None)
     )
-    rows = _pages(db, confirmed, order, page)
-    last = ((entry, list(run)[-1][3]) for entry, run in groupby(rows, key=itemgetter(0, 1)))
-    for batch in _batched(last, chunk):
-        for list_id, run in groupby(batch, key=lambda e: e[0][0]):
-            entries = list(run)
-            got = port.statuses(list_id, [index for (_l, index), _v in entries])
+    rows = _pages(run.db, confirmed, order, run.page)
+    last = ((entry, list(group)[-1][3]) for entry, group in groupby(rows, key=itemgetter(0, 1)))
+    for batch in _batched(last, run.chunk):
+        for list_id, group in groupby(batch, key=lambda e: e[0][0]):
+            entries = list(group)
+            got = run.port.statuses(list_id, [index for (_l, index), _v in entries])
             for ((_l, index), want), on_chain in zip(entries, got, strict=True):
                 if on_chain != want:
                     yield Disagreement("status", f"{list_id}/{index}", str(want), str(on_chain))
-        done.status_entries += len(batch)
-        if on_chunk is not None:
-            on_chunk(done)
+        run.compared(len(batch), statuses=True)
 
 
 def _replay(rows: Iterable[tuple[Any, ...]]) -> set[bytes]:
@@ -151,14 +163,7 @@ def _replay(rows: Iterable[tuple[Any, ...]]) -> set[bytes]:
     return held
 
 
-def _keys(
-    db: Database,
-    port: TxPort | DirectPort,
-    page: int,
-    chunk: int,
-    done: Checked,
-    on_chunk: Callable[[Checked], None] | None,
-) -> Iterator[Disagreement]:
+def _keys(run: _Run) -> Iterator[Disagreement]:
     """Each identity's replayed keys against ``port.keys``, ``chunk`` identities a read."""
     identity = func.lower(E.identity)
     order = (identity, E.id)
@@ -166,19 +171,17 @@ def _keys(
     confirmed = select(*order, E.kind, E.point).where(
         E.kind.in_(kinds), E.state.notin_(_NOT_CONFIRMED), identity > "", E.point != ""
     )
-    rows = _pages(db, confirmed, order, page)
-    held = ((who, _replay(run)) for who, run in groupby(rows, key=itemgetter(0)))
-    for batch in _batched(held, chunk):
-        on_chain = port.keys([who for who, _keys in batch])
+    rows = _pages(run.db, confirmed, order, run.page)
+    held = ((who, _replay(group)) for who, group in groupby(rows, key=itemgetter(0)))
+    for batch in _batched(held, run.chunk):
+        on_chain = run.port.keys([who for who, _keys in batch])
         for who, want in batch:
             got = on_chain.get(who, set())
             for k in sorted(want - got):
                 yield Disagreement("key-missing", who, k.hex()[:18], "absent")
             for k in sorted(got - want):
                 yield Disagreement("key-extra", who, "revoked", k.hex()[:18])
-        done.identities += len(batch)
-        if on_chunk is not None:
-            on_chunk(done)
+        run.compared(len(batch), statuses=False)
 
 
 class RetryRefusedError(CityIdError):
