@@ -27,6 +27,11 @@ _INIT_LOCK = zlib.crc32(b"cityid-db-init")
 _TERMINAL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
+def db_error_reason(exc: BaseException, limit: int = 200) -> str:
+    """The first line of the driver's message for a database error (or its class name): one-line errors."""
+    return str(getattr(exc, "orig", None) or type(exc).__name__).strip().splitlines()[0][:limit]
+
+
 class StorageError(CityIdError):
     """The database is unreachable or refused an operation."""
 
@@ -144,8 +149,7 @@ class Database:
                 if s.get(StatusAllocator, status_list_id) is None:
                     s.add(StatusAllocator(list_id=status_list_id, next_index=0, capacity=capacity))
         except SQLAlchemyError as exc:
-            reason = str(getattr(exc, "orig", None) or exc.__class__.__name__).strip().splitlines()[0][:200]
-            raise StorageError(f"cannot initialise the database: {reason}") from exc
+            raise StorageError(f"cannot initialise the database: {db_error_reason(exc)}") from exc
 
     def check_schema(self, status_list_id: int = 1) -> None:
         """Read-only: the schema ``init`` creates is all there (tables, later columns, the status list's
@@ -155,18 +159,13 @@ class Database:
             insp = inspect(self.engine)
             have = set(insp.get_table_names())
             missing = sorted(set(Base.metadata.tables) - have)
-            missing += [
-                f"{table}.{column}"
-                for table, column, _ddl in self._LATER_COLUMNS
-                if table in have and column not in {c["name"] for c in insp.get_columns(table)}
-            ]
+            missing += [f"{t}.{c}" for t, c, _ddl in self._missing_columns(insp) if t in have]
             if not missing:
                 with self.sessions() as s:
                     if s.get(StatusAllocator, status_list_id) is None:
                         missing.append(f"status list {status_list_id}")
         except SQLAlchemyError as exc:
-            reason = str(getattr(exc, "orig", None) or exc.__class__.__name__).strip().splitlines()[0][:200]
-            raise StorageError(f"cannot read the database: {reason}") from exc
+            raise StorageError(f"cannot read the database: {db_error_reason(exc)}") from exc
         if missing:
             shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
             raise StorageError(
@@ -181,12 +180,19 @@ class Database:
         ("audit_log", "clerk", "VARCHAR(64) NOT NULL DEFAULT ''"),
     )
 
+    def _missing_columns(self, insp: Any) -> list[tuple[str, str, str]]:
+        """The later columns an existing table lacks (tables not there yet are skipped)."""
+        tables = set(insp.get_table_names())
+        return [
+            (table, column, ddl)
+            for table, column, ddl in self._LATER_COLUMNS
+            if table in tables and column not in {c["name"] for c in insp.get_columns(table)}
+        ]
+
     def _add_missing_columns(self) -> None:
-        insp = inspect(self.engine)
-        for table, column, ddl in self._LATER_COLUMNS:
-            if column not in {c["name"] for c in insp.get_columns(table)}:
-                with self.engine.begin() as conn:
-                    conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}"))
+        for table, column, ddl in self._missing_columns(inspect(self.engine)):
+            with self.engine.begin() as conn:
+                conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}"))
 
     def session(self) -> Session:
         return self.sessions()

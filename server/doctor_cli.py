@@ -64,7 +64,7 @@ class _Host:
         from sqlalchemy import inspect
         from sqlalchemy.exc import SQLAlchemyError
 
-        from server.db import make_engine
+        from server.db import db_error_reason, make_engine
         from server.models import Base
 
         url = self._config().database_url
@@ -82,7 +82,7 @@ class _Host:
             finally:
                 engine.dispose()
         except SQLAlchemyError as exc:
-            reason = str(getattr(exc, "orig", None) or type(exc).__name__).strip().splitlines()[0][:160]
+            reason = db_error_reason(exc, 160)
             raise Fail(
                 f"database unreachable: {reason}", "check database_url, the server and its grants"
             ) from None

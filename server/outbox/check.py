@@ -74,7 +74,7 @@ def check(
     everywhere). ``page`` rows are read per query, ``chunk`` entries or identities per chain read;
     ``on_chunk`` is called after each chain read with the running counts."""
     run = _Run(db, port, page, chunk, on_chunk)
-    yield from _open_rows(db, page)
+    yield from _open_rows(run)
     yield from _statuses(run)
     yield from _keys(run)
     logger.info("chain check: %d status entries, %d identities", run.done.status_entries, run.done.identities)
@@ -125,12 +125,12 @@ def _batched(items: Iterable[T], n: int) -> Iterator[list[T]]:
         yield batch
 
 
-def _open_rows(db: Database, page: int) -> Iterator[Disagreement]:
+def _open_rows(run: _Run) -> Iterator[Disagreement]:
     """One line per row not confirmed (``open``) or refused (``failed``), by state then id."""
     cols = (E.id, E.kind, E.identity, E.list_id, E.status_index, E.error)
     for state in _NOT_CONFIRMED:
         for row_id, kind, identity, list_id, index, error in _pages(
-            db, select(*cols).where(E.state == state), (E.id,), page
+            run.db, select(*cols).where(E.state == state), (E.id,), run.page
         ):
             what = identity if kind != OutboxKind.STATUS.value else f"{list_id}/{index}"
             verdict = "failed" if state == OutboxState.FAILED.value else "open"
