@@ -18,6 +18,7 @@ from tests.integration.ui_support import (
     World,
     fill_enrollment,
     serving,
+    shows_none_of,
     sign_in,
     type_pin,
     visible_text,
@@ -69,7 +70,7 @@ def test_counter_enrollment_end_to_end(
         screenshot(page, "enrolled")
         text = visible_text(page)
         assert "Card enrolled" in text and "did:ethr:" in text and "OK" in text
-        assert NEW_PIN not in page.content() and NEW_PUK not in page.content()
+        assert shows_none_of(page, NEW_PIN, NEW_PUK)
         credential_id = page.inner_text('dd[data-field="counter.field.credential_id"]').strip()
         page.click("#back-home")
         page.click("#menu-status")
@@ -144,7 +145,7 @@ def test_counter_unblock_register_key_and_revoke(
         page.wait_for_selector("#result", timeout=30_000)
         screenshot(page, "key-registered")
         assert "Security key registered" in visible_text(page) and "did:ethr:" in visible_text(page)
-        assert "975310" not in page.content() and "8642" not in page.content()
+        assert shows_none_of(page, "975310", "8642")
     card.stop()
     key.stop()
 

@@ -83,6 +83,13 @@ def type_pin(page: Any, pin: str) -> None:
         page.click(f'.keypad .key[data-key="{digit}"]')
 
 
+def shows_none_of(page: Any, *secrets: str) -> bool:
+    """No secret (PIN, PUK) in the page's HTML as a token of its own: a random hex address or base64url
+    credential id on the page may contain the same digits inside it (seen: "8642" in a DID's address)."""
+    html = page.content()
+    return not any(re.search(rf"(?<![0-9A-Za-z_-]){re.escape(x)}(?![0-9A-Za-z_-])", html) for x in secrets)
+
+
 def visible_text(page: Any) -> str:
     return re.sub(r"\s+", " ", page.inner_text("main"))
 
